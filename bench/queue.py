@@ -1,0 +1,256 @@
+"""Queue benchmark: framefleet's Redis queue against RQ, on one server, in one run.
+
+Prints one JSON line: batch enqueue items/s; claim+ack items/s with 10,000 live leases;
+idle pickup latency p50/p99; Redis memory per queued item; the same enqueue and no-op
+processing workload through RQ, with the ratios; the machine it ran on; each target met or
+not. Every figure is the median of --repeats runs. Run: `framefleet bench queue` or
+`python bench/queue.py [--quick] [--out FILE]`.
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path, and this file's name would
+# shadow the standard library's `queue` (which redis-py imports). Drop that entry first.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from redis import Redis
+
+from framefleet.queue import EmbeddedServer, Queue, connect
+from framefleet.settings import QueueSettings
+
+TARGETS = {
+    "enqueue_per_s": (">=", 50_000),
+    "claim_ack_per_s": (">=", 20_000),
+    "pickup_p99_ms": ("<", 10.0),
+    "bytes_per_queued_item": ("<=", 1024),
+    "enqueue_ratio_vs_rq": (">=", 10.0),
+    "process_ratio_vs_rq": (">=", 10.0),
+}
+
+
+def _uris(n: int, tag: str) -> list[str]:
+    # Realistic references: ~80-byte S3 keys.
+    return [f"s3://customer-videos/uploads/2026/11/22/{tag}-{uuid.uuid4()}.mp4" for _ in range(n)]
+
+
+def _median_rate(runs: int, fn: Callable[[], tuple[int, float]]) -> float:
+    rates = []
+    for _ in range(runs):
+        n, seconds = fn()
+        rates.append(n / seconds)
+    return statistics.median(rates)
+
+
+def bench_enqueue(client: Redis, n: int, runs: int) -> float:
+    def once() -> tuple[int, float]:
+        client.flushdb()
+        q = Queue(client, QueueSettings(name="bench"))
+        uris = _uris(n, "enq")
+        t = time.perf_counter()
+        added = len(q.enqueue(uris))
+        return added, time.perf_counter() - t
+
+    return _median_rate(runs, once)
+
+
+def bench_claim_ack(client: Redis, n: int, live: int, runs: int, batch: int = 100) -> float:
+    """claim(batch) + ack of each, with `live` other leases held for the whole run."""
+
+    def once() -> tuple[int, float]:
+        client.flushdb()
+        q = Queue(client, QueueSettings(name="bench", lease_s=3600))
+        q.enqueue(_uris(live, "held"), force=True)
+        held = 0
+        while held < live:
+            held += len(q.claim(min(1000, live - held), "holder"))
+        q.enqueue(_uris(n, "work"))
+        done = 0
+        t = time.perf_counter()
+        while leases := q.claim(batch, "worker"):
+            done += sum(v.ok for v in q.ack_many([(lease, "") for lease in leases]))
+        seconds = time.perf_counter() - t
+        assert q.stats().counts["leased"] == live
+        return done, seconds
+
+    return _median_rate(runs, once)
+
+
+def bench_pickup(client: Redis, samples: int) -> tuple[float, float]:
+    """Latency from the start of enqueue() to a blocked claimer holding the item."""
+    client.flushdb()
+    q = Queue(client, QueueSettings(name="bench", poll_s=5.0))
+    got: list[float] = []
+    ready = threading.Event()
+
+    def worker() -> None:
+        wq = Queue(Redis(connection_pool=client.connection_pool), q.settings)
+        while len(got) < samples:
+            ready.set()
+            if wq.claim(1, "idle-worker", block=10.0):
+                got.append(time.perf_counter())
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    latencies = []
+    for i in range(samples):
+        ready.wait()
+        ready.clear()
+        time.sleep(0.005)  # let the worker block in BLPOP
+        t0 = time.perf_counter()
+        q.enqueue([f"/pickup/{i}.mp4"])
+        while len(got) <= i:
+            time.sleep(0.0002)
+        latencies.append((got[i] - t0) * 1000)
+    thread.join(5)
+    qs = statistics.quantiles(latencies, n=100)
+    return statistics.median(latencies), qs[98]
+
+
+def bench_memory(client: Redis, n: int) -> float:
+    client.flushdb()
+    time.sleep(0.2)
+    before = int(client.info("memory")["used_memory"])
+    Queue(client, QueueSettings(name="bench")).enqueue(_uris(n, "mem"))
+    after = int(client.info("memory")["used_memory"])
+    return (after - before) / n
+
+
+def _rq_noop(uri: str) -> None:
+    return None
+
+
+def bench_rq(url: str, n: int, runs: int) -> tuple[float, float]:
+    """The peer: RQ's batch enqueue (enqueue_many, pipelined) and its in-process worker."""
+    from rq import Queue as RQQueue
+    from rq import SimpleWorker
+
+    conn = Redis.from_url(url)
+
+    def enqueue_once() -> tuple[int, float]:
+        conn.flushdb()
+        rq = RQQueue("bench", connection=conn)
+        datas = [RQQueue.prepare_data(_rq_noop, args=(u,)) for u in _uris(n, "rq")]
+        t = time.perf_counter()
+        jobs = rq.enqueue_many(datas)
+        return len(jobs), time.perf_counter() - t
+
+    def process_once() -> tuple[int, float]:
+        enqueue_once()
+        worker = SimpleWorker(["bench"], connection=conn)
+        t = time.perf_counter()
+        worker.work(burst=True, logging_level="ERROR")
+        seconds = time.perf_counter() - t
+        done = RQQueue("bench", connection=conn).finished_job_registry.count
+        if done != n:
+            raise RuntimeError(f"RQ finished {done} of {n} jobs")
+        return done, seconds
+
+    return _median_rate(runs, enqueue_once), _median_rate(runs, process_once)
+
+
+def bench_ff_process(client: Redis, n: int, runs: int) -> float:
+    """framefleet's no-op processing, the workload given to RQ: one worker, claim + ack."""
+    return bench_claim_ack(client, n, live=0, runs=runs, batch=100)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "os": platform.platform()}  # fmt: skip
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, bool]:
+    ops: dict[str, Callable[[float, float], bool]] = {
+        ">=": lambda a, b: a >= b,
+        "<": lambda a, b: a < b,
+        "<=": lambda a, b: a <= b,
+    }
+    return {k: ops[op](result[k], bound) for k, (op, bound) in TARGETS.items()}
+
+
+def run(quick: bool, repeats: int) -> dict[str, Any]:
+    sizes = {
+        "enqueue": 5_000 if quick else 100_000,
+        "claim_ack": 2_000 if quick else 50_000,
+        "live_leases": 1_000 if quick else 10_000,
+        "pickup_samples": 50 if quick else 500,
+        "memory_items": 5_000 if quick else 100_000,
+        "rq_items": 500 if quick else 5_000,
+    }
+    runs = 1 if quick else repeats
+    with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
+        server = EmbeddedServer(Path(tmp), appendfsync="everysec").start()
+        try:
+            client = connect(server.url)
+            version = client.info("server")
+            result: dict[str, Any] = {
+                "benchmark": "queue",
+                "server": f"valkey {version.get('valkey_version', version.get('redis_version'))} "
+                "(embedded, AOF everysec)",
+                "machine": machine(),
+                "sizes": sizes,
+                "runs": runs,
+            }
+            result["enqueue_per_s"] = round(bench_enqueue(client, sizes["enqueue"], runs))
+            result["claim_ack_per_s"] = round(
+                bench_claim_ack(client, sizes["claim_ack"], sizes["live_leases"], runs)
+            )
+            p50, p99 = bench_pickup(client, sizes["pickup_samples"])
+            result["pickup_p50_ms"], result["pickup_p99_ms"] = round(p50, 3), round(p99, 3)
+            result["bytes_per_queued_item"] = round(bench_memory(client, sizes["memory_items"]))
+            ff_process = bench_ff_process(client, sizes["rq_items"] * 4, runs)
+            rq_enqueue, rq_process = bench_rq(server.url, sizes["rq_items"], runs)
+            result["ff_process_per_s"] = round(ff_process)
+            result["rq_enqueue_per_s"] = round(rq_enqueue)
+            result["rq_process_per_s"] = round(rq_process)
+            result["enqueue_ratio_vs_rq"] = round(result["enqueue_per_s"] / rq_enqueue, 1)
+            result["process_ratio_vs_rq"] = round(ff_process / rq_process, 1)
+            client.close()
+        finally:
+            server.stop()
+    result["targets"] = {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}
+    result["met"] = verdicts(result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/queue.py", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes, one run (a smoke test)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="also append the JSON line to this file")
+    args = p.parse_args(argv)
+    result = run(args.quick, args.repeats)
+    line = json.dumps(result, sort_keys=True)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The stateless supervisor of the actor fleet (issue: coordinator)."""

@@ -1,0 +1,1 @@
+"""Operations: CLI helpers, enqueue API, dashboard, metrics."""

@@ -1,0 +1,85 @@
+"""The Redis key layout of one queue: every key framefleet writes, in one place.
+
+All keys of a queue share the hash tag `{<queue>}` so that a queue lives in one Redis
+Cluster slot and every Lua script touches a single slot. With prefix `ff` and queue
+`videos` the keys are:
+
+| key                          | type   | holds                                                     |
+|------------------------------|--------|-----------------------------------------------------------|
+| ff:{videos}:item:<id>        | hash   | one item: uri, pri, seq, state, epoch, owner, ... (below) |
+| ff:{videos}:chunks:<id>      | set    | indices of checkpointed chunks (while not done)           |
+| ff:{videos}:queued           | zset   | ids ready to claim; score = (9 - priority) * 2^44 + seq   |
+| ff:{videos}:delayed          | zset   | ids waiting for a retry; score = ready time (ms)          |
+| ff:{videos}:leased           | zset   | ids under a lease; score = lease deadline (ms)            |
+| ff:{videos}:done             | zset   | finished ids; score = done time (ms)                      |
+| ff:{videos}:dead             | zset   | dead letters; score = time of death (ms)                  |
+| ff:{videos}:signal           | list   | wake-up tokens for blocked claimers (BLPOP)               |
+| ff:{videos}:inbox            | list   | JSON items pushed by plain Redis clients (LPUSH)          |
+| ff:{videos}:rejected         | list   | inbox entries refused, as JSON {raw, reason, at}          |
+| ff:{videos}:meta             | hash   | paused, seq (FIFO counter), epoch (fencing counter)       |
+| ff:{videos}:stats            | hash   | monotonic counters (`*_total`)                            |
+
+Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
+`created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,
+`deliveries` (leases that expired), `claims`, `epoch`, `owner`, `lease_until`, `claimed_at`,
+`ready_at`, `chunks_done`, `chunks_total`, `last_error`, `dead_reason`, `release_reason`,
+`result`, `done_at`, `dead_at`.
+
+Every item id is in exactly one of queued/delayed/leased/done/dead, and that zset agrees
+with the hash's `state`: the Lua scripts keep both in step atomically. The Lua scripts
+receive the prefix `ff:{videos}:` as KEYS[1] and build these names themselves
+(lua/_common.lua); this module is the Python side of the same layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STATES = ("queued", "delayed", "leased", "done", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str
+    queue: str
+
+    @property
+    def base(self) -> str:
+        """The common prefix, hash tag included: KEYS[1] of every script."""
+        return f"{self.prefix}:{{{self.queue}}}:"
+
+    def item(self, item_id: str) -> str:
+        return f"{self.base}item:{item_id}"
+
+    def chunks(self, item_id: str) -> str:
+        return f"{self.base}chunks:{item_id}"
+
+    def state(self, state: str) -> str:
+        """The zset holding the ids in `state` (one of STATES)."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        return f"{self.base}{state}"
+
+    @property
+    def signal(self) -> str:
+        return f"{self.base}signal"
+
+    @property
+    def inbox(self) -> str:
+        return f"{self.base}inbox"
+
+    @property
+    def rejected(self) -> str:
+        return f"{self.base}rejected"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.base}meta"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}stats"
+
+    def pattern(self) -> str:
+        """A SCAN pattern matching every key of this queue."""
+        return f"{self.prefix}:{{{self.queue}}}:*"

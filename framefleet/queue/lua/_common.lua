@@ -1,0 +1,137 @@
+-- _common.lua: helpers prepended to every framefleet script (not a script of its own).
+--
+-- KEYS[1] is the queue's key prefix, hash tag included ("ff:{videos}:"); the layout is
+-- documented in framefleet/queue/keys.py. Times are integer milliseconds. ARGV[1] is always
+-- "now": empty means the server's clock (TIME), a number means the caller's clock (tests).
+
+local P = KEYS[1]
+local K_QUEUED = P .. 'queued'
+local K_DELAYED = P .. 'delayed'
+local K_LEASED = P .. 'leased'
+local K_DONE = P .. 'done'
+local K_DEAD = P .. 'dead'
+local K_SIGNAL = P .. 'signal'
+local K_INBOX = P .. 'inbox'
+local K_REJECTED = P .. 'rejected'
+local K_META = P .. 'meta'
+local K_STATS = P .. 'stats'
+
+local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
+local SIGNAL_CAP = 256          -- wake-up tokens kept at most
+
+local function ikey(id) return P .. 'item:' .. id end
+local function ckey(id) return P .. 'chunks:' .. id end
+
+local function now_ms()
+  local a = ARGV[1]
+  if a ~= nil and a ~= '' then return tonumber(a) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function stat(name, n)
+  if n == nil then n = 1 end
+  if n ~= 0 then redis.call('HINCRBY', K_STATS, name, n) end
+end
+
+-- Wake up to n blocked claimers (one token each).
+local function signal(n)
+  if n <= 0 then return end
+  if n > 64 then n = 64 end
+  local tokens = {}
+  for i = 1, n do tokens[i] = '1' end
+  redis.call('LPUSH', K_SIGNAL, unpack(tokens))
+  redis.call('LTRIM', K_SIGNAL, 0, SIGNAL_CAP - 1)
+end
+
+local function qscore(pri, seq) return (9 - tonumber(pri)) * PRI_SPAN + tonumber(seq) end
+
+-- Put an existing item back in queued, at its original FIFO place within its priority.
+local function to_queued(id, key)
+  local f = redis.call('HMGET', key, 'pri', 'seq')
+  redis.call('ZADD', K_QUEUED, qscore(f[1], f[2]), id)
+  redis.call('HSET', key, 'state', 'queued')
+end
+
+local function drop_lease(id, key)
+  redis.call('ZREM', K_LEASED, id)
+  redis.call('HDEL', key, 'owner', 'lease_until')
+end
+
+local function to_dead(id, key, now, reason)
+  redis.call('ZADD', K_DEAD, now, id)
+  redis.call('HSET', key, 'state', 'dead', 'dead_reason', reason, 'dead_at', now)
+  stat('dead_total')
+end
+
+-- The fence of every lease-holder operation: the item must exist, carry this epoch and be
+-- leased. Returns nil while the caller holds the lease, else a refusal, counted in `counter`:
+-- {'stale', state}: a newer lease was handed out since (the epoch differs);
+-- {'lost', state}: same epoch but no longer leased (reaped, or already acked/failed/released);
+-- {'missing', ''}: no such item (purged).
+-- An item already in `dup_state` under this very epoch answers {'duplicate', state} instead:
+-- the caller's own earlier call went through (a retried ack after a dropped reply).
+local function fence(key, epoch, counter, dup_state)
+  local f = redis.call('HMGET', key, 'state', 'epoch')
+  if not f[1] then
+    stat(counter); return {'missing', ''}
+  end
+  if f[2] ~= epoch then
+    stat(counter); return {'stale', f[1]}
+  end
+  if f[1] == 'leased' then return nil end
+  if f[1] == dup_state then return {'duplicate', f[1]} end
+  stat(counter); return {'lost', f[1]}
+end
+
+-- Move delayed items whose time has come into queued. Returns how many moved.
+local function promote_due(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', K_DELAYED, id)
+    local key = ikey(id)
+    redis.call('HDEL', key, 'ready_at')
+    to_queued(id, key)
+  end
+  return #due
+end
+
+-- Write one validated item's hash. Returns its queued score when it was (re)created, nil
+-- when the id already existed; the caller adds it to K_QUEUED (in bulk, see zadd_bulk).
+-- A done or dead item is re-created from scratch only when force is true.
+local function enqueue_one(now, seq, id, uri, pri, etag, size, meta, force)
+  local key = ikey(id)
+  local state = redis.call('HGET', key, 'state')
+  if state then
+    if not force or (state ~= 'done' and state ~= 'dead') then return nil end
+    redis.call('ZREM', K_DONE, id)
+    redis.call('ZREM', K_DEAD, id)
+    redis.call('DEL', key, ckey(id))
+  end
+  if etag == '' and size == '' and meta == '' then
+    redis.call('HSET', key, 'uri', uri, 'pri', pri, 'seq', seq, 'state', 'queued', 'created', now)
+  else
+    redis.call('HSET', key, 'uri', uri, 'pri', pri, 'seq', seq, 'state', 'queued', 'created', now,
+               'etag', etag, 'size', size, 'meta', meta)
+  end
+  return qscore(pri, seq)
+end
+
+-- redis.call(cmd, [key,] list...) in slices of 800 arguments (Lua's unpack limit is ~8000);
+-- 800 is even, so ZADD score/member pairs stay whole.
+local function bulk(cmd, key, list)
+  for i = 1, #list, 800 do
+    local j = math.min(i + 799, #list)
+    if key then
+      redis.call(cmd, key, unpack(list, i, j))
+    else
+      redis.call(cmd, unpack(list, i, j))
+    end
+  end
+end
+
+-- Reserve n FIFO sequence numbers; returns the first.
+local function reserve_seq(n)
+  local last = redis.call('HINCRBY', K_META, 'seq', n)
+  return last - n + 1
+end

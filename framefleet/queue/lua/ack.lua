@@ -1,0 +1,31 @@
+-- ack.lua: mark leased items done, each fenced by its epoch (one item or a batch).
+-- KEYS[1] prefix. ARGV: now, then per item: id, epoch, result (a URI or '').
+-- Per accepted item: state done, result, done_at; out of leased, into done; its chunk set
+-- dropped; stats.acked_total. A stale epoch is refused and counted (stale_ack_total); the
+-- same epoch acking twice answers 'duplicate' (a retry after a lost reply).
+-- Returns one verdict per item: 'ok' | 'duplicate' | 'stale' | 'lost' | 'missing'.
+local now = now_ms()
+local out, acked, done, chunk_keys = {}, {}, {}, {}
+for a = 2, #ARGV, 3 do
+  local id = ARGV[a]
+  local key = ikey(id)
+  local refused = fence(key, ARGV[a + 1], 'stale_ack_total', 'done')
+  if refused then
+    out[#out + 1] = refused[1]
+  else
+    redis.call('HDEL', key, 'owner', 'lease_until')
+    redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 2], 'done_at', now)
+    acked[#acked + 1] = id
+    done[#done + 1] = now
+    done[#done + 1] = id
+    chunk_keys[#chunk_keys + 1] = ckey(id)
+    out[#out + 1] = 'ok'
+  end
+end
+if #acked > 0 then
+  bulk('ZREM', K_LEASED, acked)
+  bulk('ZADD', K_DONE, done)
+  bulk('DEL', nil, chunk_keys)
+  stat('acked_total', #acked)
+end
+return out

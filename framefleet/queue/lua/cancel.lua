@@ -1,0 +1,17 @@
+-- cancel.lua: cancel a queued or delayed item: it becomes a dead letter with the reason
+-- "cancelled: <why>" (retry_dead brings it back). A leased, done or dead item is left alone.
+-- KEYS[1] prefix. ARGV: now, id, why. Writes queued/delayed, dead, the item hash,
+-- stats.cancelled_total. Returns the state the item was in ('' if there is no such item).
+local now = now_ms()
+local id = ARGV[2]
+local key = ikey(id)
+local state = redis.call('HGET', key, 'state')
+if not state then return '' end
+if state == 'queued' or state == 'delayed' then
+  redis.call('ZREM', K_QUEUED, id)
+  redis.call('ZREM', K_DELAYED, id)
+  redis.call('HDEL', key, 'ready_at')
+  to_dead(id, key, now, 'cancelled: ' .. ARGV[3])
+  stat('cancelled_total')
+end
+return state

@@ -1,0 +1,20 @@
+-- purge_dead.lua: delete dead letters for good (their ids become new again).
+-- KEYS[1] prefix. ARGV: now, limit, then ids (none = the oldest `limit` dead letters).
+-- Deletes the item hash and chunk set; writes dead, stats.dead_purged_total.
+-- Returns the ids deleted.
+local limit = tonumber(ARGV[2])
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', K_DEAD, 0, limit - 1)
+end
+local purged = {}
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', K_DEAD, id) == 1 then
+    redis.call('DEL', ikey(id), ckey(id))
+    purged[#purged + 1] = id
+  end
+end
+stat('dead_purged_total', #purged)
+return purged

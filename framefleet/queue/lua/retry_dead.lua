@@ -1,0 +1,23 @@
+-- retry_dead.lua: send dead letters back to queued with fresh attempt and delivery counts.
+-- KEYS[1] prefix. ARGV: now, limit, then ids (none = the oldest `limit` dead letters).
+-- Keeps last_error as history; clears attempts, deliveries, dead_reason, dead_at.
+-- Writes dead, queued, item hashes, stats.dead_retried_total, signal. Returns the ids moved.
+local limit = tonumber(ARGV[2])
+local ids = {}
+if #ARGV > 2 then
+  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  ids = redis.call('ZRANGE', K_DEAD, 0, limit - 1)
+end
+local moved = {}
+for _, id in ipairs(ids) do
+  if redis.call('ZREM', K_DEAD, id) == 1 then
+    local key = ikey(id)
+    redis.call('HDEL', key, 'attempts', 'deliveries', 'dead_reason', 'dead_at')
+    to_queued(id, key)
+    moved[#moved + 1] = id
+  end
+end
+stat('dead_retried_total', #moved)
+signal(#moved)
+return moved

@@ -1,0 +1,327 @@
+"""What goes in and comes out of the queue, and the rules for bad input.
+
+Every check runs before anything is written: a batch with one bad item raises
+`InvalidItem` and writes nothing. `parse_inbox_entry` applies the same rules as
+lua/ingest.lua to a raw inbox entry (a test holds the two to the same verdicts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+MAX_URI_BYTES = 1024
+MAX_ID_BYTES = 200
+MAX_ETAG_BYTES = 256
+MAX_META_BYTES = 512
+MAX_ENTRY_BYTES = 4096
+DEFAULT_PRIORITY = 5
+PRIORITY_NAMES = {"low": 0, "normal": 5, "high": 9}
+_INBOX_FIELDS = frozenset({"uri", "id", "priority", "etag", "size", "meta"})
+_URI_RE = re.compile(r"\A(?:s3://[^/]+/.|https?://[^/]|file:///.|/.)", re.DOTALL)
+_URI_HELP = "s3://bucket/key, http(s)://host/path, file:///path or an absolute path"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+
+
+class QueueError(Exception):
+    """Base class of the queue's errors."""
+
+
+class InvalidItem(QueueError, ValueError):
+    """An item was refused before anything was written."""
+
+
+class State(str, Enum):
+    QUEUED = "queued"
+    DELAYED = "delayed"
+    LEASED = "leased"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class Verdict(str, Enum):
+    """The answer to a fenced operation (renew, progress, ack, fail, release)."""
+
+    OK = "ok"
+    DUPLICATE = "duplicate"  # the same lease already acked: a retried call, accepted
+    STALE = "stale"  # a newer lease was handed out: refused
+    LOST = "lost"  # the lease expired and was reaped, or already ended: refused
+    MISSING = "missing"  # no such item (purged): refused
+
+    @property
+    def ok(self) -> bool:
+        return self in (Verdict.OK, Verdict.DUPLICATE)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def default_id(uri: str, config_version: str) -> str:
+    """The id an item gets when the caller gives none: the same uri under the same
+    pipeline configuration is the same work."""
+    return hashlib.sha1(f"{config_version}\n{uri}".encode()).hexdigest()[:24]
+
+
+def _text(value: object, name: str, max_bytes: int, *, no_space: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidItem(f"{name} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidItem(f"{name} is empty")
+    if len(value) * 4 > max_bytes or not value.isascii():  # cheap checks for the common case
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidItem(f"{name} is not valid UTF-8") from None
+        if size > max_bytes:
+            raise InvalidItem(f"{name} is longer than {max_bytes} bytes")
+    if (_CONTROL_OR_SPACE if no_space else _CONTROL).search(value):
+        what = "a control character or space" if no_space else "a control character"
+        raise InvalidItem(f"{name} contains {what}: {value!r}")
+    return value
+
+
+def check_uri(uri: object) -> str:
+    text = _text(uri, "uri", MAX_URI_BYTES, no_space=False)
+    if not _URI_RE.match(text):
+        raise InvalidItem(f"invalid uri {text!r}: expected {_URI_HELP}")
+    return text
+
+
+def check_id(item_id: object) -> str:
+    return _text(item_id, "id", MAX_ID_BYTES, no_space=True)
+
+
+def check_priority(priority: object) -> int:
+    if isinstance(priority, str) and priority in PRIORITY_NAMES:
+        return PRIORITY_NAMES[priority]
+    ok_int = isinstance(priority, int) and not isinstance(priority, bool)
+    ok_float = isinstance(priority, float) and math.isfinite(priority) and priority.is_integer()
+    if (ok_int or ok_float) and 0 <= priority <= 9:  # type: ignore[operator]
+        return int(priority)  # type: ignore[call-overload, no-any-return]
+    raise InvalidItem(f"unknown priority {priority!r}: use an integer 0..9 or low|normal|high")
+
+
+def _check_size(size: object) -> int:
+    ok_int = isinstance(size, int) and not isinstance(size, bool)
+    ok_float = isinstance(size, float) and math.isfinite(size) and size.is_integer()
+    if (ok_int or ok_float) and 0 <= size < 2**53:  # type: ignore[operator]
+        return int(size)  # type: ignore[call-overload, no-any-return]
+    raise InvalidItem(f"size must be an integer >= 0, not {size!r}")
+
+
+def _check_meta(meta: object) -> str:
+    """Metadata as compact JSON ('' for none): a flat object of scalars."""
+    if meta in ({}, []):  # JSON cannot tell an empty list from an empty object in Lua
+        return ""
+    if not isinstance(meta, Mapping):
+        raise InvalidItem("meta must be a JSON object")
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise InvalidItem("meta keys must be strings")
+        if not (value is None or isinstance(value, str | int | float | bool)):
+            raise InvalidItem("meta values must be strings, numbers, booleans or null")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidItem("meta numbers must be finite")
+    try:
+        encoded = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+        raw = encoded.encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        raise InvalidItem("meta is not valid UTF-8 JSON") from None
+    if len(raw) > MAX_META_BYTES:
+        raise InvalidItem(f"meta is longer than {MAX_META_BYTES} bytes as JSON")
+    return encoded
+
+
+@dataclass(frozen=True, slots=True)
+class NewItem:
+    """One video to process, by reference. Validated on construction."""
+
+    uri: str
+    id: str | None = None
+    priority: int | str = DEFAULT_PRIORITY
+    etag: str | None = None
+    size: int | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_uri(self.uri)
+        if self.id is not None:
+            check_id(self.id)
+        object.__setattr__(self, "priority", check_priority(self.priority))
+        if self.etag is not None:
+            _text(self.etag, "etag", MAX_ETAG_BYTES, no_space=False)
+        if self.size is not None:
+            _check_size(self.size)
+        if self.meta:
+            _check_meta(self.meta)
+
+    def resolved_id(self, config_version: str) -> str:
+        return self.id if self.id is not None else default_id(self.uri, config_version)
+
+    def script_args(self, config_version: str) -> list[str]:
+        """The six enqueue.lua arguments of this item."""
+        return [
+            self.resolved_id(config_version),
+            self.uri,
+            str(self.priority),
+            self.etag or "",
+            "" if self.size is None else str(self.size),
+            _check_meta(self.meta) if self.meta else "",
+        ]
+
+
+def uri_script_args(uri: str, config_version: str) -> list[str]:
+    """enqueue.lua's arguments for a bare uri with every default: NewItem(uri), faster."""
+    return [default_id(check_uri(uri), config_version), uri, "5", "", "", ""]
+
+
+def parse_inbox_entry(raw: bytes) -> NewItem:
+    """An inbox entry as lua/ingest.lua reads it; raises InvalidItem with the reason."""
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise InvalidItem(f"entry is longer than {MAX_ENTRY_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidItem("entry is not valid UTF-8") from None
+    try:
+        entry = json.loads(text)
+    except ValueError:
+        raise InvalidItem("entry is not valid JSON") from None
+    if not isinstance(entry, dict):
+        raise InvalidItem("entry must be a JSON object")
+    unknown = sorted(set(entry) - _INBOX_FIELDS)
+    if unknown:
+        raise InvalidItem(f"unknown field {unknown[0]}")
+    if entry.get("uri") is None:
+        raise InvalidItem("uri is required")
+    present = {k: v for k, v in entry.items() if v is not None}
+    present.setdefault("priority", DEFAULT_PRIORITY)
+    meta = present.pop("meta", {})
+    return NewItem(meta=meta if isinstance(meta, Mapping) else _meta_refused(meta), **present)
+
+
+def _meta_refused(meta: object) -> Mapping[str, Any]:
+    if meta == []:
+        return {}
+    raise InvalidItem("meta must be a JSON object")
+
+
+class Lease(NamedTuple):
+    """A claimed item. `epoch` is the fencing token every later call is checked against.
+    (A NamedTuple: claim builds thousands a second.)"""
+
+    id: str
+    epoch: int
+    deadline_ms: int
+    uri: str
+    worker: str
+    priority: int
+    etag: str | None = None
+    size: int | None = None
+    meta: Mapping[str, Any] = MappingProxyType({})
+    attempts: int = 0
+    deliveries: int = 0
+    chunks_total: int | None = None
+    chunks_done: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A read-only view of an item as stored."""
+
+    id: str
+    uri: str
+    state: State
+    priority: int
+    created_ms: int
+    etag: str | None = None
+    size: int | None = None
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    deliveries: int = 0
+    claims: int = 0
+    epoch: int | None = None
+    owner: str | None = None
+    lease_until_ms: int | None = None
+    ready_at_ms: int | None = None
+    chunks_done: int = 0
+    chunks_total: int | None = None
+    last_error: str | None = None
+    dead_reason: str | None = None
+    release_reason: str | None = None
+    result: str | None = None
+    done_ms: int | None = None
+    dead_ms: int | None = None
+
+    @classmethod
+    def from_hash(cls, item_id: str, h: Mapping[str, str]) -> Item:
+        def opt_int(name: str) -> int | None:
+            v = h.get(name)
+            return None if v is None or v == "" else int(v)
+
+        return cls(
+            id=item_id,
+            uri=h["uri"],
+            state=State(h["state"]),
+            priority=int(h["pri"]),
+            created_ms=int(h["created"]),
+            etag=h.get("etag") or None,
+            size=opt_int("size"),
+            meta=json.loads(h["meta"]) if h.get("meta") else {},
+            attempts=int(h.get("attempts", 0)),
+            deliveries=int(h.get("deliveries", 0)),
+            claims=int(h.get("claims", 0)),
+            epoch=opt_int("epoch"),
+            owner=h.get("owner"),
+            lease_until_ms=opt_int("lease_until"),
+            ready_at_ms=opt_int("ready_at"),
+            chunks_done=int(h.get("chunks_done", 0)),
+            chunks_total=opt_int("chunks_total"),
+            last_error=h.get("last_error"),
+            dead_reason=h.get("dead_reason"),
+            release_reason=h.get("release_reason"),
+            result=h.get("result") or None,
+            done_ms=opt_int("done_at"),
+            dead_ms=opt_int("dead_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A consistent snapshot of one queue."""
+
+    counts: Mapping[str, int]  # by state, plus inbox and rejected
+    paused: bool
+    oldest_queued_age_s: float | None
+    counters: Mapping[str, int]  # monotonic *_total counters
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "paused": self.paused,
+            "oldest_queued_age_s": self.oldest_queued_age_s,
+            "counters": dict(self.counters),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReapResult:
+    requeued: int
+    poisoned: int
+    promoted: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    ingested: int
+    rejected: int
+    duplicates: int
+    remaining: int

@@ -1,0 +1,298 @@
+"""The reliable queue: every transition is one Lua script, called by SHA.
+
+A `Queue` is a thin, typed handle over one Redis client and one `QueueSettings`; it keeps no
+state of its own, so any number of processes can share a queue. Times come from the Redis
+server's clock unless a `clock` (milliseconds) is given, which tests use to drive leases
+and backoff deterministically.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import NoScriptError
+
+from framefleet.settings import QueueSettings
+
+from .keys import STATES, Keys
+from .model import (
+    IngestResult,
+    InvalidItem,
+    Item,
+    Lease,
+    NewItem,
+    ReapResult,
+    Stats,
+    Verdict,
+    check_id,
+    uri_script_args,
+)
+from .scripts import Scripts
+
+Clock = Callable[[], int]
+_IN_FLIGHT = 2  # enqueue batches sent ahead of their replies
+
+
+class Queue:
+    def __init__(
+        self,
+        client: Redis,
+        settings: QueueSettings | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings or QueueSettings()
+        self.keys = Keys(self.settings.prefix, self.settings.name)
+        self._scripts = Scripts(client)
+        self._clock = clock
+        self._rng = rng or random.Random()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return "" if self._clock is None else str(self._clock())
+
+    def _run(self, name: str, *args: Any, client: Any = None) -> Any:
+        return self._scripts.run(name, self.keys.base, [self._now(), *args], client)
+
+    def _fenced(self, name: str, lease: Lease, *args: Any) -> tuple[Verdict, list[Any]]:
+        reply = self._run(name, lease.id, lease.epoch, *args)
+        return Verdict(reply[0]), reply[1:]
+
+    # -- producers -------------------------------------------------------------------
+
+    def enqueue(self, items: Iterable[NewItem | str], *, force: bool = False) -> list[str]:
+        """Add items (a NewItem or a bare uri each), idempotent by id.
+
+        Every item is validated before anything is written. An id already known is left as
+        it is, unless it is done or dead and `force` is set: then it starts again from
+        scratch. Returns the ids that were (re)queued by this call, in order.
+        """
+        version = self.settings.config_version
+        batch_size = self.settings.batch_size
+        args: list[list[str]] = []
+        for entry in items:
+            if isinstance(entry, str):
+                args.append(uri_script_args(entry, version))
+            elif isinstance(entry, NewItem):
+                args.append(entry.script_args(version))
+            else:
+                raise InvalidItem(f"expected a NewItem or a uri string, got {type(entry).__name__}")
+        flag = "1" if force else "0"
+        batches = [args[i : i + batch_size] for i in range(0, len(args), batch_size)]
+        replies = self._send_overlapped("enqueue", [[flag, *chain(*b)] for b in batches])
+        return [b[p - 1][0] for b, positions in zip(batches, replies, strict=True) for p in positions]
+
+    def _send_overlapped(self, name: str, calls: list[list[str]]) -> list[Any]:
+        """Run one script many times, sending call k+1 before reading the reply of call k, so
+        that the client packs while the server runs. Only for idempotent scripts: on a lost
+        script cache (NOSCRIPT after a restart) the calls are simply made again."""
+        sha = self._scripts.load(name)
+        conn = self.client.connection_pool.get_connection()
+        replies: list[Any] = []
+        try:
+            for k, call in enumerate(calls):
+                conn.send_command("EVALSHA", sha, 1, self.keys.base, self._now(), *call)
+                if k >= _IN_FLIGHT:
+                    replies.append(conn.read_response())
+            while len(replies) < len(calls):
+                replies.append(conn.read_response())
+        except NoScriptError:
+            conn.disconnect()
+            return [self._run(name, *call) for call in calls]
+        except BaseException:
+            conn.disconnect()  # replies may still be in flight: never reuse this connection
+            raise
+        finally:
+            self.client.connection_pool.release(conn)
+        return replies
+
+    def ingest_inbox(self, limit: int = 1000) -> IngestResult:
+        """Move entries pushed to the inbox by plain Redis clients into the queue."""
+        ingested, rejected, dup, remaining = self._run(
+            "ingest", limit, self.settings.config_version
+        )
+        return IngestResult(int(ingested), int(rejected), int(dup), int(remaining))
+
+    def rejected(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest rejected inbox entries, each {reason, at, raw | raw_hex}."""
+        return [json.loads(e) for e in self.client.lrange(self.keys.rejected, 0, limit - 1)]
+
+    # -- workers ---------------------------------------------------------------------
+
+    def claim(self, n: int, worker: str, *, block: float | None = None) -> list[Lease]:
+        """Lease up to n items. With `block` (seconds), wait up to that long for one.
+
+        Blocking waits on a wake-up list that every enqueue, release, retry and resume
+        pushes to, so an idle claimer gets a new item within milliseconds; it also wakes
+        when a delayed retry falls due and, every `poll_s`, to ingest the inbox.
+        """
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        check_id(worker)
+        lease_ms = int(self.settings.lease_s * 1000)
+        deadline = None if block is None else time.monotonic() + block
+        while True:
+            now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms)
+            if rows:
+                return [_lease(row, worker) for row in rows]
+            if int(inbox) > 0 and not int(paused):
+                if self.ingest_inbox().ingested:
+                    continue
+            if deadline is None:
+                return []
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            wait = min(left, self.settings.poll_s)
+            if int(next_due) >= 0:
+                wait = min(wait, max(0.0, (int(next_due) - int(now)) / 1000))
+            self.client.blpop([self.keys.signal], timeout=max(wait, 0.001))
+
+    def renew(self, lease: Lease) -> Verdict:
+        """Extend the lease by lease_s. Refused (falsy) when the lease was lost: stop."""
+        verdict, _ = self._fenced("renew", lease, int(self.settings.lease_s * 1000))
+        return verdict
+
+    def progress(self, lease: Lease, chunk: int, total: int | None = None) -> Verdict:
+        """Checkpoint one finished chunk (idempotent), fenced by the lease's epoch."""
+        if chunk < 0 or (total is not None and total < 1):
+            raise ValueError("chunk must be >= 0 and total >= 1")
+        verdict, _ = self._fenced("progress", lease, chunk, "" if total is None else total)
+        return verdict
+
+    def ack(self, lease: Lease, result: str = "") -> Verdict:
+        """Done. A stale epoch is refused and counted; a repeated ack is DUPLICATE (ok)."""
+        return self.ack_many([(lease, result)])[0]
+
+    def ack_many(self, acks: Sequence[tuple[Lease, str]]) -> list[Verdict]:
+        """Several acks in one script call, each fenced by its own epoch."""
+        if not acks:
+            return []
+        args = [v for lease, result in acks for v in (lease.id, lease.epoch, result)]
+        return [Verdict(v) for v in self._run("ack", *args)]
+
+    def fail(self, lease: Lease, error: str, *, retryable: bool = True) -> Verdict:
+        """Retryable: retried after exponential backoff with jitter, dead after max_attempts.
+        Not retryable: dead at once with `error` as its reason."""
+        s = self.settings
+        verdict, _ = self._fenced(
+            "fail",
+            lease,
+            error,
+            "1" if retryable else "0",
+            s.max_attempts,
+            int(s.backoff_base_s * 1000),
+            int(s.backoff_max_s * 1000),
+            repr(self._rng.random()),
+        )
+        return verdict
+
+    def release(self, lease: Lease, reason: str = "released") -> Verdict:
+        """Back to queued at once, no attempt counted (preemption, shutdown)."""
+        verdict, _ = self._fenced("release", lease, reason)
+        return verdict
+
+    # -- supervision -----------------------------------------------------------------
+
+    def reap(self, limit: int = 1000) -> ReapResult:
+        """Take back expired leases (poison after max_deliveries) and promote due retries.
+        Loops until none is left; each call costs O(expired), not O(leased)."""
+        totals = [0, 0, 0]
+        while True:
+            requeued, poisoned, promoted, more = self._run(
+                "reap", limit, self.settings.max_deliveries
+            )
+            for i, v in enumerate((requeued, poisoned, promoted)):
+                totals[i] += int(v)
+            if not int(more):
+                return ReapResult(*totals)
+
+    def pause(self) -> None:
+        """Nothing is handed out until resume(); leases already out carry on."""
+        self.client.hset(self.keys.meta, "paused", "1")
+
+    def resume(self) -> None:
+        self._run("resume")
+
+    def cancel(self, item_id: str, why: str = "by request") -> bool:
+        """Cancel a queued or delayed item (it becomes a dead letter). False otherwise."""
+        return self._run("cancel", check_id(item_id), why) in ("queued", "delayed")
+
+    # -- dead letters ------------------------------------------------------------------
+
+    def dead(self, offset: int = 0, limit: int = 100) -> list[Item]:
+        """Dead letters, newest first, with their reasons."""
+        ids = self.client.zrevrange(self.keys.state("dead"), offset, offset + limit - 1)
+        return self._items(ids)
+
+    def retry_dead(self, ids: Sequence[str] = (), *, limit: int = 1000) -> list[str]:
+        """Back to queued with fresh counts: the given ids, or the oldest `limit`."""
+        return list(self._run("retry_dead", limit, *[check_id(i) for i in ids]))
+
+    def purge_dead(self, ids: Sequence[str] = (), *, limit: int = 1000) -> list[str]:
+        """Delete dead letters for good: the given ids, or the oldest `limit`."""
+        return list(self._run("purge_dead", limit, *[check_id(i) for i in ids]))
+
+    # -- reading -----------------------------------------------------------------------
+
+    def get(self, item_id: str) -> Item | None:
+        found = self._items([item_id])
+        return found[0] if found else None
+
+    def items_in(self, state: str, offset: int = 0, limit: int = 100) -> list[Item]:
+        """Items in one state, oldest first (queued: in claim order)."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        return self._items(self.client.zrange(self.keys.state(state), offset, offset + limit - 1))
+
+    def chunks(self, item_id: str) -> set[int]:
+        """Checkpointed chunk indices of an item that is not done yet."""
+        return {int(c) for c in self.client.smembers(self.keys.chunks(item_id))}
+
+    def _items(self, ids: Sequence[str]) -> list[Item]:
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in ids:
+            pipe.hgetall(self.keys.item(item_id))
+        return [Item.from_hash(i, h) for i, h in zip(ids, pipe.execute(), strict=True) if h]
+
+    def stats(self) -> Stats:
+        reply = self._run("stats")
+        now, paused = int(reply[0]), reply[1] == "1"
+        names = ("queued", "delayed", "leased", "done", "dead", "inbox", "rejected")
+        counts = {name: int(v) for name, v in zip(names, reply[2:9], strict=True)}
+        oldest = int(reply[9])
+        flat = reply[10]
+        counters = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        age = None if oldest < 0 else max(0.0, (now - oldest) / 1000)
+        return Stats(counts=counts, paused=paused, oldest_queued_age_s=age, counters=counters)
+
+
+_NO_CHUNKS: frozenset[int] = frozenset()
+
+
+def _lease(row: list[Any], worker: str) -> Lease:
+    (item_id, epoch, deadline, uri, etag, size, meta, pri, attempts, deliveries, total, chunks) = row
+    return Lease(
+        item_id,
+        int(epoch),
+        int(deadline),
+        uri,
+        worker,
+        int(pri),
+        etag or None,
+        int(size) if size else None,
+        json.loads(meta) if meta else {},
+        int(attempts),
+        int(deliveries),
+        int(total) if total else None,
+        frozenset(int(c) for c in chunks) if chunks else _NO_CHUNKS,
+    )

