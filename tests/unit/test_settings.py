@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from framefleet.queue import Keys
+from framefleet.settings import QueueSettings, RedisSettings, Settings, SettingsError
+
+
+def test_defaults_run_on_one_machine() -> None:
+    s = Settings.from_env({})
+    assert s.redis.url is None and s.redis.appendfsync == "everysec"
+    assert s.queue.name == "videos" and s.queue.lease_s == 60
+
+
+def test_environment_overrides() -> None:
+    s = Settings.from_env({
+        "FRAMEFLEET_REDIS_URL": "rediss://user:pw@redis.internal:6380/0",
+        "FRAMEFLEET_DATA_DIR": "/var/lib/ff",
+        "FRAMEFLEET_APPENDFSYNC": "always",
+        "FRAMEFLEET_QUEUE": "cams",
+        "FRAMEFLEET_LEASE_S": "12.5",
+        "FRAMEFLEET_MAX_ATTEMPTS": "9",
+    })  # fmt: skip
+    assert s.redis.url == "rediss://user:pw@redis.internal:6380/0"
+    assert s.redis.data_dir == Path("/var/lib/ff") and s.redis.appendfsync == "always"
+    assert (s.queue.name, s.queue.lease_s, s.queue.max_attempts) == ("cams", 12.5, 9)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"FRAMEFLEET_APPENDFSYNC": "sometimes"}, {"FRAMEFLEET_LEASE_S": "soon"},
+     {"FRAMEFLEET_LEASE_S": "0"}, {"FRAMEFLEET_QUEUE": "a:b"}, {"FRAMEFLEET_QUEUE": "{x}"},
+     {"FRAMEFLEET_MAX_DELIVERIES": "0"}, {"FRAMEFLEET_REDIS_PORT": "70000"}],
+)  # fmt: skip
+def test_bad_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        QueueSettings().lease_s = 1  # type: ignore[misc]
+    with pytest.raises(SettingsError):
+        RedisSettings(appendfsync="never")  # type: ignore[arg-type]
+
+
+def test_key_layout_shares_one_hash_tag() -> None:
+    k = Keys("ff", "videos")
+    assert k.base == "ff:{videos}:"
+    names = [k.item("a"), k.chunks("a"), k.state("queued"), k.state("dead"), k.signal, k.inbox,
+             k.rejected, k.meta, k.stats]  # fmt: skip
+    assert all(n.startswith("ff:{videos}:") for n in names)
+    with pytest.raises(ValueError):
+        k.state("running")
