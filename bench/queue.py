@@ -7,7 +7,6 @@ not. Every figure is the median of --repeats runs. Run: `framefleet bench queue`
 `python bench/queue.py [--quick] [--out FILE]`.
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
 
 import sys
@@ -179,8 +178,12 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "os": platform.platform()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
 
 
 def verdicts(result: dict[str, Any]) -> dict[str, bool]:

@@ -87,7 +87,9 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         print("--id goes with exactly one URI", file=sys.stderr)
         return 2
     try:
-        items = [NewItem(uri=_as_uri(u), id=args.id, priority=_priority(args.priority)) for u in uris]
+        items = [
+            NewItem(uri=_as_uri(u), id=args.id, priority=_priority(args.priority)) for u in uris
+        ]
     except InvalidItem as exc:
         print(f"refused, nothing enqueued: {exc}", file=sys.stderr)
         return 2
@@ -155,7 +157,7 @@ def cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         op = q.retry_dead if args.action == "retry" else q.purge_dead
         moved = op(args.ids, limit=args.limit) if args.ids else _drain(op, args.limit)
-    _print_json({args.action + ("d" if args.action == "purge" else "ed"): moved})
+    _print_json({"retried" if args.action == "retry" else "purged": moved})
     return 0
 
 
@@ -170,8 +172,14 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         if args.action == "ingest":
             r = q.ingest_inbox(limit=args.limit)
-            _print_json({"ingested": r.ingested, "rejected": r.rejected,
-                         "duplicates": r.duplicates, "remaining": r.remaining})  # fmt: skip
+            _print_json(
+                {
+                    "ingested": r.ingested,
+                    "rejected": r.rejected,
+                    "duplicates": r.duplicates,
+                    "remaining": r.remaining,
+                }
+            )
         else:
             _print_json(q.rejected(limit=args.limit))
     return 0
@@ -216,8 +224,10 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="framefleet", description=__doc__)
-    p.add_argument("--redis-url", help="Redis/Valkey URL (default: $FRAMEFLEET_REDIS_URL, "
-                   "else the embedded server)")  # fmt: skip
+    p.add_argument(
+        "--redis-url",
+        help="Redis/Valkey URL (default: $FRAMEFLEET_REDIS_URL, else the embedded server)",
+    )
     p.add_argument("--data-dir", help="embedded server data dir (default .framefleet/redis)")
     p.add_argument("--queue", help="queue name (default: $FRAMEFLEET_QUEUE or 'videos')")
     sub = p.add_subparsers(dest="command", required=True)

@@ -35,7 +35,9 @@ class RedisSettings:
 
     def __post_init__(self) -> None:
         if self.appendfsync not in ("everysec", "always"):
-            raise SettingsError(f"appendfsync must be 'everysec' or 'always', not {self.appendfsync!r}")
+            raise SettingsError(
+                f"appendfsync must be 'everysec' or 'always', not {self.appendfsync!r}"
+            )
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be in 0..65535, not {self.port}")
 
@@ -59,7 +61,9 @@ class QueueSettings:
         for name in ("name", "prefix", "config_version"):
             value = getattr(self, name)
             if not value or any(c in value for c in "{}: \t\r\n"):
-                raise SettingsError(f"queue {name} must be non-empty without braces, colons or spaces")
+                raise SettingsError(
+                    f"queue {name} must be non-empty without braces, colons or spaces"
+                )
         positive = ("lease_s", "backoff_base_s", "backoff_max_s", "poll_s")
         for name in positive:
             if not getattr(self, name) > 0:

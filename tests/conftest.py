@@ -51,7 +51,9 @@ class ManualClock:
 
 
 @pytest.fixture(scope="session", params=list(SERVER_BUILDS))
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedServer]:
     """Each server build in turn: tests using it form the contract suite."""
     build = request.param
     srv = EmbeddedServer(tmp_path_factory.mktemp(build), binary=SERVER_BUILDS[build]()).start()
@@ -104,4 +106,6 @@ def make_queue(client: Redis, clock: ManualClock) -> QueueFactory:
 
 @pytest.fixture
 def queue(make_queue: QueueFactory) -> Queue:
-    return make_queue(lease_s=30, max_attempts=3, max_deliveries=3, backoff_base_s=1, backoff_max_s=8)
+    return make_queue(
+        lease_s=30, max_attempts=3, max_deliveries=3, backoff_base_s=1, backoff_max_s=8
+    )

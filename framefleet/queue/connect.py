@@ -29,7 +29,7 @@ def connect(url: str) -> Redis:
 
 
 def _major_minor(version: str) -> tuple[int, int]:
-    parts = (version.split(".") + ["0", "0"])[:2]
+    parts = [*version.split("."), "0", "0"][:2]
     try:
         return int(parts[0]), int(parts[1])
     except ValueError:

@@ -4,20 +4,20 @@ All keys of a queue share the hash tag `{<queue>}` so that a queue lives in one 
 Cluster slot and every Lua script touches a single slot. With prefix `ff` and queue
 `videos` the keys are:
 
-| key                          | type   | holds                                                     |
-|------------------------------|--------|-----------------------------------------------------------|
-| ff:{videos}:item:<id>        | hash   | one item: uri, pri, seq, state, epoch, owner, ... (below) |
-| ff:{videos}:chunks:<id>      | set    | indices of checkpointed chunks (while not done)           |
-| ff:{videos}:queued           | zset   | ids ready to claim; score = (9 - priority) * 2^44 + seq   |
-| ff:{videos}:delayed          | zset   | ids waiting for a retry; score = ready time (ms)          |
-| ff:{videos}:leased           | zset   | ids under a lease; score = lease deadline (ms)            |
-| ff:{videos}:done             | zset   | finished ids; score = done time (ms)                      |
-| ff:{videos}:dead             | zset   | dead letters; score = time of death (ms)                  |
-| ff:{videos}:signal           | list   | wake-up tokens for blocked claimers (BLPOP)               |
-| ff:{videos}:inbox            | list   | JSON items pushed by plain Redis clients (LPUSH)          |
-| ff:{videos}:rejected         | list   | inbox entries refused, as JSON {raw, reason, at}          |
-| ff:{videos}:meta             | hash   | paused, seq (FIFO counter), epoch (fencing counter)       |
-| ff:{videos}:stats            | hash   | monotonic counters (`*_total`)                            |
+| key                     | type | holds                                                   |
+|-------------------------|------|---------------------------------------------------------|
+| ff:{videos}:item:<id>   | hash | one item: uri, pri, seq, state, epoch, owner, ...       |
+| ff:{videos}:chunks:<id> | set  | indices of checkpointed chunks (while not done)         |
+| ff:{videos}:queued      | zset | ids ready to claim; score (9 - priority) * 2^44 + seq   |
+| ff:{videos}:delayed     | zset | ids waiting for a retry; score = ready time (ms)        |
+| ff:{videos}:leased      | zset | ids under a lease; score = lease deadline (ms)          |
+| ff:{videos}:done        | zset | finished ids; score = done time (ms)                    |
+| ff:{videos}:dead        | zset | dead letters; score = time of death (ms)                |
+| ff:{videos}:signal      | list | wake-up tokens for blocked claimers (BLPOP)             |
+| ff:{videos}:inbox       | list | JSON items pushed by plain Redis clients (LPUSH)        |
+| ff:{videos}:rejected    | list | inbox entries refused, as JSON {raw, reason, at}        |
+| ff:{videos}:meta        | hash | paused, seq (FIFO counter), epoch (fencing counter)     |
+| ff:{videos}:stats       | hash | monotonic counters (`*_total`)                          |
 
 Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
 `created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,

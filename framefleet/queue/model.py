@@ -13,7 +13,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -39,7 +39,7 @@ class InvalidItem(QueueError, ValueError):
     """An item was refused before anything was written."""
 
 
-class State(str, Enum):
+class State(StrEnum):
     QUEUED = "queued"
     DELAYED = "delayed"
     LEASED = "leased"
@@ -47,7 +47,7 @@ class State(str, Enum):
     DEAD = "dead"
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     """The answer to a fenced operation (renew, progress, ack, fail, release)."""
 
     OK = "ok"

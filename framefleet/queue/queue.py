@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 from redis.exceptions import NoScriptError
@@ -89,7 +89,9 @@ class Queue:
         flag = "1" if force else "0"
         batches = [args[i : i + batch_size] for i in range(0, len(args), batch_size)]
         replies = self._send_overlapped("enqueue", [[flag, *chain(*b)] for b in batches])
-        return [b[p - 1][0] for b, positions in zip(batches, replies, strict=True) for p in positions]
+        return [
+            b[p - 1][0] for b, positions in zip(batches, replies, strict=True) for p in positions
+        ]
 
     def _send_overlapped(self, name: str, calls: list[list[str]]) -> list[Any]:
         """Run one script many times, sending call k+1 before reading the reply of call k, so
@@ -100,16 +102,19 @@ class Queue:
         replies: list[Any] = []
         try:
             for k, call in enumerate(calls):
-                conn.send_command("EVALSHA", sha, 1, self.keys.base, self._now(), *call)
+                conn.send_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", sha, 1, self.keys.base, self._now(), *call
+                )
                 if k >= _IN_FLIGHT:
                     replies.append(conn.read_response())
             while len(replies) < len(calls):
                 replies.append(conn.read_response())
         except NoScriptError:
-            conn.disconnect()
+            conn.disconnect()  # type: ignore[no-untyped-call]
             return [self._run(name, *call) for call in calls]
         except BaseException:
-            conn.disconnect()  # replies may still be in flight: never reuse this connection
+            # replies may still be in flight: never reuse this connection
+            conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         finally:
             self.client.connection_pool.release(conn)
@@ -144,9 +149,8 @@ class Queue:
             now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms)
             if rows:
                 return [_lease(row, worker) for row in rows]
-            if int(inbox) > 0 and not int(paused):
-                if self.ingest_inbox().ingested:
-                    continue
+            if int(inbox) > 0 and not int(paused) and self.ingest_inbox().ingested:
+                continue
             if deadline is None:
                 return []
             left = deadline - time.monotonic()
@@ -232,7 +236,7 @@ class Queue:
     def dead(self, offset: int = 0, limit: int = 100) -> list[Item]:
         """Dead letters, newest first, with their reasons."""
         ids = self.client.zrevrange(self.keys.state("dead"), offset, offset + limit - 1)
-        return self._items(ids)
+        return self._items(cast(list[str], ids))
 
     def retry_dead(self, ids: Sequence[str] = (), *, limit: int = 1000) -> list[str]:
         """Back to queued with fresh counts: the given ids, or the oldest `limit`."""
@@ -252,7 +256,8 @@ class Queue:
         """Items in one state, oldest first (queued: in claim order)."""
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
-        return self._items(self.client.zrange(self.keys.state(state), offset, offset + limit - 1))
+        ids = self.client.zrange(self.keys.state(state), offset, offset + limit - 1)
+        return self._items(cast(list[str], ids))
 
     def chunks(self, item_id: str) -> set[int]:
         """Checkpointed chunk indices of an item that is not done yet."""
@@ -280,7 +285,9 @@ _NO_CHUNKS: frozenset[int] = frozenset()
 
 
 def _lease(row: list[Any], worker: str) -> Lease:
-    (item_id, epoch, deadline, uri, etag, size, meta, pri, attempts, deliveries, total, chunks) = row
+    (item_id, epoch, deadline, uri, etag, size, meta, pri, attempts, deliveries, total, chunks) = (
+        row
+    )
     return Lease(
         item_id,
         int(epoch),

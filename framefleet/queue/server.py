@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from framefleet.settings import RedisSettings
 
@@ -63,9 +63,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _pings(port: int, timeout: float = 0.5) -> bool:
-    client = Redis(host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """True once the server answers commands (a password it wants counts as an answer;
+    still loading its AOF does not)."""
+    client = Redis(
+        host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
     try:
         return bool(client.ping())
+    except AuthenticationError:
+        return True
+    except ResponseError as exc:
+        return "NOAUTH" in str(exc)
     except (RedisError, OSError):
         return False
     finally:
@@ -107,24 +115,33 @@ class EmbeddedServer:
         d = str(self.data_dir)
         return [
             str(self.binary),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", d,
-            "--logfile", str(self.data_dir / "server.log"),
-            "--appendonly", "yes",
-            "--appendfsync", self.appendfsync,
-            "--save", "",
-            "--daemonize", "no",
-            "--protected-mode", "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            d,
+            "--logfile",
+            str(self.data_dir / "server.log"),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
             *self.extra_args,
-        ]  # fmt: skip
+        ]
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
         """Start the process and wait until it answers PING (it may be loading its AOF)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
             self.port = _free_port()
-        self.process = subprocess.Popen(  # noqa: S603 - our own argument list
+        self.process = subprocess.Popen(
             self.args(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -134,9 +151,16 @@ class EmbeddedServer:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
-                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                err = (
+                    self.process.stderr.read().decode(errors="replace")
+                    if self.process.stderr
+                    else ""
+                )
                 log = self._log_tail()
-                raise ServerError(f"{self.binary.name} exited with {self.process.returncode}: {err}{log}")
+                self._forget()
+                raise ServerError(
+                    f"{self.binary.name} exited with {self.process.returncode}: {err}{log}"
+                )
             if _pings(self.port):
                 self._write_state()
                 return self

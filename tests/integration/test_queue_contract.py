@@ -46,14 +46,28 @@ def test_enqueue_in_many_batches_keeps_order_and_duplicates_once(make_queue: Que
 
 
 def test_enqueue_stores_metadata(queue: Queue) -> None:
-    queue.enqueue([NewItem("s3://b/k.mp4", id="k", etag="abc", size=52_428_800,
-                           meta={"customer": "acme", "fps": 2.5}, priority="high")])  # fmt: skip
+    queue.enqueue(
+        [
+            NewItem(
+                "s3://b/k.mp4",
+                id="k",
+                etag="abc",
+                size=52_428_800,
+                meta={"customer": "acme", "fps": 2.5},
+                priority="high",
+            )
+        ]
+    )
     item = queue.get("k")
     assert item is not None
     assert (item.etag, item.size, item.priority) == ("abc", 52_428_800, 9)
     assert dict(item.meta) == {"customer": "acme", "fps": 2.5}
     [lease] = queue.claim(1, "w")
-    assert (lease.etag, lease.size, dict(lease.meta)) == ("abc", 52_428_800, {"customer": "acme", "fps": 2.5})
+    assert (lease.etag, lease.size, dict(lease.meta)) == (
+        "abc",
+        52_428_800,
+        {"customer": "acme", "fps": 2.5},
+    )
 
 
 def test_a_bad_item_in_a_batch_writes_nothing(queue: Queue, client: Redis) -> None:
@@ -100,10 +114,19 @@ def test_force_leaves_live_items_alone(queue: Queue) -> None:
 
 
 def test_claim_highest_priority_first_then_fifo(queue: Queue) -> None:
-    queue.enqueue([NewItem("/v/l1.mp4", id="l1", priority="low"), NewItem("/v/n1.mp4", id="n1"),
-                   NewItem("/v/h1.mp4", id="h1", priority=9), NewItem("/v/n2.mp4", id="n2"),
-                   NewItem("/v/h2.mp4", id="h2", priority="high"), NewItem("/v/p7.mp4", id="p7", priority=7)])  # fmt: skip
-    order = [lease.id for lease in queue.claim(2, "w")] + [lease.id for lease in queue.claim(10, "w")]
+    queue.enqueue(
+        [
+            NewItem("/v/l1.mp4", id="l1", priority="low"),
+            NewItem("/v/n1.mp4", id="n1"),
+            NewItem("/v/h1.mp4", id="h1", priority=9),
+            NewItem("/v/n2.mp4", id="n2"),
+            NewItem("/v/h2.mp4", id="h2", priority="high"),
+            NewItem("/v/p7.mp4", id="p7", priority=7),
+        ]
+    )
+    order = [lease.id for lease in queue.claim(2, "w")] + [
+        lease.id for lease in queue.claim(10, "w")
+    ]
     assert order == ["h1", "h2", "p7", "n1", "n2", "l1"]
 
 
@@ -113,7 +136,11 @@ def test_claim_gives_fresh_epochs_and_deadlines(queue: Queue, clock: ManualClock
     assert len(leases) == 2 and len({lease.epoch for lease in leases}) == 2
     assert all(lease.deadline_ms == clock.now_ms + 30_000 for lease in leases)
     item = queue.get(leases[0].id)
-    assert item is not None and (item.state, item.owner, item.epoch) == (State.LEASED, "worker-1", leases[0].epoch)
+    assert item is not None and (item.state, item.owner, item.epoch) == (
+        State.LEASED,
+        "worker-1",
+        leases[0].epoch,
+    )
     queue.release(leases[0])
     [again] = queue.claim(1, "worker-2")
     assert again.id == leases[0].id and again.epoch > max(lease.epoch for lease in leases)
@@ -154,7 +181,9 @@ def test_blocked_claim_wakes_on_resume(client: Redis) -> None:
     q.enqueue(["/v/a.mp4"])
     q.pause()
     got: list[str] = []
-    thread = threading.Thread(target=lambda: got.extend(x.id for x in Queue(client, settings).claim(1, "w", block=30)))
+    thread = threading.Thread(
+        target=lambda: got.extend(x.id for x in Queue(client, settings).claim(1, "w", block=30))
+    )
     thread.start()
     time.sleep(0.3)
     assert got == []
@@ -261,7 +290,11 @@ def test_ack_many_judges_each_lease(queue: Queue) -> None:
     queue.release(b)
     [b2] = queue.claim(1, "w")
     assert queue.ack_many([(a, "r1"), (b, "r2"), (b2, "r3"), (a, "r1")]) == [
-        Verdict.OK, Verdict.STALE, Verdict.OK, Verdict.DUPLICATE]  # fmt: skip
+        Verdict.OK,
+        Verdict.STALE,
+        Verdict.OK,
+        Verdict.DUPLICATE,
+    ]
     assert queue.get(b.id).result == "r3"  # type: ignore[union-attr]
 
 
@@ -276,7 +309,9 @@ def test_ack_of_a_purged_item_is_missing(queue: Queue) -> None:
 # -- fail ----------------------------------------------------------------------------------
 
 
-def test_retryable_failure_backs_off_exponentially_then_goes_dead(queue: Queue, clock: ManualClock) -> None:
+def test_retryable_failure_backs_off_exponentially_then_goes_dead(
+    queue: Queue, clock: ManualClock
+) -> None:
     [item_id] = queue.enqueue(["/v/a.mp4"])
     delays = []
     for attempt in (1, 2):
@@ -316,7 +351,10 @@ def test_non_retryable_failure_is_dead_at_once_with_its_reason(queue: Queue) -> 
     [lease] = queue.claim(1, "w")
     assert queue.fail(lease, "not a video: no video stream", retryable=False) == Verdict.OK
     [dead] = queue.dead()
-    assert dead.id == item_id and dead.dead_reason == "failed (not retryable): not a video: no video stream"
+    assert (
+        dead.id == item_id
+        and dead.dead_reason == "failed (not retryable): not a video: no video stream"
+    )
     assert queue.fail(lease, "again") == Verdict.LOST
     assert queue.stats().counters["stale_fail_total"] == 1
 
@@ -338,7 +376,9 @@ def test_release_requeues_at_once_without_counting_an_attempt(queue: Queue) -> N
 # -- reap ----------------------------------------------------------------------------------
 
 
-def test_reap_requeues_expired_leases_and_poisons_repeat_crashers(make_queue: QueueFactory, clock: ManualClock) -> None:
+def test_reap_requeues_expired_leases_and_poisons_repeat_crashers(
+    make_queue: QueueFactory, clock: ManualClock
+) -> None:
     q = make_queue(lease_s=10, max_deliveries=2)
     [item_id] = q.enqueue(["/v/crasher.mp4"])
     q.enqueue(["/v/fine.mp4"])
@@ -356,12 +396,15 @@ def test_reap_requeues_expired_leases_and_poisons_repeat_crashers(make_queue: Qu
     assert (r.poisoned, r.requeued) == (1, 1)  # crash2 poisoned; fine expired too (1st time)
     item = q.get(item_id)
     assert item is not None and item.state is State.DEAD
-    assert item.dead_reason == ("poison: its lease expired 2 times without ack or fail "
-                                "(crashed its worker 2 times)")  # fmt: skip
+    assert item.dead_reason == (
+        "poison: its lease expired 2 times without ack or fail (crashed its worker 2 times)"
+    )
     assert q.stats().counters["poisoned_total"] == 1
 
 
-def test_reap_touches_only_expired_leases(make_queue: QueueFactory, clock: ManualClock, client: Redis) -> None:
+def test_reap_touches_only_expired_leases(
+    make_queue: QueueFactory, clock: ManualClock, client: Redis
+) -> None:
     """Reaping costs O(expired): with 500 live leases and 3 expired, the script reads and
     writes only the 3 (MONITOR shows every command a Lua script runs)."""
     q = make_queue(lease_s=10)
@@ -371,7 +414,7 @@ def test_reap_touches_only_expired_leases(make_queue: QueueFactory, clock: Manua
     q.enqueue([f"/v/live-{i}.mp4" for i in range(500)])
     assert len(q.claim(500, "w")) == 500
     clock.advance(6_000)
-    with client.monitor() as monitor:
+    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
         result = q.reap()
         client.set("monitor-end", "1")
         touched = []
@@ -446,11 +489,20 @@ def test_stats_counts_and_oldest_age(queue: Queue, clock: ManualClock) -> None:
     assert stats.counts["queued"] == 3 and stats.oldest_queued_age_s == 7.0
     [h] = queue.claim(1, "w")
     assert h.uri == "/v/h.mp4"
-    assert queue.stats().counts == {"queued": 2, "delayed": 0, "leased": 1, "done": 0, "dead": 0,
-                                    "inbox": 0, "rejected": 0}  # fmt: skip
+    assert queue.stats().counts == {
+        "queued": 2,
+        "delayed": 0,
+        "leased": 1,
+        "done": 0,
+        "dead": 0,
+        "inbox": 0,
+        "rejected": 0,
+    }
 
 
-def test_every_key_shares_the_queue_hash_tag(queue: Queue, client: Redis, clock: ManualClock) -> None:
+def test_every_key_shares_the_queue_hash_tag(
+    queue: Queue, client: Redis, clock: ManualClock
+) -> None:
     queue.enqueue(["/v/a.mp4", "/v/b.mp4", "/v/c.mp4"])
     a, b, c = queue.claim(3, "w")
     queue.progress(a, 0)

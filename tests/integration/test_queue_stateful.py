@@ -53,9 +53,13 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock = ManualClock()
         self.q = Queue(
             self.client,
-            QueueSettings(lease_s=LEASE_MS / 1000, max_attempts=MAX_ATTEMPTS,
-                          max_deliveries=MAX_DELIVERIES, backoff_base_s=BASE_MS / 1000,
-                          backoff_max_s=CAP_MS / 1000),  # fmt: skip
+            QueueSettings(
+                lease_s=LEASE_MS / 1000,
+                max_attempts=MAX_ATTEMPTS,
+                max_deliveries=MAX_DELIVERIES,
+                backoff_base_s=BASE_MS / 1000,
+                backoff_max_s=CAP_MS / 1000,
+            ),
             clock=self.clock,
             rng=random.Random(0),
         )
@@ -81,7 +85,9 @@ class QueueMachine(RuleBasedStateMachine):
             m = self.model.get(i)
             if i not in expected and (m is None or (force and m.state in ("done", "dead"))):
                 expected.append(i)
-        got = self.q.enqueue([NewItem(f"/v/{i}.mp4", id=i, priority=PRIORITY[i]) for i in ids], force=force)
+        got = self.q.enqueue(
+            [NewItem(f"/v/{i}.mp4", id=i, priority=PRIORITY[i]) for i in ids], force=force
+        )
         assert got == expected
         for i in got:
             self.model[i] = Model()
@@ -105,7 +111,11 @@ class QueueMachine(RuleBasedStateMachine):
             m = self.model[lease.id]
             assert lease.epoch > self.max_epoch
             self.max_epoch = lease.epoch
-            assert (lease.attempts, lease.deliveries, set(lease.chunks_done)) == (m.attempts, m.deliveries, m.chunks)
+            assert (lease.attempts, lease.deliveries, set(lease.chunks_done)) == (
+                m.attempts,
+                m.deliveries,
+                m.chunks,
+            )
             m.state, m.epoch, m.deadline = "leased", lease.epoch, self.clock.now_ms + LEASE_MS
         return multiple(*got)
 
@@ -164,7 +174,9 @@ class QueueMachine(RuleBasedStateMachine):
                     m.state, poisoned = "dead", poisoned + 1
                 else:
                     m.state, requeued = "queued", requeued + 1
-        promoted = sum(m.state == "delayed" and m.ready_at <= self.clock.now_ms for m in self.model.values())
+        promoted = sum(
+            m.state == "delayed" and m.ready_at <= self.clock.now_ms for m in self.model.values()
+        )
         self._promote()
         r = self.q.reap()
         assert (r.requeued, r.poisoned, r.promoted) == (requeued, poisoned, promoted)
@@ -215,6 +227,10 @@ def test_queue_state_machine(valkey_client: Redis) -> None:
     machine = type("BoundQueueMachine", (QueueMachine,), {"client": valkey_client})
     run_state_machine_as_test(
         machine,
-        settings=settings(max_examples=80, stateful_step_count=40, deadline=None,
-                          suppress_health_check=[HealthCheck.function_scoped_fixture]),  # fmt: skip
+        settings=settings(
+            max_examples=80,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        ),
     )

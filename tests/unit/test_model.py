@@ -10,9 +10,17 @@ from framefleet.queue.model import uri_script_args
 
 @pytest.mark.parametrize(
     "uri",
-    ["s3://bucket/key.mp4", "s3://b/a/b/c.webm", "/data/v.mp4", "/data/with space.mp4",
-     "file:///data/v.mp4", "https://cdn.example.com/v.mp4?sig=1", "http://h", "/é.mp4"],
-)  # fmt: skip
+    [
+        "s3://bucket/key.mp4",
+        "s3://b/a/b/c.webm",
+        "/data/v.mp4",
+        "/data/with space.mp4",
+        "file:///data/v.mp4",
+        "https://cdn.example.com/v.mp4?sig=1",
+        "http://h",
+        "/é.mp4",
+    ],
+)
 def test_accepted_uris(uri: str) -> None:
     assert NewItem(uri).uri == uri
     assert uri_script_args(uri, "1") == NewItem(uri).script_args("1")
@@ -44,9 +52,15 @@ def test_refused_uris(uri: str, reason: str) -> None:
 
 @pytest.mark.parametrize(
     ("item_id", "reason"),
-    [("", "id is empty"), ("a b", "space"), ("tab\t", "control"), ("x" * 201, "longer than 200"),
-     ("\udcff", "not valid UTF-8"), (42, "must be a string")],
-)  # fmt: skip
+    [
+        ("", "id is empty"),
+        ("a b", "space"),
+        ("tab\t", "control"),
+        ("x" * 201, "longer than 200"),
+        ("\udcff", "not valid UTF-8"),
+        (42, "must be a string"),
+    ],
+)
 def test_refused_ids(item_id: object, reason: str) -> None:
     with pytest.raises(InvalidItem, match=reason):
         NewItem("/v.mp4", id=item_id)  # type: ignore[arg-type]
@@ -85,8 +99,13 @@ def test_inbox_entry_parsing() -> None:
     item = parse_inbox_entry(b'{"uri": "/v/a.mp4", "id": "a", "priority": "high", "size": 10}')
     assert (item.uri, item.id, item.priority, item.size) == ("/v/a.mp4", "a", 9, 10)
     assert parse_inbox_entry(b'{"uri": "/v/a.mp4", "priority": null, "meta": []}').priority == 5
-    for raw, reason in [(b"{", "not valid JSON"), (b"[1]", "JSON object"), (b"\xff", "UTF-8"),
-                        (b'{"uri": "/v", "x": 1}', "unknown field x"), (b"{}", "uri is required"),
-                        (b" " * 4097, "longer than 4096")]:  # fmt: skip
+    for raw, reason in [
+        (b"{", "not valid JSON"),
+        (b"[1]", "JSON object"),
+        (b"\xff", "UTF-8"),
+        (b'{"uri": "/v", "x": 1}', "unknown field x"),
+        (b"{}", "uri is required"),
+        (b" " * 4097, "longer than 4096"),
+    ]:
         with pytest.raises(InvalidItem, match=reason):
             parse_inbox_entry(raw)

@@ -15,14 +15,16 @@ def test_defaults_run_on_one_machine() -> None:
 
 
 def test_environment_overrides() -> None:
-    s = Settings.from_env({
-        "FRAMEFLEET_REDIS_URL": "rediss://user:pw@redis.internal:6380/0",
-        "FRAMEFLEET_DATA_DIR": "/var/lib/ff",
-        "FRAMEFLEET_APPENDFSYNC": "always",
-        "FRAMEFLEET_QUEUE": "cams",
-        "FRAMEFLEET_LEASE_S": "12.5",
-        "FRAMEFLEET_MAX_ATTEMPTS": "9",
-    })  # fmt: skip
+    s = Settings.from_env(
+        {
+            "FRAMEFLEET_REDIS_URL": "rediss://user:pw@redis.internal:6380/0",
+            "FRAMEFLEET_DATA_DIR": "/var/lib/ff",
+            "FRAMEFLEET_APPENDFSYNC": "always",
+            "FRAMEFLEET_QUEUE": "cams",
+            "FRAMEFLEET_LEASE_S": "12.5",
+            "FRAMEFLEET_MAX_ATTEMPTS": "9",
+        }
+    )
     assert s.redis.url == "rediss://user:pw@redis.internal:6380/0"
     assert s.redis.data_dir == Path("/var/lib/ff") and s.redis.appendfsync == "always"
     assert (s.queue.name, s.queue.lease_s, s.queue.max_attempts) == ("cams", 12.5, 9)
@@ -30,10 +32,16 @@ def test_environment_overrides() -> None:
 
 @pytest.mark.parametrize(
     "env",
-    [{"FRAMEFLEET_APPENDFSYNC": "sometimes"}, {"FRAMEFLEET_LEASE_S": "soon"},
-     {"FRAMEFLEET_LEASE_S": "0"}, {"FRAMEFLEET_QUEUE": "a:b"}, {"FRAMEFLEET_QUEUE": "{x}"},
-     {"FRAMEFLEET_MAX_DELIVERIES": "0"}, {"FRAMEFLEET_REDIS_PORT": "70000"}],
-)  # fmt: skip
+    [
+        {"FRAMEFLEET_APPENDFSYNC": "sometimes"},
+        {"FRAMEFLEET_LEASE_S": "soon"},
+        {"FRAMEFLEET_LEASE_S": "0"},
+        {"FRAMEFLEET_QUEUE": "a:b"},
+        {"FRAMEFLEET_QUEUE": "{x}"},
+        {"FRAMEFLEET_MAX_DELIVERIES": "0"},
+        {"FRAMEFLEET_REDIS_PORT": "70000"},
+    ],
+)
 def test_bad_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(SettingsError):
         Settings.from_env(env)
@@ -49,8 +57,17 @@ def test_settings_are_frozen() -> None:
 def test_key_layout_shares_one_hash_tag() -> None:
     k = Keys("ff", "videos")
     assert k.base == "ff:{videos}:"
-    names = [k.item("a"), k.chunks("a"), k.state("queued"), k.state("dead"), k.signal, k.inbox,
-             k.rejected, k.meta, k.stats]  # fmt: skip
+    names = [
+        k.item("a"),
+        k.chunks("a"),
+        k.state("queued"),
+        k.state("dead"),
+        k.signal,
+        k.inbox,
+        k.rejected,
+        k.meta,
+        k.stats,
+    ]
     assert all(n.startswith("ff:{videos}:") for n in names)
     with pytest.raises(ValueError):
         k.state("running")

@@ -1,0 +1,5 @@
+import sys
+
+from framefleet.cli import main
+
+sys.exit(main())

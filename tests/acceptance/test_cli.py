@@ -1,0 +1,190 @@
+"""The CLI as a person runs it: real processes, the embedded server, the README's commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEFLEET_")}
+    env.update({"FRAMEFLEET_DATA_DIR": str(data_dir), **extra})
+    return env
+
+
+def ff(
+    data_dir: Path, *args: str, check: bool = True, stdin: str | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "framefleet", *args],
+        env=_env(data_dir),
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+def ff_json(data_dir: Path, *args: str) -> Any:
+    return json.loads(ff(data_dir, *args).stdout)
+
+
+@pytest.fixture
+def running_server(tmp_path: Path) -> Iterator[Path]:
+    """`framefleet redis` in the foreground of a child process; other commands find it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framefleet", "redis"],
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("FRAMEFLEET_REDIS_URL=redis://127.0.0.1:"), line
+    yield tmp_path
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    proc.stdout.close()
+
+
+def test_readme_main_command_runs_the_demo(tmp_path: Path) -> None:
+    """The README's first command, as written (scripts/framefleet makes sure of .venv)."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "framefleet"), "demo"],
+        env=_env(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "enqueued 8 items; counts queued=8 leased=0 done=0 dead=0" in proc.stdout
+    assert "done 8 of 8" in proc.stdout
+    # again, from the append-only file of the first run: the demo forces its items to rerun
+    again = ff(tmp_path, "demo", "--items", "3")
+    assert "done 3 of 3" in again.stdout
+
+
+def test_enqueue_stats_and_show(running_server: Path, tmp_path: Path) -> None:
+    d = running_server
+    video = tmp_path / "clip.mp4"
+    out = ff_json(d, "enqueue", "s3://bucket/a.mp4", "--priority", "high")
+    assert out["enqueued"] == 1
+    rel = ff(d, "enqueue", "clip.mp4", "--id", "clip", cwd=tmp_path)
+    assert json.loads(rel.stdout)["new_ids"] == ["clip"]
+    again = ff_json(d, "enqueue", "s3://bucket/a.mp4")
+    assert again == {"enqueued": 0, "already_known": 1, "new_ids": []}
+    shown = ff_json(d, "show", "clip")
+    assert shown["uri"] == str(video) and shown["state"] == "queued"
+    stats = ff_json(d, "stats")
+    assert stats["counts"]["queued"] == 2 and stats["counters"]["enqueued_total"] == 2
+    assert ff(d, "show", "nope", check=False).returncode == 1
+
+
+def test_enqueue_from_stdin(running_server: Path) -> None:
+    out = ff(
+        running_server, "enqueue", "--file", "-", stdin="s3://b/1.mp4\n\ns3://b/2.mp4\n"
+    ).stdout
+    assert json.loads(out)["enqueued"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["s3://b/ok.mp4", "ftp://x/y.mp4"], "invalid uri"),
+        (["s3://b/ok.mp4", "s3://b/a.mp4", "--priority", "urgent"], "unknown priority"),
+        (["s3://b/a.mp4", "--id", "has space"], "space"),
+        (["s3://b/ok.mp4", "s3://b/a.mp4", "--id", "x"], "--id goes with exactly one URI"),
+        ([], "nothing to enqueue"),
+    ],
+)
+def test_bad_enqueue_is_refused_before_anything_is_written(
+    running_server: Path, args: list[str], message: str
+) -> None:
+    proc = ff(running_server, "enqueue", *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert ff_json(running_server, "stats")["counts"]["queued"] == 0
+
+
+def test_pause_cancel_dead_letters_and_inbox(running_server: Path) -> None:
+    d = running_server
+    assert "paused" in ff(d, "pause").stdout
+    assert ff_json(d, "stats")["paused"] is True
+    assert "running" in ff(d, "resume").stdout
+    ff(d, "enqueue", "s3://b/x.mp4", "--id", "x")
+    assert "cancelled" in ff(d, "cancel", "x", "--why", "customer asked").stdout
+    assert ff(d, "cancel", "x", check=False).returncode == 1
+    [dead] = ff_json(d, "dead", "list")
+    assert dead["id"] == "x" and dead["dead_reason"] == "cancelled: customer asked"
+    assert ff_json(d, "dead", "retry", "--all") == {"retried": ["x"]}
+    ff(d, "cancel", "x")
+    assert ff_json(d, "dead", "purge", "x") == {"purged": ["x"]}
+    assert ff(d, "dead", "retry", check=False).returncode == 2
+    assert ff_json(d, "reap") == {"requeued": 0, "poisoned": 0, "promoted": 0}
+
+
+def test_inbox_through_the_cli(running_server: Path) -> None:
+    from redis import Redis
+
+    d = running_server
+    state = json.loads((d / "server.json").read_text())
+    r = Redis(port=state["port"])
+    r.lpush("ff:{videos}:inbox", '{"uri": "s3://b/in.mp4", "id": "in"}', "{oops")
+    r.close()
+    assert ff_json(d, "inbox", "ingest") == {
+        "ingested": 1,
+        "rejected": 1,
+        "duplicates": 0,
+        "remaining": 0,
+    }
+    [rejected] = ff_json(d, "inbox", "rejected")
+    assert rejected["raw"] == "{oops" and rejected["reason"] == "entry is not valid JSON"
+
+
+def test_bad_settings_exit_2(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "framefleet", "stats"],
+        env=_env(tmp_path, FRAMEFLEET_LEASE_S="soon"),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "FRAMEFLEET_LEASE_S" in proc.stderr
+
+
+def test_bench_queue_quick_prints_one_json_line(tmp_path: Path) -> None:
+    """The benchmark runs end to end (small sizes); its figures are not judged here."""
+    out = tmp_path / "bench.jsonl"
+    proc = ff(tmp_path, "bench", "queue", "--quick", "--out", str(out))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in (
+        "enqueue_per_s",
+        "claim_ack_per_s",
+        "pickup_p50_ms",
+        "pickup_p99_ms",
+        "bytes_per_queued_item",
+        "rq_enqueue_per_s",
+        "rq_process_per_s",
+        "enqueue_ratio_vs_rq",
+        "process_ratio_vs_rq",
+        "machine",
+        "met",
+    ):
+        assert key in result
+    assert result["enqueue_per_s"] > 0 and result["rq_process_per_s"] > 0
+    assert json.loads(out.read_text()) == result
