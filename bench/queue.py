@@ -19,14 +19,15 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from redis import Redis
@@ -91,33 +92,36 @@ def bench_claim_ack(client: Redis, n: int, live: int, runs: int, batch: int = 10
     return _median_rate(runs, once)
 
 
-def bench_pickup(client: Redis, samples: int) -> tuple[float, float]:
-    """Latency from the start of enqueue() to a blocked claimer holding the item."""
+def _pickup_worker(url: str, samples: int, conn: Connection) -> None:
+    """Child process: block in claim, report the moment each item arrives."""
+    q = Queue(connect(url), QueueSettings(name="bench", poll_s=5.0))
+    for _ in range(samples):
+        conn.send("ready")
+        leases = q.claim(1, "idle-worker", block=10.0)
+        conn.send(time.perf_counter() if leases else -1.0)
+
+
+def bench_pickup(client: Redis, url: str, samples: int) -> tuple[float, float]:
+    """Latency from the start of enqueue() to a claimer in another process, idle and
+    blocked in claim(), holding the item (perf_counter is system-wide on Linux)."""
     client.flushdb()
     q = Queue(client, QueueSettings(name="bench", poll_s=5.0))
-    got: list[float] = []
-    ready = threading.Event()
-
-    def worker() -> None:
-        wq = Queue(Redis(connection_pool=client.connection_pool), q.settings)
-        while len(got) < samples:
-            ready.set()
-            if wq.claim(1, "idle-worker", block=10.0):
-                got.append(time.perf_counter())
-
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
+    parent, child = multiprocessing.get_context("fork").Pipe()
+    worker = multiprocessing.get_context("fork").Process(
+        target=_pickup_worker, args=(url, samples, child), daemon=True
+    )
+    worker.start()
     latencies = []
     for i in range(samples):
-        ready.wait()
-        ready.clear()
+        assert parent.recv() == "ready"
         time.sleep(0.005)  # let the worker block in BLPOP
         t0 = time.perf_counter()
         q.enqueue([f"/pickup/{i}.mp4"])
-        while len(got) <= i:
-            time.sleep(0.0002)
-        latencies.append((got[i] - t0) * 1000)
-    thread.join(5)
+        t1 = parent.recv()
+        if t1 < 0:
+            raise RuntimeError("the idle worker timed out waiting for an item")
+        latencies.append((t1 - t0) * 1000)
+    worker.join(10)
     qs = statistics.quantiles(latencies, n=100)
     return statistics.median(latencies), qs[98]
 
@@ -222,7 +226,7 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
             result["claim_ack_per_s"] = round(
                 bench_claim_ack(client, sizes["claim_ack"], sizes["live_leases"], runs)
             )
-            p50, p99 = bench_pickup(client, sizes["pickup_samples"])
+            p50, p99 = bench_pickup(client, server.url, sizes["pickup_samples"])
             result["pickup_p50_ms"], result["pickup_p99_ms"] = round(p50, 3), round(p99, 3)
             result["bytes_per_queued_item"] = round(bench_memory(client, sizes["memory_items"]))
             ff_process = bench_ff_process(client, sizes["rq_items"] * 4, runs)

@@ -36,7 +36,7 @@ from .model import (
 from .scripts import Scripts
 
 Clock = Callable[[], int]
-_IN_FLIGHT = 2  # enqueue batches sent ahead of their replies
+_IN_FLIGHT = 8  # enqueue batches sent ahead of their replies
 
 
 class Queue:
@@ -111,6 +111,7 @@ class Queue:
                 replies.append(conn.read_response())
         except NoScriptError:
             conn.disconnect()  # type: ignore[no-untyped-call]
+            self._scripts.forget(name)
             return [self._run(name, *call) for call in calls]
         except BaseException:
             # replies may still be in flight: never reuse this connection

@@ -49,14 +49,22 @@ class Scripts:
         self._scripts: dict[str, Script] = {
             name: client.register_script(source(name)) for name in NAMES
         }
+        self._loaded: set[str] = set()
 
     def run(self, name: str, prefix: str, args: list[Any], client: Any = None) -> Any:
         """Run a script on the registered client, or on `client` (a pipeline)."""
         return self._scripts[name](keys=[prefix], args=args, client=client)
 
     def load(self, name: str) -> str:
-        """Make sure the server has the script; returns its SHA, for raw EVALSHA."""
+        """Make sure the server has the script (checked once per client; a later NOSCRIPT is
+        the caller's to handle); returns its SHA, for raw EVALSHA."""
         script = self._scripts[name]
-        if not script.registered_client.script_exists(script.sha)[0]:
-            script.registered_client.script_load(script.script)
+        if name not in self._loaded:
+            if not script.registered_client.script_exists(script.sha)[0]:
+                script.registered_client.script_load(script.script)
+            self._loaded.add(name)
         return str(script.sha)
+
+    def forget(self, name: str) -> None:
+        """The server lost its script cache (restart, failover): check again next time."""
+        self._loaded.discard(name)
