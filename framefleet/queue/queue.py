@@ -149,7 +149,7 @@ class Queue:
         while True:
             now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms)
             if rows:
-                return [_lease(row, worker) for row in rows]
+                return [_lease(rows[i : i + 12], worker) for i in range(0, len(rows), 12)]
             if int(inbox) > 0 and not int(paused) and self.ingest_inbox().ingested:
                 continue
             if deadline is None:
@@ -302,5 +302,5 @@ def _lease(row: list[Any], worker: str) -> Lease:
         int(attempts),
         int(deliveries),
         int(total) if total else None,
-        frozenset(int(c) for c in chunks) if chunks else _NO_CHUNKS,
+        frozenset(int(c) for c in chunks.split(",")) if chunks else _NO_CHUNKS,
     )

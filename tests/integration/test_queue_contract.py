@@ -257,7 +257,8 @@ def test_ack_marks_done_with_its_result(queue: Queue) -> None:
     assert queue.ack(lease, "s3://out/a/detections.parquet") == Verdict.OK
     item = queue.get(lease.id)
     assert item is not None and item.state is State.DONE
-    assert item.result == "s3://out/a/detections.parquet" and item.owner is None
+    assert item.result == "s3://out/a/detections.parquet" and item.owner == "w"
+    assert item.lease_until_ms is None
     assert queue.chunks(lease.id) == set()
     assert _ids(queue, "leased") == [] and _ids(queue, "done") == [lease.id]
 

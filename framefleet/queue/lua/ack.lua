@@ -1,7 +1,7 @@
 -- ack.lua: mark leased items done, each fenced by its epoch (one item or a batch).
 -- KEYS[1] prefix. ARGV: now, then per item: id, epoch, result (a URI or '').
--- Per accepted item: state done, result, done_at; out of leased, into done; its chunk set
--- dropped; stats.acked_total. A stale epoch is refused and counted (stale_ack_total); the
+-- Per accepted item: state done, result, done_at, lease_until cleared (owner stays: who
+-- finished it); out of leased, into done; its chunk set dropped; stats.acked_total. A stale epoch is refused and counted (stale_ack_total); the
 -- same epoch acking twice answers 'duplicate' (a retry after a lost reply).
 -- Returns one verdict per item: 'ok' | 'duplicate' | 'stale' | 'lost' | 'missing'.
 local now = now_ms()
@@ -13,8 +13,8 @@ for a = 2, #ARGV, 3 do
   if refused then
     out[#out + 1] = refused[1]
   else
-    redis.call('HDEL', key, 'owner', 'lease_until')
-    redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 2], 'done_at', now)
+    -- owner stays: the worker that finished it
+    redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 2], 'done_at', now, 'lease_until', '')
     acked[#acked + 1] = id
     done[#done + 1] = now
     done[#done + 1] = id

@@ -2,9 +2,9 @@
 -- KEYS[1] prefix. ARGV: now, n, worker, lease_ms.
 -- Reads meta.paused; moves due delayed items to queued; pops queued; per item: a new epoch
 -- (from meta.epoch), state leased, owner, lease_until, claimed_at, claims+1, leased zset.
--- Returns {now, paused (0|1), next_due_ms (-1 if none), inbox length, items}, each item
--- {id, epoch, lease_until, uri, etag, size, meta, pri, attempts, deliveries, chunks_total,
---  {checkpointed chunk indices}}.
+-- Returns {now, paused (0|1), next_due_ms (-1 if none), inbox length, items}, where items is
+-- flat, 12 values per item: id, epoch, lease_until, uri, etag, size, meta, pri, attempts,
+-- deliveries, chunks_total, checkpointed chunk indices joined by ','.
 local now = now_ms()
 local n = tonumber(ARGV[2])
 local worker = ARGV[3]
@@ -36,14 +36,18 @@ if count > 0 then
                'lease_until', deadline, 'claimed_at', now, 'claims', (tonumber(f[9]) or 0) + 1)
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id
-    local chunks = {}
-    if f[10] and f[10] ~= '0' then chunks = redis.call('SMEMBERS', ckey(id)) end
-    out[#out + 1] = {id, epoch, deadline, f[1], f[2] or '', f[3] or '', f[4] or '', f[5],
-                     f[6] or '0', f[7] or '0', f[8] or '', chunks}
+    local chunks = ''
+    if f[10] and f[10] ~= '0' then
+      chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',')
+    end
+    local o = #out
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, epoch, deadline, f[1]
+    out[o + 5], out[o + 6], out[o + 7], out[o + 8] = f[2] or '', f[3] or '', f[4] or '', f[5]
+    out[o + 9], out[o + 10], out[o + 11], out[o + 12] = f[6] or '0', f[7] or '0', f[8] or '', chunks
   end
   bulk('ZADD', K_LEASED, leased)
 end
-stat('claimed_total', #out)
+stat('claimed_total', count)
 if redis.call('ZCARD', K_QUEUED) == 0 then
   -- Nothing left to hand out: any token still queued would only cause an empty wake-up.
   redis.call('DEL', K_SIGNAL)
