@@ -1,6 +1,8 @@
 """Queue benchmark: framefleet's Redis queue against RQ, on one server, in one run.
 
-Prints one JSON line: batch enqueue items/s; claim+ack items/s with 10,000 live leases;
+Prints one JSON line: batch enqueue items/s (one producer); claim+ack items/s with 10,000
+live leases, by 4 worker processes (the queue's capacity) and by one (one client's
+round trips);
 idle pickup latency p50/p99; Redis memory per queued item; the same enqueue and no-op
 processing workload through RQ, with the ratios; the machine it ran on; each target met or
 not. Every figure is the median of --repeats runs. Run: `framefleet bench queue` or
@@ -28,6 +30,7 @@ import time
 import uuid
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 from redis import Redis
@@ -70,24 +73,49 @@ def bench_enqueue(client: Redis, n: int, runs: int) -> float:
     return _median_rate(runs, once)
 
 
-def bench_claim_ack(client: Redis, n: int, live: int, runs: int, batch: int = 100) -> float:
-    """claim(batch) + ack of each, with `live` other leases held for the whole run."""
+def _run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int) -> float:
+    """Fork `workers` processes running target(*args, start), release them together and
+    return the seconds until the last one has finished (process start-up not counted)."""
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=target, args=(*args, start)) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    time.sleep(0.5)
+    t = time.perf_counter()
+    start.set()
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"a benchmark worker exited with {proc.exitcode}")
+    return time.perf_counter() - t
+
+
+def _ff_worker(url: str, batch: int, start: EventType) -> None:
+    """A framefleet worker doing no-op work: claim a batch, ack it, until the queue is empty."""
+    q = Queue(connect(url), QueueSettings(name="bench", lease_s=3600))
+    start.wait()
+    while leases := q.claim(batch, f"worker-{os.getpid()}"):
+        if not all(q.ack_many([(lease, "") for lease in leases])):
+            raise RuntimeError("an ack was refused")
+
+
+def bench_claim_ack(client: Redis, url: str, n: int, live: int, runs: int, workers: int) -> float:
+    """claim(100) + ack by `workers` processes, with `live` other leases held throughout."""
 
     def once() -> tuple[int, float]:
         client.flushdb()
         q = Queue(client, QueueSettings(name="bench", lease_s=3600))
-        q.enqueue(_uris(live, "held"), force=True)
+        q.enqueue(_uris(live, "held"))
         held = 0
         while held < live:
             held += len(q.claim(min(1000, live - held), "holder"))
         q.enqueue(_uris(n, "work"))
-        done = 0
-        t = time.perf_counter()
-        while leases := q.claim(batch, "worker"):
-            done += sum(v.ok for v in q.ack_many([(lease, "") for lease in leases]))
-        seconds = time.perf_counter() - t
-        assert q.stats().counts["leased"] == live
-        return done, seconds
+        seconds = _run_workers(_ff_worker, (url, 100), workers)
+        counts = q.stats().counts
+        if (counts["done"], counts["leased"], counts["queued"]) != (n, live, 0):
+            raise RuntimeError(f"unexpected end state {counts}")
+        return n, seconds
 
     return _median_rate(runs, once)
 
@@ -139,10 +167,18 @@ def _rq_noop(uri: str) -> None:
     return None
 
 
-def bench_rq(url: str, n: int, runs: int) -> tuple[float, float]:
-    """The peer: RQ's batch enqueue (enqueue_many, pipelined) and its in-process worker."""
-    from rq import Queue as RQQueue
+def _rq_worker(url: str, start: EventType) -> None:
     from rq import SimpleWorker
+
+    worker = SimpleWorker(["bench"], connection=Redis.from_url(url))
+    start.wait()
+    worker.work(burst=True, logging_level="ERROR")
+
+
+def bench_rq(url: str, n: int, runs: int, workers: int) -> tuple[float, float]:
+    """The peer: RQ's batch enqueue (enqueue_many, pipelined) and `workers` processes each
+    running RQ's in-process SimpleWorker in burst mode (no fork per job, its fastest)."""
+    from rq import Queue as RQQueue
 
     conn = Redis.from_url(url)
 
@@ -156,21 +192,13 @@ def bench_rq(url: str, n: int, runs: int) -> tuple[float, float]:
 
     def process_once() -> tuple[int, float]:
         enqueue_once()
-        worker = SimpleWorker(["bench"], connection=conn)
-        t = time.perf_counter()
-        worker.work(burst=True, logging_level="ERROR")
-        seconds = time.perf_counter() - t
+        seconds = _run_workers(_rq_worker, (url,), workers)
         done = RQQueue("bench", connection=conn).finished_job_registry.count
         if done != n:
             raise RuntimeError(f"RQ finished {done} of {n} jobs")
         return done, seconds
 
     return _median_rate(runs, enqueue_once), _median_rate(runs, process_once)
-
-
-def bench_ff_process(client: Redis, n: int, runs: int) -> float:
-    """framefleet's no-op processing, the workload given to RQ: one worker, claim + ack."""
-    return bench_claim_ack(client, n, live=0, runs=runs, batch=100)
 
 
 def machine() -> dict[str, Any]:
@@ -207,6 +235,7 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
         "pickup_samples": 50 if quick else 500,
         "memory_items": 5_000 if quick else 100_000,
         "rq_items": 500 if quick else 5_000,
+        "workers": 2 if quick else 4,  # worker processes for claim+ack and no-op processing
     }
     runs = 1 if quick else repeats
     with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
@@ -223,14 +252,22 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
                 "runs": runs,
             }
             result["enqueue_per_s"] = round(bench_enqueue(client, sizes["enqueue"], runs))
+            w = sizes["workers"]
             result["claim_ack_per_s"] = round(
-                bench_claim_ack(client, sizes["claim_ack"], sizes["live_leases"], runs)
+                bench_claim_ack(
+                    client, server.url, sizes["claim_ack"], sizes["live_leases"], runs, w
+                )
+            )
+            result["claim_ack_one_worker_per_s"] = round(
+                bench_claim_ack(
+                    client, server.url, sizes["claim_ack"], sizes["live_leases"], runs, 1
+                )
             )
             p50, p99 = bench_pickup(client, server.url, sizes["pickup_samples"])
             result["pickup_p50_ms"], result["pickup_p99_ms"] = round(p50, 3), round(p99, 3)
             result["bytes_per_queued_item"] = round(bench_memory(client, sizes["memory_items"]))
-            ff_process = bench_ff_process(client, sizes["rq_items"] * 4, runs)
-            rq_enqueue, rq_process = bench_rq(server.url, sizes["rq_items"], runs)
+            ff_process = bench_claim_ack(client, server.url, sizes["rq_items"] * 4, 0, runs, w)
+            rq_enqueue, rq_process = bench_rq(server.url, sizes["rq_items"], runs, w)
             result["ff_process_per_s"] = round(ff_process)
             result["rq_enqueue_per_s"] = round(rq_enqueue)
             result["rq_process_per_s"] = round(rq_process)

@@ -71,15 +71,16 @@ end
 -- {'missing', ''}: no such item (purged).
 -- An item already in `dup_state` under this very epoch answers {'duplicate', state} instead:
 -- the caller's own earlier call went through (a retried ack after a dropped reply).
+-- While the lease holds, the second result is {state, epoch, chunks_done}.
 local function fence(key, epoch, counter, dup_state)
-  local f = redis.call('HMGET', key, 'state', 'epoch')
+  local f = redis.call('HMGET', key, 'state', 'epoch', 'chunks_done')
   if not f[1] then
     stat(counter); return {'missing', ''}
   end
   if f[2] ~= epoch then
     stat(counter); return {'stale', f[1]}
   end
-  if f[1] == 'leased' then return nil end
+  if f[1] == 'leased' then return nil, f end
   if f[1] == dup_state then return {'duplicate', f[1]} end
   stat(counter); return {'lost', f[1]}
 end

@@ -9,16 +9,17 @@ local out, acked, done, chunk_keys = {}, {}, {}, {}
 for a = 2, #ARGV, 3 do
   local id = ARGV[a]
   local key = ikey(id)
-  local refused = fence(key, ARGV[a + 1], 'stale_ack_total', 'done')
+  local refused, f = fence(key, ARGV[a + 1], 'stale_ack_total', 'done')
   if refused then
     out[#out + 1] = refused[1]
   else
     -- owner stays: the worker that finished it
-    redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 2], 'done_at', now, 'lease_until', '')
+    redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 2], 'done_at', now,
+               'lease_until', '')
     acked[#acked + 1] = id
     done[#done + 1] = now
     done[#done + 1] = id
-    chunk_keys[#chunk_keys + 1] = ckey(id)
+    if f[3] and f[3] ~= '0' then chunk_keys[#chunk_keys + 1] = ckey(id) end
     out[#out + 1] = 'ok'
   end
 end
