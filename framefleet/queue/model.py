@@ -28,7 +28,9 @@ _INBOX_FIELDS = frozenset({"uri", "id", "priority", "etag", "size", "meta"})
 _URI_RE = re.compile(r"\A(?:s3://[^/]+/.|https?://[^/]|file:///.|/.)", re.DOTALL)
 _URI_HELP = "s3://bucket/key, http(s)://host/path, file:///path or an absolute path"
 # The common case in one regex: a short ASCII uri with no control character and a known form.
-_FAST_URI_RE = re.compile(r"\A(?=[^\x00-\x1f\x7f]*\Z)(?:s3://[^/]+/.|https?://[^/]|file:///.|/.)", re.DOTALL)
+_FAST_URI_RE = re.compile(
+    r"\A(?=[^\x00-\x1f\x7f]*\Z)(?:s3://[^/]+/.|https?://[^/]|file:///.|/.)", re.DOTALL
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 

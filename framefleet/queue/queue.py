@@ -95,8 +95,9 @@ class Queue:
 
     def _send_overlapped(self, name: str, calls: list[list[str]]) -> list[Any]:
         """Run one script many times, sending call k+1 before reading the reply of call k, so
-        that the client packs while the server runs. Only for idempotent scripts: on a lost
-        script cache (NOSCRIPT after a restart) the calls are simply made again."""
+        that the client packs while the server runs. If the server has lost its script cache
+        (NOSCRIPT after a restart or failover), the calls from the first refused one on are
+        made again through the reloading path."""
         sha = self._scripts.load(name)
         conn = self.client.connection_pool.get_connection()
         replies: list[Any] = []
@@ -112,7 +113,7 @@ class Queue:
         except NoScriptError:
             conn.disconnect()  # type: ignore[no-untyped-call]
             self._scripts.forget(name)
-            return [self._run(name, *call) for call in calls]
+            return replies + [self._run(name, *call) for call in calls[len(replies) :]]
         except BaseException:
             # replies may still be in flight: never reuse this connection
             conn.disconnect()  # type: ignore[no-untyped-call]

@@ -182,6 +182,8 @@ def test_bench_queue_quick_prints_one_json_line(tmp_path: Path) -> None:
         "rq_process_per_s",
         "enqueue_ratio_vs_rq",
         "process_ratio_vs_rq",
+        "workload_ratio_vs_rq",
+        "claim_ack_one_worker_per_s",
         "machine",
         "met",
     ):

@@ -110,6 +110,15 @@ def test_force_leaves_live_items_alone(queue: Queue) -> None:
     assert queue.ack(lease) == Verdict.OK
 
 
+def test_a_lost_script_cache_is_reloaded(queue: Queue, client: Redis) -> None:
+    """After a restart or failover the server may not know the scripts: SCRIPT FLUSH."""
+    queue.enqueue(["/v/a.mp4"])
+    client.script_flush()
+    assert queue.enqueue(["/v/b.mp4", "/v/a.mp4"]) == [default_id("/v/b.mp4", "1")]
+    client.script_flush()
+    assert len(queue.claim(5, "w")) == 2
+
+
 # -- claim ---------------------------------------------------------------------------------
 
 

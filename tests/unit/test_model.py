@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from framefleet.queue import InvalidItem, NewItem, default_id, parse_inbox_entry
 from framefleet.queue.model import uri_script_args
@@ -109,3 +111,23 @@ def test_inbox_entry_parsing() -> None:
     ]:
         with pytest.raises(InvalidItem, match=reason):
             parse_inbox_entry(raw)
+
+
+@given(
+    st.one_of(
+        st.text(max_size=60),
+        st.text(max_size=60).map(lambda s: "/" + s),
+        st.text(max_size=60).map(lambda s: "s3://" + s),
+        st.text(max_size=60).map(lambda s: "https://" + s),
+        st.text(max_size=60).map(lambda s: "file:///" + s),
+        st.text(min_size=250, max_size=1100).map(lambda s: "/" + s),
+    )
+)
+def test_the_fast_uri_path_agrees_with_the_full_rules(uri: str) -> None:
+    try:
+        NewItem(uri)
+    except InvalidItem:
+        with pytest.raises(InvalidItem):
+            uri_script_args(uri, "1")
+    else:
+        assert uri_script_args(uri, "1") == NewItem(uri).script_args("1")
