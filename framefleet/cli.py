@@ -14,7 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from framefleet.queue import EmbeddedServer, InvalidItem, NewItem, Queue, open_queue
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from framefleet.queue import EmbeddedServer, InvalidItem, NewItem, Queue, ServerError, open_queue
 from framefleet.settings import Settings, SettingsError
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -279,6 +281,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"bad setting: {exc}", file=sys.stderr)
         return 2
+    except (RedisConnectionError, ServerError) as exc:
+        print(f"cannot reach the queue's Redis: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return result
 
 

@@ -103,6 +103,10 @@ def check_id(item_id: object) -> str:
     return _text(item_id, "id", MAX_ID_BYTES, no_space=True)
 
 
+def check_worker(worker: object) -> str:
+    return _text(worker, "worker name", MAX_ID_BYTES, no_space=True)
+
+
 def check_priority(priority: object) -> int:
     if isinstance(priority, str) and priority in PRIORITY_NAMES:
         return PRIORITY_NAMES[priority]

@@ -31,6 +31,7 @@ from .model import (
     Stats,
     Verdict,
     check_id,
+    check_worker,
     uri_script_args,
 )
 from .scripts import Scripts
@@ -60,8 +61,8 @@ class Queue:
     def _now(self) -> str:
         return "" if self._clock is None else str(self._clock())
 
-    def _run(self, name: str, *args: Any, client: Any = None) -> Any:
-        return self._scripts.run(name, self.keys.base, [self._now(), *args], client)
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts.run(name, self.keys.base, [self._now(), *args])
 
     def _fenced(self, name: str, lease: Lease, *args: Any) -> tuple[Verdict, list[Any]]:
         reply = self._run(name, lease.id, lease.epoch, *args)
@@ -144,7 +145,7 @@ class Queue:
         """
         if n < 1:
             raise ValueError("n must be >= 1")
-        check_id(worker)
+        check_worker(worker)
         lease_ms = int(self.settings.lease_s * 1000)
         deadline = None if block is None else time.monotonic() + block
         while True:

@@ -51,9 +51,9 @@ class Scripts:
         }
         self._loaded: set[str] = set()
 
-    def run(self, name: str, prefix: str, args: list[Any], client: Any = None) -> Any:
-        """Run a script on the registered client, or on `client` (a pipeline)."""
-        return self._scripts[name](keys=[prefix], args=args, client=client)
+    def run(self, name: str, prefix: str, args: list[Any]) -> Any:
+        """Run a script (EVALSHA, loading it first if the server does not know it)."""
+        return self._scripts[name](keys=[prefix], args=args)
 
     def load(self, name: str) -> str:
         """Make sure the server has the script (checked once per client; a later NOSCRIPT is

@@ -137,8 +137,13 @@ class EmbeddedServer:
         ]
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
-        """Start the process and wait until it answers PING (it may be loading its AOF)."""
+        """Start the process and wait until it answers PING (it may be loading its AOF).
+        Refuses when another server already runs on the same data dir: two servers must
+        never append to one file."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        other = running_url(self.data_dir)
+        if other is not None:
+            raise ServerError(f"a server already runs on {self.data_dir} at {other}")
         if self.port == 0:
             self.port = _free_port()
         self.process = subprocess.Popen(

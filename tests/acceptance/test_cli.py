@@ -190,3 +190,15 @@ def test_bench_queue_quick_prints_one_json_line(tmp_path: Path) -> None:
         assert key in result
     assert result["enqueue_per_s"] > 0 and result["rq_process_per_s"] > 0
     assert json.loads(out.read_text()) == result
+
+
+def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "framefleet", "stats"],
+        env=_env(tmp_path, FRAMEFLEET_REDIS_URL="redis://127.0.0.1:1/0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "cannot reach the queue's Redis" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -10,7 +10,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from framefleet.queue import EmbeddedServer, Queue, State, connect, embedded
+from framefleet.queue import EmbeddedServer, Queue, ServerError, State, connect, embedded
 from framefleet.queue.keys import STATES
 from framefleet.queue.server import running_url
 from framefleet.settings import QueueSettings, RedisSettings
@@ -136,3 +136,10 @@ def test_processes_share_one_embedded_server_per_data_dir(tmp_path: Path) -> Non
 def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
     with pytest.raises(Exception, match=r"exited|did not answer"):
         EmbeddedServer(tmp_path, extra_args=("--no-such-option", "1")).start(timeout=5)
+
+
+def test_two_servers_never_share_a_data_dir(tmp_path: Path) -> None:
+    with EmbeddedServer(tmp_path) as first:
+        with pytest.raises(ServerError, match="already runs"):
+            EmbeddedServer(tmp_path).start()
+        connect(first.url).ping()

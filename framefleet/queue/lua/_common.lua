@@ -136,3 +136,13 @@ local function reserve_seq(n)
   local last = redis.call('HINCRBY', K_META, 'seq', n)
   return last - n + 1
 end
+
+-- The dead letters an admin script acts on: ARGV[3..] when given, else the oldest ARGV[2].
+local function dead_ids_from_argv()
+  if #ARGV > 2 then
+    local ids = {}
+    for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+    return ids
+  end
+  return redis.call('ZRANGE', K_DEAD, 0, tonumber(ARGV[2]) - 1)
+end

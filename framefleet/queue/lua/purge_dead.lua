@@ -2,13 +2,7 @@
 -- KEYS[1] prefix. ARGV: now, limit, then ids (none = the oldest `limit` dead letters).
 -- Deletes the item hash and chunk set; writes dead, stats.dead_purged_total.
 -- Returns the ids deleted.
-local limit = tonumber(ARGV[2])
-local ids = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
-else
-  ids = redis.call('ZRANGE', K_DEAD, 0, limit - 1)
-end
+local ids = dead_ids_from_argv()
 local purged = {}
 for _, id in ipairs(ids) do
   if redis.call('ZREM', K_DEAD, id) == 1 then
