@@ -74,9 +74,58 @@ class QueueSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceSettings:
+    """Where videos may be read from and how they are fetched."""
+
+    # FRAMEFLEET_ALLOWED_ROOTS (':'-separated): local reads outside these are refused; none
+    # given means no local reads at all
+    allowed_roots: tuple[Path, ...] = ()
+    max_video_bytes: int = 8 * 1024**3  # FRAMEFLEET_MAX_VIDEO_BYTES
+    fetch_timeout_s: float = 60.0  # FRAMEFLEET_FETCH_TIMEOUT_S: connect and read timeouts
+    fetch_attempts: int = 4  # FRAMEFLEET_FETCH_ATTEMPTS: tries on timeouts and 5xx
+    fetch_backoff_s: float = 0.5  # FRAMEFLEET_FETCH_BACKOFF_S: first wait between tries
+    s3_endpoint_url: str | None = None  # FRAMEFLEET_S3_ENDPOINT_URL (MinIO-style stores)
+    tmp_dir: Path | None = None  # FRAMEFLEET_TMP_DIR: where remote videos are fetched to
+
+    def __post_init__(self) -> None:
+        if self.max_video_bytes < 1 or self.fetch_attempts < 1:
+            raise SettingsError("max_video_bytes and fetch_attempts must be >= 1")
+        if not (self.fetch_timeout_s > 0 and self.fetch_backoff_s >= 0):
+            raise SettingsError("fetch_timeout_s must be > 0 and fetch_backoff_s >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """The model the inference actors load (once each)."""
+
+    # FRAMEFLEET_MODEL: a Hugging Face model id or a local directory (save_pretrained)
+    model: str = "facebook/detr-resnet-50"
+    # FRAMEFLEET_RANDOM_WEIGHTS: a randomly initialised DETR-R50 instead (smoke runs, benchmarks)
+    random_weights: bool = False
+    plugin: str | None = None  # FRAMEFLEET_MODEL_PLUGIN: "module:factory" for another model
+    score_threshold: float = 0.7  # FRAMEFLEET_SCORE_THRESHOLD
+    precision: str = "fp32"  # FRAMEFLEET_PRECISION: fp32 | bf16 | fp16 (autocast)
+    device: str = "auto"  # FRAMEFLEET_DEVICE: auto | cpu | cuda
+    batch_size: int = 8  # FRAMEFLEET_INFER_BATCH: frames per forward pass
+    torch_threads: int = 1  # FRAMEFLEET_TORCH_THREADS: torch threads of a CPU inference actor
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise SettingsError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SettingsError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if not 0 <= self.score_threshold <= 1:
+            raise SettingsError("score_threshold must be in [0, 1]")
+        if self.batch_size < 1 or self.torch_threads < 1:
+            raise SettingsError("batch_size and torch_threads must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    source: SourceSettings = field(default_factory=SourceSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,7 +133,9 @@ class Settings:
         env = os.environ if environ is None else environ
         redis = _apply(RedisSettings(), env, _REDIS_ENV)
         queue = _apply(QueueSettings(), env, _QUEUE_ENV)
-        return cls(redis=redis, queue=queue)
+        source = _apply(SourceSettings(), env, _SOURCE_ENV)
+        model = _apply(ModelSettings(), env, _MODEL_ENV)
+        return cls(redis=redis, queue=queue, source=source, model=model)
 
 
 _REDIS_ENV = {
@@ -107,7 +158,28 @@ _QUEUE_ENV = {
 }
 
 
-_S = TypeVar("_S", RedisSettings, QueueSettings)
+_SOURCE_ENV = {
+    "allowed_roots": "FRAMEFLEET_ALLOWED_ROOTS",
+    "max_video_bytes": "FRAMEFLEET_MAX_VIDEO_BYTES",
+    "fetch_timeout_s": "FRAMEFLEET_FETCH_TIMEOUT_S",
+    "fetch_attempts": "FRAMEFLEET_FETCH_ATTEMPTS",
+    "fetch_backoff_s": "FRAMEFLEET_FETCH_BACKOFF_S",
+    "s3_endpoint_url": "FRAMEFLEET_S3_ENDPOINT_URL",
+    "tmp_dir": "FRAMEFLEET_TMP_DIR",
+}
+
+_MODEL_ENV = {
+    "model": "FRAMEFLEET_MODEL",
+    "random_weights": "FRAMEFLEET_RANDOM_WEIGHTS",
+    "plugin": "FRAMEFLEET_MODEL_PLUGIN",
+    "score_threshold": "FRAMEFLEET_SCORE_THRESHOLD",
+    "precision": "FRAMEFLEET_PRECISION",
+    "device": "FRAMEFLEET_DEVICE",
+    "batch_size": "FRAMEFLEET_INFER_BATCH",
+    "torch_threads": "FRAMEFLEET_TORCH_THREADS",
+}
+
+_S = TypeVar("_S", RedisSettings, QueueSettings, SourceSettings, ModelSettings)
 
 
 def _apply(base: _S, env: Mapping[str, str], names: dict[str, str]) -> _S:
@@ -117,14 +189,20 @@ def _apply(base: _S, env: Mapping[str, str], names: dict[str, str]) -> _S:
         raw = env.get(var)
         if raw is None or raw == "":
             continue
-        kind = types[attr]
+        kind = str(types[attr]).replace(" | None", "")
         try:
-            if kind == "int":
+            if kind == "bool":
+                if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError("expected 1/0, true/false or yes/no")
+                changes[attr] = raw.lower() in ("1", "true", "yes")
+            elif kind == "int":
                 changes[attr] = int(raw)
             elif kind == "float":
                 changes[attr] = float(raw)
             elif kind == "Path":
                 changes[attr] = Path(raw)
+            elif kind == "tuple[Path, ...]":
+                changes[attr] = tuple(Path(p) for p in raw.split(os.pathsep) if p)
             else:
                 changes[attr] = raw
         except ValueError as exc:

@@ -1,0 +1,313 @@
+"""Decoding: frames out of a video file, sampled, resized, with timestamps, in chunks.
+
+Two decoders sit behind one small interface: decord (the default, read sequentially with
+`next()` and `skip_frames()`: never `get_batch`, which grows memory by hundreds of MB per
+video, decord #197/#208) and PyAV (for what decord cannot open, or by choice). A file that
+neither can read, or that breaks mid-way, raises PermanentError with the reason; decoding
+never kills the process that asked for it.
+
+Kept frames are numbered in order and cut into chunks of `chunk_frames`; chunk k always
+holds the same frames for the same file and sampling, so a redelivered video can skip the
+chunks it already checkpointed (their frames are skipped, not converted).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterator, Set
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .errors import PermanentError
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Which frames to keep and at what size.
+
+    `fps`: keep the first frame at or after each 1/fps step of presentation time (variable
+    frame rates included); None keeps every `stride`-th frame. `width`/`height`: resize on
+    decode (one of them alone keeps the aspect ratio); None keeps the source size.
+    """
+
+    fps: float | None = None
+    stride: int = 1
+    width: int | None = None
+    height: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError("fps must be > 0")
+        if self.stride < 1:
+            raise ValueError("stride must be >= 1")
+        for v in (self.width, self.height):
+            if v is not None and v < 2:
+                raise ValueError("width and height must be >= 2")
+
+    def selector(self) -> Callable[[int, float], bool]:
+        """keep(index, pts_s) for frames seen in order."""
+        if self.fps is None:
+            stride = self.stride
+            return lambda index, pts: index % stride == 0
+        step = 1.0 / self.fps
+        next_t = [-math.inf]
+
+        def keep(index: int, pts: float) -> bool:
+            if pts + 1e-6 < next_t[0]:
+                return False
+            next_t[0] = (math.floor(pts / step + 1e-6) + 1) * step
+            return True
+
+        return keep
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        if self.width and self.height:
+            return self.width, self.height
+        if self.width:
+            return self.width, max(2, round(height * self.width / width))
+        if self.height:
+            return max(2, round(width * self.height / height)), self.height
+        return width, height
+
+
+@dataclass(frozen=True, slots=True)
+class VideoInfo:
+    width: int  # source frame size, the frame boxes are reported in
+    height: int
+    frames: int  # as the container reports it (0 when unknown)
+    fps: float
+    decoder: str
+
+
+@dataclass(slots=True)
+class Chunk:
+    index: int
+    images: np.ndarray  # (n, h, w, 3) uint8 RGB, at the sampled size
+    frame_indices: np.ndarray  # (n,) int64: index of each frame in the source video
+    pts_s: np.ndarray  # (n,) float64: presentation time in seconds
+    source_size: tuple[int, int] = (0, 0)  # (width, height) of the source frames
+
+    def __len__(self) -> int:
+        return int(self.frame_indices.shape[0])
+
+
+@dataclass(slots=True)
+class Frame:
+    index: int
+    pts_s: float
+    image: np.ndarray | None  # None when the caller did not want it converted
+
+
+class Decoder(Protocol):
+    info: VideoInfo
+
+    def kept_count(self, sampling: Sampling) -> int | None:
+        """How many frames `sampling` keeps, when known before decoding."""
+        ...
+
+    def frames(self, sampling: Sampling, want: Callable[[int], bool]) -> Iterator[Frame]:
+        """Kept frames in order; the k-th kept frame is converted only if want(k)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DecordDecoder:
+    """decord, read sequentially. Timestamps come from the index, so frames that are not
+    kept (or whose chunk is already done) are skipped without being converted."""
+
+    name = "decord"
+
+    def __init__(self, path: Path, sampling: Sampling, threads: int = 1) -> None:
+        import decord
+
+        try:
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+            height, width = vr[0].shape[:2]
+            out_w, out_h = sampling.output_size(width, height)
+            if (out_w, out_h) != (width, height):  # decord resizes while it decodes
+                vr = decord.VideoReader(
+                    str(path), ctx=decord.cpu(0), num_threads=threads, width=out_w, height=out_h
+                )
+                shape = vr[0].shape
+                if tuple(shape) != (out_h, out_w, 3):  # decord 0.6 garbles some sizes
+                    raise PermanentError(f"decord gives {tuple(shape)} frames for {out_w}x{out_h}")
+            count = len(vr)
+            fps = float(vr.get_avg_fps())
+            self._pts = vr.get_frame_timestamp(range(count))[:, 0].astype(np.float64)
+        except PermanentError:
+            raise
+        except Exception as exc:  # decord raises DECORDError/RuntimeError with C++ text
+            raise PermanentError(f"decord cannot read the video: {_first_line(exc)}") from None
+        self._vr = vr
+        self.info = VideoInfo(width, height, count, fps, self.name)
+
+    def kept_count(self, sampling: Sampling) -> int | None:
+        keep = sampling.selector()
+        return sum(1 for i in range(len(self._pts)) if keep(i, float(self._pts[i])))
+
+    def frames(self, sampling: Sampling, want: Callable[[int], bool]) -> Iterator[Frame]:
+        keep = sampling.selector()
+        kept = [i for i in range(len(self._pts)) if keep(i, float(self._pts[i]))]
+        position = 0  # the index next() decodes next
+        try:
+            self._vr.seek(0)
+            for k, index in enumerate(kept):
+                if not want(k):
+                    yield Frame(index, float(self._pts[index]), None)
+                    continue
+                if index > position:
+                    self._vr.skip_frames(index - position)
+                image = self._vr.next().asnumpy()
+                position = index + 1
+                yield Frame(index, float(self._pts[index]), image)
+        except StopIteration:
+            raise PermanentError(
+                f"the video ends early (truncated?): frame {position} of {self.info.frames}"
+            ) from None
+        except PermanentError:
+            raise
+        except Exception as exc:
+            raise PermanentError(f"corrupt video at frame {position}: {_first_line(exc)}") from None
+
+    def close(self) -> None:
+        del self._vr
+
+
+class PyAVDecoder:
+    """PyAV (FFmpeg): every frame is decoded; only wanted kept frames are converted."""
+
+    name = "pyav"
+
+    def __init__(self, path: Path, sampling: Sampling, threads: int = 1) -> None:
+        import av
+
+        try:
+            self._container = av.open(str(path))
+        except Exception as exc:
+            raise PermanentError(f"PyAV cannot open the video: {_first_line(exc)}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise PermanentError("not a video: the file has no video stream")
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        self._stream = stream
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            self._container.close()
+            raise PermanentError("not a video: the video stream has no frame size")
+        rate = stream.average_rate or stream.guessed_rate
+        self._size = sampling.output_size(width, height)
+        self.info = VideoInfo(width, height, int(stream.frames or 0), float(rate or 0), self.name)
+
+    def kept_count(self, sampling: Sampling) -> int | None:
+        return None  # known only once every frame has been decoded
+
+    def frames(self, sampling: Sampling, want: Callable[[int], bool]) -> Iterator[Frame]:
+        keep = sampling.selector()
+        index = k = 0
+        out_w, out_h = self._size
+        try:
+            for frame in self._container.decode(self._stream):
+                pts = (
+                    float(frame.pts * frame.time_base)
+                    if frame.pts is not None
+                    else index / (self.info.fps or 1)
+                )
+                if keep(index, pts):
+                    image = None
+                    if want(k):
+                        image = frame.to_ndarray(width=out_w, height=out_h, format="rgb24")
+                    yield Frame(index, pts, image)
+                    k += 1
+                index += 1
+        except Exception as exc:
+            raise PermanentError(f"corrupt video at frame {index}: {_first_line(exc)}") from None
+        if index == 0:
+            raise PermanentError("the video stream holds no decodable frame")
+
+    def close(self) -> None:
+        self._container.close()
+
+
+DECODERS: dict[str, type[DecordDecoder] | type[PyAVDecoder]] = {
+    "decord": DecordDecoder,
+    "pyav": PyAVDecoder,
+}
+
+
+def open_decoder(
+    path: Path, sampling: Sampling, prefer: str = "decord", threads: int = 1
+) -> Decoder:
+    """The preferred decoder, or the other one when it cannot open the file."""
+    if prefer not in DECODERS:
+        raise ValueError(f"unknown decoder {prefer!r}; one of {', '.join(DECODERS)}")
+    if path.stat().st_size == 0:
+        raise PermanentError("not a video: the file is empty (0 bytes)")
+    order = [prefer, *(name for name in DECODERS if name != prefer)]
+    reasons = []
+    for name in order:
+        try:
+            return DECODERS[name](path, sampling, threads)
+        except PermanentError as exc:
+            reasons.append(exc.reason)
+    raise PermanentError("not a readable video: " + "; ".join(reasons))
+
+
+@dataclass(slots=True)
+class _Pending:
+    index: int
+    frames: list[Frame] = field(default_factory=list)
+
+
+def chunks(
+    decoder: Decoder, sampling: Sampling, chunk_frames: int, done: Set[int] = frozenset()
+) -> Iterator[Chunk]:
+    """The video's chunks in order, leaving out those in `done` (already checkpointed).
+    Frames of skipped chunks are not converted."""
+    if chunk_frames < 1:
+        raise ValueError("chunk_frames must be >= 1")
+    source = (decoder.info.width, decoder.info.height)
+    pending: _Pending | None = None
+    for k, frame in enumerate(decoder.frames(sampling, lambda k: k // chunk_frames not in done)):
+        index = k // chunk_frames
+        if index in done:
+            continue
+        if pending is None or pending.index != index:
+            if pending is not None:
+                yield _chunk(pending, source)
+            pending = _Pending(index)
+        pending.frames.append(frame)
+    if pending is not None:
+        yield _chunk(pending, source)
+
+
+def count_chunks(decoder: Decoder, sampling: Sampling, chunk_frames: int) -> int | None:
+    """How many chunks the video has, when the decoder knows its timestamps up front."""
+    kept = decoder.kept_count(sampling)
+    return None if kept is None else math.ceil(kept / chunk_frames)
+
+
+def _chunk(p: _Pending, source: tuple[int, int]) -> Chunk:
+    images = np.stack([f.image for f in p.frames if f.image is not None])
+    return Chunk(
+        index=p.index,
+        images=images,
+        frame_indices=np.array([f.index for f in p.frames], np.int64),
+        pts_s=np.array([f.pts_s for f in p.frames], np.float64),
+        source_size=source,
+    )
+
+
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The useful part of an error text (decord prefixes its C++ source locations)."""
+    text = _DECORD_PREFIX.sub("", str(exc)).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

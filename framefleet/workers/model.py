@@ -1,0 +1,233 @@
+"""Models: what an inference actor loads once and runs on batches of frames.
+
+A model is anything with a `name`, a `schema` (the pyarrow fields of its records) and
+`predict(images, source_size) -> records`, one dict per output row, each with `frame` (the
+position of its image in the batch). The built-in one is object detection with transformers
+(AutoModelForObjectDetection + AutoImageProcessor, from a model id or a local directory);
+FRAMEFLEET_MODEL_PLUGIN="module:factory" plugs in another (factory(settings) -> model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from framefleet.settings import ModelSettings
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do instead."""
+
+
+class FrameModel(Protocol):
+    name: str
+    schema: pa.Schema  # the fields of each record, besides `frame`
+
+    def predict(self, images: np.ndarray, source_size: tuple[int, int]) -> list[dict[str, Any]]:
+        """Records for a batch of RGB frames (n, h, w, 3); `source_size` is the (width,
+        height) of the video's frames, the space boxes are reported in."""
+        ...
+
+
+DETECTION_SCHEMA = pa.schema(
+    [
+        ("label_id", pa.int32()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("x0", pa.float32()),
+        ("y0", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+    ]
+)
+
+
+def load_model(settings: ModelSettings) -> FrameModel:
+    if settings.plugin:
+        module_name, _, factory = settings.plugin.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+            model: FrameModel = getattr(module, factory or "load")(settings)
+        except (ImportError, AttributeError) as exc:
+            raise ModelLoadError(f"model plugin {settings.plugin!r}: {exc}") from exc
+        return model
+    return DetectionModel(settings)
+
+
+def pick_device(wanted: str) -> str:
+    import torch
+
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device cuda was asked for, but torch sees no CUDA device")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+class DetectionModel:
+    """Object detection with a transformers model (DETR by default)."""
+
+    schema = DETECTION_SCHEMA
+
+    def __init__(self, settings: ModelSettings) -> None:
+        import torch
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        self.settings = settings
+        self.device = pick_device(settings.device)
+        if self.device == "cpu":
+            torch.set_num_threads(settings.torch_threads)
+        if settings.precision == "fp16" and self.device == "cpu":
+            raise ModelLoadError("fp16 autocast needs CUDA; use bf16 or fp32 on a CPU")
+        if settings.random_weights:
+            self.model, self.processor = random_detr_resnet50()
+            self.name = f"{settings.model}:random-weights"
+        else:
+            self.model, self.processor = _from_pretrained(settings.model)
+            self.name = settings.model
+        self.model.eval().to(self.device)
+        self.labels = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        import torch
+
+        if self._dtype is None:
+            yield
+            return
+        with torch.autocast(self.device, dtype=self._dtype):
+            yield
+
+    def predict(self, images: np.ndarray, source_size: tuple[int, int]) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        step = self.settings.batch_size
+        for start in range(0, len(images), step):
+            records += self._predict(images[start : start + step], source_size, start)
+        return records
+
+    def _predict(
+        self, images: np.ndarray, source_size: tuple[int, int], offset: int
+    ) -> list[dict[str, Any]]:
+        import torch
+
+        inputs = self.processor(images=list(images), return_tensors="pt")
+        width, height = source_size
+        with torch.inference_mode():
+            with self._autocast():
+                out = self.model(
+                    pixel_values=inputs["pixel_values"].to(self.device),
+                    pixel_mask=inputs["pixel_mask"].to(self.device),
+                )
+            # post-processing in fp32 whatever the forward pass ran in
+            outputs = SimpleNamespace(logits=out.logits.float(), pred_boxes=out.pred_boxes.float())
+            results = self.processor.post_process_object_detection(
+                outputs,
+                threshold=self.settings.score_threshold,
+                target_sizes=[(height, width)] * len(images),
+            )
+        records = []
+        for i, result in enumerate(results):
+            boxes = result["boxes"].cpu().numpy()
+            for label, score, box in zip(
+                result["labels"].tolist(), result["scores"].tolist(), boxes, strict=True
+            ):
+                records.append(
+                    {
+                        "frame": offset + i,
+                        "label_id": label,
+                        "label": self.labels.get(label, str(label)),
+                        "score": score,
+                        "x0": box[0],
+                        "y0": box[1],
+                        "x1": box[2],
+                        "y1": box[3],
+                    }
+                )
+        return records
+
+
+def _from_pretrained(model: str) -> tuple[Any, Any]:
+    """A local directory, else the Hugging Face cache, else (unless HF_HUB_OFFLINE) the hub."""
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    reason = ""
+    for local_only in (True,) if offline else (True, False):
+        try:
+            processor = AutoImageProcessor.from_pretrained(model, local_files_only=local_only)
+            detector = AutoModelForObjectDetection.from_pretrained(
+                model, local_files_only=local_only
+            )
+            return detector, processor
+        except OSError as exc:
+            reason = str(exc).splitlines()[0]
+    raise ModelLoadError(
+        f"cannot load model {model!r} ({reason}). Without network access to the Hugging Face "
+        "hub, set FRAMEFLEET_MODEL to a local directory written by save_pretrained, or "
+        "FRAMEFLEET_RANDOM_WEIGHTS=1 to run a randomly initialised DETR-R50 (a smoke run: its "
+        "detections mean nothing)"
+    )
+
+
+def detr_config(*, tiny: bool = False, num_labels: int = 91) -> Any:
+    """A DETR configuration with a transformers ResNet backbone (no timm, no download):
+    DETR-R50's architecture, or a tiny one for tests."""
+    from transformers import DetrConfig, ResNetConfig
+
+    labels = {i: f"class_{i}" for i in range(num_labels)}
+    if tiny:
+        backbone = ResNetConfig(
+            embedding_size=8,
+            hidden_sizes=[8, 16],
+            depths=[1, 1],
+            layer_type="basic",
+            out_features=["stage2"],
+        )
+        sizes: dict[str, Any] = dict(
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            num_queries=10,
+        )
+    else:
+        backbone = ResNetConfig(
+            embedding_size=64,
+            hidden_sizes=[256, 512, 1024, 2048],
+            depths=[3, 4, 6, 3],
+            layer_type="bottleneck",
+            out_features=["stage4"],
+        )
+        sizes = {}
+    return DetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        backbone_config=backbone,
+        num_labels=num_labels,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+        **sizes,
+    )
+
+
+def random_detr_resnet50(seed: int = 0) -> tuple[Any, Any]:
+    """DETR-R50 with random weights and the standard DETR image processor."""
+    import torch
+    from transformers import DetrForObjectDetection
+    from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
+
+    torch.manual_seed(seed)
+    return DetrForObjectDetection(detr_config()), DetrImageProcessorPil()

@@ -1,0 +1,175 @@
+"""Decoding real encoded videos (written here with PyAV) with decord and PyAV."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from framefleet.workers.decode import Chunk, Sampling, chunks, count_chunks, open_decoder
+from framefleet.workers.errors import PermanentError
+from tests.support.videos import write_audio_only, write_corrupt, write_truncated, write_video
+
+DECODERS = ["decord", "pyav"]
+VFR_PTS = [0, 10, 50, 60, 200, 210, 400, 405, 900, 1000] + [1000 + 33 * i for i in range(1, 21)]
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("videos")
+    h264 = write_video(d / "h264.mp4", frames=45, fps=15)
+    return {
+        "h264": h264,
+        "vp9": write_video(d / "vp9.webm", codec="libvpx-vp9", frames=30, fps=15),
+        "odd": write_video(d / "odd.mp4", width=97, height=61, pix_fmt="yuv444p", frames=20),
+        "vfr": write_video(d / "vfr.mp4", frames=30, pts=VFR_PTS),
+        "one": write_video(d / "one.mp4", frames=1),
+        "corrupt": write_corrupt(
+            d / "corrupt.mp4", write_video(d / "big.mp4", frames=60, width=160, height=120)
+        ),
+        "truncated": write_truncated(d / "truncated.mp4", h264),
+        "audio": write_audio_only(d / "audio.m4a"),
+    }
+
+
+def _all(
+    path: Path,
+    sampling: Sampling,
+    decoder: str,
+    chunk_frames: int = 8,
+    done: frozenset[int] = frozenset(),
+) -> list[Chunk]:
+    dec = open_decoder(path, sampling, prefer=decoder)
+    try:
+        return list(chunks(dec, sampling, chunk_frames, done))
+    finally:
+        dec.close()
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize(
+    ("name", "frames", "size"),
+    [
+        ("h264", 45, (96, 64)),
+        ("vp9", 30, (96, 64)),
+        ("odd", 20, (97, 61)),
+        ("vfr", 30, (96, 64)),
+        ("one", 1, (96, 64)),
+    ],
+)
+def test_every_frame_with_its_timestamp(
+    videos: dict[str, Path], decoder: str, name: str, frames: int, size: tuple[int, int]
+) -> None:
+    got = _all(videos[name], Sampling(), decoder)
+    indices = np.concatenate([c.frame_indices for c in got])
+    assert indices.tolist() == list(range(frames))
+    assert [c.index for c in got] == list(range(len(got)))
+    assert all(len(c) == 8 for c in got[:-1])
+    first = got[0]
+    assert first.images.shape[1:] == (size[1], size[0], 3) and first.images.dtype == np.uint8
+    assert first.source_size == size
+    pts = np.concatenate([c.pts_s for c in got])
+    assert np.all(np.diff(pts) > 0) and pts[0] == 0
+    if name == "vfr":
+        np.testing.assert_allclose(pts, np.array(VFR_PTS) / 1000, atol=1e-3)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_sampling_by_fps_follows_timestamps(videos: dict[str, Path], decoder: str) -> None:
+    got = _all(videos["vfr"], Sampling(fps=5), decoder, chunk_frames=100)
+    # the first frame at or after each 0.2 s step
+    np.testing.assert_allclose(
+        got[0].pts_s, [0.0, 0.2, 0.4, 0.9, 1.0, 1.231, 1.429, 1.627], atol=1e-3
+    )
+    steady = _all(videos["h264"], Sampling(fps=5), decoder, chunk_frames=100)[0]
+    assert steady.frame_indices.tolist() == list(range(0, 45, 3))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_sampling_by_stride_and_resize(videos: dict[str, Path], decoder: str) -> None:
+    got = _all(videos["h264"], Sampling(stride=4, width=48), decoder, chunk_frames=100)[0]
+    assert got.frame_indices.tolist() == list(range(0, 45, 4))
+    assert got.images.shape == (12, 32, 48, 3) and got.source_size == (96, 64)
+    other = _all(videos["h264"], Sampling(width=40, height=40), decoder, chunk_frames=100)[0]
+    assert other.images.shape[1:] == (40, 40, 3)
+
+
+def test_both_decoders_give_the_same_frames(videos: dict[str, Path]) -> None:
+    for name in ("h264", "vp9", "odd"):
+        a, b = (
+            np.concatenate([c.images for c in _all(videos[name], Sampling(), d)]) for d in DECODERS
+        )
+        assert a.shape == b.shape
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0, name
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_resume_skips_done_chunks_and_gives_the_same_rest(
+    videos: dict[str, Path], decoder: str
+) -> None:
+    full = _all(videos["h264"], Sampling(stride=2), decoder, chunk_frames=4)
+    rest = _all(
+        videos["h264"], Sampling(stride=2), decoder, chunk_frames=4, done=frozenset({0, 1, 3})
+    )
+    assert [c.index for c in rest] == [k for k in range(len(full)) if k not in {0, 1, 3}]
+    for c in rest:
+        np.testing.assert_array_equal(c.images, full[c.index].images)
+        np.testing.assert_array_equal(c.frame_indices, full[c.index].frame_indices)
+
+
+def test_chunk_count_is_known_up_front_with_decord(videos: dict[str, Path]) -> None:
+    dec = open_decoder(videos["h264"], Sampling(stride=2), prefer="decord")
+    assert (
+        count_chunks(dec, Sampling(stride=2), 4)
+        == 6
+        == len(list(chunks(dec, Sampling(stride=2), 4)))
+    )
+    assert (
+        count_chunks(open_decoder(videos["h264"], Sampling(), prefer="pyav"), Sampling(), 4) is None
+    )
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("corrupt", "corrupt video at frame"),
+        ("truncated", "not a readable video"),
+        ("audio", "no video stream"),
+    ],
+)
+def test_bad_files_are_permanent_errors(
+    videos: dict[str, Path], decoder: str, name: str, reason: str
+) -> None:
+    with pytest.raises(PermanentError, match=reason):
+        _all(videos[name], Sampling(), decoder)
+
+
+def test_empty_and_non_video_files(tmp_path: Path) -> None:
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    (tmp_path / "notes.mp4").write_text("these are not frames\n" * 50)
+    with pytest.raises(PermanentError, match="empty"):
+        _all(tmp_path / "zero.mp4", Sampling(), "decord")
+    with pytest.raises(PermanentError, match="not a readable video"):
+        _all(tmp_path / "notes.mp4", Sampling(), "decord")
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_decode_memory_stays_flat(tmp_path: Path) -> None:
+    """RSS after 200 videos is within 50 MB of RSS after 10 (decord, sequential reads)."""
+    files = [
+        write_video(tmp_path / f"v{i}.mp4", frames=40, width=320, height=240) for i in range(5)
+    ]
+    rss = {}
+    for n in range(1, 201):
+        for chunk in _all(files[n % 5], Sampling(), "decord", chunk_frames=16):
+            assert chunk.images.shape[1:] == (240, 320, 3)
+        if n in (10, 200):
+            rss[n] = _rss_mb()
+    assert rss[200] - rss[10] < 50, rss

@@ -1,0 +1,218 @@
+"""The model (a tiny DETR saved and loaded the real way, offline), a plugged-in model, and
+the outputs (local directory and moto's S3 server)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from framefleet.settings import ModelSettings, SourceSettings
+from framefleet.workers.model import DETECTION_SCHEMA, ModelLoadError, load_model
+from framefleet.workers.outputs import OutputStore, item_dir, records_table, table_schema
+from framefleet.workers.sources import s3_client
+from tests.support.models import write_tiny_detr
+from tests.support.servers import moto_s3_server
+from tests.support.videos import frame_image
+
+
+@pytest.fixture(scope="module")
+def tiny_detr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_detr(tmp_path_factory.mktemp("tiny-detr"))
+
+
+def _frames(n: int = 6, width: int = 96, height: int = 64) -> np.ndarray:
+    return np.stack([frame_image(i, width, height) for i in range(n)])
+
+
+def test_detection_model_loads_from_a_directory_and_predicts(tiny_detr: Path) -> None:
+    model = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0, batch_size=4))
+    assert model.name == str(tiny_detr) and model.schema == DETECTION_SCHEMA
+    records = model.predict(_frames(6, 48, 32), source_size=(96, 64))
+    assert {r["frame"] for r in records} == set(range(6))
+    assert len(records) == 6 * 10  # threshold 0: every query of the tiny model
+    boxes = np.array([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in records])
+    assert (
+        boxes.min() >= -1e-3
+        and boxes[:, [0, 2]].max() <= 96 + 1e-3
+        and boxes[:, [1, 3]].max() <= 64 + 1e-3
+    )
+    assert all(r["label"] == f"class_{r['label_id']}" for r in records)
+
+
+def test_batch_size_does_not_change_predictions(tiny_detr: Path) -> None:
+    frames = _frames(5)
+    a = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0, batch_size=5)).predict(
+        frames, (96, 64)
+    )
+    b = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0, batch_size=2)).predict(
+        frames, (96, 64)
+    )
+    assert [r["frame"] for r in a] == [r["frame"] for r in b]
+    np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-5)
+
+
+def test_bf16_autocast_matches_fp32(tiny_detr: Path) -> None:
+    frames = _frames(4)
+    fp32 = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0)).predict(
+        frames, (96, 64)
+    )
+    bf16 = load_model(
+        ModelSettings(model=str(tiny_detr), score_threshold=0.0, precision="bf16")
+    ).predict(frames, (96, 64))
+    assert [(r["frame"], r["label_id"]) for r in fp32] == [
+        (r["frame"], r["label_id"]) for r in bf16
+    ]
+    np.testing.assert_allclose([r["score"] for r in bf16], [r["score"] for r in fp32], atol=0.03)
+
+    def box(rs: list[dict[str, Any]]) -> np.ndarray:
+        return np.array([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in rs])
+
+    np.testing.assert_allclose(box(bf16), box(fp32), atol=2.0)  # pixels, on a 96x64 frame
+
+
+def test_fp16_on_cpu_is_refused(tiny_detr: Path) -> None:
+    with pytest.raises(ModelLoadError, match="fp16 autocast needs CUDA"):
+        load_model(ModelSettings(model=str(tiny_detr), precision="fp16", device="cpu"))
+
+
+def test_a_hub_model_without_network_names_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="FRAMEFLEET_RANDOM_WEIGHTS=1"):
+        load_model(ModelSettings(model="facebook/detr-resnet-50"))
+
+
+def test_random_weights_give_detr_r50_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = load_model(ModelSettings(random_weights=True, score_threshold=0.0))
+    assert model.name == "facebook/detr-resnet-50:random-weights"
+    params = sum(p.numel() for p in model.model.parameters())  # type: ignore[attr-defined]
+    assert 40e6 < params < 43e6  # DETR-R50 has 41.5M parameters
+    assert len(model.predict(_frames(1, 64, 48), (64, 48))) == 100  # 100 queries
+
+
+def test_a_plugged_in_model(tmp_path: Path) -> None:
+    model = load_model(ModelSettings(plugin="tests.support.plugin_model:load"))
+    records = model.predict(_frames(3), (96, 64))
+    table = records_table(
+        "vid", model.name, model.schema, records, np.array([0, 5, 10]), np.array([0.0, 0.5, 1.0])
+    )
+    store = OutputStore(str(tmp_path), SourceSettings())
+    store.write_chunk("vid", 0, table)
+    back = store.read_chunk("vid", 0)
+    assert back.column_names == ["video_id", "frame_index", "pts_s", "embedding", "model"]
+    assert back["frame_index"].to_pylist() == [0, 5, 10] and len(back["embedding"][0]) == 3
+    with pytest.raises(ModelLoadError):
+        load_model(ModelSettings(plugin="tests.support.no_such_module:load"))
+
+
+# -- outputs -------------------------------------------------------------------------------
+
+
+def _table(item: str, n: int, offset: int = 0) -> pa.Table:
+    records = [
+        {
+            "frame": i,
+            "label_id": 1,
+            "label": "cat",
+            "score": 0.9,
+            "x0": 1.0,
+            "y0": 2.0,
+            "x1": 3.0,
+            "y1": 4.0,
+        }
+        for i in range(n)
+    ]
+    return records_table(
+        item, "m", DETECTION_SCHEMA, records, np.arange(offset, offset + n), np.arange(n) * 0.5
+    )
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    with moto_s3_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> OutputStore:
+    if request.param == "local":
+        return OutputStore(str(tmp_path / "out"), SourceSettings())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = SourceSettings(s3_endpoint_url=request.getfixturevalue("s3_url"))
+    bucket = f"out-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    s3_client(settings).create_bucket(Bucket=bucket)
+    return OutputStore(f"s3://{bucket}/runs/1", settings)
+
+
+def test_chunks_are_written_once_and_merged(store: OutputStore) -> None:
+    assert store.write_chunk("v1", 0, _table("v1", 3)) is True
+    assert store.write_chunk("v1", 0, _table("v1", 99)) is False  # a rewrite is a no-op
+    assert store.read_chunk("v1", 0).num_rows == 3
+    store.write_chunk("v1", 1, _table("v1", 2, offset=3))
+    store.write_chunk("v1", 2, _table("v1", 0))
+    uri = store.finalize("v1", 3, DETECTION_SCHEMA, {"frames": 5, "model": "m"})
+    assert uri.endswith("v1/_manifest.json") and store.is_complete("v1")
+    manifest = store.read_manifest("v1")
+    assert manifest["rows"] == 5 and manifest["chunks"] == 3 and manifest["frames"] == 5
+    merged = pq.read_table(pa.BufferReader(store.get("v1/detections.parquet")))
+    assert merged["frame_index"].to_pylist() == [0, 1, 2, 3, 4]
+    assert merged.schema == table_schema(DETECTION_SCHEMA)
+    assert store.finalize("v1", 3, DETECTION_SCHEMA, {"frames": 999}) == uri  # idempotent
+    assert store.read_manifest("v1")["frames"] == 5
+
+
+def test_finalize_refuses_missing_chunks(store: OutputStore) -> None:
+    store.write_chunk("v2", 0, _table("v2", 1))
+    with pytest.raises(Exception, match=r"chunks \[1\] are missing"):
+        store.finalize("v2", 2, DETECTION_SCHEMA, {})
+    assert not store.is_complete("v2")
+
+
+def test_a_video_with_no_detections_still_gets_a_file(store: OutputStore) -> None:
+    store.finalize("empty", 0, DETECTION_SCHEMA, {})
+    table = pq.read_table(pa.BufferReader(store.get("empty/detections.parquet")))
+    assert table.num_rows == 0 and table.schema == table_schema(DETECTION_SCHEMA)
+
+
+def test_item_ids_become_safe_path_components() -> None:
+    assert item_dir("abc123_x.y-z") == "abc123_x.y-z"
+    assert item_dir("../../etc") == "%2E%2E%2F%2E%2E%2Fetc"
+    assert item_dir("..") == "%2E%2E" and item_dir("a/b") == "a%2Fb"
+
+
+def test_a_writer_killed_mid_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    """kill -9 a process while it writes big chunks: every chunk file that exists is whole."""
+    code = (
+        "import sys, numpy as np; from tests.support.outputs_writer import main; main(sys.argv[1])"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=Path(__file__).parents[2]
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("v/chunk-*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = list(tmp_path.glob("v/chunk-*.parquet"))
+    assert written, "the writer wrote nothing before it was killed"
+    for path in written:
+        assert pq.read_table(path).num_rows == 200_000  # whole, never cut
+    store = OutputStore(str(tmp_path), SourceSettings())
+    assert not store.is_complete("v")
+    leftovers = [p.name for p in tmp_path.glob("v/*") if not p.name.startswith(".")]
+    assert all(name.startswith("chunk-") for name in leftovers), leftovers

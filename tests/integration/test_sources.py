@@ -1,0 +1,181 @@
+"""Sources against real servers: moto's S3 server and an HTTP server, both on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from framefleet.settings import SourceSettings
+from framefleet.workers.errors import PermanentError, TransientError
+from framefleet.workers.sources import fetched, s3_client
+from tests.support.servers import FileServer, moto_s3_server
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with moto_s3_server() as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard AWS credentials and config, read by boto3 as in production."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> Iterator[tuple[SourceSettings, object]]:
+    settings = SourceSettings(s3_endpoint_url=s3_endpoint, fetch_timeout_s=5, fetch_backoff_s=0.01)
+    client = s3_client(settings)
+    client.create_bucket(Bucket="videos")
+    yield settings, client
+    for obj in client.list_objects_v2(Bucket="videos").get("Contents", []):
+        client.delete_object(Bucket="videos", Key=obj["Key"])
+    client.delete_bucket(Bucket="videos")
+
+
+def test_local_reads_only_under_allowed_roots(tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(b"x" * 10)
+    (tmp_path / "secret.mp4").write_bytes(b"s")
+    (root / "link.mp4").symlink_to(tmp_path / "secret.mp4")
+    settings = SourceSettings(allowed_roots=(root,))
+    with fetched(str(root / "a.mp4"), settings) as path:
+        assert path.read_bytes() == b"x" * 10
+    with fetched(f"file://{root}/a.mp4", settings) as path:
+        assert path == root / "a.mp4"
+    for uri in (
+        str(tmp_path / "secret.mp4"),
+        str(root / ".." / "secret.mp4"),
+        str(root / "link.mp4"),
+        "/etc/passwd",
+    ):
+        with (
+            pytest.raises(PermanentError, match="outside the allowed roots"),
+            fetched(uri, settings),
+        ):
+            pass
+    with (
+        pytest.raises(PermanentError, match="none configured"),
+        fetched(str(root / "a.mp4"), SourceSettings()),
+    ):
+        pass
+    with (
+        pytest.raises(PermanentError, match="no such file"),
+        fetched(str(root / "missing.mp4"), settings),
+    ):
+        pass
+    with (
+        pytest.raises(PermanentError, match="over the limit"),
+        fetched(str(root / "a.mp4"), SourceSettings(allowed_roots=(root,), max_video_bytes=5)),
+    ):
+        pass
+
+
+def test_s3_download_and_cleanup(s3: tuple[SourceSettings, object]) -> None:
+    settings, client = s3
+    client.put_object(Bucket="videos", Key="2026/a.mp4", Body=b"video-bytes" * 1000)  # type: ignore[attr-defined]
+    with fetched("s3://videos/2026/a.mp4", settings) as path:
+        assert path.read_bytes() == b"video-bytes" * 1000 and path.suffix == ".mp4"
+    assert not path.exists()
+
+
+def test_s3_cleanup_on_error_inside_the_block(s3: tuple[SourceSettings, object]) -> None:
+    settings, client = s3
+    client.put_object(Bucket="videos", Key="a.mp4", Body=b"v")  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError), fetched("s3://videos/a.mp4", settings) as path:
+        raise RuntimeError("decoder blew up")
+    assert not path.exists()
+
+
+def test_s3_missing_object_and_bucket_are_permanent(s3: tuple[SourceSettings, object]) -> None:
+    settings, _ = s3
+    with (
+        pytest.raises(PermanentError, match="NoSuchKey"),
+        fetched("s3://videos/missing.mp4", settings),
+    ):
+        pass
+    with (
+        pytest.raises(PermanentError, match="NoSuchBucket"),
+        fetched("s3://no-bucket/a.mp4", settings),
+    ):
+        pass
+
+
+def test_s3_size_limit(s3: tuple[SourceSettings, object]) -> None:
+    settings, client = s3
+    client.put_object(Bucket="videos", Key="big.mp4", Body=b"x" * 5000)  # type: ignore[attr-defined]
+    small = SourceSettings(s3_endpoint_url=settings.s3_endpoint_url, max_video_bytes=4000)
+    with (
+        pytest.raises(PermanentError, match=r"over the limit|larger than"),
+        fetched("s3://videos/big.mp4", small),
+    ):
+        pass
+
+
+def test_s3_forbidden_is_permanent(tmp_path: Path) -> None:
+    with FileServer(tmp_path) as server:
+        settings = SourceSettings(s3_endpoint_url=server.url + "/status/403", fetch_backoff_s=0.01)
+        with pytest.raises(PermanentError, match="403"), fetched("s3://videos/a.mp4", settings):
+            pass
+
+
+def test_s3_5xx_is_retried_then_transient(tmp_path: Path) -> None:
+    with FileServer(tmp_path) as server:
+        settings = SourceSettings(
+            s3_endpoint_url=server.url + "/status/503", fetch_attempts=3, fetch_backoff_s=0.01
+        )
+        with pytest.raises(TransientError, match="503"), fetched("s3://videos/a.mp4", settings):
+            pass
+        assert sum(server.hits.values()) == 3
+
+
+def test_http_download_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "v.mp4").write_bytes(b"0123456789" * 100)
+    settings = SourceSettings(fetch_attempts=3, fetch_backoff_s=0.01, fetch_timeout_s=1)
+    with FileServer(tmp_path) as server:
+        with fetched(server.url + "/v.mp4", settings) as path:
+            assert path.read_bytes() == b"0123456789" * 100
+        assert not path.exists()
+        with fetched(server.url + "/flaky/2/v.mp4", settings) as path:  # 503, 503, then 200
+            assert path.stat().st_size == 1000
+        with (
+            pytest.raises(PermanentError, match="404"),
+            fetched(server.url + "/missing.mp4", settings),
+        ):
+            pass
+        with (
+            pytest.raises(PermanentError, match="403"),
+            fetched(server.url + "/status/403", settings),
+        ):
+            pass
+        with (
+            pytest.raises(TransientError, match="500"),
+            fetched(server.url + "/status/500", settings),
+        ):
+            pass
+        assert server.hits["/status/500"] == 3
+        with (
+            pytest.raises(TransientError, match="timed out"),
+            fetched(server.url + "/hang", settings),
+        ):
+            pass
+        with (
+            pytest.raises(PermanentError, match="over the limit"),
+            fetched(server.url + "/v.mp4", SourceSettings(max_video_bytes=10)),
+        ):
+            pass
+
+
+def test_unsupported_scheme() -> None:
+    with (
+        pytest.raises(PermanentError, match="unsupported uri scheme"),
+        fetched("ftp://h/v.mp4", SourceSettings()),
+    ):
+        pass

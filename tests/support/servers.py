@@ -1,0 +1,105 @@
+"""Real servers the worker tests talk to: moto's S3 server in a subprocess, and a small HTTP
+server that serves files or answers with a chosen status (or hangs), on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def moto_s3_server() -> Iterator[str]:
+    """moto in server mode: a real S3 HTTP endpoint on loopback. Yields its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("moto server exited") from None
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("moto server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class FileServer:
+    """Serves files from `root`; paths under /status/<code> answer that code, /hang never
+    answers within a test's timeout, /flaky/<n>/<file> fails with 503 n times first."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hits: dict[str, int] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                # the client may give up first (the timeout tests)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self._get()
+
+            def _get(self) -> None:
+                server.hits[self.path] = server.hits.get(self.path, 0) + 1
+                parts = self.path.strip("/").split("/")
+                if parts[0] == "status":
+                    self.send_error(int(parts[1]))
+                    return
+                if parts[0] == "hang":
+                    time.sleep(5)
+                    self.send_error(504)
+                    return
+                if parts[0] == "flaky":
+                    if server.hits[self.path] <= int(parts[1]):
+                        self.send_error(503)
+                        return
+                    parts = parts[2:]
+                path = server.root.joinpath(*parts)
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
