@@ -121,11 +121,67 @@ class ModelSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineSettings:
+    """How videos become frames and where results go."""
+
+    out: str = ".framefleet/out"  # FRAMEFLEET_OUT: a directory or s3://bucket/prefix
+    decoder: str = "decord"  # FRAMEFLEET_DECODER: decord | pyav (the other is the fallback)
+    sample_fps: float | None = None  # FRAMEFLEET_SAMPLE_FPS: frames kept per second of video
+    stride: int = 1  # FRAMEFLEET_STRIDE: keep every n-th frame (when no sample_fps)
+    width: int | None = None  # FRAMEFLEET_WIDTH: resize on decode (alone: keeps the aspect)
+    height: int | None = None  # FRAMEFLEET_HEIGHT
+    chunk_frames: int = 32  # FRAMEFLEET_CHUNK_FRAMES: frames per chunk (checkpoint unit)
+    max_inflight_chunks: int = 4  # FRAMEFLEET_MAX_INFLIGHT: chunks a decoder has out at once
+    decode_threads: int = 1  # FRAMEFLEET_DECODE_THREADS: decoder threads per decode actor
+    decode_actors: int = 2  # FRAMEFLEET_DECODE_ACTORS
+    inference_actors: int = 4  # FRAMEFLEET_INFERENCE_ACTORS
+    gpus_per_inference: float = 0.25  # FRAMEFLEET_GPUS_PER_INFERENCE (0 on a CPU machine)
+    cpus_per_inference: float = 1.0  # FRAMEFLEET_CPUS_PER_INFERENCE
+    cpus_per_decoder: float = 1.0  # FRAMEFLEET_CPUS_PER_DECODER
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("decord", "pyav"):
+            raise SettingsError(f"decoder must be decord or pyav, not {self.decoder!r}")
+        ints = (
+            "stride",
+            "chunk_frames",
+            "max_inflight_chunks",
+            "decode_threads",
+            "decode_actors",
+            "inference_actors",
+        )
+        for name in ints:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1")
+        if self.sample_fps is not None and not self.sample_fps > 0:
+            raise SettingsError("sample_fps must be > 0")
+        if not 0 <= self.gpus_per_inference <= 1:
+            raise SettingsError("gpus_per_inference must be in [0, 1]")
+
+    def config_hash(self, model: ModelSettings) -> str:
+        """What decides the outputs of a video: a different hash means different outputs."""
+        import hashlib
+        import json
+
+        keys = ("decoder", "sample_fps", "stride", "width", "height", "chunk_frames")
+        parts = {k: getattr(self, k) for k in keys}
+        parts.update(
+            model=model.model,
+            random_weights=model.random_weights,
+            plugin=model.plugin,
+            score_threshold=model.score_threshold,
+            precision=model.precision,
+        )
+        return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     source: SourceSettings = field(default_factory=SourceSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -135,7 +191,8 @@ class Settings:
         queue = _apply(QueueSettings(), env, _QUEUE_ENV)
         source = _apply(SourceSettings(), env, _SOURCE_ENV)
         model = _apply(ModelSettings(), env, _MODEL_ENV)
-        return cls(redis=redis, queue=queue, source=source, model=model)
+        pipeline = _apply(PipelineSettings(), env, _PIPELINE_ENV)
+        return cls(redis=redis, queue=queue, source=source, model=model, pipeline=pipeline)
 
 
 _REDIS_ENV = {
@@ -179,7 +236,24 @@ _MODEL_ENV = {
     "torch_threads": "FRAMEFLEET_TORCH_THREADS",
 }
 
-_S = TypeVar("_S", RedisSettings, QueueSettings, SourceSettings, ModelSettings)
+_PIPELINE_ENV = {
+    "out": "FRAMEFLEET_OUT",
+    "decoder": "FRAMEFLEET_DECODER",
+    "sample_fps": "FRAMEFLEET_SAMPLE_FPS",
+    "stride": "FRAMEFLEET_STRIDE",
+    "width": "FRAMEFLEET_WIDTH",
+    "height": "FRAMEFLEET_HEIGHT",
+    "chunk_frames": "FRAMEFLEET_CHUNK_FRAMES",
+    "max_inflight_chunks": "FRAMEFLEET_MAX_INFLIGHT",
+    "decode_threads": "FRAMEFLEET_DECODE_THREADS",
+    "decode_actors": "FRAMEFLEET_DECODE_ACTORS",
+    "inference_actors": "FRAMEFLEET_INFERENCE_ACTORS",
+    "gpus_per_inference": "FRAMEFLEET_GPUS_PER_INFERENCE",
+    "cpus_per_inference": "FRAMEFLEET_CPUS_PER_INFERENCE",
+    "cpus_per_decoder": "FRAMEFLEET_CPUS_PER_DECODER",
+}
+
+_S = TypeVar("_S", RedisSettings, QueueSettings, SourceSettings, ModelSettings, PipelineSettings)
 
 
 def _apply(base: _S, env: Mapping[str, str], names: dict[str, str]) -> _S:

@@ -265,26 +265,51 @@ class _Pending:
     frames: list[Frame] = field(default_factory=list)
 
 
+class ChunkReader:
+    """The video's chunks in order, leaving out those in `done` (already checkpointed; their
+    frames are not converted). Once iterated, `chunk_count` is the video's number of chunks,
+    skipped ones included."""
+
+    def __init__(
+        self, decoder: Decoder, sampling: Sampling, chunk_frames: int, done: Set[int] = frozenset()
+    ) -> None:
+        if chunk_frames < 1:
+            raise ValueError("chunk_frames must be >= 1")
+        self.decoder, self.sampling, self.chunk_frames, self.done = (
+            decoder,
+            sampling,
+            chunk_frames,
+            done,
+        )
+        self.kept = 0  # frames kept by the sampling so far
+
+    @property
+    def chunk_count(self) -> int:
+        return math.ceil(self.kept / self.chunk_frames)
+
+    def __iter__(self) -> Iterator[Chunk]:
+        size, done = self.chunk_frames, self.done
+        source = (self.decoder.info.width, self.decoder.info.height)
+        pending: _Pending | None = None
+        for frame in self.decoder.frames(self.sampling, lambda k: k // size not in done):
+            index = self.kept // size
+            self.kept += 1
+            if index in done:
+                continue
+            if pending is None or pending.index != index:
+                if pending is not None:
+                    yield _chunk(pending, source)
+                pending = _Pending(index)
+            pending.frames.append(frame)
+        if pending is not None:
+            yield _chunk(pending, source)
+
+
 def chunks(
     decoder: Decoder, sampling: Sampling, chunk_frames: int, done: Set[int] = frozenset()
 ) -> Iterator[Chunk]:
-    """The video's chunks in order, leaving out those in `done` (already checkpointed).
-    Frames of skipped chunks are not converted."""
-    if chunk_frames < 1:
-        raise ValueError("chunk_frames must be >= 1")
-    source = (decoder.info.width, decoder.info.height)
-    pending: _Pending | None = None
-    for k, frame in enumerate(decoder.frames(sampling, lambda k: k // chunk_frames not in done)):
-        index = k // chunk_frames
-        if index in done:
-            continue
-        if pending is None or pending.index != index:
-            if pending is not None:
-                yield _chunk(pending, source)
-            pending = _Pending(index)
-        pending.frames.append(frame)
-    if pending is not None:
-        yield _chunk(pending, source)
+    """The video's chunks in order, leaving out those in `done`."""
+    return iter(ChunkReader(decoder, sampling, chunk_frames, done))
 
 
 def count_chunks(decoder: Decoder, sampling: Sampling, chunk_frames: int) -> int | None:

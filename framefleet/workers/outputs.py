@@ -90,10 +90,7 @@ class OutputStore:
         if self.is_s3:
             self.bucket, self.prefix = split_s3(self.base + "/")[0], self.base[5:].partition("/")[2]
         else:
-            path = self.base.removeprefix("file://")
-            if not Path(path).is_absolute():
-                raise ValueError(f"the output directory must be absolute or s3://: {base}")
-            self.root = Path(path)
+            self.root = Path(self.base.removeprefix("file://")).absolute()
 
     def key(self, item_id: str, name: str) -> str:
         return f"{item_dir(item_id)}/{name}"

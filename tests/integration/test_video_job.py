@@ -1,0 +1,285 @@
+"""One video from lease to ack (the decode actor's state machine), with in-process inference,
+against the real queue, real videos, a tiny real DETR and a real output directory."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from redis import Redis
+
+from framefleet.queue import Queue, State
+from framefleet.settings import (
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    Settings,
+    SourceSettings,
+)
+from framefleet.workers.decode import Chunk, Sampling, chunks, open_decoder
+from framefleet.workers.errors import TransientError
+from framefleet.workers.model import FrameModel, load_model
+from framefleet.workers.outputs import OutputStore
+from framefleet.workers.pipeline import LocalInference, Pending, VideoJob
+from tests.support.models import write_tiny_detr
+from tests.support.videos import write_corrupt, write_video
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> FrameModel:
+    path = write_tiny_detr(tmp_path_factory.mktemp("detr"))
+    return load_model(ModelSettings(model=str(path), score_threshold=0.05))
+
+
+@pytest.fixture
+def env(tmp_path: Path, valkey_client: Redis, model: FrameModel) -> dict[str, Any]:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    settings = Settings(
+        queue=QueueSettings(lease_s=30),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=ModelSettings(model="tiny", score_threshold=0.05),
+        pipeline=PipelineSettings(out=str(tmp_path / "out"), chunk_frames=8, max_inflight_chunks=2),
+    )
+    store = OutputStore(settings.pipeline.out, settings.source)
+    return {
+        "videos": videos,
+        "settings": settings,
+        "store": store,
+        "queue": Queue(valkey_client, settings.queue),
+        "inference": LocalInference(model, store),
+    }
+
+
+def _direct(model: FrameModel, path: Path, sampling: Sampling) -> list[tuple[int, int, float]]:
+    """The same model on the same frames in one process, no queue, no pipeline."""
+    rows = []
+    dec = open_decoder(path, sampling)
+    for chunk in chunks(dec, sampling, 1000):
+        for r in model.predict(chunk.images, chunk.source_size):
+            rows.append((int(chunk.frame_indices[r["frame"]]), r["label_id"], r["score"]))
+    return sorted(rows)
+
+
+def _rows(store: OutputStore, item_id: str) -> list[tuple[int, int, float]]:
+    table = pq.read_table(store.uri(store.key(item_id, "detections.parquet")))
+    return sorted(
+        zip(
+            table["frame_index"].to_pylist(),
+            table["label_id"].to_pylist(),
+            table["score"].to_pylist(),
+            strict=True,
+        )
+    )
+
+
+def _same(a: list[tuple[int, int, float]], b: list[tuple[int, int, float]]) -> None:
+    assert [r[:2] for r in a] == [r[:2] for r in b]
+    np.testing.assert_allclose([r[2] for r in a], [r[2] for r in b], rtol=1e-5, atol=1e-6)
+
+
+def test_a_video_is_processed_checkpointed_and_acked(
+    env: dict[str, Any], model: FrameModel
+) -> None:
+    video = write_video(env["videos"] / "a.mp4", frames=30)
+    q, store = env["queue"], env["store"]
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+    out = VideoJob(q, store, env["inference"], env["settings"]).run(lease)
+    assert (out.status, out.chunks, out.frames) == ("acked", 4, 30)
+    item = q.get(item_id)
+    assert item is not None and item.state is State.DONE and item.result == out.result
+    assert item.chunks_total == 4 and item.chunks_done == 4
+    manifest = store.read_manifest(item_id)
+    assert manifest["frames"] == 30 and manifest["chunks"] == 4 and manifest["model"] == model.name
+    assert len(_rows(store, item_id)) > 0
+    _same(_rows(store, item_id), _direct(model, video, Sampling()))
+
+
+class Counting:
+    """Wraps an Inference: counts submissions, can stop the job after n, can hold results."""
+
+    def __init__(
+        self,
+        inner: LocalInference,
+        stop_after: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.inner, self.stop_after, self.stop = inner, stop_after, stop
+        self.schema, self.model_name = inner.schema, inner.model_name
+        self.submitted: list[int] = []
+
+    def submit(self, item_id: str, chunk: Chunk) -> Pending:
+        self.submitted.append(chunk.index)
+        handle = self.inner.submit(item_id, chunk)
+        if self.stop is not None and len(self.submitted) == self.stop_after:
+            self.stop.set()
+        return handle
+
+
+def test_a_stopped_worker_releases_and_the_next_one_resumes(
+    env: dict[str, Any], model: FrameModel
+) -> None:
+    video = write_video(env["videos"] / "b.mp4", frames=40)
+    q, store, settings = env["queue"], env["store"], env["settings"]
+    [item_id] = q.enqueue([str(video)])
+    stop = threading.Event()
+    first = Counting(env["inference"], stop_after=2, stop=stop)
+    [lease] = q.claim(1, "decoder-1")
+    out = VideoJob(q, store, first, settings, stop=stop).run(lease)
+    assert out.status == "released"
+    item = q.get(item_id)
+    assert item is not None and item.state is State.QUEUED and item.attempts == 0
+    done_before = q.chunks(item_id)
+    assert done_before and done_before <= {0, 1}
+    second = Counting(env["inference"])
+    [again] = q.claim(1, "decoder-2")
+    assert again.chunks_done == frozenset(done_before)
+    assert VideoJob(q, store, second, settings).run(again).status == "acked"
+    assert set(second.submitted) == set(range(5)) - done_before  # checkpointed chunks skipped
+    _same(_rows(store, item_id), _direct(model, video, Sampling()))
+
+
+def test_outputs_complete_but_ack_lost_acks_without_rework(env: dict[str, Any]) -> None:
+    video = write_video(env["videos"] / "c.mp4", frames=10)
+    q, store, settings = env["queue"], env["store"], env["settings"]
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+    VideoJob(q, store, env["inference"], settings).run(lease)
+    q.enqueue([str(video)], force=True)  # as if the ack had never landed
+    [again] = q.claim(1, "decoder-2")
+    counting = Counting(env["inference"])
+    out = VideoJob(q, store, counting, settings).run(again)
+    assert out.status == "already-done" and counting.submitted == []
+    assert q.get(item_id).state is State.DONE  # type: ignore[union-attr]
+
+
+def test_bad_videos_go_dead_with_their_reason(env: dict[str, Any], tmp_path: Path) -> None:
+    good = write_video(tmp_path / "src.mp4", frames=60, width=160, height=120)
+    corrupt = write_corrupt(env["videos"] / "corrupt.mp4", good)
+    (env["videos"] / "notes.mp4").write_text("not a video at all\n" * 100)
+    q, store, settings = env["queue"], env["store"], env["settings"]
+    ids = q.enqueue(
+        [
+            str(corrupt),
+            str(env["videos"] / "notes.mp4"),
+            str(env["videos"] / "missing.mp4"),
+            str(tmp_path / "src.mp4"),
+        ]
+    )
+    job = VideoJob(q, store, env["inference"], settings)
+    outcomes = [job.run(lease) for lease in q.claim(4, "decoder-1")]
+    assert [o.status for o in outcomes] == ["dead"] * 4
+    reasons = {d.id: d.dead_reason for d in q.dead()}
+    assert "corrupt video" in reasons[ids[0]]
+    assert "not a readable video" in reasons[ids[1]]
+    assert "no such file" in reasons[ids[2]]
+    assert "outside the allowed roots" in reasons[ids[3]]
+    assert not any(store.is_complete(i) for i in ids)
+
+
+def test_a_transient_inference_error_is_retried_later(env: dict[str, Any]) -> None:
+    class Failing(Counting):
+        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+            raise TransientError("CUDA out of memory")
+
+    video = write_video(env["videos"] / "d.mp4", frames=10)
+    q = env["queue"]
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+    out = VideoJob(q, env["store"], Failing(env["inference"]), env["settings"]).run(lease)
+    assert out.status == "failed"
+    item = q.get(item_id)
+    assert (
+        item is not None and item.state is State.DELAYED and item.last_error == "CUDA out of memory"
+    )
+
+
+def test_a_lost_lease_stops_the_item_and_never_acks(env: dict[str, Any]) -> None:
+    video = write_video(env["videos"] / "e.mp4", frames=40)
+    q, settings = env["queue"], env["settings"]
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+
+    class Stealing(Counting):
+        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+            if len(self.submitted) == 1:  # meanwhile the lease moves to another worker
+                q.release(lease, "test")
+                self.thief = q.claim(1, "decoder-2")[0]
+            return super().submit(item_id, chunk)
+
+    stealing = Stealing(env["inference"])
+    out = VideoJob(q, env["store"], stealing, settings).run(lease)
+    assert out.status == "lost"
+    item = q.get(item_id)
+    assert item is not None and item.state is State.LEASED and item.owner == "decoder-2"
+    assert len(stealing.submitted) <= 1 + settings.pipeline.max_inflight_chunks
+
+
+def test_renewals_keep_a_slow_item_alive_past_its_lease(
+    env: dict[str, Any], valkey_client: Redis
+) -> None:
+    """Lease 0.9 s; inference takes ~2 s in all; a reaper runs every 50 ms. Renewals from the
+    background thread keep the item, so it is acked, never reaped."""
+    settings = replace(env["settings"], queue=QueueSettings(lease_s=0.9))
+    q = Queue(valkey_client, settings.queue)
+
+    class Slow(Counting):
+        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+            time.sleep(0.4)
+            return super().submit(item_id, chunk)
+
+    video = write_video(env["videos"] / "f.mp4", frames=40)
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+    stop = threading.Event()
+
+    def reaper() -> None:
+        while not stop.wait(0.05):
+            q.reap()
+
+    thread = threading.Thread(target=reaper)
+    thread.start()
+    try:
+        out = VideoJob(q, env["store"], Slow(env["inference"]), settings).run(lease)
+    finally:
+        stop.set()
+        thread.join()
+    assert out.status == "acked"
+    assert q.get(item_id).deliveries == 0  # type: ignore[union-attr]
+    assert q.stats().counters.get("reaped_total", 0) == 0
+
+
+def test_in_flight_chunks_are_bounded(env: dict[str, Any]) -> None:
+    class Held:
+        def __init__(self, log: list[int]) -> None:
+            self.log = log
+
+        def result(self, timeout: float | None = None) -> int:
+            self.log.append(-1)
+            return 0
+
+    class Tracking(Counting):
+        def __init__(self, inner: LocalInference) -> None:
+            super().__init__(inner)
+            self.log: list[int] = []
+
+        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+            super().submit(item_id, chunk)
+            self.log.append(+1)
+            return Held(self.log)
+
+    video = write_video(env["videos"] / "g.mp4", frames=80)
+    q = env["queue"]
+    q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+    tracking = Tracking(env["inference"])
+    VideoJob(q, env["store"], tracking, env["settings"]).run(lease)
+    outstanding = np.cumsum(tracking.log)
+    assert outstanding.max() == env["settings"].pipeline.max_inflight_chunks == 2
