@@ -157,7 +157,7 @@ def test_outputs_complete_but_ack_lost_acks_without_rework(env: dict[str, Any]) 
     counting = Counting(env["inference"])
     out = VideoJob(q, store, counting, settings).run(again)
     assert out.status == "already-done" and counting.submitted == []
-    assert q.get(item_id).state is State.DONE  # type: ignore[union-attr]
+    assert q.get(item_id).state is State.DONE
 
 
 def test_bad_videos_go_dead_with_their_reason(env: dict[str, Any], tmp_path: Path) -> None:
