@@ -1,0 +1,174 @@
+"""The Ray actors and the pools the driver builds from them.
+
+- InferenceActor: holds a fractional GPU (or CPU with bounded torch threads), loads the model
+  once, runs it on the chunks decode actors send and writes each chunk's output.
+- DecodeActor: claims items from the queue itself and runs VideoJob on each, sending chunks
+  to the inference actors through Ray's object store (RayInference); a SIGTERM or a stop
+  request makes it stop claiming and release what it holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import threading
+from dataclasses import asdict
+from typing import Any
+
+from framefleet.queue import Queue, connect
+from framefleet.settings import Settings
+
+from .decode import Chunk
+from .errors import TransientError
+from .model import load_model
+from .outputs import OutputStore
+from .pipeline import Pending, VideoJob, infer_chunk
+from .ray_adapter import ActorGone, RayAdapter
+
+RESUBMITS = 3  # a chunk whose inference actor died goes to another one this many times
+
+
+class InferenceActor:
+    def __init__(self, settings: Settings) -> None:
+        self.model = load_model(settings.model)
+        self.store = OutputStore(settings.pipeline.out, settings.source)
+
+    def describe(self) -> tuple[str, Any, int]:
+        """(model name, record schema, pid): also the readiness call."""
+        return self.model.name, self.model.schema, os.getpid()
+
+    def infer(self, item_id: str, chunk: Chunk) -> int:
+        return infer_chunk(self.model, self.store, item_id, chunk)
+
+
+class RayPending:
+    def __init__(self, pool: RayInference, item_id: str, chunk: Chunk) -> None:
+        self.pool, self.item_id, self.chunk = pool, item_id, chunk
+        self.tries = 0
+        self._send()
+
+    def _send(self) -> None:
+        self.actor = self.pool.pick()
+        self.ref = self.pool.adapter.call(self.actor, "infer", self.item_id, self.chunk)
+
+    def result(self, timeout: float | None = None) -> int:
+        while True:
+            try:
+                rows = int(self.pool.adapter.get(self.ref, timeout=timeout))
+                self.chunk = None  # type: ignore[assignment]  # let the frames go
+                return rows
+            except ActorGone as exc:
+                self.tries += 1
+                if self.tries > RESUBMITS:
+                    raise TransientError(f"inference actors keep dying: {exc}") from None
+                self._send()
+
+
+class RayInference:
+    """Sends chunks to a pool of inference actors, round robin."""
+
+    def __init__(
+        self, adapter: RayAdapter, actors: list[Any], model_name: str, schema: Any
+    ) -> None:
+        if not actors:
+            raise ValueError("no inference actors")
+        self.adapter, self.actors = adapter, actors
+        self.model_name, self.schema = model_name, schema
+        self._next = itertools.cycle(range(len(actors)))
+
+    def pick(self) -> Any:
+        return self.actors[next(self._next)]
+
+    def submit(self, item_id: str, chunk: Chunk) -> Pending:
+        return RayPending(self, item_id, chunk)
+
+
+class DecodeActor:
+    def __init__(self, settings: Settings, redis_url: str, inference: list[Any], name: str) -> None:
+        adapter = RayAdapter()
+        model_name, schema, _ = adapter.get(adapter.call(inference[0], "describe"))
+        self.name = name
+        self.settings = settings
+        self.queue = Queue(connect(redis_url), settings.queue)
+        store = OutputStore(settings.pipeline.out, settings.source)
+        self.stop = threading.Event()
+        self.job = VideoJob(
+            self.queue,
+            store,
+            RayInference(adapter, inference, model_name, schema),
+            settings,
+            stop=self.stop,
+        )
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda signum, frame: self.stop.set())
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def request_stop(self) -> None:
+        self.stop.set()
+
+    def run(self, until_empty: bool = False) -> list[dict[str, Any]]:
+        """Claim and process items until stopped (or, with until_empty, until the queue has
+        nothing queued, delayed or leased). Returns what happened to each item."""
+        outcomes = []
+        while not self.stop.is_set():
+            leases = self.queue.claim(1, self.name, block=1.0)
+            if not leases:
+                if until_empty and self._drained():
+                    break
+                continue
+            outcomes.append(asdict(self.job.run(leases[0])))
+        return outcomes
+
+    def _drained(self) -> bool:
+        counts = self.queue.stats().counts
+        return counts["queued"] == counts["delayed"] == counts["leased"] == counts["inbox"] == 0
+
+
+class Fleet:
+    """The decode and inference actors of one driver (the coordinator supervises them)."""
+
+    def __init__(
+        self, settings: Settings, redis_url: str, adapter: RayAdapter | None = None
+    ) -> None:
+        self.settings, self.redis_url = settings, redis_url
+        self.adapter = adapter or RayAdapter()
+        self.inference: list[Any] = []
+        self.decoders: list[Any] = []
+
+    def start(self, ready_timeout: float = 300.0) -> Fleet:
+        p, a = self.settings.pipeline, self.adapter
+        infer_cls = a.remote_class(InferenceActor)
+        decode_cls = a.remote_class(DecodeActor)
+        infer_opts = {"num_gpus": p.gpus_per_inference, "num_cpus": p.cpus_per_inference}
+        self.inference = [
+            a.create(infer_cls, infer_opts, self.settings) for _ in range(p.inference_actors)
+        ]
+        a.wait_ready([a.call(actor, "describe") for actor in self.inference], ready_timeout)
+        decode_opts = {"num_cpus": p.cpus_per_decoder, "max_concurrency": 2}
+        self.decoders = [
+            a.create(
+                decode_cls,
+                decode_opts,
+                self.settings,
+                self.redis_url,
+                self.inference,
+                f"decoder-{i}",
+            )
+            for i in range(p.decode_actors)
+        ]
+        a.wait_ready([a.call(actor, "ready") for actor in self.decoders], ready_timeout)
+        return self
+
+    def run_until_empty(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        refs = [self.adapter.call(d, "run", True) for d in self.decoders]
+        return [o for ref in refs for o in self.adapter.get(ref, timeout=timeout)]
+
+    def stop(self) -> None:
+        for actor in self.decoders:
+            self.adapter.call(actor, "request_stop")
+        for actor in [*self.decoders, *self.inference]:
+            self.adapter.kill(actor)
+        self.decoders, self.inference = [], []

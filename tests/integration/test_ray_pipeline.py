@@ -1,0 +1,132 @@
+"""The whole pipeline on a real local Ray with a logical GPU: two decode actors, four
+0.25-GPU inference actors, the real queue, real videos, a tiny real DETR. Its detections
+must equal a direct single-process run of the same model on the same frames."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from redis import Redis
+
+from framefleet.queue import EmbeddedServer, Queue
+from framefleet.settings import (
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    Settings,
+    SourceSettings,
+)
+from framefleet.workers.actors import Fleet
+from framefleet.workers.decode import Sampling, chunks, open_decoder
+from framefleet.workers.model import FrameModel, load_model
+from framefleet.workers.outputs import OutputStore
+from tests.support.models import write_tiny_detr
+from tests.support.videos import write_corrupt, write_video
+
+VFR_PTS = [0, 10, 50, 60, 200, 210, 400, 405, 900, 1000] + [1000 + 33 * i for i in range(1, 21)]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")  # short: Ray's socket paths are long
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _direct(model: FrameModel, path: Path, sampling: Sampling) -> list[tuple[int, int, float]]:
+    rows = []
+    for chunk in chunks(open_decoder(path, sampling), sampling, 1000):
+        for r in model.predict(chunk.images, chunk.source_size):
+            rows.append((int(chunk.frame_indices[r["frame"]]), r["label_id"], r["score"]))
+    return sorted(rows)
+
+
+def test_pipeline_equals_a_direct_run(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    good = {
+        "h264": write_video(videos / "h264.mp4", frames=45),
+        "vp9": write_video(videos / "vp9.webm", codec="libvpx-vp9", frames=30),
+        "odd": write_video(videos / "odd.mp4", width=97, height=61, pix_fmt="yuv444p", frames=20),
+        "vfr": write_video(videos / "vfr.mp4", frames=30, pts=VFR_PTS),
+        "one": write_video(videos / "one.mp4", frames=1),
+    }
+    bad = {
+        "corrupt": write_corrupt(
+            videos / "corrupt.mp4",
+            write_video(tmp_path / "src.mp4", frames=60, width=160, height=120),
+        ),
+        "notes": videos / "notes.mp4",
+    }
+    bad["notes"].write_text("no frames here\n" * 100)
+    detr = write_tiny_detr(tmp_path / "detr")
+    settings = Settings(
+        queue=QueueSettings(name="pipeline", lease_s=30),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=ModelSettings(model=str(detr), score_threshold=0.05, batch_size=4),
+        pipeline=PipelineSettings(
+            out=str(tmp_path / "out"),
+            chunk_frames=8,
+            decode_actors=2,
+            inference_actors=4,
+            gpus_per_inference=0.25,
+            cpus_per_inference=0.5,
+            cpus_per_decoder=0.5,
+        ),
+    )
+    q = Queue(valkey_client, settings.queue)
+    ids = dict(
+        zip(
+            [*good, *bad], q.enqueue([str(p) for p in [*good.values(), *bad.values()]]), strict=True
+        )
+    )
+
+    fleet = Fleet(settings, valkey.url).start()
+    try:
+        outcomes = fleet.run_until_empty(timeout=600)
+    finally:
+        fleet.stop()
+
+    status = {o["item_id"]: o["status"] for o in outcomes}
+    assert {name: status[ids[name]] for name in good} == dict.fromkeys(good, "acked")
+    assert {name: status[ids[name]] for name in bad} == dict.fromkeys(bad, "dead")
+    counters = q.stats().counters
+    assert counters["acked_total"] == len(good) and "stale_ack_total" not in counters
+    reasons = {d.id: d.dead_reason for d in q.dead()}
+    assert (
+        "corrupt video" in reasons[ids["corrupt"]]
+        and "not a readable video" in reasons[ids["notes"]]
+    )
+
+    model = load_model(settings.model)
+    store = OutputStore(settings.pipeline.out, settings.source)
+    for name, path in good.items():
+        table = pq.read_table(store.uri(store.key(ids[name], "detections.parquet")))
+        got = sorted(
+            zip(
+                table["frame_index"].to_pylist(),
+                table["label_id"].to_pylist(),
+                table["score"].to_pylist(),
+                strict=True,
+            )
+        )
+        want = _direct(model, path, Sampling())
+        assert [r[:2] for r in got] == [r[:2] for r in want], name
+        np.testing.assert_allclose([r[2] for r in got], [r[2] for r in want], rtol=1e-5, atol=1e-6)
+        manifest = store.read_manifest(ids[name])
+        assert manifest["frames"] == {"h264": 45, "vp9": 30, "odd": 20, "vfr": 30, "one": 1}[name]
+        assert q.get(ids[name]).result == store.uri(store.key(ids[name], "_manifest.json"))  # type: ignore[union-attr]
