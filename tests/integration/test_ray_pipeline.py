@@ -106,7 +106,7 @@ def test_pipeline_equals_a_direct_run(
     assert {name: status[ids[name]] for name in bad} == dict.fromkeys(bad, "dead")
     counters = q.stats().counters
     assert counters["acked_total"] == len(good) and "stale_ack_total" not in counters
-    reasons = {d.id: d.dead_reason for d in q.dead()}
+    reasons = {d.id: d.dead_reason or "" for d in q.dead()}
     assert (
         "corrupt video" in reasons[ids["corrupt"]]
         and "not a readable video" in reasons[ids["notes"]]
