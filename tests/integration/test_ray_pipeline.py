@@ -37,7 +37,15 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     temp = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")  # short: Ray's socket paths are long
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, _temp_dir=temp, log_to_driver=False)
+    root = str(Path(__file__).resolve().parents[2])  # the actors import tests.support models
+    ray.init(
+        num_cpus=4,
+        num_gpus=1,
+        include_dashboard=False,
+        _temp_dir=temp,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": root}},
+    )
     try:
         yield
     finally:
@@ -130,3 +138,53 @@ def test_pipeline_equals_a_direct_run(
         manifest = store.read_manifest(ids[name])
         assert manifest["frames"] == {"h264": 45, "vp9": 30, "odd": 20, "vfr": 30, "one": 1}[name]
         assert q.get(ids[name]).result == store.uri(store.key(ids[name], "_manifest.json"))  # type: ignore[union-attr]
+
+
+def test_sigterm_makes_a_decode_actor_release_its_lease(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """SIGTERM (what a preempted or drained node's processes get) mid-video: the decode actor
+    settles the chunks already out, checkpoints them, releases the lease without counting an
+    attempt and returns."""
+    import os
+    import signal
+    import time
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "long.mp4", frames=80)
+    settings = Settings(
+        queue=QueueSettings(name="sigterm", lease_s=30),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=ModelSettings(plugin="tests.support.plugin_model:load_slow"),
+        pipeline=PipelineSettings(
+            out=str(tmp_path / "out"),
+            chunk_frames=8,
+            decode_actors=1,
+            inference_actors=1,
+            max_inflight_chunks=2,
+            gpus_per_inference=0.25,
+            cpus_per_inference=0.5,
+            cpus_per_decoder=0.5,
+        ),
+    )
+    q = Queue(valkey_client, settings.queue)
+    [item_id] = q.enqueue([str(videos / "long.mp4")])
+    fleet = Fleet(settings, valkey.url).start()
+    try:
+        [decoder] = fleet.decoders
+        pid = fleet.adapter.get(fleet.adapter.call(decoder, "ready"))
+        run = fleet.adapter.call(decoder, "run")
+        deadline = time.monotonic() + 60
+        while not q.chunks(item_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert q.chunks(item_id), "no chunk was checkpointed"
+        os.kill(pid, signal.SIGTERM)
+        outcomes = fleet.adapter.get(run, timeout=60)
+    finally:
+        fleet.stop()
+    assert [o["status"] for o in outcomes] == ["released"]
+    item = q.get(item_id)
+    assert item is not None and item.state.value == "queued" and item.attempts == 0
+    assert item.release_reason == "worker stopping (shutdown or preemption)"
+    assert 0 < len(q.chunks(item_id)) < 10

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from redis import Redis
@@ -283,3 +284,54 @@ def test_in_flight_chunks_are_bounded(env: dict[str, Any]) -> None:
     VideoJob(q, env["store"], tracking, env["settings"]).run(lease)
     outstanding = np.cumsum(tracking.log)
     assert outstanding.max() == env["settings"].pipeline.max_inflight_chunks == 2
+
+
+def test_s3_in_and_s3_out(
+    env: dict[str, Any], model: FrameModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A video read from moto's S3 server, its outputs written back to it."""
+    from framefleet.workers.sources import s3_client
+    from tests.support.servers import moto_s3_server
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    video = write_video(tmp_path / "cam.mp4", frames=20)
+    with moto_s3_server() as endpoint:
+        source = SourceSettings(s3_endpoint_url=endpoint)
+        client = s3_client(source)
+        client.create_bucket(Bucket="videos-in")
+        client.create_bucket(Bucket="videos-out")
+        client.put_object(Bucket="videos-in", Key="cams/cam.mp4", Body=video.read_bytes())
+        settings = replace(
+            env["settings"],
+            source=source,
+            pipeline=replace(env["settings"].pipeline, out="s3://videos-out/run-1"),
+        )
+        store = OutputStore(settings.pipeline.out, source)
+        q = env["queue"]
+        [item_id] = q.enqueue(["s3://videos-in/cams/cam.mp4"])
+        [lease] = q.claim(1, "decoder-1")
+        out = VideoJob(q, store, LocalInference(model, store), settings).run(lease)
+        assert (
+            out.status == "acked"
+            and out.result == f"s3://videos-out/run-1/{item_id}/_manifest.json"
+        )
+        keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="videos-out")["Contents"])
+        assert keys == sorted(
+            [f"run-1/{item_id}/chunk-{k}.parquet" for k in range(3)]
+            + [f"run-1/{item_id}/detections.parquet", f"run-1/{item_id}/_manifest.json"]
+        )
+        rows = pq.read_table(pa.BufferReader(store.get(store.key(item_id, "detections.parquet"))))
+        got = sorted(
+            zip(
+                rows["frame_index"].to_pylist(),
+                rows["label_id"].to_pylist(),
+                rows["score"].to_pylist(),
+                strict=True,
+            )
+        )
+        _same(got, _direct(model, video, Sampling()))

@@ -23,3 +23,19 @@ class MeanColour:
 
 def load(settings: ModelSettings) -> MeanColour:
     return MeanColour()
+
+
+class SlowMeanColour(MeanColour):
+    """The same, taking half a second per batch: gives tests time to act mid-video."""
+
+    name = "slow-mean-colour"
+
+    def predict(self, images: np.ndarray, source_size: tuple[int, int]) -> list[dict[str, Any]]:
+        import time
+
+        time.sleep(0.5)
+        return super().predict(images, source_size)
+
+
+def load_slow(settings: ModelSettings) -> SlowMeanColour:
+    return SlowMeanColour()
