@@ -134,6 +134,9 @@ class PipelineSettings:
     max_inflight_chunks: int = 4  # FRAMEFLEET_MAX_INFLIGHT: chunks a decoder has out at once
     decode_threads: int = 1  # FRAMEFLEET_DECODE_THREADS: decoder threads per decode actor
     decode_actors: int = 2  # FRAMEFLEET_DECODE_ACTORS
+    # FRAMEFLEET_ITEMS_PER_DECODER: videos a decode actor works on at once, so that it decodes
+    # the next while the last chunks of the previous are still in inference
+    items_per_decoder: int = 2
     inference_actors: int = 4  # FRAMEFLEET_INFERENCE_ACTORS
     gpus_per_inference: float = 0.25  # FRAMEFLEET_GPUS_PER_INFERENCE (0 on a CPU machine)
     cpus_per_inference: float = 1.0  # FRAMEFLEET_CPUS_PER_INFERENCE
@@ -247,6 +250,7 @@ _PIPELINE_ENV = {
     "max_inflight_chunks": "FRAMEFLEET_MAX_INFLIGHT",
     "decode_threads": "FRAMEFLEET_DECODE_THREADS",
     "decode_actors": "FRAMEFLEET_DECODE_ACTORS",
+    "items_per_decoder": "FRAMEFLEET_ITEMS_PER_DECODER",
     "inference_actors": "FRAMEFLEET_INFERENCE_ACTORS",
     "gpus_per_inference": "FRAMEFLEET_GPUS_PER_INFERENCE",
     "cpus_per_inference": "FRAMEFLEET_CPUS_PER_INFERENCE",

@@ -111,16 +111,27 @@ class DecodeActor:
 
     def run(self, until_empty: bool = False) -> list[dict[str, Any]]:
         """Claim and process items until stopped (or, with until_empty, until the queue has
-        nothing queued, delayed or leased). Returns what happened to each item."""
-        outcomes = []
+        nothing queued, delayed or leased), items_per_decoder at a time, each in its own
+        thread. Returns what happened to each item."""
+        outcomes: list[dict[str, Any]] = []
+        threads = [
+            threading.Thread(target=self._loop, args=(until_empty, outcomes), name=f"item-{i}")
+            for i in range(self.settings.pipeline.items_per_decoder)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcomes
+
+    def _loop(self, until_empty: bool, outcomes: list[dict[str, Any]]) -> None:
         while not self.stop.is_set():
             leases = self.queue.claim(1, self.name, block=1.0)
             if not leases:
                 if until_empty and self._drained():
-                    break
+                    return
                 continue
             outcomes.append(asdict(self.job.run(leases[0])))
-        return outcomes
 
     def _drained(self) -> bool:
         counts = self.queue.stats().counts

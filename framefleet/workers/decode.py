@@ -126,16 +126,14 @@ class DecordDecoder:
         import decord
 
         try:
-            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
-            height, width = vr[0].shape[:2]
+            width, height = _probe_size(path)
             out_w, out_h = sampling.output_size(width, height)
-            if (out_w, out_h) != (width, height):  # decord resizes while it decodes
-                vr = decord.VideoReader(
-                    str(path), ctx=decord.cpu(0), num_threads=threads, width=out_w, height=out_h
+            resize = {"width": out_w, "height": out_h} if (out_w, out_h) != (width, height) else {}
+            vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **resize)
+            if resize and tuple(vr[0].shape) != (out_h, out_w, 3):  # decord 0.6 garbles some sizes
+                raise PermanentError(
+                    f"decord gives {tuple(vr[0].shape)} frames for {out_w}x{out_h}"
                 )
-                shape = vr[0].shape
-                if tuple(shape) != (out_h, out_w, 3):  # decord 0.6 garbles some sizes
-                    raise PermanentError(f"decord gives {tuple(shape)} frames for {out_w}x{out_h}")
             count = len(vr)
             fps = float(vr.get_avg_fps())
             self._pts = vr.get_frame_timestamp(range(count))[:, 0].astype(np.float64)
@@ -233,6 +231,19 @@ class PyAVDecoder:
 
     def close(self) -> None:
         self._container.close()
+
+
+def _probe_size(path: Path) -> tuple[int, int]:
+    """The frame size from the container's header (no frame decoded)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise PermanentError("not a video: the file has no video stream")
+        ctx = container.streams.video[0].codec_context
+        if not ctx.width or not ctx.height:
+            raise PermanentError("not a video: the video stream has no frame size")
+        return int(ctx.width), int(ctx.height)
 
 
 DECODERS: dict[str, type[DecordDecoder] | type[PyAVDecoder]] = {

@@ -145,20 +145,23 @@ class VideoJob:
                 0,
                 "already-done",
             )
+        timings: dict[str, float] = {}
         started = self.clock()
         p = self.settings.pipeline
         with fetched(lease.uri, self.settings.source) as path:
-            fetched_at = self.clock()
+            mark = self._lap(timings, "fetch", started)
             decoder = open_decoder(path, self.sampling, prefer=p.decoder, threads=p.decode_threads)
+            mark = self._lap(timings, "open", mark)
             try:
                 reader = ChunkReader(decoder, self.sampling, p.chunk_frames, lease.chunks_done)
-                frames = self._stream(lease, keeper, reader)
+                frames = self._stream(lease, keeper, reader, timings)
             finally:
                 decoder.close()
         self._check(keeper)
         total = reader.chunk_count
         if total:  # known only now that every frame went by: record it with the last chunk
             self._progress(lease, keeper, total - 1, total)
+        timings["total"] = self.clock() - started
         manifest = {
             "video_id": lease.id,
             "uri": lease.uri,
@@ -170,31 +173,42 @@ class VideoJob:
             "source_size": [decoder.info.width, decoder.info.height],
             "resumed_chunks": sorted(lease.chunks_done),
             "epoch": lease.epoch,
-            "timings_s": {
-                "fetch": round(fetched_at - started, 3),
-                "total": round(self.clock() - started, 3),
-            },
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
         }
         uri = self.store.finalize(lease.id, total, self.inference.schema, manifest)
         return self._ack(lease, uri, total, frames, "acked")
 
-    def _stream(self, lease: Lease, keeper: LeaseKeeper, reader: ChunkReader) -> int:
+    def _lap(self, timings: dict[str, float], name: str, since: float) -> float:
+        now = self.clock()
+        timings[name] = timings.get(name, 0.0) + now - since
+        return now
+
+    def _stream(
+        self, lease: Lease, keeper: LeaseKeeper, reader: ChunkReader, timings: dict[str, float]
+    ) -> int:
         """Decode and hand out chunks, at most max_inflight_chunks at a time; checkpoint each
         chunk as its output becomes durable. Returns the frames sent to inference. On a stop
         request the chunks already out are still settled and checkpointed (for up to
-        DRAIN_S), so that the next worker skips them."""
+        DRAIN_S), so that the next worker skips them. `timings` gets the seconds spent
+        decoding, handing chunks out and waiting for inference."""
         inflight: deque[tuple[int, Pending]] = deque()
         frames = 0
+        chunks = iter(reader)
+        mark = self.clock()
         try:
-            for chunk in reader:
+            for chunk in chunks:
+                mark = self._lap(timings, "decode", mark)
                 self._check(keeper)
                 frames += len(chunk)
                 inflight.append((chunk.index, self.inference.submit(lease.id, chunk)))
                 del chunk  # at most max_inflight_chunks decoded chunks stay referenced
+                mark = self._lap(timings, "submit", mark)
                 while len(inflight) >= self.settings.pipeline.max_inflight_chunks:
                     self._settle(lease, keeper, *inflight.popleft())
+                mark = self._lap(timings, "wait", mark)
             while inflight:
                 self._settle(lease, keeper, *inflight.popleft())
+            self._lap(timings, "wait", mark)
         except Stopped:
             deadline = self.clock() + DRAIN_S
             while inflight and self.clock() < deadline:

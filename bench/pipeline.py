@@ -1,0 +1,392 @@
+"""Pipeline benchmark: framefleet against its ceilings, a naive loop and Ray Data, in one run.
+
+On generated 720p H.264 clips, prints one JSON line with frames/s for:
+- decode_ceiling: the decode actors' work alone (decode_actors processes, no model);
+- model_ceiling: the inference actors' work alone (inference_actors processes, frames ready);
+- framefleet: the whole pipeline (queue, decode actors, inference actors, outputs, acks),
+  warm (actors already up, the service case) and cold (actor start-up included);
+- naive_loop: one process, one video at a time: decode all its frames, then run the model
+  (what a single-GPU batch job does), with every core for torch;
+- ray_data: the same job as a Ray Data pipeline (read_videos -> map_batches with the model
+  in actors), start-up included as it is a batch job.
+Target: framefleet warm >= 90% of min(decode ceiling, model ceiling), ahead of Ray Data and
+the naive loop. Run: `framefleet bench pipeline` or `python bench/pipeline.py [--quick]`.
+With --gpu (on a GPU machine): DETR-R50 with random weights in bf16, GPU utilisation too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path; drop it (see bench/queue.py).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from framefleet.queue import EmbeddedServer, Queue, connect
+from framefleet.settings import (
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    Settings,
+    SourceSettings,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_clips(folder: Path, n: int, seconds: float, fps: int = 30) -> list[Path]:
+    """720p H.264 clips with moving shapes and some noise (so the encoder has work)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for c in range(n):
+        path = folder / f"clip-{c}.mp4"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream(
+                "libx264", rate=fps, options={"preset": "ultrafast", "crf": "23"}
+            )
+            stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+            base = rng.integers(0, 60, (720, 1280, 3), np.uint8)
+            for i in range(int(seconds * fps)):
+                img = base.copy()
+                x = (i * 17 + c * 100) % 1000
+                img[200:400, x : x + 250] = (200, 80 + c * 20, 40)
+                img[450:600, 1000 - x // 2 : 1150 - x // 2] = (30, 180, 220)
+                frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        paths.append(path)
+    return paths
+
+
+def _decode_all(paths: list[str], settings: Settings) -> int:
+    from framefleet.workers.decode import ChunkReader, Sampling, open_decoder
+
+    p = settings.pipeline
+    sampling = Sampling(fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height)
+    frames = 0
+    for path in paths:
+        decoder = open_decoder(Path(path), sampling, prefer=p.decoder, threads=p.decode_threads)
+        for chunk in ChunkReader(decoder, sampling, p.chunk_frames):
+            frames += len(chunk)
+        decoder.close()
+    return frames
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    return [items[i::parts] for i in range(parts) if items[i::parts]]
+
+
+def _decode_for(paths: list[str], settings: Settings, start_at: float, seconds: float) -> int:
+    """Decode the videos round and round from start_at for `seconds`; frames decoded."""
+    from framefleet.workers.decode import ChunkReader, Sampling, open_decoder
+
+    p = settings.pipeline
+    sampling = Sampling(fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height)
+    time.sleep(max(0.0, start_at - time.time()))
+    frames = 0
+    while paths and time.time() < start_at + seconds:
+        for path in paths:
+            decoder = open_decoder(Path(path), sampling, prefer=p.decoder, threads=p.decode_threads)
+            for chunk in ChunkReader(decoder, sampling, p.chunk_frames):
+                frames += len(chunk)
+                if time.time() >= start_at + seconds:
+                    break
+            decoder.close()
+    return frames
+
+
+class ModelOnly:
+    """The inference actors' work without the rest: predict on ready frames."""
+
+    def __init__(self, settings: Settings, shape: tuple[int, int]) -> None:
+        from framefleet.workers.model import load_model
+
+        self.model = load_model(settings.model)
+        n = settings.pipeline.chunk_frames
+        self.images = np.random.default_rng(0).integers(0, 255, (n, *shape, 3), np.uint8)
+
+    def run_for(self, start_at: float, seconds: float) -> int:
+        time.sleep(max(0.0, start_at - time.time()))
+        done = 0
+        while time.time() < start_at + seconds:
+            self.model.predict(self.images, (1280, 720))
+            done += len(self.images)
+        return done
+
+
+def bench_ceilings(
+    ray: Any, paths: list[Path], settings: Settings, shape: tuple[int, int], seconds: float
+) -> dict[str, float]:
+    """Each stage's throughput with the same processes as the pipeline: alone (the machine to
+    itself) and side by side (decode and model at once, as in the pipeline, so that on a
+    small CPU machine they share the cores the way the pipeline's actors do)."""
+    p = settings.pipeline
+    decode = ray.remote(num_cpus=p.cpus_per_decoder)(_decode_for)
+    model_cls = ray.remote(num_cpus=p.cpus_per_inference, num_gpus=p.gpus_per_inference)(ModelOnly)
+    models = [model_cls.remote(settings, shape) for _ in range(p.inference_actors)]
+    ray.get([m.__ray_ready__.remote() for m in models])
+    parts = _split([str(x) for x in paths], p.decode_actors)
+    ray.get([decode.remote([], settings, 0.0, 0.0) for _ in parts])  # warm the workers up
+    rates: dict[str, float] = {}
+    for mode in ("alone", "side_by_side"):
+        start = time.time() + 1.0
+        if mode == "alone":
+            d = sum(ray.get([decode.remote(part, settings, start, seconds) for part in parts]))
+            start = time.time() + 1.0
+            m = sum(ray.get([x.run_for.remote(start, seconds) for x in models]))
+        else:
+            d_refs = [decode.remote(part, settings, start, seconds) for part in parts]
+            m_refs = [x.run_for.remote(start, seconds) for x in models]
+            d, m = sum(ray.get(d_refs)), sum(ray.get(m_refs))
+        rates[f"decode_{mode}"], rates[f"model_{mode}"] = d / seconds, m / seconds
+    for x in models:
+        ray.kill(x)
+    return rates
+
+
+def bench_framefleet(
+    ray: Any, paths: list[Path], settings: Settings, server: EmbeddedServer, frames: int
+) -> tuple[float, float]:
+    from framefleet.workers.actors import Fleet
+
+    client = connect(server.url)
+    results = []
+    for warm in (False, True):
+        client.flushall()
+        shutil.rmtree(settings.pipeline.out, ignore_errors=True)
+        q = Queue(client, settings.queue)
+        t = time.perf_counter()
+        fleet = Fleet(settings, server.url).start()
+        try:
+            if warm:
+                t = time.perf_counter()
+            q.enqueue([str(p) for p in paths])
+            outcomes = fleet.run_until_empty(timeout=3600)
+            seconds = time.perf_counter() - t
+        finally:
+            fleet.stop()
+        acked = [o for o in outcomes if o["status"] == "acked"]
+        if len(acked) != len(paths) or sum(o["frames"] for o in acked) != frames:
+            raise RuntimeError(f"framefleet did not process every frame: {outcomes}")
+        results.append(frames / seconds)
+    client.close()
+    return results[0], results[1]
+
+
+def bench_naive(paths: list[Path], settings: Settings) -> float:
+    """One process, every core for torch: decode a whole video, then infer it, then the next."""
+    from framefleet.workers.decode import ChunkReader, Sampling, open_decoder
+    from framefleet.workers.model import load_model
+
+    p = settings.pipeline
+    model = load_model(replace(settings.model, torch_threads=os.cpu_count() or 1))
+    sampling = Sampling(fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height)
+    frames = 0
+    t = time.perf_counter()
+    for path in paths:
+        decoder = open_decoder(path, sampling, prefer=p.decoder, threads=p.decode_threads)
+        images = np.concatenate([c.images for c in ChunkReader(decoder, sampling, p.chunk_frames)])
+        decoder.close()
+        for start in range(0, len(images), p.chunk_frames):
+            model.predict(
+                images[start : start + p.chunk_frames], (decoder.info.width, decoder.info.height)
+            )
+        frames += len(images)
+    return frames / (time.perf_counter() - t)
+
+
+def bench_ray_data(
+    ray: Any, paths: list[Path], settings: Settings, shape: tuple[int, int]
+) -> tuple[float, int]:
+    """The same job as a Ray Data streaming pipeline, the way Ray's video example writes it."""
+    from ray import data as ray_data
+
+    p = settings.pipeline
+
+    class Detect:
+        def __init__(self) -> None:
+            from framefleet.workers.model import load_model
+
+            self.model = load_model(settings.model)
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            records = self.model.predict(np.stack(list(batch["frame"])), (1280, 720))
+            return {
+                "frame_index": batch["frame_index"],
+                "detections": np.bincount(
+                    [r["frame"] for r in records], minlength=len(batch["frame_index"])
+                ),
+            }
+
+    t = time.perf_counter()
+    ds = ray_data.read_videos([str(x) for x in paths], resize=shape)
+    ds = ds.map_batches(
+        Detect,
+        batch_size=p.chunk_frames,
+        concurrency=p.inference_actors,
+        num_cpus=p.cpus_per_inference,
+        num_gpus=p.gpus_per_inference,
+    )
+    frames = sum(len(b["frame_index"]) for b in ds.iter_batches(batch_size=None))
+    return frames / (time.perf_counter() - t), frames
+
+
+def _gpu_monitor(stop: threading.Event, samples: list[float]) -> None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        while not stop.wait(0.2):
+            samples.append(float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu))
+    except Exception:  # no NVML: no GPU utilisation figure
+        return
+
+
+def settings_for(
+    args: argparse.Namespace, videos: Path, out: Path, model_dir: Path | None
+) -> Settings:
+    gpu = args.gpu
+    model = (
+        ModelSettings(random_weights=True, precision="bf16", device="cuda", batch_size=8)
+        if gpu
+        else ModelSettings(
+            model=str(model_dir), score_threshold=0.5, batch_size=16, torch_threads=1
+        )
+    )
+    cores = os.cpu_count() or 2
+    pipeline = PipelineSettings(
+        out=str(out),
+        width=640,
+        height=360,
+        chunk_frames=16,
+        max_inflight_chunks=4,
+        decode_actors=max(1, cores - 4) if gpu else max(1, cores // 2),
+        inference_actors=4 if gpu else max(1, cores // 2),
+        gpus_per_inference=0.25 if gpu else 0.0,
+        cpus_per_inference=1.0,
+        cpus_per_decoder=1.0,
+    )
+    return Settings(
+        queue=QueueSettings(name="bench", lease_s=120),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=model,
+        pipeline=pipeline,
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="ff-pipe-", dir="/tmp") as tmp_name:
+        tmp = Path(tmp_name)
+        videos = tmp / "videos"
+        videos.mkdir()
+        n, seconds = (2, 1.0) if args.quick else (args.clips, args.seconds)
+        paths = make_clips(videos, n, seconds)
+        model_dir = None
+        if not args.gpu:
+            sys.path.insert(0, str(ROOT))
+            from tests.support.models import write_tiny_detr
+
+            model_dir = write_tiny_detr(tmp / "detr")
+        settings = settings_for(args, videos, tmp / "out", model_dir)
+        p = settings.pipeline
+        cores = os.cpu_count() or 2
+        ray.init(
+            num_cpus=cores,
+            num_gpus=1 if args.gpu else 0,
+            include_dashboard=False,
+            _temp_dir=str(tmp / "ray"),
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
+        server = EmbeddedServer(tmp / "redis").start()
+        gpu_samples: list[float] = []
+        try:
+            frames = ray.get(ray.remote(_decode_all).remote([str(x) for x in paths], settings))
+            shape = (p.height or 720, p.width or 1280)
+            ceilings = bench_ceilings(ray, paths, settings, shape, 3.0 if args.quick else 15.0)
+            stop = threading.Event()
+            monitor = threading.Thread(target=_gpu_monitor, args=(stop, gpu_samples), daemon=True)
+            monitor.start()
+            ff_cold, ff_warm = bench_framefleet(ray, paths, settings, server, frames)
+            stop.set()
+            ray_data_rate, ray_data_frames = bench_ray_data(ray, paths, settings, shape)
+        finally:
+            server.stop()
+            ray.shutdown()
+        naive_rate = bench_naive(paths, settings)
+    ceiling = min(ceilings["decode_side_by_side"], ceilings["model_side_by_side"])
+    result: dict[str, Any] = {
+        "benchmark": "pipeline",
+        "machine": {"cores": cores, "gpu": bool(args.gpu)},
+        "model": settings.model.model
+        + (":random-weights" if settings.model.random_weights else " (tiny DETR)"),
+        "workload": {
+            "clips": n,
+            "seconds_each": seconds,
+            "source": "1280x720 H.264 30 fps",
+            "decoded_size": f"{p.width}x{p.height}",
+            "frames": frames,
+            "decode_actors": p.decode_actors,
+            "inference_actors": p.inference_actors,
+        },
+        "decode_ceiling_fps": round(ceilings["decode_side_by_side"], 1),
+        "model_ceiling_fps": round(ceilings["model_side_by_side"], 1),
+        "decode_alone_fps": round(ceilings["decode_alone"], 1),
+        "model_alone_fps": round(ceilings["model_alone"], 1),
+        "framefleet_warm_fps": round(ff_warm, 1),
+        "framefleet_cold_fps": round(ff_cold, 1),
+        "naive_loop_fps": round(naive_rate, 1),
+        "ray_data_fps": round(ray_data_rate, 1),
+        "ray_data_frames": ray_data_frames,
+        "framefleet_vs_ceiling": round(ff_warm / ceiling, 3),
+        "framefleet_cold_vs_ray_data": round(ff_cold / ray_data_rate, 2),
+        "framefleet_vs_naive": round(ff_warm / naive_rate, 2),
+        "gpu_utilisation_pct": round(float(np.mean(gpu_samples)), 1) if gpu_samples else None,
+    }
+    result["met"] = {
+        "vs_ceiling_0.9": result["framefleet_vs_ceiling"] >= 0.9,
+        "ahead_of_ray_data": ff_cold > ray_data_rate,
+        "ahead_of_naive_loop": ff_warm > naive_rate,
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/pipeline.py", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="two 1-second clips (a smoke test)")
+    parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--gpu", action="store_true", help="DETR-R50 random weights, bf16, CUDA")
+    parser.add_argument("--out", help="also append the JSON line to this file")
+    args = parser.parse_args(argv)
+    result = run(args)
+    line = json.dumps(result, sort_keys=True)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
