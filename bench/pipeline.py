@@ -374,8 +374,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/pipeline.py", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two 1-second clips (a smoke test)")
-    parser.add_argument("--clips", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--gpu", action="store_true", help="DETR-R50 random weights, bf16, CUDA")
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)

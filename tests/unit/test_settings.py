@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,55 @@ def test_key_layout_shares_one_hash_tag() -> None:
     assert all(n.startswith("ff:{videos}:") for n in names)
     with pytest.raises(ValueError):
         k.state("running")
+
+
+def test_worker_settings_from_the_environment() -> None:
+    s = Settings.from_env(
+        {
+            "FRAMEFLEET_ALLOWED_ROOTS": "/videos:/mnt/more",
+            "FRAMEFLEET_S3_ENDPOINT_URL": "http://minio:9000",
+            "FRAMEFLEET_MODEL": "/models/detr",
+            "FRAMEFLEET_RANDOM_WEIGHTS": "true",
+            "FRAMEFLEET_PRECISION": "bf16",
+            "FRAMEFLEET_SAMPLE_FPS": "2.5",
+            "FRAMEFLEET_WIDTH": "640",
+            "FRAMEFLEET_OUT": "s3://results/run-7",
+            "FRAMEFLEET_GPUS_PER_INFERENCE": "0.5",
+        }
+    )
+    assert s.source.allowed_roots == (Path("/videos"), Path("/mnt/more"))
+    assert s.source.s3_endpoint_url == "http://minio:9000"
+    assert (s.model.model, s.model.random_weights, s.model.precision) == (
+        "/models/detr",
+        True,
+        "bf16",
+    )
+    assert (s.pipeline.sample_fps, s.pipeline.width, s.pipeline.height) == (2.5, 640, None)
+    assert s.pipeline.out == "s3://results/run-7" and s.pipeline.gpus_per_inference == 0.5
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FRAMEFLEET_RANDOM_WEIGHTS": "maybe"},
+        {"FRAMEFLEET_PRECISION": "int4"},
+        {"FRAMEFLEET_DEVICE": "tpu"},
+        {"FRAMEFLEET_DECODER": "opencv"},
+        {"FRAMEFLEET_CHUNK_FRAMES": "0"},
+        {"FRAMEFLEET_SAMPLE_FPS": "-1"},
+        {"FRAMEFLEET_GPUS_PER_INFERENCE": "2"},
+        {"FRAMEFLEET_SCORE_THRESHOLD": "1.5"},
+    ],
+)
+def test_bad_worker_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError):
+        Settings.from_env(env)
+
+
+def test_the_config_hash_follows_what_changes_outputs() -> None:
+    s = Settings()
+    base = s.pipeline.config_hash(s.model)
+    assert base == Settings().pipeline.config_hash(Settings().model)
+    assert replace(s.pipeline, sample_fps=1.0).config_hash(s.model) != base
+    assert s.pipeline.config_hash(replace(s.model, score_threshold=0.5)) != base
+    assert replace(s.pipeline, decode_actors=9).config_hash(s.model) == base  # scale, not outputs
