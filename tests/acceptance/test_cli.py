@@ -32,7 +32,7 @@ def ff(
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     if check:
         assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -202,3 +202,22 @@ def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and "cannot reach the queue's Redis" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_pipeline_quick_prints_one_json_line(tmp_path: Path) -> None:
+    """The pipeline benchmark runs end to end on two short clips; figures not judged."""
+    proc = ff(tmp_path, "bench", "pipeline", "--quick")
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    result = json.loads(line)
+    for key in (
+        "decode_ceiling_fps",
+        "model_ceiling_fps",
+        "framefleet_warm_fps",
+        "framefleet_cold_fps",
+        "naive_loop_fps",
+        "ray_data_fps",
+        "framefleet_vs_ceiling",
+        "met",
+    ):
+        assert key in result
+    assert result["workload"]["frames"] == result["ray_data_frames"] == 60
