@@ -9,8 +9,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from redis import Redis
 
@@ -23,9 +21,10 @@ from framefleet.settings import (
     SourceSettings,
 )
 from framefleet.workers.actors import Fleet
-from framefleet.workers.decode import Sampling, chunks, open_decoder
-from framefleet.workers.model import FrameModel, load_model
+from framefleet.workers.decode import Sampling
+from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore
+from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.models import write_tiny_detr
 from tests.support.videos import write_corrupt, write_video
 
@@ -51,14 +50,6 @@ def ray_cluster() -> Iterator[None]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _direct(model: FrameModel, path: Path, sampling: Sampling) -> list[tuple[int, int, float]]:
-    rows = []
-    for chunk in chunks(open_decoder(path, sampling), sampling, 1000):
-        for r in model.predict(chunk.images, chunk.source_size):
-            rows.append((int(chunk.frame_indices[r["frame"]]), r["label_id"], r["score"]))
-    return sorted(rows)
 
 
 def test_pipeline_equals_a_direct_run(
@@ -123,18 +114,7 @@ def test_pipeline_equals_a_direct_run(
     model = load_model(settings.model)
     store = OutputStore(settings.pipeline.out, settings.source)
     for name, path in good.items():
-        table = pq.read_table(store.uri(store.key(ids[name], "detections.parquet")))
-        got = sorted(
-            zip(
-                table["frame_index"].to_pylist(),
-                table["label_id"].to_pylist(),
-                table["score"].to_pylist(),
-                strict=True,
-            )
-        )
-        want = _direct(model, path, Sampling())
-        assert [r[:2] for r in got] == [r[:2] for r in want], name
-        np.testing.assert_allclose([r[2] for r in got], [r[2] for r in want], rtol=1e-5, atol=1e-6)
+        assert_same(pipeline_rows(store, ids[name]), direct_run(model, path, Sampling()))
         manifest = store.read_manifest(ids[name])
         assert manifest["frames"] == {"h264": 45, "vp9": 30, "odd": 20, "vfr": 30, "one": 1}[name]
         assert q.get(ids[name]).result == store.uri(store.key(ids[name], "_manifest.json"))  # type: ignore[union-attr]

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from redis import Redis
 
@@ -23,11 +21,12 @@ from framefleet.settings import (
     Settings,
     SourceSettings,
 )
-from framefleet.workers.decode import Chunk, Sampling, chunks, open_decoder
+from framefleet.workers.decode import Chunk, Sampling
 from framefleet.workers.errors import TransientError
 from framefleet.workers.model import FrameModel, load_model
 from framefleet.workers.outputs import OutputStore
 from framefleet.workers.pipeline import LocalInference, Pending, VideoJob
+from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.models import write_tiny_detr
 from tests.support.videos import write_corrupt, write_video
 
@@ -58,33 +57,6 @@ def env(tmp_path: Path, valkey_client: Redis, model: FrameModel) -> dict[str, An
     }
 
 
-def _direct(model: FrameModel, path: Path, sampling: Sampling) -> list[tuple[int, int, float]]:
-    """The same model on the same frames in one process, no queue, no pipeline."""
-    rows = []
-    dec = open_decoder(path, sampling)
-    for chunk in chunks(dec, sampling, 1000):
-        for r in model.predict(chunk.images, chunk.source_size):
-            rows.append((int(chunk.frame_indices[r["frame"]]), r["label_id"], r["score"]))
-    return sorted(rows)
-
-
-def _rows(store: OutputStore, item_id: str) -> list[tuple[int, int, float]]:
-    table = pq.read_table(store.uri(store.key(item_id, "detections.parquet")))
-    return sorted(
-        zip(
-            table["frame_index"].to_pylist(),
-            table["label_id"].to_pylist(),
-            table["score"].to_pylist(),
-            strict=True,
-        )
-    )
-
-
-def _same(a: list[tuple[int, int, float]], b: list[tuple[int, int, float]]) -> None:
-    assert [r[:2] for r in a] == [r[:2] for r in b]
-    np.testing.assert_allclose([r[2] for r in a], [r[2] for r in b], rtol=1e-5, atol=1e-6)
-
-
 def test_a_video_is_processed_checkpointed_and_acked(
     env: dict[str, Any], model: FrameModel
 ) -> None:
@@ -99,8 +71,8 @@ def test_a_video_is_processed_checkpointed_and_acked(
     assert item.chunks_total == 4 and item.chunks_done == 4
     manifest = store.read_manifest(item_id)
     assert manifest["frames"] == 30 and manifest["chunks"] == 4 and manifest["model"] == model.name
-    assert len(_rows(store, item_id)) > 0
-    _same(_rows(store, item_id), _direct(model, video, Sampling()))
+    assert len(pipeline_rows(store, item_id)) > 0
+    assert_same(pipeline_rows(store, item_id), direct_run(model, video, Sampling()))
 
 
 class Counting:
@@ -144,7 +116,7 @@ def test_a_stopped_worker_releases_and_the_next_one_resumes(
     assert again.chunks_done == frozenset(done_before)
     assert VideoJob(q, store, second, settings).run(again).status == "acked"
     assert set(second.submitted) == set(range(5)) - done_before  # checkpointed chunks skipped
-    _same(_rows(store, item_id), _direct(model, video, Sampling()))
+    assert_same(pipeline_rows(store, item_id), direct_run(model, video, Sampling()))
 
 
 def test_outputs_complete_but_ack_lost_acks_without_rework(env: dict[str, Any]) -> None:
@@ -325,13 +297,4 @@ def test_s3_in_and_s3_out(
             [f"run-1/{item_id}/chunk-{k}.parquet" for k in range(3)]
             + [f"run-1/{item_id}/detections.parquet", f"run-1/{item_id}/_manifest.json"]
         )
-        rows = pq.read_table(pa.BufferReader(store.get(store.key(item_id, "detections.parquet"))))
-        got = sorted(
-            zip(
-                rows["frame_index"].to_pylist(),
-                rows["label_id"].to_pylist(),
-                rows["score"].to_pylist(),
-                strict=True,
-            )
-        )
-        _same(got, _direct(model, video, Sampling()))
+        assert_same(pipeline_rows(store, item_id), direct_run(model, video, Sampling()))
