@@ -107,11 +107,15 @@ class ModelSettings:
     precision: str = "fp32"  # FRAMEFLEET_PRECISION: fp32 | bf16 | fp16 (autocast)
     device: str = "auto"  # FRAMEFLEET_DEVICE: auto | cpu | cuda
     batch_size: int = 8  # FRAMEFLEET_INFER_BATCH: frames per forward pass
+    # FRAMEFLEET_PREPROCESS: torch (resize/normalize on the model's device) | processor (PIL)
+    preprocess: str = "torch"
     torch_threads: int = 1  # FRAMEFLEET_TORCH_THREADS: torch threads of a CPU inference actor
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise SettingsError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
+        if self.preprocess not in ("torch", "processor"):
+            raise SettingsError(f"preprocess must be torch or processor, not {self.preprocess!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if not 0 <= self.score_threshold <= 1:
@@ -236,6 +240,7 @@ _MODEL_ENV = {
     "precision": "FRAMEFLEET_PRECISION",
     "device": "FRAMEFLEET_DEVICE",
     "batch_size": "FRAMEFLEET_INFER_BATCH",
+    "preprocess": "FRAMEFLEET_PREPROCESS",
     "torch_threads": "FRAMEFLEET_TORCH_THREADS",
 }
 

@@ -98,6 +98,56 @@ class DetectionModel:
         self.labels = {int(k): str(v) for k, v in self.model.config.id2label.items()}
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.precision)
 
+    def inputs(self, images: np.ndarray) -> tuple[Any, Any]:
+        """Pixel values and mask on the model's device: with torch where the image processor's
+        steps are ones torch reproduces (DETR's size rule, bilinear resize, rescale,
+        normalize; a test holds it to the processor), else with the processor itself."""
+        import torch
+
+        plan = self._torch_plan(images.shape[1], images.shape[2])
+        if plan is None:
+            inputs = self.processor(images=list(images), return_tensors="pt")
+            return inputs["pixel_values"].to(self.device), inputs["pixel_mask"].to(self.device)
+        size, scale, mean, std = plan
+        x = torch.tensor(images, device=self.device).permute(0, 3, 1, 2).float()
+        if size != tuple(x.shape[-2:]):
+            x = torch.nn.functional.interpolate(
+                x, size=size, mode="bilinear", antialias=True, align_corners=False
+            )
+        if scale is not None:
+            x = x * scale
+        if mean is not None and std is not None:
+            x = (x - torch.tensor(mean, device=self.device).view(1, 3, 1, 1)) / torch.tensor(
+                std, device=self.device
+            ).view(1, 3, 1, 1)
+        mask = torch.ones((len(images), *size), dtype=torch.long, device=self.device)
+        return x, mask
+
+    def _torch_plan(self, height: int, width: int) -> tuple[tuple[int, int], Any, Any, Any] | None:
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        p = self.processor
+        if self.settings.preprocess != "torch" or not type(p).__name__.startswith(
+            "DetrImageProcessor"
+        ):
+            return None
+        if int(getattr(p, "resample", 2)) != 2:  # only bilinear is reproduced
+            return None
+        size = p.size
+        if not p.do_resize:
+            target = (height, width)
+        elif size.shortest_edge and size.longest_edge:
+            target = tuple(
+                get_size_with_aspect_ratio((height, width), size.shortest_edge, size.longest_edge)
+            )
+        elif size.height and size.width:
+            target = (size.height, size.width)
+        else:
+            return None
+        scale = p.rescale_factor if p.do_rescale else None
+        mean, std = (p.image_mean, p.image_std) if p.do_normalize else (None, None)
+        return (int(target[0]), int(target[1])), scale, mean, std
+
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
         import torch
@@ -120,14 +170,11 @@ class DetectionModel:
     ) -> list[dict[str, Any]]:
         import torch
 
-        inputs = self.processor(images=list(images), return_tensors="pt")
         width, height = source_size
         with torch.inference_mode():
+            pixel_values, pixel_mask = self.inputs(images)
             with self._autocast():
-                out = self.model(
-                    pixel_values=inputs["pixel_values"].to(self.device),
-                    pixel_mask=inputs["pixel_mask"].to(self.device),
-                )
+                out = self.model(pixel_values=pixel_values, pixel_mask=pixel_mask)
             # post-processing in fp32 whatever the forward pass ran in
             outputs = SimpleNamespace(logits=out.logits.float(), pred_boxes=out.pred_boxes.float())
             results = self.processor.post_process_object_detection(

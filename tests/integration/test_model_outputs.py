@@ -80,6 +80,28 @@ def test_bf16_autocast_matches_fp32(tiny_detr: Path) -> None:
     np.testing.assert_allclose(box(bf16), box(fp32), atol=2.0)  # pixels, on a 96x64 frame
 
 
+@pytest.mark.parametrize("size", [(64, 96), (61, 97), (360, 640)])
+def test_torch_preprocessing_matches_the_image_processor(
+    tiny_detr: Path, size: tuple[int, int]
+) -> None:
+    """The torch path (resize and normalize on the model's device) against the processor's
+    own PIL path: the same tensor shape, values within 1/50 of a normalised unit (uint8
+    rounding after PIL's resize), and the same detections."""
+    height, width = size
+    frames = _frames(3, width, height)
+    fast = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0))
+    slow = load_model(
+        ModelSettings(model=str(tiny_detr), score_threshold=0.0, preprocess="processor")
+    )
+    a, mask_a = fast.inputs(frames)  # type: ignore[attr-defined]
+    b, mask_b = slow.inputs(frames)  # type: ignore[attr-defined]
+    assert a.shape == b.shape and mask_a.shape == mask_b.shape and bool((mask_a == mask_b).all())
+    assert float((a - b).abs().max()) < 0.02 and float((a - b).abs().mean()) < 1e-3
+    ra, rb = fast.predict(frames, (width, height)), slow.predict(frames, (width, height))
+    assert [(r["frame"], r["label_id"]) for r in ra] == [(r["frame"], r["label_id"]) for r in rb]
+    np.testing.assert_allclose([r["score"] for r in ra], [r["score"] for r in rb], atol=2e-3)
+
+
 def test_fp16_on_cpu_is_refused(tiny_detr: Path) -> None:
     with pytest.raises(ModelLoadError, match="fp16 autocast needs CUDA"):
         load_model(ModelSettings(model=str(tiny_detr), precision="fp16", device="cpu"))
