@@ -127,6 +127,10 @@ class DecodeActor:
     def _loop(self, until_empty: bool, outcomes: list[dict[str, Any]]) -> None:
         while not self.stop.is_set():
             leases = self.queue.claim(1, self.name, block=1.0)
+            if leases and self.stop.is_set():  # the stop came while this claim was waiting
+                for lease in leases:
+                    self.queue.release(lease, "worker stopping (shutdown or preemption)")
+                return
             if not leases:
                 if until_empty and self._drained():
                     return
