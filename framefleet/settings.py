@@ -107,15 +107,18 @@ class ModelSettings:
     precision: str = "fp32"  # FRAMEFLEET_PRECISION: fp32 | bf16 | fp16 (autocast)
     device: str = "auto"  # FRAMEFLEET_DEVICE: auto | cpu | cuda
     batch_size: int = 8  # FRAMEFLEET_INFER_BATCH: frames per forward pass
-    # FRAMEFLEET_PREPROCESS: torch (resize/normalize on the model's device) | processor (PIL)
-    preprocess: str = "torch"
+    # FRAMEFLEET_PREPROCESS: torch (resize/normalize on the model's device) | processor (the
+    # image processor, PIL) | auto (torch on a GPU, processor on a CPU: faster on each)
+    preprocess: str = "auto"
     torch_threads: int = 1  # FRAMEFLEET_TORCH_THREADS: torch threads of a CPU inference actor
 
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise SettingsError(f"precision must be fp32, bf16 or fp16, not {self.precision!r}")
-        if self.preprocess not in ("torch", "processor"):
-            raise SettingsError(f"preprocess must be torch or processor, not {self.preprocess!r}")
+        if self.preprocess not in ("auto", "torch", "processor"):
+            raise SettingsError(
+                f"preprocess must be auto, torch or processor, not {self.preprocess!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise SettingsError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if not 0 <= self.score_threshold <= 1:

@@ -89,7 +89,7 @@ def test_torch_preprocessing_matches_the_image_processor(
     rounding after PIL's resize), and the same detections."""
     height, width = size
     frames = _frames(3, width, height)
-    fast = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0))
+    fast = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0, preprocess="torch"))
     slow = load_model(
         ModelSettings(model=str(tiny_detr), score_threshold=0.0, preprocess="processor")
     )
