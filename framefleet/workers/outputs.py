@@ -113,9 +113,10 @@ class OutputStore:
                 return False
             raise s3_error(self.uri(key), exc) from None
 
-    def put(self, key: str, data: bytes) -> bool:
-        """Write `key` atomically unless it exists. True when this call wrote it."""
-        if self.exists(key):
+    def put(self, key: str, data: bytes, *, if_absent: bool = True) -> bool:
+        """Write `key` atomically unless it exists (`if_absent=False`: the caller has just
+        checked). True when this call wrote it."""
+        if if_absent and self.exists(key):
             return False
         if self.is_s3:
             self._put_s3(key, data)
@@ -154,8 +155,12 @@ class OutputStore:
     def has_chunk(self, item_id: str, index: int) -> bool:
         return self.exists(self.key(item_id, chunk_name(index)))
 
-    def write_chunk(self, item_id: str, index: int, table: pa.Table) -> bool:
-        return self.put(self.key(item_id, chunk_name(index)), _parquet_bytes(table))
+    def write_chunk(
+        self, item_id: str, index: int, table: pa.Table, *, if_absent: bool = True
+    ) -> bool:
+        return self.put(
+            self.key(item_id, chunk_name(index)), _parquet_bytes(table), if_absent=if_absent
+        )
 
     def read_chunk(self, item_id: str, index: int) -> pa.Table:
         return pq.read_table(io.BytesIO(self.get(self.key(item_id, chunk_name(index)))))

@@ -277,7 +277,7 @@ def infer_chunk(model: FrameModel, store: OutputStore, item_id: str, chunk: Chun
     table = records_table(
         item_id, model.name, model.schema, records, chunk.frame_indices, chunk.pts_s
     )
-    store.write_chunk(item_id, chunk.index, table)
+    store.write_chunk(item_id, chunk.index, table, if_absent=False)  # checked above
     return int(table.num_rows)
 
 

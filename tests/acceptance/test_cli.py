@@ -23,11 +23,17 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def ff(
-    data_dir: Path, *args: str, check: bool = True, stdin: str | None = None, cwd: Path = ROOT
+    data_dir: Path,
+    *args: str,
+    check: bool = True,
+    stdin: str | None = None,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """`framefleet ARGS` in a subprocess on `data_dir`; `env` adds FRAMEFLEET_* variables."""
     proc = subprocess.run(
         [sys.executable, "-m", "framefleet", *args],
-        env=_env(data_dir),
+        env=_env(data_dir, **(env or {})),
         cwd=cwd,
         input=stdin,
         capture_output=True,
@@ -156,12 +162,7 @@ def test_inbox_through_the_cli(running_server: Path) -> None:
 
 
 def test_bad_settings_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "framefleet", "stats"],
-        env=_env(tmp_path, FRAMEFLEET_LEASE_S="soon"),
-        capture_output=True,
-        text=True,
-    )
+    proc = ff(tmp_path, "stats", check=False, env={"FRAMEFLEET_LEASE_S": "soon"})
     assert proc.returncode == 2 and "FRAMEFLEET_LEASE_S" in proc.stderr
 
 
@@ -193,13 +194,7 @@ def test_bench_queue_quick_prints_one_json_line(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "framefleet", "stats"],
-        env=_env(tmp_path, FRAMEFLEET_REDIS_URL="redis://127.0.0.1:1/0"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = ff(tmp_path, "stats", check=False, env={"FRAMEFLEET_REDIS_URL": "redis://127.0.0.1:1/0"})
     assert proc.returncode == 1 and "cannot reach the queue's Redis" in proc.stderr
     assert "Traceback" not in proc.stderr
 

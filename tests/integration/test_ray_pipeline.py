@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -52,6 +53,25 @@ def ray_cluster() -> Iterator[None]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _settings(
+    queue: str, videos: Path, out: Path, model: ModelSettings, **pipeline: Any
+) -> Settings:
+    """8-frame chunks, 0.25-GPU inference actors, half a CPU per actor (the machine has two)."""
+    return Settings(
+        queue=QueueSettings(name=queue, lease_s=30),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=model,
+        pipeline=PipelineSettings(
+            out=str(out),
+            chunk_frames=8,
+            gpus_per_inference=0.25,
+            cpus_per_inference=0.5,
+            cpus_per_decoder=0.5,
+            **pipeline,
+        ),
+    )
+
+
 def test_pipeline_equals_a_direct_run(
     ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
 ) -> None:
@@ -73,19 +93,9 @@ def test_pipeline_equals_a_direct_run(
     }
     bad["notes"].write_text("no frames here\n" * 100)
     detr = write_tiny_detr(tmp_path / "detr")
-    settings = Settings(
-        queue=QueueSettings(name="pipeline", lease_s=30),
-        source=SourceSettings(allowed_roots=(videos,)),
-        model=ModelSettings(model=str(detr), score_threshold=0.05, batch_size=4),
-        pipeline=PipelineSettings(
-            out=str(tmp_path / "out"),
-            chunk_frames=8,
-            decode_actors=2,
-            inference_actors=4,
-            gpus_per_inference=0.25,
-            cpus_per_inference=0.5,
-            cpus_per_decoder=0.5,
-        ),
+    detector = ModelSettings(model=str(detr), score_threshold=0.05, batch_size=4)
+    settings = _settings(
+        "pipeline", videos, tmp_path / "out", detector, decode_actors=2, inference_actors=4
     )
     q = Queue(valkey_client, settings.queue)
     ids = dict(
@@ -133,20 +143,15 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
     videos = tmp_path / "videos"
     videos.mkdir()
     write_video(videos / "long.mp4", frames=80)
-    settings = Settings(
-        queue=QueueSettings(name="sigterm", lease_s=30),
-        source=SourceSettings(allowed_roots=(videos,)),
-        model=ModelSettings(plugin="tests.support.plugin_model:load_slow"),
-        pipeline=PipelineSettings(
-            out=str(tmp_path / "out"),
-            chunk_frames=8,
-            decode_actors=1,
-            inference_actors=1,
-            max_inflight_chunks=2,
-            gpus_per_inference=0.25,
-            cpus_per_inference=0.5,
-            cpus_per_decoder=0.5,
-        ),
+    model = ModelSettings(plugin="tests.support.plugin_model:load_slow")
+    settings = _settings(
+        "sigterm",
+        videos,
+        tmp_path / "out",
+        model,
+        decode_actors=1,
+        inference_actors=1,
+        max_inflight_chunks=2,
     )
     q = Queue(valkey_client, settings.queue)
     [item_id] = q.enqueue([str(videos / "long.mp4")])
