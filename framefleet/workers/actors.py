@@ -16,13 +16,15 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from framefleet.queue import Queue, connect
 from framefleet.settings import Settings
 
 from .decode import Chunk
 from .errors import TransientError
 from .model import load_model
-from .outputs import OutputStore
+from .outputs import OutputStore, warm_up
 from .pipeline import Pending, VideoJob, infer_chunk
 from .ray_adapter import ActorGone, RayAdapter
 
@@ -33,6 +35,13 @@ class InferenceActor:
     def __init__(self, settings: Settings) -> None:
         self.model = load_model(settings.model)
         self.store = OutputStore(settings.pipeline.out, settings.source)
+        p = settings.pipeline
+        # The first forward pass (allocations, kernel selection) and the first table are slow:
+        # do both before reporting ready, on frames of the configured size.
+        width, height = p.width or 640, p.height or 360
+        frames = np.zeros((min(2, settings.model.batch_size), height, width, 3), np.uint8)
+        self.model.predict(frames, (width, height))
+        warm_up(self.model.schema)
 
     def describe(self) -> tuple[str, Any, int]:
         """(model name, record schema, pid): also the readiness call."""
@@ -88,6 +97,7 @@ class DecodeActor:
     def __init__(self, settings: Settings, redis_url: str, inference: list[Any], name: str) -> None:
         adapter = RayAdapter()
         model_name, schema, _ = adapter.get(adapter.call(inference[0], "describe"))
+        warm_up(schema)  # finalize reads and writes parquet: its first time is slow
         self.name = name
         self.settings = settings
         self.queue = Queue(connect(redis_url), settings.queue)
@@ -126,7 +136,9 @@ class DecodeActor:
 
     def _loop(self, until_empty: bool, outcomes: list[dict[str, Any]]) -> None:
         while not self.stop.is_set():
-            leases = self.queue.claim(1, self.name, block=1.0)
+            # Until empty, a short wait: a thread waiting here while the last item finishes in
+            # another one notices the queue is drained this much later.
+            leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
             if leases and self.stop.is_set():  # the stop came while this claim was waiting
                 for lease in leases:
                     self.queue.release(lease, "worker stopping (shutdown or preemption)")

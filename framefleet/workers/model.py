@@ -86,8 +86,6 @@ class DetectionModel:
         self.device = pick_device(settings.device)
         if self.device == "cpu":
             torch.set_num_threads(settings.torch_threads)
-        if settings.precision == "fp16" and self.device == "cpu":
-            raise ModelLoadError("fp16 autocast needs CUDA; use bf16 or fp32 on a CPU")
         if settings.random_weights:
             self.model, self.processor = random_detr_resnet50()
             self.name = f"{settings.model}:random-weights"

@@ -80,6 +80,18 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def warm_up(schema: pa.Schema) -> None:
+    """Build, write and read back a one-row table in memory, so that the lazy imports these
+    steps make the first time (pandas through pyarrow, the parquet reader's dataset module:
+    over a second on a busy core) happen before a worker reports ready, not on its first
+    chunk."""
+    row: dict[str, Any] = {"frame": 0}
+    for field in schema:
+        row[field.name] = pa.array([None], field.type)[0].as_py()
+    table = records_table("warm-up", "warm-up", schema, [row], np.zeros(1, np.int64), np.zeros(1))
+    pq.read_table(io.BytesIO(_parquet_bytes(table)))
+
+
 class OutputStore:
     """A local directory or an s3://bucket/prefix holding the outputs of every item."""
 
