@@ -1,10 +1,12 @@
 """Pipeline benchmark: framefleet against its ceilings, a naive loop and Ray Data, in one run.
 
 On generated 720p H.264 clips, prints one JSON line with frames/s for:
-- decode_ceiling: the decode actors' work alone (decode_actors processes, no model);
-- model_ceiling: the inference actors' work alone (inference_actors processes, frames ready);
+- decode_ceiling: the decode actors' work (decode_actors processes, no model);
+- model_ceiling: the inference actors' work (inference_actors processes, frames ready);
+  both measured side by side (as they run in the pipeline) and each alone;
 - framefleet: the whole pipeline (queue, decode actors, inference actors, outputs, acks),
-  warm (actors already up, the service case) and cold (actor start-up included);
+  cold (actor start-up included), then warm (actors already up, the service case) in
+  --rounds rounds, each right after a side-by-side ceiling measurement: medians reported;
 - naive_loop: one process, one video at a time: decode all its frames, then run the model
   (what a single-GPU batch job does), with every core for torch;
 - ray_data: the same job as a Ray Data pipeline (read_videos -> map_batches with the model
@@ -121,6 +123,7 @@ class ModelOnly:
         self.model = load_model(settings.model)
         n = settings.pipeline.chunk_frames
         self.images = np.random.default_rng(0).integers(0, 255, (n, *shape, 3), np.uint8)
+        self.model.predict(self.images, (1280, 720))  # warm, as the inference actors are
 
     def run_for(self, start_at: float, seconds: float) -> int:
         time.sleep(max(0.0, start_at - time.time()))
@@ -131,63 +134,80 @@ class ModelOnly:
         return done
 
 
-def bench_ceilings(
-    ray: Any, paths: list[Path], settings: Settings, shape: tuple[int, int], seconds: float
-) -> dict[str, float]:
-    """Each stage's throughput with the same processes as the pipeline: alone (the machine to
-    itself) and side by side (decode and model at once, as in the pipeline, so that on a
-    small CPU machine they share the cores the way the pipeline's actors do)."""
-    p = settings.pipeline
-    decode = ray.remote(num_cpus=p.cpus_per_decoder)(_decode_for)
-    model_cls = ray.remote(num_cpus=p.cpus_per_inference, num_gpus=p.gpus_per_inference)(ModelOnly)
-    models = [model_cls.remote(settings, shape) for _ in range(p.inference_actors)]
-    ray.get([m.__ray_ready__.remote() for m in models])
-    parts = _split([str(x) for x in paths], p.decode_actors)
-    ray.get([decode.remote([], settings, 0.0, 0.0) for _ in parts])  # warm the workers up
-    rates: dict[str, float] = {}
-    for mode in ("alone", "side_by_side"):
+class Ceilings:
+    """Each stage's throughput with the same processes as the pipeline: decode_actors
+    decoding processes and inference_actors model processes. `alone` runs one stage with
+    the machine to itself; `side_by_side` runs both at once, as in the pipeline, so that on a
+    small CPU machine they share the cores the way the pipeline's actors do. They ask Ray for
+    no CPUs: the pipeline's actors stay up (idle) between the rounds."""
+
+    def __init__(
+        self, ray: Any, paths: list[Path], settings: Settings, shape: tuple[int, int]
+    ) -> None:
+        p = settings.pipeline
+        self.ray, self.settings = ray, settings
+        self.decode = ray.remote(num_cpus=0)(_decode_for)
+        model_cls = ray.remote(num_cpus=0, num_gpus=0)(ModelOnly)
+        self.models = [model_cls.remote(settings, shape) for _ in range(p.inference_actors)]
+        ray.get([m.__ray_ready__.remote() for m in self.models])
+        self.parts = _split([str(x) for x in paths], p.decode_actors)
+        ray.get([self.decode.remote([], settings, 0.0, 0.0) for _ in self.parts])  # warm up
+
+    def _decoding(self, start: float, seconds: float) -> list[Any]:
+        return [self.decode.remote(part, self.settings, start, seconds) for part in self.parts]
+
+    def alone(self, seconds: float) -> tuple[float, float]:
+        get = self.ray.get
         start = time.time() + 1.0
-        if mode == "alone":
-            d = sum(ray.get([decode.remote(part, settings, start, seconds) for part in parts]))
-            start = time.time() + 1.0
-            m = sum(ray.get([x.run_for.remote(start, seconds) for x in models]))
-        else:
-            d_refs = [decode.remote(part, settings, start, seconds) for part in parts]
-            m_refs = [x.run_for.remote(start, seconds) for x in models]
-            d, m = sum(ray.get(d_refs)), sum(ray.get(m_refs))
-        rates[f"decode_{mode}"], rates[f"model_{mode}"] = d / seconds, m / seconds
-    for x in models:
-        ray.kill(x)
-    return rates
+        d = sum(get(self._decoding(start, seconds)))
+        start = time.time() + 1.0
+        m = sum(get([x.run_for.remote(start, seconds) for x in self.models]))
+        return d / seconds, m / seconds
+
+    def side_by_side(self, seconds: float) -> tuple[float, float]:
+        start = time.time() + 1.0
+        d_refs = self._decoding(start, seconds)
+        m_refs = [x.run_for.remote(start, seconds) for x in self.models]
+        d, m = sum(self.ray.get(d_refs)), sum(self.ray.get(m_refs))
+        return d / seconds, m / seconds
+
+    def close(self) -> None:
+        for x in self.models:
+            self.ray.kill(x)
 
 
-def bench_framefleet(
-    ray: Any, paths: list[Path], settings: Settings, server: EmbeddedServer, frames: int
-) -> tuple[float, float]:
-    from framefleet.workers.actors import Fleet
+class FramefleetRuns:
+    """The whole pipeline: a cold run (actor start-up and model loading included), then warm
+    runs on the same fleet (the service case), each on a fresh queue and output folder."""
 
-    client = connect(server.url)
-    results = []
-    for warm in (False, True):
-        client.flushall()
-        shutil.rmtree(settings.pipeline.out, ignore_errors=True)
-        q = Queue(client, settings.queue)
+    def __init__(
+        self, paths: list[Path], settings: Settings, server: EmbeddedServer, frames: int
+    ) -> None:
+        self.paths, self.settings, self.server, self.frames = paths, settings, server, frames
+        self.client = connect(server.url)
+        self.fleet: Any = None
+
+    def run(self) -> float:
+        from framefleet.workers.actors import Fleet
+
+        self.client.flushall()
+        shutil.rmtree(self.settings.pipeline.out, ignore_errors=True)
+        q = Queue(self.client, self.settings.queue)
         t = time.perf_counter()
-        fleet = Fleet(settings, server.url).start()
-        try:
-            if warm:
-                t = time.perf_counter()
-            q.enqueue([str(p) for p in paths])
-            outcomes = fleet.run_until_empty(timeout=3600)
-            seconds = time.perf_counter() - t
-        finally:
-            fleet.stop()
+        if self.fleet is None:
+            self.fleet = Fleet(self.settings, self.server.url).start()
+        q.enqueue([str(p) for p in self.paths])
+        outcomes = self.fleet.run_until_empty(timeout=3600)
+        seconds = time.perf_counter() - t
         acked = [o for o in outcomes if o["status"] == "acked"]
-        if len(acked) != len(paths) or sum(o["frames"] for o in acked) != frames:
+        if len(acked) != len(self.paths) or sum(o["frames"] for o in acked) != self.frames:
             raise RuntimeError(f"framefleet did not process every frame: {outcomes}")
-        results.append(frames / seconds)
-    client.close()
-    return results[0], results[1]
+        return self.frames / seconds
+
+    def close(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
+        self.client.close()
 
 
 def bench_naive(paths: list[Path], settings: Settings) -> float:
@@ -320,21 +340,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         server = EmbeddedServer(tmp / "redis").start()
         gpu_samples: list[float] = []
+        rounds: list[dict[str, float]] = []
         try:
             frames = ray.get(ray.remote(_decode_all).remote([str(x) for x in paths], settings))
             shape = (p.height or 720, p.width or 1280)
-            ceilings = bench_ceilings(ray, paths, settings, shape, 3.0 if args.quick else 15.0)
+            window = 3.0 if args.quick else 10.0
+            ceilings = Ceilings(ray, paths, settings, shape)
+            decode_alone, model_alone = ceilings.alone(window)
+            runs = FramefleetRuns(paths, settings, server, frames)
             stop = threading.Event()
             monitor = threading.Thread(target=_gpu_monitor, args=(stop, gpu_samples), daemon=True)
             monitor.start()
-            ff_cold, ff_warm = bench_framefleet(ray, paths, settings, server, frames)
-            stop.set()
+            try:
+                ff_cold = runs.run()
+                # Interleaved, so that each warm run is compared with ceilings measured
+                # moments before it on this shared, noisy machine.
+                for _ in range(1 if args.quick else args.rounds):
+                    decode, model = ceilings.side_by_side(window)
+                    warm = runs.run()
+                    rounds.append({"decode": decode, "model": model, "warm": warm})
+            finally:
+                stop.set()
+                runs.close()
+                ceilings.close()
             ray_data_rate, ray_data_frames = bench_ray_data(ray, paths, settings, shape)
         finally:
             server.stop()
             ray.shutdown()
         naive_rate = bench_naive(paths, settings)
-    ceiling = min(ceilings["decode_side_by_side"], ceilings["model_side_by_side"])
+
+    def median(key: str) -> float:
+        return float(np.median([r[key] for r in rounds]))
+
+    ratios = [r["warm"] / min(r["decode"], r["model"]) for r in rounds]
+    ff_warm = median("warm")
     result: dict[str, Any] = {
         "benchmark": "pipeline",
         "machine": {"cores": cores, "gpu": bool(args.gpu)},
@@ -349,16 +388,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "decode_actors": p.decode_actors,
             "inference_actors": p.inference_actors,
         },
-        "decode_ceiling_fps": round(ceilings["decode_side_by_side"], 1),
-        "model_ceiling_fps": round(ceilings["model_side_by_side"], 1),
-        "decode_alone_fps": round(ceilings["decode_alone"], 1),
-        "model_alone_fps": round(ceilings["model_alone"], 1),
+        "rounds": len(rounds),
+        "decode_ceiling_fps": round(median("decode"), 1),
+        "model_ceiling_fps": round(median("model"), 1),
+        "decode_alone_fps": round(decode_alone, 1),
+        "model_alone_fps": round(model_alone, 1),
         "framefleet_warm_fps": round(ff_warm, 1),
         "framefleet_cold_fps": round(ff_cold, 1),
         "naive_loop_fps": round(naive_rate, 1),
         "ray_data_fps": round(ray_data_rate, 1),
         "ray_data_frames": ray_data_frames,
-        "framefleet_vs_ceiling": round(ff_warm / ceiling, 3),
+        "framefleet_vs_ceiling": round(float(np.median(ratios)), 3),
+        "framefleet_vs_ceiling_each_round": [round(x, 3) for x in ratios],
         "framefleet_cold_vs_ray_data": round(ff_cold / ray_data_rate, 2),
         "framefleet_vs_naive": round(ff_warm / naive_rate, 2),
         "gpu_utilisation_pct": round(float(np.mean(gpu_samples)), 1) if gpu_samples else None,
@@ -376,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two 1-second clips (a smoke test)")
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rounds", type=int, default=3, help="ceiling/warm-run pairs")
     parser.add_argument("--gpu", action="store_true", help="DETR-R50 random weights, bf16, CUDA")
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)

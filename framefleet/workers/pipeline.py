@@ -96,7 +96,11 @@ class LeaseKeeper:
 
 
 class VideoJob:
-    """Processes leases; one instance per decode actor (it holds no per-item state)."""
+    """Processes leases; one instance per decode actor (it holds no per-item state). Several
+    threads may run items at once, but one decodes at a time (`decoding`, taken per chunk):
+    the others fetch, open, wait for inference, finalize and ack meanwhile. So a decode
+    actor keeps to about one core of decoding, and the next video is fetched and opened while
+    the current one decodes, instead of the inference actors idling between videos."""
 
     def __init__(
         self,
@@ -113,6 +117,7 @@ class VideoJob:
         p = settings.pipeline
         self.sampling = Sampling(fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height)
         self.config_hash = p.config_hash(settings.model)
+        self.decoding = threading.Lock()
 
     def run(self, lease: Lease) -> Outcome:
         interval = self.settings.queue.lease_s / 3
@@ -190,13 +195,19 @@ class VideoJob:
         chunk as its output becomes durable. Returns the frames sent to inference. On a stop
         request the chunks already out are still settled and checkpointed (for up to
         DRAIN_S), so that the next worker skips them. `timings` gets the seconds spent
-        decoding, handing chunks out and waiting for inference."""
+        decoding, waiting for another item's decoding, handing chunks out and waiting for
+        inference."""
         inflight: deque[tuple[int, Pending]] = deque()
         frames = 0
         chunks = iter(reader)
         mark = self.clock()
         try:
-            for chunk in chunks:
+            while True:
+                with self.decoding:
+                    mark = self._lap(timings, "decode_wait", mark)  # another item's turn
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
                 mark = self._lap(timings, "decode", mark)
                 self._check(keeper)
                 frames += len(chunk)
