@@ -18,6 +18,7 @@ from .model import (
 )
 from .queue import Queue
 from .server import EmbeddedServer, ServerError, embedded
+from .supervision import Supervision
 
 __all__ = [
     "EmbeddedServer",
@@ -33,6 +34,7 @@ __all__ = [
     "ServerError",
     "State",
     "Stats",
+    "Supervision",
     "Verdict",
     "connect",
     "default_id",

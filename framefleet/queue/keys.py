@@ -18,6 +18,9 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:rejected    | list | inbox entries refused, as JSON {raw, reason, at}        |
 | ff:{videos}:meta        | hash | paused, seq (FIFO counter), epoch (fencing counter)     |
 | ff:{videos}:stats       | hash | monotonic counters (`*_total`)                          |
+| ff:{videos}:workers     | zset | worker name -> time of its last heartbeat (ms)          |
+| ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
+| ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
 
 Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
 `created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,
@@ -79,6 +82,18 @@ class Keys:
     @property
     def stats(self) -> str:
         return f"{self.base}stats"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.base}workers"
+
+    @property
+    def leader(self) -> str:
+        return f"{self.base}leader"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}health"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this queue."""

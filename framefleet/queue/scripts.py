@@ -28,6 +28,10 @@ NAMES = (
     "purge_dead",
     "cancel",
     "stats",
+    "heartbeat",
+    "expire_orphans",
+    "leader_hold",
+    "leader_release",
 )
 
 

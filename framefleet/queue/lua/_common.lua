@@ -15,6 +15,8 @@ local K_INBOX = P .. 'inbox'
 local K_REJECTED = P .. 'rejected'
 local K_META = P .. 'meta'
 local K_STATS = P .. 'stats'
+local K_WORKERS = P .. 'workers'
+local K_LEADER = P .. 'leader'
 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most

@@ -1,0 +1,69 @@
+"""Worker heartbeats, orphaned leases, the leader lease and the health report, against each
+real server build."""
+
+from __future__ import annotations
+
+import time
+
+from redis import Redis
+
+from framefleet.queue import Queue, Supervision, Verdict
+from tests.conftest import ManualClock
+
+
+def test_a_silent_workers_leases_expire_at_once_and_live_ones_are_kept(
+    queue: Queue, clock: ManualClock
+) -> None:
+    sup = Supervision(queue)
+    queue.enqueue(["/v/a.mp4", "/v/b.mp4", "/v/c.mp4"])
+    [a] = queue.claim(1, "w-dead")
+    [b] = queue.claim(1, "w-live")
+    [c] = queue.claim(1, "w-silent-forever")  # never sent a heartbeat: left to lease expiry
+    sup.heartbeat("w-dead")
+    sup.heartbeat("w-live")
+    clock.advance(5_000)
+    sup.heartbeat("w-live")
+    clock.advance(6_000)  # w-dead silent for 11 s, w-live for 6 s
+    assert sup.workers() == {"w-dead": 11.0, "w-live": 6.0}
+    assert sup.expire_orphans(stale_s=10) == (1, 1)
+    assert set(sup.workers()) == {"w-live"}
+    result = queue.reap()
+    assert result.requeued == 1
+    assert [x.id for x in queue.items_in("queued")] == [a.id]
+    assert queue.get(a.id).deliveries == 1  # type: ignore[union-attr]
+    assert queue.ack(a, "late") == Verdict.LOST  # the old owner is fenced off
+    assert queue.renew(b) and queue.renew(c)
+    assert queue.stats().counters["orphaned_total"] == 1
+    assert sup.expire_orphans(stale_s=10) == (0, 0)
+
+
+def test_a_worker_that_leaves_is_forgotten(queue: Queue) -> None:
+    sup = Supervision(queue)
+    sup.heartbeat("w1")
+    sup.leave("w1")
+    assert sup.workers() == {}
+
+
+def test_one_leader_at_a_time_and_a_standby_takes_over_when_the_lease_runs_out(
+    client: Redis,
+) -> None:
+    sup = Supervision(Queue(client))  # the server's clock: the lease is a real TTL
+    assert sup.hold_leadership("c1", ttl_s=0.5)
+    assert not sup.hold_leadership("c2", ttl_s=0.5)
+    assert sup.leader() == "c1"
+    assert sup.hold_leadership("c1", ttl_s=0.5)  # renewal
+    assert not sup.release_leadership("c2")  # only the holder releases
+    time.sleep(0.7)  # c1 died: its lease runs out
+    assert sup.leader() is None
+    assert sup.hold_leadership("c2", ttl_s=5)
+    assert not sup.hold_leadership("c1", ttl_s=5)  # c1 came back: it is the standby now
+    assert sup.release_leadership("c2") and sup.leader() is None
+
+
+def test_the_health_report_round_trips_and_expires(client: Redis) -> None:
+    sup = Supervision(Queue(client))
+    assert sup.health() is None
+    sup.write_health({"ok": True, "nodes": 2}, ttl_s=0.3)
+    assert sup.health() == {"ok": True, "nodes": 2}
+    time.sleep(0.5)
+    assert sup.health() is None
