@@ -35,7 +35,7 @@ class Supervision:
     def workers(self) -> dict[str, float]:
         """Each worker's seconds since its last heartbeat."""
         now = self.queue._now()
-        now_ms = int(now) if now else _server_ms(cast(tuple[int, int], self.client.time()))
+        now_ms = int(now) if now else _server_ms(self.client.time())
         rows = cast(
             list[tuple[str, float]], self.client.zrange(self.keys.workers, 0, -1, withscores=True)
         )
