@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from framefleet.queue import EmbeddedServer, InvalidItem, NewItem, Queue, ServerError, open_queue
+from framefleet.queue import (
+    EmbeddedServer,
+    InvalidItem,
+    NewItem,
+    Queue,
+    ServerError,
+    embedded,
+    open_queue,
+)
 from framefleet.settings import Settings, SettingsError
 
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -69,6 +78,65 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             print(f"claimed and acked {len(leases)}; counts {_counts(q)}")
         print(f"done {done} of {len(uris)}")
         return 0 if done == len(uris) else 1
+
+
+def _fleet_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """The model and fleet flags of run/coordinator/up over the settings; with a local Ray on
+    a machine without CUDA, the inference actors ask for no GPU."""
+    model, pipeline, coord = settings.model, settings.pipeline, settings.coordinator
+    if getattr(args, "model", None):
+        model = replace(model, model=args.model)
+    if getattr(args, "random_weights", False):
+        model = replace(model, random_weights=True)
+    if getattr(args, "out", None):
+        pipeline = replace(pipeline, out=_as_uri(args.out))
+    if getattr(args, "ray_address", None):
+        coord = replace(coord, ray_address=args.ray_address)
+    if coord.ray_address is None and pipeline.gpus_per_inference > 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            pipeline = replace(pipeline, gpus_per_inference=0.0)
+    return replace(settings, model=model, pipeline=pipeline, coordinator=coord)
+
+
+@contextlib.contextmanager
+def _redis_url(settings: Settings) -> Iterator[str]:
+    if settings.redis.url:
+        yield settings.redis.url
+    else:
+        with embedded(settings.redis) as url:
+            yield url
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Process videos on this machine until each is done or dead; exit 0 when all are done."""
+    from framefleet.coordinator.job import expand, run_job
+
+    uris = expand(args.paths)
+    if not uris:
+        print("no videos found in the paths given", file=sys.stderr)
+        return 2
+    roots = {Path(u).parent for u in uris if "://" not in u}
+    allowed = tuple(dict.fromkeys([*settings.source.allowed_roots, *roots]))
+    source = replace(settings.source, allowed_roots=allowed)
+    settings = replace(_fleet_settings(args, settings), source=source)
+    with _redis_url(settings) as url:
+        return run_job(settings, url, uris)
+
+
+def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
+    """The long-running supervisor (leader or standby) until SIGTERM or Ctrl-C."""
+    from framefleet.coordinator.supervisor import Coordinator
+
+    settings = _fleet_settings(args, settings)
+    with _redis_url(settings) as url:
+        coordinator = Coordinator(settings, url)
+        print(f"coordinator {coordinator.name} on {url}", file=sys.stderr)
+        code = coordinator.run()
+        if coordinator.fatal:
+            print(f"error: {coordinator.fatal}", file=sys.stderr)
+        return code
 
 
 def _counts(q: Queue) -> str:
@@ -241,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("demo", cmd_demo, "enqueue, claim and ack a few items; print the counts")
     sp.add_argument("--items", type=int, default=8)
+    sp = add("run", cmd_run, "process videos here (embedded Redis, local Ray) until done")
+    sp.add_argument("paths", nargs="+", help="video files, folders of videos, or URIs")
+    sp.add_argument("--out", required=True, help="output directory or s3://bucket/prefix")
+    _fleet_flags(sp)
+    for name, help_text in (
+        ("coordinator", "the supervisor: leader or standby, until SIGTERM"),
+        ("up", "everything on this machine (embedded Redis, local Ray, coordinator)"),
+    ):
+        sp = add(name, cmd_coordinator, help_text)
+        sp.add_argument("--out", help="output directory or s3://bucket/prefix")
+        sp.add_argument("--ray-address", help="a Ray cluster (default: start a local one)")
+        _fleet_flags(sp)
     sp = add("enqueue", cmd_enqueue, "enqueue videos by URI or local path")
     sp.add_argument("uris", nargs="*")
     sp.add_argument("--file", help="read one URI per line from a file, or - for stdin")
@@ -271,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", choices=("queue", "pipeline"))
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
+
+
+def _fleet_flags(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--model", help="a model id or a local model directory")
+    sp.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="a randomly initialised model of the same architecture (smoke runs, no download)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

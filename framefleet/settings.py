@@ -186,12 +186,38 @@ class PipelineSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CoordinatorSettings:
+    """The supervisor: pool bounds (the pipeline's decode_actors and inference_actors are the
+    maxima), its rhythm, and how long silence means death."""
+
+    ray_address: str | None = None  # FRAMEFLEET_RAY_ADDRESS: none = a local Ray
+    ray_temp_dir: str | None = None  # FRAMEFLEET_RAY_TEMP_DIR: the local Ray's session files
+    min_decode_actors: int = 1  # FRAMEFLEET_MIN_DECODE_ACTORS
+    min_inference_actors: int = 1  # FRAMEFLEET_MIN_INFERENCE_ACTORS
+    tick_s: float = 2.0  # FRAMEFLEET_TICK_S: health checks, reaping and scaling
+    leader_ttl_s: float = 10.0  # FRAMEFLEET_LEADER_TTL_S: a standby takes over after this
+    stale_s: float = 10.0  # FRAMEFLEET_STALE_S: a worker silent this long is gone
+    gcs_grace_s: float = 5.0  # FRAMEFLEET_GCS_GRACE_S: GCS unreachable this long: new driver
+    idle_s: float = 60.0  # FRAMEFLEET_IDLE_S: an empty queue this long scales down to min
+
+    def __post_init__(self) -> None:
+        if self.min_decode_actors < 0 or self.min_inference_actors < 1:
+            raise SettingsError("min_decode_actors must be >= 0, min_inference_actors >= 1")
+        for name in ("tick_s", "leader_ttl_s", "stale_s", "gcs_grace_s", "idle_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be > 0")
+        if self.leader_ttl_s < 2 * self.tick_s:
+            raise SettingsError("leader_ttl_s must be at least twice tick_s")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     source: SourceSettings = field(default_factory=SourceSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    coordinator: CoordinatorSettings = field(default_factory=CoordinatorSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -202,7 +228,8 @@ class Settings:
         source = _apply(SourceSettings(), env, _SOURCE_ENV)
         model = _apply(ModelSettings(), env, _MODEL_ENV)
         pipeline = _apply(PipelineSettings(), env, _PIPELINE_ENV)
-        return cls(redis=redis, queue=queue, source=source, model=model, pipeline=pipeline)
+        coordinator = _apply(CoordinatorSettings(), env, _COORDINATOR_ENV)
+        return cls(redis, queue, source, model, pipeline, coordinator)
 
 
 _REDIS_ENV = {
@@ -265,7 +292,27 @@ _PIPELINE_ENV = {
     "cpus_per_decoder": "FRAMEFLEET_CPUS_PER_DECODER",
 }
 
-_S = TypeVar("_S", RedisSettings, QueueSettings, SourceSettings, ModelSettings, PipelineSettings)
+_COORDINATOR_ENV = {
+    "ray_address": "FRAMEFLEET_RAY_ADDRESS",
+    "ray_temp_dir": "FRAMEFLEET_RAY_TEMP_DIR",
+    "min_decode_actors": "FRAMEFLEET_MIN_DECODE_ACTORS",
+    "min_inference_actors": "FRAMEFLEET_MIN_INFERENCE_ACTORS",
+    "tick_s": "FRAMEFLEET_TICK_S",
+    "leader_ttl_s": "FRAMEFLEET_LEADER_TTL_S",
+    "stale_s": "FRAMEFLEET_STALE_S",
+    "gcs_grace_s": "FRAMEFLEET_GCS_GRACE_S",
+    "idle_s": "FRAMEFLEET_IDLE_S",
+}
+
+_S = TypeVar(
+    "_S",
+    RedisSettings,
+    QueueSettings,
+    SourceSettings,
+    ModelSettings,
+    PipelineSettings,
+    CoordinatorSettings,
+)
 
 
 def _apply(base: _S, env: Mapping[str, str], names: dict[str, str]) -> _S:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from framefleet.queue import Queue, connect
+from framefleet.queue import Queue, Supervision, connect
 from framefleet.settings import Settings
 
 from .decode import Chunk
@@ -31,8 +32,29 @@ from .ray_adapter import ActorGone, RayAdapter
 RESUBMITS = 3  # a chunk whose inference actor died goes to another one this many times
 
 
+class Heartbeat:
+    """A worker's heartbeat in Redis (Supervision.heartbeat), from a daemon thread, every
+    quarter of the coordinator's stale time, until the process ends or close() is called."""
+
+    def __init__(self, queue: Queue, name: str, stale_s: float) -> None:
+        self.supervision, self.name = Supervision(queue), name
+        self.closed = threading.Event()
+        self.supervision.heartbeat(name)
+        threading.Thread(target=self._run, args=(stale_s / 4,), daemon=True, name="beat").start()
+
+    def _run(self, interval: float) -> None:
+        while not self.closed.wait(interval):
+            with contextlib.suppress(Exception):  # Redis away: the next beat tries again
+                self.supervision.heartbeat(self.name)
+
+    def close(self) -> None:
+        self.closed.set()
+        with contextlib.suppress(Exception):
+            self.supervision.leave(self.name)
+
+
 class InferenceActor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, redis_url: str | None = None, name: str = "") -> None:
         self.model = load_model(settings.model)
         self.store = OutputStore(settings.pipeline.out, settings.source)
         p = settings.pipeline
@@ -42,6 +64,10 @@ class InferenceActor:
         frames = np.zeros((min(2, settings.model.batch_size), height, width, 3), np.uint8)
         self.model.predict(frames, (width, height))
         warm_up(self.model.schema)
+        if redis_url is not None:
+            self.heartbeat = Heartbeat(
+                Queue(connect(redis_url), settings.queue), name, settings.coordinator.stale_s
+            )
 
     def describe(self) -> tuple[str, Any, int]:
         """(model name, record schema, pid): also the readiness call."""
@@ -84,10 +110,17 @@ class RayInference:
             raise ValueError("no inference actors")
         self.adapter, self.actors = adapter, actors
         self.model_name, self.schema = model_name, schema
-        self._next = itertools.cycle(range(len(actors)))
+        self._next = itertools.count()
 
     def pick(self) -> Any:
-        return self.actors[next(self._next)]
+        actors = self.actors
+        return actors[next(self._next) % len(actors)]
+
+    def set_actors(self, actors: list[Any]) -> None:
+        """A new pool (after a replacement or scaling); chunks out keep their actor."""
+        if not actors:
+            raise ValueError("no inference actors")
+        self.actors = list(actors)
 
     def submit(self, item_id: str, chunk: Chunk) -> Pending:
         return RayPending(self, item_id, chunk)
@@ -102,14 +135,11 @@ class DecodeActor:
         self.settings = settings
         self.queue = Queue(connect(redis_url), settings.queue)
         store = OutputStore(settings.pipeline.out, settings.source)
-        self.stop = threading.Event()
-        self.job = VideoJob(
-            self.queue,
-            store,
-            RayInference(adapter, inference, model_name, schema),
-            settings,
-            stop=self.stop,
-        )
+        self.stop = threading.Event()  # release what is held and return
+        self.draining = threading.Event()  # finish the items held, claim no more
+        self.pool = RayInference(adapter, inference, model_name, schema)
+        self.job = VideoJob(self.queue, store, self.pool, settings, stop=self.stop)
+        self.heartbeat = Heartbeat(self.queue, name, settings.coordinator.stale_s)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda signum, frame: self.stop.set())
 
@@ -118,6 +148,12 @@ class DecodeActor:
 
     def request_stop(self) -> None:
         self.stop.set()
+
+    def drain(self) -> None:
+        self.draining.set()
+
+    def set_inference(self, actors: list[Any]) -> None:
+        self.pool.set_actors(actors)
 
     def run(self, until_empty: bool = False) -> list[dict[str, Any]]:
         """Claim and process items until stopped (or, with until_empty, until the queue has
@@ -132,14 +168,15 @@ class DecodeActor:
             thread.start()
         for thread in threads:
             thread.join()
+        self.heartbeat.close()
         return outcomes
 
     def _loop(self, until_empty: bool, outcomes: list[dict[str, Any]]) -> None:
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not self.draining.is_set():
             # Until empty, a short wait: a thread waiting here while the last item finishes in
             # another one notices the queue is drained this much later.
             leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
-            if leases and self.stop.is_set():  # the stop came while this claim was waiting
+            if leases and (self.stop.is_set() or self.draining.is_set()):  # came meanwhile
                 for lease in leases:
                     self.queue.release(lease, "worker stopping (shutdown or preemption)")
                 return
@@ -174,7 +211,7 @@ class Fleet:
             a.create(infer_cls, infer_opts, self.settings) for _ in range(p.inference_actors)
         ]
         a.wait_ready([a.call(actor, "describe") for actor in self.inference], ready_timeout)
-        decode_opts = {"num_cpus": p.cpus_per_decoder, "max_concurrency": 2}
+        decode_opts = {"num_cpus": p.cpus_per_decoder, "max_concurrency": 4}
         self.decoders = [
             a.create(
                 decode_cls,

@@ -59,3 +59,47 @@ class RayAdapter:
         import ray
 
         ray.kill(actor, no_restart=True)
+
+    def done(self, refs: list[Any]) -> list[Any]:
+        """The refs among `refs` that are finished (successfully or not), without waiting."""
+        import ray
+
+        if not refs:
+            return []
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        return list(ready)
+
+    # -- the driver's view of the cluster ------------------------------------------------
+
+    def init(
+        self,
+        address: str | None,
+        runtime_env: dict[str, Any] | None = None,
+        temp_dir: str | None = None,
+    ) -> None:
+        """Connect to a cluster (address) or start a local one (None) in temp_dir."""
+        import ray
+
+        local = {"_temp_dir": temp_dir} if address is None and temp_dir else {}
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env=runtime_env,
+            **local,
+        )
+
+    def gcs_address(self) -> str:
+        import ray
+
+        return str(ray.get_runtime_context().gcs_address)
+
+    def alive_nodes(self) -> int:
+        import ray
+
+        return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+    def available(self) -> dict[str, float]:
+        import ray
+
+        return {k: float(v) for k, v in ray.available_resources().items()}

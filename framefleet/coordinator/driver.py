@@ -1,0 +1,138 @@
+"""The Ray driver: a child process of the coordinator, so that a lost GCS kills only it.
+
+It connects to the cluster (or starts a local Ray), then every tick: checks the GCS (a TCP
+connect to its port, then the node list, both with time limits, since Ray calls hang while
+the GCS is down), ticks the pools and writes the health report. When the GCS has been
+unreachable for gcs_grace_s it exits with GCS_LOST at once (os._exit: nothing Ray does at
+exit can be trusted then) and the coordinator starts a new driver, which waits for the head.
+
+Exit codes: 0 stopped on request, GCS_LOST, NO_CLUSTER (could not connect), FATAL (the
+fleet cannot run as configured: the report says why).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from framefleet.queue import Queue, Supervision, connect
+from framefleet.settings import Settings
+from framefleet.workers.ray_adapter import RayAdapter
+
+from .pools import FleetError, Pools
+
+GCS_LOST, NO_CLUSTER, FATAL = 3, 4, 5
+STOP_TIMEOUT_S = 20.0  # decode actors settle and release within this on a stop
+
+
+def main(settings: Settings, redis_url: str, generation: str, leader: str) -> None:
+    """The child process's entry point: `python -m framefleet.coordinator.driver`, with its
+    arguments pickled on stdin by the coordinator that started it."""
+    code = Driver(settings, redis_url, generation, leader).run()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+class Driver:
+    def __init__(self, settings: Settings, redis_url: str, generation: str, leader: str) -> None:
+        self.settings, self.redis_url = settings, redis_url
+        self.generation, self.leader = generation, leader
+        self.queue = Queue(connect(redis_url), settings.queue)
+        self.supervision = Supervision(self.queue)
+        self.adapter = RayAdapter()
+        self.stopping = threading.Event()
+        self.probe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcs-probe")
+        self.events: list[str] = []
+        self.parent = os.getppid()
+
+    def run(self) -> int:
+        address = self.settings.coordinator.ray_address
+        try:
+            pythonpath = os.environ.get("PYTHONPATH")
+            env = {"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None
+            self.adapter.init(address, env, self.settings.coordinator.ray_temp_dir)
+            gcs = self.adapter.gcs_address()
+        except Exception as exc:
+            self._report(ok=False, error=f"cannot connect to Ray at {address or 'local'}: {exc}")
+            return NO_CLUSTER
+        for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
+            signal.signal(sig, lambda signum, frame: self.stopping.set())
+        pools = Pools(self.settings, self.redis_url, self.queue, self.adapter, self.generation)
+        lost_since: float | None = None
+        tick = self.settings.coordinator.tick_s
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            if os.getppid() != self.parent:  # the coordinator died: a standby takes over
+                break
+            nodes = self._nodes(gcs)
+            if nodes is None:
+                lost_since = lost_since or started
+                if started - lost_since >= self.settings.coordinator.gcs_grace_s:
+                    self._report(ok=False, error=f"the GCS at {gcs} is unreachable", gcs=False)
+                    return GCS_LOST
+            else:
+                lost_since = None
+                try:
+                    report = pools.tick()
+                except FleetError as exc:
+                    self._report(ok=False, error=str(exc), fatal=True)
+                    pools.stop(timeout=0)
+                    return FATAL
+                except Exception:
+                    self.events = [*self.events, traceback.format_exc(limit=3)][-10:]
+                    report = None
+                if report is not None:
+                    self.events = [*self.events, *report.events][-10:]
+                    self._report(
+                        ok=report.ready_inference > 0 and report.decoders > 0,
+                        nodes=nodes,
+                        gcs=True,
+                        decoders=report.decoders,
+                        inference=report.inference,
+                        ready_inference=report.ready_inference,
+                        replaced=report.replaced,
+                    )
+            self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
+        pools.stop(timeout=STOP_TIMEOUT_S)
+        return 0
+
+    def _nodes(self, gcs: str) -> int | None:
+        """Alive nodes, or None when the GCS does not answer in time."""
+        host, _, port = gcs.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                pass
+            return int(self.probe.submit(self.adapter.alive_nodes).result(timeout=3.0))
+        except (OSError, FutureTimeout):
+            return None
+
+    def _report(self, ok: bool, **fields: Any) -> None:
+        try:
+            report = {
+                "ok": ok,
+                "at": time.time(),
+                "leader": self.leader,
+                "driver_pid": os.getpid(),
+                "generation": self.generation,
+                "redis": True,
+                "workers": self.supervision.workers(),
+                "events": self.events,
+                **fields,
+            }
+            ttl = max(3 * self.settings.coordinator.tick_s, 10.0)
+            self.supervision.write_health(report, ttl_s=ttl)
+        except Exception:
+            pass
+
+
+if __name__ == "__main__":
+    main(*pickle.load(sys.stdin.buffer))

@@ -1,0 +1,108 @@
+"""`framefleet run PATHS... --out DIR`: the main job for a person, on embedded defaults.
+
+Enqueue the videos (idempotent: a video already done is not done again), run a coordinator
+until every one of them is done or dead, showing progress, then print a summary. Exit 0
+only when every video is done.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from framefleet.queue import Queue, Supervision, connect, default_id
+from framefleet.settings import Settings
+from framefleet.workers.outputs import OutputStore
+
+from .supervisor import Coordinator
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg"}
+
+
+def expand(paths: list[str]) -> list[str]:
+    """URIs pass as they are; a local file becomes absolute; a folder gives its videos."""
+    uris: list[str] = []
+    for text in paths:
+        if "://" in text:
+            uris.append(text)
+            continue
+        path = Path(text).expanduser().absolute()
+        if path.is_dir():
+            found = (p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+            uris += sorted(str(p) for p in found if p.is_file())
+        else:
+            uris.append(str(path))
+    return uris
+
+
+def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = sys.stderr) -> int:
+    queue = Queue(connect(redis_url), settings.queue)
+    queue.enqueue(uris)
+    ids = list(dict.fromkeys(default_id(u, settings.queue.config_version) for u in uris))
+    coordinator = Coordinator(settings, redis_url)
+    started = time.monotonic()
+    progress = Progress(queue, ids, out)
+    code = coordinator.run(until=progress.finished)
+    progress.finished()
+    out.write("\n")
+    if coordinator.fatal is not None:
+        out.write(f"error: {coordinator.fatal}\n{_hint(coordinator.fatal)}")
+        return 2
+    return summarize(settings, queue, ids, time.monotonic() - started, out) if code == 0 else code
+
+
+class Progress:
+    def __init__(self, queue: Queue, ids: list[str], out: TextIO) -> None:
+        self.queue, self.ids, self.out = queue, ids, out
+        self.supervision = Supervision(queue)
+
+    def finished(self) -> bool:
+        states = [item.state if item else "missing" for item in map(self.queue.get, self.ids)]
+        done, dead = states.count("done"), states.count("dead")
+        running = states.count("leased")
+        n = len(self.ids)
+        bar = "#" * int(30 * (done + dead) / max(1, n))
+        health = self.supervision.health() or {}
+        fleet = (
+            f"{health.get('decoders', 0)} decoders, {health.get('ready_inference', 0)} models"
+            if health.get("gcs")
+            else "starting the fleet"
+        )
+        line = f"\r[{bar:<30}] {done}/{n} done, {dead} dead, {running} running ({fleet})"
+        self.out.write(line.ljust(100))
+        self.out.flush()
+        return done + dead == n
+
+
+def summarize(settings: Settings, queue: Queue, ids: list[str], seconds: float, out: TextIO) -> int:
+    store = OutputStore(settings.pipeline.out, settings.source)
+    done: list[Any] = []
+    dead: list[Any] = []
+    frames = 0
+    for item in map(queue.get, ids):
+        if item is None:
+            continue
+        if item.state == "done":
+            done.append(item)
+            frames += int(store.read_manifest(item.id).get("frames", 0))
+        elif item.state == "dead":
+            dead.append(item)
+    out.write(
+        f"done {len(done)} of {len(ids)}, dead {len(dead)}; {frames} frames in {seconds:.1f} s"
+        f" ({frames / max(seconds, 1e-9):.1f} frames/s); outputs in {settings.pipeline.out}\n"
+    )
+    for item in dead:
+        out.write(f"  dead: {item.uri}: {item.dead_reason}\n")
+    return 0 if len(done) == len(ids) else 1
+
+
+def _hint(error: str) -> str:
+    if "RANDOM_WEIGHTS" in error or "cannot be fetched" in error or "offline" in error.lower():
+        return (
+            "hint: for a smoke run without the weights, `--random-weights` runs a randomly"
+            " initialised model of the same architecture; or give a local model directory"
+            " with `--model DIR`.\n"
+        )
+    return ""

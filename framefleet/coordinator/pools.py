@@ -1,0 +1,247 @@
+"""The decode and inference actor pools of one driver: created, checked, replaced, sized.
+
+Each tick (`Pools.tick`): actors found dead are dropped (a dead decode actor's leases are
+expired at once, so its videos go back to the queue), then each pool is sized to the
+queue: the decode pool to the backlog (queued + delayed + leased items over
+items_per_decoder), the inference pool to its maximum while there is work and its minimum
+after idle_s without any, never past the cluster's free resources. A decode actor scaled
+down drains (finishes its videos, claims no more); an inference actor scaled down is first
+taken out of the decode actors' rotation. Every Ray call goes through the RayAdapter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from framefleet.queue import Queue, Supervision
+from framefleet.settings import Settings
+from framefleet.workers.actors import DecodeActor, InferenceActor
+from framefleet.workers.ray_adapter import ActorGone, RayAdapter
+
+FAILED_STARTS = 3  # inference actors failing to start in a row: a configuration error
+
+
+class FleetError(Exception):
+    """The fleet cannot run as configured (for example, the model cannot be loaded)."""
+
+
+@dataclass
+class Member:
+    name: str
+    handle: Any
+    ping: Any = None  # inference: the pending readiness / liveness call
+    run: Any = None  # decode: the pending run() call
+    ready: bool = False
+    draining: bool = False
+
+
+@dataclass
+class PoolReport:
+    decoders: int = 0
+    inference: int = 0
+    ready_inference: int = 0
+    replaced: int = 0
+    events: list[str] = field(default_factory=list)
+
+
+def wanted(current: int, low: int, high: int, demand: int, room: int) -> int:
+    """The pool size to aim for: demand clamped to [low, high], growing by at most `room`
+    (what the free resources allow) and shrinking at once."""
+    target = max(low, min(high, demand))
+    if target > current:
+        return min(target, current + max(0, room))
+    return target
+
+
+class Pools:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        queue: Queue,
+        adapter: RayAdapter,
+        generation: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings, self.redis_url, self.queue = settings, redis_url, queue
+        self.supervision = Supervision(queue)
+        self.adapter, self.generation, self.clock = adapter, generation, clock
+        self.decoders: list[Member] = []
+        self.inference: list[Member] = []
+        self._numbers = itertools.count()
+        self._failed_starts = 0
+        self._idle_since: float | None = None
+        self._decode_cls = adapter.remote_class(DecodeActor)
+        self._infer_cls = adapter.remote_class(InferenceActor)
+
+    # -- one tick ------------------------------------------------------------------------
+
+    def tick(self) -> PoolReport:
+        report = PoolReport()
+        self._check_inference(report)
+        self._check_decoders(report)
+        counts = self.queue.stats().counts
+        backlog = counts["queued"] + counts["delayed"] + counts["leased"] + counts["inbox"]
+        self._size_inference(backlog, report)
+        if any(m.ready for m in self.inference):
+            self._size_decoders(backlog, report)
+        report.decoders = len(self.decoders)
+        report.inference = len(self.inference)
+        report.ready_inference = sum(m.ready for m in self.inference)
+        return report
+
+    def _check_inference(self, report: PoolReport) -> None:
+        finished = set(self.adapter.done([m.ping for m in self.inference]))
+        changed = False
+        for member in list(self.inference):
+            if member.ping not in finished:
+                continue
+            try:
+                self.adapter.get(member.ping, timeout=0)
+            except ActorGone as exc:
+                self.inference.remove(member)
+                changed = True
+                report.replaced += 1
+                if not member.ready:
+                    self._failed_starts += 1
+                    if self._failed_starts >= FAILED_STARTS:
+                        raise FleetError(f"inference actors fail to start: {exc}") from None
+                report.events.append(f"inference actor {member.name} gone: {exc}")
+                continue
+            if not member.ready:
+                member.ready, changed = True, True
+                self._failed_starts = 0
+            member.ping = self.adapter.call(member.handle, "describe")  # the next check
+        if changed:
+            self._share_inference()
+
+    def _check_decoders(self, report: PoolReport) -> None:
+        finished = set(self.adapter.done([m.run for m in self.decoders]))
+        for member in list(self.decoders):
+            if member.run not in finished:
+                continue
+            self.decoders.remove(member)
+            try:
+                self.adapter.get(member.run, timeout=0)
+                if not member.draining:
+                    report.events.append(f"decode actor {member.name} stopped")
+            except ActorGone as exc:
+                report.replaced += 1
+                report.events.append(f"decode actor {member.name} gone: {exc}")
+                self._orphan(member.name)
+            except Exception as exc:
+                report.replaced += 1
+                report.events.append(f"decode actor {member.name} failed: {exc!r}")
+                self._orphan(member.name)
+            self.adapter.kill(member.handle)
+
+    def _orphan(self, worker: str) -> None:
+        """The worker is dead: its leases expire now and the reaper takes them back."""
+        self.queue.client.zadd(self.queue.keys.workers, {worker: 0}, xx=True)
+        self.supervision.expire_orphans(self.settings.coordinator.stale_s)
+        self.queue.reap()
+
+    # -- sizing ------------------------------------------------------------------------
+
+    def _room(self, cpus: float, gpus: float, reserve_cpus: float = 0.0) -> int:
+        """How many more actors of this shape fit in the free resources, keeping
+        reserve_cpus free."""
+        free = self.adapter.available()
+        room = math.inf
+        if cpus > 0:
+            room = min(room, (free.get("CPU", 0.0) - reserve_cpus) / cpus)
+        if gpus > 0:
+            room = min(room, free.get("GPU", 0.0) / gpus)
+        return 1_000_000 if room == math.inf else max(0, int(room + 1e-9))
+
+    def _size_inference(self, backlog: int, report: PoolReport) -> None:
+        c, p = self.settings.coordinator, self.settings.pipeline
+        now = self.clock()
+        if backlog > 0:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = now
+        idle = self._idle_since is not None and now - self._idle_since >= c.idle_s
+        demand = c.min_inference_actors if idle else p.inference_actors
+        # the decode pool's minimum comes first: inference actors alone process nothing
+        missing = max(0, c.min_decode_actors - len(self.decoders))
+        room = self._room(p.cpus_per_inference, p.gpus_per_inference, missing * p.cpus_per_decoder)
+        if room == 0 and not self.inference:
+            report.events.append(
+                f"no room for an inference actor ({p.cpus_per_inference} CPU,"
+                f" {p.gpus_per_inference} GPU): free {self.adapter.available()}"
+            )
+        low, high = c.min_inference_actors, p.inference_actors
+        target = wanted(len(self.inference), low, high, demand, room)
+        while len(self.inference) < target:
+            self.inference.append(self._new_inference())
+        if len(self.inference) > target:
+            extra = self.inference[target:]
+            self.inference = self.inference[:target]
+            self._share_inference()
+            for member in extra:
+                self.adapter.kill(member.handle)
+            report.events.append(f"inference pool down to {target}")
+
+    def _size_decoders(self, backlog: int, report: PoolReport) -> None:
+        c, p = self.settings.coordinator, self.settings.pipeline
+        active = [m for m in self.decoders if not m.draining]
+        demand = math.ceil(backlog / p.items_per_decoder)
+        room = self._room(p.cpus_per_decoder, 0.0)
+        target = wanted(len(active), c.min_decode_actors, p.decode_actors, demand, room)
+        for _ in range(target - len(active)):
+            self.decoders.append(self._new_decoder())
+        for member in active[target:]:
+            member.draining = True
+            self.adapter.call(member.handle, "drain")
+            report.events.append(f"decode actor {member.name} draining (scaling down)")
+
+    # -- creating --------------------------------------------------------------------------
+
+    def _name(self, kind: str) -> str:
+        return f"{kind}-{self.generation}-{next(self._numbers)}"
+
+    def _new_inference(self) -> Member:
+        p = self.settings.pipeline
+        name = self._name("inference")
+        options = {"num_gpus": p.gpus_per_inference, "num_cpus": p.cpus_per_inference}
+        handle = self.adapter.create(self._infer_cls, options, self.settings, self.redis_url, name)
+        return Member(name, handle, ping=self.adapter.call(handle, "describe"))
+
+    def _new_decoder(self) -> Member:
+        name = self._name("decoder")
+        options = {"num_cpus": self.settings.pipeline.cpus_per_decoder, "max_concurrency": 4}
+        ready = [m.handle for m in self.inference if m.ready]
+        handle = self.adapter.create(
+            self._decode_cls, options, self.settings, self.redis_url, ready, name
+        )
+        return Member(name, handle, run=self.adapter.call(handle, "run", False))
+
+    def _share_inference(self) -> None:
+        ready = [m.handle for m in self.inference if m.ready]
+        if not ready:
+            return
+        for member in self.decoders:
+            self.adapter.call(member.handle, "set_inference", ready)
+
+    # -- stopping --------------------------------------------------------------------------
+
+    def stop(self, timeout: float) -> None:
+        """Decode actors release their leases (after settling the chunks out) and return;
+        then every actor is killed."""
+        for member in self.decoders:
+            self.adapter.call(member.handle, "request_stop")
+        deadline = self.clock() + timeout
+        pending = [m.run for m in self.decoders]
+        while pending and self.clock() < deadline:
+            finished = self.adapter.done(pending)
+            pending = [r for r in pending if r not in finished]
+            time.sleep(0.1)
+        for member in [*self.decoders, *self.inference]:
+            self.adapter.kill(member.handle)
+        self.decoders, self.inference = [], []
