@@ -100,6 +100,7 @@ class Driver:
                         inference=report.inference,
                         ready_inference=report.ready_inference,
                         replaced=report.replaced,
+                        pids=report.pids,
                     )
             self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
         pools.stop(timeout=STOP_TIMEOUT_S)

@@ -11,6 +11,7 @@ taken out of the decode actors' rotation. Every Ray call goes through the RayAda
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -38,6 +39,7 @@ class Member:
     run: Any = None  # decode: the pending run() call
     ready: bool = False
     draining: bool = False
+    pid: int | None = None
 
 
 @dataclass
@@ -47,6 +49,7 @@ class PoolReport:
     ready_inference: int = 0
     replaced: int = 0
     events: list[str] = field(default_factory=list)
+    pids: dict[str, int | None] = field(default_factory=dict)
 
 
 def wanted(current: int, low: int, high: int, demand: int, room: int) -> int:
@@ -93,6 +96,7 @@ class Pools:
         report.decoders = len(self.decoders)
         report.inference = len(self.inference)
         report.ready_inference = sum(m.ready for m in self.inference)
+        report.pids = {m.name: m.pid for m in [*self.decoders, *self.inference]}
         return report
 
     def _check_inference(self, report: PoolReport) -> None:
@@ -115,12 +119,20 @@ class Pools:
                 continue
             if not member.ready:
                 member.ready, changed = True, True
+                member.pid = int(self.adapter.get(member.ping, timeout=0)[2])
                 self._failed_starts = 0
             member.ping = self.adapter.call(member.handle, "describe")  # the next check
         if changed:
             self._share_inference()
 
     def _check_decoders(self, report: PoolReport) -> None:
+        starting = [m.ping for m in self.decoders if m.ping is not None]
+        started = set(self.adapter.done(starting))
+        for member in self.decoders:
+            if member.ping is not None and member.ping in started:
+                with contextlib.suppress(ActorGone):
+                    member.pid = int(self.adapter.get(member.ping, timeout=0))
+                member.ping = None
         finished = set(self.adapter.done([m.run for m in self.decoders]))
         for member in list(self.decoders):
             if member.run not in finished:
@@ -220,7 +232,8 @@ class Pools:
         handle = self.adapter.create(
             self._decode_cls, options, self.settings, self.redis_url, ready, name
         )
-        return Member(name, handle, run=self.adapter.call(handle, "run", False))
+        ping = self.adapter.call(handle, "ready")
+        return Member(name, handle, ping=ping, run=self.adapter.call(handle, "run", False))
 
     def _share_inference(self) -> None:
         ready = [m.handle for m in self.inference if m.ready]
