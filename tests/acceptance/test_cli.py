@@ -216,3 +216,46 @@ def test_bench_pipeline_quick_prints_one_json_line(tmp_path: Path) -> None:
     ):
         assert key in result
     assert result["workload"]["frames"] == result["ray_data_frames"] == 60
+
+
+def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path: Path) -> None:
+    from tests.support.models import write_tiny_detr
+    from tests.support.videos import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(2):
+        write_video(videos / f"ok-{i}.mp4", frames=20)
+    (videos / "bad.mp4").write_bytes(b"not a video at all")
+    model = write_tiny_detr(tmp_path / "detr")
+    out = tmp_path / "out"
+    env = {
+        "FRAMEFLEET_RAY_TEMP_DIR": f"/tmp/ffrun-{os.getpid()}",
+        "FRAMEFLEET_TICK_S": "0.5",
+        "FRAMEFLEET_LEADER_TTL_S": "3",
+        "FRAMEFLEET_DECODE_ACTORS": "1",
+        "FRAMEFLEET_INFERENCE_ACTORS": "1",
+    }
+    args = ("run", str(videos), "--out", str(out), "--model", str(model))
+    first = ff(tmp_path / "redis", *args, check=False, env=env)
+    assert first.returncode == 1, first.stderr
+    assert "done 2 of 3, dead 1; 40 frames" in first.stderr
+    assert f"dead: {videos / 'bad.mp4'}: failed (not retryable): not a readable video" in (
+        first.stderr
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for p in out.iterdir() if (p / "_manifest.json").is_file()
+    )
+    assert len(list(out.iterdir())) == 2
+    # the good videos again: already done, nothing processed twice, exit 0
+    again = ff(
+        tmp_path / "redis",
+        "run",
+        *map(str, sorted(videos.glob("ok-*"))),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        env=env,
+    )
+    assert "done 2 of 2, dead 0" in again.stderr
