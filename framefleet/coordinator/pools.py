@@ -154,7 +154,7 @@ class Pools:
 
     def _orphan(self, worker: str) -> None:
         """The worker is dead: its leases expire now and the reaper takes them back."""
-        self.queue.client.zadd(self.queue.keys.workers, {worker: 0}, xx=True)
+        self.supervision.mark_gone(worker)
         self.supervision.expire_orphans(self.settings.coordinator.stale_s)
         self.queue.reap()
 

@@ -41,6 +41,11 @@ class Supervision:
         )
         return {str(name): max(0.0, (now_ms - score) / 1000) for name, score in rows}
 
+    def mark_gone(self, worker: str) -> None:
+        """The worker is known dead (Ray said so): the next expire_orphans treats it as
+        silent for ever, whatever its last heartbeat."""
+        self.client.zadd(self.keys.workers, {check_worker(worker): 0}, xx=True)
+
     def expire_orphans(self, stale_s: float) -> tuple[int, int]:
         """Expire now the leases of workers silent for stale_s; (workers, leases)."""
         gone, expired = self.queue._run("expire_orphans", int(stale_s * 1000))
