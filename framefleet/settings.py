@@ -231,6 +231,30 @@ class Settings:
         coordinator = _apply(CoordinatorSettings(), env, _COORDINATOR_ENV)
         return cls(redis, queue, source, model, pipeline, coordinator)
 
+    def to_env(self) -> dict[str, str]:
+        """The FRAMEFLEET_* variables that from_env reads back as these settings (for a
+        process started with them); fields that are None are left out."""
+        env: dict[str, str] = {}
+        for section, names in (
+            (self.redis, _REDIS_ENV),
+            (self.queue, _QUEUE_ENV),
+            (self.source, _SOURCE_ENV),
+            (self.model, _MODEL_ENV),
+            (self.pipeline, _PIPELINE_ENV),
+            (self.coordinator, _COORDINATOR_ENV),
+        ):
+            for attr, var in names.items():
+                value = getattr(section, attr)
+                if value is None:
+                    continue
+                if isinstance(value, bool):
+                    env[var] = "1" if value else "0"
+                elif isinstance(value, tuple):
+                    env[var] = os.pathsep.join(str(v) for v in value)
+                else:
+                    env[var] = str(value)
+        return env
+
 
 _REDIS_ENV = {
     "url": "FRAMEFLEET_REDIS_URL",

@@ -62,7 +62,15 @@ class Driver:
             self.adapter.init(address, env, self.settings.coordinator.ray_temp_dir)
             gcs = self.adapter.gcs_address()
         except Exception as exc:
-            self._report(ok=False, error=f"cannot connect to Ray at {address or 'local'}: {exc}")
+            error = f"cannot connect to Ray at {address or 'local'}: {exc}"
+            tokens = {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
+            if address is not None and not tokens:
+                error += (
+                    " (if the cluster uses token authentication, Ray's default, give the"
+                    " driver its token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or"
+                    " RAY_AUTH_TOKEN_PATH)"
+                )
+            self._report(ok=False, error=error)
             return NO_CLUSTER
         for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
             signal.signal(sig, lambda signum, frame: self.stopping.set())
@@ -74,10 +82,11 @@ class Driver:
             if os.getppid() != self.parent:  # the coordinator died: a standby takes over
                 break
             nodes = self._nodes(gcs)
-            if nodes is None:
+            if nodes is None:  # reported at once; a new driver after gcs_grace_s
                 lost_since = lost_since or started
+                error = f"the GCS at {gcs} is unreachable"
+                self._report(ok=False, error=error, gcs=False, gcs_lost_for=started - lost_since)
                 if started - lost_since >= self.settings.coordinator.gcs_grace_s:
-                    self._report(ok=False, error=f"the GCS at {gcs} is unreachable", gcs=False)
                     return GCS_LOST
             else:
                 lost_since = None
@@ -100,6 +109,7 @@ class Driver:
                         inference=report.inference,
                         ready_inference=report.ready_inference,
                         replaced=report.replaced,
+                        draining_nodes=report.draining_nodes,
                         pids=report.pids,
                     )
             self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))

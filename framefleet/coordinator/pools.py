@@ -6,7 +6,13 @@ queue: the decode pool to the backlog (queued + delayed + leased items over
 items_per_decoder), the inference pool to its maximum while there is work and its minimum
 after idle_s without any, never past the cluster's free resources. A decode actor scaled
 down drains (finishes its videos, claims no more); an inference actor scaled down is first
-taken out of the decode actors' rotation. Every Ray call goes through the RayAdapter.
+taken out of the decode actors' rotation.
+
+A node being drained (preempted, scaled down, or its `ray start` got SIGTERM: Ray gives it
+a deadline, then ends it) is left at once: its decode actors release their videos (no
+attempt counted) and return, its inference actors leave the rotation and are killed once
+those decoders are done, so the node goes idle and ends early; replacements are started on
+the other nodes. Every Ray call goes through the RayAdapter.
 """
 
 from __future__ import annotations
@@ -38,8 +44,10 @@ class Member:
     ping: Any = None  # inference: the pending readiness / liveness call
     run: Any = None  # decode: the pending run() call
     ready: bool = False
-    draining: bool = False
+    draining: bool = False  # decode: finishing its videos, claiming no more (scaled down)
+    leaving: bool = False  # decode: releasing its videos, its node is being drained
     pid: int | None = None
+    node: str | None = None
 
 
 @dataclass
@@ -48,6 +56,7 @@ class PoolReport:
     inference: int = 0
     ready_inference: int = 0
     replaced: int = 0
+    draining_nodes: int = 0
     events: list[str] = field(default_factory=list)
     pids: dict[str, int | None] = field(default_factory=dict)
 
@@ -76,6 +85,7 @@ class Pools:
         self.adapter, self.generation, self.clock = adapter, generation, clock
         self.decoders: list[Member] = []
         self.inference: list[Member] = []
+        self.leaving: list[Member] = []  # inference actors on draining nodes
         self._numbers = itertools.count()
         self._failed_starts = 0
         self._idle_since: float | None = None
@@ -88,6 +98,7 @@ class Pools:
         report = PoolReport()
         self._check_inference(report)
         self._check_decoders(report)
+        self._leave_draining(report)
         counts = self.queue.stats().counts
         backlog = counts["queued"] + counts["delayed"] + counts["leased"] + counts["inbox"]
         self._size_inference(backlog, report)
@@ -96,7 +107,7 @@ class Pools:
         report.decoders = len(self.decoders)
         report.inference = len(self.inference)
         report.ready_inference = sum(m.ready for m in self.inference)
-        report.pids = {m.name: m.pid for m in [*self.decoders, *self.inference]}
+        report.pids = {m.name: m.pid for m in [*self.decoders, *self.inference, *self.leaving]}
         return report
 
     def _check_inference(self, report: PoolReport) -> None:
@@ -119,7 +130,8 @@ class Pools:
                 continue
             if not member.ready:
                 member.ready, changed = True, True
-                member.pid = int(self.adapter.get(member.ping, timeout=0)[2])
+                _, _, pid, node = self.adapter.get(member.ping, timeout=0)
+                member.pid, member.node = int(pid), str(node)
                 self._failed_starts = 0
             member.ping = self.adapter.call(member.handle, "describe")  # the next check
         if changed:
@@ -131,7 +143,8 @@ class Pools:
         for member in self.decoders:
             if member.ping is not None and member.ping in started:
                 with contextlib.suppress(ActorGone):
-                    member.pid = int(self.adapter.get(member.ping, timeout=0))
+                    pid, node = self.adapter.get(member.ping, timeout=0)
+                    member.pid, member.node = int(pid), str(node)
                 member.ping = None
         finished = set(self.adapter.done([m.run for m in self.decoders]))
         for member in list(self.decoders):
@@ -140,7 +153,7 @@ class Pools:
             self.decoders.remove(member)
             try:
                 self.adapter.get(member.run, timeout=0)
-                if not member.draining:
+                if not (member.draining or member.leaving):
                     report.events.append(f"decode actor {member.name} stopped")
             except ActorGone as exc:
                 report.replaced += 1
@@ -151,6 +164,28 @@ class Pools:
                 report.events.append(f"decode actor {member.name} failed: {exc!r}")
                 self._orphan(member.name)
             self.adapter.kill(member.handle)
+
+    def _leave_draining(self, report: PoolReport) -> None:
+        try:
+            draining = self.adapter.draining_nodes()
+        except Exception:  # best effort: the node's end is noticed anyway
+            draining = set()
+        report.draining_nodes = len(draining)
+        for member in self.decoders:
+            if member.node in draining and not member.leaving:
+                member.leaving = True
+                self.adapter.call(member.handle, "request_stop")
+                report.events.append(f"decode actor {member.name} releasing: its node drains")
+        moving = [m for m in self.inference if m.node in draining]
+        if moving:
+            self.inference = [m for m in self.inference if m not in moving]
+            self.leaving.extend(moving)
+            self._share_inference()
+            report.events.append(f"inference actors leaving a draining node: {len(moving)}")
+        if self.leaving and not any(m.leaving for m in self.decoders):
+            for member in self.leaving:  # no chunk of a leaving decoder is left on them
+                self.adapter.kill(member.handle)
+            self.leaving = []
 
     def _orphan(self, worker: str) -> None:
         """The worker is dead: its leases expire now and the reaper takes them back."""
@@ -202,7 +237,7 @@ class Pools:
 
     def _size_decoders(self, backlog: int, report: PoolReport) -> None:
         c, p = self.settings.coordinator, self.settings.pipeline
-        active = [m for m in self.decoders if not m.draining]
+        active = [m for m in self.decoders if not (m.draining or m.leaving)]
         demand = math.ceil(backlog / p.items_per_decoder)
         room = self._room(p.cpus_per_decoder, 0.0)
         target = wanted(len(active), c.min_decode_actors, p.decode_actors, demand, room)
@@ -255,6 +290,6 @@ class Pools:
             finished = self.adapter.done(pending)
             pending = [r for r in pending if r not in finished]
             time.sleep(0.1)
-        for member in [*self.decoders, *self.inference]:
+        for member in [*self.decoders, *self.inference, *self.leaving]:
             self.adapter.kill(member.handle)
-        self.decoders, self.inference = [], []
+        self.decoders, self.inference, self.leaving = [], [], []

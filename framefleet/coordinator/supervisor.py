@@ -96,6 +96,8 @@ class Coordinator:
                 report = self.supervision.health() or {}
                 self.fatal = str(report.get("error", "the fleet cannot run as configured"))
                 return
+            if code not in (0, driver.GCS_LOST, driver.NO_CLUSTER):  # it could not say why
+                self._report_death(code)
             self._failures = self._failures + 1 if code != 0 else 0
             delay = BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1] if self._failures else 0
             self._next_start = time.monotonic() + delay
@@ -109,6 +111,18 @@ class Coordinator:
         with self.child.stdin as stdin:  # the child's arguments, from its own parent
             stdin.write(pickle.dumps((self.settings, self.redis_url, generation, self.name)))
         self.restarts += 1
+
+    def _report_death(self, code: int) -> None:
+        with contextlib.suppress(Exception):
+            report = {
+                "ok": False,
+                "at": time.time(),
+                "leader": self.name,
+                "redis": True,
+                "error": f"the Ray driver died (exit code {code}); starting a new one",
+            }
+            ttl = max(3 * self.settings.coordinator.tick_s, 10.0)
+            self.supervision.write_health(report, ttl_s=ttl)
 
     def _stop_child(self) -> None:
         child, self.child = self.child, None

@@ -69,9 +69,9 @@ class InferenceActor:
                 Queue(connect(redis_url), settings.queue), name, settings.coordinator.stale_s
             )
 
-    def describe(self) -> tuple[str, Any, int]:
-        """(model name, record schema, pid): also the readiness call."""
-        return self.model.name, self.model.schema, os.getpid()
+    def describe(self) -> tuple[str, Any, int, str]:
+        """(model name, record schema, pid, node id): also the readiness call."""
+        return self.model.name, self.model.schema, os.getpid(), RayAdapter().node_id()
 
     def infer(self, item_id: str, chunk: Chunk) -> int:
         return infer_chunk(self.model, self.store, item_id, chunk)
@@ -129,7 +129,7 @@ class RayInference:
 class DecodeActor:
     def __init__(self, settings: Settings, redis_url: str, inference: list[Any], name: str) -> None:
         adapter = RayAdapter()
-        model_name, schema, _ = adapter.get(adapter.call(inference[0], "describe"))
+        model_name, schema, *_ = adapter.get(adapter.call(inference[0], "describe"))
         warm_up(schema)  # finalize reads and writes parquet: its first time is slow
         self.name = name
         self.settings = settings
@@ -143,8 +143,9 @@ class DecodeActor:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda signum, frame: self.stop.set())
 
-    def ready(self) -> int:
-        return os.getpid()
+    def ready(self) -> tuple[int, str]:
+        """(pid, node id)."""
+        return os.getpid(), RayAdapter().node_id()
 
     def request_stop(self) -> None:
         self.stop.set()

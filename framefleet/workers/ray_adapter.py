@@ -4,7 +4,14 @@ surface we rely on is in one place."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _quiet(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Token authentication is enabled")
 
 
 class ActorGone(Exception):
@@ -69,6 +76,12 @@ class RayAdapter:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         return list(ready)
 
+    def node_id(self) -> str:
+        """The node the calling actor (or driver) runs on, in hex."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
     # -- the driver's view of the cluster ------------------------------------------------
 
     def init(
@@ -77,14 +90,18 @@ class RayAdapter:
         runtime_env: dict[str, Any] | None = None,
         temp_dir: str | None = None,
     ) -> None:
-        """Connect to a cluster (address) or start a local one (None) in temp_dir."""
+        """Connect to a cluster (address) or start a local one (None) in temp_dir. Ray's
+        INFO lines and its notice that token authentication is on (it stays on) are not
+        shown: the driver's output lands in the middle of `framefleet run`'s progress."""
         import ray
 
+        logging.getLogger(_TOKEN_NOTICE_LOGGER).addFilter(_quiet)
         local = {"_temp_dir": temp_dir} if address is None and temp_dir else {}
         ray.init(
             address=address,
             include_dashboard=False,
             log_to_driver=False,
+            logging_level=logging.WARNING,
             runtime_env=runtime_env,
             **local,
         )
@@ -98,6 +115,14 @@ class RayAdapter:
         import ray
 
         return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+    def draining_nodes(self) -> set[str]:
+        """The nodes being drained (preemption, scale-down, SIGTERM to `ray start`): Ray
+        schedules nothing new there and ends them at their deadline. Ray Train and Ray Data
+        read the same private call."""
+        from ray._private.state import state
+
+        return set(state.get_draining_nodes())
 
     def available(self) -> dict[str, float]:
         import ray

@@ -158,7 +158,7 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
     fleet = Fleet(settings, valkey.url).start()
     try:
         [decoder] = fleet.decoders
-        pid = fleet.adapter.get(fleet.adapter.call(decoder, "ready"))
+        pid, _ = fleet.adapter.get(fleet.adapter.call(decoder, "ready"))
         run = fleet.adapter.call(decoder, "run")
         deadline = time.monotonic() + 60
         while not q.chunks(item_id) and time.monotonic() < deadline:

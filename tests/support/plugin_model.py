@@ -39,3 +39,30 @@ class SlowMeanColour(MeanColour):
 
 def load_slow(settings: ModelSettings) -> SlowMeanColour:
     return SlowMeanColour()
+
+
+class PacedDetection:
+    """The built-in detection model (settings.model), taking at least PACE_S per batch: the
+    real model and outputs, slow enough for the fault tests to act mid-video."""
+
+    PACE_S = 0.3
+
+    def __init__(self, settings: ModelSettings) -> None:
+        from dataclasses import replace
+
+        from framefleet.workers.model import load_model as load_builtin
+
+        self.inner = load_builtin(replace(settings, plugin=None))
+        self.name, self.schema = self.inner.name, self.inner.schema
+
+    def predict(self, images: np.ndarray, source_size: tuple[int, int]) -> list[dict[str, Any]]:
+        import time
+
+        started = time.monotonic()
+        rows = self.inner.predict(images, source_size)
+        time.sleep(max(0.0, self.PACE_S - (time.monotonic() - started)))
+        return rows
+
+
+def load_paced_detection(settings: ModelSettings) -> PacedDetection:
+    return PacedDetection(settings)

@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from framefleet.queue import Keys
-from framefleet.settings import QueueSettings, RedisSettings, Settings, SettingsError
+from framefleet.settings import (
+    CoordinatorSettings,
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    RedisSettings,
+    Settings,
+    SettingsError,
+    SourceSettings,
+)
 
 
 def test_defaults_run_on_one_machine() -> None:
@@ -124,3 +133,21 @@ def test_the_config_hash_follows_what_changes_outputs() -> None:
     assert replace(s.pipeline, sample_fps=1.0).config_hash(s.model) != base
     assert s.pipeline.config_hash(replace(s.model, score_threshold=0.5)) != base
     assert replace(s.pipeline, decode_actors=9).config_hash(s.model) == base  # scale, not outputs
+
+
+def test_settings_travel_through_the_environment() -> None:
+    """to_env() is what a child process needs to read the same settings back."""
+    settings = Settings(
+        redis=RedisSettings(url="redis://h:1/0", appendfsync="always"),
+        queue=QueueSettings(name="q", lease_s=12.5),
+        source=SourceSettings(allowed_roots=(Path("/a"), Path("/b"))),
+        model=ModelSettings(model="/m", random_weights=True, score_threshold=0.0),
+        pipeline=PipelineSettings(out="s3://b/p", width=320, gpus_per_inference=0.25),
+        coordinator=CoordinatorSettings(ray_address="10.0.0.1:6379", tick_s=0.5, stale_s=4),
+    )
+    env = settings.to_env()
+    assert env["FRAMEFLEET_RANDOM_WEIGHTS"] == "1"
+    assert env["FRAMEFLEET_ALLOWED_ROOTS"] == "/a:/b"
+    assert "FRAMEFLEET_HEIGHT" not in env  # None: the default
+    assert Settings.from_env(env) == settings
+    assert Settings.from_env(Settings().to_env()) == Settings()

@@ -1,0 +1,202 @@
+"""A real multi-process Ray cluster on one machine, for the coordinator's fault tests.
+
+Each node is one `ray start --block` in a session of its own (start_new_session), so every
+process it starts (GCS, raylet, agents, the actors' workers) shares that session id and can be
+found and killed even after `ray start` itself has gone: the tests never `ray stop`, which
+would kill every Ray process on the machine. The head has no CPUs (nothing runs there); each
+worker node has CPUs and a logical GPU (Ray never checks that it exists).
+
+Token authentication (on by default in Ray 2.60) stays on: one token is made per cluster and
+handed to every node and to the drivers through RAY_AUTH_MODE=token and RAY_AUTH_TOKEN.
+
+`supervise()` plays the part of the cluster manager (KubeRay restarting a pod): a worker node
+whose `ray start` exited is started again. Worker raylets give up on a lost GCS after
+RECONNECT_S (RAY_gcs_rpc_server_reconnect_timeout_s, 60 s by default), so that after a
+head-node crash they exit and come back into the new cluster soon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.support.servers import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+RECONNECT_S = 5
+STARTED = "Ray runtime started"
+
+
+class RayNode:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name, self.args, self.env, self.logs = name, args, env, logs
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self._log: Path | None = None
+
+    def start(self) -> None:
+        self.starts += 1
+        self._log = self.logs / f"{self.name}-{self.starts}.log"
+        # A temp dir per start: on one machine, the worker raylets of a killed head still
+        # carry its address for RECONNECT_S, and `ray start --head` would take them for a
+        # running cluster at that address if the temp dir named it as the last one started.
+        temp_dir = self.logs / f"{self.name}{self.starts}"
+        with self._log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    RAY,
+                    "start",
+                    "--block",
+                    "--disable-usage-stats",
+                    f"--temp-dir={temp_dir}",
+                    *self.args,
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_started(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        assert self.proc is not None and self._log is not None
+        while time.monotonic() < deadline:
+            if STARTED in self._log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray node {self.name} exited: {self.tail()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"ray node {self.name} did not start: {self.tail()}")
+
+    def started(self) -> bool:
+        log = self._log
+        return self.running() and log is not None and STARTED in log.read_text(errors="replace")
+
+    def tail(self, lines: int = 20) -> str:
+        if self._log is None or not self._log.exists():
+            return ""
+        return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this node: those in its `ray start`'s session."""
+        if self.proc is None:
+            return []
+        found = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(proc.pid) == self.proc.pid and proc.status() != "zombie":
+                    found.append(proc)
+        return found
+
+    def kill(self) -> None:
+        """kill -9 of every process of the node; returns when they are all gone."""
+        procs = self.processes()
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        if self.proc is not None:
+            self.proc.wait(10)
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        if alive:
+            raise RuntimeError(f"ray node {self.name}: processes survived kill -9: {alive}")
+
+    def terminate(self) -> None:
+        """SIGTERM to `ray start`, as a pod being drained or preempted gets."""
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGTERM)
+
+
+class LocalCluster:
+    def __init__(self, workers: int = 1, cpus: float = 2, gpus: float = 1) -> None:
+        # A short path of its own: Ray's unix sockets live under it (108-byte limit).
+        root = Path(tempfile.mkdtemp(prefix="ffray-"))
+        self.root, self.port = root, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        token = secrets.token_hex(32)
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        env = {**os.environ, **self.auth}
+        env["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(RECONNECT_S)
+        env.pop("RAY_ADDRESS", None)
+        common = ["--node-ip-address=127.0.0.1"]
+        self.head = RayNode(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=0",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}",
+                *common,
+            ],
+            env,
+            root,
+        )
+        self.workers = [
+            RayNode(
+                f"worker{i}",
+                [f"--address={self.address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}", *common],
+                env,
+                root,
+            )
+            for i in range(workers)
+        ]
+        self._supervising = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> LocalCluster:
+        self.head.start()
+        self.head.wait_started()
+        for node in self.workers:
+            node.start()
+        for node in self.workers:
+            node.wait_started()
+        return self
+
+    def wait_nodes(self, timeout: float = 120.0) -> None:
+        """Until the head and every worker node run (after a restart, say)."""
+        deadline = time.monotonic() + timeout
+        for node in [self.head, *self.workers]:
+            while not node.started():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ray node {node.name} is not up: {node.tail()}")
+                time.sleep(0.2)
+
+    def supervise(self) -> None:
+        """From now on, restart worker nodes whose `ray start` exited (a pod restarting)."""
+        self._supervising.set()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, daemon=True, name="ray-nodes")
+            self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.5):
+            if not self._supervising.is_set():
+                continue
+            for node in self.workers:
+                if not node.running():
+                    node.kill()  # what is left of it
+                    node.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        for node in [*self.workers, self.head]:
+            node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)

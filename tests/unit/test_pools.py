@@ -1,0 +1,228 @@
+"""The pools' state machine (coordinator/pools.py) with Ray scripted in memory behind the
+RayAdapter's surface (which is what the adapter is for) and a real queue in Redis: sizing to
+the backlog and the free resources, bursts, idle scale-down, and leaving a draining node.
+The same pools on a real cluster are in tests/integration/test_coordinator.py."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from redis import Redis
+
+from framefleet.coordinator.pools import Pools, wanted
+from framefleet.queue import Queue
+from framefleet.settings import CoordinatorSettings, PipelineSettings, QueueSettings, Settings
+from framefleet.workers.ray_adapter import ActorGone
+
+
+@dataclass(eq=False)
+class Actor:
+    kind: str
+    options: dict[str, Any]
+    node: str
+    pid: int
+    alive: bool = True
+    stopping: bool = False
+    calls: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Ref:
+    actor: Actor
+    method: str
+
+
+class ScriptedRay:
+    """The RayAdapter's surface in memory. Actors start at once on `node`; a decode actor's
+    run() returns when it is told to stop or drain; resources are counted."""
+
+    def __init__(self, cpus: float, gpus: float) -> None:
+        self.free = {"CPU": float(cpus), "GPU": float(gpus)}
+        self.actors: list[Actor] = []
+        self.draining: set[str] = set()
+        self.node = "node-1"
+        self._pids = itertools.count(1000)
+
+    def remote_class(self, cls: type) -> str:
+        return cls.__name__
+
+    def create(self, remote_cls: str, options: dict[str, Any], *args: Any) -> Actor:
+        cpus, gpus = options.get("num_cpus", 0.0), options.get("num_gpus", 0.0)
+        assert self.free["CPU"] >= cpus - 1e-9 and self.free["GPU"] >= gpus - 1e-9
+        self.free["CPU"] -= cpus
+        self.free["GPU"] -= gpus
+        actor = Actor(remote_cls, options, self.node, next(self._pids))
+        self.actors.append(actor)
+        return actor
+
+    def call(self, actor: Actor, method: str, *args: Any) -> Ref:
+        actor.calls.append(method)
+        if method in ("request_stop", "drain"):
+            actor.stopping = True
+        return Ref(actor, method)
+
+    def done(self, refs: list[Ref]) -> list[Ref]:
+        return [r for r in refs if r is not None and self._finished(r)]
+
+    def _finished(self, ref: Ref) -> bool:
+        return not ref.actor.alive or ref.method != "run" or ref.actor.stopping
+
+    def get(self, ref: Ref, timeout: float | None = None) -> Any:
+        if not ref.actor.alive:
+            raise ActorGone("the actor died")
+        if not self._finished(ref):
+            raise TimeoutError
+        if ref.method == "describe":
+            return "model", None, ref.actor.pid, ref.actor.node
+        if ref.method == "ready":
+            return ref.actor.pid, ref.actor.node
+        return []
+
+    def kill(self, actor: Actor) -> None:
+        if actor.alive:
+            actor.alive = False
+            self.free["CPU"] += actor.options.get("num_cpus", 0.0)
+            self.free["GPU"] += actor.options.get("num_gpus", 0.0)
+
+    def available(self) -> dict[str, float]:
+        return dict(self.free)
+
+    def draining_nodes(self) -> set[str]:
+        return set(self.draining)
+
+    def live(self, kind: str) -> list[Actor]:
+        return [a for a in self.actors if a.alive and a.kind == kind]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SETTINGS = Settings(
+    queue=QueueSettings(name="pools"),
+    pipeline=PipelineSettings(
+        decode_actors=4,
+        inference_actors=4,
+        items_per_decoder=2,
+        gpus_per_inference=0.25,
+        cpus_per_inference=1.0,
+        cpus_per_decoder=1.0,
+    ),
+    coordinator=CoordinatorSettings(min_decode_actors=1, min_inference_actors=1, idle_s=60),
+)
+
+
+@pytest.fixture
+def queue(valkey_client: Redis) -> Queue:
+    return Queue(valkey_client, SETTINGS.queue)
+
+
+def make_pools(queue: Queue, ray: ScriptedRay, clock: Clock | None = None) -> Pools:
+    return Pools(SETTINGS, "redis://unused", queue, ray, "g1", clock=clock or Clock())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("current", "low", "high", "demand", "room", "want"),
+    [
+        (0, 1, 4, 1000, 100, 4),  # a burst: to the maximum at once
+        (0, 1, 4, 1000, 2, 2),  # ...as far as the free resources go
+        (2, 1, 4, 1000, 0, 2),  # no room: stay
+        (4, 1, 4, 0, 100, 1),  # nothing to do: down to the minimum at once
+        (0, 1, 4, 0, 100, 1),  # the minimum even without work
+        (0, 2, 4, 0, 1, 1),  # ...but not past the free resources
+        (3, 1, 4, 3, 0, 3),
+    ],
+)
+def test_wanted(current: int, low: int, high: int, demand: int, room: int, want: int) -> None:
+    assert wanted(current, low, high, demand, room) == want
+
+
+def test_a_burst_scales_both_pools_to_their_maximum_at_once(queue: Queue) -> None:
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(1000)])
+    ray = ScriptedRay(cpus=100, gpus=1)
+    pools = make_pools(queue, ray)
+    pools.tick()  # the inference actors start; decoders wait for a ready one
+    assert len(ray.live("InferenceActor")) == 4
+    assert ray.live("DecodeActor") == []
+    report = pools.tick()
+    assert len(ray.live("DecodeActor")) == 4
+    assert (report.decoders, report.inference, report.ready_inference) == (4, 4, 4)
+
+
+def test_the_free_resources_bound_the_pools(queue: Queue) -> None:
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(100)])
+    ray = ScriptedRay(cpus=4, gpus=0.5)  # room for two 0.25-GPU inference actors
+    pools = make_pools(queue, ray)
+    pools.tick()
+    pools.tick()
+    assert len(ray.live("InferenceActor")) == 2
+    # one CPU was kept for the first decoder; two are left after it
+    assert len(ray.live("DecodeActor")) == 2
+    assert ray.free["CPU"] == 0
+
+
+def test_an_idle_queue_scales_down_to_the_minimum_and_a_burst_up_again(queue: Queue) -> None:
+    ray, clock = ScriptedRay(cpus=100, gpus=1), Clock()
+    pools = make_pools(queue, ray, clock)
+    pools.tick()
+    pools.tick()
+    assert len(ray.live("DecodeActor")) == 1  # no backlog: the decode minimum
+    clock.now += 59
+    pools.tick()
+    assert len(ray.live("InferenceActor")) == 4  # not idle for idle_s yet
+    clock.now += 2
+    report = pools.tick()
+    assert len(ray.live("InferenceActor")) == 1
+    assert "inference pool down to 1" in report.events
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(50)])
+    pools.tick()
+    pools.tick()
+    assert len(ray.live("InferenceActor")) == 4
+    assert len(ray.live("DecodeActor")) == 4
+
+
+def test_a_smaller_backlog_drains_decoders_instead_of_killing_them(queue: Queue) -> None:
+    ids = queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(8)])
+    ray = ScriptedRay(cpus=100, gpus=1)
+    pools = make_pools(queue, ray)
+    pools.tick()
+    pools.tick()
+    assert len(ray.live("DecodeActor")) == 4
+    for item_id in ids[2:]:  # 2 items left: one decoder's worth
+        queue.cancel(item_id)
+    report = pools.tick()
+    drained = [a for a in ray.live("DecodeActor") if "drain" in a.calls]
+    assert len(drained) == 3 and not any("request_stop" in a.calls for a in drained)
+    assert sum("draining" in e for e in report.events) == 3
+    pools.tick()  # their run() returned: gone from the pool, killed
+    assert len(ray.live("DecodeActor")) == 1
+
+
+def test_a_draining_node_is_left_and_replaced_elsewhere(queue: Queue) -> None:
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(100)])
+    ray = ScriptedRay(cpus=100, gpus=2)
+    pools = make_pools(queue, ray)
+    pools.tick()
+    pools.tick()
+    old_decoders, old_inference = ray.live("DecodeActor"), ray.live("InferenceActor")
+    ray.draining, ray.node = {"node-1"}, "node-2"
+    report = pools.tick()
+    # decode actors there release their videos (request_stop, not drain: no waiting for
+    # them to finish); the inference actors leave the rotation at once
+    assert all("request_stop" in a.calls for a in old_decoders)
+    assert sum("its node drains" in e for e in report.events) == 4
+    assert all(a.alive for a in old_inference)  # still settling the released chunks
+    assert report.inference == 4  # replacements on node-2
+    pools.tick()  # the released decoders returned: the old inference actors are killed
+    assert not any(a.alive for a in old_inference + old_decoders)
+    pools.tick()
+    assert {a.node for a in ray.live("InferenceActor")} == {"node-2"}
+    assert {a.node for a in ray.live("DecodeActor")} == {"node-2"}
+    assert len(ray.live("DecodeActor")) == 4
