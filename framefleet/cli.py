@@ -347,8 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("redis", cmd_redis, "run the embedded server in the foreground")
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--appendfsync", choices=("everysec", "always"))
-    sp = add("bench", cmd_bench, "run a benchmark: `framefleet bench queue|pipeline [--quick]`")
-    sp.add_argument("name", choices=("queue", "pipeline"))
+    sp = add(
+        "bench", cmd_bench, "run a benchmark: `framefleet bench queue|pipeline|recovery [args]`"
+    )
+    sp.add_argument("name", choices=("queue", "pipeline", "recovery"))
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
 

@@ -59,7 +59,7 @@ class Progress:
         self.supervision = Supervision(queue)
 
     def finished(self) -> bool:
-        states = [item.state if item else "missing" for item in map(self.queue.get, self.ids)]
+        states = self.queue.states(self.ids)
         done, dead = states.count("done"), states.count("dead")
         running = states.count("leased")
         n = len(self.ids)
@@ -81,9 +81,7 @@ def summarize(settings: Settings, queue: Queue, ids: list[str], seconds: float, 
     done: list[Any] = []
     dead: list[Any] = []
     frames = 0
-    for item in map(queue.get, ids):
-        if item is None:
-            continue
+    for item in queue.items(ids):
         if item.state == "done":
             done.append(item)
             frames += int(store.read_manifest(item.id).get("frames", 0))

@@ -266,6 +266,22 @@ class Queue:
         """Checkpointed chunk indices of an item that is not done yet."""
         return {int(c) for c in self.client.smembers(self.keys.chunks(item_id))}
 
+    def items(self, ids: Sequence[str]) -> list[Item]:
+        """The items among ids that exist, in batches of batch_size per round trip."""
+        step = self.settings.batch_size
+        return [item for i in range(0, len(ids), step) for item in self._items(ids[i : i + step])]
+
+    def states(self, ids: Sequence[str]) -> list[str | None]:
+        """Each item's state (None for an unknown id), batch_size per round trip: cheap
+        enough to follow thousands of items every second."""
+        found: list[str | None] = []
+        for i in range(0, len(ids), self.settings.batch_size):
+            pipe = self.client.pipeline(transaction=False)
+            for item_id in ids[i : i + self.settings.batch_size]:
+                pipe.hget(self.keys.item(check_id(item_id)), "state")
+            found += [None if s is None else str(s) for s in pipe.execute()]
+        return found
+
     def _items(self, ids: Sequence[str]) -> list[Item]:
         pipe = self.client.pipeline(transaction=False)
         for item_id in ids:

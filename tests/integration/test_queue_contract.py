@@ -531,3 +531,14 @@ def test_two_queues_do_not_mix(client: Redis, clock: ManualClock) -> None:
     b = Queue(client, QueueSettings(name="b"), clock=clock)
     a.enqueue(["/v/x.mp4"])
     assert b.claim(1, "w") == [] and len(a.claim(1, "w")) == 1
+
+
+def test_states_and_items_follow_many_ids_in_batches(make_queue: QueueFactory) -> None:
+    q = make_queue(batch_size=2)
+    ids = q.enqueue([f"s3://b/v{i}.mp4" for i in range(5)])
+    lease = q.claim(1, "w1")[0]
+    assert q.ack(lease, "file:///out").ok
+    states = q.states([*ids, "no-such-id"])
+    assert states.count("queued") == 4 and states.count("done") == 1
+    assert states[ids.index(lease.id)] == "done" and states[-1] is None
+    assert [item.id for item in q.items([*ids, "no-such-id"])] == ids
