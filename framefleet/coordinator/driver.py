@@ -37,7 +37,10 @@ STOP_TIMEOUT_S = 20.0  # decode actors settle and release within this on a stop
 def main(settings: Settings, redis_url: str, generation: str, leader: str) -> None:
     """The child process's entry point: `python -m framefleet.coordinator.driver`, with its
     arguments pickled on stdin by the coordinator that started it."""
-    code = Driver(settings, redis_url, generation, leader).run()
+    driver = Driver(settings, redis_url, generation, leader)
+    code = driver.run()
+    if code != GCS_LOST and settings.coordinator.ray_address is None:
+        driver.shutdown_local_ray()
     sys.stdout.flush()
     os._exit(code)
 
@@ -115,6 +118,13 @@ class Driver:
             self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
         pools.stop(timeout=STOP_TIMEOUT_S)
         return 0
+
+    def shutdown_local_ray(self, timeout: float = 15.0) -> None:
+        """End the local Ray this driver started, all of it: os._exit alone leaves its agent
+        processes running. In a thread, with a time limit, since Ray may hang here."""
+        thread = threading.Thread(target=self.adapter.shutdown, daemon=True)
+        thread.start()
+        thread.join(timeout)
 
     def _nodes(self, gcs: str) -> int | None:
         """Alive nodes, or None when the GCS does not answer in time."""

@@ -106,6 +106,11 @@ class RayAdapter:
             **local,
         )
 
+    def shutdown(self) -> None:
+        import ray
+
+        ray.shutdown()
+
     def gcs_address(self) -> str:
         import ray
 

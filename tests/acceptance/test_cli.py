@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,8 +69,55 @@ def running_server(tmp_path: Path) -> Iterator[Path]:
     proc.stdout.close()
 
 
-def test_readme_main_command_runs_the_demo(tmp_path: Path) -> None:
-    """The README's first command, as written (scripts/framefleet makes sure of .venv)."""
+def readme_main_command() -> list[str]:
+    """The first line of the README's first shell block, without its comment."""
+    block = (ROOT / "README.md").read_text().split("```sh\n", 1)[1].split("```", 1)[0]
+    return block.splitlines()[0].split("#", 1)[0].split()
+
+
+def test_readme_main_command_processes_a_folder_and_leaves_nothing_running(
+    tmp_path: Path,
+) -> None:
+    """The README's first command as written (scripts/framefleet makes sure of .venv), on a
+    folder of test videos, with a local model directory since the default model's weights
+    cannot be downloaded here. Nothing of the local Ray it started outlives it."""
+    import psutil
+
+    from tests.support.models import write_tiny_detr
+    from tests.support.videos import write_video
+
+    command = readme_main_command()
+    assert command == ["./scripts/framefleet", "run", "~/videos", "--out", "results/"]
+    videos, out = tmp_path / "videos", tmp_path / "results"
+    videos.mkdir()
+    for i in range(2):
+        write_video(videos / f"clip-{i}.mp4", frames=20)
+    model = write_tiny_detr(tmp_path / "detr")
+    args = [str(videos) if a == "~/videos" else str(out) if a == "results/" else a for a in command]
+    env = _env(tmp_path / "redis", FRAMEFLEET_RAY_TEMP_DIR=f"/tmp/ffmain-{os.getpid()}")
+    proc = subprocess.Popen(
+        [*args, "--model", str(model)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # everything it starts shares this session id
+    )
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr + stdout
+    assert "done 2 of 2, dead 0; 40 frames" in stderr
+    assert len([p for p in out.iterdir() if (p / "detections.parquet").is_file()]) == 2
+    time.sleep(1)
+    left = []
+    for p in psutil.process_iter(["name"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(p.pid) == proc.pid and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p.info["name"])
+    assert not left, f"still running after framefleet run: {left}"
+
+
+def test_demo_runs_the_queue_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(ROOT / "scripts" / "framefleet"), "demo"],
         env=_env(tmp_path),
