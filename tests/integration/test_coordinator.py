@@ -6,7 +6,8 @@ as `framefleet coordinator` subprocesses, through the faults it is there for:
   the coordinator mid-video (it releases the leases and exits within 30 s) and a new one;
 - kill -9 of the leader coordinator: the standby takes over;
 - SIGTERM to the worker node (a drained or preempted pod): its leases come back at once;
-- kill -9 of every head process, then the head started again: the fleet resumes by itself.
+- kill -9 of every head process, then the head started again: the fleet resumes by itself;
+- and on one machine without a cluster, kill -9 of the driver's local Ray: a new one starts.
 
 Each ends with every video done, none acknowledged twice, and the detections equal to a
 direct single-process run of the same model (what a fault-free run gives).
@@ -19,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,13 +76,14 @@ class Fleet:
     env: dict[str, str]
     logs: Path
 
-    def coordinator(self, name: str) -> subprocess.Popen[bytes]:
+    def coordinator(self, name: str, own_session: bool = False) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "framefleet.cli", "coordinator"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=own_session,
             )
 
     def log(self, name: str) -> str:
@@ -127,13 +130,12 @@ class Fleet:
             assert_same(pipeline_rows(store, item_id), direct_run(model, path, Sampling()))
 
 
-@pytest.fixture
-def fleet(cluster: LocalCluster, tmp_path: Path) -> Iterator[Fleet]:
-    cluster.wait_nodes()
+def make_fleet(tmp_path: Path, ray_address: str | None, auth: dict[str, str]) -> Fleet:
     videos = tmp_path / "videos"
     videos.mkdir()
     paths = [write_video(videos / f"v{i}.mp4", frames=240) for i in range(VIDEOS)]
     server = EmbeddedServer(tmp_path / "redis").start()
+    local = ray_address is None
     settings = Settings(
         redis=RedisSettings(url=server.url),
         queue=QueueSettings(name="coord", lease_s=60),
@@ -150,23 +152,34 @@ def fleet(cluster: LocalCluster, tmp_path: Path) -> Iterator[Fleet]:
             max_inflight_chunks=2,
             decode_actors=1,
             inference_actors=2,
-            gpus_per_inference=0.25,
+            gpus_per_inference=0.0 if local else 0.25,
             cpus_per_decoder=0.5,
             cpus_per_inference=0.5,
         ),
         coordinator=CoordinatorSettings(
-            ray_address=cluster.address, tick_s=0.5, leader_ttl_s=3.0, stale_s=4.0
+            ray_address=ray_address,
+            ray_temp_dir=tempfile.mkdtemp(prefix="ffco-") if local else None,
+            tick_s=0.5,
+            leader_ttl_s=3.0,
+            stale_s=4.0,
         ),
     )
     client = Redis.from_url(server.url, decode_responses=True)
     queue = Queue(client, settings.queue)
     ids = queue.enqueue([str(p) for p in paths])
-    env = {**os.environ, **settings.to_env(), **cluster.auth, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **settings.to_env(), **auth, "PYTHONPATH": str(ROOT)}
     logs = tmp_path / "logs"
     logs.mkdir()
-    yield Fleet(settings, server, queue, Supervision(queue), ids, paths, env, logs)
-    client.close()
-    server.stop()
+    return Fleet(settings, server, queue, Supervision(queue), ids, paths, env, logs)
+
+
+@pytest.fixture
+def fleet(cluster: LocalCluster, tmp_path: Path) -> Iterator[Fleet]:
+    cluster.wait_nodes()
+    made = make_fleet(tmp_path, cluster.address, cluster.auth)
+    yield made
+    made.queue.client.close()
+    made.server.stop()
 
 
 def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
@@ -212,6 +225,44 @@ def reaped(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_kill_9_of_the_local_ray_and_the_coordinator_starts_another(tmp_path: Path) -> None:
+    """On one machine (no --ray-address) the driver's local Ray is the head: kill -9 of all
+    its processes, and the coordinator's next driver starts a new one and finishes."""
+    fleet = make_fleet(tmp_path, None, {})
+    coordinator = fleet.coordinator("coordinator", own_session=True)
+    try:
+        wait(fleet.mid_video, 180, "a video half-way")
+        driver = int((fleet.supervision.health() or {})["driver_pid"])
+        ray = psutil.Process(driver).children(recursive=True)  # GCS, raylet, agents, actors
+        assert any(p.name() == "gcs_server" for p in ray)
+        for proc in ray:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        wait(
+            lambda: not psutil.pid_exists(driver) or psutil.Process(driver).status() == "zombie",
+            60,
+            "the old driver to go",
+        )
+        wait(
+            lambda: (
+                (fleet.supervision.health() or {}).get("driver_pid") not in (None, driver)
+                and (fleet.supervision.health() or {}).get("ready_inference", 0) > 0
+            ),
+            120,
+            "a new driver with its own local Ray",
+        )
+        wait(fleet.done, 240, "every video done")
+        sigterm(coordinator)
+        fleet.check()
+    finally:
+        for proc in psutil.process_iter():  # whatever of its session is left
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getsid(proc.pid) == coordinator.pid:
+                    proc.kill()
+        fleet.queue.client.close()
+        fleet.server.stop()
 
 
 def test_kill_9_of_actors_then_sigterm_to_the_coordinator(fleet: Fleet) -> None:
