@@ -1,0 +1,166 @@
+"""One fault test's fleet: a queue of test videos on an embedded Redis, settings for a
+coordinator subprocess (the tiny DETR paced to 0.3 s per batch, so that faults land
+mid-video), and the checks every run ends with. Used by tests/integration/test_coordinator.py
+and bench/recovery.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis import Redis
+
+from framefleet.queue import EmbeddedServer, Queue, Supervision
+from framefleet.settings import (
+    CoordinatorSettings,
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    RedisSettings,
+    Settings,
+    SourceSettings,
+)
+from framefleet.workers.decode import Sampling
+from framefleet.workers.model import load_model
+from framefleet.workers.outputs import OutputStore
+from tests.support.detections import assert_same, direct_run, pipeline_rows
+from tests.support.models import write_tiny_detr
+from tests.support.videos import write_video
+
+ROOT = Path(__file__).resolve().parents[2]
+VIDEOS = 3
+
+
+@dataclass
+class Fleet:
+    """One run's queue, settings, videos and coordinator logs."""
+
+    settings: Settings
+    server: EmbeddedServer
+    queue: Queue
+    supervision: Supervision
+    ids: list[str]
+    paths: list[Path]
+    env: dict[str, str]
+    logs: Path
+
+    def coordinator(self, name: str, own_session: bool = False) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "framefleet.cli", "coordinator"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=own_session,
+            )
+
+    def close(self) -> None:
+        self.queue.client.close()
+        self.server.stop()
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def mid_video(self) -> bool:
+        """Some video is leased with part of its chunks checkpointed (and none is dead)."""
+        dead = self.queue.items_in("dead")
+        assert not dead, f"a video went dead: {dead[0].dead_reason}"
+        for item_id in self.ids:
+            item = self.queue.get(item_id)
+            if item is not None and item.state == "leased" and item.chunks_done:
+                return True
+        return False
+
+    def chunks_done(self) -> int:
+        total = 0
+        for item_id in self.ids:
+            item = self.queue.get(item_id)
+            total += 0 if item is None else item.chunks_done
+        return total
+
+    def done(self) -> bool:
+        return self.queue.stats().counts["done"] == len(self.ids)
+
+    def pid(self, kind: str) -> int:
+        """The process of a `kind` actor in the health report, once it is known."""
+        found: list[int] = []
+
+        def known() -> bool:
+            pids = ((self.supervision.health() or {}).get("pids") or {}).items()
+            found[:] = [int(pid) for name, pid in pids if name.startswith(kind) and pid]
+            return bool(found)
+
+        wait(known, 60, f"the pid of a {kind} actor")
+        return found[0]
+
+    def check(self) -> None:
+        """Every video done, each acknowledged once, detections as a direct run gives."""
+        stats = self.queue.stats()
+        assert stats.counts["dead"] == 0
+        assert stats.counters["acked_total"] == len(self.ids)
+        model = load_model(self.settings.model)
+        store = OutputStore(self.settings.pipeline.out, self.settings.source)
+        for item_id, path in zip(self.ids, self.paths, strict=True):
+            assert_same(pipeline_rows(store, item_id), direct_run(model, path, Sampling()))
+
+
+def make_fleet(
+    tmp_path: Path, ray_address: str | None, auth: dict[str, str], tick_s: float = 0.5
+) -> Fleet:
+    """VIDEOS videos of 240 frames enqueued; a local Ray (no GPU) when ray_address is None."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    paths = [write_video(videos / f"v{i}.mp4", frames=240) for i in range(VIDEOS)]
+    server = EmbeddedServer(tmp_path / "redis").start()
+    local = ray_address is None
+    settings = Settings(
+        redis=RedisSettings(url=server.url),
+        queue=QueueSettings(name="coord", lease_s=60),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=ModelSettings(
+            model=str(write_tiny_detr(tmp_path / "detr")),
+            plugin="tests.support.plugin_model:load_paced_detection",  # gives time to strike
+            score_threshold=0.0,
+            torch_threads=1,
+        ),
+        pipeline=PipelineSettings(
+            out=str(tmp_path / "out"),
+            chunk_frames=8,
+            max_inflight_chunks=2,
+            decode_actors=1,
+            inference_actors=2,
+            gpus_per_inference=0.0 if local else 0.25,
+            cpus_per_decoder=0.5,
+            cpus_per_inference=0.5,
+        ),
+        coordinator=CoordinatorSettings(
+            ray_address=ray_address,
+            ray_temp_dir=tempfile.mkdtemp(prefix="ffco-") if local else None,
+            tick_s=tick_s,
+            leader_ttl_s=max(3.0, 2 * tick_s),
+            stale_s=4.0,
+        ),
+    )
+    client = Redis.from_url(server.url, decode_responses=True)
+    queue = Queue(client, settings.queue)
+    ids = queue.enqueue([str(p) for p in paths])
+    env = {**os.environ, **settings.to_env(), **auth, "PYTHONPATH": str(ROOT)}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    return Fleet(settings, server, queue, Supervision(queue), ids, paths, env, logs)
+
+
+def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Seconds until predicate() held; AssertionError after timeout."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
