@@ -24,9 +24,9 @@ from pathlib import Path
 # Run as a script, this file's folder comes first on sys.path; drop it (see bench/queue.py).
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, bench
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import emit
 from framefleet.queue import EmbeddedServer, Queue, connect
 from framefleet.settings import (
     ModelSettings,
@@ -323,7 +324,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         paths = make_clips(videos, n, seconds)
         model_dir = None
         if not args.gpu:
-            sys.path.insert(0, str(ROOT))
             from tests.support.models import write_tiny_detr
 
             model_dir = write_tiny_detr(tmp / "detr")
@@ -422,11 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
     result = run(args)
-    line = json.dumps(result, sort_keys=True)
-    print(line, flush=True)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+    emit(result, args.out)
     return 0
 
 

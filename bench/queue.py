@@ -18,9 +18,9 @@ from pathlib import Path
 # shadow the standard library's `queue` (which redis-py imports). Drop that entry first.
 if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, bench
 
 import argparse
-import json
 import multiprocessing
 import os
 import platform
@@ -35,6 +35,7 @@ from typing import Any
 
 from redis import Redis
 
+from bench import emit
 from framefleet.queue import EmbeddedServer, Queue, connect
 from framefleet.settings import QueueSettings
 
@@ -303,11 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also append the JSON line to this file")
     args = p.parse_args(argv)
     result = run(args.quick, args.repeats)
-    line = json.dumps(result, sort_keys=True)
-    print(line, flush=True)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+    emit(result, args.out)
     return 0
 
 

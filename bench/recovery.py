@@ -33,14 +33,13 @@ import os
 import signal
 import statistics
 import tempfile
-import time
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, bench
 
-from tests.support.fleet import VIDEOS, make_fleet, wait  # noqa: E402
-from tests.support.raycluster import RECONNECT_S, LocalCluster  # noqa: E402
+from bench import emit
+from tests.support.fleet import VIDEOS, crash_head, make_fleet, wait
+from tests.support.raycluster import RECONNECT_S, LocalCluster
 
 
 def one_round(cluster: LocalCluster, tmp: Path) -> dict[str, Any]:
@@ -49,16 +48,7 @@ def one_round(cluster: LocalCluster, tmp: Path) -> dict[str, Any]:
     fleet = make_fleet(tmp, cluster.address, cluster.auth, tick_s=2.0)
     coordinator = fleet.coordinator("coordinator")
     try:
-        wait(fleet.mid_video, 300, "a video half-way")
-        starts, killed = cluster.workers[0].starts, time.monotonic()
-        cluster.head.kill()
-        wait(lambda: (fleet.supervision.health() or {}).get("gcs") is False, 60, "the lost GCS")
-        detect_s = time.monotonic() - killed
-        wait(lambda: cluster.workers[0].starts > starts, 120, "the worker node to give up")
-        cluster.head.start()
-        cluster.head.wait_started()
-        before = fleet.chunks_done()
-        resume_s = wait(lambda: fleet.chunks_done() > before, 300, "processing again")
+        detect_s, resume_s = crash_head(fleet, cluster)
         wait(fleet.done, 600, "every video done")
         fleet.check()  # done, acked once, the detections of a direct run
         coordinator.send_signal(signal.SIGTERM)
@@ -100,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
-    line = json.dumps(run(args), sort_keys=True)
-    print(line, flush=True)
-    if args.out:
-        with open(args.out, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
+    emit(run(args), args.out)
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.fleet import Fleet, make_fleet, wait
+from tests.support.fleet import Fleet, crash_head, make_fleet, wait
 from tests.support.raycluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,21 +199,7 @@ def test_sigterm_to_a_worker_node_gives_its_videos_back_at_once(
 def test_kill_9_of_the_head_node_and_the_fleet_resumes(fleet: Fleet, cluster: LocalCluster) -> None:
     coordinator = fleet.coordinator("coordinator")
     with reaped(coordinator):
-        wait(fleet.mid_video, 180, "a video half-way")
-        starts, killed = cluster.workers[0].starts, time.monotonic()
-        cluster.head.kill()  # kill -9 of every head process
-        wait(lambda: (fleet.supervision.health() or {}).get("gcs") is False, 30, "the lost GCS")
-        detected = time.monotonic() - killed
-        # The worker node's raylet gives up on the dead head after RECONNECT_S; its actors
-        # work on until then. Start the head once they are gone, so that what happens next
-        # is the coordinator's doing.
-        wait(lambda: cluster.workers[0].starts > starts, 60, "the worker node to give up")
-        cluster.head.start()
-        cluster.head.wait_started()
-        before = fleet.chunks_done()
-        resumed = wait(
-            lambda: fleet.chunks_done() > before or fleet.done(), 120, "processing again"
-        )
+        detected, resumed = crash_head(fleet, cluster)  # kill -9 of the head, then restart
         print(f"GCS loss noticed after {detected:.1f} s; resumed {resumed:.1f} s after the head")
         wait(fleet.done, 240, "every video done")
         sigterm(coordinator)

@@ -1,7 +1,8 @@
 """One fault test's fleet: a queue of test videos on an embedded Redis, settings for a
 coordinator subprocess (the tiny DETR paced to 0.3 s per batch, so that faults land
 mid-video), and the checks every run ends with. Used by tests/integration/test_coordinator.py
-and bench/recovery.py."""
+and bench/recovery.py, which
+both run `crash_head`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.models import write_tiny_detr
+from tests.support.raycluster import LocalCluster
 from tests.support.videos import write_video
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,18 +73,10 @@ class Fleet:
         """Some video is leased with part of its chunks checkpointed (and none is dead)."""
         dead = self.queue.items_in("dead")
         assert not dead, f"a video went dead: {dead[0].dead_reason}"
-        for item_id in self.ids:
-            item = self.queue.get(item_id)
-            if item is not None and item.state == "leased" and item.chunks_done:
-                return True
-        return False
+        return any(i.state == "leased" and i.chunks_done for i in self.queue.items(self.ids))
 
     def chunks_done(self) -> int:
-        total = 0
-        for item_id in self.ids:
-            item = self.queue.get(item_id)
-            total += 0 if item is None else item.chunks_done
-        return total
+        return sum(item.chunks_done for item in self.queue.items(self.ids))
 
     def done(self) -> bool:
         return self.queue.stats().counts["done"] == len(self.ids)
@@ -164,3 +158,23 @@ def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def crash_head(fleet: Fleet, cluster: LocalCluster) -> tuple[float, float]:
+    """kill -9 of every head process mid-video, then the head started again, with a
+    coordinator running. Returns (seconds from the kill to the lost GCS in the health
+    report, seconds from the head being up again to the next chunk checkpointed)."""
+    wait(fleet.mid_video, 300, "a video half-way")
+    starts, killed = cluster.workers[0].starts, time.monotonic()
+    cluster.head.kill()
+    wait(lambda: (fleet.supervision.health() or {}).get("gcs") is False, 60, "the lost GCS")
+    detect_s = time.monotonic() - killed
+    # The worker node's raylet gives up on the dead head after RECONNECT_S, and its actors
+    # work on until then. Start the head once they are gone, so that what happens next is
+    # the coordinator's doing.
+    wait(lambda: cluster.workers[0].starts > starts, 120, "the worker node to give up")
+    cluster.head.start()
+    cluster.head.wait_started()
+    before = fleet.chunks_done()
+    resume_s = wait(lambda: fleet.chunks_done() > before or fleet.done(), 300, "processing")
+    return detect_s, resume_s
