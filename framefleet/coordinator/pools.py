@@ -28,9 +28,12 @@ from typing import Any
 from framefleet.queue import Queue, Supervision
 from framefleet.settings import Settings
 from framefleet.workers.actors import DecodeActor, InferenceActor
+from framefleet.workers.model import ModelLoadError
 from framefleet.workers.ray_adapter import ActorGone, RayAdapter
 
-FAILED_STARTS = 3  # inference actors failing to start in a row: a configuration error
+# inference actors failing to start in a row: a configuration error (at once when the
+# model cannot be loaded: trying again would only wait out the same download timeouts)
+FAILED_STARTS = 3
 
 
 class FleetError(Exception):
@@ -124,7 +127,8 @@ class Pools:
                 report.replaced += 1
                 if not member.ready:
                     self._failed_starts += 1
-                    if self._failed_starts >= FAILED_STARTS:
+                    unloadable = ModelLoadError.__name__ in (exc.init_error or "")
+                    if unloadable or self._failed_starts >= FAILED_STARTS:
                         raise FleetError(f"inference actors fail to start: {exc}") from None
                 report.events.append(f"inference actor {member.name} gone: {exc}")
                 continue

@@ -15,7 +15,21 @@ def _quiet(record: logging.LogRecord) -> bool:
 
 
 class ActorGone(Exception):
-    """The actor that was to run the call died or cannot be reached."""
+    """The actor that was to run the call died or cannot be reached. When it died in its
+    __init__, init_error is the exception it raised there ("module.Type: message")."""
+
+    def __init__(self, reason: str, init_error: str | None = None) -> None:
+        super().__init__(reason)
+        self.init_error = init_error
+
+
+def _gone(exc: Exception) -> ActorGone:
+    """Ray's message starts with what happened to the actor; for a failed __init__ it ends
+    with the exception raised there, which is the part worth reporting."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if getattr(exc, "actor_init_failed", False) and lines:
+        return ActorGone(f"its __init__ raised {lines[-1]}", init_error=lines[-1])
+    return ActorGone(lines[0] if lines else type(exc).__name__)
 
 
 class RayAdapter:
@@ -50,7 +64,7 @@ class RayAdapter:
             rex.ObjectLostError,
             rex.NodeDiedError,
         ) as exc:
-            raise ActorGone(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+            raise _gone(exc) from exc
         except rex.RayTaskError as exc:
             cause = exc.cause
             if isinstance(cause, BaseException):

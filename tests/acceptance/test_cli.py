@@ -308,3 +308,27 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
         env=env,
     )
     assert "done 2 of 2, dead 0" in again.stderr
+
+
+def test_run_without_the_default_models_weights_says_what_to_do(tmp_path: Path) -> None:
+    """No network and no cached weights for the default model: the run stops at the first
+    failed load (not after retrying it) with the loader's reason and the options to use."""
+    from tests.support.videos import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "clip.mp4", frames=10)
+    env = {
+        "FRAMEFLEET_RAY_TEMP_DIR": f"/tmp/ffnomodel-{os.getpid()}",
+        "FRAMEFLEET_TICK_S": "0.5",
+        "FRAMEFLEET_LEADER_TTL_S": "3",
+        "HF_HUB_OFFLINE": "1",  # what no network gives, without its minutes of retries
+        "HF_HOME": str(tmp_path / "hf"),  # an empty cache
+    }
+    proc = ff(
+        tmp_path / "redis", "run", str(videos), "--out", str(tmp_path / "out"), check=False, env=env
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot load model 'facebook/detr-resnet-50'" in proc.stderr
+    assert "hint: for a smoke run without the weights, `--random-weights`" in proc.stderr
+    assert "`--model DIR`" in proc.stderr
