@@ -6,7 +6,8 @@ On generated 720p H.264 clips, prints one JSON line with frames/s for:
   both measured side by side (as they run in the pipeline) and each alone;
 - framefleet: the whole pipeline (queue, decode actors, inference actors, outputs, acks),
   cold (actor start-up included), then warm (actors already up, the service case) in
-  --rounds rounds, each right after a side-by-side ceiling measurement: medians reported;
+  --rounds rounds, each compared with the mean of the side-by-side ceilings measured just
+  before and just after it: medians reported;
 - naive_loop: one process, one video at a time: decode all its frames, then run the model
   (what a single-GPU batch job does), with every core for torch;
 - ray_data: the same job as a Ray Data pipeline (read_videos -> map_batches with the model
@@ -293,12 +294,12 @@ def settings_for(
         )
     )
     cores = os.cpu_count() or 2
+    # Chunk size and in-flight bound are the defaults (PipelineSettings): 16-frame chunks pay
+    # the per-chunk costs (an object-store put, a task, a checkpoint, a file) twice as often.
     pipeline = PipelineSettings(
         out=str(out),
         width=640,
         height=360,
-        chunk_frames=16,
-        max_inflight_chunks=4,
         decode_actors=max(1, cores - 4) if gpu else max(1, cores // 2),
         inference_actors=4 if gpu else max(1, cores // 2),
         gpus_per_inference=0.25 if gpu else 0.0,
@@ -353,12 +354,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             monitor.start()
             try:
                 ff_cold = runs.run()
-                # Interleaved, so that each warm run is compared with ceilings measured
-                # moments before it on this shared, noisy machine.
+                # Interleaved: each warm run is compared with the mean of the ceilings
+                # measured just before and just after it, as a shared machine's speed drifts.
+                before = ceilings.side_by_side(window)
                 for _ in range(1 if args.quick else args.rounds):
-                    decode, model = ceilings.side_by_side(window)
                     warm = runs.run()
+                    after = ceilings.side_by_side(window)
+                    decode, model = ((b + a) / 2 for b, a in zip(before, after, strict=True))
                     rounds.append({"decode": decode, "model": model, "warm": warm})
+                    before = after
             finally:
                 stop.set()
                 runs.close()
@@ -387,6 +391,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "frames": frames,
             "decode_actors": p.decode_actors,
             "inference_actors": p.inference_actors,
+            "chunk_frames": p.chunk_frames,
+            "max_inflight_chunks": p.max_inflight_chunks,
+            "infer_batch": settings.model.batch_size,
         },
         "rounds": len(rounds),
         "decode_ceiling_fps": round(median("decode"), 1),
@@ -416,8 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/pipeline.py", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="two 1-second clips (a smoke test)")
     parser.add_argument("--clips", type=int, default=4)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--rounds", type=int, default=3, help="ceiling/warm-run pairs")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each clip")
+    parser.add_argument("--rounds", type=int, default=5, help="ceiling/warm-run pairs")
     parser.add_argument("--gpu", action="store_true", help="DETR-R50 random weights, bf16, CUDA")
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)

@@ -148,6 +148,10 @@ class PipelineSettings:
     gpus_per_inference: float = 0.25  # FRAMEFLEET_GPUS_PER_INFERENCE (0 on a CPU machine)
     cpus_per_inference: float = 1.0  # FRAMEFLEET_CPUS_PER_INFERENCE
     cpus_per_decoder: float = 1.0  # FRAMEFLEET_CPUS_PER_DECODER
+    # FRAMEFLEET_DECODE_NICE: how much lower the decode actors' CPU priority is than the
+    # inference actors'. Decoders run ahead (bounded by max_inflight_chunks), so where both
+    # share cores the stage that feeds the model (and the GPU) goes first; 0 keeps it equal.
+    decode_nice: int = 5
 
     def __post_init__(self) -> None:
         if self.decoder not in ("decord", "pyav"):
@@ -167,6 +171,8 @@ class PipelineSettings:
             raise SettingsError("sample_fps must be > 0")
         if not 0 <= self.gpus_per_inference <= 1:
             raise SettingsError("gpus_per_inference must be in [0, 1]")
+        if not 0 <= self.decode_nice <= 19:
+            raise SettingsError("decode_nice must be in [0, 19]")
 
     def config_hash(self, model: ModelSettings) -> str:
         """What decides the outputs of a video: a different hash means different outputs."""
@@ -314,6 +320,7 @@ _PIPELINE_ENV = {
     "gpus_per_inference": "FRAMEFLEET_GPUS_PER_INFERENCE",
     "cpus_per_inference": "FRAMEFLEET_CPUS_PER_INFERENCE",
     "cpus_per_decoder": "FRAMEFLEET_CPUS_PER_DECODER",
+    "decode_nice": "FRAMEFLEET_DECODE_NICE",
 }
 
 _COORDINATOR_ENV = {

@@ -107,6 +107,14 @@ def test_pipeline_equals_a_direct_run(
     fleet = Fleet(settings, valkey.url).start()
     try:
         outcomes = fleet.run_until_empty(timeout=600)
+        decoders = [fleet.adapter.get(fleet.adapter.call(d, "ready"))[0] for d in fleet.decoders]
+        inference = [
+            fleet.adapter.get(fleet.adapter.call(a, "describe"))[2] for a in fleet.inference
+        ]
+        # The decoders yield the cores to inference (decode_nice 5), every thread of them.
+        # Ray runs a worker's Python threads at nice 15 and its core threads at 0.
+        [levels] = {frozenset(_thread_nice(pid)) for pid in inference}
+        assert all(_thread_nice(pid) == {min(19, n + 5) for n in levels} for pid in decoders)
     finally:
         fleet.stop()
 
@@ -128,6 +136,14 @@ def test_pipeline_equals_a_direct_run(
         manifest = store.read_manifest(ids[name])
         assert manifest["frames"] == {"h264": 45, "vp9": 30, "odd": 20, "vfr": 30, "one": 1}[name]
         assert q.get(ids[name]).result == store.uri(store.key(ids[name], "_manifest.json"))  # type: ignore[union-attr]
+
+
+def _thread_nice(pid: int) -> set[int]:
+    import os
+
+    import psutil
+
+    return {os.getpriority(os.PRIO_PROCESS, t.id) for t in psutil.Process(pid).threads()}
 
 
 def test_sigterm_makes_a_decode_actor_release_its_lease(

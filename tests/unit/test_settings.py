@@ -118,6 +118,8 @@ def test_worker_settings_from_the_environment() -> None:
         {"FRAMEFLEET_CHUNK_FRAMES": "0"},
         {"FRAMEFLEET_SAMPLE_FPS": "-1"},
         {"FRAMEFLEET_GPUS_PER_INFERENCE": "2"},
+        {"FRAMEFLEET_DECODE_NICE": "-5"},
+        {"FRAMEFLEET_DECODE_NICE": "20"},
         {"FRAMEFLEET_SCORE_THRESHOLD": "1.5"},
     ],
 )
