@@ -306,6 +306,8 @@ def settings_for(
         cpus_per_inference=1.0,
         cpus_per_decoder=1.0,
     )
+    if args.decode_nice is not None:
+        pipeline = replace(pipeline, decode_nice=args.decode_nice)
     return Settings(
         queue=QueueSettings(name="bench", lease_s=120),
         source=SourceSettings(allowed_roots=(videos,)),
@@ -394,6 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_frames": p.chunk_frames,
             "max_inflight_chunks": p.max_inflight_chunks,
             "infer_batch": settings.model.batch_size,
+            "decode_nice": p.decode_nice,
         },
         "rounds": len(rounds),
         "decode_ceiling_fps": round(median("decode"), 1),
@@ -426,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each clip")
     parser.add_argument("--rounds", type=int, default=5, help="ceiling/warm-run pairs")
     parser.add_argument("--gpu", action="store_true", help="DETR-R50 random weights, bf16, CUDA")
+    parser.add_argument(
+        "--decode-nice", type=int, help="the decode actors' nice increment (default: settings')"
+    )
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)
     result = run(args)
