@@ -111,10 +111,12 @@ def test_pipeline_equals_a_direct_run(
         inference = [
             fleet.adapter.get(fleet.adapter.call(a, "describe"))[2] for a in fleet.inference
         ]
-        # The decoders yield the cores to inference (decode_nice 5), every thread of them.
+        # The decoders yield the cores to inference (decode_nice), every thread of them.
         # Ray runs a worker's Python threads at nice 15 and its core threads at 0.
+        nicer = settings.pipeline.decode_nice
+        assert nicer == 5  # the default
         [levels] = {frozenset(_thread_nice(pid)) for pid in inference}
-        assert all(_thread_nice(pid) == {min(19, n + 5) for n in levels} for pid in decoders)
+        assert all(_thread_nice(pid) == {min(19, n + nicer) for n in levels} for pid in decoders)
     finally:
         fleet.stop()
 
