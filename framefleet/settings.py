@@ -138,11 +138,13 @@ class PipelineSettings:
     width: int | None = None  # FRAMEFLEET_WIDTH: resize on decode (alone: keeps the aspect)
     height: int | None = None  # FRAMEFLEET_HEIGHT
     chunk_frames: int = 32  # FRAMEFLEET_CHUNK_FRAMES: frames per chunk (checkpoint unit)
-    max_inflight_chunks: int = 4  # FRAMEFLEET_MAX_INFLIGHT: chunks a decoder has out at once
+    max_inflight_chunks: int = 4  # FRAMEFLEET_MAX_INFLIGHT: chunks a video has out at once
     decode_threads: int = 1  # FRAMEFLEET_DECODE_THREADS: decoder threads per decode actor
     decode_actors: int = 2  # FRAMEFLEET_DECODE_ACTORS
-    # FRAMEFLEET_ITEMS_PER_DECODER: videos a decode actor works on at once, so that it decodes
-    # the next while the last chunks of the previous are still in inference
+    # FRAMEFLEET_ITEMS_PER_DECODER: videos a decode actor decodes at once (taking turns chunk
+    # by chunk), so that one is fetched and opened while the other decodes; a video whose
+    # frames are all out lets the next one start. A decode actor has at most
+    # items_per_decoder x max_inflight_chunks chunks out in all.
     items_per_decoder: int = 2
     inference_actors: int = 4  # FRAMEFLEET_INFERENCE_ACTORS
     gpus_per_inference: float = 0.25  # FRAMEFLEET_GPUS_PER_INFERENCE (0 on a CPU machine)
@@ -162,6 +164,7 @@ class PipelineSettings:
             "max_inflight_chunks",
             "decode_threads",
             "decode_actors",
+            "items_per_decoder",
             "inference_actors",
         )
         for name in ints:

@@ -144,6 +144,22 @@ def lower_priority(increment: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, min(19, now + increment))
 
 
+class _Place:
+    """One of a decode actor's items_per_decoder places for a decoding item, given back once:
+    when the item's frames are all decoded, or when it ends, whichever comes first."""
+
+    def __init__(self, places: threading.Semaphore) -> None:
+        self._places = places
+        self._lock = threading.Lock()
+        self._held = True
+
+    def give_back(self) -> None:
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._places.release()
+
+
 class DecodeActor:
     def __init__(self, settings: Settings, redis_url: str, inference: list[Any], name: str) -> None:
         # Inference first where both share cores: decoders run ahead of it, within
@@ -179,12 +195,18 @@ class DecodeActor:
 
     def run(self, until_empty: bool = False) -> list[dict[str, Any]]:
         """Claim and process items until stopped (or, with until_empty, until the queue has
-        nothing queued, delayed or leased), items_per_decoder at a time, each in its own
-        thread. Returns what happened to each item."""
+        nothing queued, delayed or leased), each in its own thread. items_per_decoder items
+        decode at once; an item whose frames are all decoded gives its place to the next one
+        while its last chunks are in inference, so that the decoder does not idle at the end
+        of each video (VideoJob bounds the chunks out for all of them together). Returns what
+        happened to each item."""
         outcomes: list[dict[str, Any]] = []
+        places = threading.Semaphore(self.settings.pipeline.items_per_decoder)
         threads = [
-            threading.Thread(target=self._loop, args=(until_empty, outcomes), name=f"item-{i}")
-            for i in range(self.settings.pipeline.items_per_decoder)
+            threading.Thread(
+                target=self._loop, args=(until_empty, outcomes, places), name=f"item-{i}"
+            )
+            for i in range(2 * self.settings.pipeline.items_per_decoder)
         ]
         for thread in threads:
             thread.start()
@@ -193,20 +215,30 @@ class DecodeActor:
         self.heartbeat.close()
         return outcomes
 
-    def _loop(self, until_empty: bool, outcomes: list[dict[str, Any]]) -> None:
+    def _loop(
+        self, until_empty: bool, outcomes: list[dict[str, Any]], places: threading.Semaphore
+    ) -> None:
         while not self.stop.is_set() and not self.draining.is_set():
-            # Until empty, a short wait: a thread waiting here while the last item finishes in
-            # another one notices the queue is drained this much later.
-            leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
-            if leases and (self.stop.is_set() or self.draining.is_set()):  # came meanwhile
-                for lease in leases:
-                    self.queue.release(lease, "worker stopping (shutdown or preemption)")
-                return
-            if not leases:
+            if not places.acquire(timeout=0.2):
                 if until_empty and self._drained():
                     return
                 continue
-            outcomes.append(asdict(self.job.run(leases[0])))
+            place = _Place(places)
+            try:
+                # Until empty, a short wait: a thread waiting here while the last item
+                # finishes in another one notices the queue is drained this much later.
+                leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
+                if leases and (self.stop.is_set() or self.draining.is_set()):  # came meanwhile
+                    for lease in leases:
+                        self.queue.release(lease, "worker stopping (shutdown or preemption)")
+                    return
+                if not leases:
+                    if until_empty and self._drained():
+                        return
+                    continue
+                outcomes.append(asdict(self.job.run(leases[0], decoded=place.give_back)))
+            finally:
+                place.give_back()
 
     def _drained(self) -> bool:
         counts = self.queue.stats().counts

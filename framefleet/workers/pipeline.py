@@ -100,7 +100,12 @@ class VideoJob:
     threads may run items at once, but one decodes at a time (`decoding`, taken per chunk):
     the others fetch, open, wait for inference, finalize and ack meanwhile. So a decode
     actor keeps to about one core of decoding, and the next video is fetched and opened while
-    the current one decodes, instead of the inference actors idling between videos."""
+    the current one decodes, instead of the inference actors idling between videos.
+
+    The chunks out at once are bounded per item (max_inflight_chunks) and for all the items
+    together (`budget`: items_per_decoder x max_inflight_chunks), so an actor that starts the
+    next video while the last chunks of the previous ones are in inference (see `run`'s
+    `decoded`) holds no more decoded frames than one that waits."""
 
     def __init__(
         self,
@@ -118,12 +123,16 @@ class VideoJob:
         self.sampling = Sampling(fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height)
         self.config_hash = p.config_hash(settings.model)
         self.decoding = threading.Lock()
+        self.budget = threading.BoundedSemaphore(p.items_per_decoder * p.max_inflight_chunks)
 
-    def run(self, lease: Lease) -> Outcome:
+    def run(self, lease: Lease, decoded: Callable[[], None] | None = None) -> Outcome:
+        """Process one item. `decoded` is called when its last chunk has gone to inference
+        (its frames are decoded; it waits for outputs, finalizes and acks from then on), so
+        that the caller can start the next item's decoding meanwhile."""
         interval = self.settings.queue.lease_s / 3
         with LeaseKeeper(self.queue, lease, interval) as keeper:
             try:
-                return self._process(lease, keeper)
+                return self._process(lease, keeper, decoded or (lambda: None))
             except LeaseLost as exc:
                 return Outcome(lease.id, "lost", str(exc))
             except Stopped:
@@ -141,7 +150,7 @@ class VideoJob:
         if self.stop.is_set():
             raise Stopped
 
-    def _process(self, lease: Lease, keeper: LeaseKeeper) -> Outcome:
+    def _process(self, lease: Lease, keeper: LeaseKeeper, decoded: Callable[[], None]) -> Outcome:
         if self.store.is_complete(lease.id):  # done before, only the ack was lost
             return self._ack(
                 lease,
@@ -159,7 +168,7 @@ class VideoJob:
             mark = self._lap(timings, "open", mark)
             try:
                 reader = ChunkReader(decoder, self.sampling, p.chunk_frames, lease.chunks_done)
-                frames = self._stream(lease, keeper, reader, timings)
+                frames = self._stream(lease, keeper, reader, timings, decoded)
             finally:
                 decoder.close()
         self._check(keeper)
@@ -189,14 +198,19 @@ class VideoJob:
         return now
 
     def _stream(
-        self, lease: Lease, keeper: LeaseKeeper, reader: ChunkReader, timings: dict[str, float]
+        self,
+        lease: Lease,
+        keeper: LeaseKeeper,
+        reader: ChunkReader,
+        timings: dict[str, float],
+        decoded: Callable[[], None],
     ) -> int:
-        """Decode and hand out chunks, at most max_inflight_chunks at a time; checkpoint each
-        chunk as its output becomes durable. Returns the frames sent to inference. On a stop
-        request the chunks already out are still settled and checkpointed (for up to
-        DRAIN_S), so that the next worker skips them. `timings` gets the seconds spent
-        decoding, waiting for another item's decoding, handing chunks out and waiting for
-        inference."""
+        """Decode and hand out chunks, at most max_inflight_chunks at a time (and within the
+        shared budget); checkpoint each chunk as its output becomes durable. Returns the
+        frames sent to inference. On a stop request the chunks already out are still settled
+        and checkpointed (for up to DRAIN_S), so that the next worker skips them. `timings`
+        gets the seconds spent decoding, waiting for another item's decoding, handing chunks
+        out and waiting for inference."""
         inflight: deque[tuple[int, Pending]] = deque()
         frames = 0
         chunks = iter(reader)
@@ -210,22 +224,58 @@ class VideoJob:
                     break
                 mark = self._lap(timings, "decode", mark)
                 self._check(keeper)
+                self._take_budget(lease, keeper, inflight)
+                mark = self._lap(timings, "wait", mark)
+                try:
+                    handle = self.inference.submit(lease.id, chunk)
+                except BaseException:
+                    self.budget.release()
+                    raise
                 frames += len(chunk)
-                inflight.append((chunk.index, self.inference.submit(lease.id, chunk)))
+                inflight.append((chunk.index, handle))
                 del chunk  # at most max_inflight_chunks decoded chunks stay referenced
                 mark = self._lap(timings, "submit", mark)
                 while len(inflight) >= self.settings.pipeline.max_inflight_chunks:
-                    self._settle(lease, keeper, *inflight.popleft())
+                    self._settle_next(lease, keeper, inflight)
                 mark = self._lap(timings, "wait", mark)
+            decoded()
             while inflight:
-                self._settle(lease, keeper, *inflight.popleft())
+                self._settle_next(lease, keeper, inflight)
             self._lap(timings, "wait", mark)
         except Stopped:
             deadline = self.clock() + DRAIN_S
             while inflight and self.clock() < deadline:
-                self._settle(lease, keeper, *inflight.popleft(), deadline=deadline)
+                self._settle_next(lease, keeper, inflight, deadline=deadline)
             raise
+        finally:
+            for _ in inflight:  # left unsettled (the item failed or stopped): its budget back
+                self.budget.release()
+            inflight.clear()
         return frames
+
+    def _take_budget(
+        self, lease: Lease, keeper: LeaseKeeper, inflight: deque[tuple[int, Pending]]
+    ) -> None:
+        """Wait for room in the budget shared by this actor's items. While waiting, settle
+        this item's own oldest chunk: that frees room whatever the other items do."""
+        while not self.budget.acquire(timeout=0.5):
+            if inflight:
+                self._settle_next(lease, keeper, inflight)
+            else:
+                self._check(keeper)
+
+    def _settle_next(
+        self,
+        lease: Lease,
+        keeper: LeaseKeeper,
+        inflight: deque[tuple[int, Pending]],
+        deadline: float | None = None,
+    ) -> None:
+        index, handle = inflight.popleft()
+        try:
+            self._settle(lease, keeper, index, handle, deadline)
+        finally:
+            self.budget.release()
 
     def _settle(
         self,

@@ -191,3 +191,51 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
     assert item is not None and item.state.value == "queued" and item.attempts == 0
     assert item.release_reason == "worker stopping (shutdown or preemption)"
     assert 0 < len(q.chunks(item_id)) < 10
+
+
+def test_the_next_video_starts_while_the_last_chunks_are_in_inference(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """One decode actor with one place (items_per_decoder=1) and a model taking 0.5 s per
+    chunk: once the first video's frames are all out, the second is claimed and decoded while
+    the first one's last chunks are still in inference (both leased at once), instead of
+    the decoder idling until the first is acked. Both are acked."""
+    import threading
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    paths = [write_video(videos / f"v{i}.mp4", frames=24) for i in range(2)]  # 3 chunks each
+    model = ModelSettings(plugin="tests.support.plugin_model:load_slow")
+    settings = _settings(
+        "overlap",
+        videos,
+        tmp_path / "out",
+        model,
+        decode_actors=1,
+        inference_actors=1,
+        items_per_decoder=1,
+        max_inflight_chunks=2,
+    )
+    q = Queue(valkey_client, settings.queue)
+    ids = q.enqueue([str(p) for p in paths])
+    most_leased = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal most_leased
+        while not done.wait(0.02):
+            items = [q.get(i) for i in ids]
+            leased = sum(1 for item in items if item is not None and item.state.value == "leased")
+            most_leased = max(most_leased, leased)
+
+    fleet = Fleet(settings, valkey.url).start()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcomes = fleet.run_until_empty(timeout=120)
+    finally:
+        done.set()
+        watcher.join()
+        fleet.stop()
+    assert sorted(o["status"] for o in outcomes) == ["acked", "acked"]
+    assert most_leased == 2

@@ -258,6 +258,115 @@ def test_in_flight_chunks_are_bounded(env: dict[str, Any]) -> None:
     assert outstanding.max() == env["settings"].pipeline.max_inflight_chunks == 2
 
 
+def _room(job: VideoJob) -> int:
+    """How many chunks the job's shared budget would let out now."""
+    taken = 0
+    while job.budget.acquire(blocking=False):
+        taken += 1
+    for _ in range(taken):
+        job.budget.release()
+    return taken
+
+
+def test_decoded_comes_when_the_last_chunk_is_out_and_before_the_ack(
+    env: dict[str, Any],
+) -> None:
+    video = write_video(env["videos"] / "h.mp4", frames=30)  # 4 chunks of 8
+    q = env["queue"]
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+    counting = Counting(env["inference"])
+    seen: list[tuple[list[int], str, int]] = []
+
+    def decoded() -> None:
+        item = q.get(item_id)
+        assert item is not None
+        seen.append((list(counting.submitted), item.state.value, item.chunks_done))
+
+    out = VideoJob(q, env["store"], counting, env["settings"]).run(lease, decoded=decoded)
+    assert out.status == "acked"
+    # Called once, with every chunk out, while the last ones still await their checkpoint.
+    assert seen == [([0, 1, 2, 3], "leased", 3)]
+
+
+def test_items_at_once_share_one_budget_of_chunks_out(env: dict[str, Any]) -> None:
+    """items_per_decoder=1 and max_inflight_chunks=2: a budget of 2 chunks out for the job.
+    Three items run at once in threads (more than the places: a decode actor's items in
+    their last chunks count too); results take 30 ms. At no time are more than 2 chunks out,
+    nobody waits forever, and all the budget is back at the end."""
+    settings = replace(
+        env["settings"], pipeline=replace(env["settings"].pipeline, items_per_decoder=1)
+    )
+    lock = threading.Lock()
+    log: list[int] = []
+
+    class Late:
+        def __init__(self, rows: int) -> None:
+            self.rows = rows
+
+        def result(self, timeout: float | None = None) -> int:
+            time.sleep(0.03)
+            with lock:
+                log.append(-1)
+            return self.rows
+
+    class Tracking(Counting):
+        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+            rows = super().submit(item_id, chunk).result()
+            with lock:
+                log.append(+1)
+            return Late(rows)
+
+    paths = [write_video(env["videos"] / f"s{i}.mp4", frames=40) for i in range(3)]
+    q = env["queue"]
+    q.enqueue([str(p) for p in paths])
+    job = VideoJob(q, env["store"], Tracking(env["inference"]), settings)
+    outcomes: list[str] = []
+    threads = [
+        threading.Thread(target=lambda lease=lease: outcomes.append(job.run(lease).status))
+        for lease in q.claim(3, "decoder-1")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert outcomes == ["acked"] * 3
+    assert log.count(+1) == 15 and np.cumsum(log).max() == 2
+    assert _room(job) == 2
+
+
+def test_the_budget_comes_back_when_items_fail_or_stop(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Failing(Counting):
+        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+            if len(self.submitted) == 2:
+                raise TransientError("CUDA out of memory")
+            return super().submit(item_id, chunk)
+
+    class Never:
+        def result(self, timeout: float | None = None) -> int:
+            raise TimeoutError
+
+    class Stuck(Counting):  # the first chunk's output never comes; a stop request arrives
+        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+            super().submit(item_id, chunk)
+            stop.set()
+            return Never()
+
+    q, store = env["queue"], env["store"]
+    paths = [write_video(env["videos"] / f"b{i}.mp4", frames=40) for i in range(2)]
+    q.enqueue([str(p) for p in paths])
+    first, second = q.claim(2, "decoder-1")
+    stop = threading.Event()
+    job = VideoJob(q, store, Failing(env["inference"]), env["settings"], stop=stop)
+    budget = _room(job)
+    assert job.run(first).status == "failed" and _room(job) == budget
+    job.inference = Stuck(env["inference"])
+    monkeypatch.setattr("framefleet.workers.pipeline.DRAIN_S", 0.2)  # the stuck chunk is left
+    assert job.run(second).status == "released" and _room(job) == budget
+
+
 def test_s3_in_and_s3_out(
     env: dict[str, Any], model: FrameModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
