@@ -146,18 +146,17 @@ def lower_priority(increment: int) -> None:
 
 class _Place:
     """One of a decode actor's items_per_decoder places for a decoding item, given back once:
-    when the item's frames are all decoded, or when it ends, whichever comes first."""
+    when the item's frames are all decoded, or when it ends, whichever comes first (both in
+    the item's own thread)."""
 
     def __init__(self, places: threading.Semaphore) -> None:
         self._places = places
-        self._lock = threading.Lock()
         self._held = True
 
     def give_back(self) -> None:
-        with self._lock:
-            if self._held:
-                self._held = False
-                self._places.release()
+        if self._held:
+            self._held = False
+            self._places.release()
 
 
 class DecodeActor:
