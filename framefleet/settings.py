@@ -132,7 +132,9 @@ class PipelineSettings:
     """How videos become frames and where results go."""
 
     out: str = ".framefleet/out"  # FRAMEFLEET_OUT: a directory or s3://bucket/prefix
-    decoder: str = "decord"  # FRAMEFLEET_DECODER: decord | pyav (the other is the fallback)
+    # FRAMEFLEET_DECODER: pyav | decord (the other is the fallback). decord decodes the whole
+    # video ahead into memory (workers/decode.py): for short clips only.
+    decoder: str = "pyav"
     sample_fps: float | None = None  # FRAMEFLEET_SAMPLE_FPS: frames kept per second of video
     stride: int = 1  # FRAMEFLEET_STRIDE: keep every n-th frame (when no sample_fps)
     width: int | None = None  # FRAMEFLEET_WIDTH: resize on decode (alone: keeps the aspect)

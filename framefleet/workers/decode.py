@@ -1,10 +1,19 @@
 """Decoding: frames out of a video file, sampled, resized, with timestamps, in chunks.
 
-Two decoders sit behind one small interface: decord (the default, read sequentially with
-`next()` and `skip_frames()`: never `get_batch`, which grows memory by hundreds of MB per
-video, decord #197/#208) and PyAV (for what decord cannot open, or by choice). A file that
-neither can read, or that breaks mid-way, raises PermanentError with the reason; decoding
-never kills the process that asked for it.
+Two decoders sit behind one small interface, each falling back on the other for what it
+cannot open:
+- PyAV (the default): decodes a frame when it is asked for, in the calling thread, and
+  converts it (resize + RGB) with one scaler kept for the whole video. Memory holds only
+  the frames the caller keeps, whatever the pace downstream.
+- decord (by choice), read sequentially with `next()` and `skip_frames()` (never
+  `get_batch`, which grows memory by hundreds of MB per video, decord #197/#208). decord 0.6
+  decodes ahead in a thread of its own: its first `next()` queues every packet of the file
+  (it pushes packets until a frame comes out), and its thread then decodes the whole video
+  into memory at full speed, however slowly frames are taken (a 60 s 640x360 clip: 1.3 GB,
+  one core busy; a test shows it). Fine for short clips read at once; not for long videos
+  behind a slower model, where PyAV keeps memory bounded and uses less CPU per frame.
+A file that neither can read, or that breaks mid-way, raises PermanentError with the reason;
+decoding never kills the process that asked for it.
 
 Kept frames are numbered in order and cut into chunks of `chunk_frames`; chunk k always
 holds the same frames for the same file and sampling, so a redelivered video can skip the
@@ -118,7 +127,8 @@ class Decoder(Protocol):
 
 class DecordDecoder:
     """decord, read sequentially. Timestamps come from the index, so frames that are not
-    kept (or whose chunk is already done) are skipped without being converted."""
+    kept (or whose chunk is already done) are skipped without being converted. It decodes the
+    rest of the video ahead into memory (see the module's docstring)."""
 
     name = "decord"
 
@@ -177,12 +187,15 @@ class DecordDecoder:
 
 
 class PyAVDecoder:
-    """PyAV (FFmpeg): every frame is decoded; only wanted kept frames are converted."""
+    """PyAV (FFmpeg): every frame is decoded, on demand; only wanted kept frames are
+    converted, by one scaler for the whole video (a frame's own to_ndarray() sets up a new
+    scaler each time, which costs as much as decoding the frame)."""
 
     name = "pyav"
 
     def __init__(self, path: Path, sampling: Sampling, threads: int = 1) -> None:
         import av
+        from av.video.reformatter import VideoReformatter
 
         try:
             self._container = av.open(str(path))
@@ -195,6 +208,9 @@ class PyAVDecoder:
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
         self._stream = stream
+        # One scaler for the video, with the decoder's threads (its default, one per core,
+        # costs more CPU per frame and takes the cores the decode actor's priority leaves).
+        self._scaler, self._threads = VideoReformatter(), threads
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             self._container.close()
@@ -220,7 +236,10 @@ class PyAVDecoder:
                 if keep(index, pts):
                     image = None
                     if want(k):
-                        image = frame.to_ndarray(width=out_w, height=out_h, format="rgb24")
+                        rgb = self._scaler.reformat(
+                            frame, out_w, out_h, "rgb24", threads=self._threads
+                        )
+                        image = rgb.to_ndarray()
                     yield Frame(index, pts, image)
                     k += 1
                 index += 1
@@ -252,9 +271,7 @@ DECODERS: dict[str, type[DecordDecoder] | type[PyAVDecoder]] = {
 }
 
 
-def open_decoder(
-    path: Path, sampling: Sampling, prefer: str = "decord", threads: int = 1
-) -> Decoder:
+def open_decoder(path: Path, sampling: Sampling, prefer: str = "pyav", threads: int = 1) -> Decoder:
     """The preferred decoder, or the other one when it cannot open the file."""
     if prefer not in DECODERS:
         raise ValueError(f"unknown decoder {prefer!r}; one of {', '.join(DECODERS)}")

@@ -1,13 +1,15 @@
-"""Decoding real encoded videos (written here with PyAV) with decord and PyAV."""
+"""Decoding real encoded videos (written here with PyAV) with PyAV and decord."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from framefleet.settings import PipelineSettings
 from framefleet.workers.decode import Chunk, Sampling, chunks, count_chunks, open_decoder
 from framefleet.workers.errors import PermanentError
 from tests.support.videos import write_audio_only, write_corrupt, write_truncated, write_video
@@ -161,15 +163,52 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def test_decode_memory_stays_flat(tmp_path: Path) -> None:
-    """RSS after 200 videos is within 50 MB of RSS after 10 (decord, sequential reads)."""
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decode_memory_stays_flat(tmp_path: Path, decoder: str) -> None:
+    """RSS after 200 videos is within 50 MB of RSS after 10 (sequential reads)."""
     files = [
         write_video(tmp_path / f"v{i}.mp4", frames=40, width=320, height=240) for i in range(5)
     ]
     rss = {}
     for n in range(1, 201):
-        for chunk in _all(files[n % 5], Sampling(), "decord", chunk_frames=16):
+        for chunk in _all(files[n % 5], Sampling(), decoder, chunk_frames=16):
             assert chunk.images.shape[1:] == (240, 320, 3)
         if n in (10, 200):
             rss[n] = _rss_mb()
     assert rss[200] - rss[10] < 50, rss
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 frames of 320x240: 138 MB once decoded to RGB."""
+    return write_video(
+        tmp_path_factory.mktemp("long") / "long.mp4", frames=600, fps=30, width=320, height=240
+    )
+
+
+def _growth_while_paused(path: Path, decoder: str) -> float:
+    """MB that RSS grows by while the reader, one chunk in, waits (as a decode actor does
+    when inference is the slower stage)."""
+    dec = open_decoder(path, Sampling(), prefer=decoder)
+    try:
+        reader = iter(chunks(dec, Sampling(), 16))
+        first = next(reader)
+        assert len(first) == 16
+        before = _rss_mb()
+        time.sleep(1.5)
+        return _rss_mb() - before
+    finally:
+        dec.close()
+
+
+def test_the_default_decoder_holds_only_the_frames_taken(long_video: Path) -> None:
+    assert PipelineSettings().decoder == "pyav"
+    growth = _growth_while_paused(long_video, "pyav")
+    assert growth < 10, f"RSS grew {growth:.0f} MB while no frame was taken"
+
+
+def test_decord_decodes_the_whole_video_ahead(long_video: Path) -> None:
+    """Why decord is not the default: after its first next() it decodes the rest of the video
+    into memory on its own thread, however slowly frames are taken."""
+    growth = _growth_while_paused(long_video, "decord")
+    assert growth > 60, f"RSS grew only {growth:.0f} MB: decord no longer decodes ahead?"
