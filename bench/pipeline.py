@@ -10,6 +10,8 @@ On generated 720p H.264 clips, prints one JSON line with frames/s for:
   before and just after it: medians reported;
 - naive_loop: one process, one video at a time: decode all its frames, then run the model
   (what a single-GPU batch job does), with every core for torch;
+- decode_actor_peak_rss_mb: the largest peak RSS of a decode actor over the framefleet runs
+  (its decoded frames are bounded: chunks out plus the ones being filled);
 - ray_data: the same job as a Ray Data pipeline (read_videos -> map_batches with the model
   in actors), start-up included as it is a batch job.
 Target: framefleet warm >= 90% of min(decode ceiling, model ceiling), ahead of Ray Data and
@@ -188,6 +190,7 @@ class FramefleetRuns:
         self.paths, self.settings, self.server, self.frames = paths, settings, server, frames
         self.client = connect(server.url)
         self.fleet: Any = None
+        self.decoder_pids: list[int] = []
 
     def run(self) -> float:
         from framefleet.workers.actors import Fleet
@@ -198,6 +201,10 @@ class FramefleetRuns:
         t = time.perf_counter()
         if self.fleet is None:
             self.fleet = Fleet(self.settings, self.server.url).start()
+            self.decoder_pids = [
+                self.fleet.adapter.get(self.fleet.adapter.call(d, "ready"))[0]
+                for d in self.fleet.decoders
+            ]
         q.enqueue([str(p) for p in self.paths])
         outcomes = self.fleet.run_until_empty(timeout=3600)
         seconds = time.perf_counter() - t
@@ -205,6 +212,15 @@ class FramefleetRuns:
         if len(acked) != len(self.paths) or sum(o["frames"] for o in acked) != self.frames:
             raise RuntimeError(f"framefleet did not process every frame: {outcomes}")
         return self.frames / seconds
+
+    def decoders_peak_rss_mb(self) -> int:
+        """The largest peak RSS of the decode actors so far (they run on this machine)."""
+        peaks = []
+        for pid in self.decoder_pids:
+            with open(f"/proc/{pid}/status") as f:
+                line = next(x for x in f if x.startswith("VmHWM:"))
+            peaks.append(int(line.split()[1]) // 1024)
+        return max(peaks)
 
     def close(self) -> None:
         if self.fleet is not None:
@@ -365,6 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     decode, model = ((b + a) / 2 for b, a in zip(before, after, strict=True))
                     rounds.append({"decode": decode, "model": model, "warm": warm})
                     before = after
+                decoder_peak_mb = runs.decoders_peak_rss_mb()
             finally:
                 stop.set()
                 runs.close()
@@ -412,6 +429,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "framefleet_vs_ceiling_each_round": [round(x, 3) for x in ratios],
         "framefleet_cold_vs_ray_data": round(ff_cold / ray_data_rate, 2),
         "framefleet_vs_naive": round(ff_warm / naive_rate, 2),
+        "decode_actor_peak_rss_mb": decoder_peak_mb,
         "gpu_utilisation_pct": round(float(np.mean(gpu_samples)), 1) if gpu_samples else None,
     }
     result["met"] = {
