@@ -16,7 +16,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:signal      | list | wake-up tokens for blocked claimers (BLPOP)             |
 | ff:{videos}:inbox       | list | JSON items pushed by plain Redis clients (LPUSH)        |
 | ff:{videos}:rejected    | list | inbox entries refused, as JSON {raw, reason, at}        |
-| ff:{videos}:meta        | hash | paused, seq (FIFO counter), epoch (fencing counter)     |
+| ff:{videos}:meta        | hash | paused, seq (FIFO counter), epoch (claim counter)       |
 | ff:{videos}:stats       | hash | monotonic counters (`*_total`)                          |
 | ff:{videos}:workers     | zset | worker name -> time of its last heartbeat (ms)          |
 | ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
@@ -24,7 +24,8 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 
 Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
 `created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,
-`deliveries` (leases that expired), `claims`, `epoch`, `owner`, `lease_until`, `claimed_at`,
+`deliveries` (leases that expired), `claims`, `epoch` (a claim counter), `token` (the fence
+of the current lease), `owner`, `lease_until`, `claimed_at`,
 `ready_at`, `chunks_done`, `chunks_total`, `last_error`, `dead_reason`, `release_reason`,
 `result`, `done_at`, `dead_at`.
 

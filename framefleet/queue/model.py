@@ -226,11 +226,14 @@ def _meta_refused(meta: object) -> Mapping[str, Any]:
 
 
 class Lease(NamedTuple):
-    """A claimed item. `epoch` is the fencing token every later call is checked against.
-    (A NamedTuple: claim builds thousands a second.)"""
+    """A claimed item. `token` is the fencing token every later call is checked against,
+    with `worker`: unique to this claim, even if the server lost writes since. `epoch` counts
+    claims (for display; it can repeat after lost writes). (A NamedTuple: claim builds
+    thousands a second.)"""
 
     id: str
     epoch: int
+    token: str
     deadline_ms: int
     uri: str
     worker: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
@@ -65,7 +66,7 @@ class Queue:
         return self._scripts.run(name, self.keys.base, [self._now(), *args])
 
     def _fenced(self, name: str, lease: Lease, *args: Any) -> tuple[Verdict, list[Any]]:
-        reply = self._run(name, lease.id, lease.epoch, *args)
+        reply = self._run(name, lease.id, lease.token, lease.worker, *args)
         return Verdict(reply[0]), reply[1:]
 
     # -- producers -------------------------------------------------------------------
@@ -149,9 +150,10 @@ class Queue:
         lease_ms = int(self.settings.lease_s * 1000)
         deadline = None if block is None else time.monotonic() + block
         while True:
-            now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms)
+            nonce = secrets.token_hex(8)
+            now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms, nonce)
             if rows:
-                return [_lease(rows[i : i + 12], worker) for i in range(0, len(rows), 12)]
+                return [_lease(rows[i : i + 13], worker) for i in range(0, len(rows), 13)]
             if int(inbox) > 0 and not int(paused) and self.ingest_inbox().ingested:
                 continue
             if deadline is None:
@@ -170,21 +172,21 @@ class Queue:
         return verdict
 
     def progress(self, lease: Lease, chunk: int, total: int | None = None) -> Verdict:
-        """Checkpoint one finished chunk (idempotent), fenced by the lease's epoch."""
+        """Checkpoint one finished chunk (idempotent), fenced by the lease's token."""
         if chunk < 0 or (total is not None and total < 1):
             raise ValueError("chunk must be >= 0 and total >= 1")
         verdict, _ = self._fenced("progress", lease, chunk, "" if total is None else total)
         return verdict
 
     def ack(self, lease: Lease, result: str = "") -> Verdict:
-        """Done. A stale epoch is refused and counted; a repeated ack is DUPLICATE (ok)."""
+        """Done. A stale lease is refused and counted; a repeated ack is DUPLICATE (ok)."""
         return self.ack_many([(lease, result)])[0]
 
     def ack_many(self, acks: Sequence[tuple[Lease, str]]) -> list[Verdict]:
-        """Several acks in one script call, each fenced by its own epoch."""
+        """Several acks in one script call, each fenced by its own lease."""
         if not acks:
             return []
-        args = [v for lease, result in acks for v in (lease.id, lease.epoch, result)]
+        args = [v for lease, r in acks for v in (lease.id, lease.token, lease.worker, r)]
         return [Verdict(v) for v in self._run("ack", *args)]
 
     def fail(self, lease: Lease, error: str, *, retryable: bool = True) -> Verdict:
@@ -304,12 +306,13 @@ _NO_CHUNKS: frozenset[int] = frozenset()
 
 
 def _lease(row: list[Any], worker: str) -> Lease:
-    (item_id, epoch, deadline, uri, etag, size, meta, pri, attempts, deliveries, total, chunks) = (
+    (item_id, epoch, token, deadline, uri, etag, size, meta, pri, attempts, deliveries, total, chunks) = (
         row
     )
     return Lease(
         item_id,
         int(epoch),
+        token,
         int(deadline),
         uri,
         worker,

@@ -66,20 +66,24 @@ local function to_dead(id, key, now, reason)
   stat('dead_total')
 end
 
--- The fence of every lease-holder operation: the item must exist, carry this epoch and be
--- leased. Returns nil while the caller holds the lease, else a refusal, counted in `counter`:
--- {'stale', state}: a newer lease was handed out since (the epoch differs);
--- {'lost', state}: same epoch but no longer leased (reaped, or already acked/failed/released);
+-- The fence of every lease-holder operation: the item must exist, be leased to this owner
+-- under this token. A token is unique to one claim (claim.lua: a random nonce from the
+-- claimer and the item's place in that claim), so it is never handed out twice, even after
+-- the server lost its last writes (a crash with everysec, a failover to a replica, a restore)
+-- and its counters went back. Returns nil while the caller holds the lease, else a refusal,
+-- counted in `counter`:
+-- {'stale', state}: another lease was handed out since (the token or owner differs);
+-- {'lost', state}: same token but no longer leased (reaped, or already acked/failed/released);
 -- {'missing', ''}: no such item (purged).
--- An item already in `dup_state` under this very epoch answers {'duplicate', state} instead:
+-- An item already in `dup_state` under this very token answers {'duplicate', state} instead:
 -- the caller's own earlier call went through (a retried ack after a dropped reply).
--- While the lease holds, the second result is {state, epoch, chunks_done}.
-local function fence(key, epoch, counter, dup_state)
-  local f = redis.call('HMGET', key, 'state', 'epoch', 'chunks_done')
+-- While the lease holds, the second result is {state, token, chunks_done}.
+local function fence(key, token, owner, counter, dup_state)
+  local f = redis.call('HMGET', key, 'state', 'token', 'chunks_done', 'owner')
   if not f[1] then
     stat(counter); return {'missing', ''}
   end
-  if f[2] ~= epoch then
+  if f[2] ~= token or (f[1] == 'leased' and f[4] ~= owner) then
     stat(counter); return {'stale', f[1]}
   end
   if f[1] == 'leased' then return nil, f end

@@ -1,20 +1,21 @@
--- ack.lua: mark leased items done, each fenced by its epoch (one item or a batch).
--- KEYS[1] prefix. ARGV: now, then per item: id, epoch, result (a URI or '').
+-- ack.lua: mark leased items done, each fenced by its token and owner (one item or a batch).
+-- KEYS[1] prefix. ARGV: now, then per item: id, token, owner, result (a URI or '').
 -- Per accepted item: state done, result, done_at, lease_until cleared (owner stays: who
--- finished it); out of leased, into done; its chunk set dropped; stats.acked_total. A stale epoch is refused and counted (stale_ack_total); the
--- same epoch acking twice answers 'duplicate' (a retry after a lost reply).
+-- finished it); out of leased, into done; its chunk set dropped; stats.acked_total. A stale
+-- token is refused and counted (stale_ack_total); the same lease acking twice answers
+-- 'duplicate' (a retry after a lost reply).
 -- Returns one verdict per item: 'ok' | 'duplicate' | 'stale' | 'lost' | 'missing'.
 local now = now_ms()
 local out, acked, done, chunk_keys = {}, {}, {}, {}
-for a = 2, #ARGV, 3 do
+for a = 2, #ARGV, 4 do
   local id = ARGV[a]
   local key = ikey(id)
-  local refused, f = fence(key, ARGV[a + 1], 'stale_ack_total', 'done')
+  local refused, f = fence(key, ARGV[a + 1], ARGV[a + 2], 'stale_ack_total', 'done')
   if refused then
     out[#out + 1] = refused[1]
   else
     -- owner stays: the worker that finished it
-    redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 2], 'done_at', now,
+    redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 3], 'done_at', now,
                'lease_until', '')
     acked[#acked + 1] = id
     done[#done + 1] = now

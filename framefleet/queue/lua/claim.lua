@@ -1,14 +1,17 @@
 -- claim.lua: lease up to n items, highest priority first, FIFO within a priority.
--- KEYS[1] prefix. ARGV: now, n, worker, lease_ms.
+-- KEYS[1] prefix. ARGV: now, n, worker, lease_ms, nonce (random, new for every call).
 -- Reads meta.paused; moves due delayed items to queued; pops queued; per item: a new epoch
--- (from meta.epoch), state leased, owner, lease_until, claimed_at, claims+1, leased zset.
+-- (from meta.epoch: a counter, for display), a token (the fence: nonce '.' place in this
+-- claim, so unique even when the server has lost writes and meta.epoch went back), state
+-- leased, owner, lease_until, claimed_at, claims+1, leased zset.
 -- Returns {now, paused (0|1), next_due_ms (-1 if none), inbox length, items}, where items is
--- flat, 12 values per item: id, epoch, lease_until, uri, etag, size, meta, pri, attempts,
--- deliveries, chunks_total, checkpointed chunk indices joined by ','.
+-- flat, 13 values per item: id, epoch, token, lease_until, uri, etag, size, meta, pri,
+-- attempts, deliveries, chunks_total, checkpointed chunk indices joined by ','.
 local now = now_ms()
 local n = tonumber(ARGV[2])
 local worker = ARGV[3]
 local lease_ms = tonumber(ARGV[4])
+local nonce = ARGV[5]
 
 local function next_due()
   local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
@@ -30,9 +33,10 @@ if count > 0 then
     local id = popped[i]
     local key = ikey(id)
     epoch = epoch + 1
+    local token = nonce .. '.' .. string.format('%d', (i + 1) / 2)
     local f = redis.call('HMGET', key, 'uri', 'etag', 'size', 'meta', 'pri', 'attempts',
                          'deliveries', 'chunks_total', 'claims', 'chunks_done')
-    redis.call('HSET', key, 'state', 'leased', 'epoch', epoch, 'owner', worker,
+    redis.call('HSET', key, 'state', 'leased', 'epoch', epoch, 'token', token, 'owner', worker,
                'lease_until', deadline, 'claimed_at', now, 'claims', (tonumber(f[9]) or 0) + 1)
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id
@@ -41,9 +45,9 @@ if count > 0 then
       chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',')
     end
     local o = #out
-    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = id, epoch, deadline, f[1]
-    out[o + 5], out[o + 6], out[o + 7], out[o + 8] = f[2] or '', f[3] or '', f[4] or '', f[5]
-    out[o + 9], out[o + 10], out[o + 11], out[o + 12] = f[6] or '0', f[7] or '0', f[8] or '', chunks
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, epoch, token, deadline, f[1]
+    out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[2] or '', f[3] or '', f[4] or '', f[5]
+    out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[6] or '0', f[7] or '0', f[8] or '', chunks
   end
   bulk('ZADD', K_LEASED, leased)
 end

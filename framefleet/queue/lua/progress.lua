@@ -1,16 +1,16 @@
--- progress.lua: checkpoint one finished chunk, fenced by the epoch.
--- KEYS[1] prefix. ARGV: now, id, epoch, chunk index, chunks total ('' = unknown).
+-- progress.lua: checkpoint one finished chunk, fenced by the lease's token and owner.
+-- KEYS[1] prefix. ARGV: now, id, token, owner, chunk index, chunks total ('' = unknown).
 -- Writes the item's chunk set, chunks_done, chunks_total.
 -- Returns {'ok', chunks_done} or a refusal from fence() (counted in stale_progress_total).
-local id, epoch = ARGV[2], ARGV[3]
+local id, token, owner = ARGV[2], ARGV[3], ARGV[4]
 local key = ikey(id)
-local refused = fence(key, epoch, 'stale_progress_total', nil)
+local refused = fence(key, token, owner, 'stale_progress_total', nil)
 if refused then return refused end
 local done
-if redis.call('SADD', ckey(id), ARGV[4]) == 1 then
+if redis.call('SADD', ckey(id), ARGV[5]) == 1 then
   done = redis.call('HINCRBY', key, 'chunks_done', 1)
 else
   done = tonumber(redis.call('HGET', key, 'chunks_done') or '0')
 end
-if ARGV[5] ~= '' then redis.call('HSET', key, 'chunks_total', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', key, 'chunks_total', ARGV[6]) end
 return {'ok', done}

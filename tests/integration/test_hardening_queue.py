@@ -1,0 +1,47 @@
+"""Regression tests of the hardening review (issue 12) at the queue's level, each named after
+its finding, against real servers. Each failed on the code before its fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from framefleet.queue import EmbeddedServer, Queue, Verdict, connect
+from framefleet.settings import QueueSettings
+from tests.conftest import SERVER_BUILDS
+
+
+@pytest.mark.parametrize("build", list(SERVER_BUILDS))
+def test_f1_fencing_holds_after_the_server_loses_its_last_writes(
+    tmp_path: Path, build: str
+) -> None:
+    """An RDB-only server: SAVE, claim as A (not saved), kill -9, restart from the RDB,
+    claim as B. The server handed the same item out twice; every call of A is refused."""
+    rdb_only = ("--appendonly", "no", "--save", "")
+    server = EmbeddedServer(tmp_path, binary=SERVER_BUILDS[build](), extra_args=rdb_only).start()
+    settings = QueueSettings(lease_s=60)
+    a_client = connect(server.url)
+    q = Queue(a_client, settings)
+    [item_id] = q.enqueue(["/v/a.mp4"])
+    a_client.save()
+    [a] = q.claim(1, "worker-a")
+    server.kill()
+    again = EmbeddedServer(
+        tmp_path, binary=SERVER_BUILDS[build](), port=server.port, extra_args=rdb_only
+    ).start()
+    try:
+        qb = Queue(connect(again.url), settings)
+        assert qb.get(item_id).state == "queued"  # type: ignore[union-attr]  # the claim was lost
+        [b] = qb.claim(1, "worker-b")
+        assert b.id == a.id
+        qa = Queue(connect(again.url), settings)  # A reconnects to the restarted server
+        assert not qa.renew(a)
+        assert not qa.progress(a, 0, total=2)
+        assert qa.ack(a, "file:///out/a") not in (Verdict.OK, Verdict.DUPLICATE)
+        assert not qa.release(a)
+        assert not qa.fail(a, "boom")
+        assert qb.progress(b, 0, total=1) and qb.ack(b, "file:///out/b") == Verdict.OK
+        assert qb.stats().counters.get("acked_total") == 1
+    finally:
+        again.stop()
