@@ -3,11 +3,20 @@ its finding, against real servers. Each failed on the code before its fix."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from redis import Redis
 
-from framefleet.queue import EmbeddedServer, Queue, Verdict, connect
+from framefleet.queue import (
+    EmbeddedServer,
+    InvalidItem,
+    Queue,
+    Verdict,
+    connect,
+    parse_inbox_entry,
+)
 from framefleet.settings import QueueSettings
 from tests.conftest import SERVER_BUILDS
 
@@ -45,3 +54,33 @@ def test_f1_fencing_holds_after_the_server_loses_its_last_writes(
         assert qb.stats().counters.get("acked_total") == 1
     finally:
         again.stop()
+
+
+def test_f2_non_finite_numbers_in_the_inbox_are_rejected_and_lose_nothing(
+    queue: Queue, client: Redis
+) -> None:
+    """Python's json.dumps writes NaN and Infinity by default; Lua's cjson reads them but
+    cannot write them back. Each such entry is rejected with its reason, the entries around
+    it are ingested, the counters are written, and a claim that ingests never raises."""
+    bad = [
+        json.dumps({"uri": "/v/nan.mp4", "meta": {"fps": float("nan")}}),
+        json.dumps({"uri": "/v/inf.mp4", "meta": {"fps": float("inf")}}),
+        json.dumps({"uri": "/v/minf.mp4", "meta": {"x": -float("inf")}}),
+        '{"uri": "/v/size.mp4", "size": Infinity}',
+        '{"uri": "/v/pri.mp4", "priority": NaN}',
+    ]
+    good = [json.dumps({"uri": f"/v/good-{i}.mp4"}) for i in range(3)]
+    entries = [good[0], *bad[:2], good[1], *bad[2:], good[2]]
+    for entry in entries:  # oldest first
+        client.lpush(queue.keys.inbox, entry)
+    leases = queue.claim(10, "w")  # the queue is empty: the claim ingests the inbox
+    assert sorted(lease.uri for lease in leases) == [f"/v/good-{i}.mp4" for i in range(3)]
+    rejected = queue.rejected()
+    assert len(rejected) == len(bad) and client.llen(queue.keys.inbox) == 0
+    assert {r["raw"] for r in rejected} == set(bad)
+    assert all(r["reason"] for r in rejected)
+    counters = queue.stats().counters
+    assert (counters["inbox_ingested_total"], counters["inbox_rejected_total"]) == (3, len(bad))
+    for entry in bad:
+        with pytest.raises(InvalidItem):
+            parse_inbox_entry(entry.encode())

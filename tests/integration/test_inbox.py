@@ -9,7 +9,7 @@ import threading
 from typing import Any
 from urllib.parse import urlparse
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
@@ -150,10 +150,16 @@ _value = st.one_of(
     st.none(),
     st.sampled_from(["low", "normal", "high", "urgent"]),
 )
-_priority = st.one_of(st.integers(0, 9), st.sampled_from(["low", "normal", "high"]), _value)
-_size = st.one_of(st.integers(0, 2**60), st.floats(0, 1e6).map(float.__floor__), _value)
+_non_finite = st.sampled_from([float("nan"), float("inf"), -float("inf")])
+_priority = st.one_of(
+    st.integers(0, 9), st.sampled_from(["low", "normal", "high"]), _value, _non_finite
+)
+_size = st.one_of(
+    st.integers(0, 2**60), st.floats(0, 1e6).map(float.__floor__), _value, _non_finite
+)
 _scalar = st.one_of(
     st.integers(-1000, 1000),
+    st.sampled_from([float("nan"), float("inf"), -float("inf"), 2.5]),
     st.text(st.characters(codec="ascii", categories=["L"]), max_size=8),
     st.booleans(),
     st.none(),
@@ -192,6 +198,9 @@ _raw = st.one_of(
     max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(raw=_raw)
+@example(raw=b'{"uri": "/v/a.mp4", "meta": {"fps": NaN}}')  # json.dumps writes these
+@example(raw=b'{"uri": "/v/a.mp4", "meta": {"a": 1, "fps": -Infinity}}')
+@example(raw=b'{"uri": "/v/a.mp4", "size": Infinity, "priority": NaN}')
 def test_lua_and_python_give_the_same_verdict(valkey_client: Redis, raw: bytes) -> None:
     valkey_client.flushall()
     q = Queue(valkey_client, QueueSettings())

@@ -75,7 +75,10 @@ end
 
 local function absent(v) return v == nil or v == cjson.null end
 
-local function is_int(v) return type(v) == 'number' and v == v and math.floor(v) == v end
+-- cjson reads NaN and Infinity (Python's json.dumps writes them) but cannot write them back.
+local function is_finite(v) return v == v and v ~= math.huge and v ~= -math.huge end
+
+local function is_int(v) return type(v) == 'number' and is_finite(v) and math.floor(v) == v end
 
 local function parse(raw)
   if #raw > MAX_RAW then return nil, 'entry is longer than ' .. MAX_RAW .. ' bytes' end
@@ -126,6 +129,7 @@ local function parse(raw)
     for k, v in pairs(e.meta) do
       if type(k) ~= 'string' then return nil, 'meta must be a JSON object' end
       if type(v) == 'table' then return nil, 'meta values must be strings, numbers, booleans or null' end
+      if type(v) == 'number' and not is_finite(v) then return nil, 'meta numbers must be finite' end
       n = n + 1
     end
     if n > 0 then
@@ -150,11 +154,20 @@ local function reject(raw, reason)
   redis.call('LPUSH', K_REJECTED, cjson.encode(entry))
 end
 
+-- parse() only reads; run under pcall, so that an entry it did not foresee is rejected with
+-- the error instead of ending the script (Redis does not roll a failed script back: the
+-- entry, already popped, would be lost with the counters of those before it).
+local function checked(raw)
+  local ok, item, reason = pcall(parse, raw)
+  if ok then return item, reason end
+  return nil, 'entry could not be read: ' .. tostring(item)
+end
+
 local ingested, rejected, duplicates = 0, 0, 0
 for _ = 1, limit do
   local raw = redis.call('RPOP', K_INBOX)
   if not raw then break end
-  local item, reason = parse(raw)
+  local item, reason = checked(raw)
   if item then
     local score = enqueue_one(now, reserve_seq(1), item.id, item.uri, item.pri, item.etag,
                               item.size, item.meta, false)
