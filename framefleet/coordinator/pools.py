@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -26,10 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framefleet.queue import Queue, Supervision
+from framefleet.queue.supervision import worker_name
 from framefleet.settings import Settings
 from framefleet.workers.actors import DecodeActor, InferenceActor
 from framefleet.workers.model import ModelLoadError
 from framefleet.workers.ray_adapter import ActorGone, RayAdapter
+
+log = logging.getLogger(__name__)
 
 # inference actors failing to start in a row: a configuration error (at once when the
 # model cannot be loaded: trying again would only wait out the same download timeouts)
@@ -162,7 +166,11 @@ class Pools:
             except ActorGone as exc:
                 report.replaced += 1
                 report.events.append(f"decode actor {member.name} gone: {exc}")
-                self._orphan(member.name)
+                if self._node_lost(member):  # a fleet-wide event: nothing charged
+                    reason = f"its node {member.node} was lost"
+                    self.supervision.release_workers([member.name], reason=reason)
+                else:
+                    self._orphan(member.name)
             except Exception as exc:
                 report.replaced += 1
                 report.events.append(f"decode actor {member.name} failed: {exc!r}")
@@ -191,11 +199,19 @@ class Pools:
                 self.adapter.kill(member.handle)
             self.leaving = []
 
+    def _node_lost(self, member: Member) -> bool:
+        if member.node is None:
+            return False
+        try:
+            return member.node not in self.adapter.alive_node_ids()
+        except Exception:  # the GCS does not answer: no evidence either way
+            log.warning("cannot list the alive nodes", exc_info=True)
+            return False
+
     def _orphan(self, worker: str) -> None:
         """The worker is dead: its leases expire now and the reaper takes them back."""
         self.supervision.mark_gone(worker)
-        self.supervision.expire_orphans(self.settings.coordinator.stale_s)
-        self.queue.reap()
+        self.supervision.sweep(self.settings.coordinator.stale_s)
 
     # -- sizing ------------------------------------------------------------------------
 
@@ -255,7 +271,7 @@ class Pools:
     # -- creating --------------------------------------------------------------------------
 
     def _name(self, kind: str) -> str:
-        return f"{kind}-{self.generation}-{next(self._numbers)}"
+        return worker_name(kind, self.generation, next(self._numbers))
 
     def _new_inference(self) -> Member:
         p = self.settings.pipeline

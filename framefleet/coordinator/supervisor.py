@@ -4,15 +4,20 @@ Coordinators compete for the leader lease in Redis; the holder acts and the othe
 by, taking over within leader_ttl_s of the leader's death. The leader, every tick:
 - keeps the Ray driver (driver.py) running in a child process, starting a new one when it
   exits (after a lost GCS: it waits for the head to come back, retrying with a backoff);
-- expires the leases of workers whose heartbeat stopped and reaps expired leases;
-- renews its lease; if renewal fails (another took over) it stops its driver and stands by.
+- ends the fleet of a driver that exited (its actors die with it): their leases come back
+  at once, no delivery counted; a new leader does the same for the fleets of the old one;
+- sweeps the queue: the leases of workers whose heartbeat stopped, expired leases, due
+  retries, and leases that ran out while nobody could renew (Supervision.sweep);
+- renews its lease. It steps down (stops its driver and stands by) only when the lease is
+  known lost (another coordinator holds it) or has run out by its own clock: a Redis outage
+  alone does not make it drop its fleet.
 On SIGTERM or SIGINT it stops its driver (the decode actors release their leases) and
 gives the lease up.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -24,10 +29,14 @@ import time
 import uuid
 from collections.abc import Callable
 
+from redis.exceptions import RedisError
+
 from framefleet.queue import Queue, Supervision, connect
 from framefleet.settings import Settings
 
 from . import driver
+
+log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.5, 1.0, 2.0, 3.0)  # between driver restarts; the last repeats
 STOP_GRACE_S = driver.STOP_TIMEOUT_S + 5.0
@@ -41,10 +50,14 @@ class Coordinator:
         self.supervision = Supervision(self.queue)
         self.stopping = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
+        self.generation: str | None = None  # the fleet of the driver running now
         self.restarts = 0
         self.fatal: str | None = None
         self._next_start = 0.0
         self._failures = 0
+        self._held_until = 0.0  # monotonic: the lease runs out then, by this clock
+        self._leading = False
+        self._ended: list[tuple[str, str]] = []  # fleets to end once Redis answers
 
     def run(self, until: Callable[[], bool] | None = None) -> int:
         """Until stopped (or `until()` is true, checked every tick). Returns 0, or 2 when the
@@ -65,33 +78,74 @@ class Coordinator:
                 self.stopping.wait(max(0.0, c.tick_s - (time.monotonic() - started)))
         finally:
             self._stop_child()
-            with contextlib.suppress(Exception):
+            self._end_fleets()
+            try:
                 self.supervision.release_leadership(self.name)
+            except RedisError as exc:
+                log.warning("could not give the leader lease up: %s", exc)
         return 2 if self.fatal is not None else 0
 
     def stop(self) -> None:
         self.stopping.set()
 
     def _hold(self) -> bool:
+        """Whether this coordinator leads. Known lost (another holds it): no. Redis does not
+        answer: yes while the lease it last renewed has not run out by this clock."""
+        ttl = self.settings.coordinator.leader_ttl_s
+        asked = time.monotonic()
         try:
-            ttl = self.settings.coordinator.leader_ttl_s
-            return self.supervision.hold_leadership(self.name, ttl)
-        except Exception:
-            return False
+            held = self.supervision.hold_leadership(self.name, ttl)
+        except RedisError as exc:
+            leading = self._leading and time.monotonic() < self._held_until
+            log.warning(
+                "leader lease not renewed (%s); %s",
+                exc,
+                "still leading" if leading else "standing by",
+            )
+            return leading
+        if held:
+            self._held_until = asked + ttl
+            if not self._leading:
+                self._take_over()
+        self._leading = held
+        return held
+
+    def _take_over(self) -> None:
+        """This coordinator has just become the leader: the fleets started by others are
+        ended (their workers stop claiming when their leader is gone; their leases come
+        back now instead of through their heartbeats going stale)."""
+        try:
+            for generation, leader in self.supervision.fleets().items():
+                if leader != self.name:
+                    self._ended.append((generation, f"its coordinator {leader} lost the lead"))
+        except RedisError as exc:
+            log.warning("could not read the fleets: %s", exc)
 
     def _lead(self) -> None:
         c = self.settings.coordinator
         self._watch_child()
-        with contextlib.suppress(Exception):  # Redis away: the next tick tries again
-            self.supervision.expire_orphans(c.stale_s)
-            self.queue.reap()
+        self._end_fleets()
+        try:
+            # While the driver cannot see its cluster, its actors' silence says nothing about
+            # the videos they hold: if the driver gives up, its fleet is ended, uncharged.
+            stale = c.stale_s if self._fleet_sound() else None
+            self.supervision.queue.sweep(stale_s=stale, gap_s=_gap_s(self.settings))
+        except RedisError as exc:  # the next tick tries again
+            log.warning("sweep failed: %s", exc)
+
+    def _fleet_sound(self) -> bool:
+        """The driver runs and has not reported its GCS lost."""
+        if self.child is None or self.child.poll() is not None:
+            return False
+        report = self.supervision.health() or {}
+        return not (report.get("generation") == self.generation and report.get("gcs") is False)
 
     def _watch_child(self) -> None:
         if self.child is not None and self.child.poll() is None:
             return
         if self.child is not None:
             code = self.child.returncode
-            self.child = None
+            self._child_gone(f"its Ray driver exited (code {code})")
             if code == driver.FATAL:
                 report = self.supervision.health() or {}
                 self.fatal = str(report.get("error", "the fleet cannot run as configured"))
@@ -104,6 +158,12 @@ class Coordinator:
         if time.monotonic() < self._next_start:
             return
         generation = uuid.uuid4().hex[:6]
+        try:
+            self.supervision.add_fleet(generation, self.name)
+        except RedisError as exc:
+            log.warning("cannot record a new fleet (%s): not starting a driver yet", exc)
+            return
+        self.generation = generation
         self.child = subprocess.Popen(
             [sys.executable, "-m", "framefleet.coordinator.driver"], stdin=subprocess.PIPE
         )
@@ -112,25 +172,57 @@ class Coordinator:
             stdin.write(pickle.dumps((self.settings, self.redis_url, generation, self.name)))
         self.restarts += 1
 
+    def _child_gone(self, reason: str) -> None:
+        """The driver process has exited: its actors are gone with it (they fate-share with
+        their owner), so its fleet is ended."""
+        self.child = None
+        if self.generation is not None:
+            self._ended.append((self.generation, reason))
+            self.generation = None
+        self._end_fleets()
+
+    def _end_fleets(self) -> None:
+        """End the fleets waiting for it (kept until Redis answers)."""
+        while self._ended:
+            generation, reason = self._ended[0]
+            try:
+                released = self.supervision.end_fleet(generation, reason)
+            except RedisError as exc:
+                log.warning("fleet %s not ended yet: %s", generation, exc)
+                return
+            if released:
+                log.info("fleet %s ended (%s): %d leases back", generation, reason, released)
+            self._ended.pop(0)
+
     def _report_death(self, code: int) -> None:
-        with contextlib.suppress(Exception):
-            report = {
-                "ok": False,
-                "at": time.time(),
-                "leader": self.name,
-                "redis": True,
-                "error": f"the Ray driver died (exit code {code}); starting a new one",
-            }
+        report = {
+            "ok": False,
+            "at": time.time(),
+            "leader": self.name,
+            "redis": True,
+            "error": f"the Ray driver died (exit code {code}); starting a new one",
+        }
+        try:
             ttl = max(3 * self.settings.coordinator.tick_s, 10.0)
             self.supervision.write_health(report, ttl_s=ttl)
+        except RedisError as exc:
+            log.warning("could not write the health report: %s", exc)
 
     def _stop_child(self) -> None:
-        child, self.child = self.child, None
-        if child is None or child.poll() is not None:
+        child = self.child
+        if child is None:
             return
-        child.terminate()  # SIGTERM: the driver stops its pools, leases are released
-        try:
-            child.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(5)
+        if child.poll() is None:
+            child.terminate()  # SIGTERM: the driver stops its pools, leases are released
+            try:
+                child.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+        self._child_gone(f"its Ray driver stopped (code {child.returncode})")
+
+
+def _gap_s(settings: Settings) -> float:
+    """A sweep later than this after the previous one means nobody could renew meanwhile
+    (see Queue.sweep): a third of a lease, or a few ticks when that is longer."""
+    return max(settings.queue.lease_s / 3, 3 * settings.coordinator.tick_s)

@@ -16,15 +16,22 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:signal      | list | wake-up tokens for blocked claimers (BLPOP)             |
 | ff:{videos}:inbox       | list | JSON items pushed by plain Redis clients (LPUSH)        |
 | ff:{videos}:rejected    | list | inbox entries refused, as JSON {raw, reason, at}        |
-| ff:{videos}:meta        | hash | paused, seq (FIFO counter), epoch (claim counter)       |
+| ff:{videos}:meta        | hash | paused, seq (FIFO), epoch (claims), swept_at, grace_until|
 | ff:{videos}:stats       | hash | monotonic counters (`*_total`)                          |
 | ff:{videos}:workers     | zset | worker name -> time of its last heartbeat (ms)          |
+| ff:{videos}:held:<w>    | set  | the ids worker w leases now (its lease index)           |
+| ff:{videos}:holders     | set  | the workers whose held set is not empty                 |
+| ff:{videos}:solo        | hash | worker -> the suspect item it holds (it gets no other)  |
+| ff:{videos}:nonces      | hash | worker -> nonce of its last claim (replays a retried one)|
+| ff:{videos}:fleets      | hash | Ray driver generation -> the coordinator that runs it   |
 | ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
 | ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
 
 Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
 `created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,
-`deliveries` (leases that expired), `claims`, `epoch` (a claim counter), `token` (the fence
+`deliveries` (charged lapses in a row: the poison count), `interrupted` (leases that ended
+without their holder's word), `solo`/`solo_since`/`crash_mark` (a suspect, retried alone),
+`claims`, `epoch` (a claim counter), `token` (the fence
 of the current lease), `owner`, `lease_until`, `claimed_at`,
 `ready_at`, `chunks_done`, `chunks_total`, `last_error`, `dead_reason`, `release_reason`,
 `result`, `done_at`, `dead_at`.
@@ -87,6 +94,25 @@ class Keys:
     @property
     def workers(self) -> str:
         return f"{self.base}workers"
+
+    def held(self, worker: str) -> str:
+        return f"{self.base}held:{worker}"
+
+    @property
+    def holders(self) -> str:
+        return f"{self.base}holders"
+
+    @property
+    def solo(self) -> str:
+        return f"{self.base}solo"
+
+    @property
+    def nonces(self) -> str:
+        return f"{self.base}nonces"
+
+    @property
+    def fleets(self) -> str:
+        return f"{self.base}fleets"
 
     @property
     def leader(self) -> str:

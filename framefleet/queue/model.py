@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -245,6 +245,10 @@ class Lease(NamedTuple):
     deliveries: int = 0
     chunks_total: int | None = None
     chunks_done: frozenset[int] = frozenset()
+    # a suspect: it crashed a worker that held other items too. Start it only once the
+    # worker holds nothing else (the queue gives this worker nothing more meanwhile), so that
+    # if it crashes again the blame is exact.
+    solo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +264,9 @@ class Item:
     size: int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     attempts: int = 0
-    deliveries: int = 0
+    deliveries: int = 0  # charged lapses in a row at one place: the poison count
+    interrupted: int = 0  # leases that ended without their holder's word, charged or not
+    solo: bool = False  # a suspect: retried alone
     claims: int = 0
     epoch: int | None = None
     owner: str | None = None
@@ -292,6 +298,8 @@ class Item:
             meta=json.loads(h["meta"]) if h.get("meta") else {},
             attempts=int(h.get("attempts", 0)),
             deliveries=int(h.get("deliveries", 0)),
+            interrupted=int(h.get("interrupted", 0)),
+            solo=h.get("solo") == "1",
             claims=int(h.get("claims", 0)),
             epoch=opt_int("epoch"),
             owner=h.get("owner"),
@@ -331,6 +339,22 @@ class ReapResult:
     requeued: int
     poisoned: int
     promoted: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    """One sweep (Supervision.sweep): leases reaped, workers found dead, leases forgiven
+    after a gap in the sweeps (an outage, a clock jump)."""
+
+    requeued: int = 0
+    poisoned: int = 0
+    promoted: int = 0
+    orphaned_workers: int = 0
+    orphaned_leases: int = 0
+    forgiven: int = 0
+
+    def __add__(self, other: SweepResult) -> SweepResult:
+        return SweepResult(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 @dataclass(frozen=True, slots=True)

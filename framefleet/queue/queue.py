@@ -30,6 +30,7 @@ from .model import (
     NewItem,
     ReapResult,
     Stats,
+    SweepResult,
     Verdict,
     check_id,
     check_worker,
@@ -153,7 +154,7 @@ class Queue:
             nonce = secrets.token_hex(8)
             now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms, nonce)
             if rows:
-                return [_lease(rows[i : i + 13], worker) for i in range(0, len(rows), 13)]
+                return [_lease(rows[i : i + 14], worker) for i in range(0, len(rows), 14)]
             if int(inbox) > 0 and not int(paused) and self.ingest_inbox().ingested:
                 continue
             if deadline is None:
@@ -213,17 +214,33 @@ class Queue:
     # -- supervision -----------------------------------------------------------------
 
     def reap(self, limit: int = 1000) -> ReapResult:
-        """Take back expired leases (poison after max_deliveries) and promote due retries.
-        Loops until none is left; each call costs O(expired), not O(leased)."""
-        totals = [0, 0, 0]
+        """Take back expired leases (poison after max_deliveries, see sweep.lua for the
+        blame) and promote due retries. Loops until none is left; each call costs
+        O(expired), not O(leased). The coordinator runs Supervision.sweep, which also finds
+        dead workers and forgives the leases that ran out in a gap."""
+        r = self.sweep(limit=limit)
+        return ReapResult(r.requeued, r.poisoned, r.promoted)
+
+    def sweep(
+        self, *, stale_s: float | None = None, gap_s: float | None = None, limit: int = 1000
+    ) -> SweepResult:
+        """One upkeep pass (lua/sweep.lua), looping until no expired lease is left: with
+        `stale_s`, the leases of workers silent that long expire now; with `gap_s`, a sweep
+        that comes more than gap_s after the previous one forgives the leases that ran out
+        in between (the server was down or its clock jumped: their workers could not renew).
+        """
+        stale = -1 if stale_s is None else int(stale_s * 1000)
+        gap = -1 if gap_s is None else int(gap_s * 1000)
+        lease_ms = int(self.settings.lease_s * 1000)
+        total = SweepResult()
         while True:
-            requeued, poisoned, promoted, more = self._run(
-                "reap", limit, self.settings.max_deliveries
+            *counts, more = self._run(
+                "sweep", limit, self.settings.max_deliveries, stale, gap, lease_ms
             )
-            for i, v in enumerate((requeued, poisoned, promoted)):
-                totals[i] += int(v)
+            total += SweepResult(*(int(c) for c in counts))
             if not int(more):
-                return ReapResult(*totals)
+                return total
+            stale = gap = -1  # done in the first pass
 
     def pause(self) -> None:
         """Nothing is handed out until resume(); leases already out carry on."""
@@ -306,11 +323,24 @@ _NO_CHUNKS: frozenset[int] = frozenset()
 
 
 def _lease(row: list[Any], worker: str) -> Lease:
-    (item_id, epoch, token, deadline, uri, etag, size, meta, pri, attempts, deliveries, total, chunks) = (
-        row
-    )
+    (
+        id_,
+        epoch,
+        token,
+        deadline,
+        uri,
+        etag,
+        size,
+        meta,
+        pri,
+        attempts,
+        deliveries,
+        total,
+        chunks,
+        solo,
+    ) = row
     return Lease(
-        item_id,
+        id_,
         int(epoch),
         token,
         int(deadline),
@@ -324,4 +354,5 @@ def _lease(row: list[Any], worker: str) -> Lease:
         int(deliveries),
         int(total) if total else None,
         frozenset(int(c) for c in chunks.split(",")) if chunks else _NO_CHUNKS,
+        solo == "1",
     )

@@ -21,7 +21,8 @@ NAMES = (
     "ack",
     "fail",
     "release",
-    "reap",
+    "sweep",
+    "release_workers",
     "ingest",
     "resume",
     "retry_dead",
@@ -29,7 +30,6 @@ NAMES = (
     "cancel",
     "stats",
     "heartbeat",
-    "expire_orphans",
     "leader_hold",
     "leader_release",
 )

@@ -2,8 +2,10 @@
 the leader lease and the health report (keys `workers`, `leader`, `health`; see keys.py).
 
 - Workers send a heartbeat every few seconds. When a worker's heartbeat is older than the
-  stale time, `expire_orphans` makes the leases it still holds expire now, so that the next
-  reap hands its videos out again at once instead of after the lease time.
+  stale time, `sweep` makes the leases it still holds expire now and reaps them, so that its
+  videos are handed out again at once instead of after the lease time (see lua/sweep.lua
+  for how much of it is charged to each video). A fleet-wide event (a Ray driver gone, a
+  node lost) releases its workers' leases without any charge (`release_workers`).
 - Coordinators compete for one leader lease (a key with a TTL holding the leader's id);
   the holder renews it, the others stand by and take it when it runs out.
 - The leader writes a health report (JSON, with a TTL) for the dashboard and the CLI.
@@ -12,10 +14,21 @@ the leader lease and the health report (keys `workers`, `leader`, `health`; see 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, cast
 
-from .model import check_worker
+from .model import SweepResult, check_worker
 from .queue import Queue
+
+
+def worker_name(kind: str, generation: str, number: int) -> str:
+    """The name of a fleet's actor: `<kind>-<generation>-<n>`, unique per incarnation."""
+    return f"{kind}-{generation}-{number}"
+
+
+def fleet_prefix(generation: str) -> str:
+    """What the names of a fleet's decode actors (the lease holders) start with."""
+    return worker_name("decoder", check_worker(generation), 0)[:-1]
 
 
 class Supervision:
@@ -42,14 +55,47 @@ class Supervision:
         return {str(name): max(0.0, (now_ms - score) / 1000) for name, score in rows}
 
     def mark_gone(self, worker: str) -> None:
-        """The worker is known dead (Ray said so): the next expire_orphans treats it as
-        silent for ever, whatever its last heartbeat."""
-        self.client.zadd(self.keys.workers, {check_worker(worker): 0}, xx=True)
+        """The worker is known dead (Ray said so): the next sweep treats it as silent for
+        ever, whatever its last heartbeat (or if it never sent one), and forgets it."""
+        self.client.zadd(self.keys.workers, {check_worker(worker): 0})
 
-    def expire_orphans(self, stale_s: float) -> tuple[int, int]:
-        """Expire now the leases of workers silent for stale_s; (workers, leases)."""
-        gone, expired = self.queue._run("expire_orphans", int(stale_s * 1000))
-        return int(gone), int(expired)
+    def sweep(self, stale_s: float, gap_s: float | None = None) -> SweepResult:
+        """Queue.sweep with the dead workers: those silent for stale_s (or marked gone) have
+        their leases expire now, and they are reaped at once."""
+        return self.queue.sweep(stale_s=stale_s, gap_s=gap_s)
+
+    def release_workers(
+        self, names: Sequence[str] = (), *, prefix: str | None = None, reason: str
+    ) -> int:
+        """A fleet-wide event ended these workers (the named ones, or every one whose name
+        starts with `prefix`): their leases go back to the queue now, no delivery counted.
+        Returns how many."""
+        if prefix is not None:
+            return int(self.queue._run("release_workers", reason, "prefix", prefix))
+        if not names:
+            return 0
+        checked = [check_worker(n) for n in names]
+        return int(self.queue._run("release_workers", reason, "names", *checked))
+
+    def held(self, worker: str) -> set[str]:
+        """The ids the worker leases now, as the queue sees it."""
+        return {str(i) for i in self.client.smembers(self.keys.held(check_worker(worker)))}
+
+    # -- fleets (one per Ray driver: its workers are named <kind>-<generation>-<n>) ----------
+
+    def add_fleet(self, generation: str, leader: str) -> None:
+        self.client.hset(self.keys.fleets, check_worker(generation), check_worker(leader))
+
+    def fleets(self) -> dict[str, str]:
+        """generation -> the coordinator that started it, for every fleet not ended yet."""
+        return {str(k): str(v) for k, v in self.client.hgetall(self.keys.fleets).items()}
+
+    def end_fleet(self, generation: str, reason: str) -> int:
+        """The fleet's driver is gone, and with it its actors: their leases come back now,
+        no delivery counted (release_workers). Returns how many."""
+        released = self.release_workers(prefix=fleet_prefix(generation), reason=reason)
+        self.client.hdel(self.keys.fleets, generation)
+        return released
 
     # -- the leader lease --------------------------------------------------------------
 

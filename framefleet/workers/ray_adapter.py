@@ -131,9 +131,13 @@ class RayAdapter:
         return str(ray.get_runtime_context().gcs_address)
 
     def alive_nodes(self) -> int:
+        return len(self.alive_node_ids())
+
+    def alive_node_ids(self) -> set[str]:
+        """The ids (hex) of the nodes the GCS holds alive."""
         import ray
 
-        return sum(1 for node in ray.nodes() if node.get("Alive"))
+        return {str(node["NodeID"]) for node in ray.nodes() if node.get("Alive")}
 
     def draining_nodes(self) -> set[str]:
         """The nodes being drained (preemption, scale-down, SIGTERM to `ray start`): Ray

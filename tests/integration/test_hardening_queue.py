@@ -13,12 +13,13 @@ from framefleet.queue import (
     EmbeddedServer,
     InvalidItem,
     Queue,
+    Supervision,
     Verdict,
     connect,
     parse_inbox_entry,
 )
 from framefleet.settings import QueueSettings
-from tests.conftest import SERVER_BUILDS
+from tests.conftest import SERVER_BUILDS, ManualClock
 
 
 @pytest.mark.parametrize("build", list(SERVER_BUILDS))
@@ -84,3 +85,121 @@ def test_f2_non_finite_numbers_in_the_inbox_are_rejected_and_lose_nothing(
     for entry in bad:
         with pytest.raises(InvalidItem):
             parse_inbox_entry(entry.encode())
+
+
+# -- finding 3: a delivery is charged only where the evidence points --------------------------
+
+
+def _crash(sup: Supervision, clock: ManualClock, *workers: str, stale_s: float = 10) -> None:
+    """The workers' heartbeats stop; a sweep later their leases are back in the queue."""
+    for worker in workers:
+        sup.heartbeat(worker)
+    clock.advance(stale_s * 1000 + 1)
+    sup.sweep(stale_s=stale_s)
+
+
+def test_f3_a_crash_of_a_worker_holding_several_videos_charges_none_of_them(
+    queue: Queue, clock: ManualClock
+) -> None:
+    sup = Supervision(queue)
+    ids = queue.enqueue([f"/v/{i}.mp4" for i in range(3)])
+    assert len(queue.claim(3, "decoder-a")) == 3
+    _crash(sup, clock, "decoder-a")
+    for item in queue.items(ids):
+        assert (item.state, item.deliveries) == ("queued", 0)
+
+
+def test_f3_a_video_that_crashed_its_worker_is_retried_alone(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """After the shared crash each suspect video is handed out as the only item of a claim,
+    and its worker gets nothing more while it holds it. A worker busy with other videos
+    passes over the suspects (an idle one takes them) for a lease time, then takes one too
+    (and finishes its others before starting it: the lease says solo)."""
+    sup = Supervision(queue)
+    queue.enqueue(["/v/x.mp4"])
+    [x] = queue.claim(1, "decoder-busy")
+    suspects = queue.enqueue(["/v/s0.mp4", "/v/s1.mp4"])
+    assert len(queue.claim(2, "decoder-a")) == 2
+    _crash(sup, clock, "decoder-a")
+    healthy = queue.enqueue(["/v/h0.mp4", "/v/h1.mp4"])
+    got = queue.claim(2, "decoder-busy")
+    assert [lease.id for lease in got] == healthy and not any(lease.solo for lease in got)
+    [alone] = queue.claim(3, "decoder-idle")
+    assert alone.id == suspects[0] and alone.solo
+    assert queue.claim(3, "decoder-idle") == []  # holds a suspect: nothing else
+    clock.advance(30_000)  # a lease time since they became suspects
+    [late] = queue.claim(3, "decoder-busy")
+    assert late.id == suspects[1] and late.solo
+    assert queue.claim(1, "decoder-busy") == []
+    assert x.id not in suspects
+
+
+def test_f3_a_poison_video_is_dead_after_crashing_alone_and_its_neighbours_are_not_charged(
+    queue: Queue, clock: ManualClock
+) -> None:
+    sup = Supervision(queue)
+    poison, *neighbours = queue.enqueue([f"/v/{i}.mp4" for i in range(3)])
+    queue.claim(3, "decoder-0")
+    _crash(sup, clock, "decoder-0")  # shared: nobody charged, all three suspects
+    for n in range(1, 4):
+        [lease] = queue.claim(1, f"decoder-{n}")
+        assert lease.id == poison and lease.solo
+        _crash(sup, clock, f"decoder-{n}")  # alone: charged
+    item = queue.get(poison)
+    assert item is not None and item.state == "dead" and "poison" in (item.dead_reason or "")
+    assert item.deliveries == 3
+    for lease in queue.claim(5, "decoder-9") + queue.claim(5, "decoder-8"):
+        assert lease.id in neighbours and lease.deliveries == 0
+
+
+def test_f3_a_long_video_making_progress_between_crashes_is_never_poison(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """Ten crashes of its worker, each after another chunk: never at the same place."""
+    sup = Supervision(queue)
+    [item_id] = queue.enqueue(["/v/long.mp4"])
+    for n in range(10):
+        [lease] = queue.claim(1, f"decoder-{n}")
+        assert queue.progress(lease, n, total=100)
+        _crash(sup, clock, f"decoder-{n}")
+    item = queue.get(item_id)
+    assert item is not None and item.state == "queued" and item.deliveries == 1
+
+
+def test_f3_a_lease_its_live_worker_stopped_renewing_is_charged_to_that_video(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """The worker renews its other leases but not this one: the evidence points at it."""
+    stuck_id, fine_id = queue.enqueue(["/v/stuck.mp4", "/v/fine.mp4"])
+    _, fine = queue.claim(2, "decoder-a")
+    clock.advance(20_000)
+    assert queue.renew(fine)
+    clock.advance(11_000)  # stuck's lease (30 s) ran out
+    assert queue.reap().requeued == 1
+    assert queue.get(stuck_id).deliveries == 1  # type: ignore[union-attr]
+    assert queue.get(fine_id).state == "leased"  # type: ignore[union-attr]
+
+
+def test_f3_fleet_wide_events_release_leases_without_a_delivery(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """A driver gone (every worker of its generation) or a node lost (the workers on it):
+    their leases come back at once, uncharged, whatever the workers held."""
+    sup = Supervision(queue)
+    ids = queue.enqueue([f"/v/{i}.mp4" for i in range(4)])
+    queue.claim(1, "decoder-g2-1")  # not part of either event
+    for _ in range(3):
+        for worker in ("decoder-g1-0", "decoder-g1-1", "decoder-g2-0"):
+            [lease] = queue.claim(1, worker)
+            assert lease.deliveries == 0 and not lease.solo
+        assert sup.release_workers(prefix="decoder-g1-", reason="the Ray driver exited") == 2
+        assert sup.release_workers(["decoder-g2-0"], reason="its node was lost") == 1
+        assert queue.stats().counts["queued"] == 3
+    items = queue.items(ids)
+    assert all(item.deliveries == 0 and not item.solo for item in items)
+    assert sum(item.state == "leased" and item.owner == "decoder-g2-1" for item in items) == 1
+    assert {i.release_reason for i in items if i.state == "queued"} == {
+        "the Ray driver exited",
+        "its node was lost",
+    }

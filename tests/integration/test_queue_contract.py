@@ -396,18 +396,20 @@ def test_reap_requeues_expired_leases_and_poisons_repeat_crashers(
     assert crash1.id == item_id
     clock.advance(5_000)
     q.renew(fine)
-    clock.advance(6_000)  # crash1 expired, fine renewed
+    clock.advance(6_000)  # crash1 expired while its worker renewed fine: its own fault
     assert q.reap() == q.reap().__class__(requeued=1, poisoned=0, promoted=0)
     assert q.get(item_id).deliveries == 1  # type: ignore[union-attr]
-    [crash2] = q.claim(1, "w")
-    assert crash2.deliveries == 1
+    [crash2] = q.claim(1, "w2")
+    assert crash2.deliveries == 1 and crash2.solo  # retried alone from now on
     clock.advance(11_000)
     r = q.reap()
-    assert (r.poisoned, r.requeued) == (1, 1)  # crash2 poisoned; fine expired too (1st time)
+    assert (r.poisoned, r.requeued) == (1, 1)  # crash2 poisoned; fine expired too (alone)
     item = q.get(item_id)
     assert item is not None and item.state is State.DEAD
     assert item.dead_reason == (
-        "poison: its lease expired 2 times without ack or fail (crashed its worker 2 times)"
+        "poison: its lease lapsed 2 times in a row without ack or fail, at 0 chunks done, the"
+        " blame its own each time (its worker crashed or stalled holding nothing else, or"
+        " renewed its other leases)"
     )
     assert q.stats().counters["poisoned_total"] == 1
 

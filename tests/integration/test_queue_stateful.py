@@ -1,7 +1,10 @@
 """A hypothesis state machine over enqueue/claim/renew/progress/ack/fail/release/reap/cancel/
-retry with a controllable clock, against the real embedded server. After every step: every
-id is in exactly one state (hash and zsets agree with the model), nothing is lost, and a
-fenced call (renew, progress, ack, fail, release) wins only for the current lease."""
+retry/release_workers with a controllable clock and three workers, against the real embedded
+server. The model predicts exactly which items each claim hands out (priority, FIFO, suspects
+alone) and how each reap blames a lapse (see lua/sweep.lua). After every step: every id is in
+exactly one state (hash and zsets agree with the model), nothing is lost, each worker's lease
+index is exact, and a fenced call (renew, progress, ack, fail, release) wins only for the
+current lease."""
 
 from __future__ import annotations
 
@@ -20,26 +23,32 @@ from hypothesis.stateful import (
 )
 from redis import Redis
 
-from framefleet.queue import NewItem, Queue, Verdict
+from framefleet.queue import NewItem, Queue, Supervision, Verdict
 from framefleet.queue.keys import STATES
 from framefleet.queue.model import Lease
 from framefleet.settings import QueueSettings
 from tests.conftest import ManualClock
 
 IDS = [f"v{i}" for i in range(6)]
+WORKERS = ["w0", "w1", "w2"]
 PRIORITY = {i: (9 if i in ("v0", "v1") else 5) for i in IDS}
 LEASE_MS, MAX_ATTEMPTS, MAX_DELIVERIES, BASE_MS, CAP_MS = 1000, 3, 3, 200, 800
 
 
 @dataclass
 class Model:
+    seq: int
     state: str = "queued"
-    epoch: int = -1
+    token: str = ""
+    owner: str = ""
     attempts: int = 0
     deliveries: int = 0
     deadline: int = 0
     ready_at: int = 0
     chunks: set[int] = field(default_factory=set)
+    solo: bool = False  # a suspect: handed out alone
+    solo_since: int = 0
+    crash_mark: int | None = None
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -64,17 +73,26 @@ class QueueMachine(RuleBasedStateMachine):
             rng=random.Random(0),
         )
         self.model: dict[str, Model] = {}
+        self.seq = 0
         self.max_epoch = 0
+        self.held: dict[str, set[str]] = {w: set() for w in WORKERS}
+        self.solo_of: dict[str, str] = {}  # worker -> the suspect it holds
 
     def current(self, lease: Lease) -> bool:
         m = self.model.get(lease.id)
-        return m is not None and m.state == "leased" and m.epoch == lease.epoch
+        return m is not None and m.state == "leased" and m.token == lease.token
 
     def expect_fenced(self, verdict: Verdict, lease: Lease) -> bool:
         """Checks the verdict of a fenced call; True when the call should have won."""
         won = self.current(lease)
         assert verdict.ok == won, (verdict, lease, self.model.get(lease.id))
         return won
+
+    def _end_lease(self, item_id: str) -> None:
+        m = self.model[item_id]
+        self.held[m.owner].discard(item_id)
+        if self.solo_of.get(m.owner) == item_id:
+            del self.solo_of[m.owner]
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -89,34 +107,59 @@ class QueueMachine(RuleBasedStateMachine):
             [NewItem(f"/v/{i}.mp4", id=i, priority=PRIORITY[i]) for i in ids], force=force
         )
         assert got == expected
+        first = self.seq + 1
+        self.seq += len(ids)  # a batch reserves a FIFO number per entry, duplicates included
         for i in got:
-            self.model[i] = Model()
+            self.model[i] = Model(seq=first + ids.index(i))
 
     def _promote(self) -> None:
         for m in self.model.values():
             if m.state == "delayed" and m.ready_at <= self.clock.now_ms:
                 m.state = "queued"
 
-    @rule(target=leases, n=st.integers(1, 3))
-    def claim(self, n: int) -> object:
+    def _expected_claim(self, n: int, worker: str) -> list[str]:
+        """claim.lua's choice: queued items by priority, then FIFO; a suspect only as the
+        first and only item, to a worker holding nothing (or, lease_ms after it became a
+        suspect, to any); nothing for a worker holding a suspect."""
+        if worker in self.solo_of:
+            return []
+        busy = bool(self.held[worker])
+        order = sorted(
+            (i for i, m in self.model.items() if m.state == "queued"),
+            key=lambda i: (9 - PRIORITY[i], self.model[i].seq),
+        )
+        take: list[str] = []
+        for i in order:
+            if len(take) == n:
+                break
+            m = self.model[i]
+            if not m.solo:
+                take.append(i)
+            elif not take and (not busy or self.clock.now_ms - m.solo_since >= LEASE_MS):
+                return [i]
+        return take
+
+    @rule(target=leases, n=st.integers(1, 3), worker=st.sampled_from(WORKERS))
+    def claim(self, n: int, worker: str) -> object:
         self._promote()
-        eligible = {i for i, m in self.model.items() if m.state == "queued"}
-        got = self.q.claim(n, "w")
-        assert len(got) == min(n, len(eligible))
-        claimed = {lease.id for lease in got}
-        assert claimed <= eligible
-        if any(PRIORITY[i] == 5 for i in claimed):
-            assert not any(PRIORITY[i] == 9 for i in eligible - claimed)
+        expected = self._expected_claim(n, worker)
+        got = self.q.claim(n, worker)
+        assert [lease.id for lease in got] == expected
         for lease in got:
             m = self.model[lease.id]
             assert lease.epoch > self.max_epoch
             self.max_epoch = lease.epoch
-            assert (lease.attempts, lease.deliveries, set(lease.chunks_done)) == (
+            assert (lease.attempts, lease.deliveries, set(lease.chunks_done), lease.solo) == (
                 m.attempts,
                 m.deliveries,
                 m.chunks,
+                m.solo,
             )
-            m.state, m.epoch, m.deadline = "leased", lease.epoch, self.clock.now_ms + LEASE_MS
+            m.state, m.token, m.owner = "leased", lease.token, worker
+            m.deadline = self.clock.now_ms + LEASE_MS
+            self.held[worker].add(lease.id)
+            if m.solo:
+                self.solo_of[worker] = lease.id
         return multiple(*got)
 
     @rule(lease=leases)
@@ -133,10 +176,11 @@ class QueueMachine(RuleBasedStateMachine):
     def ack(self, lease: Lease) -> None:
         m = self.model.get(lease.id)
         verdict = self.q.ack(lease, "out")
-        if m is not None and m.state == "done" and m.epoch == lease.epoch:
+        if m is not None and m.state == "done" and m.token == lease.token:
             assert verdict == Verdict.DUPLICATE
             return
         if self.expect_fenced(verdict, lease):
+            self._end_lease(lease.id)
             self.model[lease.id].state = "done"
             self.model[lease.id].chunks = set()
 
@@ -144,6 +188,7 @@ class QueueMachine(RuleBasedStateMachine):
     def fail(self, lease: Lease, retryable: bool) -> None:
         if not self.expect_fenced(self.q.fail(lease, "boom", retryable=retryable), lease):
             return
+        self._end_lease(lease.id)
         m = self.model[lease.id]
         m.attempts += 1
         if not retryable or m.attempts >= MAX_ATTEMPTS:
@@ -158,22 +203,50 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(lease=leases)
     def release(self, lease: Lease) -> None:
         if self.expect_fenced(self.q.release(lease, "preempted"), lease):
+            self._end_lease(lease.id)
             self.model[lease.id].state = "queued"
+
+    @rule(worker=st.sampled_from(WORKERS))
+    def release_worker(self, worker: str) -> None:
+        """A fleet-wide event: the worker's leases come back, nothing charged."""
+        mine = [i for i in self.held[worker] if self.model[i].state == "leased"]
+        got = Supervision(self.q).release_workers([worker], reason="node lost")
+        assert got == len(mine)
+        for i in mine:
+            self._end_lease(i)
+            self.model[i].state = "queued"
 
     @rule(ms=st.integers(0, 2500))
     def advance(self, ms: int) -> None:
         self.clock.advance(ms)
 
+    def _lapse(self, m: Model, charge: bool) -> bool:
+        """The model of lapse() in _common.lua; True when the item is dead."""
+        done = len(m.chunks)
+        if charge:
+            restart = m.crash_mark is not None and done > m.crash_mark
+            m.deliveries = 1 if restart else m.deliveries + 1
+        m.crash_mark = done
+        if not m.solo:
+            m.solo, m.solo_since = True, self.clock.now_ms
+        m.state = "dead" if charge and m.deliveries >= MAX_DELIVERIES else "queued"
+        return m.state == "dead"
+
     @rule()
     def reap(self) -> None:
+        now = self.clock.now_ms
         requeued = poisoned = 0
-        for m in self.model.values():
-            if m.state == "leased" and m.deadline <= self.clock.now_ms:
-                m.deliveries += 1
-                if m.deliveries >= MAX_DELIVERIES:
-                    m.state, poisoned = "dead", poisoned + 1
+        for held in self.held.values():
+            expired = [i for i in held if self.model[i].deadline <= now]
+            if not expired:
+                continue
+            shared = len(held) > 1 and len(expired) == len(held)  # the worker failed whole
+            for i in expired:
+                self._end_lease(i)
+                if self._lapse(self.model[i], charge=not shared):
+                    poisoned += 1
                 else:
-                    m.state, requeued = "queued", requeued + 1
+                    requeued += 1
         promoted = sum(
             m.state == "delayed" and m.ready_at <= self.clock.now_ms for m in self.model.values()
         )
@@ -196,6 +269,7 @@ class QueueMachine(RuleBasedStateMachine):
         for i in dead:
             m = self.model[i]
             m.state, m.attempts, m.deliveries = "queued", 0, 0
+            m.solo, m.crash_mark = False, None
 
     # -- invariants --------------------------------------------------------------------------
 
@@ -218,6 +292,12 @@ class QueueMachine(RuleBasedStateMachine):
                 assert state == m.state and in_sets == [m.state], (i, state, in_sets, m)
 
     @invariant()
+    def the_worker_index_is_exact(self) -> None:
+        sup = Supervision(self.q)
+        for worker, held in self.held.items():
+            assert sup.held(worker) == held, worker
+
+    @invariant()
     def nothing_is_lost(self) -> None:
         counts = self.q.stats().counts
         assert sum(counts[s] for s in STATES) == len(self.model)
@@ -228,8 +308,8 @@ def test_queue_state_machine(valkey_client: Redis) -> None:
     run_state_machine_as_test(
         machine,
         settings=settings(
-            max_examples=80,
-            stateful_step_count=40,
+            max_examples=200,
+            stateful_step_count=50,
             deadline=None,
             suppress_health_check=[HealthCheck.function_scoped_fixture],
         ),

@@ -7,7 +7,7 @@ import time
 
 from redis import Redis
 
-from framefleet.queue import Queue, Supervision, Verdict
+from framefleet.queue import Queue, Supervision, SweepResult, Verdict
 from tests.conftest import ManualClock
 
 
@@ -25,16 +25,16 @@ def test_a_silent_workers_leases_expire_at_once_and_live_ones_are_kept(
     sup.heartbeat("w-live")
     clock.advance(6_000)  # w-dead silent for 11 s, w-live for 6 s
     assert sup.workers() == {"w-dead": 11.0, "w-live": 6.0}
-    assert sup.expire_orphans(stale_s=10) == (1, 1)
+    result = sup.sweep(stale_s=10)
+    assert (result.orphaned_workers, result.orphaned_leases, result.requeued) == (1, 1, 1)
     assert set(sup.workers()) == {"w-live"}
-    result = queue.reap()
-    assert result.requeued == 1
     assert [x.id for x in queue.items_in("queued")] == [a.id]
     assert queue.get(a.id).deliveries == 1  # type: ignore[union-attr]
     assert queue.ack(a, "late") == Verdict.LOST  # the old owner is fenced off
+    assert sup.held("w-dead") == set() and sup.held("w-live") == {b.id}
     assert queue.renew(b) and queue.renew(c)
     assert queue.stats().counters["orphaned_total"] == 1
-    assert sup.expire_orphans(stale_s=10) == (0, 0)
+    assert sup.sweep(stale_s=10) == SweepResult()
 
 
 def test_a_worker_that_leaves_is_forgotten(queue: Queue) -> None:

@@ -93,11 +93,15 @@ class Fleet:
         wait(known, 60, f"the pid of a {kind} actor")
         return found[0]
 
-    def check(self) -> None:
-        """Every video done, each acknowledged once, detections as a direct run gives."""
+    def check(self, charged: int = 0) -> None:
+        """Every video done, each acknowledged once, detections as a direct run gives, and at
+        most `charged` deliveries counted against any video (a fleet-wide fault, such as a
+        lost head or driver, charges none)."""
         stats = self.queue.stats()
         assert stats.counts["dead"] == 0
         assert stats.counters["acked_total"] == len(self.ids)
+        deliveries = {item.id: item.deliveries for item in self.queue.items(self.ids)}
+        assert max(deliveries.values()) <= charged, deliveries
         model = load_model(self.settings.model)
         store = OutputStore(self.settings.pipeline.out, self.settings.source)
         for item_id, path in zip(self.ids, self.paths, strict=True):
@@ -105,7 +109,11 @@ class Fleet:
 
 
 def make_fleet(
-    tmp_path: Path, ray_address: str | None, auth: dict[str, str], tick_s: float = 0.5
+    tmp_path: Path,
+    ray_address: str | None,
+    auth: dict[str, str],
+    tick_s: float = 0.5,
+    items_per_decoder: int = 2,
 ) -> Fleet:
     """VIDEOS videos of 240 frames enqueued; a local Ray (no GPU) when ray_address is None."""
     videos = tmp_path / "videos"
@@ -128,6 +136,7 @@ def make_fleet(
             chunk_frames=8,
             max_inflight_chunks=2,
             decode_actors=1,
+            items_per_decoder=items_per_decoder,
             inference_actors=2,
             gpus_per_inference=0.0 if local else 0.25,
             cpus_per_decoder=0.5,

@@ -43,6 +43,7 @@ class ScriptedRay:
         self.free = {"CPU": float(cpus), "GPU": float(gpus)}
         self.actors: list[Actor] = []
         self.draining: set[str] = set()
+        self.lost: set[str] = set()
         self.node = "node-1"
         self._pids = itertools.count(1000)
 
@@ -89,6 +90,16 @@ class ScriptedRay:
 
     def available(self) -> dict[str, float]:
         return dict(self.free)
+
+    def alive_node_ids(self) -> set[str]:
+        return {a.node for a in self.actors} - self.lost
+
+    def lose(self, node: str) -> None:
+        """The node is gone with every actor on it."""
+        self.lost.add(node)
+        for actor in self.actors:
+            if actor.node == node:
+                self.kill(actor)
 
     def draining_nodes(self) -> set[str]:
         return set(self.draining)
@@ -226,3 +237,34 @@ def test_a_draining_node_is_left_and_replaced_elsewhere(queue: Queue) -> None:
     assert {a.node for a in ray.live("InferenceActor")} == {"node-2"}
     assert {a.node for a in ray.live("DecodeActor")} == {"node-2"}
     assert len(ray.live("DecodeActor")) == 4
+
+
+def test_a_lost_node_gives_its_videos_back_uncharged_and_a_crash_is_judged(
+    queue: Queue,
+) -> None:
+    """Each decode actor holds one video. Its node lost: the video comes back at once, no
+    delivery counted. Its process crashed on a live node: the video, which it held alone,
+    is charged one delivery (the blame is exact)."""
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(8)])
+    ray = ScriptedRay(cpus=100, gpus=1)
+    pools = make_pools(queue, ray)
+    pools.tick()  # the inference actors, on node-1
+    ray.node = "node-2"
+    pools.tick()  # the decode actors, on node-2
+    first, second, *_ = pools.decoders
+    [crashed] = queue.claim(1, first.name)
+    [lost] = queue.claim(1, second.name)
+    first.handle.alive = False  # its process crashed; node-2 lives
+    pools.tick()
+    crashed_item = queue.get(crashed.id)
+    assert crashed_item is not None and (crashed_item.state, crashed_item.deliveries) == (
+        "queued",
+        1,
+    )
+    ray.lose("node-2")
+    report = pools.tick()
+    lost_item = queue.get(lost.id)
+    assert lost_item is not None
+    assert (lost_item.state, lost_item.deliveries, lost_item.solo) == ("queued", 0, False)
+    assert "node-2" in (lost_item.release_reason or "")
+    assert report.replaced >= 3

@@ -17,12 +17,16 @@ local K_META = P .. 'meta'
 local K_STATS = P .. 'stats'
 local K_WORKERS = P .. 'workers'
 local K_LEADER = P .. 'leader'
+local K_HOLDERS = P .. 'holders' -- workers holding at least one lease
+local K_SOLO = P .. 'solo'       -- worker -> the suspect item it holds (nothing else meanwhile)
+local K_NONCES = P .. 'nonces'   -- worker -> the nonce of its last claim that leased anything
 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most
 
 local function ikey(id) return P .. 'item:' .. id end
 local function ckey(id) return P .. 'chunks:' .. id end
+local function hkey(worker) return P .. 'held:' .. worker end -- the ids a worker leases
 
 local function now_ms()
   local a = ARGV[1]
@@ -55,15 +59,63 @@ local function to_queued(id, key)
   redis.call('HSET', key, 'state', 'queued')
 end
 
-local function drop_lease(id, key)
-  redis.call('ZREM', K_LEASED, id)
-  redis.call('HDEL', key, 'owner', 'lease_until')
-end
-
 local function to_dead(id, key, now, reason)
   redis.call('ZADD', K_DEAD, now, id)
   redis.call('HSET', key, 'state', 'dead', 'dead_reason', reason, 'dead_at', now)
   stat('dead_total')
+end
+
+-- The lease of `id` by `owner` ended: out of the owner's index (and its solo slot).
+local function unhold(owner, id)
+  if not owner then return end
+  local held = hkey(owner)
+  redis.call('SREM', held, id)
+  if redis.call('SCARD', held) == 0 then redis.call('SREM', K_HOLDERS, owner) end
+  if redis.call('HGET', K_SOLO, owner) == id then redis.call('HDEL', K_SOLO, owner) end
+end
+
+local function drop_lease(id, key)
+  redis.call('ZREM', K_LEASED, id)
+  unhold(redis.call('HGET', key, 'owner'), id)
+  redis.call('HDEL', key, 'owner', 'lease_until')
+end
+
+-- A lease ended without its holder's word (it expired, or its worker was found dead). How
+-- much of it is the item's fault decides what happens (see sweep.lua):
+-- 'charge': a delivery counted, the poison count. It starts again at 1 when the item's
+-- chunks advanced since the last lapse (it is not crashing at the same place); at
+-- max_deliveries the item is dead as poison. It is retried alone from then on.
+-- 'suspect': its worker failed while holding others too, so the blame is not known: no
+-- delivery, but from now on it is retried alone, so that the next failure is exact.
+-- 'amnesty': a fleet-wide event (driver gone, node lost): no delivery.
+-- Returns true when the item went dead.
+local function lapse(id, key, now, blame, max_deliveries, reason)
+  drop_lease(id, key)
+  local f = redis.call('HMGET', key, 'deliveries', 'crash_mark', 'chunks_done', 'solo')
+  local done = tonumber(f[3]) or 0
+  redis.call('HINCRBY', key, 'interrupted', 1)
+  if blame == 'amnesty' then
+    redis.call('HSET', key, 'release_reason', reason)
+    to_queued(id, key)
+    return false
+  end
+  redis.call('HSET', key, 'crash_mark', done)
+  if f[4] ~= '1' then redis.call('HSET', key, 'solo', '1', 'solo_since', now) end
+  if blame == 'suspect' then
+    to_queued(id, key)
+    return false
+  end
+  local d = (tonumber(f[1]) or 0) + 1
+  if f[2] and done > tonumber(f[2]) then d = 1 end
+  redis.call('HSET', key, 'deliveries', d)
+  if d >= max_deliveries then
+    to_dead(id, key, now, 'poison: its lease lapsed ' .. d .. ' times in a row without ack or' ..
+            ' fail, at ' .. done .. ' chunks done, the blame its own each time (its worker' ..
+            ' crashed or stalled holding nothing else, or renewed its other leases)')
+    return true
+  end
+  to_queued(id, key)
+  return false
 end
 
 -- The fence of every lease-holder operation: the item must exist, be leased to this owner

@@ -1,9 +1,9 @@
 -- ack.lua: mark leased items done, each fenced by its token and owner (one item or a batch).
 -- KEYS[1] prefix. ARGV: now, then per item: id, token, owner, result (a URI or '').
 -- Per accepted item: state done, result, done_at, lease_until cleared (owner stays: who
--- finished it); out of leased, into done; its chunk set dropped; stats.acked_total. A stale
--- token is refused and counted (stale_ack_total); the same lease acking twice answers
--- 'duplicate' (a retry after a lost reply).
+-- finished it); out of leased (and its worker's index), into done; its chunk set dropped;
+-- stats.acked_total. A stale token is refused and counted (stale_ack_total); the same lease
+-- acking twice answers 'duplicate' (a retry after a lost reply).
 -- Returns one verdict per item: 'ok' | 'duplicate' | 'stale' | 'lost' | 'missing'.
 local now = now_ms()
 local out, acked, done, chunk_keys = {}, {}, {}, {}
@@ -17,6 +17,7 @@ for a = 2, #ARGV, 4 do
     -- owner stays: the worker that finished it
     redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 3], 'done_at', now,
                'lease_until', '')
+    unhold(f[4], id)
     acked[#acked + 1] = id
     done[#done + 1] = now
     done[#done + 1] = id

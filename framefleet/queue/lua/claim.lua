@@ -3,15 +3,25 @@
 -- Reads meta.paused; moves due delayed items to queued; pops queued; per item: a new epoch
 -- (from meta.epoch: a counter, for display), a token (the fence: nonce '.' place in this
 -- claim, so unique even when the server has lost writes and meta.epoch went back), state
--- leased, owner, lease_until, claimed_at, claims+1, leased zset.
+-- leased, owner, lease_until, claimed_at, claims+1, leased zset, the worker's index
+-- (held:<worker>, holders) and nonces[worker] = nonce.
+-- A suspect item (solo: it crashed a worker that held others too) is handed out only as the
+-- only item of a claim, and its worker gets nothing more until that lease ends (solo[worker]);
+-- a worker that holds other leases passes over it for lease_ms after it became suspect (an
+-- idle worker takes it first), then takes it too and must finish its others before starting
+-- it (the lease says solo). Items passed over keep their place.
+-- The same nonce again from the same worker is a retry of a call whose reply was lost: it
+-- answers the items that call leased, leasing nothing more.
 -- Returns {now, paused (0|1), next_due_ms (-1 if none), inbox length, items}, where items is
--- flat, 13 values per item: id, epoch, token, lease_until, uri, etag, size, meta, pri,
--- attempts, deliveries, chunks_total, checkpointed chunk indices joined by ','.
+-- flat, 14 values per item: id, epoch, token, lease_until, uri, etag, size, meta, pri,
+-- attempts, deliveries, chunks_total, checkpointed chunk indices joined by ',', solo (0|1).
 local now = now_ms()
 local n = tonumber(ARGV[2])
 local worker = ARGV[3]
 local lease_ms = tonumber(ARGV[4])
 local nonce = ARGV[5]
+local held = hkey(worker)
+local SKIP_MAX = 100 -- suspect items a busy worker passes over in one call, at most
 
 local function next_due()
   local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')
@@ -19,41 +29,90 @@ local function next_due()
   return -1
 end
 
-if redis.call('HGET', K_META, 'paused') == '1' then
-  return {now, 1, next_due(), redis.call('LLEN', K_INBOX), {}}
+local function reply(paused, items)
+  return {now, paused, next_due(), redis.call('LLEN', K_INBOX), items}
 end
+
+-- Append one leased item's 14 reply values to out.
+local function row(out, id, key)
+  local f = redis.call('HMGET', key, 'epoch', 'token', 'lease_until', 'uri', 'etag', 'size',
+                       'meta', 'pri', 'attempts', 'deliveries', 'chunks_total', 'chunks_done',
+                       'solo')
+  local chunks = ''
+  if f[12] and f[12] ~= '0' then chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',') end
+  local o = #out
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, f[1], f[2], f[3], f[4]
+  out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[5] or '', f[6] or '', f[7] or '', f[8]
+  out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[9] or '0', f[10] or '0', f[11] or '', chunks
+  out[o + 14] = f[13] or '0'
+end
+
+if redis.call('HGET', K_NONCES, worker) == nonce then
+  local out = {}
+  local prefix = nonce .. '.'
+  for _, id in ipairs(redis.call('SMEMBERS', held)) do
+    local key = ikey(id)
+    local token = redis.call('HGET', key, 'token')
+    if token and string.sub(token, 1, #prefix) == prefix then row(out, id, key) end
+  end
+  return reply(0, out)
+end
+if redis.call('HGET', K_META, 'paused') == '1' then return reply(1, {}) end
+if redis.call('HEXISTS', K_SOLO, worker) == 1 then return reply(0, {}) end
 promote_due(now, 1000)
+
+local busy = redis.call('EXISTS', held) == 1
+local take, back = {}, {}
+local solo = nil
+local skipped = 0
+while #take < n and not solo do
+  local popped = redis.call('ZPOPMIN', K_QUEUED, n - #take)
+  if #popped == 0 then break end
+  for i = 1, #popped, 2 do
+    local id, score = popped[i], popped[i + 1]
+    if solo then
+      back[#back + 1], back[#back + 2] = score, id
+    else
+      local f = redis.call('HMGET', ikey(id), 'solo', 'solo_since')
+      if f[1] ~= '1' then
+        take[#take + 1] = id
+      elseif #take == 0 and (not busy or now - (tonumber(f[2]) or 0) >= lease_ms) then
+        solo = id
+        take[1] = id
+      else
+        back[#back + 1], back[#back + 2] = score, id
+        skipped = skipped + 1
+      end
+    end
+  end
+  if skipped >= SKIP_MAX then break end
+end
+if #back > 0 then bulk('ZADD', K_QUEUED, back) end
+
 local out, leased = {}, {}
-local popped = redis.call('ZPOPMIN', K_QUEUED, n)
-local count = #popped / 2
+local count = #take
 local deadline = now + lease_ms
 if count > 0 then
   local epoch = redis.call('HINCRBY', K_META, 'epoch', count) - count
-  for i = 1, #popped, 2 do
-    local id = popped[i]
+  for k, id in ipairs(take) do
     local key = ikey(id)
-    epoch = epoch + 1
-    local token = nonce .. '.' .. string.format('%d', (i + 1) / 2)
-    local f = redis.call('HMGET', key, 'uri', 'etag', 'size', 'meta', 'pri', 'attempts',
-                         'deliveries', 'chunks_total', 'claims', 'chunks_done')
-    redis.call('HSET', key, 'state', 'leased', 'epoch', epoch, 'token', token, 'owner', worker,
-               'lease_until', deadline, 'claimed_at', now, 'claims', (tonumber(f[9]) or 0) + 1)
+    redis.call('HSET', key, 'state', 'leased', 'epoch', epoch + k,
+               'token', nonce .. '.' .. k, 'owner', worker, 'lease_until', deadline,
+               'claimed_at', now)
+    redis.call('HINCRBY', key, 'claims', 1)
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id
-    local chunks = ''
-    if f[10] and f[10] ~= '0' then
-      chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',')
-    end
-    local o = #out
-    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, epoch, token, deadline, f[1]
-    out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[2] or '', f[3] or '', f[4] or '', f[5]
-    out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[6] or '0', f[7] or '0', f[8] or '', chunks
+    row(out, id, key)
   end
   bulk('ZADD', K_LEASED, leased)
+  bulk('SADD', held, take)
+  redis.call('SADD', K_HOLDERS, worker)
+  redis.call('HSET', K_NONCES, worker, nonce)
+  if solo then redis.call('HSET', K_SOLO, worker, solo) end
 end
 stat('claimed_total', count)
 if redis.call('ZCARD', K_QUEUED) == 0 then
   -- Nothing left to hand out: any token still queued would only cause an empty wake-up.
   redis.call('DEL', K_SIGNAL)
 end
-return {now, 0, next_due(), redis.call('LLEN', K_INBOX), out}
+return reply(0, out)

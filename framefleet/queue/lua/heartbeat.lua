@@ -5,6 +5,7 @@
 local now = now_ms()
 if ARGV[3] == 'leave' then
   redis.call('ZREM', K_WORKERS, ARGV[2])
+  redis.call('HDEL', K_NONCES, ARGV[2])
   return 0
 end
 redis.call('ZADD', K_WORKERS, now, ARGV[2])

@@ -1,0 +1,43 @@
+-- release_workers.lua: a fleet-wide event ended some workers (their Ray driver exited, their
+-- node was lost): every lease they hold goes back to queued at once, with no delivery
+-- counted (lapse() 'amnesty'), and the workers are forgotten.
+-- KEYS[1] prefix. ARGV: now, reason, mode ('names' | 'prefix'), then the worker names, or
+-- one prefix matched against every worker holding a lease or sending heartbeats.
+-- Writes: leased, queued, item hashes, the worker index, workers, nonces,
+-- stats.fleet_released_total, signal. Returns the number of leases released.
+local now = now_ms()
+local reason, mode = ARGV[2], ARGV[3]
+local targets = {}
+if mode == 'prefix' then
+  local prefix, seen = ARGV[4], {}
+  local function match(list)
+    for _, w in ipairs(list) do
+      if not seen[w] and string.sub(w, 1, #prefix) == prefix then
+        seen[w] = true
+        targets[#targets + 1] = w
+      end
+    end
+  end
+  match(redis.call('SMEMBERS', K_HOLDERS))
+  match(redis.call('ZRANGE', K_WORKERS, 0, -1))
+else
+  for i = 4, #ARGV do targets[#targets + 1] = ARGV[i] end
+end
+local released = 0
+for _, w in ipairs(targets) do
+  for _, id in ipairs(redis.call('SMEMBERS', hkey(w))) do
+    local key = ikey(id)
+    if redis.call('HGET', key, 'owner') == w and redis.call('ZSCORE', K_LEASED, id) then
+      lapse(id, key, now, 'amnesty', 0, reason)
+      released = released + 1
+    end
+  end
+  redis.call('DEL', hkey(w))
+  redis.call('SREM', K_HOLDERS, w)
+  redis.call('HDEL', K_SOLO, w)
+  redis.call('HDEL', K_NONCES, w)
+  redis.call('ZREM', K_WORKERS, w)
+end
+stat('fleet_released_total', released)
+signal(released)
+return released

@@ -1,0 +1,126 @@
+-- sweep.lua: the queue's upkeep, run on a cadence by the coordinator and the decode actors
+-- (and by hand: Queue.reap). KEYS[1] prefix.
+-- ARGV: now, limit, max_deliveries, stale_ms (-1: skip step 2), gap_ms (-1: skip step 1),
+--       lease_ms.
+-- 1. A gap: when the last sweep (meta.swept_at) is more than gap_ms ago, the cadence broke:
+--    the server was down, its clock jumped forward, or nobody swept. Workers may not have
+--    been able to renew either, so the leases that ran out since get a new lease_ms instead
+--    of being reaped, and for stale_ms (meta.grace_until) heartbeats are not held against
+--    their workers (only workers marked gone count as dead).
+-- 2. Orphans: the leases of workers whose heartbeat is older than stale_ms (or marked gone:
+--    score 0) expire now (through held:<worker>, so O(their leases)); the workers are
+--    forgotten.
+-- 3. Reap: leases past their deadline end, with a blame (lapse() in _common.lua): when all
+--    the leases of a worker that held several ran out together, the worker failed and the
+--    blame is shared ('suspect' each: no delivery, retried alone); otherwise (it held only
+--    this one, or it renewed its others) the evidence points at the item ('charge').
+-- 4. Due retries move from delayed to queued.
+-- Writes: meta.swept_at/grace_until, leased, queued, dead, item hashes, the worker index,
+-- workers, stats (reaped_total, poisoned_total, orphaned_total, forgiven_total), signal.
+-- Returns {requeued, poisoned, promoted, workers orphaned, leases orphaned, leases forgiven,
+--          more (1 if expired leases remain)}.
+local now = now_ms()
+local limit = tonumber(ARGV[2])
+local max_deliveries = tonumber(ARGV[3])
+local stale_ms, gap_ms, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+
+-- 1. gap
+local forgiven = 0
+local grace = false
+if gap_ms >= 0 then
+  local m = redis.call('HMGET', K_META, 'swept_at', 'grace_until')
+  local last = tonumber(m[1])
+  redis.call('HSET', K_META, 'swept_at', now)
+  if last and now - last > gap_ms then
+    local ids = redis.call('ZRANGEBYSCORE', K_LEASED, '(' .. last, now)
+    local deadline = now + lease_ms
+    for _, id in ipairs(ids) do
+      redis.call('ZADD', K_LEASED, 'XX', deadline, id)
+      redis.call('HSET', ikey(id), 'lease_until', deadline)
+    end
+    forgiven = #ids
+    redis.call('HSET', K_META, 'grace_until', now + math.max(stale_ms, 0))
+    stat('forgiven_total', forgiven)
+    grace = true
+  elseif m[2] and now < tonumber(m[2]) then
+    grace = true
+  end
+end
+
+-- 2. orphans
+local gone, orphaned = {}, 0
+if stale_ms >= 0 then
+  if grace then
+    gone = redis.call('ZRANGEBYSCORE', K_WORKERS, 0, 0)
+  else
+    gone = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - stale_ms)
+  end
+  for _, w in ipairs(gone) do
+    for _, id in ipairs(redis.call('SMEMBERS', hkey(w))) do
+      local key = ikey(id)
+      if redis.call('HGET', key, 'owner') == w and redis.call('ZSCORE', K_LEASED, id) then
+        redis.call('ZADD', K_LEASED, 'XX', now, id)
+        redis.call('HSET', key, 'lease_until', now)
+        orphaned = orphaned + 1
+      end
+    end
+    redis.call('ZREM', K_WORKERS, w)
+    redis.call('HDEL', K_NONCES, w)
+  end
+  stat('orphaned_total', orphaned)
+end
+
+-- 3. reap
+-- Whether all of a worker's leases have run out (it failed as a whole), and then its lease
+-- ids. A live worker is told apart by its first live lease found (SSCAN, a few at a time).
+local function failed_whole(owner)
+  local cursor = '0'
+  repeat
+    local page = redis.call('SSCAN', hkey(owner), cursor, 'COUNT', 16)
+    cursor = page[1]
+    for _, id in ipairs(page[2]) do
+      local deadline = redis.call('ZSCORE', K_LEASED, id)
+      if deadline and tonumber(deadline) > now then return false, nil end
+    end
+  until cursor == '0'
+  return true, redis.call('SMEMBERS', hkey(owner))
+end
+
+local requeued, poisoned, handled = 0, 0, 0
+local done_owner = {}
+local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, limit)
+local function reap_one(id, blame)
+  local key = ikey(id)
+  if not redis.call('ZSCORE', K_LEASED, id) then return end -- handled with its worker
+  handled = handled + 1
+  if lapse(id, key, now, blame, max_deliveries) then
+    poisoned = poisoned + 1
+  else
+    requeued = requeued + 1
+  end
+end
+for _, id in ipairs(expired) do
+  local owner = redis.call('HGET', ikey(id), 'owner')
+  if owner and not done_owner[owner] then
+    done_owner[owner] = true
+    local whole, ids = failed_whole(owner)
+    if whole and #ids > 1 then
+      for _, other in ipairs(ids) do reap_one(other, 'suspect') end
+    else
+      reap_one(id, 'charge')
+    end
+  elseif not owner then
+    reap_one(id, 'charge')
+  elseif redis.call('ZSCORE', K_LEASED, id) then
+    reap_one(id, 'charge') -- its worker renews others: this one is stuck
+  end
+end
+stat('reaped_total', handled)
+stat('poisoned_total', poisoned)
+
+-- 4. due retries
+local promoted = promote_due(now, limit)
+signal(requeued + promoted)
+local more = 0
+if #expired == limit and redis.call('ZCOUNT', K_LEASED, '-inf', now) > 0 then more = 1 end
+return {requeued, poisoned, promoted, #gone, orphaned, forgiven, more}
