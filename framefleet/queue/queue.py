@@ -9,6 +9,7 @@ and backoff deterministically.
 from __future__ import annotations
 
 import json
+import math
 import random
 import secrets
 import time
@@ -57,6 +58,7 @@ class Queue:
         self._scripts = Scripts(client)
         self._clock = clock
         self._rng = rng or random.Random()
+        self._ingested_at = -math.inf  # monotonic: when claim last ingested the inbox
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -143,7 +145,9 @@ class Queue:
 
         Blocking waits on a wake-up list that every enqueue, release, retry and resume
         pushes to, so an idle claimer gets a new item within milliseconds; it also wakes
-        when a delayed retry falls due and, every `poll_s`, to ingest the inbox.
+        when a delayed retry falls due. The inbox is ingested first every `poll_s`, whether
+        or not the queue has items, so that an entry pushed by a plain client is in line
+        (by its priority) at most poll_s later.
         """
         if n < 1:
             raise ValueError("n must be >= 1")
@@ -151,6 +155,9 @@ class Queue:
         lease_ms = int(self.settings.lease_s * 1000)
         deadline = None if block is None else time.monotonic() + block
         while True:
+            if time.monotonic() - self._ingested_at >= self.settings.poll_s:
+                self._ingested_at = time.monotonic()
+                self.ingest_inbox()
             nonce = secrets.token_hex(8)
             now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms, nonce)
             if rows:

@@ -4,6 +4,7 @@ its finding, against real servers. Each failed on the code before its fix."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +204,15 @@ def test_f3_fleet_wide_events_release_leases_without_a_delivery(
         "the Ray driver exited",
         "its node was lost",
     }
+
+
+def test_f11_an_inbox_entry_is_claimable_within_poll_s_under_a_backlog(client: Redis) -> None:
+    """Claimers ingest the inbox every poll_s even while the queue has items, so an urgent
+    entry pushed by a plain client overtakes the backlog at most poll_s later."""
+    q = Queue(client, QueueSettings(poll_s=0.2))
+    q.enqueue([f"/v/backlog-{i}.mp4" for i in range(50)])
+    assert q.claim(1, "w")  # the claimer is busy with the backlog
+    client.lpush(q.keys.inbox, json.dumps({"uri": "/v/urgent.mp4", "priority": "high"}))
+    time.sleep(0.25)
+    [lease] = q.claim(1, "w")
+    assert lease.uri == "/v/urgent.mp4"
