@@ -56,6 +56,10 @@ class QueueSettings:
     backoff_max_s: float = 900.0  # FRAMEFLEET_BACKOFF_MAX_S: retry delay cap
     poll_s: float = 0.5  # FRAMEFLEET_POLL_S: longest blocking wait between inbox checks
     batch_size: int = 1000  # FRAMEFLEET_BATCH_SIZE: items per enqueue script call
+    # FRAMEFLEET_DONE_TTL_S, FRAMEFLEET_DEAD_TTL_S: done and dead items are deleted this long
+    # after they ended (a trimmed id is new again; its output manifest says it is done)
+    done_ttl_s: float = 7 * 86400.0
+    dead_ttl_s: float = 30 * 86400.0
 
     def __post_init__(self) -> None:
         for name in ("name", "prefix", "config_version"):
@@ -64,7 +68,14 @@ class QueueSettings:
                 raise SettingsError(
                     f"queue {name} must be non-empty without braces, colons or spaces"
                 )
-        positive = ("lease_s", "backoff_base_s", "backoff_max_s", "poll_s")
+        positive = (
+            "lease_s",
+            "backoff_base_s",
+            "backoff_max_s",
+            "poll_s",
+            "done_ttl_s",
+            "dead_ttl_s",
+        )
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be > 0")
@@ -284,6 +295,8 @@ _QUEUE_ENV = {
     "backoff_max_s": "FRAMEFLEET_BACKOFF_MAX_S",
     "poll_s": "FRAMEFLEET_POLL_S",
     "batch_size": "FRAMEFLEET_BATCH_SIZE",
+    "done_ttl_s": "FRAMEFLEET_DONE_TTL_S",
+    "dead_ttl_s": "FRAMEFLEET_DEAD_TTL_S",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
 
@@ -25,7 +26,26 @@ def connect(url: str) -> Redis:
     if "valkey_version" not in info and _major_minor(version) < MIN_VERSION:
         client.close()
         raise ServerError(f"{url}: Redis {version} is older than 6.2")
+    policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        client.close()
+        raise ServerError(
+            f"{_safe(url)}: its maxmemory-policy is {policy}: the server deletes keys when"
+            " it is full, and a queue whose items vanish loses videos (their ids stay in"
+            " the state sets with no item behind them). Set maxmemory-policy noeviction"
+            " (in a managed Redis, its parameter group): a full server then refuses writes,"
+            " which framefleet reports and retries."
+        )
     return client
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _major_minor(version: str) -> tuple[int, int]:

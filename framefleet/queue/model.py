@@ -22,6 +22,7 @@ MAX_ID_BYTES = 200
 MAX_ETAG_BYTES = 256
 MAX_META_BYTES = 512
 MAX_ENTRY_BYTES = 4096
+REJECTED_CAP = 1000  # rejected inbox entries kept (lua/ingest.lua), newest first
 DEFAULT_PRIORITY = 5
 PRIORITY_NAMES = {"low": 0, "normal": 5, "high": 9}
 _INBOX_FIELDS = frozenset({"uri", "id", "priority", "etag", "size", "meta"})

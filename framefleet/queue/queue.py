@@ -235,15 +235,15 @@ class Queue:
         `stale_s`, the leases of workers silent that long expire now; with `gap_s`, a sweep
         that comes more than gap_s after the previous one forgives the leases that ran out
         in between (the server was down or its clock jumped: their workers could not renew).
+        Each pass also deletes up to `limit` done and dead items past their retention.
         """
+        s = self.settings
         stale = -1 if stale_s is None else int(stale_s * 1000)
         gap = -1 if gap_s is None else int(gap_s * 1000)
-        lease_ms = int(self.settings.lease_s * 1000)
+        ttls = (int(s.lease_s * 1000), int(s.done_ttl_s * 1000), int(s.dead_ttl_s * 1000))
         total = SweepResult()
         while True:
-            *counts, more = self._run(
-                "sweep", limit, self.settings.max_deliveries, stale, gap, lease_ms
-            )
+            *counts, more = self._run("sweep", limit, s.max_deliveries, stale, gap, *ttls)
             total += SweepResult(*(int(c) for c in counts))
             if not int(more):
                 return total

@@ -14,13 +14,15 @@ from framefleet.queue import (
     EmbeddedServer,
     InvalidItem,
     Queue,
+    ServerError,
     Supervision,
     Verdict,
     connect,
     parse_inbox_entry,
 )
+from framefleet.queue.model import REJECTED_CAP
 from framefleet.settings import QueueSettings
-from tests.conftest import SERVER_BUILDS, ManualClock
+from tests.conftest import SERVER_BUILDS, ManualClock, QueueFactory
 
 
 @pytest.mark.parametrize("build", list(SERVER_BUILDS))
@@ -216,3 +218,87 @@ def test_f11_an_inbox_entry_is_claimable_within_poll_s_under_a_backlog(client: R
     time.sleep(0.25)
     [lease] = q.claim(1, "w")
     assert lease.uri == "/v/urgent.mp4"
+
+
+# -- finding 12: Redis does not grow without bound ---------------------------------------------
+
+
+def test_f12_done_and_dead_items_are_trimmed_after_their_retention(
+    make_queue: QueueFactory, clock: ManualClock
+) -> None:
+    """Done items are kept done_ttl_s, dead ones dead_ttl_s, then deleted, a bounded batch
+    per sweep. A trimmed id is new again: enqueueing it queues it (the worker then finds the
+    output manifest and acks it without work)."""
+    q = make_queue(done_ttl_s=100, dead_ttl_s=200)
+    done_ids = q.enqueue([f"/v/done-{i}.mp4" for i in range(5)])
+    for lease in q.claim(5, "w"):
+        assert q.progress(lease, 0, total=1) and q.ack(lease, "file:///out")
+    [dead_id] = q.enqueue(["/v/dead.mp4"])
+    [lease] = q.claim(1, "w")
+    assert q.fail(lease, "not a video", retryable=False)
+    clock.advance(100_001)
+    assert q.sweep(limit=2) is not None  # loops over expired leases, not over the trim
+    assert q.stats().counts["done"] == 3  # one batch of 2 this time
+    q.sweep(limit=2)
+    q.sweep(limit=2)
+    counts = q.stats().counts
+    assert (counts["done"], counts["dead"]) == (0, 1)
+    assert not any(q.client.exists(q.keys.item(i), q.keys.chunks(i)) for i in done_ids)
+    assert q.stats().counters["trimmed_total"] == 5
+    clock.advance(100_000)
+    q.sweep()
+    assert q.get(dead_id) is None and q.stats().counts["dead"] == 0
+    assert q.enqueue([f"/v/done-{i}.mp4" for i in range(5)]) == done_ids  # new again
+
+
+def test_f12_rejected_inbox_entries_are_capped_in_number_and_size(
+    queue: Queue, client: Redis
+) -> None:
+    for i in range(REJECTED_CAP + 50):
+        client.lpush(queue.keys.inbox, f"not json {i}")
+    client.lpush(queue.keys.inbox, "x" * 60_000)
+    while queue.ingest_inbox().remaining:
+        pass
+    assert client.llen(queue.keys.rejected) == REJECTED_CAP
+    newest = queue.rejected(1)[0]
+    assert newest["raw_bytes"] == 60_000 and len(newest["raw_hex"]) == 2 * 1024
+    assert queue.stats().counters["inbox_rejected_total"] == REJECTED_CAP + 51
+    assert (client.memory_usage(queue.keys.rejected) or 0) < REJECTED_CAP * 5 * 1024
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl", "allkeys-random"])
+def test_f12_a_server_that_evicts_keys_is_refused(tmp_path: Path, policy: str) -> None:
+    extra = ("--maxmemory", "1gb", "--maxmemory-policy", policy)
+    with (
+        EmbeddedServer(tmp_path, extra_args=extra) as server,
+        pytest.raises(ServerError, match=f"maxmemory-policy is {policy}.*noeviction"),
+    ):
+        connect(server.url)
+
+
+def test_f12_a_workers_leases_are_found_through_its_index(
+    make_queue: QueueFactory, clock: ManualClock, client: Redis
+) -> None:
+    """A stale worker's leases expire in O(its leases): with 500 live leases of another
+    worker, the sweep touches none of their items."""
+    q = make_queue(lease_s=60)
+    sup = Supervision(q)
+    q.enqueue([f"/v/live-{i}.mp4" for i in range(500)])
+    live = q.claim(500, "w-live")
+    q.enqueue(["/v/gone.mp4"])
+    [gone] = q.claim(1, "w-gone")
+    sup.heartbeat("w-gone")
+    clock.advance(11_000)
+    sup.heartbeat("w-live")
+    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
+        result = sup.sweep(stale_s=10)
+        client.set("monitor-end", "1")
+        touched = []
+        for event in monitor.listen():
+            if "monitor-end" in event["command"]:
+                break
+            touched.append(event["command"])
+    assert (result.orphaned_leases, result.requeued) == (1, 1)
+    live_ids = {lease.id for lease in live}
+    assert not [c for c in touched if any(i in c for i in live_ids)]
+    assert any(gone.id in c for c in touched)

@@ -11,7 +11,7 @@
 --        first 24 hex digits);
 --   priority: 0..9 or low|normal|high (default 5); etag: a string of at most 256 bytes;
 --   size: an integer >= 0; meta: an object of scalars, at most 512 bytes as JSON.
--- Writes: inbox, rejected, the queue keys enqueue.lua writes, stats.inbox_*_total.
+-- Writes: inbox, rejected (capped), the queue keys enqueue.lua writes, stats.inbox_*_total.
 -- Returns {ingested, rejected, duplicates (valid, id already known), remaining inbox length}.
 local now = now_ms()
 local limit = tonumber(ARGV[2])
@@ -140,13 +140,16 @@ local function parse(raw)
   return item
 end
 
+-- The newest REJECTED_CAP rejections are kept (framefleet/queue/model.py has the same
+-- number), each with the entry as it came when it could have been valid (text, at most
+-- MAX_RAW bytes), else its first KiB as hex with its length: a few MB in all at most.
+local REJECTED_CAP = 1000
 local function reject(raw, reason)
   local entry = {reason = reason, at = now}
-  if #raw <= 65536 and valid_utf8(raw) then
+  if #raw <= MAX_RAW and valid_utf8(raw) then
     entry.raw = raw
   else
-    -- Keep what is not text as hex (the first 4 KiB), so readers always get valid JSON.
-    entry.raw_hex = string.gsub(string.sub(raw, 1, 4096), '.', function(c)
+    entry.raw_hex = string.gsub(string.sub(raw, 1, 1024), '.', function(c)
       return string.format('%02x', string.byte(c))
     end)
     entry.raw_bytes = #raw
@@ -182,6 +185,7 @@ for _ = 1, limit do
     rejected = rejected + 1
   end
 end
+if rejected > 0 then redis.call('LTRIM', K_REJECTED, 0, REJECTED_CAP - 1) end
 stat('inbox_ingested_total', ingested)
 stat('enqueued_total', ingested)
 stat('inbox_rejected_total', rejected)

@@ -1,7 +1,7 @@
 -- sweep.lua: the queue's upkeep, run on a cadence by the coordinator and the decode actors
 -- (and by hand: Queue.reap). KEYS[1] prefix.
 -- ARGV: now, limit, max_deliveries, stale_ms (-1: skip step 2), gap_ms (-1: skip step 1),
---       lease_ms.
+--       lease_ms, done_ttl_ms, dead_ttl_ms.
 -- 1. A gap: when the last sweep (meta.swept_at) is more than gap_ms ago, the cadence broke:
 --    the server was down, its clock jumped forward, or nobody swept. Workers may not have
 --    been able to renew either, so the leases that ran out since get a new lease_ms instead
@@ -15,14 +15,18 @@
 --    blame is shared ('suspect' each: no delivery, retried alone); otherwise (it held only
 --    this one, or it renewed its others) the evidence points at the item ('charge').
 -- 4. Due retries move from delayed to queued.
--- Writes: meta.swept_at/grace_until, leased, queued, dead, item hashes, the worker index,
--- workers, stats (reaped_total, poisoned_total, orphaned_total, forgiven_total), signal.
+-- 5. Retention: at most `limit` done items older than done_ttl_ms and dead ones older than
+--    dead_ttl_ms are deleted (hash and chunk set): a bounded batch per sweep.
+-- Writes: meta.swept_at/grace_until, leased, queued, dead, done, item hashes, the worker
+-- index, workers, stats (reaped_total, poisoned_total, orphaned_total, forgiven_total,
+-- trimmed_total), signal.
 -- Returns {requeued, poisoned, promoted, workers orphaned, leases orphaned, leases forgiven,
 --          more (1 if expired leases remain)}.
 local now = now_ms()
 local limit = tonumber(ARGV[2])
 local max_deliveries = tonumber(ARGV[3])
 local stale_ms, gap_ms, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local done_ttl_ms, dead_ttl_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
 
 -- 1. gap
 local forgiven = 0
@@ -121,6 +125,17 @@ stat('poisoned_total', poisoned)
 -- 4. due retries
 local promoted = promote_due(now, limit)
 signal(requeued + promoted)
+
+-- 5. retention
+local trimmed = 0
+for zset, ttl in pairs({[K_DONE] = done_ttl_ms, [K_DEAD] = dead_ttl_ms}) do
+  local old = redis.call('ZRANGEBYSCORE', zset, '-inf', now - ttl, 'LIMIT', 0, limit)
+  for _, id in ipairs(old) do redis.call('DEL', ikey(id), ckey(id)) end
+  bulk('ZREM', zset, old)
+  trimmed = trimmed + #old
+end
+stat('trimmed_total', trimmed)
+
 local more = 0
 if #expired == limit and redis.call('ZCOUNT', K_LEASED, '-inf', now) > 0 then more = 1 end
 return {requeued, poisoned, promoted, #gone, orphaned, forgiven, more}
