@@ -93,6 +93,7 @@ class SourceSettings:
     allowed_roots: tuple[Path, ...] = ()
     max_video_bytes: int = 8 * 1024**3  # FRAMEFLEET_MAX_VIDEO_BYTES
     fetch_timeout_s: float = 60.0  # FRAMEFLEET_FETCH_TIMEOUT_S: connect and read timeouts
+    fetch_deadline_s: float = 1800.0  # FRAMEFLEET_FETCH_DEADLINE_S: a whole download, at most
     fetch_attempts: int = 4  # FRAMEFLEET_FETCH_ATTEMPTS: tries on timeouts and 5xx
     fetch_backoff_s: float = 0.5  # FRAMEFLEET_FETCH_BACKOFF_S: first wait between tries
     s3_endpoint_url: str | None = None  # FRAMEFLEET_S3_ENDPOINT_URL (MinIO-style stores)
@@ -101,8 +102,10 @@ class SourceSettings:
     def __post_init__(self) -> None:
         if self.max_video_bytes < 1 or self.fetch_attempts < 1:
             raise SettingsError("max_video_bytes and fetch_attempts must be >= 1")
-        if not (self.fetch_timeout_s > 0 and self.fetch_backoff_s >= 0):
-            raise SettingsError("fetch_timeout_s must be > 0 and fetch_backoff_s >= 0")
+        if not (self.fetch_timeout_s > 0 and self.fetch_deadline_s > 0):
+            raise SettingsError("fetch_timeout_s and fetch_deadline_s must be > 0")
+        if self.fetch_backoff_s < 0:
+            raise SettingsError("fetch_backoff_s must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,19 @@ class PipelineSettings:
     # inference actors'. Decoders run ahead (bounded by max_inflight_chunks), so where both
     # share cores the stage that feeds the model (and the GPU) goes first; 0 keeps it equal.
     decode_nice: int = 5
+    # FRAMEFLEET_STALL_S: an item that makes no progress (bytes fetched, a chunk decoded or
+    # settled) for this long is given up: its lease is no longer renewed, so it goes back to
+    # the queue. Longer than the slowest chunk's wait behind the others at an actor.
+    stall_s: float = 600.0
+    # FRAMEFLEET_CHUNK_TIMEOUT_S: a chunk out at an inference actor this long is sent to
+    # another one (the actor may be hung)
+    chunk_timeout_s: float = 600.0
+    # FRAMEFLEET_INFERENCE_WAIT_S: while no inference actor is ready, how long a chunk waits
+    # for one before its video goes back to the queue (no attempt counted)
+    inference_wait_s: float = 60.0
+    # Set by the driver, not read from the environment: the marker file its actors must see
+    # in a local output root (workers/outputs.py mark_root)
+    out_marker: str | None = None
 
     def __post_init__(self) -> None:
         if self.decoder not in ("decord", "pyav"):
@@ -189,6 +205,9 @@ class PipelineSettings:
             raise SettingsError("gpus_per_inference must be in [0, 1]")
         if not 0 <= self.decode_nice <= 19:
             raise SettingsError("decode_nice must be in [0, 19]")
+        for name in ("stall_s", "chunk_timeout_s", "inference_wait_s"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name} must be > 0")
 
     def config_hash(self, model: ModelSettings) -> str:
         """What decides the outputs of a video: a different hash means different outputs."""
@@ -221,11 +240,21 @@ class CoordinatorSettings:
     stale_s: float = 10.0  # FRAMEFLEET_STALE_S: a worker silent this long is gone
     gcs_grace_s: float = 5.0  # FRAMEFLEET_GCS_GRACE_S: GCS unreachable this long: new driver
     idle_s: float = 60.0  # FRAMEFLEET_IDLE_S: an empty queue this long scales down to min
+    # FRAMEFLEET_START_TIMEOUT_S: an actor not ready this long after its creation (loading
+    # the model included) is killed and replaced
+    start_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
         if self.min_decode_actors < 0 or self.min_inference_actors < 1:
             raise SettingsError("min_decode_actors must be >= 0, min_inference_actors >= 1")
-        for name in ("tick_s", "leader_ttl_s", "stale_s", "gcs_grace_s", "idle_s"):
+        for name in (
+            "tick_s",
+            "leader_ttl_s",
+            "stale_s",
+            "gcs_grace_s",
+            "idle_s",
+            "start_timeout_s",
+        ):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be > 0")
         if self.leader_ttl_s < 2 * self.tick_s:
@@ -304,6 +333,7 @@ _SOURCE_ENV = {
     "allowed_roots": "FRAMEFLEET_ALLOWED_ROOTS",
     "max_video_bytes": "FRAMEFLEET_MAX_VIDEO_BYTES",
     "fetch_timeout_s": "FRAMEFLEET_FETCH_TIMEOUT_S",
+    "fetch_deadline_s": "FRAMEFLEET_FETCH_DEADLINE_S",
     "fetch_attempts": "FRAMEFLEET_FETCH_ATTEMPTS",
     "fetch_backoff_s": "FRAMEFLEET_FETCH_BACKOFF_S",
     "s3_endpoint_url": "FRAMEFLEET_S3_ENDPOINT_URL",
@@ -339,6 +369,9 @@ _PIPELINE_ENV = {
     "cpus_per_inference": "FRAMEFLEET_CPUS_PER_INFERENCE",
     "cpus_per_decoder": "FRAMEFLEET_CPUS_PER_DECODER",
     "decode_nice": "FRAMEFLEET_DECODE_NICE",
+    "stall_s": "FRAMEFLEET_STALL_S",
+    "chunk_timeout_s": "FRAMEFLEET_CHUNK_TIMEOUT_S",
+    "inference_wait_s": "FRAMEFLEET_INFERENCE_WAIT_S",
 }
 
 _COORDINATOR_ENV = {
@@ -351,6 +384,7 @@ _COORDINATOR_ENV = {
     "stale_s": "FRAMEFLEET_STALE_S",
     "gcs_grace_s": "FRAMEFLEET_GCS_GRACE_S",
     "idle_s": "FRAMEFLEET_IDLE_S",
+    "start_timeout_s": "FRAMEFLEET_START_TIMEOUT_S",
 }
 
 _S = TypeVar(

@@ -2,7 +2,9 @@
 
 It connects to the cluster (or starts a local Ray), then every tick: checks the GCS (a TCP
 connect to its port, then the node list, both with time limits, since Ray calls hang while
-the GCS is down), ticks the pools and writes the health report. When the GCS has been
+the GCS is down), ticks the pools and writes the health report. It stops (and its pools with
+it) when its coordinator has died, or no longer holds the leader lease two ticks running
+(it hangs, say: a standby leads now), so that two fleets never run for long. When the GCS has been
 unreachable for gcs_grace_s it exits with GCS_LOST at once (os._exit: nothing Ray does at
 exit can be trusted then) and the coordinator starts a new driver, which waits for the head.
 
@@ -12,6 +14,7 @@ fleet cannot run as configured: the report says why).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -22,13 +25,19 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from framefleet.queue import Queue, Supervision, connect
 from framefleet.settings import Settings
+from framefleet.workers.actors import FleetError
+from framefleet.workers.outputs import OutputRootError, mark_root, unmark_root
 from framefleet.workers.ray_adapter import RayAdapter
 
-from .pools import FleetError, Pools
+from .pools import Pools
 
 GCS_LOST, NO_CLUSTER, FATAL = 3, 4, 5
 STOP_TIMEOUT_S = 20.0  # decode actors settle and release within this on a stop
@@ -77,12 +86,29 @@ class Driver:
             return NO_CLUSTER
         for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
             signal.signal(sig, lambda signum, frame: self.stopping.set())
-        pools = Pools(self.settings, self.redis_url, self.queue, self.adapter, self.generation)
+        try:
+            self.settings = _with_output_root(self.settings, address, self.generation)
+        except (OutputRootError, OSError) as exc:
+            self._report(ok=False, error=str(exc), fatal=True)
+            return FATAL
+        pools = Pools(
+            self.settings,
+            self.redis_url,
+            self.queue,
+            self.adapter,
+            self.generation,
+            leader=self.leader,
+        )
         lost_since: float | None = None
         tick = self.settings.coordinator.tick_s
+        deposed = 0
         while not self.stopping.is_set():
             started = time.monotonic()
             if os.getppid() != self.parent:  # the coordinator died: a standby takes over
+                break
+            deposed = deposed + 1 if self._deposed() else 0
+            if deposed >= 2:  # its coordinator no longer leads (it hangs, say): stop
+                self.events = [*self.events, "the coordinator no longer leads: stopping"]
                 break
             nodes = self._nodes(gcs)
             if nodes is None:  # reported at once; a new driver after gcs_grace_s
@@ -117,7 +143,16 @@ class Driver:
                     )
             self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
         pools.stop(timeout=STOP_TIMEOUT_S)
+        with contextlib.suppress(OSError):
+            unmark_root(self.settings.pipeline.out, self.settings.pipeline.out_marker)
         return 0
+
+    def _deposed(self) -> bool:
+        """Another coordinator holds the leader lease, or none does (known: Redis answers)."""
+        try:
+            return self.supervision.leader() != self.leader
+        except RedisError:
+            return False
 
     def shutdown_local_ray(self, timeout: float = 15.0) -> None:
         """End the local Ray this driver started, all of it: os._exit alone leaves its agent
@@ -153,6 +188,17 @@ class Driver:
             self.supervision.write_health(report, ttl_s=ttl)
         except Exception:
             pass
+
+
+def _with_output_root(settings: Settings, address: str | None, generation: str) -> Settings:
+    """A relative local output root is this machine's directory: made absolute for a local
+    Ray, refused on a cluster; a local root gets the marker every actor must see there."""
+    p = settings.pipeline
+    out = p.out
+    if address is None and not out.startswith("s3://"):
+        out = str(Path(out.removeprefix("file://")).absolute())
+    marker = mark_root(out, generation)
+    return replace(settings, pipeline=replace(p, out=out, out_marker=marker))
 
 
 if __name__ == "__main__":

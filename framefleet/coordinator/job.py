@@ -1,8 +1,9 @@
 """`framefleet run PATHS... --out DIR`: the main job for a person, on embedded defaults.
 
-Enqueue the videos (idempotent: a video already done is not done again), run a coordinator
-until every one of them is done or dead, showing progress, then print a summary. Exit 0
-only when every video is done.
+Enqueue the videos (idempotent: a video already done is not done again, unless its outputs
+are not in this run's output root with this configuration), run a coordinator until every
+one of them is done or dead, showing progress, then print a summary. Exit 0 only when every
+video is done.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from framefleet.queue import Queue, Supervision, connect, default_id
+from framefleet.queue import Item, NewItem, Queue, Supervision, connect, default_id
 from framefleet.settings import Settings
-from framefleet.workers.outputs import OutputStore
+from framefleet.workers.outputs import OutputStore, output_version
 
 from .supervisor import Coordinator
 
@@ -41,6 +42,11 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
     queue = Queue(connect(redis_url), settings.queue)
     queue.enqueue(uris)
     ids = list(dict.fromkeys(default_id(u, settings.queue.config_version) for u in uris))
+    again = elsewhere(settings, queue.items(ids))
+    if again:  # done, but into another output root or with another configuration
+        queue.enqueue(
+            [NewItem(i.uri, id=i.id, priority=i.priority, etag=i.etag) for i in again], force=True
+        )
     coordinator = Coordinator(settings, redis_url)
     started = time.monotonic()
     progress = Progress(queue, ids, out)
@@ -51,6 +57,22 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
         out.write(f"error: {coordinator.fatal}\n{_hint(coordinator.fatal)}")
         return 2
     return summarize(settings, queue, ids, time.monotonic() - started, out) if code == 0 else code
+
+
+def elsewhere(settings: Settings, items: list[Item]) -> list[Item]:
+    """The done items whose outputs are not in this run's output root with its
+    configuration (a run with another --out or --model before): `run` does them again, as
+    new revisions, instead of reporting the other outputs."""
+    store = OutputStore(settings.pipeline.out, settings.source)
+    config = settings.pipeline.config_hash(settings.model)
+    found = []
+    for item in items:
+        if item.state != "done":
+            continue
+        video = store.video(item.id, output_version(config, item.etag, item.rev))
+        if item.result != store.manifest_uri(video):
+            found.append(item)
+    return found
 
 
 class Progress:
@@ -84,7 +106,7 @@ def summarize(settings: Settings, queue: Queue, ids: list[str], seconds: float, 
     for item in queue.items(ids):
         if item.state == "done":
             done.append(item)
-            frames += int(store.read_manifest(item.id).get("frames", 0))
+            frames += int(store.read_result(item.result or "").get("frames", 0))
         elif item.state == "dead":
             dead.append(item)
     out.write(

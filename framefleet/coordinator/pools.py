@@ -29,8 +29,9 @@ from typing import Any
 from framefleet.queue import Queue, Supervision
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import Settings
-from framefleet.workers.actors import DecodeActor, InferenceActor
+from framefleet.workers.actors import DecodeActor, FleetError, InferenceActor
 from framefleet.workers.model import ModelLoadError
+from framefleet.workers.outputs import OutputRootError
 from framefleet.workers.ray_adapter import ActorGone, RayAdapter
 
 log = logging.getLogger(__name__)
@@ -40,21 +41,18 @@ log = logging.getLogger(__name__)
 FAILED_STARTS = 3
 
 
-class FleetError(Exception):
-    """The fleet cannot run as configured (for example, the model cannot be loaded)."""
-
-
 @dataclass
 class Member:
     name: str
     handle: Any
     ping: Any = None  # inference: the pending readiness / liveness call
     run: Any = None  # decode: the pending run() call
-    ready: bool = False
+    ready: bool = False  # its readiness call answered
     draining: bool = False  # decode: finishing its videos, claiming no more (scaled down)
     leaving: bool = False  # decode: releasing its videos, its node is being drained
     pid: int | None = None
     node: str | None = None
+    started_at: float = 0.0
 
 
 @dataclass
@@ -66,6 +64,12 @@ class PoolReport:
     draining_nodes: int = 0
     events: list[str] = field(default_factory=list)
     pids: dict[str, int | None] = field(default_factory=dict)
+
+
+def _misconfigured(exc: ActorGone) -> bool:
+    """An actor's __init__ failed in a way another try cannot mend."""
+    error = exc.init_error or ""
+    return ModelLoadError.__name__ in error or OutputRootError.__name__ in error
 
 
 def wanted(current: int, low: int, high: int, demand: int, room: int) -> int:
@@ -86,8 +90,10 @@ class Pools:
         adapter: RayAdapter,
         generation: str,
         clock: Callable[[], float] = time.monotonic,
+        leader: str | None = None,
     ) -> None:
         self.settings, self.redis_url, self.queue = settings, redis_url, queue
+        self.leader = leader  # the coordinator: its decode actors stop when another leads
         self.supervision = Supervision(queue)
         self.adapter, self.generation, self.clock = adapter, generation, clock
         self.decoders: list[Member] = []
@@ -103,6 +109,7 @@ class Pools:
 
     def tick(self) -> PoolReport:
         report = PoolReport()
+        self._kill_silent(report)
         self._check_inference(report)
         self._check_decoders(report)
         self._leave_draining(report)
@@ -116,6 +123,31 @@ class Pools:
         report.ready_inference = sum(m.ready for m in self.inference)
         report.pids = {m.name: m.pid for m in [*self.decoders, *self.inference, *self.leaving]}
         return report
+
+    def _kill_silent(self, report: PoolReport) -> None:
+        """Actors whose heartbeat stopped (stopped, hung, partitioned) and actors not ready
+        within start_timeout_s are killed: an inference actor leaves the rotation at once;
+        each is replaced once Ray reports it dead (a chunk out there goes to another)."""
+        c = self.settings.coordinator
+        ages = self.supervision.workers()
+        now = self.clock()
+        for member in [*self.inference, *self.decoders]:
+            age = ages.get(member.name)
+            if age is not None and age > c.stale_s:
+                why = f"its heartbeat is {age:.0f} s old"
+            elif not member.ready and now - member.started_at > c.start_timeout_s:
+                why = f"not ready after {c.start_timeout_s:g} s"
+            else:
+                continue
+            report.events.append(f"{member.name} killed: {why}")
+            log.warning("%s killed: %s", member.name, why)
+            self.adapter.kill(member.handle)
+            if member in self.inference:
+                self.inference.remove(member)
+                report.replaced += 1
+                if not member.ready:
+                    self._failed_starts += 1
+                self._share_inference()
 
     def _check_inference(self, report: PoolReport) -> None:
         finished = set(self.adapter.done([m.ping for m in self.inference]))
@@ -131,8 +163,7 @@ class Pools:
                 report.replaced += 1
                 if not member.ready:
                     self._failed_starts += 1
-                    unloadable = ModelLoadError.__name__ in (exc.init_error or "")
-                    if unloadable or self._failed_starts >= FAILED_STARTS:
+                    if _misconfigured(exc) or self._failed_starts >= FAILED_STARTS:
                         raise FleetError(f"inference actors fail to start: {exc}") from None
                 report.events.append(f"inference actor {member.name} gone: {exc}")
                 continue
@@ -152,7 +183,7 @@ class Pools:
             if member.ping is not None and member.ping in started:
                 with contextlib.suppress(ActorGone):
                     pid, node = self.adapter.get(member.ping, timeout=0)
-                    member.pid, member.node = int(pid), str(node)
+                    member.pid, member.node, member.ready = int(pid), str(node), True
                 member.ping = None
         finished = set(self.adapter.done([m.run for m in self.decoders]))
         for member in list(self.decoders):
@@ -164,6 +195,8 @@ class Pools:
                 if not (member.draining or member.leaving):
                     report.events.append(f"decode actor {member.name} stopped")
             except ActorGone as exc:
+                if _misconfigured(exc):
+                    raise FleetError(f"decode actors fail to start: {exc}") from None
                 report.replaced += 1
                 report.events.append(f"decode actor {member.name} gone: {exc}")
                 if self._node_lost(member):  # a fleet-wide event: nothing charged
@@ -278,22 +311,24 @@ class Pools:
         name = self._name("inference")
         options = {"num_gpus": p.gpus_per_inference, "num_cpus": p.cpus_per_inference}
         handle = self.adapter.create(self._infer_cls, options, self.settings, self.redis_url, name)
-        return Member(name, handle, ping=self.adapter.call(handle, "describe"))
+        ping = self.adapter.call(handle, "describe")
+        return Member(name, handle, ping=ping, started_at=self.clock())
 
     def _new_decoder(self) -> Member:
         name = self._name("decoder")
         options = {"num_cpus": self.settings.pipeline.cpus_per_decoder, "max_concurrency": 4}
         ready = [m.handle for m in self.inference if m.ready]
         handle = self.adapter.create(
-            self._decode_cls, options, self.settings, self.redis_url, ready, name
+            self._decode_cls, options, self.settings, self.redis_url, ready, name, self.leader
         )
         ping = self.adapter.call(handle, "ready")
-        return Member(name, handle, ping=ping, run=self.adapter.call(handle, "run", False))
+        run = self.adapter.call(handle, "run", False)
+        return Member(name, handle, ping=ping, run=run, started_at=self.clock())
 
     def _share_inference(self) -> None:
+        """The decode actors get the ready inference actors: none, and they claim nothing
+        until there are some again."""
         ready = [m.handle for m in self.inference if m.ready]
-        if not ready:
-            return
         for member in self.decoders:
             self.adapter.call(member.handle, "set_inference", ready)
 

@@ -250,6 +250,7 @@ class Lease(NamedTuple):
     # worker holds nothing else (the queue gives this worker nothing more meanwhile), so that
     # if it crashes again the blame is exact.
     solo: bool = False
+    rev: int = 0  # the item's revision: each enqueue with force makes a new one
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,14 +270,17 @@ class Item:
     interrupted: int = 0  # leases that ended without their holder's word, charged or not
     solo: bool = False  # a suspect: retried alone
     claims: int = 0
+    rev: int = 0  # each enqueue with force makes a new revision (a new output version)
     epoch: int | None = None
     owner: str | None = None
     lease_until_ms: int | None = None
     ready_at_ms: int | None = None
     chunks_done: int = 0
     chunks_total: int | None = None
+    bugs: int = 0  # errors nobody classified (internal_error after max_attempts)
     last_error: str | None = None
     dead_reason: str | None = None
+    dead_class: str | None = None  # not_a_video, not_found, poison, ... (workers/errors.py)
     release_reason: str | None = None
     result: str | None = None
     done_ms: int | None = None
@@ -302,14 +306,17 @@ class Item:
             interrupted=int(h.get("interrupted", 0)),
             solo=h.get("solo") == "1",
             claims=int(h.get("claims", 0)),
+            rev=int(h.get("rev", 0)),
             epoch=opt_int("epoch"),
             owner=h.get("owner"),
             lease_until_ms=opt_int("lease_until"),
             ready_at_ms=opt_int("ready_at"),
             chunks_done=int(h.get("chunks_done", 0)),
             chunks_total=opt_int("chunks_total"),
+            bugs=int(h.get("bugs", 0)),
             last_error=h.get("last_error"),
             dead_reason=h.get("dead_reason"),
+            dead_class=h.get("dead_class"),
             release_reason=h.get("release_reason"),
             result=h.get("result") or None,
             done_ms=opt_int("done_at"),

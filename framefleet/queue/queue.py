@@ -161,7 +161,7 @@ class Queue:
             nonce = secrets.token_hex(8)
             now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms, nonce)
             if rows:
-                return [_lease(rows[i : i + 14], worker) for i in range(0, len(rows), 14)]
+                return [_lease(rows[i : i + 15], worker) for i in range(0, len(rows), 15)]
             if int(inbox) > 0 and not int(paused) and self.ingest_inbox().ingested:
                 continue
             if deadline is None:
@@ -197,25 +197,38 @@ class Queue:
         args = [v for lease, r in acks for v in (lease.id, lease.token, lease.worker, r)]
         return [Verdict(v) for v in self._run("ack", *args)]
 
-    def fail(self, lease: Lease, error: str, *, retryable: bool = True) -> Verdict:
+    def fail(
+        self,
+        lease: Lease,
+        error: str,
+        *,
+        retryable: bool = True,
+        cls: str = "failed",
+        bug: bool = False,
+    ) -> Verdict:
         """Retryable: retried after exponential backoff with jitter, dead after max_attempts.
-        Not retryable: dead at once with `error` as its reason."""
+        Not retryable: dead at once with `error` as its reason. `cls` is the dead letter's
+        class. A bug (an error nobody classified) counts in `bugs`, not `attempts`, and
+        dies as internal_error after max_attempts of them (see lua/fail.lua)."""
         s = self.settings
+        mode = "bug" if bug else "retry" if retryable else "permanent"
         verdict, _ = self._fenced(
             "fail",
             lease,
             error,
-            "1" if retryable else "0",
+            mode,
             s.max_attempts,
             int(s.backoff_base_s * 1000),
             int(s.backoff_max_s * 1000),
             repr(self._rng.random()),
+            cls,
         )
         return verdict
 
-    def release(self, lease: Lease, reason: str = "released") -> Verdict:
-        """Back to queued at once, no attempt counted (preemption, shutdown)."""
-        verdict, _ = self._fenced("release", lease, reason)
+    def release(self, lease: Lease, reason: str = "released", *, delay_s: float = 0) -> Verdict:
+        """Back to queued, no attempt counted: at once (preemption, shutdown), or after
+        delay_s (the infrastructure failed, not the item)."""
+        verdict, _ = self._fenced("release", lease, reason, int(delay_s * 1000))
         return verdict
 
     # -- supervision -----------------------------------------------------------------
@@ -345,6 +358,7 @@ def _lease(row: list[Any], worker: str) -> Lease:
         total,
         chunks,
         solo,
+        rev,
     ) = row
     return Lease(
         id_,
@@ -362,4 +376,5 @@ def _lease(row: list[Any], worker: str) -> Lease:
         int(total) if total else None,
         frozenset(int(c) for c in chunks.split(",")) if chunks else _NO_CHUNKS,
         solo == "1",
+        int(rev),
     )

@@ -14,7 +14,7 @@ the leader lease and the health report (keys `workers`, `leader`, `health`; see 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, cast
 
 from .model import SweepResult, check_worker
@@ -38,12 +38,21 @@ class Supervision:
 
     # -- workers -----------------------------------------------------------------------
 
-    def heartbeat(self, worker: str) -> None:
-        self.queue._run("heartbeat", check_worker(worker), "beat")
+    def heartbeat(
+        self, worker: str, holding: Collection[str] | None = None, grace_s: float = 10.0
+    ) -> int:
+        """The worker is alive. With `holding` (the ids it knows it leases), the leases the
+        queue has it holding besides those, claimed more than grace_s ago, go back to the
+        queue, uncharged (a lost reply, a lost write, a thread that gave up): how many."""
+        check_worker(worker)
+        if holding is None:
+            return int(self.queue._run("heartbeat", worker, "beat", 0)[1])
+        grace = int(grace_s * 1000)
+        return int(self.queue._run("heartbeat", worker, "sync", grace, *holding)[1])
 
     def leave(self, worker: str) -> None:
         """The worker stopped cleanly: forget it (its leases were released or settled)."""
-        self.queue._run("heartbeat", check_worker(worker), "leave")
+        self.queue._run("heartbeat", check_worker(worker), "leave", 0)
 
     def workers(self) -> dict[str, float]:
         """Each worker's seconds since its last heartbeat."""

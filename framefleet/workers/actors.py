@@ -3,58 +3,103 @@
 - InferenceActor: holds a fractional GPU (or CPU with bounded torch threads), loads the model
   once, runs it on the chunks decode actors send and writes each chunk's output.
 - DecodeActor: claims items from the queue itself and runs VideoJob on each, sending chunks
-  to the inference actors through Ray's object store (RayInference); a SIGTERM or a stop
-  request makes it stop claiming and release what it holds.
+  to the inference actors through Ray's object store (RayInference). It claims nothing while
+  no inference actor is ready; a SIGTERM, a stop request, or another coordinator taking the
+  lead makes it stop claiming and release what it holds.
+- Fleet: both pools without a coordinator (the Python API): its decode actors also sweep the
+  queue, so that a killed one's videos come back.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import itertools
+import logging
 import os
 import signal
 import threading
+import time
+import uuid
+from collections.abc import Callable, Collection
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
+from redis.exceptions import RedisError
 
-from framefleet.queue import Queue, Supervision, connect
-from framefleet.settings import Settings
+from framefleet.queue import Lease, Queue, Supervision, connect
+from framefleet.queue.supervision import worker_name
+from framefleet.settings import PipelineSettings, Settings
 
 from .decode import Chunk
-from .errors import TransientError
+from .errors import MODEL_ERROR, InfraError, TransientError
 from .model import load_model
-from .outputs import OutputStore, warm_up
-from .pipeline import Pending, VideoJob, infer_chunk
+from .outputs import OutputStore, check_root, warm_up
+from .pipeline import LeaseKeeper, LeaseLost, Outcome, Pending, Stopped, VideoJob, infer_chunk
 from .ray_adapter import ActorGone, RayAdapter
 
-RESUBMITS = 3  # a chunk whose inference actor died goes to another one this many times
+log = logging.getLogger(__name__)
+
+RESUBMITS = 3  # a chunk whose inference actors died this many times fails the item
+OUTCOMES_KEPT = 1000  # the newest outcomes a decode actor keeps (run() returns them)
 
 
 class Heartbeat:
-    """A worker's heartbeat in Redis (Supervision.heartbeat), from a daemon thread, every
-    quarter of the coordinator's stale time, until the process ends or close() is called."""
+    """A worker's heartbeat in Redis, from a daemon thread, every quarter of the stale time,
+    until close(). With `holding` (a decode actor) it says which items it holds, and the
+    queue gives back the leases it has lost track of. With `leader`, `deposed()` is called
+    once another coordinator holds the leader lease. With `sweep`, it also sweeps the queue
+    (for a fleet without a coordinator)."""
 
-    def __init__(self, queue: Queue, name: str, stale_s: float) -> None:
-        self.supervision, self.name = Supervision(queue), name
+    def __init__(
+        self,
+        queue: Queue,
+        name: str,
+        settings: Settings,
+        holding: Callable[[], list[str]] | None = None,
+        leader: str | None = None,
+        deposed: Callable[[str], None] | None = None,
+        sweep: bool = False,
+    ) -> None:
+        self.supervision, self.name, self.settings = Supervision(queue), name, settings
+        self.holding, self.leader, self.deposed, self.sweep = holding, leader, deposed, sweep
         self.closed = threading.Event()
-        self.supervision.heartbeat(name)
-        threading.Thread(target=self._run, args=(stale_s / 4,), daemon=True, name="beat").start()
+        self._beat()
+        stale = settings.coordinator.stale_s
+        threading.Thread(target=self._run, args=(stale / 4,), daemon=True, name="beat").start()
+
+    def _beat(self) -> None:
+        c = self.settings.coordinator
+        held = None if self.holding is None else self.holding()
+        back = self.supervision.heartbeat(self.name, held, grace_s=c.stale_s)
+        if back:
+            log.warning("%s: %d leases it no longer held went back to the queue", self.name, back)
+        if self.leader is not None and self.deposed is not None:
+            holder = self.supervision.leader()
+            if holder is not None and holder != self.leader:
+                self.deposed(holder)
+        if self.sweep:
+            gap = max(self.settings.queue.lease_s / 3, 3 * c.tick_s)
+            self.supervision.sweep(c.stale_s, gap_s=gap)
 
     def _run(self, interval: float) -> None:
         while not self.closed.wait(interval):
-            with contextlib.suppress(Exception):  # Redis away: the next beat tries again
-                self.supervision.heartbeat(self.name)
+            try:
+                self._beat()
+            except RedisError as exc:  # Redis away: the next beat tries again
+                log.warning("%s: heartbeat failed: %s", self.name, exc)
 
     def close(self) -> None:
         self.closed.set()
-        with contextlib.suppress(Exception):
+        try:
             self.supervision.leave(self.name)
+        except RedisError as exc:
+            log.warning("%s: could not leave: %s", self.name, exc)
 
 
 class InferenceActor:
     def __init__(self, settings: Settings, redis_url: str | None = None, name: str = "") -> None:
+        check_root(settings.pipeline.out, settings.pipeline.out_marker)
         self.model = load_model(settings.model)
         self.store = OutputStore(settings.pipeline.out, settings.source)
         p = settings.pipeline
@@ -65,65 +110,158 @@ class InferenceActor:
         self.model.predict(frames, (width, height))
         warm_up(self.model.schema)
         if redis_url is not None:
-            self.heartbeat = Heartbeat(
-                Queue(connect(redis_url), settings.queue), name, settings.coordinator.stale_s
-            )
+            self.heartbeat = Heartbeat(Queue(connect(redis_url), settings.queue), name, settings)
 
     def describe(self) -> tuple[str, Any, int, str]:
         """(model name, record schema, pid, node id): also the readiness call."""
         return self.model.name, self.model.schema, os.getpid(), RayAdapter().node_id()
 
-    def infer(self, item_id: str, chunk: Chunk) -> int:
-        return infer_chunk(self.model, self.store, item_id, chunk)
-
-
-class RayPending:
-    def __init__(self, pool: RayInference, item_id: str, chunk: Chunk) -> None:
-        self.pool, self.item_id, self.chunk = pool, item_id, chunk
-        self.tries = 0
-        self._send()
-
-    def _send(self) -> None:
-        self.actor = self.pool.pick()
-        self.ref = self.pool.adapter.call(self.actor, "infer", self.item_id, self.chunk)
-
-    def result(self, timeout: float | None = None) -> int:
-        while True:
-            try:
-                rows = int(self.pool.adapter.get(self.ref, timeout=timeout))
-                self.chunk = None  # type: ignore[assignment]  # let the frames go
-                return rows
-            except ActorGone as exc:
-                self.tries += 1
-                if self.tries > RESUBMITS:
-                    raise TransientError(f"inference actors keep dying: {exc}") from None
-                self._send()
+    def infer(self, item_id: str, video: str, chunk: Chunk) -> int:
+        return infer_chunk(self.model, self.store, item_id, video, chunk)
 
 
 class RayInference:
-    """Sends chunks to a pool of inference actors, round robin."""
+    """Sends chunks to a pool of inference actors, round robin. The driver sends a new pool
+    as it changes (set_actors, empty while none is ready); an actor a chunk found dead is
+    left out from then on."""
 
     def __init__(
-        self, adapter: RayAdapter, actors: list[Any], model_name: str, schema: Any
+        self,
+        adapter: RayAdapter,
+        actors: list[Any],
+        model_name: str,
+        schema: Any,
+        settings: PipelineSettings,
     ) -> None:
-        if not actors:
-            raise ValueError("no inference actors")
-        self.adapter, self.actors = adapter, actors
+        self.adapter, self.settings = adapter, settings
         self.model_name, self.schema = model_name, schema
+        self._changed = threading.Condition()
+        self._actors = list(actors)
+        self._dead: set[str] = set()
         self._next = itertools.count()
 
-    def pick(self) -> Any:
-        actors = self.actors
-        return actors[next(self._next) % len(actors)]
+    def live(self) -> list[Any]:
+        with self._changed:
+            return [a for a in self._actors if self.adapter.actor_id(a) not in self._dead]
+
+    def pick(self, avoid: Collection[str] = ()) -> Any | None:
+        """The next live actor (one not in `avoid`, when there is another), or None."""
+        live = self.live()
+        if not live:
+            return None
+        fresh = [a for a in live if self.adapter.actor_id(a) not in avoid] or live
+        return fresh[next(self._next) % len(fresh)]
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Until some actor is live (True), or timeout."""
+        end = time.monotonic() + timeout
+        with self._changed:
+            while not self._live_locked():
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return True
+
+    def _live_locked(self) -> bool:
+        return any(self.adapter.actor_id(a) not in self._dead for a in self._actors)
 
     def set_actors(self, actors: list[Any]) -> None:
         """A new pool (after a replacement or scaling); chunks out keep their actor."""
-        if not actors:
-            raise ValueError("no inference actors")
-        self.actors = list(actors)
+        with self._changed:
+            self._actors = list(actors)
+            self._changed.notify_all()
 
-    def submit(self, item_id: str, chunk: Chunk) -> Pending:
-        return RayPending(self, item_id, chunk)
+    def forget(self, actor: Any) -> None:
+        with self._changed:
+            self._dead.add(self.adapter.actor_id(actor))
+
+    def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
+        return RayPending(self, item_id, video, chunk)
+
+
+class RayPending:
+    """One chunk at an inference actor. Its actor died: sent to another (RESUBMITS deaths,
+    then the item fails: the chunk may be what kills them). Out longer than chunk_timeout_s:
+    sent to another too (the actor may be hung). No actor ready: it waits for one for
+    inference_wait_s, then the item goes back to the queue uncharged (InfraError)."""
+
+    def __init__(self, pool: RayInference, item_id: str, video: str, chunk: Chunk) -> None:
+        self.pool, self.item_id, self.video, self.chunk = pool, item_id, video, chunk
+        self.actor: Any = None
+        self.ref: Any = None
+        self.sent_at = self.waiting_since = time.monotonic()
+        self.dead: set[str] = set()  # the actors that died under this chunk
+        self.timeouts = 0
+        self._send()
+
+    def _send(self, avoid: Collection[str] = ()) -> None:
+        self.actor = self.pool.pick({*avoid, *self.dead})
+        if self.actor is None:
+            self.ref = None
+            return
+        self.ref = self.pool.adapter.call(self.actor, "infer", self.item_id, self.video, self.chunk)
+        self.sent_at = time.monotonic()
+
+    def result(self, timeout: float | None = None) -> int:
+        s = self.pool.settings
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.ref is None:
+                self._await_actor(end)
+                continue
+            left = s.chunk_timeout_s - (time.monotonic() - self.sent_at)
+            wait = left if end is None else min(left, end - time.monotonic())
+            try:
+                rows = int(self.pool.adapter.get(self.ref, timeout=max(wait, 0.0)))
+            except TimeoutError:
+                if time.monotonic() - self.sent_at < s.chunk_timeout_s:
+                    raise  # the caller's own timeout
+                self._resend_slow()
+                continue
+            except ActorGone as exc:
+                self._resend_dead(exc)
+                continue
+            self.chunk = None  # type: ignore[assignment]  # let the frames go
+            return rows
+
+    def _await_actor(self, end: float | None) -> None:
+        waited = time.monotonic() - self.waiting_since
+        limit = self.pool.settings.inference_wait_s
+        if waited >= limit:
+            raise InfraError(f"no inference actor was ready for {waited:.0f} s")
+        left = limit - waited if end is None else min(limit - waited, end - time.monotonic())
+        if left <= 0:
+            raise TimeoutError
+        if self.pool.wait_ready(min(left, 1.0)):
+            self._send()
+
+    def _resend_slow(self) -> None:
+        self.timeouts += 1
+        log.warning(
+            "%s chunk %d: out at an inference actor for %.0f s: sending it to another",
+            self.item_id,
+            self.chunk.index,
+            time.monotonic() - self.sent_at,
+        )
+        if self.timeouts > RESUBMITS:
+            raise TransientError(
+                f"chunk {self.chunk.index} timed out at {self.timeouts} inference actors",
+                MODEL_ERROR,
+            )
+        self._send(avoid={self.pool.adapter.actor_id(self.actor)})
+
+    def _resend_dead(self, exc: ActorGone) -> None:
+        self.pool.forget(self.actor)
+        self.dead.add(self.pool.adapter.actor_id(self.actor))
+        if len(self.dead) > RESUBMITS:
+            raise TransientError(
+                f"chunk {self.chunk.index}: {len(self.dead)} inference actors died under it"
+                f" ({exc})",
+                MODEL_ERROR,
+            ) from None
+        self.waiting_since = time.monotonic()
+        self._send()
 
 
 def lower_priority(increment: int) -> None:
@@ -139,9 +277,11 @@ def lower_priority(increment: int) -> None:
         os.nice(increment)
         return
     for tid in tids:
-        with contextlib.suppress(OSError):  # a thread that has just ended
+        try:
             now = os.getpriority(os.PRIO_PROCESS, tid)
             os.setpriority(os.PRIO_PROCESS, tid, min(19, now + increment))
+        except OSError:  # a thread that has just ended
+            continue
 
 
 class _Place:
@@ -160,7 +300,16 @@ class _Place:
 
 
 class DecodeActor:
-    def __init__(self, settings: Settings, redis_url: str, inference: list[Any], name: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        inference: list[Any],
+        name: str,
+        leader: str | None = None,
+        sweep: bool = False,
+    ) -> None:
+        check_root(settings.pipeline.out, settings.pipeline.out_marker)
         # Inference first where both share cores: decoders run ahead of it, within
         # max_inflight_chunks, on the cycles it leaves (bench/pipeline.py measures the gain).
         lower_priority(settings.pipeline.decode_nice)
@@ -173,9 +322,21 @@ class DecodeActor:
         store = OutputStore(settings.pipeline.out, settings.source)
         self.stop = threading.Event()  # release what is held and return
         self.draining = threading.Event()  # finish the items held, claim no more
-        self.pool = RayInference(adapter, inference, model_name, schema)
+        self.pool = RayInference(adapter, inference, model_name, schema, settings.pipeline)
         self.job = VideoJob(self.queue, store, self.pool, settings, stop=self.stop)
-        self.heartbeat = Heartbeat(self.queue, name, settings.coordinator.stale_s)
+        self._held = threading.Condition()
+        self.holding: set[str] = set()  # the ids of the leases its threads hold
+        self.outcomes: collections.deque[dict[str, Any]] = collections.deque(maxlen=OUTCOMES_KEPT)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.heartbeat = Heartbeat(
+            self.queue,
+            name,
+            settings,
+            holding=self._holding,
+            leader=leader,
+            deposed=self._deposed,
+            sweep=sweep,
+        )
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda signum, frame: self.stop.set())
 
@@ -192,19 +353,25 @@ class DecodeActor:
     def set_inference(self, actors: list[Any]) -> None:
         self.pool.set_actors(actors)
 
+    def _holding(self) -> list[str]:
+        with self._held:
+            return list(self.holding)
+
+    def _deposed(self, leader: str) -> None:
+        if not self.stop.is_set():
+            log.warning("%s: %s leads now: releasing and stopping", self.name, leader)
+            self.stop.set()
+
     def run(self, until_empty: bool = False) -> list[dict[str, Any]]:
         """Claim and process items until stopped (or, with until_empty, until the queue has
         nothing queued, delayed or leased), each in its own thread. items_per_decoder items
         decode at once; an item whose frames are all decoded gives its place to the next one
         while its last chunks are in inference, so that the decoder does not idle at the end
         of each video (VideoJob bounds the chunks out for all of them together). Returns what
-        happened to each item."""
-        outcomes: list[dict[str, Any]] = []
+        happened to the newest OUTCOMES_KEPT items (`counts` has all)."""
         places = threading.Semaphore(self.settings.pipeline.items_per_decoder)
         threads = [
-            threading.Thread(
-                target=self._loop, args=(until_empty, outcomes, places), name=f"item-{i}"
-            )
+            threading.Thread(target=self._loop, args=(until_empty, places), name=f"item-{i}")
             for i in range(2 * self.settings.pipeline.items_per_decoder)
         ]
         for thread in threads:
@@ -212,48 +379,88 @@ class DecodeActor:
         for thread in threads:
             thread.join()
         self.heartbeat.close()
-        return outcomes
+        return list(self.outcomes)
 
-    def _loop(
-        self, until_empty: bool, outcomes: list[dict[str, Any]], places: threading.Semaphore
-    ) -> None:
+    def _loop(self, until_empty: bool, places: threading.Semaphore) -> None:
+        """One item thread. Nothing ends it but a stop, a drain or an empty queue: an error
+        (a bug, Redis gone) is logged and the loop carries on after a pause."""
         while not self.stop.is_set() and not self.draining.is_set():
-            if not places.acquire(timeout=0.2):
-                if until_empty and self._drained():
-                    return
-                continue
-            place = _Place(places)
             try:
-                # Until empty, a short wait: a thread waiting here while the last item
-                # finishes in another one notices the queue is drained this much later.
-                leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
-                if leases and (self.stop.is_set() or self.draining.is_set()):  # came meanwhile
-                    for lease in leases:
-                        self.queue.release(lease, "worker stopping (shutdown or preemption)")
+                if self._next(until_empty, places) == "drained":
                     return
-                if not leases:
-                    if until_empty and self._drained():
-                        return
-                    continue
-                outcomes.append(asdict(self.job.run(leases[0], decoded=place.give_back)))
+            except Exception:
+                log.exception("%s: item loop error; carrying on", self.name)
+                self.stop.wait(1.0)
+
+    def _next(self, until_empty: bool, places: threading.Semaphore) -> str:
+        if not self.pool.wait_ready(1.0):  # no inference actor: claim nothing
+            return "waiting"
+        if not places.acquire(timeout=0.2):
+            return "drained" if until_empty and self._drained() else "busy"
+        place = _Place(places)
+        try:
+            # Until empty, a short wait: a thread waiting here while the last item
+            # finishes in another one notices the queue is drained this much later.
+            leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
+            if not leases:
+                return "drained" if until_empty and self._drained() else "idle"
+            [lease] = leases
+            with self._held:
+                self.holding.add(lease.id)
+            try:
+                if self.stop.is_set() or self.draining.is_set():  # came meanwhile
+                    self.queue.release(lease, "worker stopping (shutdown or preemption)")
+                    return "stopping"
+                ready = self._alone if lease.solo else None
+                self._record(self.job.run(lease, decoded=place.give_back, ready=ready))
             finally:
-                place.give_back()
+                with self._held:
+                    self.holding.discard(lease.id)
+                    self._held.notify_all()
+            return "done"
+        finally:
+            place.give_back()
+
+    def _alone(self, keeper: LeaseKeeper) -> None:
+        """A suspect starts only once this actor holds nothing else (the queue hands it
+        nothing more meanwhile): if it crashes the actor, the blame is exact."""
+        lease: Lease = keeper.lease
+        with self._held:
+            while self.holding - {lease.id}:
+                if self.stop.is_set():
+                    raise Stopped
+                if keeper.lost.is_set():
+                    raise LeaseLost(keeper.why)
+                self._held.wait(0.5)
+
+    def _record(self, outcome: Outcome) -> None:
+        self.counts[outcome.status] += 1
+        self.outcomes.append(asdict(outcome))
 
     def _drained(self) -> bool:
         counts = self.queue.stats().counts
         return counts["queued"] == counts["delayed"] == counts["leased"] == counts["inbox"] == 0
 
 
+class FleetError(Exception):
+    """The fleet cannot run: as configured (the model cannot be loaded, say), or at all
+    (every decode actor died)."""
+
+
 class Fleet:
-    """The decode and inference actors of one driver (the coordinator supervises them)."""
+    """The decode and inference actors of one driver, without a coordinator: its decode
+    actors sweep the queue themselves (a killed one's videos come back), and their names are
+    unique to this fleet, so that a dead one is never taken for a live one."""
 
     def __init__(
         self, settings: Settings, redis_url: str, adapter: RayAdapter | None = None
     ) -> None:
         self.settings, self.redis_url = settings, redis_url
         self.adapter = adapter or RayAdapter()
+        self.generation = uuid.uuid4().hex[:6]
         self.inference: list[Any] = []
         self.decoders: list[Any] = []
+        self.names: list[str] = []
 
     def start(self, ready_timeout: float = 300.0) -> Fleet:
         p, a = self.settings.pipeline, self.adapter
@@ -261,10 +468,18 @@ class Fleet:
         decode_cls = a.remote_class(DecodeActor)
         infer_opts = {"num_gpus": p.gpus_per_inference, "num_cpus": p.cpus_per_inference}
         self.inference = [
-            a.create(infer_cls, infer_opts, self.settings) for _ in range(p.inference_actors)
+            a.create(
+                infer_cls,
+                infer_opts,
+                self.settings,
+                self.redis_url,
+                worker_name("inference", self.generation, i),
+            )
+            for i in range(p.inference_actors)
         ]
         a.wait_ready([a.call(actor, "describe") for actor in self.inference], ready_timeout)
         decode_opts = {"num_cpus": p.cpus_per_decoder, "max_concurrency": 4}
+        self.names = [worker_name("decoder", self.generation, i) for i in range(p.decode_actors)]
         self.decoders = [
             a.create(
                 decode_cls,
@@ -272,16 +487,39 @@ class Fleet:
                 self.settings,
                 self.redis_url,
                 self.inference,
-                f"decoder-{i}",
+                name,
+                None,
+                True,
             )
-            for i in range(p.decode_actors)
+            for name in self.names
         ]
         a.wait_ready([a.call(actor, "ready") for actor in self.decoders], ready_timeout)
         return self
 
     def run_until_empty(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        refs = [self.adapter.call(d, "run", True) for d in self.decoders]
-        return [o for ref in refs for o in self.adapter.get(ref, timeout=timeout)]
+        """Until the queue is drained. A decode actor that dies on the way is marked gone
+        (the others' sweeps give its videos back at once); FleetError when none is left."""
+        a = self.adapter
+        runs = zip(self.decoders, self.names, strict=True)
+        pending = {a.call(d, "run", True): name for d, name in runs}
+        supervision = Supervision(Queue(connect(self.redis_url), self.settings.queue))
+        outcomes: list[dict[str, Any]] = []
+        deaths: list[str] = []
+        end = None if timeout is None else time.monotonic() + timeout
+        while pending:
+            if end is not None and time.monotonic() > end:
+                raise TimeoutError(f"the queue did not drain within {timeout} s")
+            for ref in a.done(list(pending)):
+                name = pending.pop(ref)
+                try:
+                    outcomes += a.get(ref, timeout=0)
+                except ActorGone as exc:
+                    deaths.append(f"{name}: {exc}")
+                    supervision.mark_gone(name)
+            time.sleep(0.1)
+        if len(deaths) == len(self.decoders):
+            raise FleetError("every decode actor died: " + "; ".join(deaths))
+        return outcomes
 
     def stop(self) -> None:
         for actor in self.decoders:

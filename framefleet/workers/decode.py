@@ -31,7 +31,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import PermanentError
+from .errors import CORRUPT, NOT_A_VIDEO, TRUNCATED, PermanentError
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,7 @@ class DecordDecoder:
             vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **resize)
             if resize and tuple(vr[0].shape) != (out_h, out_w, 3):  # decord 0.6 garbles some sizes
                 raise PermanentError(
-                    f"decord gives {tuple(vr[0].shape)} frames for {out_w}x{out_h}"
+                    f"decord gives {tuple(vr[0].shape)} frames for {out_w}x{out_h}", NOT_A_VIDEO
                 )
             count = len(vr)
             fps = float(vr.get_avg_fps())
@@ -150,7 +150,9 @@ class DecordDecoder:
         except PermanentError:
             raise
         except Exception as exc:  # decord raises DECORDError/RuntimeError with C++ text
-            raise PermanentError(f"decord cannot read the video: {_first_line(exc)}") from None
+            raise PermanentError(
+                f"decord cannot read the video: {_first_line(exc)}", NOT_A_VIDEO
+            ) from None
         self._vr = vr
         self.info = VideoInfo(width, height, count, fps, self.name)
 
@@ -175,12 +177,15 @@ class DecordDecoder:
                 yield Frame(index, float(self._pts[index]), image)
         except StopIteration:
             raise PermanentError(
-                f"the video ends early (truncated?): frame {position} of {self.info.frames}"
+                f"the video ends early (truncated?): frame {position} of {self.info.frames}",
+                TRUNCATED,
             ) from None
         except PermanentError:
             raise
         except Exception as exc:
-            raise PermanentError(f"corrupt video at frame {position}: {_first_line(exc)}") from None
+            raise PermanentError(
+                f"corrupt video at frame {position}: {_first_line(exc)}", CORRUPT
+            ) from None
 
     def close(self) -> None:
         del self._vr
@@ -200,10 +205,12 @@ class PyAVDecoder:
         try:
             self._container = av.open(str(path))
         except Exception as exc:
-            raise PermanentError(f"PyAV cannot open the video: {_first_line(exc)}") from None
+            raise PermanentError(
+                f"PyAV cannot open the video: {_first_line(exc)}", NOT_A_VIDEO
+            ) from None
         if not self._container.streams.video:
             self._container.close()
-            raise PermanentError("not a video: the file has no video stream")
+            raise PermanentError("not a video: the file has no video stream", NOT_A_VIDEO)
         stream = self._container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = threads
@@ -214,7 +221,7 @@ class PyAVDecoder:
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             self._container.close()
-            raise PermanentError("not a video: the video stream has no frame size")
+            raise PermanentError("not a video: the video stream has no frame size", NOT_A_VIDEO)
         rate = stream.average_rate or stream.guessed_rate
         self._size = sampling.output_size(width, height)
         self.info = VideoInfo(width, height, int(stream.frames or 0), float(rate or 0), self.name)
@@ -244,9 +251,11 @@ class PyAVDecoder:
                     k += 1
                 index += 1
         except Exception as exc:
-            raise PermanentError(f"corrupt video at frame {index}: {_first_line(exc)}") from None
+            raise PermanentError(
+                f"corrupt video at frame {index}: {_first_line(exc)}", CORRUPT
+            ) from None
         if index == 0:
-            raise PermanentError("the video stream holds no decodable frame")
+            raise PermanentError("the video stream holds no decodable frame", CORRUPT)
 
     def close(self) -> None:
         self._container.close()
@@ -258,10 +267,10 @@ def _probe_size(path: Path) -> tuple[int, int]:
 
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise PermanentError("not a video: the file has no video stream")
+            raise PermanentError("not a video: the file has no video stream", NOT_A_VIDEO)
         ctx = container.streams.video[0].codec_context
         if not ctx.width or not ctx.height:
-            raise PermanentError("not a video: the video stream has no frame size")
+            raise PermanentError("not a video: the video stream has no frame size", NOT_A_VIDEO)
         return int(ctx.width), int(ctx.height)
 
 
@@ -276,7 +285,7 @@ def open_decoder(path: Path, sampling: Sampling, prefer: str = "pyav", threads: 
     if prefer not in DECODERS:
         raise ValueError(f"unknown decoder {prefer!r}; one of {', '.join(DECODERS)}")
     if path.stat().st_size == 0:
-        raise PermanentError("not a video: the file is empty (0 bytes)")
+        raise PermanentError("not a video: the file is empty (0 bytes)", NOT_A_VIDEO)
     order = [prefer, *(name for name in DECODERS if name != prefer)]
     reasons = []
     for name in order:
@@ -284,7 +293,7 @@ def open_decoder(path: Path, sampling: Sampling, prefer: str = "pyav", threads: 
             return DECODERS[name](path, sampling, threads)
         except PermanentError as exc:
             reasons.append(exc.reason)
-    raise PermanentError("not a readable video: " + "; ".join(reasons))
+    raise PermanentError("not a readable video: " + "; ".join(reasons), NOT_A_VIDEO)
 
 
 @dataclass(slots=True)

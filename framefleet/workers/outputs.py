@@ -1,10 +1,14 @@
 """Outputs: per-chunk parquet files at deterministic keys, then one file per video.
 
-Under a local directory or `s3://bucket/prefix`:
+Under a local directory or `s3://bucket/prefix`, for each version of an item's outputs
+(`output_version`: the configuration's hash, the source's etag, the item's revision):
 
-    <item_id>/chunk-<k>.parquet   one per chunk, written by the inference actors
-    <item_id>/detections.parquet  the whole video, when every chunk is there
-    <item_id>/_manifest.json      written last: its presence means the video is complete
+    <item_id>/<version>/chunk-<k>.parquet   one per chunk, written by the inference actors
+    <item_id>/<version>/detections.parquet  the whole video, when every chunk is there
+    <item_id>/<version>/_manifest.json      written last: the video is complete
+
+so that outputs of another configuration, another version of the source, or of a run
+superseded by an enqueue with force, never mix.
 
 Every write is atomic (a temp file, fsync, rename locally; a single PUT on S3) and rewriting
 a key that exists is a no-op, so a redelivered video never produces a half-written or
@@ -13,12 +17,13 @@ doubled output. Item ids that are not plain file names are percent-encoded.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +34,7 @@ import pyarrow.parquet as pq
 
 from framefleet.settings import SourceSettings
 
-from .errors import PermanentError, TransientError
+from .errors import OUTPUT_FAILED, InfraError, TransientError
 from .sources import s3_client, s3_error, split_s3
 
 BASE_FIELDS = [("video_id", pa.string()), ("frame_index", pa.int64()), ("pts_s", pa.float64())]
@@ -38,11 +43,21 @@ DETECTIONS = "detections.parquet"
 MANIFEST = "_manifest.json"
 
 
+_MAX_NAME = 200  # bytes of a path component, well within every file system's 255
+
+
 def item_dir(item_id: str) -> str:
-    """The path component of an item: its id when that is a plain file name."""
+    """The path component of an item: its id when that is a plain file name, else its id
+    percent-encoded; one that would be longer than _MAX_NAME bytes keeps a readable start
+    and ends with a hash of the whole id (an id of 200 bytes encodes to up to 600)."""
     if _SAFE_ID.fullmatch(item_id) and item_id not in (".", ".."):
         return item_id
-    return quote(item_id, safe="").replace(".", "%2E")
+    name = quote(item_id, safe="").replace(".", "%2E")
+    if len(name) <= _MAX_NAME:
+        return name
+    head = name[: _MAX_NAME - 40]
+    head = head[: head.rfind("%")] if "%" in head[-2:] else head  # no cut escape
+    return f"{head}~{hashlib.sha1(item_id.encode()).hexdigest()}"
 
 
 def chunk_name(index: int) -> str:
@@ -104,26 +119,31 @@ class OutputStore:
         else:
             self.root = Path(self.base.removeprefix("file://")).absolute()
 
-    def key(self, item_id: str, name: str) -> str:
-        return f"{item_dir(item_id)}/{name}"
-
     def uri(self, key: str) -> str:
         return f"{self.base}/{key}" if self.is_s3 else str(self.root / key)
 
     # -- bytes -------------------------------------------------------------------------------
 
     def exists(self, key: str) -> bool:
+        """Whether the key is there. Errors of the store are the infrastructure's
+        (InfraError): the item goes back to the queue, uncharged."""
         if not self.is_s3:
-            return (self.root / key).is_file()
-        from botocore.exceptions import ClientError
+            try:
+                return (self.root / key).is_file()
+            except OSError as exc:
+                raise InfraError(f"{self.uri(key)}: {exc.strerror or exc}") from None
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             s3_client(self.source).head_object(Bucket=self.bucket, Key=self._s3_key(key))
             return True
         except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            # 403: what S3 answers for a missing key to a role without s3:ListBucket
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 404):
                 return False
-            raise s3_error(self.uri(key), exc) from None
+            raise _store_error(self.uri(key), exc) from None
+        except BotoCoreError as exc:
+            raise InfraError(f"{self.uri(key)}: {exc}") from None
 
     def put(self, key: str, data: bytes, *, if_absent: bool = True) -> bool:
         """Write `key` atomically unless it exists (`if_absent=False`: the caller has just
@@ -132,22 +152,32 @@ class OutputStore:
             return False
         if self.is_s3:
             self._put_s3(key, data)
-        else:
+            return True
+        try:
             _atomic_write(self.root / key, data)
+        except OSError as exc:  # a full or read-only disk: the store's trouble
+            raise InfraError(f"{self.uri(key)}: {exc.strerror or exc}") from None
         return True
 
     def get(self, key: str) -> bytes:
         if not self.is_s3:
-            return (self.root / key).read_bytes()
+            try:
+                return (self.root / key).read_bytes()
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise InfraError(f"{self.uri(key)}: {exc.strerror or exc}") from None
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             obj = s3_client(self.source).get_object(Bucket=self.bucket, Key=self._s3_key(key))
             return bytes(obj["Body"].read())
         except ClientError as exc:
-            raise s3_error(self.uri(key), exc) from None
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise FileNotFoundError(self.uri(key)) from None
+            raise _store_error(self.uri(key), exc) from None
         except BotoCoreError as exc:
-            raise TransientError(f"{self.uri(key)}: {exc}") from None
+            raise InfraError(f"{self.uri(key)}: {exc}") from None
 
     def _s3_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -158,59 +188,170 @@ class OutputStore:
         try:
             s3_client(self.source).put_object(Bucket=self.bucket, Key=self._s3_key(key), Body=data)
         except ClientError as exc:
-            raise s3_error(self.uri(key), exc) from None
+            raise _store_error(self.uri(key), exc) from None
         except BotoCoreError as exc:
-            raise TransientError(f"{self.uri(key)}: {exc}") from None
+            raise InfraError(f"{self.uri(key)}: {exc}") from None
 
     # -- chunks and videos -------------------------------------------------------------------
 
-    def has_chunk(self, item_id: str, index: int) -> bool:
-        return self.exists(self.key(item_id, chunk_name(index)))
+    def video(self, item_id: str, version: str) -> str:
+        """The key prefix of one version of an item's outputs: `<item_dir>/<version>`."""
+        return f"{item_dir(item_id)}/{version}"
+
+    def video_of(self, manifest_uri: str) -> str | None:
+        """The video prefix a manifest URI (an item's result) names, if it is in this store."""
+        base = self.base if self.is_s3 else str(self.root)
+        if not manifest_uri.startswith(base + "/") or not manifest_uri.endswith("/" + MANIFEST):
+            return None
+        return manifest_uri[len(base) + 1 : -len(MANIFEST) - 1]
+
+    def has_chunk(self, video: str, index: int) -> bool:
+        return self.exists(f"{video}/{chunk_name(index)}")
+
+    def chunks_present(self, video: str, indices: Iterable[int]) -> set[int]:
+        """The chunks among `indices` whose files are there."""
+        return {k for k in indices if self.has_chunk(video, k)}
 
     def write_chunk(
-        self, item_id: str, index: int, table: pa.Table, *, if_absent: bool = True
+        self, video: str, index: int, table: pa.Table, *, if_absent: bool = True
     ) -> bool:
-        return self.put(
-            self.key(item_id, chunk_name(index)), _parquet_bytes(table), if_absent=if_absent
-        )
+        return self.put(f"{video}/{chunk_name(index)}", _parquet_bytes(table), if_absent=if_absent)
 
-    def read_chunk(self, item_id: str, index: int) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.get(self.key(item_id, chunk_name(index)))))
+    def read_chunk(self, video: str, index: int) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.get(f"{video}/{chunk_name(index)}")))
 
-    def is_complete(self, item_id: str) -> bool:
-        return self.exists(self.key(item_id, MANIFEST))
+    def read_detections(self, video: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.get(f"{video}/{DETECTIONS}")))
 
-    def finalize(
-        self, item_id: str, chunks: int, schema: pa.Schema, manifest: dict[str, Any]
-    ) -> str:
+    def is_complete(self, video: str) -> bool:
+        return self.exists(f"{video}/{MANIFEST}")
+
+    def manifest_uri(self, video: str) -> str:
+        return self.uri(f"{video}/{MANIFEST}")
+
+    def finalize(self, video: str, chunks: int, schema: pa.Schema, manifest: dict[str, Any]) -> str:
         """Merge the chunks into detections.parquet, then write the manifest (last, as the
         commit marker). Idempotent. Returns the manifest's URI."""
-        manifest_key = self.key(item_id, MANIFEST)
+        manifest_key = f"{video}/{MANIFEST}"
         if not self.exists(manifest_key):
-            missing = [k for k in range(chunks) if not self.has_chunk(item_id, k)]
-            if missing:
-                raise PermanentError(
-                    f"cannot finalize {item_id}: chunks {missing[:10]} are missing"
+            missing = [k for k in range(chunks) if not self.has_chunk(video, k)]
+            if missing:  # lost since they were written: the next try writes them again
+                raise TransientError(
+                    f"cannot finalize {video}: chunks {missing[:10]} are missing",
+                    OUTPUT_FAILED,
                 )
-            tables = [self.read_chunk(item_id, k) for k in range(chunks)]
+            tables = [self.read_chunk(video, k) for k in range(chunks)]
             merged = pa.concat_tables(tables) if tables else table_schema(schema).empty_table()
-            self.put(self.key(item_id, DETECTIONS), _parquet_bytes(merged))
+            self.put(f"{video}/{DETECTIONS}", _parquet_bytes(merged))
             body = {
                 **manifest,
                 "rows": merged.num_rows,
                 "chunks": chunks,
-                "detections": self.uri(self.key(item_id, DETECTIONS)),
+                "detections": self.uri(f"{video}/{DETECTIONS}"),
             }
             self.put(manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
         return self.uri(manifest_key)
 
-    def read_manifest(self, item_id: str) -> dict[str, Any]:
-        manifest: dict[str, Any] = json.loads(self.get(self.key(item_id, MANIFEST)))
+    def read_manifest(self, video: str) -> dict[str, Any]:
+        manifest: dict[str, Any] = json.loads(self.get(f"{video}/{MANIFEST}"))
         return manifest
+
+    def read_result(self, manifest_uri: str) -> dict[str, Any]:
+        """The manifest an item's result names (FileNotFoundError: not in this store)."""
+        video = self.video_of(manifest_uri)
+        if video is None:
+            raise FileNotFoundError(f"{manifest_uri} is not a manifest under {self.base}")
+        return self.read_manifest(video)
+
+
+def output_version(config_hash: str, etag: str | None, rev: int) -> str:
+    """What tells one version of an item's outputs from another: the configuration that
+    made them, the source's etag (a changed object is another video) and the item's
+    revision (an enqueue with force makes a new one, superseding the old outputs)."""
+    version = config_hash
+    if etag:
+        version += "-" + hashlib.sha1(etag.encode()).hexdigest()[:8]
+    if rev:
+        version += f"-r{rev}"
+    return version
+
+
+def _store_error(uri: str, exc: Any) -> InfraError:
+    """An S3 error answered by the output store: never the item's fault (a 403 on a write
+    is a permission the fleet lacks)."""
+    return InfraError(str(s3_error(uri, exc)))
+
+
+class OutputRootError(RuntimeError):
+    """The output root cannot serve this fleet: relative, or not shared by its nodes."""
+
+
+def mark_root(out: str, generation: str) -> str | None:
+    """A driver's check of a local output root before its actors start: refuse a relative
+    one (each node would resolve it in its own directory), and leave a marker file that
+    every actor must see (check_root: `.framefleet/fleet-<generation>` in the root), so that
+    a root on a node-local disk is refused at start instead of videos dying later. Returns
+    the marker's name (None for S3)."""
+    if out.startswith("s3://"):
+        return None
+    root = Path(out.removeprefix("file://"))
+    if not root.is_absolute():
+        raise OutputRootError(
+            f"the output root {out!r} is relative: each node of a cluster would resolve it in"
+            " its own directory. Give an absolute path on a file system every node shares,"
+            " or s3://bucket/prefix"
+        )
+    marker = f".framefleet/fleet-{generation}"
+    _atomic_write(root / marker, generation.encode())
+    return marker
+
+
+def unmark_root(out: str, marker: str | None) -> None:
+    """The driver stops: its marker goes (one left by a killed driver is harmless)."""
+    if marker is not None:
+        (Path(out.removeprefix("file://")) / marker).unlink(missing_ok=True)
+
+
+def check_root(out: str, marker: str | None) -> None:
+    """An actor's half of mark_root: the marker its driver left must be visible here."""
+    if marker is None:
+        return
+    path = Path(out.removeprefix("file://")) / marker
+    if not path.is_file():
+        import socket
+
+        raise OutputRootError(
+            f"the output root {out} is not shared: {socket.gethostname()} does not see the"
+            f" file {path} that the driver wrote there (a node-local disk?). Give a path on a"
+            " file system every node mounts, or s3://bucket/prefix"
+        )
+
+
+def _make_dirs(path: Path) -> None:
+    """mkdir -p, and each new directory's entry made durable (fsync of its parent), so that
+    a crash cannot lose a directory whose files were fsynced."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue
+        _fsync_dir(directory.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -221,8 +362,4 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)

@@ -1,37 +1,51 @@
 """One video, from lease to ack: the state machine a decode actor runs for each item.
 
-    claim -> (outputs already complete? ack) -> fetch -> decode chunk by chunk, skipping
-    checkpointed ones -> each chunk to inference (at most max_inflight_chunks out) -> as each
-    chunk's output is durable: progress(chunk) -> finalize (merged file, manifest last) ->
-    ack(manifest), fenced by the lease's epoch.
+    claim -> (outputs of this version already complete? ack) -> fetch -> decode chunk by
+    chunk, skipping checkpointed ones whose files are there -> each chunk to inference (at
+    most max_inflight_chunks out) -> as each chunk's output is durable: progress(chunk) ->
+    finalize (merged file, manifest last) -> ack(manifest), fenced by the lease's token.
 
-A background thread renews the lease every third of its length, whatever the decoder is
-doing; when a renewal is refused the item stops at once (another worker owns it now).
-PermanentError -> fail(retryable=False): dead with its reason. TransientError ->
-fail(retryable=True): retried with backoff. A stop request (SIGTERM, preemption) releases
-the lease without counting an attempt. Nothing here calls Ray: inference is behind the
-`Inference` protocol (a Ray actor pool in production, in-process in tests).
+A background thread renews the lease every third of its length while the item makes
+progress (bytes fetched, chunks decoded or settled); after stall_s without any it stops, so
+that a stuck item goes back to the queue. When a renewal is refused the item stops at once
+(another worker owns it now). How each failure ends (errors.py): PermanentError -> dead with
+its reason and class; TransientError -> retried with backoff; InfraError -> back to the
+queue after a delay, no attempt; a stop request (SIGTERM, preemption) -> released, no
+attempt; anything else is a bug: logged with its traceback, back after a delay, counted in
+`bugs`. A queue call that fails because Redis does not answer is tried again for up to a
+lease time (the client has retried already); the thread never dies of it. Nothing here calls
+Ray: inference is behind the `Inference` protocol (a Ray actor pool in production,
+in-process in tests).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
 
-from framefleet.queue import Lease, Queue
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from framefleet.queue import Lease, Queue, Verdict
 from framefleet.settings import Settings
 
 from .decode import Chunk, ChunkReader, Sampling, open_decoder
-from .errors import ItemError, PermanentError, TransientError
+from .errors import MODEL_ERROR, InfraError, ItemError, PermanentError, TransientError
 from .model import FrameModel
-from .outputs import OutputStore, records_table
+from .outputs import OutputStore, output_version, records_table
 from .sources import fetched
 
+log = logging.getLogger(__name__)
+
 DRAIN_S = 10.0  # on a stop request, how long chunks already out may still be settled
+_T = TypeVar("_T")
 
 
 class LeaseLost(Exception):
@@ -46,7 +60,8 @@ class Pending(Protocol):
     """A chunk handed to inference."""
 
     def result(self, timeout: float | None = None) -> int:
-        """Rows written for the chunk (raises ItemError)."""
+        """Rows written for the chunk (raises ItemError, or InfraError when no inference
+        actor could take it)."""
         ...
 
 
@@ -54,13 +69,26 @@ class Inference(Protocol):
     schema: Any  # the model's record schema (pyarrow)
     model_name: str
 
-    def submit(self, item_id: str, chunk: Chunk) -> Pending: ...
+    def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
+        """Run the model on the chunk and write its output under `video` (a key prefix of
+        the output store)."""
+        ...
+
+
+class Status(StrEnum):
+    ACKED = "acked"
+    ALREADY_DONE = "already-done"  # its outputs were complete: acked without work
+    FAILED = "failed"  # retried later
+    DEAD = "dead"
+    LOST = "lost"  # another worker owns it now
+    RELEASED = "released"  # back to the queue, no attempt (stop, infrastructure)
+    ERROR = "error"  # a bug, or Redis gone for longer than a lease time
 
 
 @dataclass
 class Outcome:
     item_id: str
-    status: str  # acked | already-done | failed | dead | lost | released
+    status: Status
     reason: str = ""
     chunks: int = 0
     frames: int = 0
@@ -68,11 +96,16 @@ class Outcome:
 
 
 class LeaseKeeper:
-    """Renews a lease from a background thread every `interval` seconds."""
+    """Renews a lease from a background thread every `interval` seconds, as long as the item
+    was `touch()`ed within `stall_s`; after that it stops renewing and marks it lost."""
 
-    def __init__(self, queue: Queue, lease: Lease, interval: float) -> None:
-        self.queue, self.lease, self.interval = queue, lease, interval
+    def __init__(
+        self, queue: Queue, lease: Lease, interval: float, stall_s: float = float("inf")
+    ) -> None:
+        self.queue, self.lease, self.interval, self.stall_s = queue, lease, interval, stall_s
         self.lost = threading.Event()
+        self.why = ""
+        self._touched = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"renew-{lease.id}", daemon=True)
 
@@ -84,15 +117,42 @@ class LeaseKeeper:
         self._stop.set()
         self._thread.join()
 
+    def touch(self) -> None:
+        """The item made progress."""
+        self._touched = time.monotonic()
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
-                ok = self.queue.renew(self.lease).ok
-            except Exception:  # Redis unreachable for a moment: try again next time
-                continue
-            if not ok:
+            idle = time.monotonic() - self._touched
+            if idle > self.stall_s:
+                self.why = f"no progress for {idle:.0f} s (stall_s {self.stall_s:g}): given up"
+                log.warning("%s: %s", self.lease.id, self.why)
                 self.lost.set()
                 return
+            try:
+                ok = self.queue.renew(self.lease).ok
+            except RedisError:  # Redis unreachable for a moment: try again next time
+                continue
+            if not ok:
+                self.why = "the lease was lost (a renewal was refused)"
+                self.lost.set()
+                return
+
+
+@dataclass
+class _Item:
+    """One item in flight: its lease, keeper, output prefix, chunks out and timings."""
+
+    lease: Lease
+    keeper: LeaseKeeper
+    video: str
+    inflight: deque[tuple[int, Pending]] = field(default_factory=deque)
+    timings: dict[str, float] = field(default_factory=dict)
+    mark: float = 0.0
+
+    def lap(self, name: str, now: float) -> None:
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.mark
+        self.mark = now
 
 
 class VideoJob:
@@ -125,127 +185,170 @@ class VideoJob:
         self.decoding = threading.Lock()
         self.budget = threading.BoundedSemaphore(p.items_per_decoder * p.max_inflight_chunks)
 
-    def run(self, lease: Lease, decoded: Callable[[], None] | None = None) -> Outcome:
-        """Process one item. `decoded` is called when its last chunk has gone to inference
-        (its frames are decoded; it waits for outputs, finalizes and acks from then on), so
-        that the caller can start the next item's decoding meanwhile."""
-        interval = self.settings.queue.lease_s / 3
-        with LeaseKeeper(self.queue, lease, interval) as keeper:
+    def run(
+        self,
+        lease: Lease,
+        decoded: Callable[[], None] | None = None,
+        ready: Callable[[LeaseKeeper], None] | None = None,
+    ) -> Outcome:
+        """Process one item. `ready` is called first, with the lease kept (a suspect waits
+        there until its worker holds nothing else). `decoded` is called when its last chunk
+        has gone to inference (its frames are decoded; it waits for outputs, finalizes and
+        acks from then on), so that the caller can start the next item's decoding."""
+        s = self.settings
+        with LeaseKeeper(self.queue, lease, s.queue.lease_s / 3, s.pipeline.stall_s) as keeper:
             try:
-                return self._process(lease, keeper, decoded or (lambda: None))
-            except LeaseLost as exc:
-                return Outcome(lease.id, "lost", str(exc))
-            except Stopped:
-                self.queue.release(lease, "worker stopping (shutdown or preemption)")
-                return Outcome(lease.id, "released", "stop requested")
-            except ItemError as exc:
-                verdict = self.queue.fail(lease, exc.reason, retryable=exc.retryable)
-                if not verdict.ok:
-                    return Outcome(lease.id, "lost", exc.reason)
-                return Outcome(lease.id, "failed" if exc.retryable else "dead", exc.reason)
+                return self._run(lease, keeper, decoded or (lambda: None), ready)
+            except RedisError as exc:  # gone for longer than a lease time
+                log.warning(
+                    "%s: Redis does not answer (%s); the item is left to the queue's upkeep",
+                    lease.id,
+                    exc,
+                )
+                return Outcome(lease.id, Status.ERROR, f"Redis does not answer: {exc}")
+
+    def _run(
+        self,
+        lease: Lease,
+        keeper: LeaseKeeper,
+        decoded: Callable[[], None],
+        ready: Callable[[LeaseKeeper], None] | None,
+    ) -> Outcome:
+        q, persist = self.queue, self._persist
+        try:
+            if ready is not None:
+                ready(keeper)
+            return self._process(lease, keeper, decoded)
+        except LeaseLost as exc:
+            return Outcome(lease.id, Status.LOST, str(exc))
+        except Stopped:
+            persist(keeper, q.release, lease, "worker stopping (shutdown or preemption)")
+            return Outcome(lease.id, Status.RELEASED, "stop requested")
+        except ItemError as exc:
+            verdict = persist(
+                keeper, q.fail, lease, exc.reason, retryable=exc.retryable, cls=exc.cls
+            )
+            if not verdict.ok:
+                return Outcome(lease.id, Status.LOST, exc.reason)
+            return Outcome(lease.id, Status.FAILED if exc.retryable else Status.DEAD, exc.reason)
+        except InfraError as exc:
+            log.warning("%s: %s; back to the queue, no attempt", lease.id, exc.reason)
+            delay = self.settings.queue.backoff_base_s
+            persist(keeper, q.release, lease, exc.reason, delay_s=delay)
+            return Outcome(lease.id, Status.RELEASED, exc.reason)
+        except RedisError:
+            raise
+        except Exception as exc:
+            log.exception("%s: a bug (the item goes back, counted in bugs)", lease.id)
+            text = f"{type(exc).__name__}: {exc}"[:500]
+            persist(keeper, q.fail, lease, text, bug=True)
+            return Outcome(lease.id, Status.ERROR, text)
+
+    def _persist(
+        self, keeper: LeaseKeeper, call: Callable[..., _T], *args: Any, **kwargs: Any
+    ) -> _T:
+        """A queue call, tried again while Redis does not answer, for up to a lease time."""
+        deadline = self.clock() + self.settings.queue.lease_s
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if keeper.lost.is_set() or self.clock() >= deadline:
+                    raise
+                log.warning("Redis does not answer (%s); trying again", exc)
+                time.sleep(1.0)
 
     def _check(self, keeper: LeaseKeeper) -> None:
         if keeper.lost.is_set():
-            raise LeaseLost("the lease was lost (a renewal was refused)")
+            raise LeaseLost(keeper.why)
         if self.stop.is_set():
             raise Stopped
 
     def _process(self, lease: Lease, keeper: LeaseKeeper, decoded: Callable[[], None]) -> Outcome:
-        if self.store.is_complete(lease.id):  # done before, only the ack was lost
-            return self._ack(
-                lease,
-                self.store.uri(self.store.key(lease.id, "_manifest.json")),
-                0,
-                0,
-                "already-done",
-            )
-        timings: dict[str, float] = {}
-        started = self.clock()
+        version = output_version(self.config_hash, lease.etag, lease.rev)
+        item = _Item(lease, keeper, self.store.video(lease.id, version))
+        if self.store.is_complete(item.video):  # done before, only the ack was lost
+            uri = self.store.manifest_uri(item.video)
+            return self._ack(item, uri, 0, 0, Status.ALREADY_DONE)
+        started = item.mark = self.clock()
         p = self.settings.pipeline
-        with fetched(lease.uri, self.settings.source) as path:
-            mark = self._lap(timings, "fetch", started)
+        # Checkpointed chunks whose files are gone (a node-local disk, a crash before the
+        # directory entry was durable) are done again.
+        done = frozenset(self.store.chunks_present(item.video, lease.chunks_done))
+        with fetched(lease.uri, self.settings.source, etag=lease.etag, touch=keeper.touch) as path:
+            item.lap("fetch", self.clock())
             decoder = open_decoder(path, self.sampling, prefer=p.decoder, threads=p.decode_threads)
-            mark = self._lap(timings, "open", mark)
+            item.lap("open", self.clock())
             try:
-                reader = ChunkReader(decoder, self.sampling, p.chunk_frames, lease.chunks_done)
-                frames = self._stream(lease, keeper, reader, timings, decoded)
+                reader = ChunkReader(decoder, self.sampling, p.chunk_frames, done)
+                frames = self._stream(item, reader, decoded)
             finally:
                 decoder.close()
         self._check(keeper)
         total = reader.chunk_count
         if total:  # known only now that every frame went by: record it with the last chunk
-            self._progress(lease, keeper, total - 1, total)
-        timings["total"] = self.clock() - started
+            self._progress(item, total - 1, total)
+        item.timings["total"] = self.clock() - started
         manifest = {
             "video_id": lease.id,
             "uri": lease.uri,
+            "etag": lease.etag,
+            "version": version,
             "frames": reader.kept,
             "chunks": total,
             "model": self.inference.model_name,
             "config_hash": self.config_hash,
             "decoder": decoder.info.decoder,
             "source_size": [decoder.info.width, decoder.info.height],
-            "resumed_chunks": sorted(lease.chunks_done),
+            "resumed_chunks": sorted(done),
             "epoch": lease.epoch,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "timings_s": {k: round(v, 3) for k, v in item.timings.items()},
         }
-        uri = self.store.finalize(lease.id, total, self.inference.schema, manifest)
-        return self._ack(lease, uri, total, frames, "acked")
+        uri = self.store.finalize(item.video, total, self.inference.schema, manifest)
+        return self._ack(item, uri, total, frames, Status.ACKED)
 
-    def _lap(self, timings: dict[str, float], name: str, since: float) -> float:
-        now = self.clock()
-        timings[name] = timings.get(name, 0.0) + now - since
-        return now
-
-    def _stream(
-        self,
-        lease: Lease,
-        keeper: LeaseKeeper,
-        reader: ChunkReader,
-        timings: dict[str, float],
-        decoded: Callable[[], None],
-    ) -> int:
+    def _stream(self, item: _Item, reader: ChunkReader, decoded: Callable[[], None]) -> int:
         """Decode and hand out chunks, at most max_inflight_chunks at a time (and within the
         shared budget); checkpoint each chunk as its output becomes durable. Returns the
         frames sent to inference. On a stop request the chunks already out are still settled
         and checkpointed (for up to DRAIN_S), so that the next worker skips them. `timings`
         gets the seconds spent decoding, waiting for another item's decoding, handing chunks
         out and waiting for inference."""
-        inflight: deque[tuple[int, Pending]] = deque()
         frames = 0
         chunks = iter(reader)
-        mark = self.clock()
+        inflight = item.inflight
         try:
             while True:
                 with self.decoding:
-                    mark = self._lap(timings, "decode_wait", mark)  # another item's turn
+                    item.lap("decode_wait", self.clock())  # another item's turn
                     chunk = next(chunks, None)
                 if chunk is None:
                     break
-                mark = self._lap(timings, "decode", mark)
-                self._check(keeper)
-                self._take_budget(lease, keeper, inflight)
-                mark = self._lap(timings, "wait", mark)
+                item.keeper.touch()
+                item.lap("decode", self.clock())
+                self._check(item.keeper)
+                self._take_budget(item)
+                item.lap("wait", self.clock())
                 try:
-                    handle = self.inference.submit(lease.id, chunk)
+                    handle = self.inference.submit(item.lease.id, item.video, chunk)
                 except BaseException:
                     self.budget.release()
                     raise
                 frames += len(chunk)
                 inflight.append((chunk.index, handle))
                 del chunk  # at most max_inflight_chunks decoded chunks stay referenced
-                mark = self._lap(timings, "submit", mark)
+                item.lap("submit", self.clock())
                 while len(inflight) >= self.settings.pipeline.max_inflight_chunks:
-                    self._settle_next(lease, keeper, inflight)
-                mark = self._lap(timings, "wait", mark)
+                    self._settle_next(item)
+                item.lap("wait", self.clock())
             decoded()
             while inflight:
-                self._settle_next(lease, keeper, inflight)
-            self._lap(timings, "wait", mark)
+                self._settle_next(item)
+            item.lap("wait", self.clock())
         except Stopped:
             deadline = self.clock() + DRAIN_S
             while inflight and self.clock() < deadline:
-                self._settle_next(lease, keeper, inflight, deadline=deadline)
+                self._settle_next(item, deadline=deadline)
             raise
         finally:
             for _ in inflight:  # left unsettled (the item failed or stopped): its budget back
@@ -253,62 +356,45 @@ class VideoJob:
             inflight.clear()
         return frames
 
-    def _take_budget(
-        self, lease: Lease, keeper: LeaseKeeper, inflight: deque[tuple[int, Pending]]
-    ) -> None:
+    def _take_budget(self, item: _Item) -> None:
         """Wait for room in the budget shared by this actor's items. While waiting, settle
         this item's own oldest chunk: that frees room whatever the other items do."""
         while not self.budget.acquire(timeout=0.5):
-            if inflight:
-                self._settle_next(lease, keeper, inflight)
+            if item.inflight:
+                self._settle_next(item)
             else:
-                self._check(keeper)
+                self._check(item.keeper)
 
-    def _settle_next(
-        self,
-        lease: Lease,
-        keeper: LeaseKeeper,
-        inflight: deque[tuple[int, Pending]],
-        deadline: float | None = None,
-    ) -> None:
-        index, handle = inflight.popleft()
-        try:
-            self._settle(lease, keeper, index, handle, deadline)
-        finally:
-            self.budget.release()
-
-    def _settle(
-        self,
-        lease: Lease,
-        keeper: LeaseKeeper,
-        index: int,
-        handle: Pending,
-        deadline: float | None = None,
-    ) -> None:
-        """Wait for a chunk's output, then checkpoint it. With a deadline (draining on stop)
-        a stop request does not interrupt the wait; past the deadline the chunk is left."""
+    def _settle_next(self, item: _Item, deadline: float | None = None) -> None:
+        """Wait for the oldest chunk's output, then checkpoint it. With a deadline (draining
+        on stop) a stop request does not interrupt the wait; past the deadline the chunk is
+        left, and stays out (so that the drain leaves it to the next worker)."""
+        index, handle = item.inflight[0]
         while True:
             if deadline is None:
-                self._check(keeper)
-            elif keeper.lost.is_set() or self.clock() >= deadline:
+                self._check(item.keeper)
+            elif item.keeper.lost.is_set() or self.clock() >= deadline:
                 raise Stopped
             try:
                 handle.result(timeout=1.0)
                 break
             except TimeoutError:
                 continue
-        self._progress(lease, keeper, index, None)
+        item.inflight.popleft()
+        self.budget.release()
+        item.keeper.touch()
+        self._progress(item, index, None)
 
-    def _progress(self, lease: Lease, keeper: LeaseKeeper, index: int, total: int | None) -> None:
-        if not self.queue.progress(lease, index, total).ok:
-            keeper.lost.set()
+    def _progress(self, item: _Item, index: int, total: int | None) -> None:
+        if not self._persist(item.keeper, self.queue.progress, item.lease, index, total).ok:
+            item.keeper.lost.set()
             raise LeaseLost(f"checkpoint of chunk {index} refused")
 
-    def _ack(self, lease: Lease, uri: str, chunks: int, frames: int, status: str) -> Outcome:
-        verdict = self.queue.ack(lease, uri)
+    def _ack(self, item: _Item, uri: str, chunks: int, frames: int, status: Status) -> Outcome:
+        verdict: Verdict = self._persist(item.keeper, self.queue.ack, item.lease, uri)
         if not verdict.ok:
             raise LeaseLost(f"ack refused ({verdict.value})")
-        return Outcome(lease.id, status, chunks=chunks, frames=frames, result=uri)
+        return Outcome(item.lease.id, status, chunks=chunks, frames=frames, result=uri)
 
 
 # -- in-process inference (tests, tools, single-process runs) ---------------------------------
@@ -322,23 +408,30 @@ class _Done:
         return self.rows
 
 
-def infer_chunk(model: FrameModel, store: OutputStore, item_id: str, chunk: Chunk) -> int:
-    """Run the model on one chunk and write its output (what an inference actor does).
-    A chunk whose output exists is not run again. Returns the rows written (-1: skipped)."""
-    if store.has_chunk(item_id, chunk.index):
+def infer_chunk(
+    model: FrameModel, store: OutputStore, item_id: str, video: str, chunk: Chunk
+) -> int:
+    """Run the model on one chunk and write its output under `video` (what an inference
+    actor does). A chunk whose output exists is not run again. Returns the rows written
+    (-1: skipped)."""
+    if store.has_chunk(video, chunk.index):
         return -1
     try:
         records = model.predict(chunk.images, chunk.source_size)
     except ItemError:
         raise
     except (ValueError, IndexError) as exc:
-        raise PermanentError(f"the model failed on chunk {chunk.index}: {exc}") from exc
+        raise PermanentError(
+            f"the model failed on chunk {chunk.index}: {exc}", MODEL_ERROR
+        ) from exc
     except RuntimeError as exc:  # CUDA OOM, device errors: another try may succeed
-        raise TransientError(f"the model failed on chunk {chunk.index}: {exc}") from exc
+        raise TransientError(
+            f"the model failed on chunk {chunk.index}: {exc}", MODEL_ERROR
+        ) from exc
     table = records_table(
         item_id, model.name, model.schema, records, chunk.frame_indices, chunk.pts_s
     )
-    store.write_chunk(item_id, chunk.index, table, if_absent=False)  # checked above
+    store.write_chunk(video, chunk.index, table, if_absent=False)  # checked above
     return int(table.num_rows)
 
 
@@ -349,5 +442,5 @@ class LocalInference:
         self.model, self.store = model, store
         self.schema, self.model_name = model.schema, model.name
 
-    def submit(self, item_id: str, chunk: Chunk) -> Pending:
-        return _Done(infer_chunk(self.model, self.store, item_id, chunk))
+    def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
+        return _Done(infer_chunk(self.model, self.store, item_id, video, chunk))

@@ -76,6 +76,10 @@ class RayAdapter:
 
         return list(ray.get(refs, timeout=timeout))
 
+    def actor_id(self, actor: Any) -> str:
+        """The actor's id (hex): the same for every copy of its handle."""
+        return str(actor._actor_id.hex())
+
     def kill(self, actor: Any) -> None:
         import ray
 

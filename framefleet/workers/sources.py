@@ -18,6 +18,7 @@ import contextlib
 import http.client
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -30,7 +31,16 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from framefleet.settings import SourceSettings
 
-from .errors import PermanentError, TransientError
+from .errors import (
+    BAD_URI,
+    CHANGED,
+    FORBIDDEN,
+    NOT_FOUND,
+    TOO_BIG,
+    InfraError,
+    PermanentError,
+    TransientError,
+)
 
 _CHUNK = 1 << 20
 _PERMANENT_HTTP = {400, 401, 403, 404, 405, 410, 451}
@@ -38,23 +48,35 @@ _PERMANENT_S3 = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "403", "404", "Inv
                  "AllAccessDisabled", "InvalidBucketName"}  # fmt: skip
 
 
+Touch = Callable[[], None]
+
+
 @contextlib.contextmanager
-def fetched(uri: str, settings: SourceSettings) -> Iterator[Path]:
-    """A local file holding the video at `uri`, for the duration of the block."""
+def fetched(
+    uri: str, settings: SourceSettings, *, etag: str | None = None, touch: Touch | None = None
+) -> Iterator[Path]:
+    """A local file holding the video at `uri`, for the duration of the block. With `etag`,
+    a remote object that changed since (another etag) is refused (`changed`). `touch` is
+    called as bytes come in. The whole download has a deadline (fetch_deadline_s), besides
+    the per-read timeout."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         yield local_path(uri, settings)
         return
     if parsed.scheme not in ("s3", "http", "https"):
-        raise PermanentError(f"unsupported uri scheme {parsed.scheme!r}: {uri}")
+        raise PermanentError(f"unsupported uri scheme {parsed.scheme!r}: {uri}", BAD_URI)
     tmp_dir = settings.tmp_dir
-    if tmp_dir is not None:
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="framefleet-", suffix=_suffix(parsed.path), dir=tmp_dir)
+    try:
+        if tmp_dir is not None:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="framefleet-", suffix=_suffix(parsed.path), dir=tmp_dir)
+    except OSError as exc:
+        raise InfraError(f"no temporary file for {uri}: {exc.strerror or exc}") from None
     path = Path(name)
+    got = _Download(uri, settings, etag, touch or (lambda: None))
     try:
         with os.fdopen(fd, "wb") as out:
-            _with_retries(settings, lambda: _download(uri, out, settings))
+            _with_retries(settings, lambda: got.into(out))
         yield path
     finally:
         path.unlink(missing_ok=True)
@@ -70,20 +92,25 @@ def local_path(uri: str, settings: SourceSettings) -> Path:
     raw = unquote(urlparse(uri).path) if uri.startswith("file://") else uri
     path = Path(raw)
     if not path.is_absolute():
-        raise PermanentError(f"local paths must be absolute: {uri}")
-    resolved = path.resolve()
-    roots = [root.resolve() for root in settings.allowed_roots]
-    if not any(resolved.is_relative_to(root) for root in roots):
-        allowed = ", ".join(map(str, roots)) or "none configured (FRAMEFLEET_ALLOWED_ROOTS)"
-        raise PermanentError(f"{path} is outside the allowed roots ({allowed})")
-    if not resolved.exists():
-        raise PermanentError(f"no such file: {path}")
-    if not resolved.is_file():
-        raise PermanentError(f"not a regular file: {path}")
-    size = resolved.stat().st_size
+        raise PermanentError(f"local paths must be absolute: {uri}", BAD_URI)
+    try:
+        resolved = path.resolve()
+        roots = [root.resolve() for root in settings.allowed_roots]
+        if not any(resolved.is_relative_to(root) for root in roots):
+            allowed = ", ".join(map(str, roots)) or "none configured (FRAMEFLEET_ALLOWED_ROOTS)"
+            raise PermanentError(f"{path} is outside the allowed roots ({allowed})", FORBIDDEN)
+        if not resolved.exists():
+            raise PermanentError(f"no such file: {path}", NOT_FOUND)
+        if not resolved.is_file():
+            raise PermanentError(f"not a regular file: {path}", NOT_FOUND)
+        size = resolved.stat().st_size
+    except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop (RuntimeError
+        # before Python 3.13), a component that is not a directory
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PermanentError(f"cannot read {str(path)[:300]}: {text}", NOT_FOUND) from None
     if size > settings.max_video_bytes:
         raise PermanentError(
-            f"{path} is {size} bytes, over the limit of {settings.max_video_bytes}"
+            f"{path} is {size} bytes, over the limit of {settings.max_video_bytes}", TOO_BIG
         )
     return resolved
 
@@ -98,40 +125,73 @@ def _with_retries(settings: SourceSettings, fn: Callable[[], None]) -> None:
     retrying(fn)
 
 
-def _download(uri: str, out: IO[bytes], settings: SourceSettings) -> None:
-    out.seek(0)
-    out.truncate()
-    if uri.startswith("s3://"):
-        _download_s3(uri, out, settings)
-    else:
-        _download_http(uri, out, settings)
+class _Download:
+    """One remote object into a temporary file: the attempts share one deadline."""
+
+    def __init__(self, uri: str, settings: SourceSettings, etag: str | None, touch: Touch) -> None:
+        self.uri, self.settings, self.etag, self.touch = uri, settings, etag, touch
+        self.deadline = time.monotonic() + settings.fetch_deadline_s
+
+    def into(self, out: IO[bytes]) -> None:
+        out.seek(0)
+        out.truncate()
+        if self.uri.startswith("s3://"):
+            _download_s3(self, out)
+        else:
+            _download_http(self, out)
+
+    def copy(self, body: Any, out: IO[bytes]) -> None:
+        """From a response body, within the size limit and the deadline."""
+        limit, total = self.settings.max_video_bytes, 0
+        while chunk := body.read(_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise PermanentError(
+                    f"{self.uri} is larger than the limit of {limit} bytes", TOO_BIG
+                )
+            if time.monotonic() > self.deadline:
+                raise TransientError(
+                    f"{self.uri}: the download took longer than"
+                    f" {self.settings.fetch_deadline_s:g} s (fetch_deadline_s), {total} bytes in"
+                )
+            _write(out, chunk, self.uri)
+            self.touch()
+        _write(out, b"", self.uri)
 
 
-def _copy_limited(body: Any, out: IO[bytes], limit: int, uri: str) -> None:
-    total = 0
-    while chunk := body.read(_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            raise PermanentError(f"{uri} is larger than the limit of {limit} bytes")
-        out.write(chunk)
-    out.flush()
+def _write(out: IO[bytes], data: bytes, uri: str) -> None:
+    """Into the temporary file: a full or failing disk is the node's trouble."""
+    try:
+        if data:
+            out.write(data)
+        else:
+            out.flush()
+    except OSError as exc:
+        raise InfraError(f"fetching {uri}: {exc.strerror or exc} (temporary files)") from None
 
 
 # -- http(s) -----------------------------------------------------------------------------------
 
 
-def _download_http(uri: str, out: IO[bytes], settings: SourceSettings) -> None:
-    request = urllib.request.Request(uri, headers={"User-Agent": "framefleet"})
+def _download_http(got: _Download, out: IO[bytes]) -> None:
+    uri, settings = got.uri, got.settings
+    headers = {"User-Agent": "framefleet"}
+    if got.etag:
+        headers["If-Match"] = got.etag
+    request = urllib.request.Request(uri, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=settings.fetch_timeout_s) as response:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > settings.max_video_bytes:
-                raise PermanentError(f"{uri} is {length} bytes, over the limit")
-            _copy_limited(response, out, settings.max_video_bytes, uri)
+                raise PermanentError(f"{uri} is {length} bytes, over the limit", TOO_BIG)
+            got.copy(response, out)
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the response open
+        if exc.code == 412:
+            raise PermanentError(f"{uri} changed since it was enqueued (etag)", CHANGED) from None
         if exc.code in _PERMANENT_HTTP:
-            raise PermanentError(f"{uri}: HTTP {exc.code} {exc.reason}") from None
+            cls = NOT_FOUND if exc.code in (404, 410) else FORBIDDEN
+            raise PermanentError(f"{uri}: HTTP {exc.code} {exc.reason}", cls) from None
         raise TransientError(f"{uri}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
@@ -162,21 +222,29 @@ def split_s3(uri: str) -> tuple[str, str]:
     parsed = urlparse(uri)
     key = parsed.path.lstrip("/")
     if not parsed.netloc or not key:
-        raise PermanentError(f"not an s3://bucket/key uri: {uri}")
+        raise PermanentError(f"not an s3://bucket/key uri: {uri}", BAD_URI)
     return parsed.netloc, key
 
 
-def _download_s3(uri: str, out: IO[bytes], settings: SourceSettings) -> None:
+def _download_s3(got: _Download, out: IO[bytes]) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    uri, settings = got.uri, got.settings
     bucket, key = split_s3(uri)
+    match = {"IfMatch": got.etag} if got.etag else {}
     try:
-        obj = s3_client(settings).get_object(Bucket=bucket, Key=key)
+        obj = s3_client(settings).get_object(Bucket=bucket, Key=key, **match)
         if obj.get("ContentLength", 0) > settings.max_video_bytes:
-            raise PermanentError(f"{uri} is {obj['ContentLength']} bytes, over the limit")
+            raise PermanentError(f"{uri} is {obj['ContentLength']} bytes, over the limit", TOO_BIG)
         with contextlib.closing(obj["Body"]) as body:
-            _copy_limited(body, out, settings.max_video_bytes, uri)
+            got.copy(body, out)
     except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 412 or exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+            raise PermanentError(
+                f"{uri} changed since it was enqueued (etag {got.etag} no longer matches)",
+                CHANGED,
+            ) from None
         raise s3_error(uri, exc) from None
     except BotoCoreError as exc:  # connection errors, timeouts, incomplete reads
         raise TransientError(f"{uri}: {exc}") from None
@@ -189,5 +257,6 @@ def s3_error(uri: str, exc: Any) -> PermanentError | TransientError:
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     message = f"{uri}: S3 {code or status} {error.get('Message', '')}".rstrip()
     if code in _PERMANENT_S3 or status in _PERMANENT_HTTP:
-        return PermanentError(message)
+        missing = code in ("NoSuchKey", "NoSuchBucket", "404") or status == 404
+        return PermanentError(message, NOT_FOUND if missing else FORBIDDEN)
     return TransientError(message)

@@ -107,7 +107,7 @@ def test_readme_main_command_processes_a_folder_and_leaves_nothing_running(
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr + stdout
     assert "done 2 of 2, dead 0; 40 frames" in stderr
-    assert len([p for p in out.iterdir() if (p / "detections.parquet").is_file()]) == 2
+    assert len(list(out.glob("*/*/detections.parquet"))) == 2  # <video id>/<version>/
     time.sleep(1)
     left = []
     for p in psutil.process_iter(["name"]):
@@ -292,10 +292,8 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
     assert f"dead: {videos / 'bad.mp4'}: failed (not retryable): not a readable video" in (
         first.stderr
     )
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        p.name for p in out.iterdir() if (p / "_manifest.json").is_file()
-    )
-    assert len(list(out.iterdir())) == 2
+    videos_out = [p for p in out.iterdir() if not p.name.startswith(".")]
+    assert len(list(out.glob("*/*/_manifest.json"))) == len(videos_out) == 2
     # the good videos again: already done, nothing processed twice, exit 0
     again = ff(
         tmp_path / "redis",
@@ -308,6 +306,22 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
         env=env,
     )
     assert "done 2 of 2, dead 0" in again.stderr
+    # another output root, then another model: done again there and with it, not reported
+    # from the first run's outputs (issue 12, finding 7)
+    elsewhere = tmp_path / "out2"
+    good = list(map(str, sorted(videos.glob("ok-*"))))
+    moved = ff(
+        tmp_path / "redis", "run", *good, "--out", str(elsewhere), "--model", str(model), env=env
+    )
+    assert "done 2 of 2, dead 0; 40 frames" in moved.stderr, moved.stderr
+    assert len(list(elsewhere.glob("*/*/_manifest.json"))) == 2
+    other = write_tiny_detr(tmp_path / "detr2", seed=1)
+    remodel = ff(
+        tmp_path / "redis", "run", *good, "--out", str(out), "--model", str(other), env=env
+    )
+    assert "done 2 of 2, dead 0; 40 frames" in remodel.stderr, remodel.stderr
+    manifests = [json.loads(m.read_text()) for m in out.glob("*/*/_manifest.json")]
+    assert sorted(m["model"] for m in manifests).count(str(other)) == 2
 
 
 def test_run_without_the_default_models_weights_says_what_to_do(tmp_path: Path) -> None:

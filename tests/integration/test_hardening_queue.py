@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -16,6 +17,7 @@ from framefleet.queue import (
     Queue,
     ServerError,
     Supervision,
+    SweepResult,
     Verdict,
     connect,
     parse_inbox_entry,
@@ -302,3 +304,70 @@ def test_f12_a_workers_leases_are_found_through_its_index(
     live_ids = {lease.id for lease in live}
     assert not [c for c in touched if any(i in c for i in live_ids)]
     assert any(gone.id in c for c in touched)
+
+
+# -- finding 14: a jump of the server's clock -------------------------------------------------
+
+
+def test_f14_a_forward_jump_of_the_clock_expires_nothing_and_charges_nothing(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """The coordinator sweeps every tick. The server's clock jumps forward by more than a
+    lease: every deadline has passed at once, but the sweep sees the gap since the last one
+    and gives the leases a new lease time instead of reaping them; heartbeats are not held
+    against their workers until they have had time to beat again."""
+    sup = Supervision(queue)
+    queue.enqueue([f"/v/{i}.mp4" for i in range(3)])
+    leases = queue.claim(3, "decoder-a")
+    sup.heartbeat("decoder-a")
+    for _ in range(3):
+        clock.advance(2_000)
+        sup.heartbeat("decoder-a")
+        assert sup.sweep(stale_s=10, gap_s=6) == SweepResult()
+    clock.advance(31_000)  # the jump: past every lease deadline and the stale time
+    result = sup.sweep(stale_s=10, gap_s=6)
+    assert (result.forgiven, result.requeued, result.orphaned_leases) == (3, 0, 0)
+    assert all(queue.renew(lease) for lease in leases)  # the worker carries on
+    clock.advance(2_000)
+    assert sup.sweep(stale_s=10, gap_s=6) == SweepResult()  # within the grace: no orphans
+    items = queue.items([lease.id for lease in leases])
+    assert all(i.state == "leased" and i.deliveries == 0 for i in items)
+    orphaned = 0
+    for _ in range(6):  # a worker that really died is still found, a stale time later
+        clock.advance(2_000)
+        orphaned += sup.sweep(stale_s=10, gap_s=6).orphaned_leases
+    assert orphaned == 3
+
+
+def test_f5_leases_a_worker_lost_track_of_come_back_through_its_heartbeat(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """A claim whose reply was lost, or an ack the server lost (kill -9 with everysec): the
+    queue has the worker holding a lease it does not know of. Its heartbeat says what it
+    holds; the others (claimed more than the grace ago) go back at once, uncharged."""
+    sup = Supervision(queue)
+    queue.enqueue([f"/v/{i}.mp4" for i in range(3)])
+    known, lost = queue.claim(1, "decoder-a"), queue.claim(2, "decoder-a")
+    assert sup.heartbeat("decoder-a", holding=[known[0].id], grace_s=10) == 0  # too recent
+    clock.advance(11_000)
+    assert sup.heartbeat("decoder-a", holding=[known[0].id], grace_s=10) == 2
+    for lease in lost:
+        item = queue.get(lease.id)
+        assert item is not None and (item.state, item.deliveries) == ("queued", 0)
+        assert not queue.renew(lease)
+    assert queue.renew(known[0]) and sup.held("decoder-a") == {known[0].id}
+
+
+def test_f5_a_claim_retried_after_a_lost_reply_gets_the_same_items(queue: Queue) -> None:
+    """redis-py sends a command again when the connection broke before its reply: the claim
+    script sees the same nonce from the same worker and answers what that call leased."""
+    queue.enqueue([f"/v/{i}.mp4" for i in range(4)])
+    first = queue._run("claim", 2, "decoder-a", 30_000, "cafe0123")
+    again = queue._run("claim", 2, "decoder-a", 30_000, "cafe0123")
+
+    def ids(reply: list[Any]) -> list[str]:
+        return sorted(reply[4][i] for i in range(0, len(reply[4]), 15))
+
+    assert ids(first) == ids(again) and len(ids(first)) == 2
+    assert queue.stats().counts["leased"] == 2
+    assert len(queue.claim(5, "decoder-a")) == 2  # a new call: the two others

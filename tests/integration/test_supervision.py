@@ -27,7 +27,7 @@ def test_a_silent_workers_leases_expire_at_once_and_live_ones_are_kept(
     assert sup.workers() == {"w-dead": 11.0, "w-live": 6.0}
     result = sup.sweep(stale_s=10)
     assert (result.orphaned_workers, result.orphaned_leases, result.requeued) == (1, 1, 1)
-    assert set(sup.workers()) == {"w-live"}
+    assert set(sup.workers()) == {"w-dead", "w-live"}  # forgotten after 3 x stale_s
     assert [x.id for x in queue.items_in("queued")] == [a.id]
     assert queue.get(a.id).deliveries == 1  # type: ignore[union-attr]
     assert queue.ack(a, "late") == Verdict.LOST  # the old owner is fenced off
@@ -35,6 +35,10 @@ def test_a_silent_workers_leases_expire_at_once_and_live_ones_are_kept(
     assert queue.renew(b) and queue.renew(c)
     assert queue.stats().counters["orphaned_total"] == 1
     assert sup.sweep(stale_s=10) == SweepResult()
+    clock.advance(20_000)
+    sup.heartbeat("w-live")
+    sup.sweep(stale_s=10)
+    assert set(sup.workers()) == {"w-live"}
 
 
 def test_a_worker_that_leaves_is_forgotten(queue: Queue) -> None:

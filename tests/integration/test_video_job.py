@@ -24,7 +24,7 @@ from framefleet.settings import (
 from framefleet.workers.decode import Chunk, Sampling
 from framefleet.workers.errors import TransientError
 from framefleet.workers.model import FrameModel, load_model
-from framefleet.workers.outputs import OutputStore
+from framefleet.workers.outputs import OutputStore, output_version
 from framefleet.workers.pipeline import LocalInference, Pending, VideoJob
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.models import write_tiny_detr
@@ -69,10 +69,10 @@ def test_a_video_is_processed_checkpointed_and_acked(
     item = q.get(item_id)
     assert item is not None and item.state is State.DONE and item.result == out.result
     assert item.chunks_total == 4 and item.chunks_done == 4
-    manifest = store.read_manifest(item_id)
+    manifest = store.read_result(item.result or "")
     assert manifest["frames"] == 30 and manifest["chunks"] == 4 and manifest["model"] == model.name
-    assert len(pipeline_rows(store, item_id)) > 0
-    assert_same(pipeline_rows(store, item_id), direct_run(model, video, Sampling()))
+    assert len(pipeline_rows(store, q, item_id)) > 0
+    assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
 
 
 class Counting:
@@ -88,9 +88,9 @@ class Counting:
         self.schema, self.model_name = inner.schema, inner.model_name
         self.submitted: list[int] = []
 
-    def submit(self, item_id: str, chunk: Chunk) -> Pending:
+    def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
         self.submitted.append(chunk.index)
-        handle = self.inner.submit(item_id, chunk)
+        handle = self.inner.submit(item_id, video, chunk)
         if self.stop is not None and len(self.submitted) == self.stop_after:
             self.stop.set()
         return handle
@@ -116,21 +116,35 @@ def test_a_stopped_worker_releases_and_the_next_one_resumes(
     assert again.chunks_done == frozenset(done_before)
     assert VideoJob(q, store, second, settings).run(again).status == "acked"
     assert set(second.submitted) == set(range(5)) - done_before  # checkpointed chunks skipped
-    assert_same(pipeline_rows(store, item_id), direct_run(model, video, Sampling()))
+    assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
 
 
-def test_outputs_complete_but_ack_lost_acks_without_rework(env: dict[str, Any]) -> None:
+def test_an_item_trimmed_after_its_retention_is_acked_again_without_rework(
+    env: dict[str, Any], valkey_client: Redis
+) -> None:
+    """Its output manifest is the proof that it is done: enqueued again after the queue
+    deleted it, it is acked as already-done, nothing decoded or inferred. An enqueue with
+    force, by contrast, makes a new revision that is processed again (its own version)."""
     video = write_video(env["videos"] / "c.mp4", frames=10)
-    q, store, settings = env["queue"], env["store"], env["settings"]
+    store, settings = env["store"], env["settings"]
+    q = Queue(valkey_client, replace(settings.queue, done_ttl_s=0.001))
     [item_id] = q.enqueue([str(video)])
     [lease] = q.claim(1, "decoder-1")
-    VideoJob(q, store, env["inference"], settings).run(lease)
-    q.enqueue([str(video)], force=True)  # as if the ack had never landed
+    first = VideoJob(q, store, env["inference"], settings).run(lease)
+    time.sleep(0.01)
+    q.sweep()
+    assert q.get(item_id) is None  # trimmed
+    assert q.enqueue([str(video)]) == [item_id]
     [again] = q.claim(1, "decoder-2")
     counting = Counting(env["inference"])
     out = VideoJob(q, store, counting, settings).run(again)
     assert out.status == "already-done" and counting.submitted == []
-    assert q.get(item_id).state is State.DONE
+    assert out.result == first.result and q.get(item_id).state is State.DONE  # type: ignore[union-attr]
+    assert q.enqueue([str(video)], force=True) == [item_id]
+    [forced] = q.claim(1, "decoder-3")
+    out = VideoJob(q, store, counting, settings).run(forced)
+    assert out.status == "acked" and counting.submitted == [0, 1]
+    assert out.result != first.result and out.result.endswith("-r1/_manifest.json")
 
 
 def test_bad_videos_go_dead_with_their_reason(env: dict[str, Any], tmp_path: Path) -> None:
@@ -154,12 +168,12 @@ def test_bad_videos_go_dead_with_their_reason(env: dict[str, Any], tmp_path: Pat
     assert "not a readable video" in reasons[ids[1]]
     assert "no such file" in reasons[ids[2]]
     assert "outside the allowed roots" in reasons[ids[3]]
-    assert not any(store.is_complete(i) for i in ids)
+    assert not any(item.result for item in q.items(ids))
 
 
 def test_a_transient_inference_error_is_retried_later(env: dict[str, Any]) -> None:
     class Failing(Counting):
-        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+        def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
             raise TransientError("CUDA out of memory")
 
     video = write_video(env["videos"] / "d.mp4", frames=10)
@@ -181,11 +195,11 @@ def test_a_lost_lease_stops_the_item_and_never_acks(env: dict[str, Any]) -> None
     [lease] = q.claim(1, "decoder-1")
 
     class Stealing(Counting):
-        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+        def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
             if len(self.submitted) == 1:  # meanwhile the lease moves to another worker
                 q.release(lease, "test")
                 self.thief = q.claim(1, "decoder-2")[0]
-            return super().submit(item_id, chunk)
+            return super().submit(item_id, video, chunk)
 
     stealing = Stealing(env["inference"])
     out = VideoJob(q, env["store"], stealing, settings).run(lease)
@@ -204,9 +218,9 @@ def test_renewals_keep_a_slow_item_alive_past_its_lease(
     q = Queue(valkey_client, settings.queue)
 
     class Slow(Counting):
-        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+        def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
             time.sleep(0.4)
-            return super().submit(item_id, chunk)
+            return super().submit(item_id, video, chunk)
 
     video = write_video(env["videos"] / "f.mp4", frames=40)
     [item_id] = q.enqueue([str(video)])
@@ -243,8 +257,8 @@ def test_in_flight_chunks_are_bounded(env: dict[str, Any]) -> None:
             super().__init__(inner)
             self.log: list[int] = []
 
-        def submit(self, item_id: str, chunk: Chunk) -> Pending:
-            super().submit(item_id, chunk)
+        def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
+            super().submit(item_id, video, chunk)
             self.log.append(+1)
             return Held(self.log)
 
@@ -311,8 +325,8 @@ def test_items_at_once_share_one_budget_of_chunks_out(env: dict[str, Any]) -> No
             return self.rows
 
     class Tracking(Counting):
-        def submit(self, item_id: str, chunk: Chunk) -> Pending:
-            rows = super().submit(item_id, chunk).result()
+        def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
+            rows = super().submit(item_id, video, chunk).result()
             with lock:
                 log.append(+1)
             return Late(rows)
@@ -339,18 +353,18 @@ def test_the_budget_comes_back_when_items_fail_or_stop(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class Failing(Counting):
-        def submit(self, item_id: str, chunk: Chunk) -> Pending:
+        def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
             if len(self.submitted) == 2:
                 raise TransientError("CUDA out of memory")
-            return super().submit(item_id, chunk)
+            return super().submit(item_id, video, chunk)
 
     class Never:
         def result(self, timeout: float | None = None) -> int:
             raise TimeoutError
 
     class Stuck(Counting):  # the first chunk's output never comes; a stop request arrives
-        def submit(self, item_id: str, chunk: Chunk) -> Pending:
-            super().submit(item_id, chunk)
+        def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
+            super().submit(item_id, video, chunk)
             stop.set()
             return Never()
 
@@ -397,13 +411,12 @@ def test_s3_in_and_s3_out(
         [item_id] = q.enqueue(["s3://videos-in/cams/cam.mp4"])
         [lease] = q.claim(1, "decoder-1")
         out = VideoJob(q, store, LocalInference(model, store), settings).run(lease)
-        assert (
-            out.status == "acked"
-            and out.result == f"s3://videos-out/run-1/{item_id}/_manifest.json"
-        )
+        version = output_version(settings.pipeline.config_hash(settings.model), None, 0)
+        prefix = f"run-1/{item_id}/{version}"
+        assert out.status == "acked" and out.result == f"s3://videos-out/{prefix}/_manifest.json"
         keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="videos-out")["Contents"])
         assert keys == sorted(
-            [f"run-1/{item_id}/chunk-{k}.parquet" for k in range(3)]
-            + [f"run-1/{item_id}/detections.parquet", f"run-1/{item_id}/_manifest.json"]
+            [f"{prefix}/chunk-{k}.parquet" for k in range(3)]
+            + [f"{prefix}/detections.parquet", f"{prefix}/_manifest.json"]
         )
-        assert_same(pipeline_rows(store, item_id), direct_run(model, video, Sampling()))
+        assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))

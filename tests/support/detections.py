@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from framefleet.queue import Queue
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore
@@ -29,8 +28,13 @@ def direct_run(model: FrameModel, path: Path, sampling: Sampling) -> list[Row]:
     return sorted(rows)
 
 
-def pipeline_rows(store: OutputStore, item_id: str) -> list[Row]:
-    table = pq.read_table(pa.BufferReader(store.get(store.key(item_id, "detections.parquet"))))
+def pipeline_rows(store: OutputStore, queue: Queue, item_id: str) -> list[Row]:
+    """The detections of a done item, from the outputs its result (manifest) names."""
+    item = queue.get(item_id)
+    assert item is not None and item.result, (item_id, item)
+    video = store.video_of(item.result)
+    assert video is not None, (item.result, store.base)
+    table = store.read_detections(video)
     columns = (
         table["frame_index"].to_pylist(),
         table["label_id"].to_pylist(),

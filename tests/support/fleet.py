@@ -52,11 +52,13 @@ class Fleet:
     env: dict[str, str]
     logs: Path
 
-    def coordinator(self, name: str, own_session: bool = False) -> subprocess.Popen[bytes]:
+    def coordinator(
+        self, name: str, own_session: bool = False, **env: str
+    ) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("ab") as log:
             return subprocess.Popen(
                 [sys.executable, "-m", "framefleet.cli", "coordinator"],
-                env=self.env,
+                env={**self.env, **env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=own_session,
@@ -65,6 +67,13 @@ class Fleet:
     def close(self) -> None:
         self.queue.client.close()
         self.server.stop()
+
+    def restart_server(self, down_s: float) -> None:
+        """kill -9 of the Redis server, `down_s` seconds down, then started again from its
+        append-only file on the same port."""
+        self.server.kill()
+        time.sleep(down_s)
+        self.server = EmbeddedServer(self.server.data_dir, port=self.server.port).start()
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -105,7 +114,9 @@ class Fleet:
         model = load_model(self.settings.model)
         store = OutputStore(self.settings.pipeline.out, self.settings.source)
         for item_id, path in zip(self.ids, self.paths, strict=True):
-            assert_same(pipeline_rows(store, item_id), direct_run(model, path, Sampling()))
+            assert_same(
+                pipeline_rows(store, self.queue, item_id), direct_run(model, path, Sampling())
+            )
 
 
 def make_fleet(
@@ -114,6 +125,7 @@ def make_fleet(
     auth: dict[str, str],
     tick_s: float = 0.5,
     items_per_decoder: int = 2,
+    lease_s: float = 60.0,
 ) -> Fleet:
     """VIDEOS videos of 240 frames enqueued; a local Ray (no GPU) when ray_address is None."""
     videos = tmp_path / "videos"
@@ -123,7 +135,7 @@ def make_fleet(
     local = ray_address is None
     settings = Settings(
         redis=RedisSettings(url=server.url),
-        queue=QueueSettings(name="coord", lease_s=60),
+        queue=QueueSettings(name="coord", lease_s=lease_s),
         source=SourceSettings(allowed_roots=(videos,)),
         model=ModelSettings(
             model=str(write_tiny_detr(tmp_path / "detr")),

@@ -59,9 +59,11 @@ local function to_queued(id, key)
   redis.call('HSET', key, 'state', 'queued')
 end
 
-local function to_dead(id, key, now, reason)
+-- Dead with its reason and a short class (see framefleet/workers/errors.py).
+local function to_dead(id, key, now, reason, cls)
   redis.call('ZADD', K_DEAD, now, id)
-  redis.call('HSET', key, 'state', 'dead', 'dead_reason', reason, 'dead_at', now)
+  redis.call('HSET', key, 'state', 'dead', 'dead_reason', reason, 'dead_class', cls,
+             'dead_at', now)
   stat('dead_total')
 end
 
@@ -111,7 +113,7 @@ local function lapse(id, key, now, blame, max_deliveries, reason)
   if d >= max_deliveries then
     to_dead(id, key, now, 'poison: its lease lapsed ' .. d .. ' times in a row without ack or' ..
             ' fail, at ' .. done .. ' chunks done, the blame its own each time (its worker' ..
-            ' crashed or stalled holding nothing else, or renewed its other leases)')
+            ' crashed or stalled holding nothing else, or renewed its other leases)', 'poison')
     return true
   end
   to_queued(id, key)
@@ -157,15 +159,18 @@ end
 
 -- Write one validated item's hash. Returns its queued score when it was (re)created, nil
 -- when the id already existed; the caller adds it to K_QUEUED (in bulk, see zadd_bulk).
--- A done or dead item is re-created from scratch only when force is true.
+-- A done or dead item is re-created from scratch only when force is true, as the next
+-- revision (rev): its outputs go to a new version, superseding the old ones.
 local function enqueue_one(now, seq, id, uri, pri, etag, size, meta, force)
   local key = ikey(id)
-  local state = redis.call('HGET', key, 'state')
+  local f = redis.call('HMGET', key, 'state', 'rev')
+  local state = f[1]
   if state then
     if not force or (state ~= 'done' and state ~= 'dead') then return nil end
     redis.call('ZREM', K_DONE, id)
     redis.call('ZREM', K_DEAD, id)
     redis.call('DEL', key, ckey(id))
+    redis.call('HSET', key, 'rev', (tonumber(f[2]) or 0) + 1)
   end
   if etag == '' and size == '' and meta == '' then
     redis.call('HSET', key, 'uri', uri, 'pri', pri, 'seq', seq, 'state', 'queued', 'created', now)

@@ -11,7 +11,7 @@ if state == 'queued' or state == 'delayed' then
   redis.call('ZREM', K_QUEUED, id)
   redis.call('ZREM', K_DELAYED, id)
   redis.call('HDEL', key, 'ready_at')
-  to_dead(id, key, now, 'cancelled: ' .. ARGV[3])
+  to_dead(id, key, now, 'cancelled: ' .. ARGV[3], 'cancelled')
   stat('cancelled_total')
 end
 return state

@@ -13,8 +13,9 @@
 -- The same nonce again from the same worker is a retry of a call whose reply was lost: it
 -- answers the items that call leased, leasing nothing more.
 -- Returns {now, paused (0|1), next_due_ms (-1 if none), inbox length, items}, where items is
--- flat, 14 values per item: id, epoch, token, lease_until, uri, etag, size, meta, pri,
--- attempts, deliveries, chunks_total, checkpointed chunk indices joined by ',', solo (0|1).
+-- flat, 15 values per item: id, epoch, token, lease_until, uri, etag, size, meta, pri,
+-- attempts, deliveries, chunks_total, checkpointed chunk indices joined by ',', solo (0|1),
+-- rev (the item's revision: enqueues with force).
 local now = now_ms()
 local n = tonumber(ARGV[2])
 local worker = ARGV[3]
@@ -33,18 +34,18 @@ local function reply(paused, items)
   return {now, paused, next_due(), redis.call('LLEN', K_INBOX), items}
 end
 
--- Append one leased item's 14 reply values to out.
+-- Append one leased item's 15 reply values to out.
 local function row(out, id, key)
   local f = redis.call('HMGET', key, 'epoch', 'token', 'lease_until', 'uri', 'etag', 'size',
                        'meta', 'pri', 'attempts', 'deliveries', 'chunks_total', 'chunks_done',
-                       'solo')
+                       'solo', 'rev')
   local chunks = ''
   if f[12] and f[12] ~= '0' then chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',') end
   local o = #out
   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, f[1], f[2], f[3], f[4]
   out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[5] or '', f[6] or '', f[7] or '', f[8]
   out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[9] or '0', f[10] or '0', f[11] or '', chunks
-  out[o + 14] = f[13] or '0'
+  out[o + 14], out[o + 15] = f[13] or '0', f[14] or '0'
 end
 
 if redis.call('HGET', K_NONCES, worker) == nonce then
@@ -58,8 +59,8 @@ if redis.call('HGET', K_NONCES, worker) == nonce then
   return reply(0, out)
 end
 if redis.call('HGET', K_META, 'paused') == '1' then return reply(1, {}) end
-if redis.call('HEXISTS', K_SOLO, worker) == 1 then return reply(0, {}) end
 promote_due(now, 1000)
+if redis.call('HEXISTS', K_SOLO, worker) == 1 then return reply(0, {}) end
 
 local busy = redis.call('EXISTS', held) == 1
 local take, back = {}, {}

@@ -1,12 +1,35 @@
--- heartbeat.lua: a worker says it is alive (or that it has left).
--- KEYS[1] prefix. ARGV: now, worker, mode ('beat' | 'leave').
+-- heartbeat.lua: a worker says it is alive, or that it has left.
+-- KEYS[1] prefix. ARGV: now, worker, mode ('beat' | 'sync' | 'leave'), grace_ms, ids...
 -- The workers zset holds worker -> time of its last heartbeat (ms, the server's clock when
--- now is empty). Returns the time written, or 0 after 'leave'.
+-- now is empty). With 'sync' the worker also says which items it holds (ids): a lease the
+-- queue has it holding that it does not know of, claimed more than grace_ms ago, goes back
+-- to queued at once, uncharged (lapse() 'amnesty'): the reply of its claim was lost, or the
+-- server lost the write of its ack (a crash with everysec), or its thread gave up on it.
+-- Returns the time written (0 after 'leave') and the number of leases given back.
 local now = now_ms()
-if ARGV[3] == 'leave' then
-  redis.call('ZREM', K_WORKERS, ARGV[2])
-  redis.call('HDEL', K_NONCES, ARGV[2])
-  return 0
+local worker, mode = ARGV[2], ARGV[3]
+if mode == 'leave' then
+  redis.call('ZREM', K_WORKERS, worker)
+  redis.call('HDEL', K_NONCES, worker)
+  return {0, 0}
 end
-redis.call('ZADD', K_WORKERS, now, ARGV[2])
-return now
+redis.call('ZADD', K_WORKERS, now, worker)
+local back = 0
+if mode == 'sync' then
+  local known = {}
+  for i = 5, #ARGV do known[ARGV[i]] = true end
+  local before = now - tonumber(ARGV[4])
+  for _, id in ipairs(redis.call('SMEMBERS', hkey(worker))) do
+    if not known[id] then
+      local key = ikey(id)
+      local f = redis.call('HMGET', key, 'owner', 'claimed_at', 'state')
+      if f[1] == worker and f[3] == 'leased' and (tonumber(f[2]) or 0) < before then
+        lapse(id, key, now, 'amnesty', 0, 'its worker ' .. worker .. ' no longer held it')
+        back = back + 1
+      end
+    end
+  end
+  stat('unheld_total', back)
+  signal(back)
+end
+return {now, back}

@@ -8,8 +8,8 @@
 --    of being reaped, and for stale_ms (meta.grace_until) heartbeats are not held against
 --    their workers (only workers marked gone count as dead).
 -- 2. Orphans: the leases of workers whose heartbeat is older than stale_ms (or marked gone:
---    score 0) expire now (through held:<worker>, so O(their leases)); the workers are
---    forgotten.
+--    score 0) expire now (through held:<worker>, so O(their leases)); workers silent for
+--    3 x stale_ms are forgotten.
 -- 3. Reap: leases past their deadline end, with a blame (lapse() in _common.lua): when all
 --    the leases of a worker that held several ran out together, the worker failed and the
 --    blame is shared ('suspect' each: no delivery, retried alone); otherwise (it held only
@@ -20,7 +20,8 @@
 -- Writes: meta.swept_at/grace_until, leased, queued, dead, done, item hashes, the worker
 -- index, workers, stats (reaped_total, poisoned_total, orphaned_total, forgiven_total,
 -- trimmed_total), signal.
--- Returns {requeued, poisoned, promoted, workers orphaned, leases orphaned, leases forgiven,
+-- Returns {requeued, poisoned, promoted, workers orphaned (with leases), leases orphaned,
+--          leases forgiven,
 --          more (1 if expired leases remain)}.
 local now = now_ms()
 local limit = tonumber(ARGV[2])
@@ -52,7 +53,7 @@ if gap_ms >= 0 then
 end
 
 -- 2. orphans
-local gone, orphaned = {}, 0
+local gone, orphaned, orphans = {}, 0, 0
 if stale_ms >= 0 then
   if grace then
     gone = redis.call('ZRANGEBYSCORE', K_WORKERS, 0, 0)
@@ -60,16 +61,25 @@ if stale_ms >= 0 then
     gone = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - stale_ms)
   end
   for _, w in ipairs(gone) do
+    local any = false
     for _, id in ipairs(redis.call('SMEMBERS', hkey(w))) do
       local key = ikey(id)
       if redis.call('HGET', key, 'owner') == w and redis.call('ZSCORE', K_LEASED, id) then
         redis.call('ZADD', K_LEASED, 'XX', now, id)
         redis.call('HSET', key, 'lease_until', now)
         orphaned = orphaned + 1
+        any = true
       end
     end
-    redis.call('ZREM', K_WORKERS, w)
-    redis.call('HDEL', K_NONCES, w)
+    if any then orphans = orphans + 1 end
+  end
+  -- Forgotten a while later, so that the coordinator sees them stale (and kills them)
+  -- meanwhile; those marked gone (score 0) go now.
+  local old = gone
+  if not grace then old = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - 3 * stale_ms) end
+  if #old > 0 then
+    bulk('ZREM', K_WORKERS, old)
+    bulk('HDEL', K_NONCES, old)
   end
   stat('orphaned_total', orphaned)
 end
@@ -138,4 +148,4 @@ stat('trimmed_total', trimmed)
 
 local more = 0
 if #expired == limit and redis.call('ZCOUNT', K_LEASED, '-inf', now) > 0 then more = 1 end
-return {requeued, poisoned, promoted, #gone, orphaned, forgiven, more}
+return {requeued, poisoned, promoted, orphans, orphaned, forgiven, more}

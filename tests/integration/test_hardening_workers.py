@@ -1,0 +1,347 @@
+"""Regression tests of the hardening review (issue 12) at the workers' level, each named after
+its finding: one video from lease to ack (VideoJob) with in-process inference, against the
+real queue, real videos, real servers (moto's S3, an HTTP server) and a real file system."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from redis import Redis
+
+from framefleet.queue import NewItem, Queue, State
+from framefleet.settings import (
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    Settings,
+    SourceSettings,
+)
+from framefleet.workers.model import FrameModel, load_model
+from framefleet.workers.outputs import OutputStore, item_dir
+from framefleet.workers.pipeline import LocalInference, VideoJob
+from tests.support.models import write_tiny_detr
+from tests.support.servers import moto_s3_server
+from tests.support.videos import write_video
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> FrameModel:
+    path = write_tiny_detr(tmp_path_factory.mktemp("detr"))
+    return load_model(ModelSettings(model=str(path), score_threshold=0.05))
+
+
+@pytest.fixture
+def env(tmp_path: Path, valkey_client: Redis, model: FrameModel) -> dict[str, Any]:
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    settings = Settings(
+        queue=QueueSettings(lease_s=30, backoff_base_s=0.1, backoff_max_s=0.2),
+        source=SourceSettings(allowed_roots=(videos,), fetch_attempts=1),
+        model=ModelSettings(model="tiny", score_threshold=0.05),
+        pipeline=PipelineSettings(out=str(tmp_path / "out"), chunk_frames=8, max_inflight_chunks=2),
+    )
+    store = OutputStore(settings.pipeline.out, settings.source)
+    return {
+        "videos": videos,
+        "settings": settings,
+        "store": store,
+        "queue": Queue(valkey_client, settings.queue),
+        "inference": LocalInference(model, store),
+    }
+
+
+def run_one(env: dict[str, Any], uri: str, **item: Any) -> tuple[str, Any]:
+    """Enqueue one video, claim it, run it: (the outcome's status, the item after)."""
+    q: Queue = env["queue"]
+    [item_id] = q.enqueue([NewItem(uri, **item)])
+    [lease] = q.claim(1, "decoder-1")
+    job = VideoJob(q, env["store"], env["inference"], env["settings"])
+    outcome = job.run(lease)
+    return outcome.status, q.get(item_id)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+
+
+# -- finding 9: every error is the item's, the infrastructure's, or a bug --------------------
+
+
+def test_f9_an_id_of_long_unicode_gets_an_output_name_within_file_system_limits(
+    env: dict[str, Any],
+) -> None:
+    """An id of 100 'é' (200 bytes, a valid id) was percent-encoded into a 600-byte
+    directory name, and is_complete raised ENAMETOOLONG out of the job."""
+    video = write_video(env["videos"] / "a.mp4", frames=10)
+    long_id = "é" * 100
+    assert len(item_dir(long_id).encode()) <= 255
+    assert item_dir(long_id) != item_dir("é" * 99 + "e")  # still one name per id
+    status, item = run_one(env, str(video), id=long_id)
+    assert status == "acked" and item.state is State.DONE
+
+
+def test_f9_bad_local_paths_are_dead_letters_with_a_class(env: dict[str, Any]) -> None:
+    """A path component over 255 bytes and a symlink loop inside an allowed root raised
+    OSError and RuntimeError out of the job, which nothing caught."""
+    root = env["videos"]
+    (root / "loop.mp4").symlink_to(root / "loop.mp4")
+    for uri, cls in ((f"{root}/{'a' * 300}.mp4", "not_found"), (f"{root}/loop.mp4", "not_found")):
+        status, item = run_one(env, uri)
+        assert status == "dead" and item.state is State.DEAD, uri
+        assert item.dead_class == cls and item.dead_reason, (uri, item.dead_reason)
+
+
+def test_f9_a_full_temporary_disk_releases_the_video_without_an_attempt(
+    env: dict[str, Any], tmp_path: Path, aws: None
+) -> None:
+    """ENOSPC while fetching is the node's trouble, not the video's: it goes back to the
+    queue (after a short delay) with no attempt counted."""
+    from framefleet.workers.sources import s3_client
+
+    tmpfs = tmp_path / "tmpfs"
+    tmpfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmpfs)], check=True)
+    try:
+        big = tmp_path / "big.mp4"  # what it holds does not matter: the fetch fails first
+        big.write_bytes(np.random.default_rng(0).bytes(256 * 1024))
+        with moto_s3_server() as endpoint:
+            source = replace(env["settings"].source, s3_endpoint_url=endpoint, tmp_dir=tmpfs)
+            s3_client(source).create_bucket(Bucket="videos-in")
+            s3_client(source).put_object(Bucket="videos-in", Key="big.mp4", Body=big.read_bytes())
+            env["settings"] = replace(env["settings"], source=source)
+            status, item = run_one(env, "s3://videos-in/big.mp4")
+        assert status == "released" and item.state in (State.DELAYED, State.QUEUED)
+        assert item.attempts == 0 and "No space left" in (item.release_reason or "")
+        assert not list(tmpfs.iterdir())  # the partial download is gone
+    finally:
+        subprocess.run(["umount", str(tmpfs)], check=True)
+
+
+def test_f9_an_unreachable_output_store_releases_the_video_without_an_attempt(
+    env: dict[str, Any], aws: None
+) -> None:
+    """S3 network errors escaped OutputStore.exists: the thread died with the lease held."""
+    video = write_video(env["videos"] / "b.mp4", frames=10)
+    with moto_s3_server() as endpoint:
+        pass  # the server is gone: its port refuses connections
+    source = replace(env["settings"].source, s3_endpoint_url=endpoint, fetch_timeout_s=1)
+    env["settings"] = replace(
+        env["settings"],
+        source=source,
+        pipeline=replace(env["settings"].pipeline, out="s3://out/run"),
+    )
+    env["store"] = OutputStore("s3://out/run", source)
+    status, item = run_one(env, str(video))
+    assert status == "released" and item.attempts == 0 and item.state is not State.DEAD
+    assert "s3://out/run" in (item.release_reason or "")
+
+
+def test_f9_a_403_on_head_of_a_missing_output_is_absent(env: dict[str, Any], aws: None) -> None:
+    """Without s3:ListBucket, S3 answers HEAD on a missing key with 403: that means absent,
+    so the video is processed (it died at its first check as 'forbidden')."""
+    from framefleet.workers.sources import s3_client
+
+    with moto_s3_server() as endpoint:
+        source = SourceSettings(s3_endpoint_url=endpoint)
+        s3_client(source).create_bucket(Bucket="out")
+        with _head_forbidden(endpoint) as proxy:
+            store = OutputStore("s3://out/run", replace(source, s3_endpoint_url=proxy))
+            assert store.exists("missing/key") is False
+
+
+@contextlib.contextmanager
+def _head_forbidden(endpoint: str) -> Iterator[str]:
+    """A real HTTP proxy in front of moto that answers every HEAD with 403 (as S3 does for a
+    missing key to a role without s3:ListBucket) and passes the rest on."""
+    import http.client
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import urlparse
+
+    target = urlparse(endpoint)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            conn = http.client.HTTPConnection(str(target.hostname), target.port, timeout=10)
+            conn.request(self.command, self.path, body, dict(self.headers))
+            reply = conn.getresponse()
+            data = reply.read()
+            self.send_response(reply.status)
+            for k, v in reply.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_DELETE = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_f9_a_bug_is_logged_released_and_the_item_dies_after_max_attempts(
+    env: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception nobody classified (here: the model plugin raises KeyError) is a bug: the
+    traceback is logged, the item goes back without an attempt, and after max_attempts such
+    bugs it is dead with the class internal_error, so a deterministic bug cannot loop."""
+
+    class Buggy(LocalInference):
+        def submit(self, item_id: str, video: str, chunk: Any) -> Any:
+            raise KeyError("no such field")
+
+    video = write_video(env["videos"] / "c.mp4", frames=10)
+    env["inference"] = Buggy(env["inference"].model, env["store"])
+    q: Queue = env["queue"]
+    [item_id] = q.enqueue([str(video)])
+    statuses = []
+    for _ in range(env["settings"].queue.max_attempts):
+        q.reap()
+        leases = q.claim(1, "decoder-1", block=2.0)
+        assert leases, q.get(item_id)
+        job = VideoJob(q, env["store"], env["inference"], env["settings"])
+        statuses.append(job.run(leases[0]).status)
+    item = q.get(item_id)
+    assert statuses == ["error"] * len(statuses)
+    assert item is not None and item.state is State.DEAD and item.dead_class == "internal_error"
+    assert item.attempts == 0 and "KeyError" in (item.dead_reason or "")
+    assert "Traceback" in caplog.text and "KeyError" in caplog.text
+
+
+# -- findings 7 and 8: outputs are versioned; a lost chunk is redone -------------------------
+
+
+class Counting(LocalInference):
+    def __init__(self, inner: LocalInference, stop_after: int = 0) -> None:
+        super().__init__(inner.model, inner.store)
+        self.stop_after, self.submitted = stop_after, list[int]()
+        self.stop = threading.Event()
+
+    def submit(self, item_id: str, video: str, chunk: Any) -> Any:
+        self.submitted.append(chunk.index)
+        handle = super().submit(item_id, video, chunk)
+        if len(self.submitted) == self.stop_after:
+            self.stop.set()
+        return handle
+
+
+def test_f7_a_configuration_change_never_mixes_chunks_of_two_configurations(
+    env: dict[str, Any],
+) -> None:
+    """Half a video under one configuration (2 of 4 chunks checkpointed, then stopped), the
+    rest under another (here another score threshold): the second does all four chunks into
+    its own version, instead of skipping the two the first wrote."""
+    video = write_video(env["videos"] / "a.mp4", frames=30)  # 4 chunks of 8
+    q: Queue = env["queue"]
+    [item_id] = q.enqueue([str(video)])
+    first = Counting(env["inference"], stop_after=2)
+    [lease] = q.claim(1, "decoder-1")
+    job = VideoJob(q, env["store"], first, env["settings"], stop=first.stop)
+    assert job.run(lease).status == "released" and q.chunks(item_id) == {0, 1}
+    other = replace(env["settings"], model=replace(env["settings"].model, score_threshold=0.5))
+    second = Counting(env["inference"])
+    [again] = q.claim(1, "decoder-2")
+    out = VideoJob(q, env["store"], second, other).run(again)
+    assert out.status == "acked" and second.submitted == [0, 1, 2, 3]
+    manifest = env["store"].read_result(out.result)
+    assert manifest["config_hash"] == other.pipeline.config_hash(other.model)
+    assert manifest["resumed_chunks"] == []
+
+
+def test_f7_a_source_that_changed_since_it_was_enqueued_is_refused(
+    env: dict[str, Any], aws: None, tmp_path: Path
+) -> None:
+    """The item carries the S3 object's etag: the object was overwritten since (a new
+    etag), so the fetch is refused (IfMatch) instead of processing another video under the
+    old one's name."""
+    from framefleet.workers.sources import s3_client
+
+    first = write_video(tmp_path / "first.mp4", frames=10)
+    second = write_video(tmp_path / "second.mp4", frames=20)
+    with moto_s3_server() as endpoint:
+        source = replace(env["settings"].source, s3_endpoint_url=endpoint)
+        client = s3_client(source)
+        client.create_bucket(Bucket="videos-in")
+        etag = client.put_object(Bucket="videos-in", Key="cam.mp4", Body=first.read_bytes())["ETag"]
+        client.put_object(Bucket="videos-in", Key="cam.mp4", Body=second.read_bytes())
+        env["settings"] = replace(env["settings"], source=source)
+        status, item = run_one(env, "s3://videos-in/cam.mp4", etag=etag)
+    assert status == "dead" and item.dead_class == "changed", item.dead_reason
+    assert "changed since it was enqueued" in (item.dead_reason or "")
+
+
+def test_f8_a_checkpointed_chunk_whose_file_is_gone_is_done_again(env: dict[str, Any]) -> None:
+    """Chunks 0 and 1 checkpointed, then chunk 0's file lost (a node-local disk, a crash):
+    the next worker does chunk 0 again instead of the video dying at finalize."""
+    video = write_video(env["videos"] / "b.mp4", frames=30)
+    q: Queue = env["queue"]
+    [item_id] = q.enqueue([str(video)])
+    first = Counting(env["inference"], stop_after=2)
+    [lease] = q.claim(1, "decoder-1")
+    assert VideoJob(q, env["store"], first, env["settings"], stop=first.stop).run(lease).status == (
+        "released"
+    )
+    store: OutputStore = env["store"]
+    [chunk0] = list(store.root.glob(f"{item_id}/*/chunk-0.parquet"))
+    chunk0.unlink()
+    second = Counting(env["inference"])
+    [again] = q.claim(1, "decoder-2")
+    out = VideoJob(q, store, second, env["settings"]).run(again)
+    assert out.status == "acked" and second.submitted == [0, 2, 3]
+    assert store.read_result(out.result)["resumed_chunks"] == [1]
+
+
+def test_f8_a_relative_or_unshared_output_root_is_refused_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cluster a relative FRAMEFLEET_OUT would be each node's own directory, and an
+    absolute one on a node-local disk is not seen by the other nodes: both refused at start
+    with a message that says what to give instead."""
+    from framefleet.coordinator.driver import _with_output_root
+    from framefleet.workers.outputs import OutputRootError, check_root
+
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(pipeline=PipelineSettings(out="results"))
+    with pytest.raises(OutputRootError, match=r"relative.*every node shares"):
+        _with_output_root(settings, "10.0.0.1:6379", "g1")
+    local = _with_output_root(settings, None, "g1")  # one machine: this directory
+    assert local.pipeline.out == str(tmp_path / "results")
+    shared = tmp_path / "shared"
+    marked = _with_output_root(
+        replace(settings, pipeline=PipelineSettings(out=str(shared))), "x", "g2"
+    )
+    check_root(marked.pipeline.out, marked.pipeline.out_marker)  # seen: fine
+    elsewhere = tmp_path / "another-node"
+    elsewhere.mkdir()
+    with pytest.raises(OutputRootError, match=r"not shared.*does not see"):
+        check_root(str(elsewhere), marked.pipeline.out_marker)
