@@ -102,10 +102,12 @@ def _fleet_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
 @contextlib.contextmanager
 def _redis_url(settings: Settings) -> Iterator[str]:
+    """The queue's URL for the fleet commands: they own the embedded server they start, and
+    start it again if it dies while they run."""
     if settings.redis.url:
         yield settings.redis.url
     else:
-        with embedded(settings.redis) as url:
+        with embedded(settings.redis, keep_alive=True) as url:
             yield url
 
 

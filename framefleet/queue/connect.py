@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import Redis
+from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from framefleet.settings import Settings
 
@@ -17,18 +22,48 @@ from .server import ServerError, embedded
 MIN_VERSION = (6, 2)
 
 
-def connect(url: str) -> Redis:
-    """A client for `url`, checked to answer and to be Redis/Valkey >= 6.2."""
-    client = Redis.from_url(url, decode_responses=True, health_check_interval=30)
+RETRY_S = 20.0  # how long a command is retried while the server does not answer
+
+
+def retry(seconds: float = RETRY_S) -> Retry:
+    """redis-py's Retry on connection errors and timeouts, with jittered exponential backoff
+    (50 ms to 1 s), for at least `seconds` in all: a server that restarts (a kill -9 and a
+    reload of its append-only file, a failover) is waited for, not reported."""
+    backoff = EqualJitterBackoff(cap=1.0, base=0.05)  # each wait: half fixed, half random
+    retries, waited = 0, 0.0
+    while waited < seconds:
+        retries += 1
+        waited += min(1.0, 0.05 * 2**retries) / 2
+    return Retry(backoff, retries)
+
+
+def connect(url: str, retry_s: float = RETRY_S) -> Redis:
+    """A client for `url`, checked to answer and to be Redis/Valkey >= 6.2 that never
+    evicts keys. Its commands are retried for at least retry_s while the server does not
+    answer; the first check fails fast (a wrong URL is said at once, not after retry_s)."""
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": 5,
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    probe = Redis.from_url(url, retry=Retry(NoBackoff(), 1), socket_timeout=10, **options)
+    try:
+        _check(probe, url)
+    finally:
+        probe.close()
+    return Redis.from_url(
+        url, health_check_interval=30, retry=retry(retry_s), socket_timeout=30, **options
+    )
+
+
+def _check(client: Redis, url: str) -> None:
     info = client.info("server")
     # Every Valkey release speaks at least Redis 7.2; Redis itself must be 6.2 or newer.
     version = str(info.get("redis_version", "0"))
     if "valkey_version" not in info and _major_minor(version) < MIN_VERSION:
-        client.close()
-        raise ServerError(f"{url}: Redis {version} is older than 6.2")
+        raise ServerError(f"{_safe(url)}: Redis {version} is older than 6.2")
     policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
     if policy != "noeviction":
-        client.close()
         raise ServerError(
             f"{_safe(url)}: its maxmemory-policy is {policy}: the server deletes keys when"
             " it is full, and a queue whose items vanish loses videos (their ids stay in"
@@ -36,7 +71,6 @@ def connect(url: str) -> Redis:
             " (in a managed Redis, its parameter group): a full server then refuses writes,"
             " which framefleet reports and retries."
         )
-    return client
 
 
 def _safe(url: str) -> str:

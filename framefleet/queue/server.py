@@ -18,10 +18,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +33,8 @@ from redis import Redis
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from framefleet.settings import RedisSettings
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "server.json"
 
@@ -98,6 +102,8 @@ class EmbeddedServer:
         self.binary = binary or valkey_binary()
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
+        self._keeping: threading.Event | None = None
+        self._keeper = threading.current_thread()
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> EmbeddedServer:
@@ -186,8 +192,38 @@ class EmbeddedServer:
         tmp.write_text(json.dumps(state))
         tmp.replace(self.data_dir / STATE_FILE)
 
+    def keep_alive(self, interval: float = 0.2) -> EmbeddedServer:
+        """From a daemon thread: if the process dies (a kill -9, the OOM killer), start it
+        again on the same port and data dir, from its append-only file, so that the clients
+        (which retry) carry on. Until stop()."""
+        self._keeping = keeping = threading.Event()
+        self._keeper = threading.Thread(
+            target=self._keep, args=(keeping, interval), daemon=True, name="redis"
+        )
+        self._keeper.start()
+        return self
+
+    def _keep(self, keeping: threading.Event, interval: float) -> None:
+        while not keeping.wait(interval):
+            process = self.process
+            if process is None or process.poll() is None:
+                continue
+            log.warning("the embedded server exited (%s): starting it again", process.returncode)
+            self._forget()
+            while not keeping.is_set():
+                try:
+                    self.start()
+                    break
+                except ServerError as exc:
+                    log.warning("the embedded server did not start again: %s", exc)
+                    keeping.wait(1.0)
+
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM: the server flushes its AOF and exits."""
+        if self._keeping is not None:
+            self._keeping.set()
+            if self._keeper is not threading.current_thread():
+                self._keeper.join(30)  # it may be starting the server again
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
@@ -234,9 +270,10 @@ def running_url(data_dir: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def embedded(settings: RedisSettings) -> Iterator[str]:
+def embedded(settings: RedisSettings, *, keep_alive: bool = False) -> Iterator[str]:
     """Yield the URL of the embedded server for `settings.data_dir`: the one already running
-    there, or a new one that is stopped again on exit."""
+    there, or a new one that is stopped again on exit (and, with keep_alive, started again
+    from its append-only file if it dies meanwhile)."""
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / ".lock", "w") as lock:
@@ -244,6 +281,8 @@ def embedded(settings: RedisSettings) -> Iterator[str]:
         url = running_url(data_dir)
         server = None if url else EmbeddedServer.from_settings(settings).start()
         fcntl.flock(lock, fcntl.LOCK_UN)
+    if server is not None and keep_alive:
+        server.keep_alive()
     try:
         yield url or server.url  # type: ignore[union-attr]
     finally:

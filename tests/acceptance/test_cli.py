@@ -324,6 +324,62 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
     assert sorted(m["model"] for m in manifests).count(str(other)) == 2
 
 
+def test_run_survives_a_kill_9_of_its_embedded_server(tmp_path: Path) -> None:
+    """`framefleet run` owns the embedded server it started: killed -9 mid-run, it is
+    started again from its append-only file on the same port, and the run finishes
+    (issue 12, finding 5: it ended with "cannot reach the queue's Redis" and exit 1)."""
+    import psutil
+    from redis import Redis
+
+    from framefleet.queue.server import running_url
+    from tests.support.videos import write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(2):
+        write_video(videos / f"clip-{i}.mp4", frames=64)
+    data = tmp_path / "redis"
+    env = {
+        "FRAMEFLEET_RAY_TEMP_DIR": f"/tmp/ffkill-{os.getpid()}",
+        "FRAMEFLEET_TICK_S": "0.5",
+        "FRAMEFLEET_LEADER_TTL_S": "3",
+        "FRAMEFLEET_DECODE_ACTORS": "1",
+        "FRAMEFLEET_INFERENCE_ACTORS": "1",
+        "FRAMEFLEET_MODEL_PLUGIN": "tests.support.plugin_model:load_slow",  # 0.5 s a chunk
+        "FRAMEFLEET_CHUNK_FRAMES": "8",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framefleet", "run", str(videos), "--out", str(tmp_path / "out")],
+        env=_env(data, **env),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # a chunk checkpointed: mid-run
+            url = running_url(data)
+            client = Redis.from_url(url, decode_responses=True) if url else None
+            if client is not None and any(
+                client.hget(k, "chunks_done") not in (None, "0")
+                for k in client.scan_iter("ff:{videos}:item:*")
+            ):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no chunk checkpointed within 180 s")
+        pid = json.loads((data / "server.json").read_text())["pid"]
+        psutil.Process(pid).kill()
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr + stdout
+    assert "done 2 of 2, dead 0; 128 frames" in stderr
+    assert running_url(data) is None  # run stopped the server it started
+
+
 def test_run_without_the_default_models_weights_says_what_to_do(tmp_path: Path) -> None:
     """No network and no cached weights for the default model: the run stops at the first
     failed load (not after retrying it) with the loader's reason and the options to use."""
