@@ -23,10 +23,12 @@ from framefleet.queue import (
     NewItem,
     Queue,
     ServerError,
+    Supervision,
+    connect,
     embedded,
     open_queue,
 )
-from framefleet.settings import Settings, SettingsError
+from framefleet.settings import QueueSettings, Settings, SettingsError
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -111,19 +113,37 @@ def _redis_url(settings: Settings) -> Iterator[str]:
             yield url
 
 
+RUN_QUEUE = "run"  # the queue `run` uses unless --queue or FRAMEFLEET_QUEUE names another
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """Process videos on this machine until each is done or dead; exit 0 when all are done."""
+    """Process videos on this machine until each is done or dead; exit 0 when all are done.
+
+    Its fleet may read the folders it is given (they widen the allowed roots), so it runs
+    on a queue of its own and refuses a queue that another coordinator serves: that fleet's
+    producers would get those roots too."""
     from framefleet.coordinator.job import expand, run_job
 
     uris = expand(args.paths)
     if not uris:
         print("no videos found in the paths given", file=sys.stderr)
         return 2
+    if settings.queue.name == QueueSettings().name:
+        settings = replace(settings, queue=replace(settings.queue, name=RUN_QUEUE))
     roots = {Path(u).parent for u in uris if "://" not in u}
     allowed = tuple(dict.fromkeys([*settings.source.allowed_roots, *roots]))
     source = replace(settings.source, allowed_roots=allowed)
     settings = replace(_fleet_settings(args, settings), source=source)
     with _redis_url(settings) as url:
+        leader = Supervision(Queue(connect(url), settings.queue)).leader()
+        if leader is not None:
+            print(
+                f"refused: coordinator {leader} serves queue {settings.queue.name!r}; `run`"
+                " would let its fleet read the folders given here. Enqueue them there with"
+                " `framefleet enqueue`, or run on another queue (--queue).",
+                file=sys.stderr,
+            )
+            return 2
         return run_job(settings, url, uris)
 
 

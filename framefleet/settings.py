@@ -97,6 +97,9 @@ class SourceSettings:
     fetch_attempts: int = 4  # FRAMEFLEET_FETCH_ATTEMPTS: tries on timeouts and 5xx
     fetch_backoff_s: float = 0.5  # FRAMEFLEET_FETCH_BACKOFF_S: first wait between tries
     s3_endpoint_url: str | None = None  # FRAMEFLEET_S3_ENDPOINT_URL (MinIO-style stores)
+    # FRAMEFLEET_ALLOW_PRIVATE_URLS: http(s) videos at loopback, link-local or private
+    # addresses are refused unless allowed here: 1 (all), or networks ("10.0.0.0/8,...")
+    allow_private_urls: str = ""
     tmp_dir: Path | None = None  # FRAMEFLEET_TMP_DIR: where remote videos are fetched to
 
     def __post_init__(self) -> None:
@@ -106,6 +109,12 @@ class SourceSettings:
             raise SettingsError("fetch_timeout_s and fetch_deadline_s must be > 0")
         if self.fetch_backoff_s < 0:
             raise SettingsError("fetch_backoff_s must be >= 0")
+        try:
+            from framefleet.netpolicy import policy
+
+            policy(self.allow_private_urls)
+        except ValueError as exc:
+            raise SettingsError(f"allow_private_urls: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +346,7 @@ _SOURCE_ENV = {
     "fetch_attempts": "FRAMEFLEET_FETCH_ATTEMPTS",
     "fetch_backoff_s": "FRAMEFLEET_FETCH_BACKOFF_S",
     "s3_endpoint_url": "FRAMEFLEET_S3_ENDPOINT_URL",
+    "allow_private_urls": "FRAMEFLEET_ALLOW_PRIVATE_URLS",
     "tmp_dir": "FRAMEFLEET_TMP_DIR",
 }
 

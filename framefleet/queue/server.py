@@ -9,8 +9,11 @@ keeps an append-only file in its data dir, so a restart keeps the queue:
 - appendfsync `always`: the server fsyncs before it replies, so whatever a caller was told
   is written survives a kill -9.
 
-One data dir holds at most one running server; its pid and port are in `server.json`
-there, so other processes on the machine find and share it (`running_url`).
+One data dir holds at most one running server; its pid, port and password are in
+`server.json` there (readable by its owner only), so other processes of the same user find
+and share it (`running_url`). The server requires that password (made at its first start,
+kept in the data dir's `password` file), so that other users of the machine cannot reach
+the queue through 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -103,6 +107,7 @@ class EmbeddedServer:
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self._keeping: threading.Event | None = None
+        self._password: str | None = None
         self._keeper = threading.current_thread()
 
     @classmethod
@@ -111,7 +116,16 @@ class EmbeddedServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return _url(self.port, self.password)
+
+    @property
+    def password(self) -> str:
+        """The server's password, made at its first start and kept in its data dir
+        (`password`, readable by its owner only): every restart keeps it, so clients
+        reconnect with the URL they have."""
+        if self._password is None:
+            self._password = _password(self.data_dir)
+        return self._password
 
     @property
     def pid(self) -> int | None:
@@ -139,6 +153,8 @@ class EmbeddedServer:
             "no",
             "--protected-mode",
             "yes",
+            "--requirepass",
+            self.password,
             *self.extra_args,
         ]
 
@@ -146,7 +162,7 @@ class EmbeddedServer:
         """Start the process and wait until it answers PING (it may be loading its AOF).
         Refuses when another server already runs on the same data dir: two servers must
         never append to one file."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         other = running_url(self.data_dir)
         if other is not None:
             raise ServerError(f"a server already runs on {self.data_dir} at {other}")
@@ -188,8 +204,11 @@ class EmbeddedServer:
 
     def _write_state(self) -> None:
         state = {"pid": self.pid, "port": self.port, "binary": str(self.binary)}
+        state["password"] = self.password
         tmp = self.data_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state))
         tmp.replace(self.data_dir / STATE_FILE)
 
     def keep_alive(self, interval: float = 0.2) -> EmbeddedServer:
@@ -258,15 +277,39 @@ class EmbeddedServer:
 
 
 def running_url(data_dir: Path) -> str | None:
-    """The URL of the server already running on `data_dir`, if one answers."""
+    """The URL (password included) of the server already running on `data_dir`, if one
+    answers."""
     try:
         state = json.loads((Path(data_dir) / STATE_FILE).read_text())
-        pid, port = int(state["pid"]), int(state["port"])
+        pid, port, password = int(state["pid"]), int(state["port"]), str(state["password"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if _pid_alive(pid) and _pings(port):
-        return f"redis://127.0.0.1:{port}/0"
+        return _url(port, password)
     return None
+
+
+def _url(port: int, password: str) -> str:
+    return f"redis://default:{password}@127.0.0.1:{port}/0"
+
+
+def _password(data_dir: Path) -> str:
+    """The password kept in data_dir/password (made once, mode 0600)."""
+    path = Path(data_dir) / "password"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(24))
+        f.flush()
+        os.fsync(f.fileno())
+    return path.read_text().strip()
 
 
 @contextlib.contextmanager

@@ -368,7 +368,8 @@ class DecodeActor:
         decode at once; an item whose frames are all decoded gives its place to the next one
         while its last chunks are in inference, so that the decoder does not idle at the end
         of each video (VideoJob bounds the chunks out for all of them together). Returns what
-        happened to the newest OUTCOMES_KEPT items (`counts` has all)."""
+        happened to the newest OUTCOMES_KEPT items of this run (`counts` has all)."""
+        self.outcomes = collections.deque(maxlen=OUTCOMES_KEPT)
         places = threading.Semaphore(self.settings.pipeline.items_per_decoder)
         threads = [
             threading.Thread(target=self._loop, args=(until_empty, places), name=f"item-{i}")

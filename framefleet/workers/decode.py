@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -199,11 +199,10 @@ class PyAVDecoder:
     name = "pyav"
 
     def __init__(self, path: Path, sampling: Sampling, threads: int = 1) -> None:
-        import av
         from av.video.reformatter import VideoReformatter
 
         try:
-            self._container = av.open(str(path))
+            self._container = open_container(path)
         except Exception as exc:
             raise PermanentError(
                 f"PyAV cannot open the video: {_first_line(exc)}", NOT_A_VIDEO
@@ -261,11 +260,26 @@ class PyAVDecoder:
         self._container.close()
 
 
-def _probe_size(path: Path) -> tuple[int, int]:
-    """The frame size from the container's header (no frame decoded)."""
+# The demuxers a video may be read with: containers of one file. Not playlists (hls, dash),
+# concat lists, image sequences (image2) or anything else that opens other files or URLs: a
+# playlist inside an allowed root would make FFmpeg read videos outside it (or fetch from the
+# network) that a direct read refuses. decord, which takes no such options, only opens what
+# the restricted PyAV probe opened first.
+FORMATS = "mov,matroska,webm,avi,mpegts,mpeg,mpegvideo,m4v,flv,asf,ogg,h264,hevc,ivf,mxf,nut,gif"
+
+
+def open_container(path: Path) -> Any:
+    """PyAV's av.open, limited to the file itself: the FORMATS demuxers, the file protocol."""
     import av
 
-    with av.open(str(path)) as container:
+    options = {"format_whitelist": FORMATS, "protocol_whitelist": "file"}
+    return av.open(str(path), options=options)
+
+
+def _probe_size(path: Path) -> tuple[int, int]:
+    """The frame size from the container's header (no frame decoded), by the restricted
+    PyAV: what it cannot open, decord is not given."""
+    with open_container(path) as container:
         if not container.streams.video:
             raise PermanentError("not a video: the file has no video stream", NOT_A_VIDEO)
         ctx = container.streams.video[0].codec_context

@@ -4,7 +4,8 @@
   resolving symlinks), so no API caller can make a worker read an arbitrary file;
 - `s3://bucket/key` goes through boto3 (standard AWS credentials and config, and
   `s3_endpoint_url` for MinIO-style stores);
-- `http(s)://` through the standard library.
+- `http(s)://` through the standard library, to public addresses only unless allowed
+  (netpolicy.py; every redirect checked too).
 
 Remote videos are streamed to a temporary file with a size limit; the file is removed when
 the `fetched()` block ends, whatever happens. A missing object, a 403 or a file over the
@@ -17,18 +18,19 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import socket
+import ssl
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse, urlsplit
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from framefleet.netpolicy import URLRefused, check_url
 from framefleet.settings import SourceSettings
 
 from .errors import (
@@ -173,29 +175,95 @@ def _write(out: IO[bytes], data: bytes, uri: str) -> None:
 # -- http(s) -----------------------------------------------------------------------------------
 
 
+_REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+
+
 def _download_http(got: _Download, out: IO[bytes]) -> None:
-    uri, settings = got.uri, got.settings
-    headers = {"User-Agent": "framefleet"}
+    """GET with the network policy checked for every hop (netpolicy.check_url), each
+    connection made to the address that was checked, redirects followed by hand."""
+    url = got.uri
+    for hop in range(MAX_REDIRECTS + 1):
+        try:
+            targets = check_url(url, got.settings.allow_private_urls)
+        except URLRefused as exc:
+            reason = exc.reason if hop == 0 else f"{got.uri}: a redirect to {exc.reason}"
+            raise PermanentError(reason, exc.cls) from None
+        conn, response = _get(url, targets, got)
+        try:
+            if response.status in _REDIRECTS and response.getheader("Location"):
+                url = urljoin(url, response.getheader("Location", ""))
+                continue
+            _check_status(got.uri, response)
+            length = response.getheader("Content-Length")
+            if length and length.isdigit() and int(length) > got.settings.max_video_bytes:
+                raise PermanentError(f"{got.uri} is {length} bytes, over the limit", TOO_BIG)
+            try:
+                got.copy(response, out)
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, InfraError):
+                    raise
+                raise TransientError(f"{got.uri}: {exc}") from None
+            return
+        finally:
+            response.close()
+            conn.close()
+    raise PermanentError(f"{got.uri}: more than {MAX_REDIRECTS} redirects", BAD_URI)
+
+
+def _get(url: str, targets: list[tuple[Any, int]], got: _Download) -> tuple[Any, Any]:
+    parts = urlsplit(url)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"User-Agent": "framefleet", "Host": parts.netloc.rpartition("@")[2]}
     if got.etag:
         headers["If-Match"] = got.etag
-    request = urllib.request.Request(uri, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=settings.fetch_timeout_s) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > settings.max_video_bytes:
-                raise PermanentError(f"{uri} is {length} bytes, over the limit", TOO_BIG)
-            got.copy(response, out)
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the response open
-        if exc.code == 412:
-            raise PermanentError(f"{uri} changed since it was enqueued (etag)", CHANGED) from None
-        if exc.code in _PERMANENT_HTTP:
-            cls = NOT_FOUND if exc.code in (404, 410) else FORBIDDEN
-            raise PermanentError(f"{uri}: HTTP {exc.code} {exc.reason}", cls) from None
-        raise TransientError(f"{uri}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise TransientError(f"{uri}: {reason}") from None
+    timeout = got.settings.fetch_timeout_s
+    error: Exception | None = None
+    for address, port in targets:
+        cls = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
+        conn = cls(str(parts.hostname), port, address=str(address), timeout=timeout)
+        try:
+            conn.request("GET", path, headers=headers)
+            return conn, conn.getresponse()
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
+            conn.close()
+            error = exc
+    raise TransientError(f"{url}: {error}")
+
+
+def _check_status(uri: str, response: Any) -> None:
+    code, reason = int(response.status), str(response.reason)
+    if code < 400:
+        return
+    if code == 412:
+        raise PermanentError(f"{uri} changed since it was enqueued (etag)", CHANGED)
+    if code in _PERMANENT_HTTP:
+        cls = NOT_FOUND if code in (404, 410) else FORBIDDEN
+        raise PermanentError(f"{uri}: HTTP {code} {reason}", cls)
+    raise TransientError(f"{uri}: HTTP {code} {reason}")
+
+
+class _PinnedHTTP(http.client.HTTPConnection):
+    """Connects to the address the policy checked, whatever the name resolves to now."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """The same over TLS: the certificate is checked against the URL's host name."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
 # -- s3 ------------------------------------------------------------------------------------------

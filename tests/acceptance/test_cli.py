@@ -62,7 +62,7 @@ def running_server(tmp_path: Path) -> Iterator[Path]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.startswith("FRAMEFLEET_REDIS_URL=redis://127.0.0.1:"), line
+    assert line.startswith("FRAMEFLEET_REDIS_URL=redis://default:"), line  # with its password
     yield tmp_path
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
@@ -195,9 +195,10 @@ def test_pause_cancel_dead_letters_and_inbox(running_server: Path) -> None:
 def test_inbox_through_the_cli(running_server: Path) -> None:
     from redis import Redis
 
+    from framefleet.queue.server import running_url
+
     d = running_server
-    state = json.loads((d / "server.json").read_text())
-    r = Redis(port=state["port"])
+    r = Redis.from_url(str(running_url(d)))  # a plain client with the server's URL
     r.lpush("ff:{videos}:inbox", '{"uri": "s3://b/in.mp4", "id": "in"}', "{oops")
     r.close()
     assert ff_json(d, "inbox", "ingest") == {
@@ -363,7 +364,7 @@ def test_run_survives_a_kill_9_of_its_embedded_server(tmp_path: Path) -> None:
             client = Redis.from_url(url, decode_responses=True) if url else None
             if client is not None and any(
                 client.hget(k, "chunks_done") not in (None, "0")
-                for k in client.scan_iter("ff:{videos}:item:*")
+                for k in client.scan_iter("ff:{run}:item:*")  # the queue of `run`
             ):
                 break
             time.sleep(0.2)
@@ -378,6 +379,56 @@ def test_run_survives_a_kill_9_of_its_embedded_server(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr + stdout
     assert "done 2 of 2, dead 0; 128 frames" in stderr
     assert running_url(data) is None  # run stopped the server it started
+
+
+def test_the_embedded_server_wants_its_password(running_server: Path) -> None:
+    """Other users of the machine reach 127.0.0.1 too: the embedded server requires the
+    password it made at its first start (issue 12, finding 10), kept in its data dir and
+    state file, readable by their owner only; `framefleet redis` printed the URL with it."""
+    from redis import Redis
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    from framefleet.queue.server import running_url
+
+    url = running_url(running_server)
+    assert url is not None
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises((AuthenticationError, ResponseError), match=r"(?i)auth"):
+        Redis(host="127.0.0.1", port=port).ping()
+    assert Redis.from_url(url).ping()
+    for name in ("password", "server.json"):
+        assert (running_server / name).stat().st_mode & 0o077 == 0, name
+    assert ff_json(running_server, "stats")["counts"]["queued"] == 0  # the CLI finds it
+
+
+def test_run_does_not_widen_the_roots_of_a_fleet_it_would_share(tmp_path: Path) -> None:
+    """`framefleet run` lets its own fleet read the folders it is given. On a queue that
+    another coordinator serves, that would hand those roots to a fleet others enqueue into:
+    run refuses and says what to do (issue 12, finding 10). It uses a queue of its own,
+    `run`, unless told otherwise."""
+    from framefleet.queue import Queue, Supervision, open_client
+    from framefleet.settings import QueueSettings, RedisSettings, Settings
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "a.mp4").write_bytes(b"x")
+    settings = Settings(redis=RedisSettings(data_dir=tmp_path / "redis"))
+    with open_client(settings) as client:
+        held = Supervision(Queue(client, QueueSettings(name="shared")))
+        assert held.hold_leadership("prod-coordinator", ttl_s=120)
+        proc = ff(
+            tmp_path / "redis",
+            "--queue",
+            "shared",
+            "run",
+            str(videos),
+            "--out",
+            str(tmp_path / "out"),
+            check=False,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "prod-coordinator" in proc.stderr and "framefleet enqueue" in proc.stderr
+        assert Queue(client, QueueSettings(name="shared")).stats().counts["queued"] == 0
 
 
 def test_run_without_the_default_models_weights_says_what_to_do(tmp_path: Path) -> None:

@@ -345,3 +345,57 @@ def test_f8_a_relative_or_unshared_output_root_is_refused_at_start(
     elsewhere.mkdir()
     with pytest.raises(OutputRootError, match=r"not shared.*does not see"):
         check_root(str(elsewhere), marked.pipeline.out_marker)
+
+
+# -- finding 10: the allow-list and the network cannot be bypassed ---------------------------
+
+
+def test_f10_a_playlist_in_an_allowed_root_cannot_read_a_video_outside_it(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """An HLS playlist (here named .mp4: FFmpeg probes the content) inside the allowed root
+    names a video outside it by file://. A direct read of that video is refused; through
+    the playlist FFmpeg read it. The demuxers are now limited to single-file containers and
+    the protocols to the file itself."""
+    secret = write_video(tmp_path / "secret.mp4", frames=10)
+    playlist = (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:10.0,\nfile://{secret}\n#EXT-X-ENDLIST\n"
+    )
+    for name in ("evil.m3u8", "evil.mp4"):
+        (env["videos"] / name).write_text(playlist)
+        status, item = run_one(env, str(env["videos"] / name))
+        assert status == "dead" and item.state is State.DEAD, (name, item.dead_reason)
+        assert item.dead_class == "not_a_video", item.dead_reason
+    status, item = run_one(env, str(secret))
+    assert status == "dead" and item.dead_class == "forbidden"
+
+
+def test_f10_urls_to_private_addresses_are_refused_unless_allowed(
+    env: dict[str, Any], tmp_path: Path
+) -> None:
+    """http(s) URIs to loopback, link-local (the cloud metadata address) and private ranges
+    are refused before any connection, and so is a redirect to one, unless
+    FRAMEFLEET_ALLOW_PRIVATE_URLS allows them (all, or the networks it lists)."""
+    from tests.support.servers import FileServer
+
+    write_video(tmp_path / "clip.mp4", frames=10)
+    with FileServer(tmp_path) as http:
+        for uri in (
+            f"{http.url}/clip.mp4",
+            "http://169.254.169.254/latest/meta-data/x.mp4",
+            "http://10.1.2.3/x.mp4",
+            "http://[::1]/x.mp4",
+            "http://localhost/x.mp4",
+        ):
+            status, item = run_one(env, uri)
+            assert status == "dead" and item.dead_class == "forbidden", (uri, item.dead_reason)
+            assert "private" in (item.dead_reason or ""), item.dead_reason
+        only_loopback = replace(env["settings"].source, allow_private_urls="127.0.0.1/32")
+        env["settings"] = replace(env["settings"], source=only_loopback)
+        status, item = run_one(env, f"{http.url}/clip.mp4", id="allowed-now")
+        assert status == "acked", item.last_error
+        for target in ("http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/x.mp4"):
+            status, item = run_one(env, f"{http.url}/redirect?to={target}")
+            assert status == "dead" and item.dead_class == "forbidden", item.dead_reason
+            assert "redirect" in (item.dead_reason or ""), item.dead_reason

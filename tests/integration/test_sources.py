@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,7 +139,12 @@ def test_s3_5xx_is_retried_then_transient(tmp_path: Path) -> None:
 
 def test_http_download_and_errors(tmp_path: Path) -> None:
     (tmp_path / "v.mp4").write_bytes(b"0123456789" * 100)
-    settings = SourceSettings(fetch_attempts=3, fetch_backoff_s=0.01, fetch_timeout_s=1)
+    settings = SourceSettings(
+        fetch_attempts=3,
+        fetch_backoff_s=0.01,
+        fetch_timeout_s=1,
+        allow_private_urls="127.0.0.0/8",  # the test server is on loopback
+    )
     with FileServer(tmp_path) as server:
         with fetched(server.url + "/v.mp4", settings) as path:
             assert path.read_bytes() == b"0123456789" * 100
@@ -168,7 +174,7 @@ def test_http_download_and_errors(tmp_path: Path) -> None:
             pass
         with (
             pytest.raises(PermanentError, match="over the limit"),
-            fetched(server.url + "/v.mp4", SourceSettings(max_video_bytes=10)),
+            fetched(server.url + "/v.mp4", replace(settings, max_video_bytes=10)),
         ):
             pass
 

@@ -51,7 +51,8 @@ def moto_s3_server() -> Iterator[str]:
 
 class FileServer:
     """Serves files from `root`; paths under /status/<code> answer that code, /hang never
-    answers within a test's timeout, /flaky/<n>/<file> fails with 503 n times first."""
+    answers within a test's timeout, /flaky/<n>/<file> fails with 503 n times first,
+    /redirect?to=<url> redirects there."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -70,6 +71,12 @@ class FileServer:
             def _get(self) -> None:
                 server.hits[self.path] = server.hits.get(self.path, 0) + 1
                 parts = self.path.strip("/").split("/")
+                if parts[0].startswith("redirect?to="):
+                    self.send_response(302)
+                    self.send_header("Location", self.path.split("=", 1)[1])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if parts[0] == "status":
                     self.send_error(int(parts[1]))
                     return

@@ -1,0 +1,86 @@
+"""Which addresses a URL a user gives may make a worker connect to: public ones only.
+
+Loopback, link-local (169.254.x.x, the cloud metadata address), private, shared (100.64/10),
+reserved and multicast addresses are refused, unless FRAMEFLEET_ALLOW_PRIVATE_URLS allows
+them: `1`/`true`/`all` for every address, or a comma-separated list of networks
+(`10.0.0.0/8,127.0.0.1/32`). A host name is resolved once and every address it resolves to
+must be allowed; the connection is then made to the checked address (so a name cannot
+resolve to a public address for the check and a private one for the connection), and each
+redirect is checked the same way. The same policy is checked when an item is enqueued (the
+API) and when a worker fetches it: `check_url` is the one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+
+class URLRefused(ValueError):
+    """The URL names a host the policy refuses (`cls` forbidden) or no usable host
+    (bad_uri)."""
+
+    def __init__(self, reason: str, cls: str) -> None:
+        super().__init__(reason)
+        self.reason, self.cls = reason, cls
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    allow_all: bool = False
+    networks: tuple[Network, ...] = ()
+
+    def allows(self, address: Address) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if self.allow_all or any(address in net for net in self.networks):
+            return True
+        return address.is_global and not address.is_multicast
+
+
+@lru_cache(maxsize=16)
+def policy(allow_private: str) -> Policy:
+    """FRAMEFLEET_ALLOW_PRIVATE_URLS as a Policy (ValueError for a network it cannot read)."""
+    text = allow_private.strip().lower()
+    if text in ("1", "true", "yes", "all"):
+        return Policy(allow_all=True)
+    if text in ("", "0", "false", "no"):
+        return Policy()
+    return Policy(networks=tuple(ipaddress.ip_network(n.strip()) for n in text.split(",")))
+
+
+def check_url(url: str, allow_private: str = "") -> list[tuple[Address, int]]:
+    """The (address, port) pairs an http(s) URL may be fetched from, all allowed by the
+    policy; URLRefused (forbidden) when any address it names or resolves to is not."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise URLRefused(f"not an http(s) URL with a host: {url}", "bad_uri")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise URLRefused(f"bad port in {url}", "bad_uri") from None
+    host = parts.hostname
+    try:
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise URLRefused(f"cannot resolve {host}: {exc}", "bad_uri") from None
+        addresses = list(dict.fromkeys(ipaddress.ip_address(i[4][0]) for i in infos))
+    rules = policy(allow_private)
+    refused = [str(a) for a in addresses if not rules.allows(a)]
+    if refused:
+        raise URLRefused(
+            f"{url}: {host} is a private, loopback or link-local address ({', '.join(refused)}):"
+            " refused (FRAMEFLEET_ALLOW_PRIVATE_URLS allows such networks)",
+            "forbidden",
+        )
+    return [(a, port) for a in addresses]
