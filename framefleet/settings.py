@@ -189,6 +189,14 @@ class PipelineSettings:
     # FRAMEFLEET_INFERENCE_WAIT_S: while no inference actor is ready, how long a chunk waits
     # for one before its video goes back to the queue (no attempt counted)
     inference_wait_s: float = 60.0
+    # FRAMEFLEET_MAX_SIDE: with no width or height set, frames larger than this on their
+    # longest side are resized to it on decode (DETR takes at most 1333); 0 keeps them
+    max_side: int = 1333
+    # FRAMEFLEET_MAX_PIXELS, FRAMEFLEET_MAX_FRAMES, FRAMEFLEET_MAX_DURATION_S: a video over
+    # any of these is a dead letter naming the limit (8K DCI frames; ~28 h at 30 fps; 24 h)
+    max_pixels: int = 8192 * 4320
+    max_frames: int = 3_000_000
+    max_duration_s: float = 86400.0
     # Set by the driver, not read from the environment: the marker file its actors must see
     # in a local output root (workers/outputs.py mark_root)
     out_marker: str | None = None
@@ -214,16 +222,18 @@ class PipelineSettings:
             raise SettingsError("gpus_per_inference must be in [0, 1]")
         if not 0 <= self.decode_nice <= 19:
             raise SettingsError("decode_nice must be in [0, 19]")
-        for name in ("stall_s", "chunk_timeout_s", "inference_wait_s"):
+        for name in ("stall_s", "chunk_timeout_s", "inference_wait_s", "max_duration_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be > 0")
+        if self.max_side < 0 or self.max_pixels < 1 or self.max_frames < 1:
+            raise SettingsError("max_side must be >= 0, max_pixels and max_frames >= 1")
 
     def config_hash(self, model: ModelSettings) -> str:
         """What decides the outputs of a video: a different hash means different outputs."""
         import hashlib
         import json
 
-        keys = ("decoder", "sample_fps", "stride", "width", "height", "chunk_frames")
+        keys = ("decoder", "sample_fps", "stride", "width", "height", "max_side", "chunk_frames")
         parts = {k: getattr(self, k) for k in keys}
         parts.update(
             model=model.model,
@@ -382,6 +392,10 @@ _PIPELINE_ENV = {
     "stall_s": "FRAMEFLEET_STALL_S",
     "chunk_timeout_s": "FRAMEFLEET_CHUNK_TIMEOUT_S",
     "inference_wait_s": "FRAMEFLEET_INFERENCE_WAIT_S",
+    "max_side": "FRAMEFLEET_MAX_SIDE",
+    "max_pixels": "FRAMEFLEET_MAX_PIXELS",
+    "max_frames": "FRAMEFLEET_MAX_FRAMES",
+    "max_duration_s": "FRAMEFLEET_MAX_DURATION_S",
 }
 
 _COORDINATOR_ENV = {

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import CORRUPT, NOT_A_VIDEO, TRUNCATED, PermanentError
+from .errors import CORRUPT, NOT_A_VIDEO, OVER_LIMIT, TRUNCATED, PermanentError
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,7 @@ class Sampling:
     stride: int = 1
     width: int | None = None
     height: int | None = None
+    max_side: int = 0  # with no width/height: the longest side at most this (0: any)
 
     def __post_init__(self) -> None:
         if self.fps is not None and not self.fps > 0:
@@ -80,7 +81,45 @@ class Sampling:
             return self.width, max(2, round(height * self.width / width))
         if self.height:
             return max(2, round(width * self.height / height)), self.height
+        longest = max(width, height)
+        if self.max_side and longest > self.max_side:
+            scale = self.max_side / longest
+            return max(2, round(width * scale)), max(2, round(height * scale))
         return width, height
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a video may not exceed: pixels per source frame, frames, seconds."""
+
+    max_pixels: int = 8192 * 4320
+    max_frames: int = 3_000_000
+    max_duration_s: float = 86400.0
+
+    def check_info(self, info: VideoInfo, duration_s: float | None) -> None:
+        """At open, from what the container says."""
+        if info.width * info.height > self.max_pixels:
+            raise PermanentError(
+                f"frames of {info.width}x{info.height} are over max_pixels ({self.max_pixels})",
+                OVER_LIMIT,
+            )
+        if info.frames > self.max_frames:
+            raise PermanentError(
+                f"{info.frames} frames are over max_frames ({self.max_frames})", OVER_LIMIT
+            )
+        if duration_s is not None and duration_s > self.max_duration_s:
+            raise PermanentError(
+                f"{duration_s:.0f} s is over max_duration_s ({self.max_duration_s:g})", OVER_LIMIT
+            )
+
+    def check_frame(self, index: int, pts_s: float) -> None:
+        """While decoding (a container may not say, or may lie)."""
+        if index >= self.max_frames:
+            raise PermanentError(f"more than max_frames ({self.max_frames}) frames", OVER_LIMIT)
+        if pts_s > self.max_duration_s:
+            raise PermanentError(
+                f"longer than max_duration_s ({self.max_duration_s:g} s)", OVER_LIMIT
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +171,12 @@ class DecordDecoder:
 
     name = "decord"
 
-    def __init__(self, path: Path, sampling: Sampling, threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, sampling: Sampling, threads: int = 1, limits: Limits | None = None
+    ) -> None:
         import decord
 
+        self._limits = limits or Limits()
         try:
             width, height = _probe_size(path)
             out_w, out_h = sampling.output_size(width, height)
@@ -155,6 +197,7 @@ class DecordDecoder:
             ) from None
         self._vr = vr
         self.info = VideoInfo(width, height, count, fps, self.name)
+        self._limits.check_info(self.info, float(self._pts[-1]) if count else None)
 
     def kept_count(self, sampling: Sampling) -> int | None:
         keep = sampling.selector()
@@ -167,6 +210,7 @@ class DecordDecoder:
         try:
             self._vr.seek(0)
             for k, index in enumerate(kept):
+                self._limits.check_frame(index, float(self._pts[index]))
                 if not want(k):
                     yield Frame(index, float(self._pts[index]), None)
                     continue
@@ -198,9 +242,12 @@ class PyAVDecoder:
 
     name = "pyav"
 
-    def __init__(self, path: Path, sampling: Sampling, threads: int = 1) -> None:
+    def __init__(
+        self, path: Path, sampling: Sampling, threads: int = 1, limits: Limits | None = None
+    ) -> None:
         from av.video.reformatter import VideoReformatter
 
+        self._limits = limits or Limits()
         try:
             self._container = open_container(path)
         except Exception as exc:
@@ -224,6 +271,11 @@ class PyAVDecoder:
         rate = stream.average_rate or stream.guessed_rate
         self._size = sampling.output_size(width, height)
         self.info = VideoInfo(width, height, int(stream.frames or 0), float(rate or 0), self.name)
+        try:
+            self._limits.check_info(self.info, _duration_s(self._container, stream))
+        except PermanentError:
+            self._container.close()
+            raise
 
     def kept_count(self, sampling: Sampling) -> int | None:
         return None  # known only once every frame has been decoded
@@ -239,6 +291,7 @@ class PyAVDecoder:
                     if frame.pts is not None
                     else index / (self.info.fps or 1)
                 )
+                self._limits.check_frame(index, pts)
                 if keep(index, pts):
                     image = None
                     if want(k):
@@ -249,6 +302,8 @@ class PyAVDecoder:
                     yield Frame(index, pts, image)
                     k += 1
                 index += 1
+        except PermanentError:
+            raise
         except Exception as exc:
             raise PermanentError(
                 f"corrupt video at frame {index}: {_first_line(exc)}", CORRUPT
@@ -294,8 +349,24 @@ DECODERS: dict[str, type[DecordDecoder] | type[PyAVDecoder]] = {
 }
 
 
-def open_decoder(path: Path, sampling: Sampling, prefer: str = "pyav", threads: int = 1) -> Decoder:
-    """The preferred decoder, or the other one when it cannot open the file."""
+def _duration_s(container: Any, stream: Any) -> float | None:
+    """The video's duration as its container says it, if it does."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return float(container.duration) / 1_000_000  # AV_TIME_BASE
+    return None
+
+
+def open_decoder(
+    path: Path,
+    sampling: Sampling,
+    prefer: str = "pyav",
+    threads: int = 1,
+    limits: Limits | None = None,
+) -> Decoder:
+    """The preferred decoder, or the other one when it cannot open the file (a video over a
+    limit is refused by the first)."""
     if prefer not in DECODERS:
         raise ValueError(f"unknown decoder {prefer!r}; one of {', '.join(DECODERS)}")
     if path.stat().st_size == 0:
@@ -304,8 +375,10 @@ def open_decoder(path: Path, sampling: Sampling, prefer: str = "pyav", threads: 
     reasons = []
     for name in order:
         try:
-            return DECODERS[name](path, sampling, threads)
+            return DECODERS[name](path, sampling, threads, limits)
         except PermanentError as exc:
+            if exc.cls == OVER_LIMIT:
+                raise
             reasons.append(exc.reason)
     raise PermanentError("not a readable video: " + "; ".join(reasons), NOT_A_VIDEO)
 

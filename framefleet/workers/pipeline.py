@@ -36,8 +36,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from framefleet.queue import Lease, Queue, Verdict
 from framefleet.settings import Settings
 
-from .decode import Chunk, ChunkReader, Sampling, open_decoder
-from .errors import MODEL_ERROR, InfraError, ItemError, PermanentError, TransientError
+from .decode import Chunk, ChunkReader, Limits, Sampling, open_decoder
+from .errors import MODEL_ERROR, TOO_BIG, InfraError, ItemError, PermanentError, TransientError
 from .model import FrameModel
 from .outputs import OutputStore, output_version, records_table
 from .sources import fetched
@@ -180,7 +180,10 @@ class VideoJob:
         self.stop = stop or threading.Event()
         self.clock = clock
         p = settings.pipeline
-        self.sampling = Sampling(fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height)
+        self.sampling = Sampling(
+            fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height, max_side=p.max_side
+        )
+        self.limits = Limits(p.max_pixels, p.max_frames, p.max_duration_s)
         self.config_hash = p.config_hash(settings.model)
         self.decoding = threading.Lock()
         self.budget = threading.BoundedSemaphore(p.items_per_decoder * p.max_inflight_chunks)
@@ -271,13 +274,21 @@ class VideoJob:
             uri = self.store.manifest_uri(item.video)
             return self._ack(item, uri, 0, 0, Status.ALREADY_DONE)
         started = item.mark = self.clock()
-        p = self.settings.pipeline
+        p, source = self.settings.pipeline, self.settings.source
+        if lease.size is not None and lease.size > source.max_video_bytes:
+            raise PermanentError(
+                f"{lease.uri} is {lease.size} bytes (as enqueued), over max_video_bytes"
+                f" ({source.max_video_bytes})",
+                TOO_BIG,
+            )
         # Checkpointed chunks whose files are gone (a node-local disk, a crash before the
         # directory entry was durable) are done again.
         done = frozenset(self.store.chunks_present(item.video, lease.chunks_done))
-        with fetched(lease.uri, self.settings.source, etag=lease.etag, touch=keeper.touch) as path:
+        with fetched(lease.uri, source, etag=lease.etag, touch=keeper.touch) as path:
             item.lap("fetch", self.clock())
-            decoder = open_decoder(path, self.sampling, prefer=p.decoder, threads=p.decode_threads)
+            decoder = open_decoder(
+                path, self.sampling, p.decoder, threads=p.decode_threads, limits=self.limits
+            )
             item.lap("open", self.clock())
             try:
                 reader = ChunkReader(decoder, self.sampling, p.chunk_frames, done)

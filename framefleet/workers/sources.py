@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import socket
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
@@ -75,12 +77,13 @@ def fetched(
     except OSError as exc:
         raise InfraError(f"no temporary file for {uri}: {exc.strerror or exc}") from None
     path = Path(name)
-    got = _Download(uri, settings, etag, touch or (lambda: None))
+    got = _Download(uri, settings, etag, touch or (lambda: None), path)
     try:
         with os.fdopen(fd, "wb") as out:
             _with_retries(settings, lambda: got.into(out))
         yield path
     finally:
+        got.release()
         path.unlink(missing_ok=True)
 
 
@@ -127,12 +130,43 @@ def _with_retries(settings: SourceSettings, fn: Callable[[], None]) -> None:
     retrying(fn)
 
 
-class _Download:
-    """One remote object into a temporary file: the attempts share one deadline."""
+_reserved = 0  # bytes of temporary space that downloads in this process have announced
+_reserving = threading.Lock()
 
-    def __init__(self, uri: str, settings: SourceSettings, etag: str | None, touch: Touch) -> None:
-        self.uri, self.settings, self.etag, self.touch = uri, settings, etag, touch
+
+class _Download:
+    """One remote object into a temporary file: the attempts share one deadline, and the
+    space its announced length needs is reserved before its first byte is written."""
+
+    def __init__(
+        self, uri: str, settings: SourceSettings, etag: str | None, touch: Touch, path: Path
+    ) -> None:
+        self.uri, self.settings, self.etag, self.touch, self.path = uri, settings, etag, touch, path
         self.deadline = time.monotonic() + settings.fetch_deadline_s
+        self.reserved = 0
+
+    def reserve(self, length: int) -> None:
+        """The object is `length` bytes: refused (InfraError: this node's trouble) when the
+        temporary file system has less free space, besides what other downloads of this
+        process have reserved."""
+        global _reserved
+        with _reserving:
+            _reserved -= self.reserved
+            self.reserved = 0
+            free = shutil.disk_usage(self.path.parent).free - _reserved
+            if length > free:
+                raise InfraError(
+                    f"{self.uri}: {length} bytes, but only {max(free, 0)} bytes of temporary"
+                    f" space free in {self.path.parent} (FRAMEFLEET_TMP_DIR)"
+                )
+            _reserved += length
+            self.reserved = length
+
+    def release(self) -> None:
+        global _reserved
+        with _reserving:
+            _reserved -= self.reserved
+            self.reserved = 0
 
     def into(self, out: IO[bytes]) -> None:
         out.seek(0)
@@ -196,8 +230,10 @@ def _download_http(got: _Download, out: IO[bytes]) -> None:
                 continue
             _check_status(got.uri, response)
             length = response.getheader("Content-Length")
-            if length and length.isdigit() and int(length) > got.settings.max_video_bytes:
-                raise PermanentError(f"{got.uri} is {length} bytes, over the limit", TOO_BIG)
+            if length and length.isdigit():
+                if int(length) > got.settings.max_video_bytes:
+                    raise PermanentError(f"{got.uri} is {length} bytes, over the limit", TOO_BIG)
+                got.reserve(int(length))
             try:
                 got.copy(response, out)
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
@@ -302,9 +338,11 @@ def _download_s3(got: _Download, out: IO[bytes]) -> None:
     match = {"IfMatch": got.etag} if got.etag else {}
     try:
         obj = s3_client(settings).get_object(Bucket=bucket, Key=key, **match)
-        if obj.get("ContentLength", 0) > settings.max_video_bytes:
-            raise PermanentError(f"{uri} is {obj['ContentLength']} bytes, over the limit", TOO_BIG)
         with contextlib.closing(obj["Body"]) as body:
+            length = int(obj.get("ContentLength", 0))
+            if length > settings.max_video_bytes:
+                raise PermanentError(f"{uri} is {length} bytes, over the limit", TOO_BIG)
+            got.reserve(length)
             got.copy(body, out)
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

@@ -106,24 +106,21 @@ def test_f9_bad_local_paths_are_dead_letters_with_a_class(env: dict[str, Any]) -
 
 
 def test_f9_a_full_temporary_disk_releases_the_video_without_an_attempt(
-    env: dict[str, Any], tmp_path: Path, aws: None
+    env: dict[str, Any], tmp_path: Path
 ) -> None:
-    """ENOSPC while fetching is the node's trouble, not the video's: it goes back to the
-    queue (after a short delay) with no attempt counted."""
-    from framefleet.workers.sources import s3_client
+    """ENOSPC while fetching (an object that did not say its length) is the node's trouble,
+    not the video's: it goes back to the queue (after a short delay) with no attempt."""
+    from tests.support.servers import FileServer
 
     tmpfs = tmp_path / "tmpfs"
     tmpfs.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmpfs)], check=True)
     try:
-        big = tmp_path / "big.mp4"  # what it holds does not matter: the fetch fails first
-        big.write_bytes(np.random.default_rng(0).bytes(256 * 1024))
-        with moto_s3_server() as endpoint:
-            source = replace(env["settings"].source, s3_endpoint_url=endpoint, tmp_dir=tmpfs)
-            s3_client(source).create_bucket(Bucket="videos-in")
-            s3_client(source).put_object(Bucket="videos-in", Key="big.mp4", Body=big.read_bytes())
-            env["settings"] = replace(env["settings"], source=source)
-            status, item = run_one(env, "s3://videos-in/big.mp4")
+        (tmp_path / "big.mp4").write_bytes(np.random.default_rng(0).bytes(256 * 1024))
+        source = replace(env["settings"].source, tmp_dir=tmpfs, allow_private_urls="127.0.0.0/8")
+        env["settings"] = replace(env["settings"], source=source)
+        with FileServer(tmp_path) as http:
+            status, item = run_one(env, f"{http.url}/nolength/big.mp4")
         assert status == "released" and item.state in (State.DELAYED, State.QUEUED)
         assert item.attempts == 0 and "No space left" in (item.release_reason or "")
         assert not list(tmpfs.iterdir())  # the partial download is gone
@@ -399,3 +396,85 @@ def test_f10_urls_to_private_addresses_are_refused_unless_allowed(
             status, item = run_one(env, f"{http.url}/redirect?to={target}")
             assert status == "dead" and item.dead_class == "forbidden", item.dead_reason
             assert "redirect" in (item.dead_reason or ""), item.dead_reason
+
+
+# -- finding 15: limits on frame size, frame count, duration and bytes ------------------------
+
+
+class Shapes(LocalInference):
+    def __init__(self, inner: LocalInference) -> None:
+        super().__init__(inner.model, inner.store)
+        self.shapes: list[tuple[int, ...]] = []
+
+    def submit(self, item_id: str, video: str, chunk: Any) -> Any:
+        self.shapes.append(tuple(chunk.images.shape))
+        return super().submit(item_id, video, chunk)
+
+
+def test_f15_frames_are_decoded_at_most_at_the_models_input_size(env: dict[str, Any]) -> None:
+    """With no size set, a video larger than the model's input (DETR takes at most 1333 px
+    on its longest side) is resized on decode, so a chunk of 8K frames cannot fill an actor's
+    memory; the boxes are still reported in the source's pixels."""
+    video = write_video(env["videos"] / "big.mp4", frames=8, width=1600, height=900)
+    shapes = Shapes(env["inference"])
+    env["inference"] = shapes
+    status, item = run_one(env, str(video))
+    assert status == "acked", item.last_error
+    assert shapes.shapes == [(8, 750, 1333, 3)]
+    manifest = env["store"].read_result(item.result)
+    assert manifest["source_size"] == [1600, 900]
+
+
+@pytest.mark.parametrize(
+    ("limit", "value", "video"),
+    [
+        ("max_pixels", 96 * 64 - 1, {"frames": 10}),
+        ("max_frames", 20, {"frames": 40}),
+        ("max_duration_s", 1.0, {"frames": 40}),  # 40 frames at 15 fps: 2.7 s
+    ],
+)
+def test_f15_a_video_over_a_limit_is_a_dead_letter_that_names_it(
+    env: dict[str, Any], limit: str, value: float, video: dict[str, Any]
+) -> None:
+    path = write_video(env["videos"] / f"{limit}.mp4", **video)
+    pipeline = replace(env["settings"].pipeline, **{limit: value})
+    env["settings"] = replace(env["settings"], pipeline=pipeline)
+    status, item = run_one(env, str(path))
+    assert status == "dead" and item.dead_class == "over_limit", item.dead_reason
+    assert limit in (item.dead_reason or ""), item.dead_reason
+
+
+def test_f15_an_announced_size_over_the_limit_is_refused_before_any_fetch(
+    env: dict[str, Any],
+) -> None:
+    """The item says it is 1 TB: dead at once (too_big), no download tried (the S3 endpoint
+    here does not even exist)."""
+    source = replace(env["settings"].source, s3_endpoint_url="http://127.0.0.1:1")
+    env["settings"] = replace(env["settings"], source=source)
+    status, item = run_one(env, "s3://videos/huge.mp4", size=10**12)
+    assert status == "dead" and item.dead_class == "too_big", item.dead_reason
+    assert "max_video_bytes" in (item.dead_reason or "")
+
+
+def test_f15_free_temporary_space_is_checked_before_a_download(
+    env: dict[str, Any], tmp_path: Path, aws: None
+) -> None:
+    """An object larger than the free temporary space is not downloaded at all: the video
+    goes back to the queue uncharged (another node may have the room)."""
+    from framefleet.workers.sources import s3_client
+
+    tmpfs = tmp_path / "tmpfs"
+    tmpfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tmpfs)], check=True)
+    try:
+        with moto_s3_server() as endpoint:
+            source = replace(env["settings"].source, s3_endpoint_url=endpoint, tmp_dir=tmpfs)
+            s3_client(source).create_bucket(Bucket="videos-in")
+            body = np.random.default_rng(1).bytes(256 * 1024)
+            s3_client(source).put_object(Bucket="videos-in", Key="big.mp4", Body=body)
+            env["settings"] = replace(env["settings"], source=source)
+            status, item = run_one(env, "s3://videos-in/big.mp4")
+        assert status == "released" and item.attempts == 0
+        assert "temporary space" in (item.release_reason or ""), item.release_reason
+    finally:
+        subprocess.run(["umount", str(tmpfs)], check=True)

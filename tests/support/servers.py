@@ -52,7 +52,7 @@ def moto_s3_server() -> Iterator[str]:
 class FileServer:
     """Serves files from `root`; paths under /status/<code> answer that code, /hang never
     answers within a test's timeout, /flaky/<n>/<file> fails with 503 n times first,
-    /redirect?to=<url> redirects there."""
+    /redirect?to=<url> redirects there, /nolength/<file> sends it without a Content-Length."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -83,6 +83,14 @@ class FileServer:
                 if parts[0] == "hang":
                     time.sleep(5)
                     self.send_error(504)
+                    return
+                if parts[0] == "nolength":  # no Content-Length: read until the connection ends
+                    data = server.root.joinpath(*parts[1:]).read_bytes()
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(data)
+                    self.close_connection = True
                     return
                 if parts[0] == "flaky":
                     if server.hits[self.path] <= int(parts[1]):
