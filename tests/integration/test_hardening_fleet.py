@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,61 @@ def test_f14_the_driver_of_a_sigstopped_leader_stops_its_fleet(tmp_path: Path) -
         fleet.check()
     finally:
         fleet.close()
+
+
+def test_f3_a_suspect_starts_only_once_its_decode_actor_holds_nothing_else(
+    ray_local: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """A video becomes a suspect (a worker holding it and another crashed) while the decode
+    actor is busy with two others. A lease time later the busy actor takes it, and opens it
+    only once its other videos are done: whenever the actor's process has the suspect's
+    file open, it holds nothing else."""
+    from framefleet.queue import Supervision
+
+    settings, paths = _settings(
+        "f3", tmp_path, decode_actors=1, inference_actors=1, items_per_decoder=2
+    )
+    settings = replace(settings, queue=replace(settings.queue, lease_s=3.0))
+    q = Queue(valkey_client, settings.queue)
+    sup = Supervision(q)
+    busy = q.enqueue([str(p) for p in paths[:2]])
+    fleet = Fleet(settings, valkey.url).start()
+    [decoder] = fleet.names
+    thread, box = _in_thread(lambda: fleet.run_until_empty(timeout=240))
+    seen: list[tuple[bool, set[str]]] = []
+    try:
+        wait(lambda: all(i.state == "leased" for i in q.items(busy)), 60, "both videos claimed")
+        extra = write_video(paths[0].parent / "suspect.mp4", frames=64)
+        [suspect, other] = q.enqueue([str(extra), str(paths[2])])
+        q.claim(2, "decoder-crashed")
+        sup.heartbeat("decoder-crashed")
+        time.sleep(settings.coordinator.stale_s + 0.5)  # it never beats again
+        sup.sweep(settings.coordinator.stale_s)
+        assert q.get(suspect).solo  # type: ignore[union-attr]
+        pid = _decoder_pid(fleet, decoder)
+        while thread.is_alive() and q.get(suspect).state != "done":  # type: ignore[union-attr]
+            item = q.get(suspect)
+            assert item is not None
+            if item.state == "leased":
+                seen.append((_has_open(pid, extra), sup.held(decoder)))
+            time.sleep(0.02)
+        thread.join(300)
+        assert not thread.is_alive() and "error" not in box, box.get("error")
+    finally:
+        fleet.stop()
+        thread.join(60)
+    waited = [held for opened, held in seen if not opened and held - {suspect}]
+    assert waited, "the actor was never busy with others when it took the suspect"
+    opened_with = [held for opened, held in seen if opened]
+    assert opened_with and all(held == {suspect} for held in opened_with), opened_with
+    assert all(i.state == "done" for i in q.items([*busy, suspect, other]))
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether the process has `path` open (the decoder opened the video)."""
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if fd.readlink() == path:
+                return True
+    return False
