@@ -86,12 +86,51 @@ def valkey_client(valkey: EmbeddedServer) -> Iterator[Redis]:
     yield from _fresh_client(valkey)
 
 
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny real DETR (written with save_pretrained, loaded back), keeping detections
+    over 0.05: the in-process model of the VideoJob tests."""
+    from framefleet.settings import ModelSettings
+    from framefleet.workers.model import load_model
+    from tests.support.models import write_tiny_detr
+
+    path = write_tiny_detr(tmp_path_factory.mktemp("detr"))
+    return load_model(ModelSettings(model=str(path), score_threshold=0.05))
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard AWS credentials and config for moto's S3 server, read by boto3 as in
+    production."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock()
 
 
 QueueFactory = Callable[..., Queue]
+
+
+def monitored(client: Redis, call: Callable[[], Any]) -> tuple[Any, list[str]]:
+    """call()'s result and every command the server ran meanwhile (MONITOR shows each
+    command a Lua script runs)."""
+    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
+        result = call()
+        client.set("monitor-end", "1")
+        touched = []
+        for event in monitor.listen():
+            if "monitor-end" in event["command"]:
+                break
+            touched.append(event["command"])
+    return result, touched
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -33,27 +32,14 @@ from framefleet.settings import (
 from framefleet.workers.actors import Fleet, InferenceActor
 from tests.support.fleet import Fleet as FaultFleet
 from tests.support.fleet import make_fleet, wait
+from tests.support.jobs import local_ray
 from tests.support.videos import write_video
 
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="ffhf-", dir="/tmp")
-    root = str(Path(__file__).resolve().parents[2])
-    ray.init(
-        num_cpus=4,
-        include_dashboard=False,
-        _temp_dir=temp,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": root}},
-    )
-    try:
+    with local_ray():
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _settings(queue: str, tmp_path: Path, **pipeline: Any) -> tuple[Settings, list[Path]]:

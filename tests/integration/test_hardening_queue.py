@@ -24,7 +24,7 @@ from framefleet.queue import (
 )
 from framefleet.queue.model import REJECTED_CAP
 from framefleet.settings import QueueSettings
-from tests.conftest import SERVER_BUILDS, ManualClock, QueueFactory
+from tests.conftest import SERVER_BUILDS, ManualClock, QueueFactory, monitored
 
 
 @pytest.mark.parametrize("build", list(SERVER_BUILDS))
@@ -292,14 +292,7 @@ def test_f12_a_workers_leases_are_found_through_its_index(
     sup.heartbeat("w-gone")
     clock.advance(11_000)
     sup.heartbeat("w-live")
-    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
-        result = sup.sweep(stale_s=10)
-        client.set("monitor-end", "1")
-        touched = []
-        for event in monitor.listen():
-            if "monitor-end" in event["command"]:
-                break
-            touched.append(event["command"])
+    result, touched = monitored(client, lambda: sup.sweep(stale_s=10))
     assert (result.orphaned_leases, result.requeued) == (1, 1)
     live_ids = {lease.id for lease in live}
     assert not [c for c in touched if any(i in c for i in live_ids)]

@@ -18,44 +18,25 @@ from redis import Redis
 
 from framefleet.queue import NewItem, Queue, State
 from framefleet.settings import (
-    ModelSettings,
     PipelineSettings,
-    QueueSettings,
     Settings,
     SourceSettings,
 )
-from framefleet.workers.model import FrameModel, load_model
+from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore, item_dir
 from framefleet.workers.pipeline import LocalInference, VideoJob
-from tests.support.models import write_tiny_detr
+from tests.support.jobs import job_env
 from tests.support.servers import moto_s3_server
 from tests.support.videos import write_video
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> FrameModel:
-    path = write_tiny_detr(tmp_path_factory.mktemp("detr"))
-    return load_model(ModelSettings(model=str(path), score_threshold=0.05))
-
-
 @pytest.fixture
 def env(tmp_path: Path, valkey_client: Redis, model: FrameModel) -> dict[str, Any]:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    settings = Settings(
-        queue=QueueSettings(lease_s=30, backoff_base_s=0.1, backoff_max_s=0.2),
-        source=SourceSettings(allowed_roots=(videos,), fetch_attempts=1),
-        model=ModelSettings(model="tiny", score_threshold=0.05),
-        pipeline=PipelineSettings(out=str(tmp_path / "out"), chunk_frames=8, max_inflight_chunks=2),
-    )
-    store = OutputStore(settings.pipeline.out, settings.source)
-    return {
-        "videos": videos,
-        "settings": settings,
-        "store": store,
-        "queue": Queue(valkey_client, settings.queue),
-        "inference": LocalInference(model, store),
-    }
+    """Short backoffs (the bug test waits them out), one fetch attempt."""
+    made = job_env(tmp_path, valkey_client, model, backoff_base_s=0.1, backoff_max_s=0.2)
+    settings = made["settings"]
+    made["settings"] = replace(settings, source=replace(settings.source, fetch_attempts=1))
+    return made
 
 
 def run_one(env: dict[str, Any], uri: str, **item: Any) -> tuple[str, Any]:
@@ -66,16 +47,6 @@ def run_one(env: dict[str, Any], uri: str, **item: Any) -> tuple[str, Any]:
     job = VideoJob(q, env["store"], env["inference"], env["settings"])
     outcome = job.run(lease)
     return outcome.status, q.get(item_id)
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
 
 
 # -- finding 9: every error is the item's, the infrastructure's, or a bug --------------------

@@ -10,7 +10,7 @@ from redis import Redis
 
 from framefleet.queue import InvalidItem, NewItem, Queue, State, Verdict, default_id
 from framefleet.settings import QueueSettings
-from tests.conftest import ManualClock, QueueFactory
+from tests.conftest import ManualClock, QueueFactory, monitored
 
 
 def _ids(q: Queue, state: str) -> list[str]:
@@ -426,14 +426,7 @@ def test_reap_touches_only_expired_leases(
     q.enqueue([f"/v/live-{i}.mp4" for i in range(500)])
     assert len(q.claim(500, "w")) == 500
     clock.advance(6_000)
-    with client.monitor() as monitor:  # type: ignore[no-untyped-call]
-        result = q.reap()
-        client.set("monitor-end", "1")
-        touched = []
-        for event in monitor.listen():
-            if "monitor-end" in event["command"]:
-                break
-            touched.append(event["command"])
+    result, touched = monitored(client, q.reap)
     assert result.requeued == 3
     item_cmds = [c for c in touched if ":item:" in c]
     assert item_cmds and all(any(f":item:{x.id}" in c for x in old) for c in item_cmds)

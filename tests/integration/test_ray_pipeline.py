@@ -4,8 +4,6 @@ must equal a direct single-process run of the same model on the same frames."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from framefleet.workers.decode import Sampling
 from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore
 from tests.support.detections import assert_same, direct_run, pipeline_rows
+from tests.support.jobs import local_ray
 from tests.support.models import write_tiny_detr
 from tests.support.videos import write_corrupt, write_video
 
@@ -34,23 +33,8 @@ VFR_PTS = [0, 10, 50, 60, 200, 210, 400, 405, 900, 1000] + [1000 + 33 * i for i 
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")  # short: Ray's socket paths are long
-    root = str(Path(__file__).resolve().parents[2])  # the actors import tests.support models
-    ray.init(
-        num_cpus=4,
-        num_gpus=1,
-        include_dashboard=False,
-        _temp_dir=temp,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": root}},
-    )
-    try:
+    with local_ray(gpus=1):
         yield
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _settings(

@@ -15,46 +15,22 @@ from redis import Redis
 
 from framefleet.queue import Queue, State
 from framefleet.settings import (
-    ModelSettings,
-    PipelineSettings,
     QueueSettings,
-    Settings,
     SourceSettings,
 )
 from framefleet.workers.decode import Chunk, Sampling
 from framefleet.workers.errors import TransientError
-from framefleet.workers.model import FrameModel, load_model
+from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore, output_version
 from framefleet.workers.pipeline import LocalInference, Pending, VideoJob
 from tests.support.detections import assert_same, direct_run, pipeline_rows
-from tests.support.models import write_tiny_detr
+from tests.support.jobs import job_env
 from tests.support.videos import write_corrupt, write_video
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> FrameModel:
-    path = write_tiny_detr(tmp_path_factory.mktemp("detr"))
-    return load_model(ModelSettings(model=str(path), score_threshold=0.05))
 
 
 @pytest.fixture
 def env(tmp_path: Path, valkey_client: Redis, model: FrameModel) -> dict[str, Any]:
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    settings = Settings(
-        queue=QueueSettings(lease_s=30),
-        source=SourceSettings(allowed_roots=(videos,)),
-        model=ModelSettings(model="tiny", score_threshold=0.05),
-        pipeline=PipelineSettings(out=str(tmp_path / "out"), chunk_frames=8, max_inflight_chunks=2),
-    )
-    store = OutputStore(settings.pipeline.out, settings.source)
-    return {
-        "videos": videos,
-        "settings": settings,
-        "store": store,
-        "queue": Queue(valkey_client, settings.queue),
-        "inference": LocalInference(model, store),
-    }
+    return job_env(tmp_path, valkey_client, model)
 
 
 def test_a_video_is_processed_checkpointed_and_acked(
@@ -382,18 +358,12 @@ def test_the_budget_comes_back_when_items_fail_or_stop(
 
 
 def test_s3_in_and_s3_out(
-    env: dict[str, Any], model: FrameModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    env: dict[str, Any], model: FrameModel, tmp_path: Path, aws: None
 ) -> None:
     """A video read from moto's S3 server, its outputs written back to it."""
     from framefleet.workers.sources import s3_client
     from tests.support.servers import moto_s3_server
 
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
     video = write_video(tmp_path / "cam.mp4", frames=20)
     with moto_s3_server() as endpoint:
         source = SourceSettings(s3_endpoint_url=endpoint)

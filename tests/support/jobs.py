@@ -1,0 +1,71 @@
+"""What the VideoJob tests share: a tiny real DETR, and one job's settings, queue, output
+store and in-process inference over a folder of test videos."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+
+from framefleet.queue import Queue
+from framefleet.settings import (
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    Settings,
+    SourceSettings,
+)
+from framefleet.workers.model import FrameModel
+from framefleet.workers.outputs import OutputStore
+from framefleet.workers.pipeline import LocalInference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def job_env(tmp_path: Path, client: Redis, model: FrameModel, **queue: Any) -> dict[str, Any]:
+    """videos/ (the allowed root), 8-frame chunks with 2 out, outputs in out/; `queue`
+    overrides the queue settings (lease_s 30 by default)."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    settings = Settings(
+        queue=replace(QueueSettings(lease_s=30), **queue),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=ModelSettings(model="tiny", score_threshold=0.05),
+        pipeline=PipelineSettings(out=str(tmp_path / "out"), chunk_frames=8, max_inflight_chunks=2),
+    )
+    store = OutputStore(settings.pipeline.out, settings.source)
+    return {
+        "videos": videos,
+        "settings": settings,
+        "store": store,
+        "queue": Queue(client, settings.queue),
+        "inference": LocalInference(model, store),
+    }
+
+
+@contextlib.contextmanager
+def local_ray(gpus: float = 0) -> Iterator[None]:
+    """An in-process local Ray with 4 logical CPUs (and `gpus` logical GPUs) in a temp dir of
+    its own; its actors import tests.support (models, plugins)."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="ffray-", dir="/tmp")  # short: Ray's socket paths are long
+    ray.init(
+        num_cpus=4,
+        num_gpus=gpus,
+        include_dashboard=False,
+        _temp_dir=temp,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
