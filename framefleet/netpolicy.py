@@ -6,8 +6,9 @@ them: `1`/`true`/`all` for every address, or a comma-separated list of networks
 (`10.0.0.0/8,127.0.0.1/32`). A host name is resolved once and every address it resolves to
 must be allowed; the connection is then made to the checked address (so a name cannot
 resolve to a public address for the check and a private one for the connection), and each
-redirect is checked the same way. The same policy is checked when an item is enqueued (the
-API) and when a worker fetches it: `check_url` is the one place.
+redirect is checked the same way. IPv6 addresses that stand for IPv4 ones (mapped, 6to4,
+Teredo, NAT64) are judged by those. `check_url` is the one place the policy is written: the
+workers check it on every fetch, and the enqueue API (next issue) is to call it too.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from urllib.parse import urlsplit
 
 class URLRefused(ValueError):
     """The URL names a host the policy refuses (`cls` forbidden) or no usable host
-    (bad_uri)."""
+    (bad_uri); `temporary` when the name could not be resolved for now (another try may
+    succeed)."""
 
-    def __init__(self, reason: str, cls: str) -> None:
+    def __init__(self, reason: str, cls: str, temporary: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.cls = reason, cls
+        self.reason, self.cls, self.temporary = reason, cls, temporary
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -38,11 +40,30 @@ class Policy:
     networks: tuple[Network, ...] = ()
 
     def allows(self, address: Address) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if self.allow_all or any(address in net for net in self.networks):
             return True
+        inner = _embedded_ipv4(address)
+        if inner is not None:  # a v6 address that reaches a v4 one: judged by that one
+            return self.allows(inner)
         return address.is_global and not address.is_multicast
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for: mapped, 6to4, Teredo, NAT64, compatible."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _NAT64 or (int(address) >> 32 == 0 and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 @lru_cache(maxsize=16)
@@ -73,7 +94,8 @@ def check_url(url: str, allow_private: str = "") -> list[tuple[Address, int]]:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise URLRefused(f"cannot resolve {host}: {exc}", "bad_uri") from None
+            temporary = getattr(exc, "errno", None) in (socket.EAI_AGAIN, socket.EAI_FAIL)
+            raise URLRefused(f"cannot resolve {host}: {exc}", "bad_uri", temporary) from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(i[4][0]) for i in infos))
     rules = policy(allow_private)
     refused = [str(a) for a in addresses if not rules.allows(a)]

@@ -278,6 +278,16 @@ class CoordinatorSettings:
                 raise SettingsError(f"{name} must be > 0")
         if self.leader_ttl_s < 2 * self.tick_s:
             raise SettingsError("leader_ttl_s must be at least twice tick_s")
+        if self.stale_s < 3 * self.tick_s:
+            raise SettingsError("stale_s must be at least three times tick_s")
+
+    @property
+    def gap_s(self) -> float:
+        """A sweep later than this after the previous one means Redis (or every sweeper)
+        was away, so that nobody could renew or beat meanwhile (Queue.sweep forgives):
+        half the stale time, so that an outage shorter than that cannot make live workers
+        look dead, and two ticks at the least, so that a slow tick is no gap."""
+        return max(self.stale_s / 2, 2 * self.tick_s)
 
 
 @dataclass(frozen=True, slots=True)

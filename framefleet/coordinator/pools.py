@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from framefleet.queue import Queue, Supervision
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import Settings
@@ -102,12 +104,22 @@ class Pools:
         self._numbers = itertools.count()
         self._failed_starts = 0
         self._idle_since: float | None = None
+        self._redis_lost_at = -math.inf  # the last tick that could not reach Redis
         self._decode_cls = adapter.remote_class(DecodeActor)
         self._infer_cls = adapter.remote_class(InferenceActor)
 
     # -- one tick ------------------------------------------------------------------------
 
     def tick(self) -> PoolReport:
+        """One round; a RedisError (Redis away) is noted, so that the actors' heartbeats are
+        not judged for a stale time after it, and raised."""
+        try:
+            return self._tick()
+        except RedisError:
+            self._redis_lost_at = self.clock()
+            raise
+
+    def _tick(self) -> PoolReport:
         report = PoolReport()
         self._kill_silent(report)
         self._check_inference(report)
@@ -129,8 +141,11 @@ class Pools:
         within start_timeout_s are killed: an inference actor leaves the rotation at once;
         each is replaced once Ray reports it dead (a chunk out there goes to another)."""
         c = self.settings.coordinator
-        ages = self.supervision.workers()
         now = self.clock()
+        # Right after Redis was away, silence says nothing: the actors beat again soon.
+        if now - self._redis_lost_at < c.stale_s or self.supervision.in_grace():
+            return
+        ages = self.supervision.workers()
         for member in [*self.inference, *self.decoders]:
             age = ages.get(member.name)
             if age is not None and age > c.stale_s:
@@ -159,6 +174,7 @@ class Pools:
                 self.adapter.get(member.ping, timeout=0)
             except ActorGone as exc:
                 self.inference.remove(member)
+                self.adapter.kill(member.handle)  # one only unavailable keeps its GPU share
                 changed = True
                 report.replaced += 1
                 if not member.ready:

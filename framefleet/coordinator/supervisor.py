@@ -129,7 +129,7 @@ class Coordinator:
             # While the driver cannot see its cluster, its actors' silence says nothing about
             # the videos they hold: if the driver gives up, its fleet is ended, uncharged.
             stale = c.stale_s if self._fleet_sound() else None
-            self.supervision.queue.sweep(stale_s=stale, gap_s=_gap_s(self.settings))
+            self.supervision.queue.sweep(stale_s=stale, gap_s=c.gap_s)
         except RedisError as exc:  # the next tick tries again
             log.warning("sweep failed: %s", exc)
 
@@ -147,7 +147,10 @@ class Coordinator:
             code = self.child.returncode
             self._child_gone(f"its Ray driver exited (code {code})")
             if code == driver.FATAL:
-                report = self.supervision.health() or {}
+                try:
+                    report = self.supervision.health() or {}
+                except RedisError:
+                    report = {}
                 self.fatal = str(report.get("error", "the fleet cannot run as configured"))
                 return
             if code not in (0, driver.GCS_LOST, driver.NO_CLUSTER):  # it could not say why
@@ -164,12 +167,19 @@ class Coordinator:
             log.warning("cannot record a new fleet (%s): not starting a driver yet", exc)
             return
         self.generation = generation
-        self.child = subprocess.Popen(
-            [sys.executable, "-m", "framefleet.coordinator.driver"], stdin=subprocess.PIPE
-        )
-        assert self.child.stdin is not None
-        with self.child.stdin as stdin:  # the child's arguments, from its own parent
-            stdin.write(pickle.dumps((self.settings, self.redis_url, generation, self.name)))
+        try:
+            self.child = subprocess.Popen(
+                [sys.executable, "-m", "framefleet.coordinator.driver"], stdin=subprocess.PIPE
+            )
+            assert self.child.stdin is not None
+            with self.child.stdin as stdin:  # the child's arguments, from its own parent
+                stdin.write(pickle.dumps((self.settings, self.redis_url, generation, self.name)))
+        except OSError as exc:  # no process (out of memory, say), or it died at once
+            log.warning("could not start a Ray driver: %s", exc)
+            self._ended.append((generation, f"its Ray driver did not start: {exc}"))
+            self._failures += 1
+            self._next_start = time.monotonic() + BACKOFF_S[-1]
+            return
         self.restarts += 1
 
     def _child_gone(self, reason: str) -> None:
@@ -220,9 +230,3 @@ class Coordinator:
                 child.kill()
                 child.wait(5)
         self._child_gone(f"its Ray driver stopped (code {child.returncode})")
-
-
-def _gap_s(settings: Settings) -> float:
-    """A sweep later than this after the previous one means nobody could renew meanwhile
-    (see Queue.sweep): a third of a lease, or a few ticks when that is longer."""
-    return max(settings.queue.lease_s / 3, 3 * settings.coordinator.tick_s)

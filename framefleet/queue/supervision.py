@@ -86,6 +86,15 @@ class Supervision:
         checked = [check_worker(n) for n in names]
         return int(self.queue._run("release_workers", reason, "names", *checked))
 
+    def in_grace(self) -> bool:
+        """Whether a sweep lately saw a gap (Redis was away, its clock jumped): heartbeats
+        are not held against workers until they have had time to beat again."""
+        until = self.client.hget(self.keys.meta, "grace_until")
+        if until is None:
+            return False
+        now = self.queue._now()
+        return (int(now) if now else _server_ms(self.client.time())) < int(until)
+
     def held(self, worker: str) -> set[str]:
         """The ids the worker leases now, as the queue sees it."""
         return {str(i) for i in self.client.smembers(self.keys.held(check_worker(worker)))}

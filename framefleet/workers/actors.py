@@ -79,8 +79,7 @@ class Heartbeat:
             if holder is not None and holder != self.leader:
                 self.deposed(holder)
         if self.sweep:
-            gap = max(self.settings.queue.lease_s / 3, 3 * c.tick_s)
-            self.supervision.sweep(c.stale_s, gap_s=gap)
+            self.supervision.sweep(c.stale_s, gap_s=c.gap_s)
 
     def _run(self, interval: float) -> None:
         while not self.closed.wait(interval):
@@ -88,6 +87,8 @@ class Heartbeat:
                 self._beat()
             except RedisError as exc:  # Redis away: the next beat tries again
                 log.warning("%s: heartbeat failed: %s", self.name, exc)
+            except Exception:  # a bug: logged, and the heartbeat goes on
+                log.exception("%s: heartbeat failed", self.name)
 
     def close(self) -> None:
         self.closed.set()
@@ -181,10 +182,12 @@ class RayInference:
 
 
 class RayPending:
-    """One chunk at an inference actor. Its actor died: sent to another (RESUBMITS deaths,
-    then the item fails: the chunk may be what kills them). Out longer than chunk_timeout_s:
-    sent to another too (the actor may be hung). No actor ready: it waits for one for
-    inference_wait_s, then the item goes back to the queue uncharged (InfraError)."""
+    """One chunk at an inference actor. Its actor died: sent to another, and that actor is
+    left out by this decode actor from then on (RESUBMITS deaths, then the item fails: the
+    chunk may be what kills them). Its actor unavailable for now, or the chunk's object
+    lost: sent to another. Out longer than chunk_timeout_s: sent to another too (the actor
+    may be hung). No actor ready: it waits for one for inference_wait_s, then the item goes
+    back to the queue uncharged (InfraError)."""
 
     def __init__(self, pool: RayInference, item_id: str, video: str, chunk: Chunk) -> None:
         self.pool, self.item_id, self.video, self.chunk = pool, item_id, video, chunk
@@ -252,8 +255,18 @@ class RayPending:
         self._send(avoid={self.pool.adapter.actor_id(self.actor)})
 
     def _resend_dead(self, exc: ActorGone) -> None:
+        actor = self.pool.adapter.actor_id(self.actor)
+        if not exc.dead:  # unavailable for now, or the chunk's object lost: another try
+            self.timeouts += 1
+            if self.timeouts > 4 * RESUBMITS:
+                raise TransientError(
+                    f"chunk {self.chunk.index}: no inference actor could take it ({exc})",
+                    MODEL_ERROR,
+                ) from None
+            self._send(avoid={actor})
+            return
         self.pool.forget(self.actor)
-        self.dead.add(self.pool.adapter.actor_id(self.actor))
+        self.dead.add(actor)
         if len(self.dead) > RESUBMITS:
             raise TransientError(
                 f"chunk {self.chunk.index}: {len(self.dead)} inference actors died under it"
@@ -325,11 +338,19 @@ class DecodeActor:
         self.pool = RayInference(adapter, inference, model_name, schema, settings.pipeline)
         self.job = VideoJob(self.queue, store, self.pool, settings, stop=self.stop)
         self._held = threading.Condition()
-        self.holding: set[str] = set()  # the ids of the leases its threads hold
+        # the ids its threads hold leases on (a count: two threads may have held one id in
+        # turn, the first still ending its lost lease), and the claims under way
+        self.holding: collections.Counter[str] = collections.Counter()
+        self._claims: set[int] = set()  # the claims under way (tickets)
+        self._tickets = itertools.count()
+        self._before: dict[str, set[int]] = {}  # a suspect: the claims it must wait for
         self.outcomes: collections.deque[dict[str, Any]] = collections.deque(maxlen=OUTCOMES_KEPT)
         self.counts: collections.Counter[str] = collections.Counter()
+        # Its own client, retrying for a beat's time only: a beat that says what the actor
+        # holds must not be sent late, from an old snapshot.
+        beats = Queue(connect(redis_url, retry_s=settings.coordinator.stale_s / 4), settings.queue)
         self.heartbeat = Heartbeat(
-            self.queue,
+            beats,
             name,
             settings,
             holding=self._holding,
@@ -400,14 +421,10 @@ class DecodeActor:
             return "drained" if until_empty and self._drained() else "busy"
         place = _Place(places)
         try:
-            # Until empty, a short wait: a thread waiting here while the last item
-            # finishes in another one notices the queue is drained this much later.
-            leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
+            leases = self._claim(until_empty)
             if not leases:
                 return "drained" if until_empty and self._drained() else "idle"
             [lease] = leases
-            with self._held:
-                self.holding.add(lease.id)
             try:
                 if self.stop.is_set() or self.draining.is_set():  # came meanwhile
                     self.queue.release(lease, "worker stopping (shutdown or preemption)")
@@ -416,22 +433,50 @@ class DecodeActor:
                 self._record(self.job.run(lease, decoded=place.give_back, ready=ready))
             finally:
                 with self._held:
-                    self.holding.discard(lease.id)
+                    self.holding[lease.id] -= 1
+                    if self.holding[lease.id] <= 0:
+                        del self.holding[lease.id]
+                    self._before.pop(lease.id, None)
                     self._held.notify_all()
             return "done"
         finally:
             place.give_back()
+
+    def _claim(self, until_empty: bool) -> list[Lease]:
+        """One claim, under way with a ticket, and its lease counted as held before anything
+        else can look. A suspect also notes the claims under way when it came back: they may
+        have been served before it (those that start later get nothing: the queue gives a
+        worker holding a suspect nothing more)."""
+        with self._held:
+            ticket = next(self._tickets)
+            self._claims.add(ticket)
+        leases: list[Lease] = []
+        try:
+            # Until empty, a short wait: a thread waiting here while the last item
+            # finishes in another one notices the queue is drained this much later.
+            leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
+            return leases
+        finally:
+            with self._held:
+                self._claims.discard(ticket)
+                for lease in leases:
+                    self.holding[lease.id] += 1
+                    if lease.solo:
+                        self._before[lease.id] = set(self._claims)
+                self._held.notify_all()
 
     def _alone(self, keeper: LeaseKeeper) -> None:
         """A suspect starts only once this actor holds nothing else (the queue hands it
         nothing more meanwhile): if it crashes the actor, the blame is exact."""
         lease: Lease = keeper.lease
         with self._held:
-            while self.holding - {lease.id}:
+            before = self._before.pop(lease.id, set())
+            while before & self._claims or set(self.holding) - {lease.id}:
                 if self.stop.is_set():
                     raise Stopped
                 if keeper.lost.is_set():
                     raise LeaseLost(keeper.why)
+                keeper.touch()  # waiting for the others is no stall
                 self._held.wait(0.5)
 
     def _record(self, outcome: Outcome) -> None:

@@ -37,7 +37,15 @@ from framefleet.queue import Lease, Queue, Verdict
 from framefleet.settings import Settings
 
 from .decode import Chunk, ChunkReader, Limits, Sampling, open_decoder
-from .errors import MODEL_ERROR, TOO_BIG, InfraError, ItemError, PermanentError, TransientError
+from .errors import (
+    MODEL_ERROR,
+    STALLED,
+    TOO_BIG,
+    InfraError,
+    ItemError,
+    PermanentError,
+    TransientError,
+)
 from .model import FrameModel
 from .outputs import OutputStore, output_version, records_table
 from .sources import fetched
@@ -104,6 +112,7 @@ class LeaseKeeper:
     ) -> None:
         self.queue, self.lease, self.interval, self.stall_s = queue, lease, interval, stall_s
         self.lost = threading.Event()
+        self.stalled = threading.Event()  # lost too: no progress for stall_s
         self.why = ""
         self._touched = time.monotonic()
         self._stop = threading.Event()
@@ -127,11 +136,15 @@ class LeaseKeeper:
             if idle > self.stall_s:
                 self.why = f"no progress for {idle:.0f} s (stall_s {self.stall_s:g}): given up"
                 log.warning("%s: %s", self.lease.id, self.why)
+                self.stalled.set()
                 self.lost.set()
                 return
             try:
                 ok = self.queue.renew(self.lease).ok
             except RedisError:  # Redis unreachable for a moment: try again next time
+                continue
+            except Exception:  # a bug: logged, and the renewals go on
+                log.exception("%s: renewal failed", self.lease.id)
                 continue
             if not ok:
                 self.why = "the lease was lost (a renewal was refused)"
@@ -262,6 +275,8 @@ class VideoJob:
                 time.sleep(1.0)
 
     def _check(self, keeper: LeaseKeeper) -> None:
+        if keeper.stalled.is_set():  # the item's own doing: an attempt (its lease is kept)
+            raise TransientError(keeper.why, STALLED)
         if keeper.lost.is_set():
             raise LeaseLost(keeper.why)
         if self.stop.is_set():
@@ -389,7 +404,8 @@ class VideoJob:
             try:
                 handle.result(timeout=1.0)
                 break
-            except TimeoutError:
+            except TimeoutError:  # a chunk out has deadlines of its own (RayPending)
+                item.keeper.touch()
                 continue
         item.inflight.popleft()
         self.budget.release()

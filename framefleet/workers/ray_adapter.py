@@ -15,21 +15,26 @@ def _quiet(record: logging.LogRecord) -> bool:
 
 
 class ActorGone(Exception):
-    """The actor that was to run the call died or cannot be reached. When it died in its
-    __init__, init_error is the exception it raised there ("module.Type: message")."""
+    """The actor that was to run the call died (`dead`) or cannot be reached for now (not
+    `dead`: unavailable, or the call's object was lost). When it died in its __init__,
+    init_error is the exception it raised there ("module.Type: message")."""
 
-    def __init__(self, reason: str, init_error: str | None = None) -> None:
+    def __init__(self, reason: str, init_error: str | None = None, dead: bool = True) -> None:
         super().__init__(reason)
         self.init_error = init_error
+        self.dead = dead
 
 
 def _gone(exc: Exception) -> ActorGone:
     """Ray's message starts with what happened to the actor; for a failed __init__ it ends
     with the exception raised there, which is the part worth reporting."""
+    from ray import exceptions as rex
+
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if getattr(exc, "actor_init_failed", False) and lines:
         return ActorGone(f"its __init__ raised {lines[-1]}", init_error=lines[-1])
-    return ActorGone(lines[0] if lines else type(exc).__name__)
+    dead = not isinstance(exc, rex.ActorUnavailableError | rex.ObjectLostError)
+    return ActorGone(lines[0] if lines else type(exc).__name__, dead=dead)
 
 
 class RayAdapter:

@@ -81,6 +81,7 @@ def fetched(
     try:
         with os.fdopen(fd, "wb") as out:
             _with_retries(settings, lambda: got.into(out))
+        got.release()  # the file itself counts in the free space from now on
         yield path
     finally:
         got.release()
@@ -179,7 +180,8 @@ class _Download:
     def copy(self, body: Any, out: IO[bytes]) -> None:
         """From a response body, within the size limit and the deadline."""
         limit, total = self.settings.max_video_bytes, 0
-        while chunk := body.read(_CHUNK):
+        read = getattr(body, "read1", body.read)  # read1: what came, so each recv is checked
+        while chunk := read(_CHUNK):
             total += len(chunk)
             if total > limit:
                 raise PermanentError(
@@ -222,6 +224,8 @@ def _download_http(got: _Download, out: IO[bytes]) -> None:
             targets = check_url(url, got.settings.allow_private_urls)
         except URLRefused as exc:
             reason = exc.reason if hop == 0 else f"{got.uri}: a redirect to {exc.reason}"
+            if exc.temporary:
+                raise TransientError(reason) from None
             raise PermanentError(reason, exc.cls) from None
         conn, response = _get(url, targets, got)
         try:

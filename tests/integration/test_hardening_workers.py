@@ -449,3 +449,26 @@ def test_f15_free_temporary_space_is_checked_before_a_download(
         assert "temporary space" in (item.release_reason or ""), item.release_reason
     finally:
         subprocess.run(["umount", str(tmpfs)], check=True)
+
+
+def test_f6_a_video_without_progress_for_stall_s_is_failed_and_charged_an_attempt(
+    env: dict[str, Any],
+) -> None:
+    """Nothing moves for longer than stall_s (here: before its fetch): the lease is no
+    longer renewed, and the item is failed with an attempt counted (class stalled), not
+    handed back uncharged through the heartbeat."""
+    import time
+
+    video = write_video(env["videos"] / "s.mp4", frames=10)
+    s = env["settings"]
+    env["settings"] = replace(
+        s, queue=replace(s.queue, lease_s=3.0), pipeline=replace(s.pipeline, stall_s=0.5)
+    )
+    q = Queue(env["queue"].client, env["settings"].queue)
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+    job = VideoJob(q, env["store"], env["inference"], env["settings"])
+    outcome = job.run(lease, ready=lambda keeper: time.sleep(2.0))
+    item = q.get(item_id)
+    assert outcome.status == "failed" and item is not None and item.attempts == 1
+    assert "no progress" in (item.last_error or "")

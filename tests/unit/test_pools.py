@@ -268,3 +268,35 @@ def test_a_lost_node_gives_its_videos_back_uncharged_and_a_crash_is_judged(
     assert (lost_item.state, lost_item.deliveries, lost_item.solo) == ("queued", 0, False)
     assert "node-2" in (lost_item.release_reason or "")
     assert report.replaced >= 3
+
+
+def test_an_actor_whose_heartbeat_stopped_is_killed_but_not_just_after_redis_was_away(
+    valkey_client: Redis,
+) -> None:
+    """An inference actor silent for longer than stale_s (SIGSTOPped, hung) is killed and
+    leaves the rotation at once. Silence right after a Redis outage (the sweep's grace, or a
+    tick that could not reach Redis) says nothing: nobody is killed then."""
+    from framefleet.queue import Supervision
+    from tests.conftest import ManualClock
+
+    clock = ManualClock()
+    queue = Queue(valkey_client, SETTINGS.queue, clock=clock)
+    sup = Supervision(queue)
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(8)])
+    ray = ScriptedRay(cpus=100, gpus=1)
+    pools = make_pools(queue, ray)
+    pools.tick()
+    pools.tick()
+    for member in [*pools.inference, *pools.decoders]:
+        sup.heartbeat(member.name)
+    victim = pools.inference[0]
+    clock.advance(11_000)
+    for member in [*pools.inference[1:], *pools.decoders]:
+        sup.heartbeat(member.name)
+    valkey_client.hset(queue.keys.meta, "grace_until", clock.now_ms + 5_000)  # a gap seen
+    pools.tick()
+    assert victim.handle.alive  # in the grace: not judged
+    valkey_client.hdel(queue.keys.meta, "grace_until")
+    report = pools.tick()
+    assert not victim.handle.alive and victim not in pools.inference
+    assert any("heartbeat" in e for e in report.events)

@@ -31,9 +31,9 @@ local done_ttl_ms, dead_ttl_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
 
 -- 1. gap
 local forgiven = 0
-local grace = false
+local m = redis.call('HMGET', K_META, 'swept_at', 'grace_until')
+local grace = m[2] ~= false and now < tonumber(m[2])
 if gap_ms >= 0 then
-  local m = redis.call('HMGET', K_META, 'swept_at', 'grace_until')
   local last = tonumber(m[1])
   redis.call('HSET', K_META, 'swept_at', now)
   if last and now - last > gap_ms then
@@ -46,8 +46,6 @@ if gap_ms >= 0 then
     forgiven = #ids
     redis.call('HSET', K_META, 'grace_until', now + math.max(stale_ms, 0))
     stat('forgiven_total', forgiven)
-    grace = true
-  elseif m[2] and now < tonumber(m[2]) then
     grace = true
   end
 end
