@@ -96,10 +96,12 @@ def test_f2_non_finite_numbers_in_the_inbox_are_rejected_and_lose_nothing(
 
 
 def _crash(sup: Supervision, clock: ManualClock, *workers: str, stale_s: float = 10) -> None:
-    """The workers' heartbeats stop; a sweep later their leases are back in the queue."""
+    """The workers' processes die and Ray says so (the pools mark them gone); a sweep later
+    their leases are back in the queue."""
     for worker in workers:
         sup.heartbeat(worker)
-    clock.advance(stale_s * 1000 + 1)
+        sup.mark_gone(worker)
+    clock.advance(1)
     sup.sweep(stale_s=stale_s)
 
 
@@ -184,6 +186,27 @@ def test_f3_a_lease_its_live_worker_stopped_renewing_is_charged_to_that_video(
     assert queue.reap().requeued == 1
     assert queue.get(stuck_id).deliveries == 1  # type: ignore[union-attr]
     assert queue.get(fine_id).state == "leased"  # type: ignore[union-attr]
+
+
+def test_f3_a_worker_merely_silent_charges_nothing_even_alone(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """Its heartbeat stopped and nobody says why (its node lost without Ray noticing yet, a
+    partition): the video it held alone comes back as a suspect, uncharged. Only a death
+    Ray reports (the process died on a live node), or a lease its live worker stopped
+    renewing, points at the video."""
+    sup = Supervision(queue)
+    [item_id] = queue.enqueue(["/v/a.mp4"])
+    for n in range(4):
+        [lease] = queue.claim(1, f"decoder-{n}")
+        sup.heartbeat(f"decoder-{n}")
+        clock.advance(10_001)
+        result = sup.sweep(stale_s=10)
+        assert (result.orphaned_leases, result.requeued) == (1, 1)
+    item = queue.get(item_id)
+    assert item is not None and (item.state, item.deliveries, item.solo) == ("queued", 0, True)
+    assert item.interrupted == 4
+    del lease
 
 
 def test_f3_fleet_wide_events_release_leases_without_a_delivery(

@@ -7,9 +7,11 @@
 --    been able to renew either, so the leases that ran out since get a new lease_ms instead
 --    of being reaped, and for stale_ms (meta.grace_until) heartbeats are not held against
 --    their workers (only workers marked gone count as dead).
--- 2. Orphans: the leases of workers whose heartbeat is older than stale_ms (or marked gone:
---    score 0) expire now (through held:<worker>, so O(their leases)); workers silent for
---    3 x stale_ms are forgotten.
+-- 2. Orphans (through held:<worker>, so O(their leases)): the leases of workers marked gone
+--    (score 0: Ray said their process died) expire now, for the reap to judge; those of
+--    workers merely silent for stale_ms (a node lost without Ray saying so yet, a
+--    partition, a stopped process: nothing tells the video's fault from the node's) go back
+--    at once as suspects, uncharged. Workers silent for 3 x stale_ms are forgotten.
 -- 3. Reap: leases past their deadline end, with a blame (lapse() in _common.lua): when all
 --    the leases of a worker that held several ran out together, the worker failed and the
 --    blame is shared ('suspect' each: no delivery, retried alone); otherwise (it held only
@@ -51,7 +53,7 @@ if gap_ms >= 0 then
 end
 
 -- 2. orphans
-local gone, orphaned, orphans = {}, 0, 0
+local gone, orphaned, orphans, silent = {}, 0, 0, 0
 if stale_ms >= 0 then
   if grace then
     gone = redis.call('ZRANGEBYSCORE', K_WORKERS, 0, 0)
@@ -60,11 +62,17 @@ if stale_ms >= 0 then
   end
   for _, w in ipairs(gone) do
     local any = false
+    local known_dead = tonumber(redis.call('ZSCORE', K_WORKERS, w)) == 0
     for _, id in ipairs(redis.call('SMEMBERS', hkey(w))) do
       local key = ikey(id)
       if redis.call('HGET', key, 'owner') == w and redis.call('ZSCORE', K_LEASED, id) then
-        redis.call('ZADD', K_LEASED, 'XX', now, id)
-        redis.call('HSET', key, 'lease_until', now)
+        if known_dead then -- its process died, Ray said: the reap below judges it
+          redis.call('ZADD', K_LEASED, 'XX', now, id)
+          redis.call('HSET', key, 'lease_until', now)
+        else -- silent, nobody says why (a node lost unannounced, a partition): a suspect
+          lapse(id, key, now, 'suspect', max_deliveries)
+          silent = silent + 1
+        end
         orphaned = orphaned + 1
         any = true
       end
@@ -98,7 +106,7 @@ local function failed_whole(owner)
   return true, redis.call('SMEMBERS', hkey(owner))
 end
 
-local requeued, poisoned, handled = 0, 0, 0
+local requeued, poisoned, handled = silent, 0, silent
 local done_owner = {}
 local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, limit)
 local function reap_one(id, blame)
