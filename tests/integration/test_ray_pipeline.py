@@ -22,7 +22,7 @@ from framefleet.settings import (
 from framefleet.workers.actors import Fleet
 from framefleet.workers.decode import Sampling
 from framefleet.workers.model import load_model
-from framefleet.workers.outputs import OutputStore
+from framefleet.workers.outputs import OutputStore, output_version
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.jobs import local_ray
 from tests.support.models import write_tiny_detr
@@ -166,16 +166,28 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
         deadline = time.monotonic() + 60
         while not q.chunks(item_id) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert q.chunks(item_id), "no chunk was checkpointed"
+        before = q.chunks(item_id)
+        assert before, "no chunk was checkpointed"
         os.kill(pid, signal.SIGTERM)
         outcomes = fleet.adapter.get(run, timeout=60)
+        # The inference actor runs one call at a time: once it answers this, every chunk the
+        # decoder had sent it is written (a chunk left unsettled would show up below).
+        for actor in fleet.inference:
+            fleet.adapter.get(fleet.adapter.call(actor, "describe"), timeout=60)
     finally:
         fleet.stop()
     assert [o["status"] for o in outcomes] == ["released"]
     item = q.get(item_id)
     assert item is not None and item.state.value == "queued" and item.attempts == 0
     assert item.release_reason == "worker stopping (shutdown or preemption)"
-    assert 0 < len(q.chunks(item_id)) < 10
+    # With two chunks out at a time, one at least was out when the signal came: it was settled
+    # and checkpointed on the way out. Every chunk whose output was written is checkpointed,
+    # and nothing else: the next worker redoes nothing and skips nothing.
+    after = q.chunks(item_id)
+    store = OutputStore(settings.pipeline.out, settings.source)
+    video = store.video(item_id, output_version(settings.pipeline.config_hash(model), None, 0))
+    assert after > before and len(after) < 10
+    assert store.chunks_present(video, range(10)) == after
 
 
 def test_the_next_video_starts_while_the_last_chunks_are_in_inference(
