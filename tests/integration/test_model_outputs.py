@@ -20,7 +20,7 @@ from framefleet.settings import ModelSettings, SourceSettings
 from framefleet.workers.model import DETECTION_SCHEMA, ModelLoadError, load_model
 from framefleet.workers.outputs import OutputStore, item_dir, records_table, table_schema
 from framefleet.workers.sources import s3_client
-from tests.support.models import write_tiny_detr
+from tests.support.models import write_pinned_detr, write_tiny_detr
 from tests.support.servers import moto_s3_server
 from tests.support.videos import frame_image
 
@@ -47,6 +47,44 @@ def test_detection_model_loads_from_a_directory_and_predicts(tiny_detr: Path) ->
         and boxes[:, [1, 3]].max() <= 64 + 1e-3
     )
     assert all(r["label"] == f"class_{r['label_id']}" for r in records)
+
+
+def test_boxes_are_in_source_pixels_whatever_size_the_frames_were_decoded_at(
+    tmp_path: Path,
+) -> None:
+    """A DETR pinned to an object at a known place (a quarter of the width, half the
+    height, centred at (0.375, 0.5)): frames decoded at 48x32 from a 96x64 source give its
+    box in the source's pixels, not the frames' (nor the processor's resized input's)."""
+    pinned = write_pinned_detr(tmp_path / "pinned", box=(0.375, 0.5, 0.25, 0.5), label=2)
+    model = load_model(ModelSettings(model=str(pinned), score_threshold=0.5))
+    for source in [(96, 64), (1920, 1080)]:
+        records = model.predict(_frames(3, 48, 32), source_size=source)
+        assert len(records) == 3 * 10 and {r["label_id"] for r in records} == {2}
+        w, h = source
+        want = [0.25 * w, 0.25 * h, 0.5 * w, 0.75 * h]
+        for r in records:
+            np.testing.assert_allclose([r[k] for k in ("x0", "y0", "x1", "y1")], want, atol=1e-3)
+
+
+def test_the_score_threshold_keeps_exactly_the_detections_over_it(tiny_detr: Path) -> None:
+    """The threshold is applied, and no other: at threshold t the model reports exactly the
+    detections of threshold 0 that score over t (the pipeline-vs-direct comparisons use one
+    threshold on both sides, so they would not notice it ignored)."""
+    frames = _frames(4)
+    every = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0)).predict(
+        frames, (96, 64)
+    )
+    scores = sorted(r["score"] for r in every)
+    t = (scores[len(scores) // 2] + scores[len(scores) // 2 + 1]) / 2  # between two scores
+    kept = load_model(ModelSettings(model=str(tiny_detr), score_threshold=t)).predict(
+        frames, (96, 64)
+    )
+    want = [r for r in every if r["score"] > t]
+    assert 0 < len(want) < len(every)
+    assert [(r["frame"], r["label_id"]) for r in kept] == [
+        (r["frame"], r["label_id"]) for r in want
+    ]
+    np.testing.assert_allclose([r["score"] for r in kept], [r["score"] for r in want], atol=1e-6)
 
 
 def test_batch_size_does_not_change_predictions(tiny_detr: Path) -> None:

@@ -20,12 +20,12 @@ from framefleet.settings import (
     SourceSettings,
 )
 from framefleet.workers.actors import Fleet
-from framefleet.workers.decode import Sampling
+from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore, output_version
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.jobs import local_ray
-from tests.support.models import write_tiny_detr
+from tests.support.models import write_pinned_detr, write_tiny_detr
 from tests.support.videos import write_corrupt, write_video
 
 VFR_PTS = [0, 10, 50, 60, 200, 210, 400, 405, 900, 1000] + [1000 + 33 * i for i in range(1, 21)]
@@ -123,6 +123,52 @@ def test_pipeline_equals_a_direct_run(
         manifest = store.read_result(result)
         assert manifest["frames"] == {"h264": 45, "vp9": 30, "odd": 20, "vfr": 30, "one": 1}[name]
         assert result.startswith(f"{store.uri(ids[name])}/") and result.endswith("_manifest.json")
+
+
+def test_boxes_come_out_in_source_pixels_when_frames_are_decoded_smaller(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """A 160x96 video with an object at (40, 24)-(80, 72), decoded at 80x48
+    (FRAMEFLEET_WIDTH=80), through the actors, to a DETR pinned to the object's place: every
+    detection written has the object's box in the source's pixels, and its time."""
+    import numpy as np
+
+    def scene(i: int, width: int, height: int) -> np.ndarray:
+        img = np.full((height, width, 3), 30, np.uint8)
+        img[24:72, 40:80] = 230  # the object
+        return img
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    path = write_video(videos / "scene.mp4", width=160, height=96, frames=12, image=scene)
+    pinned = write_pinned_detr(
+        tmp_path / "pinned", box=(60 / 160, 48 / 96, 40 / 160, 48 / 96), label=1
+    )
+    detector = ModelSettings(model=str(pinned), score_threshold=0.5)
+    settings = _settings(
+        "boxes", videos, tmp_path / "out", detector, decode_actors=1, inference_actors=1, width=80
+    )
+    q = Queue(valkey_client, settings.queue)
+    [item_id] = q.enqueue([str(path)])
+    fleet = Fleet(settings, valkey.url).start()
+    try:
+        [outcome] = fleet.run_until_empty(timeout=300)
+    finally:
+        fleet.stop()
+    assert outcome["status"] == "acked"
+    store = OutputStore(settings.pipeline.out, settings.source)
+    got = pipeline_rows(store, q, item_id)
+    assert len(got) == 12 * 10  # every query of every frame
+    for frame, label, _, x0, y0, x1, y1, pts in got:
+        assert label == 1 and (x0, y0, x1, y1) == pytest.approx((40, 24, 80, 72), abs=0.01)
+        assert pts == pytest.approx(frame / 15)
+    manifest = store.read_result(q.get(item_id).result or "")  # type: ignore[union-attr]
+    assert manifest["source_size"] == [160, 96]
+    sampling = Sampling(width=80)
+    decoder = open_decoder(path, sampling)
+    assert next(chunks(decoder, sampling, 1)).images.shape == (1, 48, 80, 3)  # half the size
+    decoder.close()
+    assert_same(got, direct_run(load_model(detector), path, sampling))
 
 
 def _thread_nice(pid: int) -> set[int]:

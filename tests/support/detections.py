@@ -12,7 +12,14 @@ from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore
 
-Row = tuple[int, int, float]  # source frame index, label id, score
+# source frame index, label id, score, box (x0, y0, x1, y1 in source pixels), pts in seconds
+Row = tuple[int, int, float, float, float, float, float, float]
+BOX = ("x0", "y0", "x1", "y1")
+
+
+def _f32(x: float) -> float:
+    """What the outputs store (float32), so that both sides sort alike."""
+    return float(np.float32(x))
 
 
 def direct_run(model: FrameModel, path: Path, sampling: Sampling) -> list[Row]:
@@ -21,8 +28,14 @@ def direct_run(model: FrameModel, path: Path, sampling: Sampling) -> list[Row]:
     decoder = open_decoder(path, sampling)
     for chunk in chunks(decoder, sampling, 1000):
         for r in model.predict(chunk.images, chunk.source_size):
+            k = r["frame"]
             rows.append(
-                (int(chunk.frame_indices[r["frame"]]), int(r["label_id"]), float(r["score"]))
+                (
+                    int(chunk.frame_indices[k]),
+                    int(r["label_id"]),
+                    *(_f32(r[f]) for f in ("score", *BOX)),
+                    float(chunk.pts_s[k]),
+                )
             )
     decoder.close()
     return sorted(rows)
@@ -35,14 +48,16 @@ def pipeline_rows(store: OutputStore, queue: Queue, item_id: str) -> list[Row]:
     video = store.video_of(item.result)
     assert video is not None, (item.result, store.base)
     table = store.read_detections(video)
-    columns = (
-        table["frame_index"].to_pylist(),
-        table["label_id"].to_pylist(),
-        table["score"].to_pylist(),
-    )
-    return sorted(zip(*columns, strict=True))
+    names = ("frame_index", "label_id", "score", *BOX, "pts_s")
+    return sorted(zip(*(table[n].to_pylist() for n in names), strict=True))
 
 
 def assert_same(got: list[Row], want: list[Row]) -> None:
+    """Same frames and labels; same scores, boxes (to a hundredth of a pixel) and times."""
     assert [r[:2] for r in got] == [r[:2] for r in want]
-    np.testing.assert_allclose([r[2] for r in got], [r[2] for r in want], rtol=1e-5, atol=1e-6)
+    if not got:
+        return
+    g, w = np.array([r[2:] for r in got]), np.array([r[2:] for r in want])
+    np.testing.assert_allclose(g[:, 0], w[:, 0], rtol=1e-5, atol=1e-6, err_msg="scores")
+    np.testing.assert_allclose(g[:, 1:5], w[:, 1:5], rtol=1e-5, atol=1e-2, err_msg="boxes")
+    np.testing.assert_allclose(g[:, 5], w[:, 5], rtol=0, atol=1e-9, err_msg="pts_s")

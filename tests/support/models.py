@@ -19,3 +19,25 @@ def write_tiny_detr(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     DetrImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 128}).save_pretrained(path)
     return path
+
+
+def write_pinned_detr(path: Path, box: tuple[float, float, float, float], label: int) -> Path:
+    """The tiny DETR with its heads pinned: every query finds `label` (score about 0.9997) at
+    `box` (centre x, centre y, width, height, as fractions of the frame), whatever the frames.
+    The known place of an object drawn in a test video, through the real processor and
+    post-processing: where the pipeline writes it tells how it maps boxes to source pixels."""
+    import torch
+    from transformers import DetrForObjectDetection
+
+    write_tiny_detr(path)
+    model = DetrForObjectDetection.from_pretrained(path)
+    with torch.no_grad():
+        head = model.class_labels_classifier
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[label] = 10.0
+        last = model.bbox_predictor.layers[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.logit(torch.tensor(box, dtype=torch.float32)))
+    model.save_pretrained(path)
+    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -28,8 +29,10 @@ def write_video(
     fps: int = 15,
     pix_fmt: str = "yuv420p",
     pts: list[int] | None = None,
+    image: Callable[[int, int, int], np.ndarray] = frame_image,
 ) -> Path:
-    """Encode `frames` frames; `pts` (in 1/1000 s) makes a variable-frame-rate video."""
+    """Encode `frames` frames (`image(i, width, height)` draws frame i); `pts` (in 1/1000 s)
+    makes a variable-frame-rate video."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -37,7 +40,7 @@ def write_video(
             stream.time_base = Fraction(1, 1000)
             stream.codec_context.time_base = Fraction(1, 1000)
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(image(i, width, height), format="rgb24")
             if pts is not None:
                 frame.pts, frame.time_base = pts[i], Fraction(1, 1000)
             for packet in stream.encode(frame):
