@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import secrets
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from framefleet.queue import EmbeddedServer, Queue, connect
+from framefleet.queue import EmbeddedServer, Lease, Queue, connect
 from framefleet.queue.server import valkey_binary
 from framefleet.settings import QueueSettings
 
@@ -148,3 +151,87 @@ def queue(make_queue: QueueFactory) -> Queue:
     return make_queue(
         lease_s=30, max_attempts=3, max_deliveries=3, backoff_base_s=1, backoff_max_s=8
     )
+
+
+class Claimer:
+    """A `claim(n, worker, block=...)` running in a thread, on a client of its own whose every
+    connection carries a name (CLIENT SETNAME), so that the server's CLIENT LIST shows when
+    it is blocked."""
+
+    def __init__(
+        self, admin: Redis, url: str, settings: QueueSettings, n: int, worker: str, block: float
+    ) -> None:
+        self.admin, self.name = admin, f"claimer-{secrets.token_hex(4)}"
+        self.client = Redis.from_url(  # a socket timeout longer than any BLPOP of the claim
+            url, decode_responses=True, client_name=self.name, socket_timeout=block + 30
+        )
+        self.queue = Queue(self.client, settings)
+        self.leases: list[Lease] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(n, worker, block), daemon=True)
+        self.thread.start()
+
+    def _run(self, n: int, worker: str, block: float) -> None:
+        try:
+            self.leases.extend(self.queue.claim(n, worker, block=block))
+        except BaseException as e:  # reported by result()
+            self.error = e
+
+    def _mine(self) -> list[dict[str, Any]]:
+        return [dict(c) for c in self.admin.client_list() if c.get("name") == self.name]
+
+    def wait_blocked(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Waits until the server shows the claimer blocked in BLPOP (CLIENT LIST flags=b,
+        cmd=blpop) and returns its CLIENT LIST entry; fails with what the server shows if
+        that does not happen within timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            mine = self._mine()
+            for c in mine:
+                if "b" in c["flags"] and c["cmd"] == "blpop":
+                    return c
+            if not self.thread.is_alive():
+                raise AssertionError(f"the claim returned without blocking: {self.leases}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the claimer was not seen blocked in {timeout_s} s: {mine}")
+            time.sleep(0.002)
+
+    def result(self, timeout_s: float) -> list[Lease]:
+        """The claim's leases, once it returned; fails if it has not within timeout_s."""
+        self.thread.join(timeout_s)
+        if self.thread.is_alive():
+            raise AssertionError(f"the claim had not returned {timeout_s} s later: {self._mine()}")
+        if self.error is not None:
+            raise self.error
+        return self.leases
+
+    def stop(self) -> None:
+        """Ends a claim still blocked (CLIENT UNBLOCK ... ERROR), then closes the client."""
+        deadline = time.monotonic() + 30
+        while self.thread.is_alive() and time.monotonic() < deadline:
+            for c in self._mine():
+                if "b" in c["flags"]:
+                    self.admin.client_unblock(c["id"], error=True)
+            self.thread.join(0.05)
+        self.client.close()
+
+
+ClaimerFactory = Callable[..., Claimer]
+
+
+@pytest.fixture
+def claimers(server: EmbeddedServer, client: Redis) -> Iterator[ClaimerFactory]:
+    """claimers(settings, n=1, worker="w", block=30.0): starts a blocking claim on the
+    contract server in a thread of its own (a Claimer); any still running is ended after
+    the test."""
+    made: list[Claimer] = []
+
+    def start(
+        settings: QueueSettings, n: int = 1, worker: str = "w", block: float = 30.0
+    ) -> Claimer:
+        made.append(Claimer(client, server.url, settings, n, worker, block))
+        return made[-1]
+
+    yield start
+    for c in made:
+        c.stop()

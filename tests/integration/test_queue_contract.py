@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -10,7 +9,7 @@ from redis import Redis
 
 from framefleet.queue import InvalidItem, NewItem, Queue, State, Verdict, default_id
 from framefleet.settings import QueueSettings
-from tests.conftest import ManualClock, QueueFactory, monitored
+from tests.conftest import ClaimerFactory, ManualClock, QueueFactory, monitored
 
 
 def _ids(q: Queue, state: str) -> list[str]:
@@ -165,40 +164,31 @@ def test_nothing_is_handed_out_while_paused(queue: Queue) -> None:
     assert len(queue.claim(1, "w")) == 1
 
 
-def test_blocked_claim_wakes_on_enqueue(client: Redis) -> None:
-    """A blocked claimer is woken by the enqueue, not by its poll (set to 60 s here)."""
+def test_blocked_claim_wakes_on_enqueue(client: Redis, claimers: ClaimerFactory) -> None:
+    """A claimer already blocked (seen so on the server) is woken by the enqueue, not by its
+    poll (60 s here; its BLPOP waits 30 s): without the wake-up it would still be waiting
+    when result() gives up."""
     settings = QueueSettings(poll_s=60)
-    waiter, producer = Queue(client, settings), Queue(client, settings)
-    got: list[str] = []
-
-    def wait() -> None:
-        got.extend(lease.id for lease in waiter.claim(1, "w", block=30))
-
-    thread = threading.Thread(target=wait)
-    thread.start()
-    time.sleep(0.3)
+    claimer = claimers(settings, block=30)
+    claimer.wait_blocked()
     t0 = time.monotonic()
-    [item_id] = producer.enqueue(["/v/wake.mp4"])
-    thread.join(20)
-    assert got == [item_id]
-    assert time.monotonic() - t0 < 20  # far below the 60 s poll: a wake-up, not a poll
+    [item_id] = Queue(client, settings).enqueue(["/v/wake.mp4"])
+    assert [lease.id for lease in claimer.result(20)] == [item_id]
+    assert time.monotonic() - t0 < 20  # far below the 30 s BLPOP: a wake-up, not a poll
 
 
-def test_blocked_claim_wakes_on_resume(client: Redis) -> None:
+def test_blocked_claim_wakes_on_resume(client: Redis, claimers: ClaimerFactory) -> None:
+    """A claimer blocked while the queue is paused (seen so on the server) is woken by the
+    resume."""
     settings = QueueSettings(poll_s=60)
     q = Queue(client, settings)
-    q.enqueue(["/v/a.mp4"])
+    [item_id] = q.enqueue(["/v/a.mp4"])
     q.pause()
-    got: list[str] = []
-    thread = threading.Thread(
-        target=lambda: got.extend(x.id for x in Queue(client, settings).claim(1, "w", block=30))
-    )
-    thread.start()
-    time.sleep(0.3)
-    assert got == []
+    claimer = claimers(settings, block=30)
+    claimer.wait_blocked()
+    assert claimer.leases == [] and claimer.thread.is_alive()
     q.resume()
-    thread.join(20)
-    assert len(got) == 1
+    assert [lease.id for lease in claimer.result(20)] == [item_id]
 
 
 def test_blocked_claim_returns_a_retry_when_it_falls_due(client: Redis) -> None:
@@ -414,23 +404,48 @@ def test_reap_requeues_expired_leases_and_poisons_repeat_crashers(
     assert q.stats().counters["poisoned_total"] == 1
 
 
+def _lease_state(q: Queue, ids: list[str]) -> list[object]:
+    """What reaping must leave alone of these leases: each item's hash (state, token, owner,
+    lease_until, counts...), its score in `leased` (the deadline) and its place in its
+    worker's index."""
+    pipe = q.client.pipeline(transaction=False)
+    for i in ids:
+        pipe.hgetall(q.keys.item(i))
+        pipe.zscore(q.keys.state("leased"), i)
+        pipe.sismember(q.keys.held("w"), i)
+        pipe.exists(q.keys.chunks(i))
+    return list(pipe.execute())
+
+
 def test_reap_touches_only_expired_leases(
     make_queue: QueueFactory, clock: ManualClock, client: Redis
 ) -> None:
-    """Reaping costs O(expired): with 500 live leases and 3 expired, the script reads and
-    writes only the 3 (MONITOR shows every command a Lua script runs)."""
+    """Reaping costs O(expired): with 500 live leases and 3 expired, the script writes only
+    the 3, reads only the 3 items' hashes, and looks at no more than one SSCAN page of the
+    live ones (to see that their worker is alive); every live lease is as it was (MONITOR
+    shows every command a Lua script runs)."""
     q = make_queue(lease_s=10)
     q.enqueue([f"/v/old-{i}.mp4" for i in range(3)])
     old = q.claim(3, "w")
     clock.advance(5_000)
     q.enqueue([f"/v/live-{i}.mp4" for i in range(500)])
-    assert len(q.claim(500, "w")) == 500
+    live = q.claim(500, "w")
+    assert len(live) == 500
+    live_ids = [x.id for x in live]
+    before = _lease_state(q, live_ids)
+    assert all(h["state"] == "leased" for h in before[::4])  # type: ignore[index]
     clock.advance(6_000)
     result, touched = monitored(client, q.reap)
     assert result.requeued == 3
+    assert _lease_state(q, live_ids) == before
+    assert all(x.state is State.LEASED for x in q.items(live_ids))
+    assert all(q.get(x.id).state is State.QUEUED for x in old)  # type: ignore[union-attr]
     item_cmds = [c for c in touched if ":item:" in c]
     assert item_cmds and all(any(f":item:{x.id}" in c for x in old) for c in item_cmds)
-    assert not any("live-" in c for c in touched)
+    live_set = set(live_ids)
+    about_live = [c for c in touched if live_set & set(c.replace('"', " ").split())]
+    assert all(c.split()[0].strip('"').upper() == "ZSCORE" for c in about_live), about_live
+    assert len(about_live) <= 16, about_live  # one SSCAN page (COUNT 16) at most
 
 
 def test_reap_in_slices_takes_everything(make_queue: QueueFactory, clock: ManualClock) -> None:
