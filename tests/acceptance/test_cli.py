@@ -295,7 +295,11 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
     )
     videos_out = [p for p in out.iterdir() if not p.name.startswith(".")]
     assert len(list(out.glob("*/*/_manifest.json"))) == len(videos_out) == 2
-    # the good videos again: already done, nothing processed twice, exit 0
+    counters = ff_json(tmp_path / "redis", "--queue", "run", "stats")["counters"]
+    assert (counters["claimed_total"], counters["acked_total"]) == (3, 2)
+    written = _files(out)
+    # the good videos again: already done, nothing processed twice, exit 0: nothing is
+    # claimed, checkpointed or acked again, and no output file is written again
     again = ff(
         tmp_path / "redis",
         "run",
@@ -307,6 +311,10 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
         env=env,
     )
     assert "done 2 of 2, dead 0" in again.stderr
+    after = ff_json(tmp_path / "redis", "--queue", "run", "stats")["counters"]
+    work = ("enqueued_total", "claimed_total", "chunks_total", "acked_total", "released_total")
+    assert {k: after.get(k, 0) for k in work} == {k: counters.get(k, 0) for k in work}
+    assert _files(out) == written
     # another output root, then another model: done again there and with it, not reported
     # from the first run's outputs (issue 12, finding 7)
     elsewhere = tmp_path / "out2"
@@ -323,6 +331,15 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
     assert "done 2 of 2, dead 0; 40 frames" in remodel.stderr, remodel.stderr
     manifests = [json.loads(m.read_text()) for m in out.glob("*/*/_manifest.json")]
     assert sorted(m["model"] for m in manifests).count(str(other)) == 2
+
+
+def _files(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under root (framefleet's own markers left out): inode, size, mtime."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and ".framefleet" not in p.parts
+    }
 
 
 def test_run_survives_a_kill_9_of_its_embedded_server(tmp_path: Path) -> None:
