@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import boto3
 import pytest
 
 from framefleet.settings import SourceSettings
-from framefleet.workers.errors import PermanentError, TransientError
+from framefleet.workers.errors import FETCH_FAILED, FORBIDDEN, PermanentError, TransientError
 from framefleet.workers.sources import fetched, s3_client
-from tests.support.servers import FileServer, moto_s3_server
+from tests.support.servers import FaultyProxy, FileServer, moto_s3_server
 
 
 @pytest.fixture(scope="module")
@@ -120,21 +122,63 @@ def test_s3_size_limit(s3: tuple[SourceSettings, object]) -> None:
         pass
 
 
-def test_s3_forbidden_is_permanent(tmp_path: Path) -> None:
-    with FileServer(tmp_path) as server:
-        settings = SourceSettings(s3_endpoint_url=server.url + "/status/403", fetch_backoff_s=0.01)
-        with pytest.raises(PermanentError, match="403"), fetched("s3://videos/a.mp4", settings):
+def test_s3_forbidden_is_permanent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto authorising every request against its IAM: a user allowed to create buckets and
+    put objects but not to get them is refused with 403 AccessDenied, a permanent error (a
+    retry is refused the same way)."""
+    with moto_s3_server(env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"}) as url:
+        iam = boto3.client("iam", endpoint_url=url)
+        iam.create_user(UserName="writer")
+        key = iam.create_access_key(UserName="writer")["AccessKey"]
+        iam.put_user_policy(
+            UserName="writer",
+            PolicyName="write-only",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:CreateBucket", "s3:PutObject"],
+                            "Resource": "*",
+                        }
+                    ],
+                }
+            ),
+        )  # the three unauthenticated actions; from here on moto checks each request
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        settings = SourceSettings(s3_endpoint_url=url, fetch_attempts=3, fetch_backoff_s=0.01)
+        client = s3_client(settings)
+        client.create_bucket(Bucket="videos")
+        client.put_object(Bucket="videos", Key="a.mp4", Body=b"x" * 100)
+        with (
+            pytest.raises(PermanentError, match="AccessDenied") as refused,
+            fetched("s3://videos/a.mp4", settings),
+        ):
             pass
+        assert refused.value.cls == FORBIDDEN
 
 
-def test_s3_5xx_is_retried_then_transient(tmp_path: Path) -> None:
-    with FileServer(tmp_path) as server:
-        settings = SourceSettings(
-            s3_endpoint_url=server.url + "/status/503", fetch_attempts=3, fetch_backoff_s=0.01
-        )
-        with pytest.raises(TransientError, match="503"), fetched("s3://videos/a.mp4", settings):
+def test_s3_5xx_is_retried_then_transient(s3: tuple[SourceSettings, object]) -> None:
+    """A proxy in front of the S3 server answers 503 first: two failures are retried and
+    the object comes from S3; failures past fetch_attempts make a transient error."""
+    settings, client = s3
+    client.put_object(Bucket="videos", Key="a.mp4", Body=b"0123456789" * 50)  # type: ignore[attr-defined]
+    endpoint = settings.s3_endpoint_url or ""
+    with FaultyProxy(endpoint, failures=2) as proxy:
+        flaky = replace(settings, s3_endpoint_url=proxy.url, fetch_attempts=3)
+        with fetched("s3://videos/a.mp4", flaky) as path:
+            assert path.read_bytes() == b"0123456789" * 50
+        assert proxy.requests == 3
+    with FaultyProxy(endpoint, failures=100) as proxy:
+        down = replace(settings, s3_endpoint_url=proxy.url, fetch_attempts=3)
+        with (
+            pytest.raises(TransientError, match="ServiceUnavailable") as failed,
+            fetched("s3://videos/a.mp4", down),
+        ):
             pass
-        assert sum(server.hits.values()) == 3
+        assert proxy.requests == 3 and failed.value.cls == FETCH_FAILED
 
 
 def test_http_download_and_errors(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""Real servers the worker tests talk to: moto's S3 server in a subprocess, and a small HTTP
-server that serves files or answers with a chosen status (or hangs), on loopback."""
+"""Real servers the worker tests talk to: moto's S3 server in a subprocess, a proxy in front
+of it that fails the first requests (what a struggling S3 does), and a small HTTP server
+that serves files or answers with a chosen status (or hangs), on loopback."""
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import os
 import socket
 import subprocess
 import sys
@@ -23,11 +26,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def moto_s3_server() -> Iterator[str]:
-    """moto in server mode: a real S3 HTTP endpoint on loopback. Yields its URL."""
+def moto_s3_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """moto in server mode: a real S3 HTTP endpoint on loopback. Yields its URL. `env` is
+    moto's own configuration (INITIAL_NO_AUTH_ACTION_COUNT=n: requests after the first n
+    are authenticated and authorised against its IAM)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -112,6 +118,68 @@ class FileServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FaultyProxy:
+    """A reverse proxy to `upstream` that answers the first `failures` requests with
+    `status` itself and passes every later one through unchanged (headers and body both
+    ways, so that the upstream's own answers, signatures included, reach the client)."""
+
+    def __init__(self, upstream: str, failures: int, status: int = 503) -> None:
+        host, port = upstream.removeprefix("http://").split(":")
+        self.requests = 0
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _relay(self) -> None:
+                with lock:
+                    proxy.requests += 1
+                    fail = proxy.requests <= failures
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if fail:
+                    message = b"<Error><Code>ServiceUnavailable</Code></Error>"
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(message)))
+                    self.end_headers()
+                    self.wfile.write(message)
+                    return
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                try:
+                    conn.request(self.command, self.path, body, dict(self.headers))
+                    answer = conn.getresponse()
+                    data = answer.read()
+                    self.send_response(answer.status, answer.reason)
+                    for name, value in answer.getheaders():
+                        if name.lower() not in ("transfer-encoding", "connection"):
+                            self.send_header(name, value)
+                    if answer.getheader("Content-Length") is None:
+                        self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _relay
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultyProxy:
         self.thread.start()
         return self
 
