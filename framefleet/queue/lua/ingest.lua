@@ -80,6 +80,41 @@ local function is_finite(v) return v == v and v ~= math.huge and v ~= -math.huge
 
 local function is_int(v) return type(v) == 'number' and is_finite(v) and math.floor(v) == v end
 
+-- meta is stored re-encoded the way Python's json.dumps(meta, separators=(',', ':'),
+-- ensure_ascii=False) writes it (model.py:_check_meta), and its size measured on that, so
+-- that the limit is the same on both sides. Not cjson.encode: it escapes '/' and DEL (an
+-- entry whose meta holds paths was measured up to twice its size) and writes numbers with
+-- 14 significant digits (29.97002997002997 fps became 29.97002997003, 123456789012345
+-- became 1.2345678901234e+14). Numbers are doubles in Lua, as in any JSON reader: an
+-- integer beyond 2^53 keeps only its nearest double, and an integral float (2.0) is
+-- written as an integer (2), two bytes shorter than Python writes it.
+local JSON_ESCAPES = {['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
+                      ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t'}
+local function json_string(s)
+  local escaped = string.gsub(s, '[%z\1-\31"\\]', function(c)
+    return JSON_ESCAPES[c] or string.format('\\u%04x', string.byte(c))
+  end)
+  return '"' .. escaped .. '"'
+end
+
+local function json_number(v)
+  if math.floor(v) == v and v > -9007199254740992 and v < 9007199254740992 then
+    return string.format('%d', v)
+  end
+  for digits = 1, 16 do -- the shortest form that reads back as the same double
+    local s = string.format('%.' .. digits .. 'g', v)
+    if tonumber(s) == v then return s end
+  end
+  return string.format('%.17g', v)
+end
+
+local function json_scalar(v)
+  if type(v) == 'string' then return json_string(v) end
+  if type(v) == 'number' then return json_number(v) end
+  if type(v) == 'boolean' then return tostring(v) end
+  return 'null' -- cjson.null
+end
+
 local function parse(raw)
   if #raw > MAX_RAW then return nil, 'entry is longer than ' .. MAX_RAW .. ' bytes' end
   if not valid_utf8(raw) then return nil, 'entry is not valid UTF-8' end
@@ -125,15 +160,15 @@ local function parse(raw)
   end
   if not absent(e.meta) then
     if type(e.meta) ~= 'table' then return nil, 'meta must be a JSON object' end
-    local n = 0
+    local parts = {}
     for k, v in pairs(e.meta) do
       if type(k) ~= 'string' then return nil, 'meta must be a JSON object' end
       if type(v) == 'table' then return nil, 'meta values must be strings, numbers, booleans or null' end
       if type(v) == 'number' and not is_finite(v) then return nil, 'meta numbers must be finite' end
-      n = n + 1
+      parts[#parts + 1] = json_string(k) .. ':' .. json_scalar(v)
     end
-    if n > 0 then
-      item.meta = cjson.encode(e.meta)
+    if #parts > 0 then
+      item.meta = '{' .. table.concat(parts, ',') .. '}'
       if #item.meta > MAX_META then return nil, 'meta is longer than ' .. MAX_META .. ' bytes as JSON' end
     end
   end
