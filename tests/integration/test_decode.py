@@ -45,6 +45,7 @@ def _all(
 ) -> list[Chunk]:
     dec = open_decoder(path, sampling, prefer=decoder)
     try:
+        assert dec.info.decoder == decoder, "the other decoder opened it"  # no silent fallback
         return list(chunks(dec, sampling, chunk_frames, done))
     finally:
         dec.close()
@@ -91,9 +92,10 @@ def test_sampling_by_fps_follows_timestamps(videos: dict[str, Path], decoder: st
 
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_sampling_by_stride_and_resize(videos: dict[str, Path], decoder: str) -> None:
-    got = _all(videos["h264"], Sampling(stride=4, width=48), decoder, chunk_frames=100)[0]
+    # (width 48 would not test decord: it garbles that size, and PyAV takes over)
+    got = _all(videos["h264"], Sampling(stride=4, width=64), decoder, chunk_frames=100)[0]
     assert got.frame_indices.tolist() == list(range(0, 45, 4))
-    assert got.images.shape == (12, 32, 48, 3) and got.source_size == (96, 64)
+    assert got.images.shape == (12, 43, 64, 3) and got.source_size == (96, 64)
     other = _all(videos["h264"], Sampling(width=40, height=40), decoder, chunk_frames=100)[0]
     assert other.images.shape[1:] == (40, 40, 3)
 
@@ -149,6 +151,38 @@ def test_bad_files_are_permanent_errors(
         _all(videos[name], Sampling(), decoder)
 
 
+def test_a_file_the_preferred_decoder_cannot_open_goes_to_the_other(tmp_path: Path) -> None:
+    """decord opens no GIF; preferred, it gives way to PyAV, which gives the same frames as
+    PyAV preferred. A file neither opens names both reasons."""
+    gif = write_video(tmp_path / "clip.gif", codec="gif", pix_fmt="rgb8", frames=10)
+    with pytest.raises(Exception):  # noqa: B017 - decord's own error, whatever its type
+        import decord
+
+        decord.VideoReader(str(gif))
+    dec = open_decoder(gif, Sampling(), prefer="decord")
+    try:
+        assert dec.info.decoder == "pyav"
+        got = list(chunks(dec, Sampling(), 100))
+    finally:
+        dec.close()
+    want = _all(gif, Sampling(), "pyav", chunk_frames=100)
+    assert [c.frame_indices.tolist() for c in got] == [c.frame_indices.tolist() for c in want]
+    assert all(np.array_equal(a.images, b.images) for a, b in zip(got, want, strict=True))
+    # a size decord decodes wrongly (four bytes a pixel at 48x32): PyAV's frames instead
+    h264 = write_video(tmp_path / "h264.mp4", frames=5)
+    dec = open_decoder(h264, Sampling(width=48), prefer="decord")
+    try:
+        assert dec.info.decoder == "pyav"
+        assert next(chunks(dec, Sampling(width=48), 5)).images.shape == (5, 32, 48, 3)
+    finally:
+        dec.close()
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video\n" * 50)
+    with pytest.raises(PermanentError, match="not a readable video") as refused:
+        open_decoder(notes, Sampling(), prefer="decord")
+    assert refused.value.reason.count(";") >= 1  # the reasons of both
+
+
 def test_empty_and_non_video_files(tmp_path: Path) -> None:
     (tmp_path / "zero.mp4").write_bytes(b"")
     (tmp_path / "notes.mp4").write_text("these are not frames\n" * 50)
@@ -190,6 +224,7 @@ def _growth_while_paused(path: Path, decoder: str) -> float:
     """MB that RSS grows by while the reader, one chunk in, waits (as a decode actor does
     when inference is the slower stage)."""
     dec = open_decoder(path, Sampling(), prefer=decoder)
+    assert dec.info.decoder == decoder
     try:
         reader = iter(chunks(dec, Sampling(), 16))
         first = next(reader)

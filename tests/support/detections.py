@@ -24,19 +24,14 @@ def _f32(x: float) -> float:
 
 def direct_run(model: FrameModel, path: Path, sampling: Sampling) -> list[Row]:
     """The same model on the same frames in one process: no queue, no actors, no outputs."""
-    rows = []
+    rows: list[Row] = []
     decoder = open_decoder(path, sampling)
     for chunk in chunks(decoder, sampling, 1000):
         for r in model.predict(chunk.images, chunk.source_size):
             k = r["frame"]
-            rows.append(
-                (
-                    int(chunk.frame_indices[k]),
-                    int(r["label_id"]),
-                    *(_f32(r[f]) for f in ("score", *BOX)),
-                    float(chunk.pts_s[k]),
-                )
-            )
+            score, x0, y0, x1, y1 = (_f32(r[f]) for f in ("score", *BOX))
+            frame, pts = int(chunk.frame_indices[k]), float(chunk.pts_s[k])
+            rows.append((frame, int(r["label_id"]), score, x0, y0, x1, y1, pts))
     decoder.close()
     return sorted(rows)
 
