@@ -34,7 +34,9 @@ from pathlib import Path
 from types import TracebackType
 
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.retry import Retry
 
 from framefleet.settings import RedisSettings
 
@@ -73,8 +75,12 @@ def _pid_alive(pid: int) -> bool:
 def _pings(port: int, timeout: float = 0.5) -> bool:
     """True once the server answers commands (a password it wants counts as an answer;
     still loading its AOF does not)."""
-    client = Redis(
-        host="127.0.0.1", port=port, socket_timeout=timeout, socket_connect_timeout=timeout
+    client = Redis(  # one try: the caller polls (redis-py's own retries back off for seconds)
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
     )
     try:
         return bool(client.ping())

@@ -116,7 +116,12 @@ class LazyFS:
             raise LazyFSError(f"{self.mount} is already a mount point")
         self.root.mkdir(parents=True, exist_ok=True)
         self.mount.mkdir(parents=True, exist_ok=True)
-        self._ctl = ctl = Path(tempfile.mkdtemp(prefix="lazyfs-"))
+        # LazyFS ignores a --config-path with "-o" anywhere in it, any case (main.cpp takes
+        # it for a FUSE option) and looks for config/default.toml instead: a name such as
+        # /tmp/lazyfs-Oq3x... did that. No hyphen here; mkdtemp's own letters have none.
+        self._ctl = ctl = Path(tempfile.mkdtemp(prefix="lazyfs_", dir="/tmp"))
+        if "-o" in str(ctl).lower():
+            raise LazyFSError(f"{ctl}: LazyFS would not take a config path with '-o' in it")
         try:
             self._start(binary, ctl)
         except BaseException:
