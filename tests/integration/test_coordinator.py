@@ -162,6 +162,7 @@ def test_a_standby_takes_over_from_a_killed_leader(fleet: Fleet) -> None:
         standby = next(p for p in procs if p is not leader)
         wait(fleet.mid_video, 180, "a video half-way")
         driver = psutil.Process(leader.pid).children()
+        assert driver, "the leader runs no driver process: nothing would be orphaned"
         leader.kill()
         leader.wait(10)
         took = wait(
@@ -186,7 +187,9 @@ def test_sigterm_to_a_worker_node_gives_its_videos_back_at_once(
         wait(fleet.mid_video, 180, "a video half-way")
         starts = cluster.workers[0].starts
         cluster.workers[0].terminate()  # the node's only decode actor holds leases
-        took = wait(lambda: fleet.queue.stats().counts["leased"] == 0, 20, "the leases back")
+        # Ray drains the node for up to 30 s before it ends it: the leases come back well
+        # within that (released, below, not expired), however loaded the machine
+        took = wait(lambda: fleet.queue.stats().counts["leased"] == 0, 45, "the leases back")
         print(f"leases released {took:.1f} s after the SIGTERM")
         counters = fleet.queue.stats().counters
         assert counters.get("released_total", 0) >= 1

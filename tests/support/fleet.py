@@ -171,14 +171,25 @@ def make_fleet(
     return Fleet(settings, server, queue, Supervision(queue), ids, paths, env, logs)
 
 
+# When the running test must be done by (time.monotonic()), if it has a time limit: set by
+# tests/conftest.py as each test starts, so that a wait gives up with its message first.
+deadline: float | None = None
+
+
 def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds until predicate() held; AssertionError after timeout."""
+    """Seconds until predicate() held; AssertionError after timeout, or sooner if the
+    test's own time limit comes first (a slow run then says what it was waiting for)."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
+    end = started + timeout
+    cut = deadline is not None and deadline < end
+    if cut and deadline is not None:
+        end = deadline
+    while time.monotonic() < end:
         if predicate():
             return time.monotonic() - started
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    why = " (the test's time limit is near)" if cut else ""
+    raise AssertionError(f"timed out after {end - started:.0f} s waiting for {what}{why}")
 
 
 def crash_head(fleet: Fleet, cluster: LocalCluster) -> tuple[float, float]:
