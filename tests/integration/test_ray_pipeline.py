@@ -236,6 +236,52 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
     assert store.chunks_present(video, range(10)) == after
 
 
+def test_a_drained_decode_actor_finishes_its_videos_and_claims_no_more(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """What the coordinator does to decode actors a smaller backlog no longer needs, on a
+    real actor: drain() mid-video lets it finish and ack what it holds (nothing released,
+    no attempt), claim nothing more, and return from run()."""
+    import time
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    paths = [write_video(videos / f"v{i}.mp4", frames=24) for i in range(4)]  # 3 chunks each
+    model = ModelSettings(plugin="tests.support.plugin_model:load_slow")  # 0.5 s a chunk
+    settings = _settings(
+        "drain",
+        videos,
+        tmp_path / "out",
+        model,
+        decode_actors=1,
+        inference_actors=1,
+        items_per_decoder=1,
+        max_inflight_chunks=2,
+    )
+    q = Queue(valkey_client, settings.queue)
+    ids = q.enqueue([str(p) for p in paths])
+    fleet = Fleet(settings, valkey.url).start()
+    try:
+        [decoder] = fleet.decoders
+        run = fleet.adapter.call(decoder, "run")
+        deadline = time.monotonic() + 60
+        while not any(q.chunks(i) for i in ids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(q.chunks(i) for i in ids), "no chunk was checkpointed"
+        fleet.adapter.get(fleet.adapter.call(decoder, "drain"), timeout=30)
+        outcomes = fleet.adapter.get(run, timeout=120)  # it returns by itself
+    finally:
+        fleet.stop()
+    statuses = [o["status"] for o in outcomes]
+    assert statuses and set(statuses) == {"acked"}, outcomes
+    acked = {o["item_id"] for o in outcomes}
+    counters = q.stats().counters
+    assert counters["claimed_total"] == counters["acked_total"] == len(acked) < len(ids)
+    assert counters.get("released_total", 0) == 0
+    for item in q.items([i for i in ids if i not in acked]):
+        assert item.state.value == "queued" and item.attempts == item.deliveries == 0
+
+
 def test_the_next_video_starts_while_the_last_chunks_are_in_inference(
     ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
 ) -> None:
