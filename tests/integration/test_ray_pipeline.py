@@ -236,6 +236,34 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
     assert store.chunks_present(video, range(10)) == after
 
 
+def test_each_inference_actor_loads_the_model_once(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """Two inference actors, three videos of five chunks: two loads, one in each actor's
+    process, however many chunks they run."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    paths = [write_video(videos / f"v{i}.mp4", frames=40) for i in range(3)]
+    loads = tmp_path / "model"
+    loads.mkdir()
+    model = ModelSettings(plugin="tests.support.plugin_model:load_counted", model=str(loads))
+    settings = _settings(
+        "loads", videos, tmp_path / "out", model, decode_actors=1, inference_actors=2
+    )
+    q = Queue(valkey_client, settings.queue)
+    q.enqueue([str(p) for p in paths])
+    fleet = Fleet(settings, valkey.url).start()
+    try:
+        outcomes = fleet.run_until_empty(timeout=300)
+        pids = {fleet.adapter.get(fleet.adapter.call(a, "describe"))[2] for a in fleet.inference}
+    finally:
+        fleet.stop()
+    assert [o["status"] for o in outcomes] == ["acked"] * 3
+    assert sum(o["chunks"] for o in outcomes) == 15
+    logged = (loads / "loads").read_text().split()
+    assert sorted(map(int, logged)) == sorted(pids) and len(pids) == 2
+
+
 def test_a_drained_decode_actor_finishes_its_videos_and_claims_no_more(
     ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
 ) -> None:

@@ -48,6 +48,21 @@ def test_a_video_is_processed_checkpointed_and_acked(
     manifest = store.read_result(item.result or "")
     assert manifest["frames"] == 30 and manifest["chunks"] == 4 and manifest["model"] == model.name
     assert len(pipeline_rows(store, q, item_id)) > 0
+    # the configuration it ran with: the hash the output version starts with, which another
+    # model or sampling changes
+    settings = env["settings"]
+    config = settings.pipeline.config_hash(settings.model)
+    assert manifest["config_hash"] == config and manifest["version"] == output_version(
+        config, None, 0
+    )
+    assert config != settings.pipeline.config_hash(replace(settings.model, score_threshold=0.5))
+    assert manifest["decoder"] == "pyav" and manifest["source_size"] == [96, 64]
+    # where the time went: the laps add up to the whole (the rest is the last checkpoint)
+    laps = manifest["timings_s"]
+    assert set(laps) == {"fetch", "open", "decode_wait", "decode", "submit", "wait", "total"}
+    assert all(v >= 0 for v in laps.values()) and laps["decode"] > 0
+    parts = sum(v for k, v in laps.items() if k != "total")
+    assert parts - 0.01 <= laps["total"] <= parts + 0.25, laps
     assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
 
 

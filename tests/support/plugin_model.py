@@ -66,3 +66,14 @@ class PacedDetection:
 
 def load_paced_detection(settings: ModelSettings) -> PacedDetection:
     return PacedDetection(settings)
+
+
+def load_counted(settings: ModelSettings) -> MeanColour:
+    """MeanColour, noting each load (the loading process's pid) in the directory that
+    settings.model names: how a test counts model loads across actor processes."""
+    import os
+    from pathlib import Path
+
+    with open(Path(settings.model) / "loads", "a") as log:
+        log.write(f"{os.getpid()}\n")
+    return MeanColour()
