@@ -169,9 +169,15 @@ def _counts(q: Queue) -> str:
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     uris = list(args.uris)
     if args.file:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
-        with stream:
-            uris += [line.strip() for line in stream if line.strip()]
+        try:
+            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+            with stream:
+                uris += [line.strip() for line in stream if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            print(
+                f"refused, nothing enqueued: cannot read --file {args.file}: {exc}", file=sys.stderr
+            )
+            return 2
     if not uris:
         print("nothing to enqueue: give URIs or --file", file=sys.stderr)
         return 2

@@ -157,6 +157,26 @@ def test_enqueue_from_stdin(running_server: Path) -> None:
     assert json.loads(out)["enqueued"] == 2
 
 
+def test_enqueue_from_a_file(running_server: Path, tmp_path: Path) -> None:
+    """One URI a line (blank lines and surrounding spaces ignored, a relative path made
+    absolute), with the URIs on the command line; a bad line refuses the whole file, and a
+    missing file is named, both before anything is written."""
+    listing = tmp_path / "uris.txt"
+    listing.write_text("  s3://b/f1.mp4\n\nclips/f2.mp4  \n\n")
+    out = ff_json(running_server, "enqueue", "s3://b/f0.mp4", "--file", str(listing))
+    assert out["enqueued"] == 3
+    shown = [ff_json(running_server, "show", i)["uri"] for i in out["new_ids"]]
+    assert shown == ["s3://b/f0.mp4", "s3://b/f1.mp4", str(ROOT / "clips" / "f2.mp4")]
+    before = ff_json(running_server, "stats")["counters"]["enqueued_total"]
+    listing.write_text("s3://b/g1.mp4\nftp://b/g2.mp4\n")
+    bad = ff(running_server, "enqueue", "--file", str(listing), check=False)
+    assert bad.returncode == 2 and "refused, nothing enqueued" in bad.stderr, bad.stderr
+    missing = ff(running_server, "enqueue", "--file", str(tmp_path / "nope.txt"), check=False)
+    assert missing.returncode == 2 and "nope.txt" in missing.stderr, missing.stderr
+    assert "Traceback" not in missing.stderr
+    assert ff_json(running_server, "stats")["counters"]["enqueued_total"] == before
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
