@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,43 @@ def test_kill_9_of_actors_then_sigterm_to_the_coordinator(fleet: Fleet) -> None:
         wait(fleet.done, 240, "every video done")
         sigterm(second)
     fleet.check(charged=1)
+
+
+def test_ray_address_given_as_a_flag_and_a_missing_token_is_named_in_the_health_report(
+    fleet: Fleet, cluster: LocalCluster
+) -> None:
+    """`framefleet coordinator --ray-address ADDR` (nothing in the environment) connects to
+    that cluster; without the cluster's token its health report says which address it could
+    not reach and what to give it; with the token, the fleet there runs."""
+    env = {
+        k: v
+        for k, v in fleet.env.items()
+        if k not in ("FRAMEFLEET_RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    }
+    command = [sys.executable, "-m", "framefleet.cli", "coordinator"]
+    command += ["--ray-address", cluster.address]
+    with open(fleet.logs / "tokenless.log", "ab") as log:
+        tokenless = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with reaped(tokenless):
+        report: dict[str, object] = {}
+
+        def refused() -> bool:
+            report.update(fleet.supervision.health() or {})
+            return report.get("ok") is False and "error" in report
+
+        wait(refused, 120, "a health report of the refused connection")
+        error = str(report["error"])
+        assert f"cannot connect to Ray at {cluster.address}" in error, error
+        assert "RAY_AUTH_TOKEN" in error, error
+        sigterm(tokenless)
+    with open(fleet.logs / "token.log", "ab") as log:
+        connected = subprocess.Popen(
+            command, env={**env, **cluster.auth}, stdout=log, stderr=subprocess.STDOUT
+        )
+    with reaped(connected):
+        wait(fleet.mid_video, 180, "a video half-way on the cluster")
+        assert (fleet.supervision.health() or {}).get("ok") is True
+        sigterm(connected)
 
 
 def test_a_standby_takes_over_from_a_killed_leader(fleet: Fleet) -> None:
