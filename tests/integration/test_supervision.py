@@ -4,6 +4,7 @@ real server build."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from redis import Redis
 
@@ -49,26 +50,51 @@ def test_a_worker_that_leaves_is_forgotten(queue: Queue) -> None:
     assert sup.workers() == {}
 
 
+def _until(done: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Polls until done(); fails saying `what` did not happen within timeout_s (well inside
+    the per-test timeout, so that a slow run fails with this message)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout_s} s")
+        time.sleep(0.01)
+
+
 def test_one_leader_at_a_time_and_a_standby_takes_over_when_the_lease_runs_out(
     client: Redis,
 ) -> None:
-    sup = Supervision(Queue(client))  # the server's clock: the lease is a real TTL
-    assert sup.hold_leadership("c1", ttl_s=0.5)
-    assert not sup.hold_leadership("c2", ttl_s=0.5)
+    """The leader lease is a key with a TTL on the server's own clock (SET PX, PEXPIRE), which
+    no test clock drives: it is held for a minute while exclusion is checked (no margin a
+    loaded machine can eat), and made to run out by a last renewal of 50 ms, waited for."""
+    sup = Supervision(Queue(client))
+    key = sup.keys.leader
+    assert sup.hold_leadership("c1", ttl_s=60)
+    assert not sup.hold_leadership("c2", ttl_s=60)
     assert sup.leader() == "c1"
-    assert sup.hold_leadership("c1", ttl_s=0.5)  # renewal
+    assert sup.hold_leadership("c1", ttl_s=120)  # a renewal extends the lease
+    assert client.pttl(key) > 60_000
     assert not sup.release_leadership("c2")  # only the holder releases
-    time.sleep(0.7)  # c1 died: its lease runs out
-    assert sup.leader() is None
-    assert sup.hold_leadership("c2", ttl_s=5)
-    assert not sup.hold_leadership("c1", ttl_s=5)  # c1 came back: it is the standby now
+    assert sup.leader() == "c1"
+    assert sup.queue.stats().counters["leader_changes_total"] == 1  # renewed, not retaken
+    assert sup.hold_leadership("c1", ttl_s=0.05)  # its last renewal; then c1 dies
+    _until(lambda: sup.leader() is None, "the leader lease running out")
+    assert sup.hold_leadership("c2", ttl_s=60)
+    assert not sup.hold_leadership("c1", ttl_s=60)  # c1 came back: it is the standby now
+    assert sup.leader() == "c2"
     assert sup.release_leadership("c2") and sup.leader() is None
+    assert sup.queue.stats().counters["leader_changes_total"] == 2
 
 
 def test_the_health_report_round_trips_and_expires(client: Redis) -> None:
+    """The report's TTL is the server's (SET PX): read back under a TTL of a minute, then a
+    newer report with a TTL of 50 ms replaces it and runs out, waited for."""
     sup = Supervision(Queue(client))
+    key = sup.keys.health
     assert sup.health() is None
-    sup.write_health({"ok": True, "nodes": 2}, ttl_s=0.3)
+    sup.write_health({"ok": True, "nodes": 2}, ttl_s=60)
     assert sup.health() == {"ok": True, "nodes": 2}
-    time.sleep(0.5)
-    assert sup.health() is None
+    assert 30_000 < client.pttl(key) <= 60_000
+    sup.write_health({"ok": False}, ttl_s=0.05)
+    ttl = client.pttl(key)
+    assert ttl == -2 or 0 <= ttl <= 50  # gone already, or about to go
+    _until(lambda: sup.health() is None, "the health report running out")
