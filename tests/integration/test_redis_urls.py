@@ -9,7 +9,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -19,8 +21,19 @@ from cryptography.x509.oid import NameOID
 from redis import Redis
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
-from framefleet.queue import EmbeddedServer, Queue, connect, open_queue
-from framefleet.settings import RedisSettings, Settings
+from framefleet.queue import (
+    EmbeddedServer,
+    NewItem,
+    Queue,
+    State,
+    Supervision,
+    SweepResult,
+    connect,
+    open_queue,
+)
+from framefleet.queue.supervision import worker_name
+from framefleet.settings import QueueSettings, RedisSettings, Settings
+from tests.conftest import ManualClock
 
 DEBIAN_REDIS = Path("/usr/bin/redis-server")
 ACL_USER = ("ff", "s3cret-pw")
@@ -62,6 +75,181 @@ def test_acl_user_limited_to_framefleet_keys(server: EmbeddedServer, client: Red
         _roundtrip(q)
         with pytest.raises((NoPermissionError, ResponseError)):
             q.client.set("other-app:key", "1")  # the limit is real
+
+
+class _Noted:
+    """Passes every attribute through to `obj`, noting each public method used."""
+
+    def __init__(self, obj: object, used: set[str]) -> None:
+        self._obj, self._used = obj, used
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._obj, name)
+        if callable(value) and not name.startswith("_"):
+            self._used.add(f"{type(self._obj).__name__}.{name}")
+        return value
+
+
+def _public_methods(*classes: type) -> set[str]:
+    return {
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for name, value in vars(cls).items()
+        if callable(value) and not name.startswith("_")
+    }
+
+
+# Keys of another application in the same DB, some with names close to framefleet's.
+_OTHERS = ("other-app:key", "ffx:{videos}:queued", "{videos}:inbox", "videos:item:a")
+
+
+def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None:
+    """Every public operation of Queue and Supervision (q, sup: _Noted), each down the paths
+    that make its script touch keys (a sweep that really orphans, forgives, reaps, poisons,
+    promotes and trims), on the manual clock; the results are checked loosely, enough to
+    know each path ran (the contract suite checks them exactly)."""
+    a, b, c = q.enqueue(
+        ["/v/a.mp4", NewItem("/v/b.mp4", id="b", etag="e", meta={"k": 1}), "/v/c.mp4"]
+    )
+    more = q.enqueue([f"/v/more-{i}.mp4" for i in range(8)])  # batch_size 2: overlapped calls
+    plain.lpush(q.keys.inbox, '{"uri": "/v/i.mp4", "id": "i", "meta": {"p": "/x"}}', "junk")
+    assert q.ingest_inbox().ingested == 1 and len(q.rejected()) == 1
+    # claim, renew, progress, ack
+    [la] = q.claim(1, "w1")
+    [lb, lc] = q.claim(2, "w1", block=0.5)
+    assert q.renew(la) and q.progress(la, 0, total=2) and q.chunks(la.id) == {0}
+    assert q.ack(la, "s3://out/a") and q.ack_many([(lb, "r"), (la, "s3://out/a")])
+    # fail: retryable (delayed), a bug, permanent (dead); release at once and delayed
+    assert q.fail(lc, "5xx") and q.get(lc.id).state is State.DELAYED
+    [l1, l2, l3] = q.claim(3, "w1")
+    assert q.fail(l1, "boom", bug=True) and q.fail(l2, "corrupt", retryable=False, cls="x")
+    assert q.release(l3, "preempted")
+    [l4] = q.claim(1, "w1")
+    assert q.release(l4, "disk full", delay_s=1)
+    # a blocking claim that waits (paused), resume, cancel
+    q.pause()
+    assert q.claim(1, "w1", block=0.2) == []
+    q.resume()
+    assert q.cancel(l1.id) and q.cancel(l4.id)  # delayed ones
+    # reap: a lapse charged, then poison (max_deliveries 2); a worker failed whole (suspects)
+    q.retry_dead()
+    clock.advance(5_000)
+    assert q.reap().promoted >= 1
+    for _ in range(2):
+        [lone] = q.claim(1, "w2")
+        clock.advance(11_000)
+        q.reap()
+    assert q.get(lone.id).state is State.DEAD  # poison
+    assert len(q.claim(2, "w3")) == 2
+    clock.advance(11_000)
+    assert q.reap().requeued == 2  # suspects
+    assert q.sweep(limit=1) == SweepResult()  # nothing left to do
+    # heartbeats: a silent worker, one marked gone, a sync that gives back, a gap, forgetting
+    sup.heartbeat("w4")
+    sup.heartbeat("w5")
+    assert len(q.claim(1, "w4")) == 1 and len(q.claim(1, "w5")) == 1
+    sup.mark_gone("w5")
+    clock.advance(6_000)
+    swept = sup.sweep(stale_s=5)
+    assert (swept.orphaned_workers, swept.orphaned_leases) == (2, 2)
+    [held] = q.claim(1, "w6")
+    assert sup.held("w6") == {held.id}
+    clock.advance(11_000)
+    assert sup.heartbeat("w6", holding=[], grace_s=10) == 1  # given back, uncharged
+    assert sup.workers() and sup.leave("w6") is None
+    [gap] = q.claim(1, "w7")
+    sup.sweep(stale_s=5, gap_s=1)
+    clock.advance(20_000)
+    assert sup.sweep(stale_s=5, gap_s=1).forgiven == 1 and sup.in_grace()
+    assert q.renew(gap) and q.ack(gap)
+    clock.advance(60_000)
+    sup.sweep(stale_s=5)  # the silent ones forgotten (3 x stale_s)
+    assert "w4" not in sup.workers()
+    # fleets
+    gen = "g1"
+    sup.add_fleet(gen, "coordinator-1")
+    assert sup.fleets() == {gen: "coordinator-1"}
+    [lf] = q.claim(1, worker_name("decoder", gen, 0))
+    [lg] = q.claim(1, "w8")
+    assert sup.release_workers(["w8"], reason="node lost") == 1
+    assert sup.release_workers(prefix="nobody-", reason="x") == 0
+    assert sup.end_fleet(gen, reason="driver gone") == 1 and sup.fleets() == {}
+    # force, retention, dead letters
+    assert q.enqueue(["/v/a.mp4"], force=True) == [a]  # done: a new revision
+    [lh] = q.claim(1, "w9")
+    q.ack(lh)
+    clock.advance(120_000)  # past done_ttl_s
+    q.reap()
+    assert q.get(lh.id) is None  # trimmed
+    q.enqueue([NewItem(f"/v/{i}.mp4", id=i, priority=9) for i in ("d1", "d2", "d3")])
+    for lease in q.claim(3, "w10"):
+        assert q.fail(lease, "corrupt", retryable=False)
+    assert {"d1", "d2", "d3"} <= {x.id for x in q.dead()}
+    assert q.retry_dead(["d1"]) == ["d1"] and q.purge_dead(["d2"]) == ["d2"]
+    assert q.purge_dead() == ["d3"]
+    # reading
+    assert q.get("d1").state is State.QUEUED and "d1" in {x.id for x in q.items_in("queued")}
+    assert "d1" in {x.id for x in q.items(["d1", "nope", b, c, *more])}
+    assert q.states(["d1", "nope"]) == ["queued", None]
+    assert q.stats().counts["queued"] >= 1 and lf.id != lg.id
+    # the leader lease and the health report
+    assert sup.hold_leadership("c1", ttl_s=60) and sup.hold_leadership("c1", ttl_s=60)
+    assert sup.leader() == "c1" and sup.release_leadership("c1")
+    sup.write_health({"ok": True}, ttl_s=60)
+    assert sup.health() == {"ok": True}
+
+
+def test_every_operation_needs_only_framefleet_keys(
+    server: EmbeddedServer, client: Redis, clock: ManualClock
+) -> None:
+    """README: "framefleet only touches keys under its prefix, so an ACL like `~ff:* +@all`
+    is enough". Every public method of Queue and Supervision runs as a user limited to
+    `ff:*` (commands run by a Lua script are checked against the caller's ACL too), on the
+    manual clock and on the server's; another application's keys in the same DB are left
+    as they were. (connect/open_queue/open_client: used here and in the test above; the
+    embedded server's own functions take no URL.)"""
+    _add_acl_user(client)
+    for key in _OTHERS:
+        if "item" in key:
+            client.hset(key, "state", "queued")
+        else:
+            client.set(key, "theirs", px=3_600_000)
+    before = {k: (client.dump(k), client.type(k)) for k in _OTHERS}
+    name, password = ACL_USER
+    acl = connect(f"redis://{name}:{password}@127.0.0.1:{server.port}/0")
+    try:
+        with pytest.raises(NoPermissionError):  # a script's commands are checked too
+            acl.eval("return redis.call('GET', KEYS[1])", 1, "other-app:key")
+        used: set[str] = set()
+        settings = QueueSettings(
+            lease_s=10,
+            max_attempts=2,
+            max_deliveries=2,
+            backoff_base_s=1,
+            backoff_max_s=2,
+            poll_s=0.05,
+            batch_size=2,
+            done_ttl_s=60,
+            dead_ttl_s=60,
+        )
+        real = Queue(acl, settings, clock=clock)
+        q, sup = _Noted(real, used), _Noted(Supervision(real), used)
+        _every_operation(q, sup, acl, clock)
+        # the server's clock (TIME in the scripts, in workers() and in_grace()): a queue of
+        # its own, so as not to mix it with the manual clock's times
+        server_time = Queue(acl, replace(settings, name="server-time"))
+        server_sup = Supervision(server_time)
+        server_sup.heartbeat("w-real")
+        assert server_time.claim(1, "w-real", block=0.1) == []
+        assert server_time.enqueue(["/v/t.mp4"])
+        assert server_time.ack(server_time.claim(1, "w-real")[0])
+        assert server_sup.sweep(stale_s=5, gap_s=1) == SweepResult()
+        assert list(server_sup.workers()) == ["w-real"] and not server_sup.in_grace()
+        assert used == _public_methods(Queue, Supervision)
+    finally:
+        acl.close()
+    assert {k: (client.dump(k), client.type(k)) for k in _OTHERS} == before
+    assert all(client.pttl(k) > 3_000_000 for k in _OTHERS if "item" not in k)
 
 
 # -- TLS -----------------------------------------------------------------------------------
