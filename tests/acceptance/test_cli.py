@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from framefleet.queue.server import running_url
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -81,7 +83,6 @@ def test_readme_main_command_processes_a_folder_and_leaves_nothing_running(
     """The README's first command as written (scripts/framefleet makes sure of .venv), on a
     folder of test videos, with a local model directory since the default model's weights
     cannot be downloaded here. Nothing of the local Ray it started outlives it."""
-    import psutil
 
     from tests.support.models import write_tiny_detr
     from tests.support.videos import write_video
@@ -109,12 +110,75 @@ def test_readme_main_command_processes_a_folder_and_leaves_nothing_running(
     assert "done 2 of 2, dead 0; 40 frames" in stderr
     assert len(list(out.glob("*/*/detections.parquet"))) == 2  # <video id>/<version>/
     time.sleep(1)
+    left = _session_left(proc.pid)
+    assert not left, f"still running after framefleet run: {left}"
+
+
+def _session_left(sid: int) -> list[str]:
+    """The live processes of session `sid` (what a command started and left behind)."""
+    import psutil
+
     left = []
     for p in psutil.process_iter(["name"]):
         with contextlib.suppress(psutil.Error, OSError):
-            if os.getsid(p.pid) == proc.pid and p.status() != psutil.STATUS_ZOMBIE:
-                left.append(p.info["name"])
-    assert not left, f"still running after framefleet run: {left}"
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(str(p.info["name"]))
+    return left
+
+
+def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
+    """`framefleet up`: the embedded server, a local Ray and the coordinator in the
+    foreground; videos enqueued from another shell are processed; Ctrl-C (SIGINT) ends it
+    with exit 0, the embedded server and Ray stopped with it."""
+    from tests.support.models import write_tiny_detr
+    from tests.support.videos import write_video
+
+    videos, out, data = tmp_path / "videos", tmp_path / "out", tmp_path / "redis"
+    videos.mkdir()
+    paths = [write_video(videos / f"clip-{i}.mp4", frames=16) for i in range(2)]
+    model = write_tiny_detr(tmp_path / "detr")
+    env = _env(
+        data,
+        FRAMEFLEET_RAY_TEMP_DIR=f"/tmp/ffup-{os.getpid()}",
+        FRAMEFLEET_TICK_S="0.5",
+        FRAMEFLEET_DECODE_ACTORS="1",
+        FRAMEFLEET_INFERENCE_ACTORS="1",
+        FRAMEFLEET_ALLOWED_ROOTS=str(videos),  # local files are read from here only
+    )
+    with (tmp_path / "up.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "framefleet", "up", "--out", str(out), "--model", str(model)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while running_url(data) is None:  # its embedded server, for the other shell
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "up.log"
+            ).read_text()
+            time.sleep(0.2)
+        assert ff_json(data, "enqueue", *map(str, paths))["enqueued"] == 2
+        deadline = time.monotonic() + 180
+        while (counts := ff_json(data, "stats")["counts"])["done"] < 2:
+            assert counts["dead"] == 0, ff(data, "dead", "list").stdout
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "up.log"
+            ).read_text()[-3000:]
+            time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 0, (tmp_path / "up.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert len(list(out.glob("*/*/_manifest.json"))) == 2
+    assert running_url(data) is None  # the server it started is stopped
+    time.sleep(1)
+    assert not _session_left(proc.pid), f"still running after Ctrl-C: {_session_left(proc.pid)}"
 
 
 def test_demo_runs_the_queue_end_to_end(tmp_path: Path) -> None:
