@@ -23,6 +23,7 @@ from framefleet.workers.errors import TransientError
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore, output_version
 from framefleet.workers.pipeline import LocalInference, Pending, VideoJob
+from tests.conftest import ManualClock
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.jobs import job_env
 from tests.support.videos import write_corrupt, write_video
@@ -204,35 +205,35 @@ def test_a_lost_lease_stops_the_item_and_never_acks(env: dict[str, Any]) -> None
 
 
 def test_renewals_keep_a_slow_item_alive_past_its_lease(
-    env: dict[str, Any], valkey_client: Redis
+    env: dict[str, Any], valkey_client: Redis, clock: ManualClock
 ) -> None:
-    """Lease 0.9 s; inference takes ~2 s in all; a reaper runs every 50 ms. Renewals from the
-    background thread keep the item, so it is acked, never reaped."""
+    """The queue on a manual clock, a 0.9 s lease. Before each chunk, once the keeper has
+    renewed the lease at the queue's present time, the clock moves 0.6 of a lease and the
+    queue is reaped. Five chunks take the queue's time past three lease lengths; the
+    renewals keep the item, so it is acked, never reaped. (A load that delays a renewal
+    makes the test slower, not wrong.)"""
     settings = replace(env["settings"], queue=QueueSettings(lease_s=0.9))
-    q = Queue(valkey_client, settings.queue)
+    lease_ms = int(settings.queue.lease_s * 1000)
+    q = Queue(valkey_client, settings.queue, clock=clock)
+    reaped: list[int] = []
 
     class Slow(Counting):
         def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
-            time.sleep(0.4)
+            deadline = time.monotonic() + 30
+            while q.get(item_id).lease_until_ms != clock() + lease_ms:  # type: ignore[union-attr]
+                assert time.monotonic() < deadline, "no renewal within 30 s"
+                time.sleep(0.02)
+            clock.advance(0.6 * lease_ms)
+            reaped.append(q.reap().requeued)
             return super().submit(item_id, video, chunk)
 
     video = write_video(env["videos"] / "f.mp4", frames=40)
     [item_id] = q.enqueue([str(video)])
     [lease] = q.claim(1, "decoder-1")
-    stop = threading.Event()
-
-    def reaper() -> None:
-        while not stop.wait(0.05):
-            q.reap()
-
-    thread = threading.Thread(target=reaper)
-    thread.start()
-    try:
-        out = VideoJob(q, env["store"], Slow(env["inference"]), settings).run(lease)
-    finally:
-        stop.set()
-        thread.join()
-    assert out.status == "acked"
+    slow = Slow(env["inference"])
+    out = VideoJob(q, env["store"], slow, settings).run(lease)
+    assert out.status == "acked" and slow.submitted == [0, 1, 2, 3, 4]
+    assert reaped == [0] * 5  # 5 x 0.6: the queue's time went past three leases
     assert q.get(item_id).deliveries == 0  # type: ignore[union-attr]
     assert q.stats().counters.get("reaped_total", 0) == 0
 
