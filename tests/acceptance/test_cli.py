@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from framefleet.queue.server import running_url
+from tests.support.deadline import left
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +43,7 @@ def ff(
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=left(600),
     )
     if check:
         assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -105,13 +106,13 @@ def test_readme_main_command_processes_a_folder_and_leaves_nothing_running(
         text=True,
         start_new_session=True,  # everything it starts shares this session id
     )
-    stdout, stderr = proc.communicate(timeout=600)
+    stdout, stderr = proc.communicate(timeout=left(600))
     assert proc.returncode == 0, stderr + stdout
     assert "done 2 of 2, dead 0; 40 frames" in stderr
     assert len(list(out.glob("*/*/detections.parquet"))) == 2  # <video id>/<version>/
     time.sleep(1)
-    left = _session_left(proc.pid)
-    assert not left, f"still running after framefleet run: {left}"
+    remaining = _session_left(proc.pid)
+    assert not remaining, f"still running after framefleet run: {remaining}"
 
 
 def _session_left(sid: int) -> list[str]:
@@ -188,7 +189,7 @@ def test_demo_runs_the_queue_end_to_end(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=left(600),
     )
     assert proc.returncode == 0, proc.stderr
     assert "enqueued 8 items; counts queued=8 leased=0 done=0 dead=0" in proc.stdout
@@ -473,7 +474,7 @@ def test_run_survives_a_kill_9_of_its_embedded_server(tmp_path: Path) -> None:
             raise AssertionError("no chunk checkpointed within 180 s")
         pid = json.loads((data / "server.json").read_text())["pid"]
         psutil.Process(pid).kill()
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=left(300))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -30,6 +30,7 @@ from framefleet.settings import (
     SourceSettings,
 )
 from framefleet.workers.actors import Fleet, InferenceActor
+from tests.support.deadline import left
 from tests.support.fleet import Fleet as FaultFleet
 from tests.support.fleet import make_fleet, wait
 from tests.support.jobs import local_ray
@@ -98,7 +99,7 @@ def test_f13_a_fleet_without_a_coordinator_survives_a_killed_decode_actor(
     fleet = Fleet(settings, valkey.url).start()
     assert all(fleet.generation in name for name in fleet.names)
     assert Fleet(settings, valkey.url).generation != fleet.generation
-    thread, box = _in_thread(lambda: fleet.run_until_empty(timeout=240))
+    thread, box = _in_thread(lambda: fleet.run_until_empty(timeout=left(240)))
     try:
         wait(lambda: any(i.state == "leased" and i.chunks_done for i in q.items(ids)), 60, "mid")
         victim = next(i for i in q.items(ids) if i.state == "leased" and i.chunks_done)
@@ -124,7 +125,7 @@ def test_f4_while_no_inference_actor_is_ready_no_video_burns_an_attempt(
     q = Queue(valkey_client, settings.queue)
     ids = q.enqueue([str(p) for p in paths])
     fleet = Fleet(settings, valkey.url).start()
-    thread, box = _in_thread(lambda: fleet.run_until_empty(timeout=240))
+    thread, box = _in_thread(lambda: fleet.run_until_empty(timeout=left(240)))
     try:
         wait(lambda: any(i.state == "leased" and i.chunks_done for i in q.items(ids)), 60, "mid")
         fleet.adapter.kill(fleet.inference[0])
@@ -275,7 +276,7 @@ def test_f3_a_suspect_starts_only_once_its_decode_actor_holds_nothing_else(
     busy = q.enqueue([str(p) for p in paths[:2]])
     fleet = Fleet(settings, valkey.url).start()
     [decoder] = fleet.names
-    thread, box = _in_thread(lambda: fleet.run_until_empty(timeout=240))
+    thread, box = _in_thread(lambda: fleet.run_until_empty(timeout=left(240)))
     seen: list[tuple[bool, set[str]]] = []
     try:
         wait(lambda: all(i.state == "leased" for i in q.items(busy)), 60, "both videos claimed")

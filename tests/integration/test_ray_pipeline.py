@@ -23,6 +23,7 @@ from framefleet.workers.actors import Fleet
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore, output_version
+from tests.support.deadline import left
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.jobs import local_ray
 from tests.support.models import write_pinned_detr, write_tiny_detr
@@ -90,7 +91,7 @@ def test_pipeline_equals_a_direct_run(
 
     fleet = Fleet(settings, valkey.url).start()
     try:
-        outcomes = fleet.run_until_empty(timeout=600)
+        outcomes = fleet.run_until_empty(timeout=left(600))
         decoders = [fleet.adapter.get(fleet.adapter.call(d, "ready"))[0] for d in fleet.decoders]
         inference = [
             fleet.adapter.get(fleet.adapter.call(a, "describe"))[2] for a in fleet.inference
@@ -152,7 +153,7 @@ def test_boxes_come_out_in_source_pixels_when_frames_are_decoded_smaller(
     [item_id] = q.enqueue([str(path)])
     fleet = Fleet(settings, valkey.url).start()
     try:
-        [outcome] = fleet.run_until_empty(timeout=300)
+        [outcome] = fleet.run_until_empty(timeout=left(300))
     finally:
         fleet.stop()
     assert outcome["status"] == "acked"
@@ -254,7 +255,7 @@ def test_each_inference_actor_loads_the_model_once(
     q.enqueue([str(p) for p in paths])
     fleet = Fleet(settings, valkey.url).start()
     try:
-        outcomes = fleet.run_until_empty(timeout=300)
+        outcomes = fleet.run_until_empty(timeout=left(300))
         pids = {fleet.adapter.get(fleet.adapter.call(a, "describe"))[2] for a in fleet.inference}
     finally:
         fleet.stop()
@@ -297,7 +298,7 @@ def test_a_drained_decode_actor_finishes_its_videos_and_claims_no_more(
             time.sleep(0.05)
         assert any(q.chunks(i) for i in ids), "no chunk was checkpointed"
         fleet.adapter.get(fleet.adapter.call(decoder, "drain"), timeout=30)
-        outcomes = fleet.adapter.get(run, timeout=120)  # it returns by itself
+        outcomes = fleet.adapter.get(run, timeout=left(120))  # it returns by itself
     finally:
         fleet.stop()
     statuses = [o["status"] for o in outcomes]
@@ -349,7 +350,7 @@ def test_the_next_video_starts_while_the_last_chunks_are_in_inference(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        outcomes = fleet.run_until_empty(timeout=120)
+        outcomes = fleet.run_until_empty(timeout=left(120))
     finally:
         done.set()
         watcher.join()

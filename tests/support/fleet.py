@@ -30,6 +30,7 @@ from framefleet.settings import (
 from framefleet.workers.decode import Sampling
 from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore
+from tests.support import deadline
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.models import write_tiny_detr
 from tests.support.raycluster import LocalCluster
@@ -171,19 +172,12 @@ def make_fleet(
     return Fleet(settings, server, queue, Supervision(queue), ids, paths, env, logs)
 
 
-# When the running test must be done by (time.monotonic()), if it has a time limit: set by
-# tests/conftest.py as each test starts, so that a wait gives up with its message first.
-deadline: float | None = None
-
-
 def wait(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     """Seconds until predicate() held; AssertionError after timeout, or sooner if the
     test's own time limit comes first (a slow run then says what it was waiting for)."""
     started = time.monotonic()
-    end = started + timeout
-    cut = deadline is not None and deadline < end
-    if cut and deadline is not None:
-        end = deadline
+    allowed = deadline.left(timeout)
+    end, cut = started + allowed, allowed < timeout
     while time.monotonic() < end:
         if predicate():
             return time.monotonic() - started
