@@ -173,9 +173,15 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, (tmp_path / "up.log").read_text()[-3000:]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # the test failed: Ctrl-C, then kill what is left
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+            with contextlib.suppress(OSError, ValueError, KeyError):  # its server's own session
+                os.kill(int(json.loads((data / "server.json").read_text())["pid"]), signal.SIGKILL)
     assert len(list(out.glob("*/*/_manifest.json"))) == 2
     assert running_url(data) is None  # the server it started is stopped
     time.sleep(1)
