@@ -194,6 +194,22 @@ local function bulk(cmd, key, list)
   end
 end
 
+-- unhold() for many leases at once: by_owner maps each owner to the ids it no longer holds
+-- (a batch of acks mostly has one owner: a few calls, not three an item).
+local function unhold_many(by_owner)
+  for owner, ids in pairs(by_owner) do
+    local held = hkey(owner)
+    bulk('SREM', held, ids)
+    if redis.call('SCARD', held) == 0 then redis.call('SREM', K_HOLDERS, owner) end
+    local solo = redis.call('HGET', K_SOLO, owner)
+    if solo then
+      for _, id in ipairs(ids) do
+        if id == solo then redis.call('HDEL', K_SOLO, owner); break end
+      end
+    end
+  end
+end
+
 -- Reserve n FIFO sequence numbers; returns the first.
 local function reserve_seq(n)
   local last = redis.call('HINCRBY', K_META, 'seq', n)

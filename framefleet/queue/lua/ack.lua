@@ -6,7 +6,7 @@
 -- acking twice answers 'duplicate' (a retry after a lost reply).
 -- Returns one verdict per item: 'ok' | 'duplicate' | 'stale' | 'lost' | 'missing'.
 local now = now_ms()
-local out, acked, done, chunk_keys = {}, {}, {}, {}
+local out, acked, done, chunk_keys, by_owner = {}, {}, {}, {}, {}
 for a = 2, #ARGV, 4 do
   local id = ARGV[a]
   local key = ikey(id)
@@ -17,7 +17,11 @@ for a = 2, #ARGV, 4 do
     -- owner stays: the worker that finished it
     redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 3], 'done_at', now,
                'lease_until', '')
-    unhold(f[4], id)
+    if f[4] then
+      local ids = by_owner[f[4]]
+      if not ids then ids = {}; by_owner[f[4]] = ids end
+      ids[#ids + 1] = id
+    end
     acked[#acked + 1] = id
     done[#done + 1] = now
     done[#done + 1] = id
@@ -27,6 +31,7 @@ for a = 2, #ARGV, 4 do
 end
 if #acked > 0 then
   bulk('ZREM', K_LEASED, acked)
+  unhold_many(by_owner)
   bulk('ZADD', K_DONE, done)
   bulk('DEL', nil, chunk_keys)
   stat('acked_total', #acked)

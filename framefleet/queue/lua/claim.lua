@@ -63,6 +63,11 @@ promote_due(now, 1000)
 if redis.call('HEXISTS', K_SOLO, worker) == 1 then return reply(0, {}) end
 
 local busy = redis.call('EXISTS', held) == 1
+-- Everything a lease needs is read once, as the item is popped (its reply row is built from
+-- these and the values written, not read again).
+local FIELDS = {'solo', 'solo_since', 'uri', 'etag', 'size', 'meta', 'pri', 'attempts',
+                'deliveries', 'chunks_total', 'chunks_done', 'rev', 'claims'}
+local fields = {}
 local take, back = {}, {}
 local solo = nil
 local skipped = 0
@@ -74,12 +79,14 @@ while #take < n and not solo do
     if solo then
       back[#back + 1], back[#back + 2] = score, id
     else
-      local f = redis.call('HMGET', ikey(id), 'solo', 'solo_since')
+      local f = redis.call('HMGET', ikey(id), unpack(FIELDS))
       if f[1] ~= '1' then
         take[#take + 1] = id
+        fields[id] = f
       elseif #take == 0 and (not busy or now - (tonumber(f[2]) or 0) >= lease_ms) then
         solo = id
         take[1] = id
+        fields[id] = f
       else
         back[#back + 1], back[#back + 2] = score, id
         skipped = skipped + 1
@@ -96,14 +103,19 @@ local deadline = now + lease_ms
 if count > 0 then
   local epoch = redis.call('HINCRBY', K_META, 'epoch', count) - count
   for k, id in ipairs(take) do
-    local key = ikey(id)
-    redis.call('HSET', key, 'state', 'leased', 'epoch', epoch + k,
-               'token', nonce .. '.' .. k, 'owner', worker, 'lease_until', deadline,
-               'claimed_at', now)
-    redis.call('HINCRBY', key, 'claims', 1)
+    local f, token = fields[id], nonce .. '.' .. k
+    redis.call('HSET', ikey(id), 'state', 'leased', 'epoch', epoch + k, 'token', token,
+               'owner', worker, 'lease_until', deadline, 'claimed_at', now,
+               'claims', (tonumber(f[13]) or 0) + 1)
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id
-    row(out, id, key)
+    local chunks = ''
+    if f[11] and f[11] ~= '0' then chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',') end
+    local o = #out
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, epoch + k, token, deadline, f[3]
+    out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[4] or '', f[5] or '', f[6] or '', f[7]
+    out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[8] or '0', f[9] or '0', f[10] or '', chunks
+    out[o + 14], out[o + 15] = f[1] or '0', f[12] or '0'
   end
   bulk('ZADD', K_LEASED, leased)
   bulk('SADD', held, take)
