@@ -161,6 +161,24 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
         return code
 
 
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    """The HTTP API in the foreground, until SIGTERM or Ctrl-C."""
+    from framefleet.ops.api import serve
+
+    api = settings.api
+    api = replace(
+        api, host=args.host or api.host, port=api.port if args.port is None else args.port
+    )
+    settings = replace(settings, api=replace(api))
+    with open_queue(settings) as q:
+        where = "token required" if api.write_token() else "no token: loopback only"
+        print(
+            f"framefleet API on http://{api.host}:{api.port}{api.root_path} ({where})",
+            file=sys.stderr,
+        )
+        return serve(settings, q)
+
+
 def _counts(q: Queue) -> str:
     c = q.stats().counts
     return " ".join(f"{k}={c[k]}" for k in ("queued", "leased", "done", "dead"))
@@ -349,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", help="output directory or s3://bucket/prefix")
         sp.add_argument("--ray-address", help="a Ray cluster (default: start a local one)")
         _fleet_flags(sp)
+    sp = add("api", cmd_api, "the HTTP API (items, queue, pause/resume) until SIGTERM")
+    sp.add_argument("--host", help="address to bind (default 127.0.0.1, FRAMEFLEET_API_HOST)")
+    sp.add_argument("--port", type=int, help="port (default 8321, FRAMEFLEET_API_PORT)")
     sp = add("enqueue", cmd_enqueue, "enqueue videos by URI or local path")
     sp.add_argument("uris", nargs="*")
     sp.add_argument("--file", help="read one URI per line from a file, or - for stdin")

@@ -291,6 +291,37 @@ class CoordinatorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ApiSettings:
+    """The HTTP API (`framefleet api`)."""
+
+    host: str = "127.0.0.1"  # FRAMEFLEET_API_HOST
+    port: int = 8321  # FRAMEFLEET_API_PORT
+    token: str | None = None  # FRAMEFLEET_API_TOKEN: the write token (may do anything)
+    token_file: Path | None = None  # FRAMEFLEET_API_TOKEN_FILE: the write token, from a file
+    read_token: str | None = None  # FRAMEFLEET_API_READ_TOKEN: may only GET
+    read_only: bool = False  # FRAMEFLEET_API_READ_ONLY: refuse every write
+    root_path: str = ""  # FRAMEFLEET_API_ROOT_PATH: served under this sub-path by a proxy
+    max_body_bytes: int = 8 * 1024 * 1024  # FRAMEFLEET_API_MAX_BODY_BYTES
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"API port must be in 0..65535, not {self.port}")
+        if self.token is not None and self.token_file is not None:
+            raise SettingsError("give FRAMEFLEET_API_TOKEN or FRAMEFLEET_API_TOKEN_FILE, not both")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("FRAMEFLEET_API_MAX_BODY_BYTES must be at least 1024")
+
+    def write_token(self) -> str | None:
+        """The write token, read from token_file when that is how it is given."""
+        if self.token_file is None:
+            return self.token or None
+        try:
+            return self.token_file.read_text().strip() or None
+        except OSError as exc:
+            raise SettingsError(f"FRAMEFLEET_API_TOKEN_FILE {self.token_file}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -298,6 +329,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     coordinator: CoordinatorSettings = field(default_factory=CoordinatorSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -309,7 +341,8 @@ class Settings:
         model = _apply(ModelSettings(), env, _MODEL_ENV)
         pipeline = _apply(PipelineSettings(), env, _PIPELINE_ENV)
         coordinator = _apply(CoordinatorSettings(), env, _COORDINATOR_ENV)
-        return cls(redis, queue, source, model, pipeline, coordinator)
+        api = _apply(ApiSettings(), env, _API_ENV)
+        return cls(redis, queue, source, model, pipeline, coordinator, api)
 
     def to_env(self) -> dict[str, str]:
         """The FRAMEFLEET_* variables that from_env reads back as these settings (for a
@@ -322,6 +355,7 @@ class Settings:
             (self.model, _MODEL_ENV),
             (self.pipeline, _PIPELINE_ENV),
             (self.coordinator, _COORDINATOR_ENV),
+            (self.api, _API_ENV),
         ):
             for attr, var in names.items():
                 value = getattr(section, attr)
@@ -421,6 +455,17 @@ _COORDINATOR_ENV = {
     "start_timeout_s": "FRAMEFLEET_START_TIMEOUT_S",
 }
 
+_API_ENV = {
+    "host": "FRAMEFLEET_API_HOST",
+    "port": "FRAMEFLEET_API_PORT",
+    "token": "FRAMEFLEET_API_TOKEN",
+    "token_file": "FRAMEFLEET_API_TOKEN_FILE",
+    "read_token": "FRAMEFLEET_API_READ_TOKEN",
+    "read_only": "FRAMEFLEET_API_READ_ONLY",
+    "root_path": "FRAMEFLEET_API_ROOT_PATH",
+    "max_body_bytes": "FRAMEFLEET_API_MAX_BODY_BYTES",
+}
+
 _S = TypeVar(
     "_S",
     RedisSettings,
@@ -429,6 +474,7 @@ _S = TypeVar(
     ModelSettings,
     PipelineSettings,
     CoordinatorSettings,
+    ApiSettings,
 )
 
 

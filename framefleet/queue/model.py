@@ -274,6 +274,7 @@ class Item:
     epoch: int | None = None
     owner: str | None = None
     lease_until_ms: int | None = None
+    claimed_ms: int | None = None  # when its present (or last) lease began
     ready_at_ms: int | None = None
     chunks_done: int = 0
     chunks_total: int | None = None
@@ -310,6 +311,7 @@ class Item:
             epoch=opt_int("epoch"),
             owner=h.get("owner"),
             lease_until_ms=opt_int("lease_until"),
+            claimed_ms=opt_int("claimed_at"),
             ready_at_ms=opt_int("ready_at"),
             chunks_done=int(h.get("chunks_done", 0)),
             chunks_total=opt_int("chunks_total"),

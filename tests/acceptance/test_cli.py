@@ -188,6 +188,56 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
     assert not _session_left(proc.pid), f"still running after Ctrl-C: {_session_left(proc.pid)}"
 
 
+def test_api_serves_until_sigterm_and_wants_a_token_beyond_loopback(tmp_path: Path) -> None:
+    """`framefleet api` prints where it listens, answers with the token, and on SIGTERM
+    exits 0 within 10 s; without a token it refuses to bind anything but loopback."""
+    import httpx
+
+    from tests.support.servers import free_port
+
+    data = tmp_path / "redis"
+    refused = ff(data, "api", "--host", "0.0.0.0", check=False)
+    assert refused.returncode != 0 and "without a token" in refused.stderr, refused.stderr
+    port = free_port()
+    env = _env(data, FRAMEFLEET_API_TOKEN="t0ken-for-the-test", FRAMEFLEET_QUEUE="api-cli")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framefleet", "api", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert f"http://127.0.0.1:{port}" in line and "token required" in line, line
+        headers = {"Authorization": "Bearer t0ken-for-the-test"}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                got = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/items",
+                    json={"uri": "s3://videos/a.mp4"},
+                    headers=headers,
+                )
+                break
+            except httpx.ConnectError:
+                assert time.monotonic() < deadline, "the API did not answer"
+                time.sleep(0.1)
+        assert got.status_code == 200 and len(got.json()["new"]) == 1
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert ff_json(data, "--queue", "api-cli", "stats")["counts"]["queued"] == 1
+
+
 def test_demo_runs_the_queue_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(ROOT / "scripts" / "framefleet"), "demo"],

@@ -1,0 +1,396 @@
+"""The HTTP API (`framefleet api`): FastAPI on uvicorn, on top of the queue's public API.
+
+Every route but /healthz wants a bearer token (ops/auth.py); writes want the write token.
+Input is checked before anything is written: a batch with one bad item writes nothing and
+names it (422), a local path outside FRAMEFLEET_ALLOWED_ROOTS and an http(s) URL that
+names a private, loopback or link-local address are refused at enqueue by the policy the
+workers apply at fetch time. This first part has the items, the queue's counts, pause and
+resume; dead letters, workers, S3 events and metrics come next (issue 14).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import unquote, urlparse
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from redis.exceptions import RedisError
+
+from framefleet.netpolicy import URLRefused, check_url
+from framefleet.queue import Item, NewItem, Queue, State, Supervision
+from framefleet.queue.model import InvalidItem
+from framefleet.settings import Settings
+
+from .auth import Tokens, may_read, may_write
+
+MAX_BATCH = 10_000
+MetaValue = StrictStr | StrictInt | float | bool | None
+
+
+class ItemIn(BaseModel):
+    """One video to process, by reference (the fields of Queue.enqueue)."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: StrictStr
+    id: StrictStr | None = None
+    priority: StrictInt | StrictStr = 5
+    etag: StrictStr | None = None
+    size: StrictInt | None = None
+    meta: dict[str, MetaValue] | None = None
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[ItemIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Existing(BaseModel):
+    id: str
+    state: str | None
+
+
+class Enqueued(BaseModel):
+    new: list[str]
+    existing: list[Existing]
+
+
+class ItemOut(BaseModel):
+    id: str
+    uri: str
+    state: str
+    priority: int
+    attempts: int
+    deliveries: int
+    chunks_done: int
+    chunks_total: int | None
+    owner: str | None
+    lease_age_s: float | None
+    last_error: str | None
+    dead_reason: str | None
+    dead_class: str | None
+    result: str | None
+    created_at: float | None
+    claimed_at: float | None
+    done_at: float | None
+    meta: dict[str, Any]
+
+
+class Page(BaseModel):
+    items: list[ItemOut]
+    cursor: str | None  # pass back for the next page; None: this was the last
+
+
+class QueueOut(BaseModel):
+    name: str
+    counts: dict[str, int]
+    oldest_queued_age_s: float | None
+    paused: bool
+    counters: dict[str, int]
+
+
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
+
+
+def item_out(item: Item, now_ms: int) -> ItemOut:
+    leased = item.state == "leased"
+    return ItemOut(
+        id=item.id,
+        uri=item.uri,
+        state=str(item.state),
+        priority=item.priority,
+        attempts=item.attempts,
+        deliveries=item.deliveries,
+        chunks_done=item.chunks_done,
+        chunks_total=item.chunks_total,
+        owner=item.owner if leased else None,
+        lease_age_s=(now_ms - item.claimed_ms) / 1000 if leased and item.claimed_ms else None,
+        last_error=item.last_error,
+        dead_reason=item.dead_reason,
+        dead_class=item.dead_class,
+        result=item.result,
+        created_at=_seconds(item.created_ms),
+        claimed_at=_seconds(item.claimed_ms),
+        done_at=_seconds(item.done_ms or item.dead_ms),
+        meta=dict(item.meta),
+    )
+
+
+def _refused_by_policy(uri: str, settings: Settings) -> str | None:
+    """Why the workers would refuse to fetch `uri` for where it points, or None."""
+    source = settings.source
+    if uri.startswith(("http://", "https://")):
+        try:
+            check_url(uri, source.allow_private_urls)
+        except URLRefused as exc:
+            if exc.cls == "forbidden":
+                return str(exc)
+        return None  # a name that does not resolve now is the fetch's to judge
+    if uri.startswith(("/", "file://")):
+        path = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
+        roots = [root.resolve() for root in source.allowed_roots]
+        if not any(path.resolve().is_relative_to(root) for root in roots):
+            allowed = ", ".join(map(str, roots)) or "none configured (FRAMEFLEET_ALLOWED_ROOTS)"
+            return f"{path} is outside the allowed roots ({allowed})"
+    return None
+
+
+def _validated(batch: list[ItemIn], settings: Settings) -> list[NewItem]:
+    items = []
+    for index, given in enumerate(batch):
+        try:
+            item = NewItem(
+                uri=given.uri,
+                id=given.id,
+                priority=given.priority,
+                etag=given.etag,
+                size=given.size,
+                meta=given.meta or {},
+            )
+        except InvalidItem as exc:
+            raise HTTPException(422, {"index": index, "error": str(exc)}) from None
+        why = _refused_by_policy(item.uri, settings)
+        if why is not None:
+            raise HTTPException(422, {"index": index, "error": why})
+        items.append(item)
+    return items
+
+
+router = APIRouter()
+
+
+def _queue(request: Request) -> Queue:
+    return request.app.state.queue  # type: ignore[no-any-return]
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def _now_ms(request: Request) -> int:
+    return int(request.app.state.clock() * 1000)
+
+
+QueueDep = Annotated[Queue, Depends(_queue)]
+READ, WRITE = [Depends(may_read)], [Depends(may_write)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+
+
+@router.get("/healthz", include_in_schema=False)
+def healthz() -> dict[str, str]:
+    """Liveness: no token, no Redis call."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", dependencies=READ)
+def readyz(queue: QueueDep) -> JSONResponse:
+    """Redis answers and a leader coordinator's health report is fresh and ok (503 says
+    which of them fails)."""
+    problems = []
+    report = None
+    try:
+        queue.client.ping()
+        report = Supervision(queue).health()
+    except RedisError as exc:
+        problems.append(f"redis: {exc}")
+    if not problems and report is None:
+        problems.append("coordinator: no fresh health report (no leader running?)")
+    elif report is not None and not report.get("ok", False):
+        problems.append(f"coordinator: {report.get('error', 'not ok')}")
+    return JSONResponse({"ready": not problems, "problems": problems}, 200 if not problems else 503)
+
+
+@router.post("/v1/items", response_model=Enqueued, dependencies=WRITE)
+def enqueue(body: ItemIn | BatchIn, queue: QueueDep, settings: SettingsDep) -> Enqueued:
+    """One item or a batch of up to 10,000, idempotent by id: which ids were new, and the
+    state of those that already existed. A batch with one bad item writes nothing (422,
+    with its index and why)."""
+    items = _validated(body.items if isinstance(body, BatchIn) else [body], settings)
+    new = queue.enqueue(items)
+    fresh = set(new)
+    version = settings.queue.config_version
+    known = [i for i in dict.fromkeys(x.resolved_id(version) for x in items) if i not in fresh]
+    states = queue.states(known) if known else []
+    existing = [Existing(id=i, state=s) for i, s in zip(known, states, strict=True)]
+    return Enqueued(new=new, existing=existing)
+
+
+@router.get("/v1/items/{item_id}", response_model=ItemOut, dependencies=READ)
+def get_item(item_id: str, queue: QueueDep, request: Request) -> ItemOut:
+    item = queue.get(item_id)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r}")
+    return item_out(item, _now_ms(request))
+
+
+@router.get("/v1/items", response_model=Page, dependencies=READ)
+def list_items(
+    queue: QueueDep,
+    request: Request,
+    state: Annotated[State, Query()] = State.QUEUED,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,9}$")] = None,
+) -> Page:
+    """The items in one state, a page at a time (`cursor` from the previous page)."""
+    offset = int(cursor or 0)
+    found = queue.items_in(state.value, offset=offset, limit=limit + 1)
+    now_ms = _now_ms(request)
+    more = len(found) > limit
+    return Page(
+        items=[item_out(i, now_ms) for i in found[:limit]],
+        cursor=str(offset + limit) if more else None,
+    )
+
+
+@router.delete("/v1/items/{item_id}", dependencies=WRITE)
+def cancel(item_id: str, queue: QueueDep) -> dict[str, str]:
+    """Cancel a queued or delayed item (it becomes a dead letter); 409 for another state."""
+    item = queue.get(item_id)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r}")
+    if not queue.cancel(item_id, "cancelled over the API"):
+        state = str(item.state)
+        raise HTTPException(409, {"error": f"{item_id} is {state}", "state": state})
+    return {"id": item_id, "state": "dead"}
+
+
+@router.get("/v1/queue", response_model=QueueOut, dependencies=READ)
+def queue_counts(queue: QueueDep, settings: SettingsDep) -> QueueOut:
+    stats = queue.stats()
+    return QueueOut(
+        name=settings.queue.name,
+        counts=dict(stats.counts),
+        oldest_queued_age_s=stats.oldest_queued_age_s,
+        paused=stats.paused,
+        counters=dict(stats.counters),
+    )
+
+
+@router.post("/v1/queue/pause", dependencies=WRITE)
+def pause(queue: QueueDep) -> dict[str, bool]:
+    queue.pause()
+    return {"paused": True}
+
+
+@router.post("/v1/queue/resume", dependencies=WRITE)
+def resume(queue: QueueDep) -> dict[str, bool]:
+    queue.resume()
+    return {"paused": False}
+
+
+def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The API over `queue` (whose settings are `settings`)."""
+    app = FastAPI(
+        title="framefleet",
+        version="1",
+        root_path=settings.api.root_path,
+        docs_url=None,  # its page loads assets from a CDN; the schema is at /openapi.json
+        redoc_url=None,
+    )
+    app.state.queue, app.state.settings, app.state.clock = queue, settings, clock
+    app.state.tokens = Tokens.of(settings.api)
+    app.include_router(router)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        return JSONResponse({"detail": f"the queue's Redis does not answer: {exc}"}, 503)
+
+    return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before the app
+    sees it: by its Content-Length, or, sent without one, counted as it is read (it is then
+    held, at most `limit` bytes, and handed to the app whole)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await _too_large(send, self.limit)
+                return
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await _too_large(send, self.limit)
+                return
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = f'{{"detail":"the request body is over {limit} bytes"}}'.encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def serve(settings: Settings, queue: Queue) -> int:
+    """Serve the API until SIGTERM or Ctrl-C (requests in flight are finished, within 10 s).
+    With no token configured it binds only a loopback address."""
+    import uvicorn
+
+    api = settings.api
+    if api.write_token() is None and api.host not in LOOPBACK:
+        raise SystemExit(
+            f"refusing to serve the API on {api.host} without a token: set"
+            " FRAMEFLEET_API_TOKEN or FRAMEFLEET_API_TOKEN_FILE (or bind 127.0.0.1)"
+        )
+    app = BodyLimit(create_app(settings, queue), api.max_body_bytes)
+    config = uvicorn.Config(
+        app,
+        host=api.host,
+        port=api.port,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        access_log=False,
+    )
+    _server_class()(config).run()
+    return 0
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, whose SIGTERM or Ctrl-C ends the process with exit 0 once the
+        requests in flight are done (uvicorn's own re-raises the signal at the end)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle_exit)
+            yield
+
+    return Server

@@ -1,0 +1,218 @@
+"""The HTTP API served by uvicorn on a loopback port, over the embedded Redis, called with
+a real HTTP client: items, the queue's counts, pause and resume, tokens, bad input."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from redis import Redis
+
+from framefleet.ops.api import BodyLimit, create_app
+from framefleet.queue import Queue
+from framefleet.settings import ApiSettings, QueueSettings, Settings, SourceSettings
+from tests.support.servers import free_port
+
+WRITE, READ = "write-token-0123456789", "read-token-0123456789"
+
+
+class Served:
+    """One app on uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, settings: Settings, queue: Queue) -> None:
+        app = BodyLimit(create_app(settings, queue), settings.api.max_body_bytes)
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    def client(self, token: str | None = WRITE) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def _settings(tmp_path: Path, queue: str, **api: Any) -> Settings:
+    videos = tmp_path / "videos"
+    videos.mkdir(exist_ok=True)
+    return Settings(
+        queue=QueueSettings(name=queue),
+        source=SourceSettings(allowed_roots=(videos,)),
+        api=ApiSettings(**{"token": WRITE, "read_token": READ, **api}),
+    )
+
+
+@pytest.fixture
+def api(tmp_path: Path, valkey_client: Redis, request: pytest.FixtureRequest) -> Iterator[Served]:
+    settings = _settings(tmp_path, f"api-{request.node.name[:40]}")
+    with Served(settings, Queue(valkey_client, settings.queue)) as served:
+        yield served
+
+
+def test_enqueue_one_or_a_batch_is_idempotent_and_says_what_existed(api: Served) -> None:
+    with api.client() as c:
+        one = c.post("/v1/items", json={"uri": "s3://videos/a.mp4", "priority": "high"})
+        assert one.status_code == 200, one.text
+        [a] = one.json()["new"]
+        batch = {
+            "items": [
+                {"uri": "s3://videos/a.mp4"},
+                {"uri": "s3://videos/b.mp4", "id": "cam1-b", "etag": "e1", "size": 10},
+                {"uri": "s3://videos/c.mp4", "meta": {"camera": "cam1", "fps": 29.97}},
+            ]
+        }
+        again = c.post("/v1/items", json=batch).json()
+        assert len(again["new"]) == 2 and "cam1-b" in again["new"]
+        assert again["existing"] == [{"id": a, "state": "queued"}]
+        item = c.get(f"/v1/items/{a}").json()
+        assert (item["uri"], item["state"], item["priority"]) == ("s3://videos/a.mp4", "queued", 9)
+        assert item["attempts"] == 0 and item["created_at"] > 0 and item["owner"] is None
+        meta = c.get(f"/v1/items/{again['new'][-1]}").json()["meta"]
+        assert meta == {"camera": "cam1", "fps": 29.97}
+        assert c.get("/v1/items/nope").status_code == 404
+
+
+def test_a_batch_with_one_bad_item_writes_nothing_and_names_it(api: Served, tmp_path: Path) -> None:
+    inside = tmp_path / "videos" / "ok.mp4"
+    cases = [
+        ({"uri": "ftp://x/y.mp4"}, "uri"),
+        ({"uri": "s3://v/a.mp4", "priority": "urgent"}, "priority"),
+        ({"uri": "s3://v/a.mp4", "id": "has space"}, "id"),
+        ({"uri": "/etc/passwd"}, "outside the allowed roots"),
+        ({"uri": "http://127.0.0.1:6379/x.mp4"}, "loopback"),
+        ({"uri": "http://169.254.169.254/latest/meta-data"}, "link-local"),
+        ({"uri": "http://10.1.2.3/v.mp4"}, "private"),
+    ]
+    with api.client() as c:
+        before = c.get("/v1/queue").json()["counters"].get("enqueued_total", 0)
+        for bad, says in cases:
+            body = {"items": [{"uri": str(inside)}, {"uri": "s3://v/ok.mp4"}, bad]}
+            got = c.post("/v1/items", json=body)
+            assert got.status_code == 422, (bad, got.text)
+            detail = got.json()["detail"]
+            assert detail["index"] == 2 and says in detail["error"], (bad, detail)
+        # the schema's own checks: a wrong type, an unknown field, a batch too large, not JSON
+        assert c.post("/v1/items", json={"uri": 5}).status_code == 422
+        unknown = c.post("/v1/items", json={"uri": "s3://v/a.mp4", "colour": "red"})
+        assert unknown.status_code == 422 and "colour" in unknown.text
+        big = {"items": [{"uri": f"s3://v/{i}.mp4"} for i in range(10_001)]}
+        assert c.post("/v1/items", json=big).status_code == 422
+        assert (
+            c.post(
+                "/v1/items", content=b"{not json", headers={"Content-Type": "application/json"}
+            ).status_code
+            == 422
+        )
+        assert c.get("/v1/queue").json()["counters"].get("enqueued_total", 0) == before
+
+
+def test_a_body_over_the_limit_is_refused_with_413(tmp_path: Path, valkey_client: Redis) -> None:
+    settings = _settings(tmp_path, "api-limit", max_body_bytes=4096)
+    with Served(settings, Queue(valkey_client, settings.queue)) as served, served.client() as c:
+        body = {"items": [{"uri": f"s3://videos/{i:04d}.mp4"} for i in range(200)]}
+        assert c.post("/v1/items", json=body).status_code == 413
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it comes
+            yield b'{"items": ['
+            for i in range(200):
+                yield f'{{"uri": "s3://videos/{i:04d}.mp4"}},'.encode()
+            yield b'{"uri": "s3://videos/last.mp4"}]}'
+
+        sent = c.post("/v1/items", content=chunks(), headers={"Content-Type": "application/json"})
+        assert sent.status_code == 413
+        assert c.get("/v1/queue").json()["counts"]["queued"] == 0
+
+
+def test_tokens_decide_who_may_read_and_write(tmp_path: Path, valkey_client: Redis) -> None:
+    settings = _settings(tmp_path, "api-tokens")
+    queue = Queue(valkey_client, settings.queue)
+    with Served(settings, queue) as served:
+        with served.client(None) as anonymous:
+            assert anonymous.get("/healthz").json() == {"status": "ok"}  # liveness: open
+            assert anonymous.get("/v1/queue").status_code == 401
+            assert anonymous.post("/v1/items", json={"uri": "s3://v/a.mp4"}).status_code == 401
+        with served.client("not-the-token") as wrong:
+            assert wrong.get("/v1/queue").status_code == 401
+        with served.client(READ) as reader:
+            assert reader.get("/v1/queue").status_code == 200
+            assert reader.post("/v1/items", json={"uri": "s3://v/a.mp4"}).status_code == 403
+            assert reader.post("/v1/queue/pause").status_code == 403
+        with served.client(WRITE) as writer:
+            assert writer.post("/v1/items", json={"uri": "s3://v/a.mp4"}).status_code == 200
+    readonly = replace(settings, api=replace(settings.api, read_only=True))
+    with Served(readonly, queue) as served, served.client(WRITE) as writer:
+        assert writer.get("/v1/queue").status_code == 200
+        refused = writer.post("/v1/items", json={"uri": "s3://v/b.mp4"})
+        assert refused.status_code == 403 and "read-only" in refused.text
+    assert queue.stats().counts["queued"] == 1
+
+
+def test_list_pages_cancel_pause_and_resume(api: Served) -> None:
+    with api.client() as c:
+        ids = c.post(
+            "/v1/items", json={"items": [{"uri": f"s3://v/{i}.mp4"} for i in range(5)]}
+        ).json()["new"]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, str | int] = {"state": "queued", "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            page = c.get("/v1/items", params=params).json()
+            seen += [i["id"] for i in page["items"]]
+            cursor = page["cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(ids) and len(seen) == 5
+        assert c.get("/v1/items", params={"state": "nope"}).status_code == 422
+        assert c.delete(f"/v1/items/{ids[0]}").json() == {"id": ids[0], "state": "dead"}
+        again = c.delete(f"/v1/items/{ids[0]}")
+        assert again.status_code == 409 and again.json()["detail"]["state"] == "dead"
+        assert c.delete("/v1/items/nope").status_code == 404
+        assert c.post("/v1/queue/pause").json() == {"paused": True}
+        status = c.get("/v1/queue").json()
+        assert status["paused"] is True and status["counts"]["queued"] == 4
+        assert status["counts"]["dead"] == 1 and status["oldest_queued_age_s"] >= 0
+        assert c.post("/v1/queue/resume").json() == {"paused": False}
+        assert c.get("/v1/queue").json()["paused"] is False
+
+
+def test_a_leased_item_shows_its_owner_and_lease_age(api: Served, valkey_client: Redis) -> None:
+    with api.client() as c:
+        [item_id] = c.post("/v1/items", json={"uri": "s3://v/leased.mp4"}).json()["new"]
+        name = c.get("/v1/queue").json()["name"]
+        [lease] = Queue(valkey_client, QueueSettings(name=name)).claim(1, "decoder-7")
+        item = c.get(f"/v1/items/{item_id}").json()
+        assert item["state"] == "leased" and item["owner"] == "decoder-7"
+        assert 0 <= item["lease_age_s"] < 60 and item["claimed_at"] > 0
+        cancel = c.delete(f"/v1/items/{item_id}")
+        assert cancel.status_code == 409 and cancel.json()["detail"]["state"] == "leased"
+        assert lease.id == item_id
+
+
+def test_readyz_wants_a_fresh_leader_report_and_the_schema_is_served(api: Served) -> None:
+    with api.client() as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 503 and "coordinator" in ready.json()["problems"][0]
+        schema = c.get("/openapi.json").json()
+        assert "/v1/items" in schema["paths"] and "/v1/queue/pause" in schema["paths"]
+        assert c.get("/docs").status_code == 404  # its page would load assets from a CDN
