@@ -57,6 +57,25 @@ def _settings(
     )
 
 
+def _one_slow_decoder(queue: str, tmp_path: Path, videos: int) -> tuple[Settings, list[Path]]:
+    """`videos` videos of three 8-frame chunks; one decode actor with one place, two chunks
+    out at a time, and one inference actor whose model takes 0.5 s a chunk."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    paths = [write_video(folder / f"v{i}.mp4", frames=24) for i in range(videos)]
+    settings = _settings(
+        queue,
+        folder,
+        tmp_path / "out",
+        ModelSettings(plugin="tests.support.plugin_model:load_slow"),
+        decode_actors=1,
+        inference_actors=1,
+        items_per_decoder=1,
+        max_inflight_chunks=2,
+    )
+    return settings, paths
+
+
 def test_pipeline_equals_a_direct_run(
     ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
 ) -> None:
@@ -273,20 +292,7 @@ def test_a_drained_decode_actor_finishes_its_videos_and_claims_no_more(
     no attempt), claim nothing more, and return from run()."""
     import time
 
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    paths = [write_video(videos / f"v{i}.mp4", frames=24) for i in range(4)]  # 3 chunks each
-    model = ModelSettings(plugin="tests.support.plugin_model:load_slow")  # 0.5 s a chunk
-    settings = _settings(
-        "drain",
-        videos,
-        tmp_path / "out",
-        model,
-        decode_actors=1,
-        inference_actors=1,
-        items_per_decoder=1,
-        max_inflight_chunks=2,
-    )
+    settings, paths = _one_slow_decoder("drain", tmp_path, videos=4)
     q = Queue(valkey_client, settings.queue)
     ids = q.enqueue([str(p) for p in paths])
     fleet = Fleet(settings, valkey.url).start()
@@ -320,20 +326,7 @@ def test_the_next_video_starts_while_the_last_chunks_are_in_inference(
     the decoder idling until the first is acked. Both are acked."""
     import threading
 
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    paths = [write_video(videos / f"v{i}.mp4", frames=24) for i in range(2)]  # 3 chunks each
-    model = ModelSettings(plugin="tests.support.plugin_model:load_slow")
-    settings = _settings(
-        "overlap",
-        videos,
-        tmp_path / "out",
-        model,
-        decode_actors=1,
-        inference_actors=1,
-        items_per_decoder=1,
-        max_inflight_chunks=2,
-    )
+    settings, paths = _one_slow_decoder("overlap", tmp_path, videos=2)
     q = Queue(valkey_client, settings.queue)
     ids = q.enqueue([str(p) for p in paths])
     most_leased = 0
