@@ -87,12 +87,30 @@ class Page(BaseModel):
     cursor: str | None  # pass back for the next page; None: this was the last
 
 
+WINDOWS_MIN = (1, 5, 15, 60)
+
+
+class Throughput(BaseModel):
+    done: int
+    dead: int
+    per_s: float  # videos finished (done or dead) a second over the window
+
+
 class QueueOut(BaseModel):
     name: str
     counts: dict[str, int]
     oldest_queued_age_s: float | None
     paused: bool
     counters: dict[str, int]
+    throughput: dict[str, Throughput]  # "1m", "5m", "15m", "60m"
+    drain_s: float | None  # the backlog at the last 5 minutes' rate (None: nothing finishes)
+
+
+class WorkerOut(BaseModel):
+    name: str
+    kind: str
+    heartbeat_age_s: float
+    items: list[str]
 
 
 def _seconds(ms: int | None) -> float | None:
@@ -236,17 +254,13 @@ def list_items(
     request: Request,
     state: Annotated[State, Query()] = State.QUEUED,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(pattern=r"^\d{1,9}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^\d{1,20}:[^\s]{1,200}$")] = None,
 ) -> Page:
-    """The items in one state, a page at a time (`cursor` from the previous page)."""
-    offset = int(cursor or 0)
-    found = queue.items_in(state.value, offset=offset, limit=limit + 1)
+    """The items in one state, newest first, a page at a time (`cursor` from the previous
+    page: a place, so items that come and go meanwhile shift nothing)."""
+    found, after = queue.page(state.value, limit, cursor)
     now_ms = _now_ms(request)
-    more = len(found) > limit
-    return Page(
-        items=[item_out(i, now_ms) for i in found[:limit]],
-        cursor=str(offset + limit) if more else None,
-    )
+    return Page(items=[item_out(i, now_ms) for i in found], cursor=after)
 
 
 @router.delete("/v1/items/{item_id}", dependencies=WRITE)
@@ -263,14 +277,55 @@ def cancel(item_id: str, queue: QueueDep) -> dict[str, str]:
 
 @router.get("/v1/queue", response_model=QueueOut, dependencies=READ)
 def queue_counts(queue: QueueDep, settings: SettingsDep) -> QueueOut:
+    """Counts by state, the oldest queued item's age, paused or not, the counters, videos
+    finished over the last 1, 5, 15 and 60 minutes, and the time to drain the backlog at
+    the last 5 minutes' rate."""
     stats = queue.stats()
+    now_ms = queue.now_ms()
+    windows = {}
+    for minutes in WINDOWS_MIN:
+        done, dead = queue.finished_since(now_ms - minutes * 60_000)
+        windows[f"{minutes}m"] = Throughput(
+            done=done, dead=dead, per_s=round((done + dead) / (minutes * 60), 3)
+        )
+    backlog = sum(stats.counts[s] for s in ("queued", "delayed", "leased", "inbox"))
+    rate = windows["5m"].per_s
     return QueueOut(
         name=settings.queue.name,
         counts=dict(stats.counts),
         oldest_queued_age_s=stats.oldest_queued_age_s,
         paused=stats.paused,
         counters=dict(stats.counters),
+        throughput=windows,
+        drain_s=round(backlog / rate, 1) if rate > 0 else (0.0 if backlog == 0 else None),
     )
+
+
+@router.get("/v1/workers", response_model=list[WorkerOut], dependencies=READ)
+def workers(queue: QueueDep) -> list[WorkerOut]:
+    """Every worker heartbeating into this queue: its kind (the first part of its name:
+    decode, inference, coordinator...), the seconds since its last heartbeat, the items
+    it holds."""
+    supervision = Supervision(queue)
+    return [
+        WorkerOut(
+            name=name,
+            kind=name.split("-", 1)[0],
+            heartbeat_age_s=round(age, 3),
+            items=sorted(supervision.held(name)),
+        )
+        for name, age in sorted(supervision.workers().items())
+    ]
+
+
+@router.get("/v1/health", dependencies=READ)
+def health(queue: QueueDep, request: Request) -> dict[str, Any]:
+    """The leader coordinator's last health report (leader, GCS, nodes, pools, events) and
+    its age; `report` is null when no leader has written one lately (it expires)."""
+    report = Supervision(queue).health()
+    at = report.get("at") if report else None
+    age = round(request.app.state.clock() - at, 3) if isinstance(at, int | float) else None
+    return {"report": report, "age_s": age}
 
 
 @router.post("/v1/queue/pause", dependencies=WRITE)

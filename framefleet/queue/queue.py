@@ -301,6 +301,58 @@ class Queue:
         ids = self.client.zrange(self.keys.state(state), offset, offset + limit - 1)
         return self._items(cast(list[str], ids))
 
+    def page(
+        self, state: str, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Item], str | None]:
+        """Items in one state, newest first (by the zset's score: enqueue order, lease
+        deadline, retry time, done or dead time), `limit` at a time, and the cursor of the
+        next page (None: no more). The cursor is a place (score and id), not a count, so
+        items added or removed meanwhile shift nothing."""
+        key = self.keys.state(state)
+        top, after = "+inf", None
+        if cursor is not None:
+            score, sep, after = cursor.partition(":")
+            if not sep or not score.isdigit():
+                raise ValueError(f"not a cursor: {cursor!r}")
+            top = score
+        rows: list[tuple[str, int]] = []
+        offset = 0
+        while len(rows) <= limit:
+            batch = cast(
+                list[tuple[str, int]],
+                self.client.zrevrangebyscore(
+                    key,
+                    top,
+                    "-inf",
+                    offset,
+                    limit + 1,
+                    withscores=True,
+                    score_cast_func=lambda v: int(float(v)),
+                ),
+            )
+            offset += len(batch)
+            # at the cursor's own score, ids come in reverse order: go on below it
+            rows += [(m, sc) for m, sc in batch if after is None or sc != int(top) or m < after]
+            if len(batch) < limit + 1:
+                break
+        more, rows = len(rows) > limit, rows[:limit]
+        items = self._items([m for m, _ in rows])
+        return items, (f"{rows[-1][1]}:{rows[-1][0]}" if more else None)
+
+    def finished_since(self, since_ms: int) -> tuple[int, int]:
+        """(done, dead) items that ended at or after `since_ms` (queue time), from the
+        done and dead zsets' scores: throughput without any state of its own."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcount(self.keys.state("done"), since_ms, "+inf")
+        pipe.zcount(self.keys.state("dead"), since_ms, "+inf")
+        done, dead = pipe.execute()
+        return int(done), int(dead)
+
+    def now_ms(self) -> int:
+        """The queue's time: the server's clock, or the test clock it was given."""
+        now = self._now()
+        return int(now) if now else _server_ms(self.client.time())
+
     def chunks(self, item_id: str) -> set[int]:
         """Checkpointed chunk indices of an item that is not done yet."""
         return {int(c) for c in self.client.smembers(self.keys.chunks(item_id))}
@@ -378,3 +430,8 @@ def _lease(row: list[Any], worker: str) -> Lease:
         solo == "1",
         int(rev),
     )
+
+
+def _server_ms(reply: tuple[int, int]) -> int:
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -16,7 +16,7 @@ import uvicorn
 from redis import Redis
 
 from framefleet.ops.api import BodyLimit, create_app
-from framefleet.queue import Queue
+from framefleet.queue import Queue, Supervision
 from framefleet.settings import ApiSettings, QueueSettings, Settings, SourceSettings
 from tests.support.servers import free_port
 
@@ -182,7 +182,7 @@ def test_list_pages_cancel_pause_and_resume(api: Served) -> None:
             cursor = page["cursor"]
             if cursor is None:
                 break
-        assert sorted(seen) == sorted(ids) and len(seen) == 5
+        assert seen == ids[::-1]  # newest first
         assert c.get("/v1/items", params={"state": "nope"}).status_code == 422
         assert c.delete(f"/v1/items/{ids[0]}").json() == {"id": ids[0], "state": "dead"}
         again = c.delete(f"/v1/items/{ids[0]}")
@@ -216,3 +216,54 @@ def test_readyz_wants_a_fresh_leader_report_and_the_schema_is_served(api: Served
         schema = c.get("/openapi.json").json()
         assert "/v1/items" in schema["paths"] and "/v1/queue/pause" in schema["paths"]
         assert c.get("/docs").status_code == 404  # its page would load assets from a CDN
+
+
+def test_pages_hold_their_place_while_items_come_and_go(api: Served, valkey_client: Redis) -> None:
+    """Done items acked in one batch share one score (the ack's time): the cursor is a
+    place (score and id), so a page boundary inside the tie loses and repeats nothing, and
+    items finished meanwhile do not shift the next page."""
+    with api.client() as c:
+        name = c.get("/v1/queue").json()["name"]
+        q = Queue(valkey_client, QueueSettings(name=name))
+        c.post("/v1/items", json={"items": [{"uri": f"s3://v/{i}.mp4"} for i in range(7)]})
+        leases = q.claim(7, "w")
+        assert all(q.ack_many([(lease, "") for lease in leases]))  # one time for all seven
+        first = c.get("/v1/items", params={"state": "done", "limit": 3}).json()
+        c.post("/v1/items", json={"uri": "s3://v/later.mp4"})
+        [late] = q.claim(1, "w")
+        q.ack(late, "")  # newer than the cursor: not on the pages after it
+        second = c.get(
+            "/v1/items", params={"state": "done", "limit": 3, "cursor": first["cursor"]}
+        ).json()
+        third = c.get(
+            "/v1/items", params={"state": "done", "limit": 3, "cursor": second["cursor"]}
+        ).json()
+        got = [i["id"] for page in (first, second, third) for i in page["items"]]
+        assert sorted(got) == sorted(lease.id for lease in leases) and len(set(got)) == 7
+        assert third["cursor"] is None
+        bad = c.get("/v1/items", params={"state": "done", "cursor": "not-a-cursor"})
+        assert bad.status_code == 422
+
+
+def test_queue_throughput_drain_time_workers_and_health(api: Served, valkey_client: Redis) -> None:
+    with api.client() as c:
+        name = c.get("/v1/queue").json()["name"]
+        q = Queue(valkey_client, QueueSettings(name=name))
+        c.post("/v1/items", json={"items": [{"uri": f"s3://v/{i}.mp4"} for i in range(6)]})
+        leases = q.claim(4, "decode-g1-0")
+        q.ack_many([(lease, "") for lease in leases[:3]])
+        q.fail(leases[3], "not a video", retryable=False, cls="not_a_video")
+        Supervision(q).heartbeat("decode-g1-0", holding=[])
+        status = c.get("/v1/queue").json()
+        assert status["throughput"]["1m"] == {"done": 3, "dead": 1, "per_s": round(4 / 60, 3)}
+        assert status["throughput"]["60m"]["done"] == 3
+        # 2 queued at 4 videos in 5 minutes
+        assert status["drain_s"] == pytest.approx(2 / round(4 / 300, 3), rel=1e-3)
+        [worker] = c.get("/v1/workers").json()
+        assert worker["name"] == "decode-g1-0" and worker["kind"] == "decode"
+        assert worker["items"] == [] and 0 <= worker["heartbeat_age_s"] < 30
+        assert c.get("/v1/health").json() == {"report": None, "age_s": None}
+        Supervision(q).write_health({"ok": True, "at": time.time(), "leader": "c1"}, ttl_s=30)
+        health = c.get("/v1/health").json()
+        assert health["report"]["leader"] == "c1" and 0 <= health["age_s"] < 30
+        assert c.get("/readyz").status_code == 200
