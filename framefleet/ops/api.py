@@ -106,6 +106,16 @@ class QueueOut(BaseModel):
     drain_s: float | None  # the backlog at the last 5 minutes' rate (None: nothing finishes)
 
 
+class Bulk(BaseModel):
+    """A bulk action on dead letters: first without `confirm` (a dry run: the count it
+    would touch), then with that count back as `confirm` and a `reason`."""
+
+    model_config = ConfigDict(extra="forbid")
+    dead_class: StrictStr | None = Field(None, alias="class")  # None: every class
+    confirm: StrictInt | None = None
+    reason: StrictStr | None = Field(None, min_length=1, max_length=500)
+
+
 class WorkerOut(BaseModel):
     name: str
     kind: str
@@ -198,6 +208,8 @@ def _now_ms(request: Request) -> int:
 
 QueueDep = Annotated[Queue, Depends(_queue)]
 READ, WRITE = [Depends(may_read)], [Depends(may_write)]
+WriterDep = Annotated[str, Depends(may_write)]  # the caller's name, for the audit log
+CURSOR = r"^\d{1,20}:[^\s]{1,200}$"
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
@@ -254,7 +266,7 @@ def list_items(
     request: Request,
     state: Annotated[State, Query()] = State.QUEUED,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(pattern=r"^\d{1,20}:[^\s]{1,200}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=CURSOR)] = None,
 ) -> Page:
     """The items in one state, newest first, a page at a time (`cursor` from the previous
     page: a place, so items that come and go meanwhile shift nothing)."""
@@ -263,8 +275,8 @@ def list_items(
     return Page(items=[item_out(i, now_ms) for i in found], cursor=after)
 
 
-@router.delete("/v1/items/{item_id}", dependencies=WRITE)
-def cancel(item_id: str, queue: QueueDep) -> dict[str, str]:
+@router.delete("/v1/items/{item_id}")
+def cancel(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     """Cancel a queued or delayed item (it becomes a dead letter); 409 for another state."""
     item = queue.get(item_id)
     if item is None:
@@ -272,6 +284,7 @@ def cancel(item_id: str, queue: QueueDep) -> dict[str, str]:
     if not queue.cancel(item_id, "cancelled over the API"):
         state = str(item.state)
         raise HTTPException(409, {"error": f"{item_id} is {state}", "state": state})
+    queue.record({"who": who, "action": "cancel", "ids": [item_id], "count": 1})
     return {"id": item_id, "state": "dead"}
 
 
@@ -328,16 +341,104 @@ def health(queue: QueueDep, request: Request) -> dict[str, Any]:
     return {"report": report, "age_s": age}
 
 
-@router.post("/v1/queue/pause", dependencies=WRITE)
-def pause(queue: QueueDep) -> dict[str, bool]:
+@router.post("/v1/queue/pause")
+def pause(queue: QueueDep, who: WriterDep) -> dict[str, bool]:
     queue.pause()
+    queue.record({"who": who, "action": "pause"})
     return {"paused": True}
 
 
-@router.post("/v1/queue/resume", dependencies=WRITE)
-def resume(queue: QueueDep) -> dict[str, bool]:
+@router.post("/v1/queue/resume")
+def resume(queue: QueueDep, who: WriterDep) -> dict[str, bool]:
     queue.resume()
+    queue.record({"who": who, "action": "resume"})
     return {"paused": False}
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+
+@router.get("/v1/dead", response_model=Page, dependencies=READ)
+def dead(
+    queue: QueueDep,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(pattern=CURSOR)] = None,
+) -> Page:
+    """Dead letters, newest first, with their reasons and classes."""
+    found, after = queue.page("dead", limit, cursor)
+    now_ms = _now_ms(request)
+    return Page(items=[item_out(i, now_ms) for i in found], cursor=after)
+
+
+@router.get("/v1/dead/groups", dependencies=READ)
+def dead_groups(queue: QueueDep) -> dict[str, Any]:
+    """The dead letters counted by class (not_a_video, truncated, poison, ...)."""
+    groups = queue.dead_classes()
+    return {"groups": groups, "total": sum(groups.values())}
+
+
+@router.post("/v1/dead/{item_id}/retry")
+def retry_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
+    """One dead letter back to the queue: the same item (id, uri, meta), fresh counts."""
+    item = queue.get(item_id)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r}")
+    if item.state != "dead" or not queue.retry_dead([item_id]):
+        raise HTTPException(409, {"error": f"{item_id} is {item.state}", "state": str(item.state)})
+    queue.record({"who": who, "action": "retry", "ids": [item_id], "count": 1})
+    return {"id": item_id, "state": "queued"}
+
+
+def _bulk(
+    queue: Queue, who: str, action: str, body: Bulk, act: Callable[[list[str]], list[str]]
+) -> dict[str, Any]:
+    ids = queue.dead_ids(body.dead_class)
+    scope = {"class": body.dead_class, "count": len(ids)}
+    if body.confirm is None:
+        return {"dry_run": True, **scope}
+    if body.confirm != len(ids):
+        raise HTTPException(409, {"error": "the count changed: look again", **scope})
+    if not body.reason:
+        raise HTTPException(422, "a bulk action needs a reason")
+    done: list[str] = []
+    for i in range(0, len(ids), 1000):
+        done += act(ids[i : i + 1000])
+    queue.record(
+        {
+            "who": who,
+            "action": action,
+            "class": body.dead_class,
+            "count": len(done),
+            "why": body.reason,
+        }
+    )
+    return {"dry_run": False, "class": body.dead_class, "count": len(done)}
+
+
+@router.post("/v1/dead/retry")
+def retry_bulk(body: Bulk, queue: QueueDep, who: WriterDep) -> dict[str, Any]:
+    """Every dead letter of a class (or all) back to the queue, as the same items."""
+    return _bulk(queue, who, "retry", body, lambda ids: queue.retry_dead(ids))
+
+
+@router.delete("/v1/dead")
+def purge_bulk(
+    queue: QueueDep,
+    who: WriterDep,
+    dead_class: Annotated[str | None, Query(alias="class")] = None,
+    confirm: Annotated[int | None, Query()] = None,
+    reason: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
+) -> dict[str, Any]:
+    """Delete every dead letter of a class (or all) for good; a dry run, then confirmed."""
+    body = Bulk.model_validate({"class": dead_class, "confirm": confirm, "reason": reason})
+    return _bulk(queue, who, "purge", body, lambda ids: queue.purge_dead(ids))
+
+
+@router.get("/v1/audit", dependencies=READ)
+def audit(queue: QueueDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Any]:
+    """What operators did (who: the token's name; what; how many; why; when), newest first."""
+    return queue.audit(limit)
 
 
 def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = time.time) -> FastAPI:

@@ -26,6 +26,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:fleets      | hash | Ray driver generation -> the coordinator that runs it   |
 | ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
 | ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
+| ff:{videos}:audit       | list | operators' actions, JSON, newest first (capped)         |
 
 Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
 `created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,
@@ -121,6 +122,10 @@ class Keys:
     @property
     def health(self) -> str:
         return f"{self.base}health"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.base}audit"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this queue."""

@@ -13,7 +13,7 @@ import math
 import random
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any, cast
 
@@ -41,6 +41,7 @@ from .scripts import Scripts
 
 Clock = Callable[[], int]
 _IN_FLIGHT = 8  # enqueue batches sent ahead of their replies
+AUDIT_CAP = 10_000  # entries the audit log keeps
 
 
 class Queue:
@@ -287,6 +288,48 @@ class Queue:
     def purge_dead(self, ids: Sequence[str] = (), *, limit: int = 1000) -> list[str]:
         """Delete dead letters for good: the given ids, or the oldest `limit`."""
         return list(self._run("purge_dead", limit, *[check_id(i) for i in ids]))
+
+    def dead_ids(self, cls: str | None = None) -> list[str]:
+        """The ids of the dead letters of one class (`dead_class`; "unknown" for one
+        without), or of all with None; newest first. Reads every dead letter's class: an
+        operator's action, not a hot path."""
+        ids = [str(i) for i in self.client.zrevrange(self.keys.state("dead"), 0, -1)]
+        if cls is None:
+            return ids
+        return [i for i, c in zip(ids, self._dead_classes(ids), strict=True) if c == cls]
+
+    def dead_classes(self) -> dict[str, int]:
+        """How many dead letters there are of each class."""
+        ids = [str(i) for i in self.client.zrange(self.keys.state("dead"), 0, -1)]
+        counts: dict[str, int] = {}
+        for cls in self._dead_classes(ids):
+            counts[cls] = counts.get(cls, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def _dead_classes(self, ids: Sequence[str]) -> list[str]:
+        found: list[str] = []
+        step = self.settings.batch_size
+        for i in range(0, len(ids), step):
+            pipe = self.client.pipeline(transaction=False)
+            for item_id in ids[i : i + step]:
+                pipe.hget(self.keys.item(item_id), "dead_class")
+            found += [str(c) if c else "unknown" for c in pipe.execute()]
+        return found
+
+    # -- the operators' audit log --------------------------------------------------------
+
+    def record(self, entry: Mapping[str, Any]) -> None:
+        """Add an operator's action to the audit log (at its head; the oldest beyond
+        AUDIT_CAP are dropped), stamped with the queue's time as `at` (seconds)."""
+        line = json.dumps({**entry, "at": self.now_ms() / 1000}, sort_keys=True, default=str)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lpush(self.keys.audit, line)
+        pipe.ltrim(self.keys.audit, 0, AUDIT_CAP - 1)
+        pipe.execute()
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` entries of the audit log, newest first."""
+        return [json.loads(x) for x in self.client.lrange(self.keys.audit, 0, limit - 1)]
 
     # -- reading -----------------------------------------------------------------------
 

@@ -267,3 +267,65 @@ def test_queue_throughput_drain_time_workers_and_health(api: Served, valkey_clie
         health = c.get("/v1/health").json()
         assert health["report"]["leader"] == "c1" and 0 <= health["age_s"] < 30
         assert c.get("/readyz").status_code == 200
+
+
+def _kill(q: Queue, n: int, cls: str, prefix: str) -> list[str]:
+    """n new items claimed and failed for good with class `cls`."""
+    ids = q.enqueue([f"s3://v/{prefix}-{i}.mp4" for i in range(n)])
+    for lease in q.claim(n, "w"):
+        assert q.fail(lease, f"{cls} ({prefix})", retryable=False, cls=cls)
+    return ids
+
+
+def test_dead_letters_by_class_retried_and_purged_with_a_count_and_a_reason(
+    api: Served, valkey_client: Redis
+) -> None:
+    """A dry run says how many a bulk action would touch; the action wants that count back
+    and a reason, and goes to the audit log with who did it; a retried item is the same
+    item (id, uri, meta) with fresh counts."""
+    with api.client() as c:
+        name = c.get("/v1/queue").json()["name"]
+        q = Queue(valkey_client, QueueSettings(name=name))
+        corrupt = _kill(q, 3, "corrupt", "cam1")
+        missing = _kill(q, 2, "not_found", "cam2")
+        assert c.get("/v1/dead/groups").json() == {
+            "groups": {"corrupt": 3, "not_found": 2},
+            "total": 5,
+        }
+        page = c.get("/v1/dead", params={"limit": 10}).json()
+        assert {i["id"] for i in page["items"]} == {*corrupt, *missing}
+        assert {i["dead_class"] for i in page["items"]} == {"corrupt", "not_found"}
+        # a dry run touches nothing
+        dry = c.post("/v1/dead/retry", json={"class": "corrupt"}).json()
+        assert dry == {"dry_run": True, "class": "corrupt", "count": 3}
+        assert c.get("/v1/dead/groups").json()["total"] == 5
+        # a wrong count (someone acted meanwhile) and a missing reason are refused
+        stale = c.post("/v1/dead/retry", json={"class": "corrupt", "confirm": 2, "reason": "x"})
+        assert stale.status_code == 409 and stale.json()["detail"]["count"] == 3
+        assert c.post("/v1/dead/retry", json={"class": "corrupt", "confirm": 3}).status_code == 422
+        done = c.post(
+            "/v1/dead/retry",
+            json={"class": "corrupt", "confirm": 3, "reason": "decoder fixed in 1.4"},
+        ).json()
+        assert done == {"dry_run": False, "class": "corrupt", "count": 3}
+        for item_id in corrupt:
+            item = c.get(f"/v1/items/{item_id}").json()
+            assert item["state"] == "queued" and item["attempts"] == 0
+            assert item["uri"].startswith("s3://v/cam1-")  # the same item
+        # one by one, and a purge of what is left
+        assert c.post(f"/v1/dead/{missing[0]}/retry").json()["state"] == "queued"
+        assert c.post(f"/v1/dead/{missing[0]}/retry").status_code == 409  # not dead now
+        assert c.post("/v1/dead/nope/retry").status_code == 404
+        assert c.delete("/v1/dead").json() == {"dry_run": True, "class": None, "count": 1}
+        purged = c.delete("/v1/dead", params={"confirm": 1, "reason": "camera 2 retired"})
+        assert purged.json()["count"] == 1 and c.get(f"/v1/items/{missing[1]}").status_code == 404
+        log = c.get("/v1/audit").json()
+        assert [(e["action"], e.get("count"), e.get("why")) for e in log] == [
+            ("purge", 1, "camera 2 retired"),
+            ("retry", 1, None),
+            ("retry", 3, "decoder fixed in 1.4"),
+        ]
+        assert all(e["who"] == "write" and e["at"] > 0 for e in log)
+    with api.client(READ) as reader:
+        assert reader.post("/v1/dead/retry", json={"class": None}).status_code == 403
+        assert reader.get("/v1/audit").status_code == 200

@@ -185,6 +185,10 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     for lease in q.claim(3, "w10"):
         assert q.fail(lease, "corrupt", retryable=False)
     assert {"d1", "d2", "d3"} <= {x.id for x in q.dead()}
+    assert {"d1", "d2", "d3"} <= set(q.dead_ids()) and q.dead_classes()
+    assert set(q.dead_ids("unknown")) <= set(q.dead_ids())
+    q.record({"who": "test", "action": "retry"})
+    assert q.audit(1)[0]["action"] == "retry"
     assert q.retry_dead(["d1"]) == ["d1"] and q.purge_dead(["d2"]) == ["d2"]
     assert q.purge_dead() == ["d3"]
     # reading
