@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 AppendFsync = Literal["everysec", "always"]
+# What `framefleet run` takes from a folder, and S3 events enqueue by default.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg")
 
 
 class SettingsError(ValueError):
@@ -302,6 +304,9 @@ class ApiSettings:
     read_only: bool = False  # FRAMEFLEET_API_READ_ONLY: refuse every write
     root_path: str = ""  # FRAMEFLEET_API_ROOT_PATH: served under this sub-path by a proxy
     max_body_bytes: int = 8 * 1024 * 1024  # FRAMEFLEET_API_MAX_BODY_BYTES
+    # FRAMEFLEET_S3_EVENT_SUFFIXES: the keys S3 events enqueue, by suffix (comma-separated,
+    # any case; "*": every key)
+    s3_event_suffixes: str = ",".join(VIDEO_SUFFIXES)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -310,6 +315,11 @@ class ApiSettings:
             raise SettingsError("give FRAMEFLEET_API_TOKEN or FRAMEFLEET_API_TOKEN_FILE, not both")
         if self.max_body_bytes < 1024:
             raise SettingsError("FRAMEFLEET_API_MAX_BODY_BYTES must be at least 1024")
+
+    def takes_key(self, key: str) -> bool:
+        """Whether an S3 event for `key` is enqueued (its suffix is one of the list)."""
+        wanted = [x.strip().lower() for x in self.s3_event_suffixes.split(",") if x.strip()]
+        return "*" in wanted or key.lower().endswith(tuple(wanted))
 
     def write_token(self) -> str | None:
         """The write token, read from token_file when that is how it is given."""
@@ -464,6 +474,7 @@ _API_ENV = {
     "read_only": "FRAMEFLEET_API_READ_ONLY",
     "root_path": "FRAMEFLEET_API_ROOT_PATH",
     "max_body_bytes": "FRAMEFLEET_API_MAX_BODY_BYTES",
+    "s3_event_suffixes": "FRAMEFLEET_S3_EVENT_SUFFIXES",
 }
 
 _S = TypeVar(

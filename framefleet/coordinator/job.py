@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from framefleet.queue import Item, NewItem, Queue, Supervision, connect, default_id
-from framefleet.settings import Settings
+from framefleet.settings import VIDEO_SUFFIXES, Settings
 from framefleet.workers.outputs import OutputStore, output_version
 
 from .supervisor import Coordinator
-
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg"}
 
 
 def expand(paths: list[str]) -> list[str]:

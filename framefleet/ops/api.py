@@ -11,6 +11,7 @@ resume; dead letters, workers, S3 events and metrics come next (issue 14).
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from framefleet.queue.model import InvalidItem
 from framefleet.settings import Settings
 
 from .auth import Tokens, may_read, may_write
+from .s3events import records
 
 MAX_BATCH = 10_000
 MetaValue = StrictStr | StrictInt | float | bool | None
@@ -433,6 +435,39 @@ def purge_bulk(
     """Delete every dead letter of a class (or all) for good; a dry run, then confirmed."""
     body = Bulk.model_validate({"class": dead_class, "confirm": confirm, "reason": reason})
     return _bulk(queue, who, "purge", body, lambda ids: queue.purge_dead(ids))
+
+
+@router.post("/v1/events/s3", dependencies=WRITE)
+async def s3_events(request: Request, queue: QueueDep, settings: SettingsDep) -> dict[str, Any]:
+    """An S3 event notification (AWS directly, through SNS or EventBridge, or MinIO's
+    webhook): each ObjectCreated record of a key with a wanted suffix is enqueued as
+    s3://bucket/key, its id standing for bucket, key and version (or eTag), its source in
+    meta. Other events are answered and counted as ignored; a record that makes no valid
+    item is refused alone (the others are enqueued), with its index and why."""
+    try:
+        body = json.loads(await request.body())
+        found = list(records(body))
+    except ValueError as exc:  # not JSON (JSONDecodeError is one), or not an S3 event
+        raise HTTPException(400, f"not an S3 event notification: {exc}") from None
+    items, ignored, refused = [], 0, []
+    for index, record in enumerate(found):
+        if record is None or not record.created or not settings.api.takes_key(record.key):
+            ignored += 1
+            continue
+        try:
+            item = record.item(settings.queue.config_version)
+        except InvalidItem as exc:
+            refused.append({"index": index, "key": record.key[:200], "error": str(exc)})
+            continue
+        items.append(item)
+    new = queue.enqueue(items) if items else []
+    return {
+        "enqueued": len(new),
+        "duplicates": len(items) - len(new),  # delivered before (or twice in this body)
+        "ignored": ignored,
+        "refused": refused,
+        "ids": [i.id for i in items],
+    }
 
 
 @router.get("/v1/audit", dependencies=READ)

@@ -3,6 +3,7 @@ a real HTTP client: items, the queue's counts, pause and resume, tokens, bad inp
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -329,3 +330,99 @@ def test_dead_letters_by_class_retried_and_purged_with_a_count_and_a_reason(
     with api.client(READ) as reader:
         assert reader.post("/v1/dead/retry", json={"class": None}).status_code == 403
         assert reader.get("/v1/audit").status_code == 200
+
+
+def _aws_record(key: str, event: str = "ObjectCreated:Put", **obj: Any) -> dict[str, Any]:
+    """One record as S3 sends it (documented shape; the key URL-encoded)."""
+    return {
+        "eventVersion": "2.1",
+        "eventSource": "aws:s3",
+        "eventTime": "2026-12-01T10:00:00.000Z",
+        "eventName": event,
+        "s3": {
+            "s3SchemaVersion": "1.0",
+            "bucket": {"name": "cams", "arn": "arn:aws:s3:::cams"},
+            "object": {"key": key, "size": 52_428_800, "eTag": "0123abcd", **obj},
+        },
+    }
+
+
+def test_s3_event_notifications_of_aws_sns_eventbridge_and_minio(
+    api: Served, valkey_client: Redis
+) -> None:
+    """Each ObjectCreated record of a video key becomes s3://bucket/key (decoded), once
+    however often it is delivered; a new version is a new item; test events, deletions
+    and other suffixes are ignored; the source record is in meta."""
+
+    direct = {
+        "Records": [
+            _aws_record("2026%2F12%2F01%2Flobby+cam+%2B%C3%A9t%C3%A9.mp4", sequencer="0A1"),
+            _aws_record("notes.txt"),
+            _aws_record("gone.mp4", event="ObjectRemoved:Delete"),
+        ]
+    }
+    with api.client() as c:
+        name = c.get("/v1/queue").json()["name"]
+        q = Queue(valkey_client, QueueSettings(name=name))
+        first = c.post("/v1/events/s3", json=direct).json()
+        assert (first["enqueued"], first["duplicates"], first["ignored"]) == (1, 0, 2)
+        [item_id] = first["ids"]
+        item = q.get(item_id)
+        assert item is not None and item.uri == "s3://cams/2026/12/01/lobby cam +été.mp4"
+        assert item.etag == "0123abcd" and item.size == 52_428_800
+        assert item.meta["s3_sequencer"] == "0A1" and item.meta["s3_event"] == "ObjectCreated:Put"
+        again = c.post("/v1/events/s3", json=direct).json()  # at least once: a duplicate
+        assert (again["enqueued"], again["duplicates"]) == (0, 1) and again["ids"] == [item_id]
+        # through SNS: the same event as a JSON string, once more a duplicate
+        sns = {"Type": "Notification", "MessageId": "m1", "Message": json.dumps(direct)}
+        assert c.post("/v1/events/s3", json=sns).json()["duplicates"] == 1
+        # a new version of the same key is new work
+        versioned = {
+            "Records": [_aws_record("v.mp4", versionId="v1"), _aws_record("v.mp4", versionId="v2")]
+        }
+        assert c.post("/v1/events/s3", json=versioned).json()["enqueued"] == 2
+        # EventBridge: its own shape, the key not encoded
+        bridge = {
+            "version": "0",
+            "detail-type": "Object Created",
+            "source": "aws.s3",
+            "time": "2026-12-01T10:00:00Z",
+            "detail": {
+                "bucket": {"name": "cams"},
+                "object": {
+                    "key": "raw/12:00 clip.mov",
+                    "size": 10,
+                    "etag": "ff",
+                    "sequencer": "0B",
+                },
+                "reason": "PutObject",
+            },
+        }
+        got = c.post("/v1/events/s3", json=bridge).json()
+        assert got["enqueued"] == 1
+        assert q.get(got["ids"][0]).uri == "s3://cams/raw/12:00 clip.mov"  # type: ignore[union-attr]
+        # MinIO's webhook: EventName, Key and Records, with the same bearer token
+        minio = {
+            "EventName": "s3:ObjectCreated:Put",
+            "Key": "cams/minio.webm",
+            "Records": [_aws_record("minio.webm", event="s3:ObjectCreated:Put")],
+        }
+        assert c.post("/v1/events/s3", json=minio).json()["enqueued"] == 1
+        test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "cams"}
+        assert c.post("/v1/events/s3", json=test_event).json() == {
+            "enqueued": 0,
+            "duplicates": 0,
+            "ignored": 1,
+            "refused": [],
+            "ids": [],
+        }
+        assert c.post("/v1/events/s3", json={"hello": 1}).status_code == 400
+        assert (
+            c.post(
+                "/v1/events/s3", content=b"[", headers={"Content-Type": "application/json"}
+            ).status_code
+            == 400
+        )
+        assert q.stats().counts["queued"] == 5
+    with api.client(None) as anonymous:
+        assert anonymous.post("/v1/events/s3", json=direct).status_code == 401
