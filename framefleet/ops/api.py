@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from .auth import Tokens, may_read, may_write
 from .s3events import records
 
 MAX_BATCH = 10_000
+log = logging.getLogger(__name__)
 MetaValue = StrictStr | StrictInt | float | bool | None
 
 
@@ -449,6 +451,8 @@ async def s3_events(request: Request, queue: QueueDep, settings: SettingsDep) ->
         found = list(records(body))
     except ValueError as exc:  # not JSON (JSONDecodeError is one), or not an S3 event
         raise HTTPException(400, f"not an S3 event notification: {exc}") from None
+    if body.get("Type") == "SubscriptionConfirmation":  # nothing is fetched from here
+        log.warning("SNS asks to confirm a subscription: open %s", body.get("SubscribeURL"))
     items, ignored, refused = [], 0, []
     for index, record in enumerate(found):
         if record is None or not record.created or not settings.api.takes_key(record.key):

@@ -416,6 +416,8 @@ def test_s3_event_notifications_of_aws_sns_eventbridge_and_minio(
             "refused": [],
             "ids": [],
         }
+        confirm = {"Type": "SubscriptionConfirmation", "SubscribeURL": "https://sns.example/x"}
+        assert c.post("/v1/events/s3", json=confirm).json()["ignored"] == 1
         assert c.post("/v1/events/s3", json={"hello": 1}).status_code == 400
         assert (
             c.post(
