@@ -4,8 +4,9 @@ Every route but /healthz wants a bearer token (ops/auth.py); writes want the wri
 Input is checked before anything is written: a batch with one bad item writes nothing and
 names it (422), a local path outside FRAMEFLEET_ALLOWED_ROOTS and an http(s) URL that
 names a private, loopback or link-local address are refused at enqueue by the policy the
-workers apply at fetch time. This first part has the items, the queue's counts, pause and
-resume; dead letters, workers, S3 events and metrics come next (issue 14).
+workers apply at fetch time. Here: items, the queue, dead letters (grouped by class, bulk
+actions with a dry run), the audit log, workers, health and S3 event notifications;
+metrics and the CLI around them come next (issue 14).
 """
 
 from __future__ import annotations
@@ -155,27 +156,35 @@ def item_out(item: Item, now_ms: int) -> ItemOut:
     )
 
 
-def _refused_by_policy(uri: str, settings: Settings) -> str | None:
-    """Why the workers would refuse to fetch `uri` for where it points, or None."""
+def _refused_by_policy(uri: str, settings: Settings, hosts: dict[str, str | None]) -> str | None:
+    """Why the workers would refuse to fetch `uri` for where it points, or None. `hosts`
+    keeps each host's verdict for the rest of the batch (one lookup a host, not an item)."""
     source = settings.source
     if uri.startswith(("http://", "https://")):
-        try:
-            check_url(uri, source.allow_private_urls)
-        except URLRefused as exc:
-            if exc.cls == "forbidden":
-                return str(exc)
-        return None  # a name that does not resolve now is the fetch's to judge
+        host = urlparse(uri).netloc
+        if host not in hosts:
+            try:
+                check_url(uri, source.allow_private_urls)
+                hosts[host] = None
+            except URLRefused as exc:  # a name that does not resolve now is the fetch's
+                hosts[host] = str(exc) if exc.cls == "forbidden" else None
+        return hosts[host]
     if uri.startswith(("/", "file://")):
         path = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+            return f"{path}: {exc}"
         roots = [root.resolve() for root in source.allowed_roots]
-        if not any(path.resolve().is_relative_to(root) for root in roots):
+        if not any(resolved.is_relative_to(root) for root in roots):
             allowed = ", ".join(map(str, roots)) or "none configured (FRAMEFLEET_ALLOWED_ROOTS)"
             return f"{path} is outside the allowed roots ({allowed})"
     return None
 
 
 def _validated(batch: list[ItemIn], settings: Settings) -> list[NewItem]:
-    items = []
+    items: list[NewItem] = []
+    hosts: dict[str, str | None] = {}
     for index, given in enumerate(batch):
         try:
             item = NewItem(
@@ -188,7 +197,7 @@ def _validated(batch: list[ItemIn], settings: Settings) -> list[NewItem]:
             )
         except InvalidItem as exc:
             raise HTTPException(422, {"index": index, "error": str(exc)}) from None
-        why = _refused_by_policy(item.uri, settings)
+        why = _refused_by_policy(item.uri, settings, hosts)
         if why is not None:
             raise HTTPException(422, {"index": index, "error": why})
         items.append(item)
