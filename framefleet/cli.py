@@ -219,6 +219,37 @@ def _priority(text: str) -> int | str:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    """A health check for containers: exit 0 when Redis answers and the leader's health
+    report is fresh and ok, 1 (saying which fails) otherwise. It never starts a server."""
+    import time as _time
+
+    from framefleet.queue import Supervision, connect
+    from framefleet.queue.server import running_url
+
+    url = settings.redis.url or running_url(settings.redis.data_dir)
+    if url is None:
+        print(f"unhealthy: no embedded server runs on {settings.redis.data_dir}", file=sys.stderr)
+        return 1
+    try:
+        client = connect(url, retry_s=0)
+        client.ping()
+        report = Supervision(Queue(client, settings.queue)).health()
+    except Exception as exc:  # any failure to answer is the answer
+        print(f"unhealthy: Redis does not answer: {exc}", file=sys.stderr)
+        return 1
+    if report is None:
+        print("unhealthy: no fresh health report from a leader coordinator", file=sys.stderr)
+        return 1
+    age = _time.time() - float(report.get("at", 0))
+    if age > args.max_age_s or not report.get("ok", False):
+        why = report.get("error") or f"the report is {age:.0f} s old"
+        print(f"unhealthy: {why}", file=sys.stderr)
+        return 1
+    print(f"healthy: leader {report.get('leader')}, report {age:.1f} s old")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         _print_json(q.stats().as_dict())
@@ -377,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--priority", default="5", help="0..9 or low|normal|high (default 5)")
     sp.add_argument("--force", action="store_true", help="run done/dead items again")
     add("stats", cmd_stats, "counts by state, age of the oldest queued item, counters")
+    sp = add("check", cmd_check, "exit 0 if Redis answers and the leader's report is fresh")
+    sp.add_argument("--max-age-s", type=float, default=30.0, help="freshness (default 30 s)")
     sp = add("show", cmd_show, "one item as stored")
     sp.add_argument("id")
     add("pause", cmd_pause, "stop handing out items")

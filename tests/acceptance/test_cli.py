@@ -238,6 +238,31 @@ def test_api_serves_until_sigterm_and_wants_a_token_beyond_loopback(tmp_path: Pa
     assert ff_json(data, "--queue", "api-cli", "stats")["counts"]["queued"] == 1
 
 
+def test_check_is_a_health_check_that_starts_nothing(running_server: Path) -> None:
+    """`framefleet check` exits 1 while no leader has reported, 0 with a fresh ok report,
+    1 with a stale or failing one, and 1 without a running server (it starts none)."""
+    from framefleet.queue import Queue, Supervision, connect
+    from framefleet.settings import QueueSettings
+
+    url = running_url(running_server)
+    assert url is not None
+    supervision = Supervision(Queue(connect(url), QueueSettings()))
+    none = ff(running_server, "check", check=False)
+    assert none.returncode == 1 and "no fresh health report" in none.stderr
+    supervision.write_health({"ok": True, "at": time.time(), "leader": "c-1"}, ttl_s=60)
+    ok = ff(running_server, "check")
+    assert "healthy: leader c-1" in ok.stdout
+    supervision.write_health({"ok": True, "at": time.time() - 120, "leader": "c-1"}, ttl_s=60)
+    stale = ff(running_server, "check", check=False)
+    assert stale.returncode == 1 and "old" in stale.stderr
+    supervision.write_health({"ok": False, "at": time.time(), "error": "GCS lost"}, ttl_s=60)
+    failing = ff(running_server, "check", check=False)
+    assert failing.returncode == 1 and "GCS lost" in failing.stderr
+    elsewhere = ff(running_server / "nothing-here", "check", check=False)
+    assert elsewhere.returncode == 1 and "no embedded server runs" in elsewhere.stderr
+    assert running_url(running_server / "nothing-here") is None
+
+
 def test_demo_runs_the_queue_end_to_end(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(ROOT / "scripts" / "framefleet"), "demo"],
