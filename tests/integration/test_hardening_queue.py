@@ -384,6 +384,11 @@ def test_f5_a_claim_retried_after_a_lost_reply_gets_the_same_items(queue: Queue)
     def ids(reply: list[Any]) -> list[str]:
         return sorted(reply[4][i] for i in range(0, len(reply[4]), 15))
 
+    def rows(reply: list[Any]) -> list[list[str]]:  # every value, the token included
+        flat = [str(v) for v in reply[4]]
+        return sorted(flat[i : i + 15] for i in range(0, len(flat), 15))
+
     assert ids(first) == ids(again) and len(ids(first)) == 2
+    assert rows(first) == rows(again)  # the same leases, not only the same ids
     assert queue.stats().counts["leased"] == 2
     assert len(queue.claim(5, "decoder-a")) == 2  # a new call: the two others

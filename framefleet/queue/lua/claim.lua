@@ -34,18 +34,19 @@ local function reply(paused, items)
   return {now, paused, next_due(), redis.call('LLEN', K_INBOX), items}
 end
 
--- Append one leased item's 15 reply values to out.
-local function row(out, id, key)
-  local f = redis.call('HMGET', key, 'epoch', 'token', 'lease_until', 'uri', 'etag', 'size',
-                       'meta', 'pri', 'attempts', 'deliveries', 'chunks_total', 'chunks_done',
-                       'solo', 'rev')
+-- What a lease needs of its item, read once (as it is popped, or on a replay).
+local FIELDS = {'solo', 'solo_since', 'uri', 'etag', 'size', 'meta', 'pri', 'attempts',
+                'deliveries', 'chunks_total', 'chunks_done', 'rev', 'claims'}
+
+-- Append one leased item's 15 reply values to out; f holds its FIELDS.
+local function row(out, id, epoch, token, lease_until, f)
   local chunks = ''
-  if f[12] and f[12] ~= '0' then chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',') end
+  if f[11] and f[11] ~= '0' then chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',') end
   local o = #out
-  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, f[1], f[2], f[3], f[4]
-  out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[5] or '', f[6] or '', f[7] or '', f[8]
-  out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[9] or '0', f[10] or '0', f[11] or '', chunks
-  out[o + 14], out[o + 15] = f[13] or '0', f[14] or '0'
+  out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, epoch, token, lease_until, f[3]
+  out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[4] or '', f[5] or '', f[6] or '', f[7]
+  out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[8] or '0', f[9] or '0', f[10] or '', chunks
+  out[o + 14], out[o + 15] = f[1] or '0', f[12] or '0'
 end
 
 if redis.call('HGET', K_NONCES, worker) == nonce then
@@ -53,8 +54,10 @@ if redis.call('HGET', K_NONCES, worker) == nonce then
   local prefix = nonce .. '.'
   for _, id in ipairs(redis.call('SMEMBERS', held)) do
     local key = ikey(id)
-    local token = redis.call('HGET', key, 'token')
-    if token and string.sub(token, 1, #prefix) == prefix then row(out, id, key) end
+    local e = redis.call('HMGET', key, 'epoch', 'token', 'lease_until')
+    if e[2] and string.sub(e[2], 1, #prefix) == prefix then
+      row(out, id, e[1], e[2], e[3], redis.call('HMGET', key, unpack(FIELDS)))
+    end
   end
   return reply(0, out)
 end
@@ -63,11 +66,7 @@ promote_due(now, 1000)
 if redis.call('HEXISTS', K_SOLO, worker) == 1 then return reply(0, {}) end
 
 local busy = redis.call('EXISTS', held) == 1
--- Everything a lease needs is read once, as the item is popped (its reply row is built from
--- these and the values written, not read again).
-local FIELDS = {'solo', 'solo_since', 'uri', 'etag', 'size', 'meta', 'pri', 'attempts',
-                'deliveries', 'chunks_total', 'chunks_done', 'rev', 'claims'}
-local fields = {}
+local fields = {} -- id -> its FIELDS, read as it is popped (its reply is built from them)
 local take, back = {}, {}
 local solo = nil
 local skipped = 0
@@ -109,13 +108,7 @@ if count > 0 then
                'claims', (tonumber(f[13]) or 0) + 1)
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id
-    local chunks = ''
-    if f[11] and f[11] ~= '0' then chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',') end
-    local o = #out
-    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, epoch + k, token, deadline, f[3]
-    out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[4] or '', f[5] or '', f[6] or '', f[7]
-    out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[8] or '0', f[9] or '0', f[10] or '', chunks
-    out[o + 14], out[o + 15] = f[1] or '0', f[12] or '0'
+    row(out, id, epoch + k, token, deadline, f)
   end
   bulk('ZADD', K_LEASED, leased)
   bulk('SADD', held, take)
