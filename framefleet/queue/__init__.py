@@ -14,6 +14,7 @@ from .model import (
     Stats,
     SweepResult,
     Verdict,
+    WorkerRetired,
     default_id,
     parse_inbox_entry,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "Supervision",
     "SweepResult",
     "Verdict",
+    "WorkerRetired",
     "connect",
     "default_id",
     "embedded",

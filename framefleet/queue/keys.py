@@ -24,6 +24,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:solo        | hash | worker -> the suspect item it holds (it gets no other)  |
 | ff:{videos}:nonces      | hash | worker -> nonce of its last claim (replays a retried one)|
 | ff:{videos}:fleets      | hash | Ray driver generation -> the coordinator that runs it   |
+| ff:{videos}:retired     | zset | worker name or name prefix -> when its fleet ended (ms) |
 | ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
 | ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
 | ff:{videos}:audit       | list | operators' actions, JSON, newest first (capped)         |
@@ -114,6 +115,10 @@ class Keys:
     @property
     def fleets(self) -> str:
         return f"{self.base}fleets"
+
+    @property
+    def retired(self) -> str:
+        return f"{self.base}retired"
 
     @property
     def leader(self) -> str:

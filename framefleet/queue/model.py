@@ -44,6 +44,12 @@ class InvalidItem(QueueError, ValueError):
     """An item was refused before anything was written."""
 
 
+class WorkerRetired(QueueError):
+    """A fleet-wide event ended this worker (its fleet's driver exited, its node was lost):
+    its leases went back to the queue, and it gets no lease nor heartbeat again. It may still
+    run (a raylet that has not given up on a dead head yet): it must stop."""
+
+
 class State(StrEnum):
     QUEUED = "queued"
     DELAYED = "delayed"

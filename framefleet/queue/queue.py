@@ -18,7 +18,7 @@ from itertools import chain
 from typing import Any, cast
 
 from redis import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from framefleet.settings import QueueSettings
 
@@ -33,6 +33,7 @@ from .model import (
     Stats,
     SweepResult,
     Verdict,
+    WorkerRetired,
     check_id,
     check_worker,
     uri_script_args,
@@ -143,6 +144,7 @@ class Queue:
 
     def claim(self, n: int, worker: str, *, block: float | None = None) -> list[Lease]:
         """Lease up to n items. With `block` (seconds), wait up to that long for one.
+        WorkerRetired when a fleet-wide event ended this worker (Supervision.release_workers).
 
         Blocking waits on a wake-up list that every enqueue, release, retry and resume
         pushes to, so an idle claimer gets a new item within milliseconds; it also wakes
@@ -160,7 +162,12 @@ class Queue:
                 self._ingested_at = time.monotonic()
                 self.ingest_inbox()
             nonce = secrets.token_hex(8)
-            now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms, nonce)
+            try:
+                now, paused, next_due, inbox, rows = self._run("claim", n, worker, lease_ms, nonce)
+            except ResponseError as exc:
+                if str(exc).startswith("RETIRED "):
+                    raise WorkerRetired(str(exc)[len("RETIRED ") :]) from None
+                raise
             if rows:
                 return [_lease(rows[i : i + 15], worker) for i in range(0, len(rows), 15)]
             if int(inbox) > 0 and not int(paused) and self.ingest_inbox().ingested:

@@ -5,7 +5,8 @@ the leader lease and the health report (keys `workers`, `leader`, `health`; see 
   stale time, `sweep` makes the leases it still holds expire now and reaps them, so that its
   videos are handed out again at once instead of after the lease time (see lua/sweep.lua
   for how much of it is charged to each video). A fleet-wide event (a Ray driver gone, a
-  node lost) releases its workers' leases without any charge (`release_workers`).
+  node lost) releases its workers' leases without any charge and retires the workers
+  (`release_workers`).
 - Coordinators compete for one leader lease (a key with a TTL holding the leader's id);
   the holder renews it, the others stand by and take it when it runs out.
 - The leader writes a health report (JSON, with a TTL) for the dashboard and the CLI.
@@ -17,7 +18,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
-from .model import SweepResult, check_worker
+from .model import SweepResult, WorkerRetired, check_worker
 from .queue import Queue
 
 
@@ -43,12 +44,17 @@ class Supervision:
     ) -> int:
         """The worker is alive. With `holding` (the ids it knows it leases), the leases the
         queue has it holding besides those, claimed more than grace_s ago, go back to the
-        queue, uncharged (a lost reply, a lost write, a thread that gave up): how many."""
+        queue, uncharged (a lost reply, a lost write, a thread that gave up): how many.
+        WorkerRetired when a fleet-wide event ended the worker (release_workers)."""
         check_worker(worker)
         if holding is None:
-            return int(self.queue._run("heartbeat", worker, "beat", 0)[1])
-        grace = int(grace_s * 1000)
-        return int(self.queue._run("heartbeat", worker, "sync", grace, *holding)[1])
+            written, back = self.queue._run("heartbeat", worker, "beat", 0)
+        else:
+            grace = int(grace_s * 1000)
+            written, back = self.queue._run("heartbeat", worker, "sync", grace, *holding)
+        if int(written) < 0:
+            raise WorkerRetired(f"{worker}: its fleet ended or its node was lost")
+        return int(back)
 
     def leave(self, worker: str) -> None:
         """The worker stopped cleanly: forget it (its leases were released or settled)."""
@@ -78,7 +84,9 @@ class Supervision:
     ) -> int:
         """A fleet-wide event ended these workers (the named ones, or every one whose name
         starts with `prefix`): their leases go back to the queue now, no delivery counted.
-        Returns how many."""
+        They are retired, the names or the prefix: should one still run (its raylet has not
+        given up on a dead head yet, its node is cut off), it leases nothing more and its
+        heartbeats are refused (WorkerRetired), for a day. Returns how many."""
         if prefix is not None:
             return int(self.queue._run("release_workers", reason, "prefix", prefix))
         if not names:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from redis.exceptions import RedisError
 
-from framefleet.queue import Lease, Queue, Supervision, connect
+from framefleet.queue import Lease, Queue, Supervision, WorkerRetired, connect
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import PipelineSettings, Settings
 
@@ -48,8 +48,9 @@ class Heartbeat:
     """A worker's heartbeat in Redis, from a daemon thread, every quarter of the stale time,
     until close(). With `holding` (a decode actor) it says which items it holds, and the
     queue gives back the leases it has lost track of. With `leader`, `deposed()` is called
-    once another coordinator holds the leader lease. With `sweep`, it also sweeps the queue
-    (for a fleet without a coordinator)."""
+    once another coordinator holds the leader lease. `retired()` is called once the queue has
+    retired the worker (its fleet ended: WorkerRetired). With `sweep`, it also sweeps the
+    queue (for a fleet without a coordinator)."""
 
     def __init__(
         self,
@@ -59,10 +60,12 @@ class Heartbeat:
         holding: Callable[[], list[str]] | None = None,
         leader: str | None = None,
         deposed: Callable[[str], None] | None = None,
+        retired: Callable[[], None] | None = None,
         sweep: bool = False,
     ) -> None:
         self.supervision, self.name, self.settings = Supervision(queue), name, settings
         self.holding, self.leader, self.deposed, self.sweep = holding, leader, deposed, sweep
+        self.retired = retired
         self.closed = threading.Event()
         self._beat()
         stale = settings.coordinator.stale_s
@@ -85,6 +88,11 @@ class Heartbeat:
         while not self.closed.wait(interval):
             try:
                 self._beat()
+            except WorkerRetired as exc:
+                log.warning("%s: retired by the queue (%s): stopping", self.name, exc)
+                if self.retired is not None:
+                    self.retired()
+                return
             except RedisError as exc:  # Redis away: the next beat tries again
                 log.warning("%s: heartbeat failed: %s", self.name, exc)
             except Exception:  # a bug: logged, and the heartbeat goes on
@@ -356,6 +364,7 @@ class DecodeActor:
             holding=self._holding,
             leader=leader,
             deposed=self._deposed,
+            retired=self.stop.set,
             sweep=sweep,
         )
         if threading.current_thread() is threading.main_thread():
@@ -455,6 +464,11 @@ class DecodeActor:
             # Until empty, a short wait: a thread waiting here while the last item
             # finishes in another one notices the queue is drained this much later.
             leases = self.queue.claim(1, self.name, block=0.2 if until_empty else 1.0)
+            return leases
+        except WorkerRetired as exc:  # its fleet ended while it ran on: it must stop
+            if not self.stop.is_set():
+                log.warning("%s: retired by the queue (%s): stopping", self.name, exc)
+                self.stop.set()
             return leases
         finally:
             with self._held:

@@ -4,6 +4,7 @@ its finding, against real servers. Each failed on the code before its fix."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ from framefleet.queue import (
     Supervision,
     SweepResult,
     Verdict,
+    WorkerRetired,
     connect,
     parse_inbox_entry,
 )
 from framefleet.queue.model import REJECTED_CAP
-from framefleet.settings import QueueSettings
+from framefleet.settings import CoordinatorSettings, QueueSettings, Settings
+from framefleet.workers.actors import Heartbeat
 from tests.conftest import SERVER_BUILDS, ManualClock, QueueFactory, monitored
 
 
@@ -216,21 +219,68 @@ def test_f3_fleet_wide_events_release_leases_without_a_delivery(
     their leases come back at once, uncharged, whatever the workers held."""
     sup = Supervision(queue)
     ids = queue.enqueue([f"/v/{i}.mp4" for i in range(4)])
-    queue.claim(1, "decoder-g2-1")  # not part of either event
-    for _ in range(3):
-        for worker in ("decoder-g1-0", "decoder-g1-1", "decoder-g2-0"):
+    queue.claim(1, "decoder-g0-1")  # not part of any event
+    for r in range(1, 4):  # a new driver (generation g<r>) each time, and a node lost
+        for worker in (f"decoder-g{r}-0", f"decoder-g{r}-1", f"decoder-g0-{r + 1}"):
             [lease] = queue.claim(1, worker)
             assert lease.deliveries == 0 and not lease.solo
-        assert sup.release_workers(prefix="decoder-g1-", reason="the Ray driver exited") == 2
-        assert sup.release_workers(["decoder-g2-0"], reason="its node was lost") == 1
+        assert sup.release_workers(prefix=f"decoder-g{r}-", reason="the Ray driver exited") == 2
+        assert sup.release_workers([f"decoder-g0-{r + 1}"], reason="its node was lost") == 1
         assert queue.stats().counts["queued"] == 3
     items = queue.items(ids)
     assert all(item.deliveries == 0 and not item.solo for item in items)
-    assert sum(item.state == "leased" and item.owner == "decoder-g2-1" for item in items) == 1
+    assert sum(item.state == "leased" and item.owner == "decoder-g0-1" for item in items) == 1
     assert {i.release_reason for i in items if i.state == "queued"} == {
         "the Ray driver exited",
         "its node was lost",
     }
+
+
+def test_a_worker_of_an_ended_fleet_that_still_runs_leases_nothing_more(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """After a lost head the driver gives up (gcs_grace_s) while the worker node's raylet may
+    keep its actors running for up to gcs_rpc_server_reconnect_timeout_s (60 s by default).
+    The fleet's end releases their leases; a decode actor of that fleet that claims again must
+    get nothing: its lease would die with it unrenewed, and the reap would charge the video
+    for the fleet's fault (seen in CI: a delivery after a head crash). The same for a worker
+    of a lost node. A day later the names are forgotten."""
+    sup = Supervision(queue)
+    queue.enqueue([f"/v/{i}.mp4" for i in range(4)])
+    for worker in ("decoder-g1-0", "decoder-g2-0", "w-node-lost"):
+        queue.claim(1, worker)
+        sup.heartbeat(worker)
+    assert sup.end_fleet("g1", reason="its Ray driver exited (code 3)") == 1
+    assert sup.release_workers(["w-node-lost"], reason="its node was lost") == 1
+    before = queue.stats().counts
+    for worker in ("decoder-g1-0", "decoder-g1-7", "w-node-lost"):  # named, or of the fleet
+        with pytest.raises(WorkerRetired, match=worker):
+            queue.claim(2, worker)
+        with pytest.raises(WorkerRetired, match=worker):
+            sup.heartbeat(worker, holding=[])
+    assert queue.stats().counts == before  # nothing leased, nothing given back
+    assert set(sup.workers()) == {"decoder-g2-0"}  # the refused beats wrote nothing
+    assert len(queue.claim(2, "decoder-g3-0")) == 2  # a new fleet
+    assert len(queue.claim(1, "decoder-g2-0")) == 1  # a worker of another fleet goes on
+    clock.advance(86_400_001)
+    sup.release_workers(["someone-else"], reason="x")  # drops the retirements over a day old
+    sup.heartbeat("decoder-g1-0")
+    assert "decoder-g1-0" in sup.workers()
+
+
+def test_a_retired_decode_actor_heartbeat_stops_it(client: Redis) -> None:
+    """The heartbeat thread of an actor whose fleet has ended tells it to stop."""
+    settings = Settings(coordinator=CoordinatorSettings(stale_s=0.4, tick_s=0.1, leader_ttl_s=0.2))
+    queue = Queue(client, settings.queue)
+    stopped = threading.Event()
+    beat = Heartbeat(queue, "decoder-g9-0", settings, holding=list, retired=stopped.set)
+    try:
+        assert not stopped.wait(0.3)
+        Supervision(queue).end_fleet("g9", reason="its Ray driver exited")
+        assert stopped.wait(5), "the heartbeat did not stop the retired actor"
+        assert "decoder-g9-0" not in Supervision(queue).workers()
+    finally:
+        beat.closed.set()
 
 
 def test_f11_an_inbox_entry_is_claimable_within_poll_s_under_a_backlog(client: Redis) -> None:

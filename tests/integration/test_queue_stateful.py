@@ -4,11 +4,13 @@ build (valkey 9.1 and redis 6.2). The model predicts exactly which items each cl
 (priority, FIFO, suspects alone) and how each reap blames a lapse (see lua/sweep.lua). After
 every step: every id is in exactly one state (hash and zsets agree with the model), nothing is
 lost, each worker's lease index is exact, and a fenced call (renew, progress, ack, fail,
-release) wins only for the current lease."""
+release) wins only for the current lease. A worker released by a fleet-wide event is retired:
+it is refused claims and heartbeats from then on, and its slot goes on as a new incarnation."""
 
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pytest
@@ -24,7 +26,7 @@ from hypothesis.stateful import (
 )
 from redis import Redis
 
-from framefleet.queue import NewItem, Queue, Supervision, Verdict
+from framefleet.queue import NewItem, Queue, Supervision, Verdict, WorkerRetired
 from framefleet.queue.keys import STATES
 from framefleet.queue.model import Lease
 from framefleet.settings import QueueSettings
@@ -76,8 +78,12 @@ class QueueMachine(RuleBasedStateMachine):
         self.model: dict[str, Model] = {}
         self.seq = 0
         self.max_epoch = 0
-        self.held: dict[str, set[str]] = {w: set() for w in WORKERS}
+        self.held: defaultdict[str, set[str]] = defaultdict(set)  # worker name -> its leases
         self.solo_of: dict[str, str] = {}  # worker -> the suspect it holds
+        self.incarnation = dict.fromkeys(WORKERS, 0)  # a new one after each release
+
+    def name(self, slot: str) -> str:
+        return f"{slot}.{self.incarnation[slot]}"
 
     def current(self, lease: Lease) -> bool:
         m = self.model.get(lease.id)
@@ -140,8 +146,9 @@ class QueueMachine(RuleBasedStateMachine):
                 return [i]
         return take
 
-    @rule(target=leases, n=st.integers(1, 3), worker=st.sampled_from(WORKERS))
-    def claim(self, n: int, worker: str) -> object:
+    @rule(target=leases, n=st.integers(1, 3), slot=st.sampled_from(WORKERS))
+    def claim(self, n: int, slot: str) -> object:
+        worker = self.name(slot)
         self._promote()
         expected = self._expected_claim(n, worker)
         got = self.q.claim(n, worker)
@@ -207,15 +214,24 @@ class QueueMachine(RuleBasedStateMachine):
             self._end_lease(lease.id)
             self.model[lease.id].state = "queued"
 
-    @rule(worker=st.sampled_from(WORKERS))
-    def release_worker(self, worker: str) -> None:
-        """A fleet-wide event: the worker's leases come back, nothing charged."""
+    @rule(slot=st.sampled_from(WORKERS))
+    def release_worker(self, slot: str) -> None:
+        """A fleet-wide event: the worker's leases come back, nothing charged, and it is
+        retired: no claim, no heartbeat again (what the claim would have leased stays)."""
+        worker = self.name(slot)
+        sup = Supervision(self.q)
         mine = [i for i in self.held[worker] if self.model[i].state == "leased"]
-        got = Supervision(self.q).release_workers([worker], reason="node lost")
+        got = sup.release_workers([worker], reason="node lost")
         assert got == len(mine)
         for i in mine:
             self._end_lease(i)
             self.model[i].state = "queued"
+        with pytest.raises(WorkerRetired):
+            self.q.claim(3, worker)
+        with pytest.raises(WorkerRetired):
+            sup.heartbeat(worker)
+        assert worker not in sup.workers()
+        self.incarnation[slot] += 1
 
     @rule(ms=st.integers(0, 2500))
     def advance(self, ms: int) -> None:

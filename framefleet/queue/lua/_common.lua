@@ -20,6 +20,7 @@ local K_LEADER = P .. 'leader'
 local K_HOLDERS = P .. 'holders' -- workers holding at least one lease
 local K_SOLO = P .. 'solo'       -- worker -> the suspect item it holds (nothing else meanwhile)
 local K_NONCES = P .. 'nonces'   -- worker -> the nonce of its last claim that leased anything
+local K_RETIRED = P .. 'retired' -- worker name or group -> when a fleet-wide event ended it
 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most
@@ -27,6 +28,16 @@ local SIGNAL_CAP = 256          -- wake-up tokens kept at most
 local function ikey(id) return P .. 'item:' .. id end
 local function ckey(id) return P .. 'chunks:' .. id end
 local function hkey(worker) return P .. 'held:' .. worker end -- the ids a worker leases
+
+-- A worker ended by a fleet-wide event (release_workers.lua), by its own name or by its group
+-- (the name up to its last '-' when a number follows: `decoder-<generation>-`, a fleet's
+-- decode actors). Such a worker may still run (a raylet that has not given up on a dead head
+-- yet, a partitioned node): it gets no lease and no place among the live workers again.
+local function retired(worker)
+  if redis.call('ZSCORE', K_RETIRED, worker) then return true end
+  local group = string.match(worker, '^(.*%-)%d+$')
+  return group ~= nil and redis.call('ZSCORE', K_RETIRED, group) ~= false
+end
 
 local function now_ms()
   local a = ARGV[1]

@@ -12,6 +12,8 @@
 -- it (the lease says solo). Items passed over keep their place.
 -- The same nonce again from the same worker is a retry of a call whose reply was lost: it
 -- answers the items that call leased, leasing nothing more.
+-- A retired worker (release_workers.lua: its fleet ended, its node was lost) is refused with
+-- the error 'RETIRED <worker>': it may still run, but it must lease nothing more.
 -- Returns {now, paused (0|1), next_due_ms (-1 if none), inbox length, items}, where items is
 -- flat, 15 values per item: id, epoch, token, lease_until, uri, etag, size, meta, pri,
 -- attempts, deliveries, chunks_total, checkpointed chunk indices joined by ',', solo (0|1),
@@ -23,6 +25,9 @@ local lease_ms = tonumber(ARGV[4])
 local nonce = ARGV[5]
 local held = hkey(worker)
 local SKIP_MAX = 100 -- suspect items a busy worker passes over in one call, at most
+if retired(worker) then
+  return redis.error_reply('RETIRED ' .. worker .. ': its fleet ended or its node was lost')
+end
 
 local function next_due()
   local d = redis.call('ZRANGE', K_DELAYED, 0, 0, 'WITHSCORES')

@@ -5,7 +5,9 @@
 -- queue has it holding that it does not know of, claimed more than grace_ms ago, goes back
 -- to queued at once, uncharged (lapse() 'amnesty'): the reply of its claim was lost, or the
 -- server lost the write of its ack (a crash with everysec), or its thread gave up on it.
--- Returns the time written (0 after 'leave') and the number of leases given back.
+-- A retired worker (release_workers.lua) is not written: it is told, with -1, and stops.
+-- Returns the time written (0 after 'leave', -1 for a retired worker) and the number of
+-- leases given back.
 local now = now_ms()
 local worker, mode = ARGV[2], ARGV[3]
 if mode == 'leave' then
@@ -13,6 +15,7 @@ if mode == 'leave' then
   redis.call('HDEL', K_NONCES, worker)
   return {0, 0}
 end
+if retired(worker) then return {-1, 0} end
 redis.call('ZADD', K_WORKERS, now, worker)
 local back = 0
 if mode == 'sync' then
