@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+from operator import attrgetter
 from pathlib import Path
 
 import pytest
 
 from framefleet.queue import Keys
 from framefleet.settings import (
+    VIDEO_SUFFIXES,
     CoordinatorSettings,
     ModelSettings,
     PipelineSettings,
@@ -153,3 +156,113 @@ def test_settings_travel_through_the_environment() -> None:
     assert "FRAMEFLEET_HEIGHT" not in env  # None: the default
     assert Settings.from_env(env) == settings
     assert Settings.from_env(Settings().to_env()) == Settings()
+
+
+# Every FRAMEFLEET_* variable as released: the field it sets, its default, and a value that
+# differs from the default and is valid alone. A rename, a dropped variable or a changed
+# default fails here, whatever declares them.
+VARIABLES: dict[str, tuple[str, object, object]] = {
+    "FRAMEFLEET_REDIS_URL": ("redis.url", None, "redis://h:1/0"),
+    "FRAMEFLEET_DATA_DIR": ("redis.data_dir", Path(".framefleet/redis"), Path("/var/ff")),
+    "FRAMEFLEET_APPENDFSYNC": ("redis.appendfsync", "everysec", "always"),
+    "FRAMEFLEET_REDIS_PORT": ("redis.port", 0, 6390),
+    "FRAMEFLEET_QUEUE": ("queue.name", "videos", "cams"),
+    "FRAMEFLEET_KEY_PREFIX": ("queue.prefix", "ff", "f2"),
+    "FRAMEFLEET_CONFIG_VERSION": ("queue.config_version", "1", "7"),
+    "FRAMEFLEET_LEASE_S": ("queue.lease_s", 60.0, 12.5),
+    "FRAMEFLEET_MAX_ATTEMPTS": ("queue.max_attempts", 5, 9),
+    "FRAMEFLEET_MAX_DELIVERIES": ("queue.max_deliveries", 3, 4),
+    "FRAMEFLEET_BACKOFF_BASE_S": ("queue.backoff_base_s", 5.0, 1.5),
+    "FRAMEFLEET_BACKOFF_MAX_S": ("queue.backoff_max_s", 900.0, 60.0),
+    "FRAMEFLEET_POLL_S": ("queue.poll_s", 0.5, 0.25),
+    "FRAMEFLEET_BATCH_SIZE": ("queue.batch_size", 1000, 50),
+    "FRAMEFLEET_DONE_TTL_S": ("queue.done_ttl_s", 7 * 86400.0, 3600.0),
+    "FRAMEFLEET_DEAD_TTL_S": ("queue.dead_ttl_s", 30 * 86400.0, 7200.0),
+    "FRAMEFLEET_ALLOWED_ROOTS": ("source.allowed_roots", (), (Path("/a"), Path("/b"))),
+    "FRAMEFLEET_MAX_VIDEO_BYTES": ("source.max_video_bytes", 8 * 1024**3, 1024),
+    "FRAMEFLEET_FETCH_TIMEOUT_S": ("source.fetch_timeout_s", 60.0, 5.0),
+    "FRAMEFLEET_FETCH_DEADLINE_S": ("source.fetch_deadline_s", 1800.0, 90.0),
+    "FRAMEFLEET_FETCH_ATTEMPTS": ("source.fetch_attempts", 4, 2),
+    "FRAMEFLEET_FETCH_BACKOFF_S": ("source.fetch_backoff_s", 0.5, 0.0),
+    "FRAMEFLEET_S3_ENDPOINT_URL": ("source.s3_endpoint_url", None, "http://minio:9000"),
+    "FRAMEFLEET_ALLOW_PRIVATE_URLS": ("source.allow_private_urls", "", "10.0.0.0/8"),
+    "FRAMEFLEET_TMP_DIR": ("source.tmp_dir", None, Path("/tmp/ff")),
+    "FRAMEFLEET_MODEL": ("model.model", "facebook/detr-resnet-50", "/models/detr"),
+    "FRAMEFLEET_RANDOM_WEIGHTS": ("model.random_weights", False, True),
+    "FRAMEFLEET_MODEL_PLUGIN": ("model.plugin", None, "pkg.mod:make"),
+    "FRAMEFLEET_SCORE_THRESHOLD": ("model.score_threshold", 0.7, 0.5),
+    "FRAMEFLEET_PRECISION": ("model.precision", "fp32", "bf16"),
+    "FRAMEFLEET_DEVICE": ("model.device", "auto", "cpu"),
+    "FRAMEFLEET_INFER_BATCH": ("model.batch_size", 8, 16),
+    "FRAMEFLEET_PREPROCESS": ("model.preprocess", "auto", "torch"),
+    "FRAMEFLEET_TORCH_THREADS": ("model.torch_threads", 1, 3),
+    "FRAMEFLEET_OUT": ("pipeline.out", ".framefleet/out", "s3://results/run-7"),
+    "FRAMEFLEET_DECODER": ("pipeline.decoder", "pyav", "decord"),
+    "FRAMEFLEET_SAMPLE_FPS": ("pipeline.sample_fps", None, 2.5),
+    "FRAMEFLEET_STRIDE": ("pipeline.stride", 1, 3),
+    "FRAMEFLEET_WIDTH": ("pipeline.width", None, 640),
+    "FRAMEFLEET_HEIGHT": ("pipeline.height", None, 360),
+    "FRAMEFLEET_CHUNK_FRAMES": ("pipeline.chunk_frames", 32, 16),
+    "FRAMEFLEET_MAX_INFLIGHT": ("pipeline.max_inflight_chunks", 4, 6),
+    "FRAMEFLEET_DECODE_THREADS": ("pipeline.decode_threads", 1, 2),
+    "FRAMEFLEET_DECODE_ACTORS": ("pipeline.decode_actors", 2, 3),
+    "FRAMEFLEET_ITEMS_PER_DECODER": ("pipeline.items_per_decoder", 2, 1),
+    "FRAMEFLEET_INFERENCE_ACTORS": ("pipeline.inference_actors", 4, 8),
+    "FRAMEFLEET_GPUS_PER_INFERENCE": ("pipeline.gpus_per_inference", 0.25, 0.5),
+    "FRAMEFLEET_CPUS_PER_INFERENCE": ("pipeline.cpus_per_inference", 1.0, 2.0),
+    "FRAMEFLEET_CPUS_PER_DECODER": ("pipeline.cpus_per_decoder", 1.0, 0.5),
+    "FRAMEFLEET_DECODE_NICE": ("pipeline.decode_nice", 5, 0),
+    "FRAMEFLEET_STALL_S": ("pipeline.stall_s", 600.0, 30.0),
+    "FRAMEFLEET_CHUNK_TIMEOUT_S": ("pipeline.chunk_timeout_s", 600.0, 45.0),
+    "FRAMEFLEET_INFERENCE_WAIT_S": ("pipeline.inference_wait_s", 60.0, 20.0),
+    "FRAMEFLEET_MAX_SIDE": ("pipeline.max_side", 1333, 0),
+    "FRAMEFLEET_MAX_PIXELS": ("pipeline.max_pixels", 8192 * 4320, 1920 * 1080),
+    "FRAMEFLEET_MAX_FRAMES": ("pipeline.max_frames", 3_000_000, 1000),
+    "FRAMEFLEET_MAX_DURATION_S": ("pipeline.max_duration_s", 86400.0, 600.0),
+    "FRAMEFLEET_RAY_ADDRESS": ("coordinator.ray_address", None, "10.0.0.1:6379"),
+    "FRAMEFLEET_RAY_TEMP_DIR": ("coordinator.ray_temp_dir", None, "/tmp/ray-ff"),
+    "FRAMEFLEET_MIN_DECODE_ACTORS": ("coordinator.min_decode_actors", 1, 0),
+    "FRAMEFLEET_MIN_INFERENCE_ACTORS": ("coordinator.min_inference_actors", 1, 2),
+    "FRAMEFLEET_TICK_S": ("coordinator.tick_s", 2.0, 1.0),
+    "FRAMEFLEET_LEADER_TTL_S": ("coordinator.leader_ttl_s", 10.0, 20.0),
+    "FRAMEFLEET_STALE_S": ("coordinator.stale_s", 10.0, 30.0),
+    "FRAMEFLEET_GCS_GRACE_S": ("coordinator.gcs_grace_s", 5.0, 8.0),
+    "FRAMEFLEET_IDLE_S": ("coordinator.idle_s", 60.0, 120.0),
+    "FRAMEFLEET_START_TIMEOUT_S": ("coordinator.start_timeout_s", 600.0, 90.0),
+    "FRAMEFLEET_API_HOST": ("api.host", "127.0.0.1", "0.0.0.0"),
+    "FRAMEFLEET_API_PORT": ("api.port", 8321, 9000),
+    "FRAMEFLEET_API_TOKEN": ("api.token", None, "w" * 24),
+    "FRAMEFLEET_API_TOKEN_FILE": ("api.token_file", None, Path("/run/secrets/ff")),
+    "FRAMEFLEET_API_READ_TOKEN": ("api.read_token", None, "r" * 24),
+    "FRAMEFLEET_API_READ_ONLY": ("api.read_only", False, True),
+    "FRAMEFLEET_API_ROOT_PATH": ("api.root_path", "", "/ff"),
+    "FRAMEFLEET_API_MAX_BODY_BYTES": ("api.max_body_bytes", 8 * 1024 * 1024, 4096),
+    "FRAMEFLEET_S3_EVENT_SUFFIXES": ("api.s3_event_suffixes", ",".join(VIDEO_SUFFIXES), "*"),
+}
+
+
+def _as_env(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return os.pathsep.join(str(v) for v in value)
+    return str(value)
+
+
+def test_every_variable_keeps_its_name_and_default() -> None:
+    defaults, from_nothing = Settings(), Settings.from_env({})
+    for var, (path, default, _) in VARIABLES.items():
+        assert attrgetter(path)(defaults) == default, var
+        assert attrgetter(path)(from_nothing) == default, var
+    nones = {var for var, (_, default, _) in VARIABLES.items() if default is None}
+    assert set(Settings().to_env()) == set(VARIABLES) - nones  # and no variable beside these
+
+
+@pytest.mark.parametrize("var", sorted(VARIABLES))
+def test_each_variable_sets_its_own_field(var: str) -> None:
+    path, default, value = VARIABLES[var]
+    assert value != default
+    s = Settings.from_env({var: _as_env(value)})
+    assert attrgetter(path)(s) == value
+    assert s.to_env()[var] == _as_env(value)
+    assert Settings.from_env(s.to_env()) == s
