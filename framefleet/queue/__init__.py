@@ -3,10 +3,13 @@
 from .connect import connect, open_client, open_queue
 from .keys import Keys
 from .model import (
+    ChunkWork,
+    Histogram,
     IngestResult,
     InvalidItem,
     Item,
     Lease,
+    Metrics,
     NewItem,
     QueueError,
     ReapResult,
@@ -23,12 +26,15 @@ from .server import EmbeddedServer, ServerError, embedded
 from .supervision import Supervision
 
 __all__ = [
+    "ChunkWork",
     "EmbeddedServer",
+    "Histogram",
     "IngestResult",
     "InvalidItem",
     "Item",
     "Keys",
     "Lease",
+    "Metrics",
     "NewItem",
     "Queue",
     "QueueError",

@@ -25,6 +25,11 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:nonces      | hash | worker -> nonce of its last claim (replays a retried one)|
 | ff:{videos}:fleets      | hash | Ray driver generation -> the coordinator that runs it   |
 | ff:{videos}:retired     | zset | worker name or name prefix -> when its fleet ended (ms) |
+| ff:{videos}:deadc:<cls> | zset | the dead letters of one class; score = time of death    |
+| ff:{videos}:dead_classes| set  | the classes that have dead letters now                  |
+| ff:{videos}:failed      | hash | failure class -> failures counted (retried or not)      |
+| ff:{videos}:busy        | hash | decode, inference:<device> -> busy ms (checkpointed)    |
+| ff:{videos}:hist:<name> | hash | a histogram (metrics.py): bucket -> count, sum ms, count |
 | ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
 | ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
 | ff:{videos}:audit       | list | operators' actions, JSON, newest first (capped)         |
@@ -119,6 +124,24 @@ class Keys:
     @property
     def retired(self) -> str:
         return f"{self.base}retired"
+
+    def dead_class(self, cls: str) -> str:
+        return f"{self.base}deadc:{cls}"
+
+    @property
+    def dead_classes(self) -> str:
+        return f"{self.base}dead_classes"
+
+    @property
+    def failed(self) -> str:
+        return f"{self.base}failed"
+
+    @property
+    def busy(self) -> str:
+        return f"{self.base}busy"
+
+    def histogram(self, name: str) -> str:
+        return f"{self.base}hist:{name}"
 
     @property
     def leader(self) -> str:

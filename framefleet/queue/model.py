@@ -351,6 +351,40 @@ class Stats:
 
 
 @dataclass(frozen=True, slots=True)
+class Histogram:
+    """One histogram kept by the scripts (metrics.py): counts per bucket, not cumulative,
+    one more than the bounds (the last is past them all)."""
+
+    bounds: tuple[float, ...]  # seconds
+    counts: tuple[int, ...]
+    sum_s: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    """What a metrics scrape reads: the stats and the counters kept beside them, each
+    O(states + classes + buckets) to read."""
+
+    stats: Stats
+    failed: Mapping[str, int]  # failure class -> failures (retried or not)
+    dead_by_class: Mapping[str, int]  # class -> dead letters now
+    busy_s: Mapping[str, float]  # "decode", "inference:<device>" -> busy seconds
+    histograms: Mapping[str, Histogram]  # queue_wait, processing, latency, stage:<stage>
+    last_done_s: float | None  # unix time of the last ack
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWork:
+    """What one chunk cost, sent with its checkpoint: counted once per chunk."""
+
+    frames: int
+    decode_s: float
+    inference_s: float  # the model and the write of its output
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReapResult:
     requeued: int
     poisoned: int

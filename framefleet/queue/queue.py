@@ -23,11 +23,15 @@ from redis.exceptions import NoScriptError, ResponseError
 from framefleet.settings import QueueSettings
 
 from .keys import STATES, Keys
+from .metrics import HISTOGRAMS, STAGES
 from .model import (
+    ChunkWork,
+    Histogram,
     IngestResult,
     InvalidItem,
     Item,
     Lease,
+    Metrics,
     NewItem,
     ReapResult,
     Stats,
@@ -187,22 +191,39 @@ class Queue:
         verdict, _ = self._fenced("renew", lease, int(self.settings.lease_s * 1000))
         return verdict
 
-    def progress(self, lease: Lease, chunk: int, total: int | None = None) -> Verdict:
-        """Checkpoint one finished chunk (idempotent), fenced by the lease's token."""
+    def progress(
+        self, lease: Lease, chunk: int, total: int | None = None, work: ChunkWork | None = None
+    ) -> Verdict:
+        """Checkpoint one finished chunk (idempotent), fenced by the lease's token. `work`
+        (frames, busy seconds) is counted the first time the chunk is checkpointed."""
         if chunk < 0 or (total is not None and total < 1):
             raise ValueError("chunk must be >= 0 and total >= 1")
-        verdict, _ = self._fenced("progress", lease, chunk, "" if total is None else total)
+        args: list[Any] = [chunk, "" if total is None else total]
+        if work is not None:
+            check_worker(work.device)  # a short name: it becomes a label
+            args += [work.frames, _ms(work.decode_s), _ms(work.inference_s), work.device]
+        verdict, _ = self._fenced("progress", lease, *args)
         return verdict
 
-    def ack(self, lease: Lease, result: str = "") -> Verdict:
-        """Done. A stale lease is refused and counted; a repeated ack is DUPLICATE (ok)."""
-        return self.ack_many([(lease, result)])[0]
+    def ack(
+        self, lease: Lease, result: str = "", stages: Mapping[str, float] | None = None
+    ) -> Verdict:
+        """Done. A stale lease is refused and counted; a repeated ack is DUPLICATE (ok).
+        `stages`: the video's seconds in fetch, decode, infer and write (metrics.STAGES),
+        for the stage histograms."""
+        return self.ack_many([(lease, result, stages)])[0]
 
-    def ack_many(self, acks: Sequence[tuple[Lease, str]]) -> list[Verdict]:
+    def ack_many(
+        self, acks: Sequence[tuple[Lease, str] | tuple[Lease, str, Mapping[str, float] | None]]
+    ) -> list[Verdict]:
         """Several acks in one script call, each fenced by its own lease."""
         if not acks:
             return []
-        args = [v for lease, r in acks for v in (lease.id, lease.token, lease.worker, r)]
+        args: list[str] = []
+        for lease, result, *rest in acks:
+            stages = rest[0] if rest else None
+            timed = "" if not stages else ",".join(str(_ms(stages.get(s, 0.0))) for s in STAGES)
+            args += [lease.id, lease.token, lease.worker, result, timed]
         return [Verdict(v) for v in self._run("ack", *args)]
 
     def fail(
@@ -298,30 +319,47 @@ class Queue:
 
     def dead_ids(self, cls: str | None = None) -> list[str]:
         """The ids of the dead letters of one class (`dead_class`; "unknown" for one
-        without), or of all with None; newest first. Reads every dead letter's class: an
-        operator's action, not a hot path."""
-        ids = [str(i) for i in self.client.zrevrange(self.keys.state("dead"), 0, -1)]
-        if cls is None:
-            return ids
-        return [i for i, c in zip(ids, self._dead_classes(ids), strict=True) if c == cls]
+        without), or of all with None; newest first (the scripts index them by class)."""
+        key = self.keys.state("dead") if cls is None else self.keys.dead_class(cls)
+        return [str(i) for i in self.client.zrevrange(key, 0, -1)]
 
     def dead_classes(self) -> dict[str, int]:
-        """How many dead letters there are of each class."""
-        ids = [str(i) for i in self.client.zrange(self.keys.state("dead"), 0, -1)]
-        counts: dict[str, int] = {}
-        for cls in self._dead_classes(ids):
-            counts[cls] = counts.get(cls, 0) + 1
+        """How many dead letters there are of each class, most first: O(classes)."""
+        classes = sorted(str(c) for c in self.client.smembers(self.keys.dead_classes))
+        pipe = self.client.pipeline(transaction=False)
+        for cls in classes:
+            pipe.zcard(self.keys.dead_class(cls))
+        counts = {c: int(n) for c, n in zip(classes, pipe.execute(), strict=True) if int(n)}
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def _dead_classes(self, ids: Sequence[str]) -> list[str]:
-        found: list[str] = []
-        step = self.settings.batch_size
-        for i in range(0, len(ids), step):
-            pipe = self.client.pipeline(transaction=False)
-            for item_id in ids[i : i + step]:
-                pipe.hget(self.keys.item(item_id), "dead_class")
-            found += [str(c) if c else "unknown" for c in pipe.execute()]
-        return found
+    def metrics(self) -> Metrics:
+        """The stats and every figure a metrics scrape needs, in two round trips, each
+        O(states + classes + buckets): never O(items)."""
+        stats = self.stats()
+        names = [n for n in HISTOGRAMS if n != "stage"] + [f"stage:{s}" for s in STAGES]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.failed)
+        pipe.hgetall(self.keys.busy)
+        pipe.hget(self.keys.meta, "last_done_at")
+        for name in names:
+            pipe.hgetall(self.keys.histogram(name))
+        failed, busy, last_done, *hists = pipe.execute()
+        histograms = {}
+        for name, fields in zip(names, hists, strict=True):
+            bounds = HISTOGRAMS[name.split(":", 1)[0]]
+            counts = [int(fields.get(str(i + 1), 0)) for i in range(len(bounds))]
+            counts.append(int(fields.get("inf", 0)))
+            histograms[name] = Histogram(
+                bounds, tuple(counts), int(fields.get("sum", 0)) / 1000, int(fields.get("count", 0))
+            )
+        return Metrics(
+            stats=stats,
+            failed={str(k): int(v) for k, v in failed.items()},
+            dead_by_class=self.dead_classes(),
+            busy_s={str(k): int(v) / 1000 for k, v in busy.items()},
+            histograms=histograms,
+            last_done_s=None if last_done is None else int(last_done) / 1000,
+        )
 
     # -- the operators' audit log --------------------------------------------------------
 
@@ -442,6 +480,10 @@ class Queue:
 
 
 _NO_CHUNKS: frozenset[int] = frozenset()
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
 
 
 def _lease(row: list[Any], worker: str) -> Lease:

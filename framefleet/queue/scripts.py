@@ -1,4 +1,5 @@
-"""Loads the Lua scripts (lua/*.lua, each prefixed with lua/_common.lua).
+"""Loads the Lua scripts (lua/*.lua, each prefixed with the histogram buckets of
+metrics.py as a Lua table, then lua/_common.lua).
 
 redis-py's `Script` calls EVALSHA and reloads the script by itself on NOSCRIPT, for example
 after a server restart or a failover to a replica that never saw it.
@@ -12,6 +13,8 @@ from typing import Any
 
 from redis import Redis
 from redis.commands.core import Script
+
+from .metrics import lua_buckets
 
 NAMES = (
     "enqueue",
@@ -37,13 +40,13 @@ NAMES = (
 
 @cache
 def source(name: str) -> str:
-    """The full text of one script: the shared prelude, then the script itself."""
+    """The full text of one script: the buckets, the shared prelude, the script itself."""
     if name not in NAMES:
         raise KeyError(name)
     lua = resources.files("framefleet.queue") / "lua"
     common = (lua / "_common.lua").read_text(encoding="utf-8")
     body = (lua / f"{name}.lua").read_text(encoding="utf-8")
-    return f"{common}\n{body}"
+    return f"{lua_buckets()}\n{common}\n{body}"
 
 
 class Scripts:

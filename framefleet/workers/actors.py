@@ -35,7 +35,16 @@ from .decode import Chunk
 from .errors import MODEL_ERROR, InfraError, TransientError
 from .model import load_model
 from .outputs import OutputStore, check_root, warm_up
-from .pipeline import LeaseKeeper, LeaseLost, Outcome, Pending, Stopped, VideoJob, infer_chunk
+from .pipeline import (
+    ChunkDone,
+    LeaseKeeper,
+    LeaseLost,
+    Outcome,
+    Pending,
+    Stopped,
+    VideoJob,
+    infer_chunk,
+)
 from .ray_adapter import ActorGone, RayAdapter
 
 log = logging.getLogger(__name__)
@@ -125,7 +134,7 @@ class InferenceActor:
         """(model name, record schema, pid, node id): also the readiness call."""
         return self.model.name, self.model.schema, os.getpid(), RayAdapter().node_id()
 
-    def infer(self, item_id: str, video: str, chunk: Chunk) -> int:
+    def infer(self, item_id: str, video: str, chunk: Chunk) -> ChunkDone:
         return infer_chunk(self.model, self.store, item_id, video, chunk)
 
 
@@ -214,7 +223,7 @@ class RayPending:
         self.ref = self.pool.adapter.call(self.actor, "infer", self.item_id, self.video, self.chunk)
         self.sent_at = time.monotonic()
 
-    def result(self, timeout: float | None = None) -> int:
+    def result(self, timeout: float | None = None) -> ChunkDone:
         s = self.pool.settings
         end = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -224,7 +233,7 @@ class RayPending:
             left = s.chunk_timeout_s - (time.monotonic() - self.sent_at)
             wait = left if end is None else min(left, end - time.monotonic())
             try:
-                rows = int(self.pool.adapter.get(self.ref, timeout=max(wait, 0.0)))
+                done: ChunkDone = self.pool.adapter.get(self.ref, timeout=max(wait, 0.0))
             except TimeoutError:
                 if time.monotonic() - self.sent_at < s.chunk_timeout_s:
                     raise  # the caller's own timeout
@@ -234,7 +243,7 @@ class RayPending:
                 self._resend_dead(exc)
                 continue
             self.chunk = None  # type: ignore[assignment]  # let the frames go
-            return rows
+            return done
 
     def _await_actor(self, end: float | None) -> None:
         waited = time.monotonic() - self.waiting_since

@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from framefleet.queue import Lease, Queue, Verdict
+from framefleet.queue import ChunkWork, Lease, Queue, Verdict
 from framefleet.settings import Settings
 
 from .decode import Chunk, ChunkReader, Limits, Sampling, open_decoder
@@ -64,12 +64,23 @@ class Stopped(Exception):
     """The worker was asked to stop (shutdown or preemption)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkDone:
+    """A chunk's output is durable: the rows written (-1: it was there already, nothing
+    ran) and what inference cost, for the busy-time metrics."""
+
+    rows: int
+    infer_s: float = 0.0
+    write_s: float = 0.0
+    device: str = "cpu"
+
+
 class Pending(Protocol):
     """A chunk handed to inference."""
 
-    def result(self, timeout: float | None = None) -> int:
-        """Rows written for the chunk (raises ItemError, or InfraError when no inference
-        actor could take it)."""
+    def result(self, timeout: float | None = None) -> ChunkDone:
+        """The chunk's output is written (raises ItemError, or InfraError when no
+        inference actor could take it)."""
         ...
 
 
@@ -159,8 +170,9 @@ class _Item:
     lease: Lease
     keeper: LeaseKeeper
     video: str
-    inflight: deque[tuple[int, Pending]] = field(default_factory=deque)
-    timings: dict[str, float] = field(default_factory=dict)
+    inflight: deque[tuple[int, Pending, int, float]] = field(default_factory=deque)
+    timings: dict[str, float] = field(default_factory=dict)  # laps: they add up to the whole
+    inference: dict[str, float] = field(default_factory=dict)  # infer, write: at the actors
     mark: float = 0.0
 
     def lap(self, name: str, now: float) -> None:
@@ -329,6 +341,7 @@ class VideoJob:
             "resumed_chunks": sorted(done),
             "epoch": lease.epoch,
             "timings_s": {k: round(v, 3) for k, v in item.timings.items()},
+            "inference_s": {k: round(v, 3) for k, v in item.inference.items()},
         }
         uri = self.store.finalize(item.video, total, self.inference.schema, manifest)
         return self._ack(item, uri, total, frames, Status.ACKED)
@@ -351,6 +364,7 @@ class VideoJob:
                 if chunk is None:
                     break
                 item.keeper.touch()
+                decode_s = self.clock() - item.mark
                 item.lap("decode", self.clock())
                 self._check(item.keeper)
                 self._take_budget(item)
@@ -361,7 +375,7 @@ class VideoJob:
                     self.budget.release()
                     raise
                 frames += len(chunk)
-                inflight.append((chunk.index, handle))
+                inflight.append((chunk.index, handle, len(chunk), decode_s))
                 del chunk  # at most max_inflight_chunks decoded chunks stay referenced
                 item.lap("submit", self.clock())
                 while len(inflight) >= self.settings.pipeline.max_inflight_chunks:
@@ -395,14 +409,14 @@ class VideoJob:
         """Wait for the oldest chunk's output, then checkpoint it. With a deadline (draining
         on stop) a stop request does not interrupt the wait; past the deadline the chunk is
         left, and stays out (so that the drain leaves it to the next worker)."""
-        index, handle = item.inflight[0]
+        index, handle, frames, decode_s = item.inflight[0]
         while True:
             if deadline is None:
                 self._check(item.keeper)
             elif item.keeper.lost.is_set() or self.clock() >= deadline:
                 raise Stopped
             try:
-                handle.result(timeout=1.0)
+                done = handle.result(timeout=1.0)
                 break
             except TimeoutError:  # a chunk out has deadlines of its own (RayPending)
                 item.keeper.touch()
@@ -410,15 +424,22 @@ class VideoJob:
         item.inflight.popleft()
         self.budget.release()
         item.keeper.touch()
-        self._progress(item, index, None)
+        for stage, took in (("infer", done.infer_s), ("write", done.write_s)):
+            item.inference[stage] = item.inference.get(stage, 0.0) + took
+        work = ChunkWork(frames, decode_s, done.infer_s + done.write_s, done.device)
+        self._progress(item, index, None, work)
 
-    def _progress(self, item: _Item, index: int, total: int | None) -> None:
-        if not self._persist(item.keeper, self.queue.progress, item.lease, index, total).ok:
+    def _progress(
+        self, item: _Item, index: int, total: int | None, work: ChunkWork | None = None
+    ) -> None:
+        call = self.queue.progress
+        if not self._persist(item.keeper, call, item.lease, index, total, work).ok:
             item.keeper.lost.set()
             raise LeaseLost(f"checkpoint of chunk {index} refused")
 
     def _ack(self, item: _Item, uri: str, chunks: int, frames: int, status: Status) -> Outcome:
-        verdict: Verdict = self._persist(item.keeper, self.queue.ack, item.lease, uri)
+        stages = None if status is Status.ALREADY_DONE else {**item.timings, **item.inference}
+        verdict: Verdict = self._persist(item.keeper, self.queue.ack, item.lease, uri, stages)
         if not verdict.ok:
             raise LeaseLost(f"ack refused ({verdict.value})")
         return Outcome(item.lease.id, status, chunks=chunks, frames=frames, result=uri)
@@ -428,21 +449,22 @@ class VideoJob:
 
 
 class _Done:
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
+    def __init__(self, done: ChunkDone) -> None:
+        self.done = done
 
-    def result(self, timeout: float | None = None) -> int:
-        return self.rows
+    def result(self, timeout: float | None = None) -> ChunkDone:
+        return self.done
 
 
 def infer_chunk(
     model: FrameModel, store: OutputStore, item_id: str, video: str, chunk: Chunk
-) -> int:
+) -> ChunkDone:
     """Run the model on one chunk and write its output under `video` (what an inference
-    actor does). A chunk whose output exists is not run again. Returns the rows written
-    (-1: skipped)."""
+    actor does). A chunk whose output exists is not run again (rows -1)."""
+    device = str(getattr(model, "device", "cpu")).split(":", 1)[0]
     if store.has_chunk(video, chunk.index):
-        return -1
+        return ChunkDone(-1, device=device)
+    started = time.perf_counter()
     try:
         records = model.predict(chunk.images, chunk.source_size)
     except ItemError:
@@ -455,11 +477,14 @@ def infer_chunk(
         raise TransientError(
             f"the model failed on chunk {chunk.index}: {exc}", MODEL_ERROR
         ) from exc
+    inferred = time.perf_counter()
     table = records_table(
         item_id, model.name, model.schema, records, chunk.frame_indices, chunk.pts_s
     )
     store.write_chunk(video, chunk.index, table, if_absent=False)  # checked above
-    return int(table.num_rows)
+    return ChunkDone(
+        int(table.num_rows), inferred - started, time.perf_counter() - inferred, device
+    )
 
 
 class LocalInference:

@@ -22,7 +22,7 @@ from framefleet.workers.decode import Chunk, Sampling
 from framefleet.workers.errors import TransientError
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore, output_version
-from framefleet.workers.pipeline import LocalInference, Pending, VideoJob
+from framefleet.workers.pipeline import ChunkDone, LocalInference, Pending, VideoJob
 from tests.conftest import ManualClock
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.jobs import job_env
@@ -64,6 +64,9 @@ def test_a_video_is_processed_checkpointed_and_acked(
     assert all(v >= 0 for v in laps.values()) and laps["decode"] > 0
     parts = sum(v for k, v in laps.items() if k != "total")
     assert parts - 0.01 <= laps["total"] <= parts + 0.25, laps
+    # the model's and the writes' own time, at the inference actors (within the laps)
+    assert set(manifest["inference_s"]) == {"infer", "write"}
+    assert 0 < sum(manifest["inference_s"].values()) <= laps["total"]
     assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
 
 
@@ -243,9 +246,9 @@ def test_in_flight_chunks_are_bounded(env: dict[str, Any]) -> None:
         def __init__(self, log: list[int]) -> None:
             self.log = log
 
-        def result(self, timeout: float | None = None) -> int:
+        def result(self, timeout: float | None = None) -> ChunkDone:
             self.log.append(-1)
-            return 0
+            return ChunkDone(0)
 
     class Tracking(Counting):
         def __init__(self, inner: LocalInference) -> None:
@@ -310,21 +313,21 @@ def test_items_at_once_share_one_budget_of_chunks_out(env: dict[str, Any]) -> No
     log: list[int] = []
 
     class Late:
-        def __init__(self, rows: int) -> None:
-            self.rows = rows
+        def __init__(self, done: ChunkDone) -> None:
+            self.done = done
 
-        def result(self, timeout: float | None = None) -> int:
+        def result(self, timeout: float | None = None) -> ChunkDone:
             time.sleep(0.03)
             with lock:
                 log.append(-1)
-            return self.rows
+            return self.done
 
     class Tracking(Counting):
         def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
-            rows = super().submit(item_id, video, chunk).result()
+            done = super().submit(item_id, video, chunk).result()
             with lock:
                 log.append(+1)
-            return Late(rows)
+            return Late(done)
 
     paths = [write_video(env["videos"] / f"s{i}.mp4", frames=40) for i in range(3)]
     q = env["queue"]
@@ -354,7 +357,7 @@ def test_the_budget_comes_back_when_items_fail_or_stop(
             return super().submit(item_id, video, chunk)
 
     class Never:
-        def result(self, timeout: float | None = None) -> int:
+        def result(self, timeout: float | None = None) -> ChunkDone:
             raise TimeoutError
 
     class Stuck(Counting):  # the first chunk's output never comes; a stop request arrives

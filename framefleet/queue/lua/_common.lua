@@ -21,6 +21,9 @@ local K_HOLDERS = P .. 'holders' -- workers holding at least one lease
 local K_SOLO = P .. 'solo'       -- worker -> the suspect item it holds (nothing else meanwhile)
 local K_NONCES = P .. 'nonces'   -- worker -> the nonce of its last claim that leased anything
 local K_RETIRED = P .. 'retired' -- worker name or group -> when a fleet-wide event ended it
+local K_DEAD_CLASSES = P .. 'dead_classes' -- the classes that have dead letters (deadc:<cls>)
+local K_FAILED = P .. 'failed'   -- failure class -> failures (every fail, retried or not)
+local K_BUSY = P .. 'busy'       -- 'decode' | 'inference:<device>' -> busy ms (checkpointed)
 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most
@@ -28,6 +31,7 @@ local SIGNAL_CAP = 256          -- wake-up tokens kept at most
 local function ikey(id) return P .. 'item:' .. id end
 local function ckey(id) return P .. 'chunks:' .. id end
 local function hkey(worker) return P .. 'held:' .. worker end -- the ids a worker leases
+local function dkey(cls) return P .. 'deadc:' .. cls end -- the dead letters of one class
 
 -- A worker ended by a fleet-wide event (release_workers.lua), by its own name or by its group
 -- (the name up to its last '-' when a number follows: `decoder-<generation>-`, a fleet's
@@ -70,12 +74,43 @@ local function to_queued(id, key)
   redis.call('HSET', key, 'state', 'queued')
 end
 
--- Dead with its reason and a short class (see framefleet/workers/errors.py).
+-- Dead with its reason and a short class (see framefleet/workers/errors.py), also indexed
+-- by class (deadc:<cls>, dead_classes), so that groups and bulk actions by class cost
+-- O(classes) and O(that class), not O(dead letters).
 local function to_dead(id, key, now, reason, cls)
+  if cls == nil or cls == '' then cls = 'unknown' end
   redis.call('ZADD', K_DEAD, now, id)
+  redis.call('ZADD', dkey(cls), now, id)
+  redis.call('SADD', K_DEAD_CLASSES, cls)
   redis.call('HSET', key, 'state', 'dead', 'dead_reason', reason, 'dead_class', cls,
              'dead_at', now)
   stat('dead_total')
+end
+
+-- A dead letter leaves the dead (retried, purged, re-enqueued with force, trimmed): out of
+-- the dead zset and its class index, before its hash changes. False if it was not dead.
+local function leave_dead(id, key)
+  if redis.call('ZREM', K_DEAD, id) == 0 then return false end
+  local cls = redis.call('HGET', key, 'dead_class') or 'unknown'
+  if redis.call('ZREM', dkey(cls), id) == 1 and redis.call('EXISTS', dkey(cls)) == 0 then
+    redis.call('SREM', K_DEAD_CLASSES, cls)
+  end
+  return true
+end
+
+-- One observation in histogram `name`: `ms` counted in the first bucket whose bound (ms,
+-- BUCKETS, generated from framefleet/queue/metrics.py) is at least ms, 'inf' past them all;
+-- with the sum (ms) and the count. Fields of hash hist:<name>: bucket numbers from 1.
+local function observe(name, ms)
+  ms = math.max(0, math.floor(ms))
+  local bucket = 'inf'
+  for i, bound in ipairs(BUCKETS[string.match(name, '^[^:]+')]) do
+    if ms <= bound then bucket = tostring(i); break end
+  end
+  local key = P .. 'hist:' .. name
+  redis.call('HINCRBY', key, bucket, 1)
+  redis.call('HINCRBY', key, 'sum', ms)
+  redis.call('HINCRBY', key, 'count', 1)
 end
 
 -- The lease of `id` by `owner` ended: out of the owner's index (and its solo slot).
@@ -179,7 +214,7 @@ local function enqueue_one(now, seq, id, uri, pri, etag, size, meta, force)
   if state then
     if not force or (state ~= 'done' and state ~= 'dead') then return nil end
     redis.call('ZREM', K_DONE, id)
-    redis.call('ZREM', K_DEAD, id)
+    leave_dead(id, key)
     redis.call('DEL', key, ckey(id))
     redis.call('HSET', key, 'rev', (tonumber(f[2]) or 0) + 1)
   end

@@ -4,7 +4,8 @@
 -- (from meta.epoch: a counter, for display), a token (the fence: nonce '.' place in this
 -- claim, so unique even when the server has lost writes and meta.epoch went back), state
 -- leased, owner, lease_until, claimed_at, claims+1, leased zset, the worker's index
--- (held:<worker>, holders) and nonces[worker] = nonce.
+-- (held:<worker>, holders) and nonces[worker] = nonce; at an item's first claim, its wait
+-- since enqueue in hist:queue_wait.
 -- A suspect item (solo: it crashed a worker that held others too) is handed out only as the
 -- only item of a claim, and its worker gets nothing more until that lease ends (solo[worker]);
 -- a worker that holds other leases passes over it for lease_ms after it became suspect (an
@@ -41,7 +42,7 @@ end
 
 -- What a lease needs of its item, read once (as it is popped, or on a replay).
 local FIELDS = {'solo', 'solo_since', 'uri', 'etag', 'size', 'meta', 'pri', 'attempts',
-                'deliveries', 'chunks_total', 'chunks_done', 'rev', 'claims'}
+                'deliveries', 'chunks_total', 'chunks_done', 'rev', 'claims', 'created'}
 
 -- Append one leased item's 15 reply values to out; f holds its FIELDS.
 local function row(out, id, epoch, token, lease_until, f)
@@ -111,6 +112,7 @@ if count > 0 then
     redis.call('HSET', ikey(id), 'state', 'leased', 'epoch', epoch + k, 'token', token,
                'owner', worker, 'lease_until', deadline, 'claimed_at', now,
                'claims', (tonumber(f[13]) or 0) + 1)
+    if not f[13] and f[14] then observe('queue_wait', now - tonumber(f[14])) end -- 1st claim
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id
     row(out, id, epoch + k, token, deadline, f)

@@ -7,7 +7,7 @@
 -- mode 'bug' (an error nobody classified): the same with bugs+1 instead of attempts, and the
 --   class internal_error when dead: the item is not charged an attempt for a bug, but a bug
 --   it triggers every time cannot loop for ever.
--- last_error always. Returns {'ok', 'delayed', delay_ms} | {'ok', 'dead', reason} | a
+-- last_error and failed[class] always (internal_error for a bug). Returns {'ok', 'delayed', delay_ms} | {'ok', 'dead', reason} | a
 -- refusal (stale_fail_total).
 local now = now_ms()
 local id, token, owner, err, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -22,6 +22,11 @@ if mode == 'bug' then counter = 'bugs' end
 local n = redis.call('HINCRBY', key, counter, 1)
 redis.call('HSET', key, 'last_error', err)
 stat('failed_total')
+if mode == 'bug' then
+  redis.call('HINCRBY', K_FAILED, 'internal_error', 1)
+else
+  redis.call('HINCRBY', K_FAILED, cls, 1)
+end
 if mode == 'permanent' then
   local reason = 'failed (not retryable): ' .. err
   to_dead(id, key, now, reason, cls)

@@ -1,11 +1,12 @@
 -- purge_dead.lua: delete dead letters for good (their ids become new again).
 -- KEYS[1] prefix. ARGV: now, limit, then ids (none = the oldest `limit` dead letters).
--- Deletes the item hash and chunk set; writes dead, stats.dead_purged_total.
+-- Deletes the item hash and chunk set; writes dead (and its class index),
+-- stats.dead_purged_total.
 -- Returns the ids deleted.
 local ids = dead_ids_from_argv()
 local purged = {}
 for _, id in ipairs(ids) do
-  if redis.call('ZREM', K_DEAD, id) == 1 then
+  if leave_dead(id, ikey(id)) then
     redis.call('DEL', ikey(id), ckey(id))
     purged[#purged + 1] = id
   end

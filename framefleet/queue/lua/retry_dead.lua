@@ -2,12 +2,12 @@
 -- KEYS[1] prefix. ARGV: now, limit, then ids (none = the oldest `limit` dead letters).
 -- Keeps last_error as history; clears attempts, bugs, deliveries, the suspect marks (solo,
 -- solo_since, crash_mark), dead_reason, dead_class, dead_at.
--- Writes dead, queued, item hashes, stats.dead_retried_total, signal. Returns the ids moved.
+-- Writes dead (and its class index), queued, item hashes, stats.dead_retried_total, signal. Returns the ids moved.
 local ids = dead_ids_from_argv()
 local moved = {}
 for _, id in ipairs(ids) do
-  if redis.call('ZREM', K_DEAD, id) == 1 then
-    local key = ikey(id)
+  local key = ikey(id)
+  if leave_dead(id, key) then
     redis.call('HDEL', key, 'attempts', 'bugs', 'deliveries', 'solo', 'solo_since',
                'crash_mark', 'dead_reason', 'dead_class', 'dead_at')
     to_queued(id, key)

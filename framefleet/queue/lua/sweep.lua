@@ -146,7 +146,10 @@ signal(requeued + promoted)
 local trimmed = 0
 for zset, ttl in pairs({[K_DONE] = done_ttl_ms, [K_DEAD] = dead_ttl_ms}) do
   local old = redis.call('ZRANGEBYSCORE', zset, '-inf', now - ttl, 'LIMIT', 0, limit)
-  for _, id in ipairs(old) do redis.call('DEL', ikey(id), ckey(id)) end
+  for _, id in ipairs(old) do
+    if zset == K_DEAD then leave_dead(id, ikey(id)) end
+    redis.call('DEL', ikey(id), ckey(id))
+  end
   bulk('ZREM', zset, old)
   trimmed = trimmed + #old
 end

@@ -1,0 +1,197 @@
+"""Prometheus metrics (`GET /metrics`): a custom collector that reads the queue at scrape time.
+
+Every figure is the fleet's, read from Redis through the queue's public API (Queue.metrics,
+Supervision): nothing is counted in this process, so nothing goes stale when a worker dies
+and a restart of the API loses nothing (as rq-exporter does). A scrape costs a handful of
+round trips, O(states + classes + buckets + workers), never O(items).
+
+The histograms are kept in Redis by the Lua scripts (framefleet/queue/metrics.py), not by
+Ray's metrics export: they survive every process, need no second scrape target (Ray's
+metrics agent on every node), and hold for a fleet without Ray at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from framefleet.queue import Histogram, Queue, Supervision
+from framefleet.settings import Settings
+
+log = logging.getLogger(__name__)
+
+P = "framefleet_"
+# queue counter (stats.*_total) -> (metric name without _total, help)
+COUNTERS = {
+    "enqueued_total": ("items_enqueued", "Items enqueued (new ids and forced re-enqueues)."),
+    "acked_total": ("items_succeeded", "Items done: their outputs durable, acknowledged."),
+    "retried_total": ("items_retried", "Failures retried after a backoff."),
+    "dead_total": ("items_dead", "Items that went to the dead letters."),
+    "dead_retried_total": ("dead_retried", "Dead letters sent back to the queue by an operator."),
+    "reaped_total": ("leases_expired", "Leases that ended without their holder's word."),
+    "stale_ack_total": ("stale_acks", "Acks refused: the lease had been lost."),
+    "inbox_rejected_total": ("inbox_rejected", "Inbox entries refused as malformed."),
+    "frames_total": ("frames_processed", "Frames through the model (each chunk counted once)."),
+    "claimed_total": ("leases_granted", "Leases handed out."),
+}
+HISTOGRAMS = {
+    "queue_wait": ("queue_wait_seconds", "Time from enqueue to an item's first claim."),
+    "processing": (
+        "item_processing_seconds",
+        "Time from the claim of the lease that finished a video to its ack.",
+    ),
+    "latency": ("item_latency_seconds", "Time from enqueue to done, retries included."),
+}
+
+
+class QueueCollector(Collector):
+    def __init__(self, queue: Queue, settings: Settings, clock: Callable[[], float]) -> None:
+        self.queue, self.settings, self.clock = queue, settings, clock
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(P + "redis_up", "Whether the queue's Redis answered this scrape.")
+        try:
+            families = list(self._families())
+        except RedisError as exc:
+            log.warning("metrics: Redis does not answer: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self) -> Iterator[Metric]:
+        m = self.queue.metrics()
+        stats = m.stats
+        for key, (name, doc) in COUNTERS.items():
+            counter = CounterMetricFamily(P + name, doc)
+            counter.add_metric([], stats.counters.get(key, 0))
+            yield counter
+        failed = CounterMetricFamily(
+            P + "items_failed", "Failures by class (retried or not).", labels=["reason_class"]
+        )
+        for cls, n in sorted(m.failed.items()):
+            failed.add_metric([cls], n)
+        yield failed
+        dead = GaugeMetricFamily(
+            P + "dead_letters", "Dead letters now, by class.", labels=["reason_class"]
+        )
+        for cls, n in sorted(m.dead_by_class.items()):
+            dead.add_metric([cls], n)
+        yield dead
+        items = GaugeMetricFamily(P + "queue_items", "Items by state.", labels=["state"])
+        for state, n in stats.counts.items():
+            items.add_metric([state], n)
+        yield items
+        oldest = GaugeMetricFamily(
+            P + "queue_oldest_item_age_seconds", "Age of the oldest queued item (0: none)."
+        )
+        oldest.add_metric([], stats.oldest_queued_age_s or 0.0)
+        yield oldest
+        paused = GaugeMetricFamily(P + "queue_paused", "1 while the queue is paused.")
+        paused.add_metric([], int(stats.paused))
+        yield paused
+        last = GaugeMetricFamily(
+            P + "last_success_timestamp_seconds", "Unix time of the last item done (0: never)."
+        )
+        last.add_metric([], m.last_done_s or 0.0)
+        yield last
+        decode = CounterMetricFamily(
+            P + "decode_busy_seconds", "Decode actors' seconds decoding checkpointed chunks."
+        )
+        decode.add_metric([], m.busy_s.get("decode", 0.0))
+        yield decode
+        inference = CounterMetricFamily(
+            P + "inference_busy_seconds",
+            "Inference actors' seconds running the model and writing outputs of checkpointed "
+            "chunks, by device.",
+            labels=["device"],
+        )
+        for key, seconds in sorted(m.busy_s.items()):
+            if key.startswith("inference:"):
+                inference.add_metric([key.split(":", 1)[1]], seconds)
+        yield inference
+        for key, (name, doc) in HISTOGRAMS.items():
+            family = HistogramMetricFamily(P + name, doc)
+            family.add_metric([], *_buckets(m.histograms[key]))
+            yield family
+        stages = HistogramMetricFamily(
+            P + "stage_seconds", "One video's seconds in each stage.", labels=["stage"]
+        )
+        for key, hist in m.histograms.items():
+            if key.startswith("stage:"):
+                stages.add_metric([key.split(":", 1)[1]], *_buckets(hist))
+        yield stages
+        yield from self._fleet()
+
+    def _fleet(self) -> Iterator[Metric]:
+        supervision = Supervision(self.queue)
+        stale = self.settings.coordinator.stale_s
+        kinds: dict[str, int] = {"decoder": 0, "inference": 0}
+        for name, age in supervision.workers().items():
+            if age < stale:
+                kind = name.split("-", 1)[0]
+                kinds[kind] = kinds.get(kind, 0) + 1
+        workers = GaugeMetricFamily(
+            P + "workers", "Workers heartbeating within the stale time, by kind.", labels=["kind"]
+        )
+        for kind, n in sorted(kinds.items()):
+            workers.add_metric([kind], n)
+        yield workers
+        consumers = GaugeMetricFamily(
+            P + "queue_consumers", "Decode actors alive to claim (0 with a backlog: alert)."
+        )
+        consumers.add_metric([], kinds["decoder"])
+        yield consumers
+        report = supervision.health()
+        leader = GaugeMetricFamily(
+            P + "coordinator_leader", "1 while a coordinator holds the leader lease."
+        )
+        leader.add_metric([], int(supervision.leader() is not None))
+        yield leader
+        at = report.get("at") if report else None
+        report_age = GaugeMetricFamily(
+            P + "coordinator_health_age_seconds",
+            "Age of the leader's health report (absent: none lately).",
+        )
+        if isinstance(at, int | float):
+            report_age.add_metric([], max(0.0, self.clock() - at))
+        yield report_age
+        healthy = GaugeMetricFamily(P + "coordinator_healthy", "1 while the health report is ok.")
+        healthy.add_metric([], int(bool(report and report.get("ok"))))
+        yield healthy
+
+
+def _buckets(hist: Histogram) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative (le, count) pairs and the sum, as HistogramMetricFamily takes them."""
+    running, pairs = 0, []
+    for bound, n in zip((*hist.bounds, float("inf")), hist.counts, strict=True):
+        running += n
+        pairs.append(("+Inf" if bound == float("inf") else _le(bound), float(running)))
+    return pairs, hist.sum_s
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def registry(
+    queue: Queue, settings: Settings, clock: Callable[[], float] = time.time
+) -> CollectorRegistry:
+    """A registry holding only the queue's collector (no process metrics: the figures are
+    the fleet's, and this process is one of several API replicas, maybe)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(QueueCollector(queue, settings, clock))
+    return reg

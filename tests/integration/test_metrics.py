@@ -1,0 +1,279 @@
+"""GET /metrics after a known workload: the values read back by a real Prometheus (Debian's
+`prometheus`) scraping the API on loopback and queried over its HTTP API, `promtool check
+metrics` on the scrape, and a scrape's cost independent of the number of items."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
+
+from framefleet.queue import ChunkWork, Queue, Supervision, Verdict
+from framefleet.settings import ApiSettings, QueueSettings, Settings
+from tests.conftest import ManualClock, monitored
+from tests.integration.test_api import READ, WRITE, Served
+from tests.support.servers import free_port
+
+T0 = 1_800_000_000_000  # the manual clock's start, ms
+
+
+def _workload(queue: Queue, clock: ManualClock) -> None:
+    """Known events: 5 enqueued; a waits 2 s, runs 3 s in two chunks (48 frames), acked
+    with its stages; b fails twice as not_a_video (retried, then dead); c is leased; d's
+    lease expires and is reaped; an ack with a stale lease; an inbox entry refused."""
+    _, b, c, d, _ = queue.enqueue([f"/v/{n}.mp4" for n in "abcde"])
+    clock.advance(2_000)
+    [la] = queue.claim(1, "decoder-g1-0")
+    clock.advance(1_000)
+    for i, frames in enumerate((32, 16)):
+        work = ChunkWork(frames, decode_s=0.25, inference_s=0.5 + i, device="cuda")
+        assert queue.progress(la, i, 2 if i else None, work=work)
+    assert queue.progress(la, 1, 2, work=ChunkWork(16, 9.0, 9.0, "cuda"))  # counted once
+    clock.advance(2_000)
+    stages = {"fetch": 0.2, "decode": 0.5, "infer": 1.5, "write": 0.04}
+    assert queue.ack(la, "file:///out/a", stages=stages) == Verdict.OK
+    [lb] = queue.claim(1, "decoder-g1-0")
+    assert queue.fail(lb, "moov atom not found", cls="not_a_video")
+    clock.advance(60_000)
+    [lb] = queue.claim(1, "decoder-g1-0")
+    assert lb.id == b and queue.fail(lb, "not a video", retryable=False, cls="not_a_video")
+    leased = queue.claim(2, "decoder-g1-1")
+    assert [x.id for x in leased] == [c, d]
+    assert queue.ack(la, "again") == Verdict.DUPLICATE
+    queue.client.lpush(queue.keys.inbox, "{not json")
+    queue.ingest_inbox()
+    stale = leased[1]
+    assert queue.release(stale, "preempted")
+    assert queue.ack(stale, "late") not in (Verdict.OK, Verdict.DUPLICATE)
+
+
+def _scrape(served: Served, token: str = READ) -> str:
+    got = httpx.get(
+        f"{served.url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
+    assert got.status_code == 200, got.text
+    assert got.headers["content-type"].startswith("text/plain")
+    return got.text
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@pytest.fixture
+def workload(
+    tmp_path: Path, valkey_client: Redis, request: pytest.FixtureRequest
+) -> Iterator[tuple[Served, Queue]]:
+    clock = ManualClock(T0)
+    settings = Settings(
+        queue=QueueSettings(name=f"m-{request.node.name[:30]}", lease_s=30),
+        api=ApiSettings(token=WRITE, read_token=READ),
+    )
+    queue = Queue(valkey_client, settings.queue, clock=clock)
+    _workload(queue, clock)
+    sup = Supervision(queue)
+    for worker in ("decoder-g1-0", "decoder-g1-1", "inference-g1-0"):
+        sup.heartbeat(worker)
+    with Served(settings, queue) as served:
+        yield served, queue
+
+
+EXPECTED: dict[str, float] = {
+    "framefleet_redis_up": 1,
+    "framefleet_items_enqueued_total": 5,
+    "framefleet_items_succeeded_total": 1,
+    "framefleet_items_retried_total": 1,
+    "framefleet_items_dead_total": 1,
+    "framefleet_stale_acks_total": 1,
+    "framefleet_inbox_rejected_total": 1,
+    "framefleet_frames_processed_total": 48,
+    'framefleet_items_failed_total{reason_class="not_a_video"}': 2,
+    'framefleet_dead_letters{reason_class="not_a_video"}': 1,
+    'framefleet_queue_items{state="queued"}': 2,
+    'framefleet_queue_items{state="leased"}': 1,
+    'framefleet_queue_items{state="done"}': 1,
+    'framefleet_queue_items{state="dead"}': 1,
+    'framefleet_queue_items{state="rejected"}': 1,
+    "framefleet_queue_paused": 0,
+    "framefleet_last_success_timestamp_seconds": (T0 + 5_000) / 1000,
+    "framefleet_decode_busy_seconds_total": 0.5,
+    'framefleet_inference_busy_seconds_total{device="cuda"}': 2.0,
+    'framefleet_workers{kind="decoder"}': 2,
+    'framefleet_workers{kind="inference"}': 1,
+    "framefleet_queue_consumers": 2,
+    "framefleet_coordinator_leader": 0,
+    # first claims: a after 2 s, b after 5 s, c and d after 65 s
+    "framefleet_queue_wait_seconds_count": 4,
+    'framefleet_queue_wait_seconds_bucket{le="1.0"}': 0,
+    'framefleet_queue_wait_seconds_bucket{le="5.0"}': 2,
+    'framefleet_queue_wait_seconds_bucket{le="60.0"}': 2,
+    'framefleet_queue_wait_seconds_bucket{le="120.0"}': 4,
+    "framefleet_queue_wait_seconds_sum": 137.0,
+    "framefleet_item_processing_seconds_count": 1,
+    "framefleet_item_processing_seconds_sum": 3.0,
+    'framefleet_item_processing_seconds_bucket{le="2.0"}': 0,
+    'framefleet_item_processing_seconds_bucket{le="5.0"}': 1,
+    "framefleet_item_latency_seconds_sum": 5.0,
+    'framefleet_stage_seconds_sum{stage="infer"}': 1.5,
+    'framefleet_stage_seconds_bucket{le="0.05",stage="write"}': 1,
+    'framefleet_stage_seconds_bucket{le="0.01",stage="write"}': 0,
+    'framefleet_stage_seconds_count{stage="fetch"}': 1,
+}
+
+
+def _key(selector: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    name, _, rest = selector.partition("{")
+    labels = [kv.split("=", 1) for kv in rest.rstrip("}").split(",") if kv]
+    return name, tuple(sorted((k, v.strip('"')) for k, v in labels))
+
+
+def test_the_scrape_gives_the_workload_figures(workload: tuple[Served, Queue]) -> None:
+    served, _ = workload
+    samples = _samples(_scrape(served))
+    for selector, value in EXPECTED.items():
+        assert samples.get(_key(selector)) == pytest.approx(value), selector
+    assert samples[_key("framefleet_queue_oldest_item_age_seconds")] > 0
+
+
+def test_metrics_need_a_token(workload: tuple[Served, Queue]) -> None:
+    served, _ = workload
+    assert httpx.get(f"{served.url}/metrics").status_code == 401
+    wrong = httpx.get(f"{served.url}/metrics", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert "framefleet_redis_up 1.0" in _scrape(served, WRITE)
+
+
+def test_promtool_accepts_the_scrape(workload: tuple[Served, Queue]) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/system-deps installs Debian's prometheus"
+    text = _scrape(workload[0])
+    checked = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stderr
+
+
+class Prometheus:
+    """Debian's prometheus on a loopback port, scraping one target every second with a
+    bearer token from a file, its data in its own temp dir."""
+
+    def __init__(self, tmp: Path, target: str, token: str) -> None:
+        binary = shutil.which("prometheus")
+        assert binary, "prometheus is missing: scripts/system-deps installs it"
+        (tmp / "token").write_text(token)
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [
+                {
+                    "job_name": "framefleet",
+                    "authorization": {"credentials_file": str(tmp / "token")},
+                    "static_configs": [{"targets": [target]}],
+                }
+            ],
+        }
+        (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (tmp / "prometheus.log").open("w")
+        self.process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        got = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        body = got.json()
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def wait_scraped(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "prometheus exited; see prometheus.log"
+            try:
+                if self.query('up{job="framefleet"} == 1'):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("prometheus did not scrape the API")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+def test_a_real_prometheus_scrapes_every_metric(
+    workload: tuple[Served, Queue], tmp_path: Path
+) -> None:
+    served, _ = workload
+    prom = Prometheus(tmp_path, f"127.0.0.1:{served.port}", READ)
+    try:
+        prom.wait_scraped()
+        for selector, value in EXPECTED.items():
+            result = prom.query(selector)
+            assert len(result) == 1, (selector, result)
+            assert float(result[0]["value"][1]) == pytest.approx(value), selector
+        # the divisions the metrics are for: GPU-seconds a video, and the backlog alert
+        [per_video] = prom.query(
+            "framefleet_inference_busy_seconds_total / ignoring(device) "
+            "group_left framefleet_items_succeeded_total"
+        )
+        assert float(per_video["value"][1]) == pytest.approx(2.0)
+        assert (
+            prom.query(
+                'framefleet_queue_items{state="queued"} > 0 and framefleet_queue_consumers == 0'
+            )
+            == []
+        )
+    finally:
+        prom.close()
+
+
+def test_a_scrape_costs_the_same_with_100k_items_queued(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """O(states + classes + buckets): the Redis commands of a scrape (MONITOR shows each one
+    a script runs) are the same with 10 items queued and with 100,000."""
+    settings = Settings(queue=QueueSettings(name="m-100k"), api=ApiSettings(read_token=READ))
+    queue = Queue(valkey_client, settings.queue)
+    with Served(settings, queue) as served:
+        queue.enqueue([f"/v/{i}.mp4" for i in range(10)])
+        _scrape(served)  # scripts loaded
+        _, small = monitored(valkey_client, lambda: _scrape(served))
+        queue.enqueue([f"/v/more-{i}.mp4" for i in range(100_000 - 10)])
+        text, big = monitored(valkey_client, lambda: _scrape(served))
+    assert _samples(text)[_key('framefleet_queue_items{state="queued"}')] == 100_000
+    small, big = _work(small), _work(big)
+    assert len(big) == len(small), (small, big)
+    assert len(big) < 80, big
+
+
+def _work(commands: list[str]) -> list[str]:
+    """The commands' verbs, less a new connection's handshake (the pool may open one)."""
+    handshake = ("HELLO", "CLIENT", "AUTH", "SELECT")
+    return [c.split()[0] for c in commands if not c.startswith(handshake)]
