@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,13 +135,18 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
     """`framefleet up`: the embedded server, a local Ray and the coordinator in the
     foreground; videos enqueued from another shell are processed; Ctrl-C (SIGINT) ends it
     with exit 0, the embedded server and Ray stopped with it."""
+    import httpx
+
     from tests.support.models import write_tiny_detr
+    from tests.support.servers import free_port
     from tests.support.videos import write_video
 
     videos, out, data = tmp_path / "videos", tmp_path / "out", tmp_path / "redis"
     videos.mkdir()
     paths = [write_video(videos / f"clip-{i}.mp4", frames=16) for i in range(2)]
     model = write_tiny_detr(tmp_path / "detr")
+    token_file, port = tmp_path / "api-token", free_port()
+    token_file.write_text("s3cret-token-of-up\n")
     env = _env(
         data,
         FRAMEFLEET_RAY_TEMP_DIR=f"/tmp/ffup-{os.getpid()}",
@@ -145,7 +154,10 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         FRAMEFLEET_DECODE_ACTORS="1",
         FRAMEFLEET_INFERENCE_ACTORS="1",
         FRAMEFLEET_ALLOWED_ROOTS=str(videos),  # local files are read from here only
+        FRAMEFLEET_API_PORT=str(port),
+        FRAMEFLEET_API_TOKEN_FILE=str(token_file),
     )
+    api, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret-token-of-up"}
     with (tmp_path / "up.log").open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "framefleet", "up", "--out", str(out), "--model", str(model)],
@@ -162,6 +174,10 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
                 tmp_path / "up.log"
             ).read_text()
             time.sleep(0.2)
+        banner = _wait_for_line(proc, tmp_path / "up.log", f"framefleet API on {api}")
+        assert str(token_file) in banner and "s3cret" not in (tmp_path / "up.log").read_text()
+        assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}  # it answers already
+        assert httpx.get(f"{api}/v1/queue").status_code == 401  # the token is wanted
         assert ff_json(data, "enqueue", *map(str, paths))["enqueued"] == 2
         deadline = time.monotonic() + 180
         while (counts := ff_json(data, "stats")["counts"])["done"] < 2:
@@ -170,8 +186,14 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
                 tmp_path / "up.log"
             ).read_text()[-3000:]
             time.sleep(1)
+        queue = httpx.get(f"{api}/v1/queue", headers=auth)
+        assert queue.status_code == 200, queue.text
+        assert queue.json()["counts"]["done"] == 2 and queue.json()["name"] == "videos"
+        assert queue.json()["throughput"]["5m"]["done"] == 2
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, (tmp_path / "up.log").read_text()[-3000:]
+        with pytest.raises(httpx.ConnectError):  # the API stopped with it
+            httpx.get(f"{api}/healthz")
     finally:
         if proc.poll() is None:  # the test failed: Ctrl-C, then kill what is left
             proc.send_signal(signal.SIGINT)
@@ -186,6 +208,27 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
     assert running_url(data) is None  # the server it started is stopped
     time.sleep(1)
     assert not _session_left(proc.pid), f"still running after Ctrl-C: {_session_left(proc.pid)}"
+
+
+def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str) -> str:
+    """The first line of `log` that holds `text`, once the process has written it."""
+    deadline = time.monotonic() + 120
+    while True:
+        found = [ln for ln in log.read_text().splitlines() if text in ln]
+        if found:
+            return found[0]
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+
+
+def test_up_refuses_an_open_api_beyond_loopback_before_starting_anything(tmp_path: Path) -> None:
+    """With no API token, `up` on a non-loopback address refuses at once, as `api` does,
+    and starts no server (nor Ray): nothing would be left half up."""
+    data = tmp_path / "redis"
+    proc = ff(data, "up", "--api-host", "0.0.0.0", check=False)
+    assert proc.returncode == 2 and "without a token" in proc.stderr, proc.stderr
+    assert "--no-api" in proc.stderr
+    assert running_url(data) is None and not (data / "server.json").exists()
 
 
 def test_api_serves_until_sigterm_and_wants_a_token_beyond_loopback(tmp_path: Path) -> None:
@@ -636,3 +679,241 @@ def test_run_without_the_default_models_weights_says_what_to_do(tmp_path: Path) 
     assert "cannot load model 'facebook/detr-resnet-50'" in proc.stderr
     assert "hint: for a smoke run without the weights, `--random-weights`" in proc.stderr
     assert "`--model DIR`" in proc.stderr
+
+
+# -- the ops commands: items, --json, watch, enqueue's progress bar ----------------------------
+
+
+class OnATerminal:
+    """The CLI in a subprocess with its stderr on a pseudo-terminal (120x40), and its stdout
+    there too or piped: what rich draws there, read as it comes."""
+
+    def __init__(self, data_dir: Path, *args: str, stdout_too: bool, stdin: str = "") -> None:
+        import pty
+
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "framefleet", *args],
+            env=_env(data_dir, TERM="xterm-256color"),
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=slave if stdout_too else subprocess.PIPE,
+            stderr=slave,
+        )
+        os.close(slave)
+        self.master, self.chunks = master, list[bytes]()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        assert self.proc.stdin is not None
+        with self.proc.stdin as given:
+            given.write(stdin.encode())
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # the other end closed
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + left(timeout)
+        while text not in self.text():
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.text()[-2000:]
+            time.sleep(0.1)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        """Its exit code and its piped stdout (if stdout was piped)."""
+        out = ""
+        if self.proc.stdout is not None:
+            with self.proc.stdout as piped:
+                out = piped.read().decode()
+        code = self.proc.wait(left(timeout))
+        self.reader.join(10)
+        os.close(self.master)
+        return code, out
+
+
+def _queue_at(data_dir: Path) -> Any:
+    from framefleet.queue import Queue, connect
+
+    url = running_url(data_dir)
+    assert url is not None
+    return Queue(connect(url))
+
+
+def test_items_pages_newest_first_and_a_cursor_walk_returns_each_item_once(
+    running_server: Path, tmp_path: Path
+) -> None:
+    """`items --json` pages one state newest first; following each page's cursor returns
+    every item exactly once. The table says the same and prints the next cursor."""
+    d = running_server
+    listing = tmp_path / "uris.txt"
+    listing.write_text("".join(f"s3://b/page-{i:03d}.mp4\n" for i in range(130)))
+    enqueued = ff_json(d, "enqueue", "--file", str(listing), "--json")["new_ids"]
+    assert len(enqueued) == 130
+    walked, pages, cursor = [], 0, None
+    while True:
+        page = ff_json(
+            d, "items", "--limit", "25", "--json", *(["--cursor", cursor] if cursor else [])
+        )
+        assert page["state"] == "queued" and len(page["items"]) <= 25
+        walked += [i["id"] for i in page["items"]]
+        pages += 1
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    assert pages == 6 and walked == enqueued[::-1]  # each once, newest first
+    first = ff_json(d, "items", "--limit", "25", "--json")
+    assert first["items"][0]["uri"] == "s3://b/page-129.mp4"
+    assert first["items"][0]["state"] == "queued" and first["items"][0]["priority"] == 5
+    table = ff(d, "items", "--limit", "3").stdout
+    rows = [
+        ln.split()[0] for ln in table.splitlines() if ln.split()[:1] and ln.split()[0] in enqueued
+    ]
+    assert rows == enqueued[-1:-4:-1]  # the three newest, newest first
+    page_two = ff_json(d, "items", "--limit", "3", "--json")["cursor"]
+    assert f"next page: --cursor {page_two}" in table
+    assert "s3://b/page-129.mp4" in ff(d, "items", "--limit", "3", env={"COLUMNS": "160"}).stdout
+    none = ff(d, "items", "--state", "dead").stdout
+    assert none.strip() == "no dead items (queued 130)"
+    assert ff_json(d, "items", "--state", "dead", "--json") == {
+        "state": "dead",
+        "items": [],
+        "cursor": None,
+    }
+    bad = ff(d, "items", "--cursor", "not-a-cursor", check=False)
+    assert bad.returncode == 2 and "bad --cursor" in bad.stderr
+    assert ff(d, "items", "--state", "lost", check=False).returncode == 2
+
+
+def test_each_command_answers_json_with_stable_keys(running_server: Path) -> None:
+    """show, stats, pause, resume, dead list|retry|purge and enqueue take --json: one JSON
+    document on stdout with the values of the queue; exit codes as without it."""
+    d = running_server
+    assert ff_json(d, "enqueue", "s3://b/j.mp4", "--id", "j", "--json") == {
+        "enqueued": 1,
+        "already_known": 0,
+        "new_ids": ["j"],
+    }
+    shown = ff_json(d, "show", "j", "--json")
+    assert (shown["id"], shown["uri"], shown["state"], shown["chunks"]) == (
+        "j",
+        "s3://b/j.mp4",
+        "queued",
+        [],
+    )
+    assert shown == ff_json(d, "show", "j")  # the default is today's document
+    missing = ff(d, "show", "nope", "--json", check=False)
+    assert missing.returncode == 1 and missing.stdout == "" and "no item" in missing.stderr
+    stats = ff_json(d, "stats", "--json")
+    assert stats["counts"]["queued"] == 1 and stats["paused"] is False
+    assert set(stats) == {"counts", "paused", "oldest_queued_age_s", "counters"}
+    assert ff_json(d, "pause", "--json") == {"queue": "videos", "paused": True}
+    assert ff_json(d, "stats", "--json")["paused"] is True
+    assert ff(d, "resume").stdout.strip() == "queue 'videos' running"  # human by default
+    assert ff_json(d, "resume", "--json") == {"queue": "videos", "paused": False}
+    ff(d, "cancel", "j", "--why", "test")
+    [dead] = ff_json(d, "dead", "list", "--json")
+    assert (dead["id"], dead["state"], dead["dead_reason"]) == ("j", "dead", "cancelled: test")
+    assert ff_json(d, "items", "--state", "dead", "--json")["items"][0]["id"] == "j"
+    assert ff_json(d, "dead", "retry", "j", "--json") == {"retried": ["j"]}
+    assert ff_json(d, "show", "j", "--json")["state"] == "queued"
+    ff(d, "cancel", "j")
+    assert ff_json(d, "dead", "purge", "--all", "--json") == {"purged": ["j"]}
+    assert ff(d, "dead", "purge", "--json", check=False).returncode == 2  # neither ids nor --all
+    assert ff_json(d, "dead", "list", "--json") == []
+
+
+def test_watch_once_shows_the_counts_throughput_workers_leader_and_a_bar_per_leased_item(
+    running_server: Path, tmp_path: Path
+) -> None:
+    """One frame of `watch`: counts, throughput and the drain time, the workers, the leader
+    and its health, and one bar per leased item (partly filled for 3 of 8 chunks, an
+    unknown total shown as such) with its owner. Without a server it starts none."""
+    from framefleet.queue import NewItem, Supervision
+
+    d = running_server
+    q = _queue_at(d)
+    q.enqueue([NewItem(f"s3://b/clip-{n}.mp4", id=f"clip-{n}") for n in "abcd"])
+    [a] = q.claim(1, "decoder-t1-0")
+    for chunk in range(3):
+        assert q.progress(a, chunk, total=8)
+    q.claim(1, "decoder-t1-0")  # clip-b, no total known yet
+    [c] = q.claim(1, "decoder-t1-1")
+    assert q.ack(c, "file:///out/c")
+    supervision = Supervision(q)
+    supervision.heartbeat("decoder-t1-0")
+    supervision.heartbeat("inference-t1-0")
+    assert supervision.hold_leadership("coord-1", ttl_s=60)
+    supervision.write_health({"ok": True, "at": time.time(), "leader": "coord-1"}, ttl_s=60)
+    frame = ff(d, "watch", "--once", env={"COLUMNS": "120"}).stdout
+    assert "queue          videos  running" in frame, frame
+    assert "queued 1  delayed 0  leased 2  done 1  dead 0" in frame, frame
+    assert "1m 1.0  5m 0.2  15m 0.1" in frame, frame  # one done in each window
+    assert "ETA 15m 00s (3 left" in frame, frame  # 3 left at 1 per 5 minutes
+    assert "2 (decoder 1, inference 1)" in frame, frame
+    assert "coord-1; health report" in frame and "old, ok" in frame, frame
+    assert "leased: 2" in frame, frame
+    [row_a] = [ln for ln in frame.splitlines() if ln.split()[:1] == ["clip-a"]]
+    assert "3/8" in row_a and "decoder-t1-0" in row_a and "clip-a.mp4" in row_a, row_a
+    assert 4 <= row_a.count("━") <= 7, row_a  # 3/8 of a 16-wide bar drawn, the rest blank
+    [row_b] = [ln for ln in frame.splitlines() if ln.split()[:1] == ["clip-b"]]
+    assert "0/?" in row_b and "decoder-t1-0" in row_b, row_b
+    assert "clip-d" not in frame  # queued: no bar
+    ff(d, "pause")
+    assert "PAUSED" in ff(d, "watch", "--once").stdout
+    nowhere = ff(tmp_path / "nothing", "watch", "--once", check=False)
+    assert nowhere.returncode == 1 and "no embedded server runs" in nowhere.stderr
+    assert running_url(tmp_path / "nothing") is None
+
+
+def test_watch_is_live_on_a_terminal_until_ctrl_c(running_server: Path) -> None:
+    """On a terminal `watch` redraws every interval (a lease taken meanwhile shows up) and
+    Ctrl-C ends it with exit 0, the cursor shown again."""
+    d = running_server
+    q = _queue_at(d)
+    q.enqueue(["s3://b/live.mp4"])
+    term = OnATerminal(d, "watch", "--interval", "0.2", stdout_too=True)
+    try:
+        term.wait_for("leased 0")
+        [lease] = q.claim(1, "decoder-live-0")
+        assert q.progress(lease, 0, total=4)
+        term.wait_for("1/4")
+        term.wait_for("decoder-live-0")
+        term.proc.send_signal(signal.SIGINT)
+        code, _ = term.finish()
+    finally:
+        if term.proc.poll() is None:
+            term.proc.kill()
+    assert code == 0, term.text()[-2000:]
+    assert "leased 1" in term.text() and "Traceback" not in term.text()
+    assert term.text().endswith("\x1b[?25h")  # the cursor is given back
+
+
+def test_enqueue_of_5000_items_with_and_without_a_terminal(
+    running_server: Path, tmp_path: Path
+) -> None:
+    """5,000 URIs from a file: all enqueued, stderr quiet (no terminal, no bar). 5,000 more
+    on stdin with stderr on a terminal: a progress bar there to 5000/5000, and stdout is
+    still exactly the JSON answer."""
+    d = running_server
+    listing = tmp_path / "many.txt"
+    listing.write_text("".join(f"s3://b/many-{i:04d}.mp4\n" for i in range(5000)))
+    plain = ff(d, "enqueue", "--file", str(listing), "--json")
+    assert json.loads(plain.stdout)["enqueued"] == 5000 and plain.stderr == ""
+    assert ff_json(d, "stats")["counts"]["queued"] == 5000
+    more = "".join(f"s3://b/more-{i:04d}.mp4\n" for i in range(5000))
+    term = OnATerminal(d, "enqueue", "--file", "-", "--json", stdout_too=False, stdin=more)
+    code, out = term.finish()
+    assert code == 0, term.text()[-2000:]
+    answer = json.loads(out)
+    assert answer["enqueued"] == 5000 and len(set(answer["new_ids"])) == 5000
+    assert "enqueued" in term.text() and "5000/5000" in term.text(), term.text()[-2000:]
+    assert ff_json(d, "stats")["counts"]["queued"] == 10_000

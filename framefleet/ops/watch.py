@@ -1,0 +1,262 @@
+"""What `framefleet watch` and `framefleet items` draw in a terminal (rich).
+
+A `Frame` is the queue's state read in one go through the queue's public API (`Queue`,
+`Supervision`); `render` draws it. Reading and drawing are apart so that the CLI's live
+loop can keep the last frame on screen while Redis does not answer, and `watch --once`
+can draw one frame without a terminal. Throughput is counted as /v1/queue counts it: from
+the done and dead sets' times, with no state of its own; the drain time is the backlog at
+the last 5 minutes' rate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from framefleet.queue import Item, Queue, Stats, Supervision
+
+WINDOWS_MIN = (1, 5, 15)  # throughput windows shown, in minutes
+DRAIN_WINDOW_MIN = 5  # the rate the drain time is counted at (as /v1/queue's drain_s)
+BACKLOG = ("queued", "delayed", "leased", "inbox")  # what is left to do
+STATES = ("queued", "delayed", "leased", "done", "dead")
+EXTRA = ("inbox", "rejected")  # shown when not empty
+BAR_WIDTH = 16
+_BOX = box.SIMPLE_HEAD  # a rule under the header, nothing else
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One reading of a queue, for one frame of `watch`."""
+
+    queue: str
+    stats: Stats
+    finished: Mapping[int, tuple[int, int]]  # window (minutes) -> (done, dead) within it
+    workers: Mapping[str, float]  # name -> seconds since its heartbeat
+    leader: str | None
+    health: Mapping[str, Any] | None  # the leader's last health report, if fresh
+    health_age_s: float | None
+    leased: Sequence[Item]  # up to the limit asked for, longest held first
+    now_ms: int  # the queue's time
+
+    @property
+    def backlog(self) -> int:
+        return sum(self.stats.counts.get(s, 0) for s in BACKLOG)
+
+    def done_per_min(self, minutes: int) -> float:
+        return self.finished[minutes][0] / minutes
+
+    def drain_s(self) -> float | None:
+        """Seconds to finish the backlog at the last 5 minutes' rate: 0 with nothing left,
+        None when nothing finished in those 5 minutes."""
+        if self.backlog == 0:
+            return 0.0
+        done, dead = self.finished[DRAIN_WINDOW_MIN]
+        rate = (done + dead) / (DRAIN_WINDOW_MIN * 60)
+        return self.backlog / rate if rate > 0 else None
+
+
+def read_frame(queue: Queue, limit: int = 20, clock: Callable[[], float] = time.time) -> Frame:
+    """Read what a frame shows: counts, throughput, workers, leader and health, and up to
+    `limit` leased items. `clock` (seconds) dates the health report, as the API does."""
+    supervision = Supervision(queue)
+    stats = queue.stats()
+    now_ms = queue.now_ms()
+    finished = {m: queue.finished_since(now_ms - m * 60_000) for m in WINDOWS_MIN}
+    leased: list[Item] = []
+    if stats.counts.get("leased", 0) and limit > 0:
+        leased, _ = queue.page("leased", limit)
+        leased.sort(key=lambda i: (i.claimed_ms or 0, i.id))  # steady rows between frames
+    health = supervision.health()
+    at = health.get("at") if health else None
+    return Frame(
+        queue=queue.settings.name,
+        stats=stats,
+        finished=finished,
+        workers=supervision.workers(),
+        leader=supervision.leader(),
+        health=health,
+        health_age_s=max(0.0, clock() - at) if isinstance(at, int | float) else None,
+        leased=leased,
+        now_ms=now_ms,
+    )
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: 850ms, 4.2s, 42s, 3m 05s, 2h 10m, 3d 04h."""
+    if seconds is None:
+        return "—"
+    s = max(0.0, seconds)
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
+    if s < 9.95:
+        return f"{s:.1f}s"
+    whole = round(s)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
+
+
+# -- watch -----------------------------------------------------------------------------------
+
+
+def render(frame: Frame, error: str | None = None) -> RenderableType:
+    """The whole frame: the summary, then one progress bar per leased item. `error` (Redis
+    does not answer) is shown above a frame that is then the last one read."""
+    parts: list[RenderableType] = []
+    if error:
+        parts.append(Text(f"not updating: {error}", style="bold red"))
+    parts += [_summary(frame), Text(), _leased(frame)]
+    return Group(*parts)
+
+
+def _summary(frame: Frame) -> Table:
+    stats = frame.stats
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    state = Text("PAUSED", style="bold red") if stats.paused else Text("running", style="green")
+    grid.add_row("queue", Text.assemble(f"{frame.queue}  ", state))
+    shown = [*STATES, *(name for name in EXTRA if stats.counts.get(name))]
+    counts = "  ".join(f"{name} {stats.counts.get(name, 0)}" for name in shown)
+    grid.add_row("items", counts)
+    grid.add_row("oldest queued", duration(stats.oldest_queued_age_s))
+    rates = "  ".join(f"{m}m {frame.done_per_min(m):.1f}" for m in WINDOWS_MIN)
+    dead = frame.finished[DRAIN_WINDOW_MIN][1]
+    if dead:
+        rates += f"  (dead {dead / DRAIN_WINDOW_MIN:.1f}/min over {DRAIN_WINDOW_MIN}m)"
+    grid.add_row("done/min", rates)
+    grid.add_row("drain", _drain(frame))
+    grid.add_row("workers", _workers(frame.workers))
+    grid.add_row("leader", _leader(frame))
+    return grid
+
+
+def _drain(frame: Frame) -> str:
+    eta = frame.drain_s()
+    if eta == 0:
+        return "nothing left to do"
+    if eta is None:
+        return f"unknown: nothing finished in the last {DRAIN_WINDOW_MIN} minutes"
+    return f"ETA {duration(eta)} ({frame.backlog} left at the last {DRAIN_WINDOW_MIN}m's rate)"
+
+
+def _workers(workers: Mapping[str, float]) -> str:
+    if not workers:
+        return "none heartbeating"
+    kinds: dict[str, int] = {}
+    for name in workers:
+        kind = name.split("-", 1)[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    return f"{len(workers)} ({by_kind}); oldest heartbeat {duration(max(workers.values()))} ago"
+
+
+def _leader(frame: Frame) -> Text:
+    if frame.leader is None:
+        return Text("none (no coordinator leads this queue)", style="yellow")
+    text = Text(frame.leader)
+    report = frame.health
+    if report is None:
+        return text.append("; no fresh health report", style="yellow")
+    text.append(f"; health report {duration(frame.health_age_s)} old, ")
+    if report.get("ok", False):
+        return text.append("ok", style="green")
+    return text.append(f"not ok: {report.get('error', 'no reason given')}", style="bold red")
+
+
+def _leased(frame: Frame) -> RenderableType:
+    total = frame.stats.counts.get("leased", 0)
+    if not total:
+        return Text("no item leased")
+    shown = len(frame.leased)
+    title = f"leased: {total}" + (f" ({shown} shown: --limit for more)" if shown < total else "")
+    table = Table(title=title, title_justify="left", box=_BOX, padding=(0, 1, 0, 0))
+    table.add_column("item", no_wrap=True, min_width=24)
+    table.add_column("progress", no_wrap=True)
+    table.add_column("chunks", justify="right", no_wrap=True, min_width=6)
+    table.add_column("owner", no_wrap=True, min_width=18)
+    table.add_column("held", justify="right", no_wrap=True, min_width=6)
+    table.add_column("video", no_wrap=True, overflow="ellipsis")
+    for item in frame.leased:
+        known = item.chunks_total
+        bar = ProgressBar(total=known, completed=item.chunks_done, width=BAR_WIDTH)
+        table.add_row(
+            item.id,
+            bar,
+            f"{item.chunks_done}/{'?' if known is None else known}",
+            item.owner or "?",
+            duration(_held_s(item, frame.now_ms)),
+            _name(item.uri),
+        )
+    return table
+
+
+def _name(uri: str) -> str:
+    return PurePosixPath(uri).name or uri
+
+
+def _held_s(item: Item, now_ms: int) -> float | None:
+    return None if item.claimed_ms is None else (now_ms - item.claimed_ms) / 1000
+
+
+# -- items -----------------------------------------------------------------------------------
+
+_NOTE = {
+    "queued": "last error",
+    "delayed": "retry in",
+    "leased": "owner, held",
+    "done": "result",
+    "dead": "why",
+}
+
+
+def items_table(items: Sequence[Item], state: str, now_ms: int) -> Table:
+    """One page of items in one state, newest first, with what matters in that state."""
+    table = Table(
+        title=f"{state} items, newest first", title_justify="left", box=_BOX, padding=(0, 1, 0, 0)
+    )
+    table.add_column("id", no_wrap=True, min_width=24)
+    table.add_column("pri", justify="right")
+    table.add_column("tries", justify="right")
+    table.add_column("chunks", justify="right", no_wrap=True)
+    table.add_column("age", justify="right", no_wrap=True, min_width=6)
+    table.add_column("uri", overflow="fold", ratio=1)
+    table.add_column(_NOTE.get(state, ""), overflow="fold", ratio=1)
+    for item in items:
+        total = "?" if item.chunks_total is None else str(item.chunks_total)
+        table.add_row(
+            item.id,
+            str(item.priority),
+            str(item.attempts),
+            f"{item.chunks_done}/{total}",
+            duration((now_ms - item.created_ms) / 1000),
+            item.uri,
+            _note(item, now_ms),
+        )
+    return table
+
+
+def _note(item: Item, now_ms: int) -> str:
+    state = str(item.state)
+    if state == "leased":
+        return f"{item.owner or '?'}, {duration(_held_s(item, now_ms))}"
+    if state == "delayed" and item.ready_at_ms is not None:
+        return duration((item.ready_at_ms - now_ms) / 1000)
+    if state == "dead":
+        return f"{item.dead_class or 'unknown'}: {item.dead_reason or ''}".rstrip(": ")
+    if state == "done":
+        return item.result or ""
+    return item.last_error or ""
