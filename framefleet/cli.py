@@ -31,6 +31,7 @@ from framefleet.queue import (
     connect,
     embedded,
     open_queue,
+    redacted,
 )
 from framefleet.settings import ApiSettings, QueueSettings, Settings, SettingsError
 
@@ -69,7 +70,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Enqueue, claim, checkpoint and ack a few items on the queue, printing the counts."""
     settings = replace(settings, queue=replace(settings.queue, name=args.queue or "demo"))
     with open_queue(settings) as q:
-        where = settings.redis.url or f"embedded server, data in {settings.redis.data_dir}"
+        where = redacted(settings.redis.url or "") or (
+            f"embedded server, data in {settings.redis.data_dir}"
+        )
         print(f"queue {settings.queue.name!r} on {where}")
         uris = [f"/demo/videos/clip-{i:03d}.mp4" for i in range(args.items)]
         new = q.enqueue(uris, force=True)
@@ -161,7 +164,7 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
     settings = _fleet_settings(args, settings)
     with _redis_url(settings) as url:
         coordinator = Coordinator(settings, url)
-        print(f"coordinator {coordinator.name} on {url}", file=sys.stderr)
+        print(f"coordinator {coordinator.name} on {redacted(url)}", file=sys.stderr)
         code = coordinator.run()
         if coordinator.fatal:
             print(f"error: {coordinator.fatal}", file=sys.stderr)
@@ -334,7 +337,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             if api is not None:
                 api.start()
             coordinator = Coordinator(settings, url)
-            print(f"coordinator {coordinator.name} on {url}", file=sys.stderr)
+            print(f"coordinator {coordinator.name} on {redacted(url)}", file=sys.stderr)
             if api is not None:
                 if not api.wait_ready(stop):
                     return 0 if stop.is_set() else _api_failed(api)

@@ -1,6 +1,6 @@
 """The Redis reliable queue: one work item per video, the only stateful part of framefleet."""
 
-from .connect import connect, open_client, open_queue
+from .connect import connect, open_client, open_queue, redacted
 from .keys import Keys
 from .model import (
     ChunkWork,
@@ -52,4 +52,5 @@ __all__ = [
     "open_client",
     "open_queue",
     "parse_inbox_entry",
+    "redacted",
 ]

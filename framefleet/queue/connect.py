@@ -61,11 +61,11 @@ def _check(client: Redis, url: str) -> None:
     # Every Valkey release speaks at least Redis 7.2; Redis itself must be 6.2 or newer.
     version = str(info.get("redis_version", "0"))
     if "valkey_version" not in info and _major_minor(version) < MIN_VERSION:
-        raise ServerError(f"{_safe(url)}: Redis {version} is older than 6.2")
+        raise ServerError(f"{redacted(url)}: Redis {version} is older than 6.2")
     policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
     if policy != "noeviction":
         raise ServerError(
-            f"{_safe(url)}: its maxmemory-policy is {policy}: the server deletes keys when"
+            f"{redacted(url)}: its maxmemory-policy is {policy}: the server deletes keys when"
             " it is full, and a queue whose items vanish loses videos (their ids stay in"
             " the state sets with no item behind them). Set maxmemory-policy noeviction"
             " (in a managed Redis, its parameter group): a full server then refuses writes,"
@@ -73,7 +73,7 @@ def _check(client: Redis, url: str) -> None:
         )
 
 
-def _safe(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password."""
     parts = urlsplit(url)
     if parts.password is None:

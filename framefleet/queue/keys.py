@@ -23,6 +23,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:holders     | set  | the workers whose held set is not empty                 |
 | ff:{videos}:solo        | hash | worker -> the suspect item it holds (it gets no other)  |
 | ff:{videos}:nonces      | hash | worker -> nonce of its last claim (replays a retried one)|
+| ff:{videos}:worker_info | hash | worker -> what it says of itself, JSON (node, pid, host) |
 | ff:{videos}:fleets      | hash | Ray driver generation -> the coordinator that runs it   |
 | ff:{videos}:retired     | zset | worker name or name prefix -> when its fleet ended (ms) |
 | ff:{videos}:deadc:<cls> | zset | the dead letters of one class; score = time of death    |
@@ -116,6 +117,10 @@ class Keys:
     @property
     def nonces(self) -> str:
         return f"{self.base}nonces"
+
+    @property
+    def worker_info(self) -> str:
+        return f"{self.base}worker_info"
 
     @property
     def fleets(self) -> str:

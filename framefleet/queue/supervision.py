@@ -14,8 +14,9 @@ the leader lease and the health report (keys `workers`, `leader`, `health`; see 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 from .model import SweepResult, WorkerRetired, check_worker
@@ -40,25 +41,39 @@ class Supervision:
     # -- workers -----------------------------------------------------------------------
 
     def heartbeat(
-        self, worker: str, holding: Collection[str] | None = None, grace_s: float = 10.0
+        self,
+        worker: str,
+        holding: Collection[str] | None = None,
+        grace_s: float = 10.0,
+        info: Mapping[str, str | int] | None = None,
     ) -> int:
         """The worker is alive. With `holding` (the ids it knows it leases), the leases the
         queue has it holding besides those, claimed more than grace_s ago, go back to the
         queue, uncharged (a lost reply, a lost write, a thread that gave up): how many.
+        `info`: what it says of itself (node, pid, host), kept while it is known.
         WorkerRetired when a fleet-wide event ended the worker (release_workers)."""
         check_worker(worker)
+        said = "" if not info else json.dumps(dict(info), sort_keys=True)
         if holding is None:
-            written, back = self.queue._run("heartbeat", worker, "beat", 0)
+            written, back = self.queue._run("heartbeat", worker, "beat", 0, said)
         else:
             grace = int(grace_s * 1000)
-            written, back = self.queue._run("heartbeat", worker, "sync", grace, *holding)
+            written, back = self.queue._run("heartbeat", worker, "sync", grace, said, *holding)
         if int(written) < 0:
             raise WorkerRetired(f"{worker}: its fleet ended or its node was lost")
         return int(back)
 
     def leave(self, worker: str) -> None:
         """The worker stopped cleanly: forget it (its leases were released or settled)."""
-        self.queue._run("heartbeat", check_worker(worker), "leave", 0)
+        self.queue._run("heartbeat", check_worker(worker), "leave", 0, "")
+
+    def worker_info(self) -> dict[str, dict[str, Any]]:
+        """What each known worker said of itself in its heartbeats (node, pid, host)."""
+        found: dict[str, dict[str, Any]] = {}
+        for name, said in self.client.hgetall(self.keys.worker_info).items():
+            with contextlib.suppress(ValueError):
+                found[str(name)] = dict(json.loads(said))
+        return found
 
     def workers(self) -> dict[str, float]:
         """Each worker's seconds since its last heartbeat."""

@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -75,6 +76,11 @@ class Heartbeat:
         self.supervision, self.name, self.settings = Supervision(queue), name, settings
         self.holding, self.leader, self.deposed, self.sweep = holding, leader, deposed, sweep
         self.retired = retired
+        self.info: dict[str, str | int] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node": RayAdapter().node_id(),
+        }
         self.closed = threading.Event()
         self._beat()
         stale = settings.coordinator.stale_s
@@ -83,7 +89,7 @@ class Heartbeat:
     def _beat(self) -> None:
         c = self.settings.coordinator
         held = None if self.holding is None else self.holding()
-        back = self.supervision.heartbeat(self.name, held, grace_s=c.stale_s)
+        back = self.supervision.heartbeat(self.name, held, grace_s=c.stale_s, info=self.info)
         if back:
             log.warning("%s: %d leases it no longer held went back to the queue", self.name, back)
         if self.leader is not None and self.deposed is not None:

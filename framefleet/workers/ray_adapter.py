@@ -100,9 +100,11 @@ class RayAdapter:
         return list(ready)
 
     def node_id(self) -> str:
-        """The node the calling actor (or driver) runs on, in hex."""
+        """The node the calling actor (or driver) runs on, in hex ('' outside Ray)."""
         import ray
 
+        if not ray.is_initialized():
+            return ""
         return str(ray.get_runtime_context().get_node_id())
 
     # -- the driver's view of the cluster ------------------------------------------------

@@ -156,7 +156,8 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     assert sup.held("w6") == {held.id}
     clock.advance(11_000)
     assert sup.heartbeat("w6", holding=[], grace_s=10) == 1  # given back, uncharged
-    assert sup.workers() and sup.leave("w6") is None
+    assert sup.heartbeat("w6", info={"pid": 7}) == 0 and sup.worker_info()["w6"] == {"pid": 7}
+    assert sup.workers() and sup.leave("w6") is None and "w6" not in sup.worker_info()
     [gap] = q.claim(1, "w7")
     sup.sweep(stale_s=5, gap_s=1)
     clock.advance(20_000)

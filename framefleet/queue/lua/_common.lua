@@ -20,6 +20,7 @@ local K_LEADER = P .. 'leader'
 local K_HOLDERS = P .. 'holders' -- workers holding at least one lease
 local K_SOLO = P .. 'solo'       -- worker -> the suspect item it holds (nothing else meanwhile)
 local K_NONCES = P .. 'nonces'   -- worker -> the nonce of its last claim that leased anything
+local K_WORKER_INFO = P .. 'worker_info' -- worker -> what it said of itself (JSON: node, pid)
 local K_RETIRED = P .. 'retired' -- worker name or group -> when a fleet-wide event ended it
 local K_DEAD_CLASSES = P .. 'dead_classes' -- the classes that have dead letters (deadc:<cls>)
 local K_FAILED = P .. 'failed'   -- failure class -> failures (every fail, retried or not)

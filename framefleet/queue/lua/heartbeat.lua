@@ -1,5 +1,6 @@
 -- heartbeat.lua: a worker says it is alive, or that it has left.
--- KEYS[1] prefix. ARGV: now, worker, mode ('beat' | 'sync' | 'leave'), grace_ms, ids...
+-- KEYS[1] prefix. ARGV: now, worker, mode ('beat' | 'sync' | 'leave'), grace_ms, info (what
+-- the worker says of itself, JSON: node, pid, host; '' for nothing), ids...
 -- The workers zset holds worker -> time of its last heartbeat (ms, the server's clock when
 -- now is empty). With 'sync' the worker also says which items it holds (ids): a lease the
 -- queue has it holding that it does not know of, claimed more than grace_ms ago, goes back
@@ -13,14 +14,16 @@ local worker, mode = ARGV[2], ARGV[3]
 if mode == 'leave' then
   redis.call('ZREM', K_WORKERS, worker)
   redis.call('HDEL', K_NONCES, worker)
+  redis.call('HDEL', K_WORKER_INFO, worker)
   return {0, 0}
 end
 if retired(worker) then return {-1, 0} end
 redis.call('ZADD', K_WORKERS, now, worker)
+if ARGV[5] ~= '' then redis.call('HSET', K_WORKER_INFO, worker, ARGV[5]) end
 local back = 0
 if mode == 'sync' then
   local known = {}
-  for i = 5, #ARGV do known[ARGV[i]] = true end
+  for i = 6, #ARGV do known[ARGV[i]] = true end
   local before = now - tonumber(ARGV[4])
   for _, id in ipairs(redis.call('SMEMBERS', hkey(worker))) do
     if not known[id] then

@@ -44,6 +44,7 @@ for _, w in ipairs(targets) do
   redis.call('HDEL', K_SOLO, w)
   redis.call('HDEL', K_NONCES, w)
   redis.call('ZREM', K_WORKERS, w)
+  redis.call('HDEL', K_WORKER_INFO, w)
   if mode ~= 'prefix' then redis.call('ZADD', K_RETIRED, now, w) end
 end
 stat('fleet_released_total', released)

@@ -85,6 +85,7 @@ if stale_ms >= 0 then
   if not grace then old = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - 3 * stale_ms) end
   if #old > 0 then
     bulk('ZREM', K_WORKERS, old)
+    bulk('HDEL', K_WORKER_INFO, old)
     bulk('HDEL', K_NONCES, old)
   end
   stat('orphaned_total', orphaned)
