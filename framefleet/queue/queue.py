@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -389,6 +390,23 @@ class Queue:
         ids = self.client.zrange(self.keys.state(state), offset, offset + limit - 1)
         return self._items(cast(list[str], ids))
 
+    def find(self, prefix: str, limit: int = 100) -> list[Item]:
+        """The newest `limit` items whose id starts with `prefix`, in any state, of the
+        first FIND_CAP that match. A SCAN over the queue's item keys: an operator's search
+        (O(keys)), not a hot path."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        glob = re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+        pattern = self.keys.item(glob) + "*"
+        start = len(self.keys.item(""))
+        found: list[str] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            found.append(str(key)[start:])
+            if len(found) >= FIND_CAP:
+                break
+        items = self._items(found)
+        return sorted(items, key=lambda i: (-i.created_ms, i.id))[:limit]
+
     def page(
         self, state: str, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Item], str | None]:
@@ -480,6 +498,7 @@ class Queue:
 
 
 _NO_CHUNKS: frozenset[int] = frozenset()
+FIND_CAP = 10_000  # the matches Queue.find sorts at most
 
 
 def _ms(seconds: float) -> int:

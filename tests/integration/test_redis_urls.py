@@ -200,6 +200,7 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     assert "d1" in {x.id for x in page}
     assert q.now_ms() > 0 and min(q.finished_since(0)) >= 0  # runs as the ACL user
     assert q.metrics().stats.counts["queued"] >= 1
+    assert [x.id for x in q.find("d1")] == ["d1"]
     assert q.stats().counts["queued"] >= 1 and lf.id != lg.id
     # the leader lease and the health report
     assert sup.hold_leadership("c1", ttl_s=60) and sup.hold_leadership("c1", ttl_s=60)
