@@ -178,7 +178,10 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         assert str(token_file) in banner and "s3cret" not in (tmp_path / "up.log").read_text()
         assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}  # it answers already
         assert httpx.get(f"{api}/v1/queue").status_code == 401  # the token is wanted
-        assert ff_json(data, "enqueue", *map(str, paths))["enqueued"] == 2
+        assert ff_json(data, "enqueue", str(paths[0]))["enqueued"] == 1  # from a shell
+        posted = httpx.post(f"{api}/v1/items", json={"uri": str(paths[1])}, headers=auth)
+        assert posted.status_code == 200, posted.text  # and over HTTP
+        [by_http] = posted.json()["new"]
         deadline = time.monotonic() + 180
         while (counts := ff_json(data, "stats")["counts"])["done"] < 2:
             assert counts["dead"] == 0, ff(data, "dead", "list").stdout
@@ -190,6 +193,24 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         assert queue.status_code == 200, queue.text
         assert queue.json()["counts"]["done"] == 2 and queue.json()["name"] == "videos"
         assert queue.json()["throughput"]["5m"]["done"] == 2
+        item = httpx.get(f"{api}/v1/items/{by_http}", headers=auth).json()
+        assert item["state"] == "done" and item["result"].endswith("_manifest.json"), item
+        frames = json.loads(Path(item["result"].removeprefix("file://")).read_text())["frames"]
+        scrape = httpx.get(f"{api}/metrics", headers=auth).text
+        figures = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in scrape.splitlines()
+            if line.startswith("framefleet_")
+        }
+        assert figures["framefleet_items_succeeded_total"] == 2
+        assert figures["framefleet_frames_processed_total"] == 2 * frames
+        assert figures['framefleet_inference_busy_seconds_total{device="cpu"}'] > 0
+        assert figures["framefleet_item_processing_seconds_count"] == 2
+        assert figures["framefleet_coordinator_leader"] == 1
+        assert figures["framefleet_queue_consumers"] >= 1
+        workers = httpx.get(f"{api}/v1/workers", headers=auth).json()
+        decoders = [w for w in workers if w["kind"] == "decoder"]
+        assert decoders and all(w["pid"] > 0 and w["node"] for w in decoders), workers
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, (tmp_path / "up.log").read_text()[-3000:]
         with pytest.raises(httpx.ConnectError):  # the API stopped with it
