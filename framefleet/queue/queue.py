@@ -321,16 +321,26 @@ class Queue:
     def dead_ids(self, cls: str | None = None) -> list[str]:
         """The ids of the dead letters of one class (`dead_class`; "unknown" for one
         without), or of all with None; newest first (the scripts index them by class)."""
-        key = self.keys.state("dead") if cls is None else self.keys.dead_class(cls)
-        return [str(i) for i in self.client.zrevrange(key, 0, -1)]
+        if cls is None:
+            return [str(i) for i in self.client.zrevrange(self.keys.state("dead"), 0, -1)]
+        self.dead_classes()  # the index is whole (rebuilt if it was not)
+        return [str(i) for i in self.client.zrevrange(self.keys.dead_class(cls), 0, -1)]
 
     def dead_classes(self) -> dict[str, int]:
-        """How many dead letters there are of each class, most first: O(classes)."""
-        classes = sorted(str(c) for c in self.client.smembers(self.keys.dead_classes))
-        pipe = self.client.pipeline(transaction=False)
-        for cls in classes:
-            pipe.zcard(self.keys.dead_class(cls))
-        counts = {c: int(n) for c, n in zip(classes, pipe.execute(), strict=True) if int(n)}
+        """How many dead letters there are of each class, most first: O(classes). An index
+        that does not add up to the dead letters (some written before the scripts kept it)
+        is rebuilt first, once."""
+        for _ in range(2):
+            classes = sorted(str(c) for c in self.client.smembers(self.keys.dead_classes))
+            pipe = self.client.pipeline(transaction=True)  # one consistent reading
+            pipe.zcard(self.keys.state("dead"))
+            for cls in classes:
+                pipe.zcard(self.keys.dead_class(cls))
+            dead, *sizes = pipe.execute()
+            counts = {c: int(n) for c, n in zip(classes, sizes, strict=True) if int(n)}
+            if sum(counts.values()) == int(dead):
+                break
+            self._run("index_dead")
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def metrics(self) -> Metrics:

@@ -30,6 +30,7 @@ NAMES = (
     "resume",
     "retry_dead",
     "purge_dead",
+    "index_dead",
     "cancel",
     "stats",
     "heartbeat",

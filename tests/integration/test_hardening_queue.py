@@ -283,6 +283,28 @@ def test_a_retired_decode_actor_heartbeat_stops_it(client: Redis) -> None:
         beat.closed.set()
 
 
+def test_dead_letters_are_indexed_by_class_through_every_exit(queue: Queue) -> None:
+    """Groups and bulk actions read the class index the scripts keep (O(that class)): it
+    follows deaths, retries, purges and forced re-enqueues, and one missing (dead letters
+    from before the index: an upgrade) is rebuilt when first read."""
+    ids = queue.enqueue([f"/v/{i}.mp4" for i in range(5)])
+    for lease, cls in zip(queue.claim(5, "w"), ["corrupt"] * 3 + ["not_found"] * 2, strict=True):
+        assert queue.fail(lease, "x", retryable=False, cls=cls)
+    assert queue.dead_classes() == {"corrupt": 3, "not_found": 2}
+    corrupt = queue.dead_ids("corrupt")
+    assert len(corrupt) == 3 and set(corrupt) <= set(ids)
+    assert queue.retry_dead(corrupt[:1]) == corrupt[:1]
+    assert queue.purge_dead(corrupt[1:2]) == corrupt[1:2]
+    nf = queue.dead_ids("not_found")
+    assert queue.enqueue([queue.get(nf[0]).uri], force=True) == [nf[0]]  # type: ignore[union-attr]
+    assert queue.dead_classes() == {"corrupt": 1, "not_found": 1}
+    assert queue.dead_ids("corrupt") == corrupt[2:] and queue.dead_ids("gone") == []
+    keys = queue.keys
+    queue.client.delete(keys.dead_classes, keys.dead_class("corrupt"), keys.dead_class("not_found"))
+    assert queue.dead_classes() == {"corrupt": 1, "not_found": 1}  # rebuilt
+    assert queue.dead_ids("not_found") == nf[1:]
+
+
 def test_f11_an_inbox_entry_is_claimable_within_poll_s_under_a_backlog(client: Redis) -> None:
     """Claimers ingest the inbox every poll_s even while the queue has items, so an urgent
     entry pushed by a plain client overtakes the backlog at most poll_s later."""

@@ -213,7 +213,7 @@ class Prometheus:
             try:
                 if self.query('up{job="framefleet"} == 1'):
                     return
-            except httpx.HTTPError:
+            except (httpx.HTTPError, ValueError, AssertionError):  # it is starting: not JSON
                 pass
             time.sleep(0.3)
         raise AssertionError("prometheus did not scrape the API")
