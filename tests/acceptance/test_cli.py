@@ -252,6 +252,71 @@ def test_up_refuses_an_open_api_beyond_loopback_before_starting_anything(tmp_pat
     assert running_url(data) is None and not (data / "server.json").exists()
 
 
+def test_api_finishes_a_request_in_flight_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM while a batch's body is still arriving: the API stops accepting, finishes that
+    request (all its items written, 200), refuses new connections, and exits 0 within 10 s."""
+    import httpx
+
+    from tests.support.servers import free_port
+
+    data, port = tmp_path / "redis", free_port()
+    env = _env(data, FRAMEFLEET_API_TOKEN="t0ken-in-flight", FRAMEFLEET_QUEUE="inflight")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framefleet", "api", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+    )
+    url, headers = f"http://127.0.0.1:{port}", {"Authorization": "Bearer t0ken-in-flight"}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/healthz")
+                break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.monotonic() < deadline, "no API"
+                time.sleep(0.1)
+        items = [{"uri": f"s3://v/inflight-{i}.mp4"} for i in range(2000)]
+        body = json.dumps({"items": items}).encode()
+        half, signalled = len(body) // 2, threading.Event()
+
+        def slow_body() -> Iterator[bytes]:
+            yield body[:half]
+            assert signalled.wait(10)
+            time.sleep(0.5)  # the server has the signal by now
+            yield body[half:]
+
+        answer: list[httpx.Response] = []
+        sender = threading.Thread(
+            target=lambda: answer.append(
+                httpx.post(
+                    f"{url}/v1/items",
+                    content=slow_body(),
+                    headers={**headers, "Content-Type": "application/json"},
+                    timeout=30,
+                )
+            )
+        )
+        sender.start()
+        time.sleep(0.5)  # the first half is in
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        signalled.set()
+        time.sleep(0.3)
+        with pytest.raises(httpx.ConnectError):  # it no longer accepts
+            httpx.get(f"{url}/healthz")
+        sender.join(30)
+        assert answer and answer[0].status_code == 200, answer
+        assert len(answer[0].json()["new"]) == 2000
+        assert proc.wait(15) == 0 and time.monotonic() - started < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert ff_json(data, "--queue", "inflight", "stats")["counts"]["queued"] == 2000
+
+
 def test_api_serves_until_sigterm_and_wants_a_token_beyond_loopback(tmp_path: Path) -> None:
     """`framefleet api` prints where it listens, answers with the token, and on SIGTERM
     exits 0 within 10 s; without a token it refuses to bind anything but loopback."""
