@@ -22,21 +22,35 @@ from typing import Annotated, Any
 from urllib.parse import unquote, urlparse
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from redis.exceptions import RedisError
+from starlette.routing import Match, Route
 
 from framefleet.netpolicy import URLRefused, check_url
 from framefleet.queue import Item, NewItem, Queue, State, Supervision
 from framefleet.queue.model import InvalidItem
 from framefleet.settings import Settings
 
-from .auth import Tokens, may_read, may_write
+from .auth import TokenGate, Tokens, may_read, may_write
 from .s3events import records
 
 MAX_BATCH = 10_000
 log = logging.getLogger(__name__)
 MetaValue = StrictStr | StrictInt | float | bool | None
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"); Redis may not
+        raise ValueError("not valid UTF-8 (a lone surrogate)") from None
+    return text
+
+
+Utf8 = Annotated[StrictStr, AfterValidator(_utf8)]
 
 
 class ItemIn(BaseModel):
@@ -116,9 +130,9 @@ class Bulk(BaseModel):
     would touch), then with that count back as `confirm` and a `reason`."""
 
     model_config = ConfigDict(extra="forbid")
-    dead_class: StrictStr | None = Field(None, alias="class")  # None: every class
+    dead_class: Utf8 | None = Field(None, alias="class")  # None: every class
     confirm: StrictInt | None = None
-    reason: StrictStr | None = Field(None, min_length=1, max_length=500)
+    reason: Utf8 | None = Field(None, min_length=1, max_length=500)
 
 
 class WorkerOut(BaseModel):
@@ -126,6 +140,35 @@ class WorkerOut(BaseModel):
     kind: str
     heartbeat_age_s: float
     items: list[str]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    problems: list[str]
+
+
+class Problem(BaseModel):
+    """An error: why in words (with the item's index or state where there is one), or
+    FastAPI's list of the fields that fail validation."""
+
+    detail: str | dict[str, Any] | list[dict[str, Any]]
+
+
+WHY = {
+    400: "the body is not JSON (or, for S3 events, not an event notification)",
+    401: "no token, or a wrong one",
+    403: "a write with the read token, or the API is read-only",
+    404: "no such item",
+    409: "the item is in another state, or the count changed since the dry run",
+    413: "the body is over FRAMEFLEET_API_MAX_BODY_BYTES",
+    422: "what is wrong with the input",
+    503: "the queue's Redis does not answer",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The schema's `responses` for the errors a route answers besides FastAPI's own 422."""
+    return {code: {"model": Problem, "description": WHY[code]} for code in codes}
 
 
 def _seconds(ms: int | None) -> float | None:
@@ -161,13 +204,18 @@ def _refused_by_policy(uri: str, settings: Settings, hosts: dict[str, str | None
     keeps each host's verdict for the rest of the batch (one lookup a host, not an item)."""
     source = settings.source
     if uri.startswith(("http://", "https://")):
-        host = urlparse(uri).netloc
+        try:
+            host = urlparse(uri).netloc
+        except ValueError as exc:  # an unbalanced or bad [IPv6] host
+            return f"{uri}: {exc}"
         if host not in hosts:
             try:
                 check_url(uri, source.allow_private_urls)
                 hosts[host] = None
             except URLRefused as exc:  # a name that does not resolve now is the fetch's
                 hosts[host] = str(exc) if exc.cls == "forbidden" else None
+            except UnicodeError as exc:  # a label empty or over 63 characters: never a name
+                hosts[host] = f"{uri}: {exc}"
         return hosts[host]
     if uri.startswith(("/", "file://")):
         path = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
@@ -204,7 +252,7 @@ def _validated(batch: list[ItemIn], settings: Settings) -> list[NewItem]:
     return items
 
 
-router = APIRouter()
+router = APIRouter(responses=errors(401, 503))
 
 
 def _queue(request: Request) -> Queue:
@@ -232,7 +280,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", dependencies=READ)
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    dependencies=READ,
+    responses={503: {"model": Readiness, "description": "not ready: problems says why"}},
+)
 def readyz(queue: QueueDep) -> JSONResponse:
     """Redis answers and a leader coordinator's health report is fresh and ok (503 says
     which of them fails)."""
@@ -250,7 +303,9 @@ def readyz(queue: QueueDep) -> JSONResponse:
     return JSONResponse({"ready": not problems, "problems": problems}, 200 if not problems else 503)
 
 
-@router.post("/v1/items", response_model=Enqueued, dependencies=WRITE)
+@router.post(
+    "/v1/items", response_model=Enqueued, dependencies=WRITE, responses=errors(400, 403, 413, 422)
+)
 def enqueue(body: ItemIn | BatchIn, queue: QueueDep, settings: SettingsDep) -> Enqueued:
     """One item or a batch of up to 10,000, idempotent by id: which ids were new, and the
     state of those that already existed. A batch with one bad item writes nothing (422,
@@ -265,7 +320,7 @@ def enqueue(body: ItemIn | BatchIn, queue: QueueDep, settings: SettingsDep) -> E
     return Enqueued(new=new, existing=existing)
 
 
-@router.get("/v1/items/{item_id}", response_model=ItemOut, dependencies=READ)
+@router.get("/v1/items/{item_id}", response_model=ItemOut, dependencies=READ, responses=errors(404))
 def get_item(item_id: str, queue: QueueDep, request: Request) -> ItemOut:
     item = queue.get(item_id)
     if item is None:
@@ -288,7 +343,7 @@ def list_items(
     return Page(items=[item_out(i, now_ms) for i in found], cursor=after)
 
 
-@router.delete("/v1/items/{item_id}")
+@router.delete("/v1/items/{item_id}", responses=errors(403, 404, 409))
 def cancel(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     """Cancel a queued or delayed item (it becomes a dead letter); 409 for another state."""
     item = queue.get(item_id)
@@ -354,14 +409,14 @@ def health(queue: QueueDep, request: Request) -> dict[str, Any]:
     return {"report": report, "age_s": age}
 
 
-@router.post("/v1/queue/pause")
+@router.post("/v1/queue/pause", responses=errors(403))
 def pause(queue: QueueDep, who: WriterDep) -> dict[str, bool]:
     queue.pause()
     queue.record({"who": who, "action": "pause"})
     return {"paused": True}
 
 
-@router.post("/v1/queue/resume")
+@router.post("/v1/queue/resume", responses=errors(403))
 def resume(queue: QueueDep, who: WriterDep) -> dict[str, bool]:
     queue.resume()
     queue.record({"who": who, "action": "resume"})
@@ -391,7 +446,7 @@ def dead_groups(queue: QueueDep) -> dict[str, Any]:
     return {"groups": groups, "total": sum(groups.values())}
 
 
-@router.post("/v1/dead/{item_id}/retry")
+@router.post("/v1/dead/{item_id}/retry", responses=errors(403, 404, 409))
 def retry_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     """One dead letter back to the queue: the same item (id, uri, meta), fresh counts."""
     item = queue.get(item_id)
@@ -429,13 +484,13 @@ def _bulk(
     return {"dry_run": False, "class": body.dead_class, "count": len(done)}
 
 
-@router.post("/v1/dead/retry")
+@router.post("/v1/dead/retry", responses=errors(400, 403, 409, 413, 422))
 def retry_bulk(body: Bulk, queue: QueueDep, who: WriterDep) -> dict[str, Any]:
     """Every dead letter of a class (or all) back to the queue, as the same items."""
     return _bulk(queue, who, "retry", body, lambda ids: queue.retry_dead(ids))
 
 
-@router.delete("/v1/dead")
+@router.delete("/v1/dead", responses=errors(403, 409, 422))
 def purge_bulk(
     queue: QueueDep,
     who: WriterDep,
@@ -448,7 +503,7 @@ def purge_bulk(
     return _bulk(queue, who, "purge", body, lambda ids: queue.purge_dead(ids))
 
 
-@router.post("/v1/events/s3", dependencies=WRITE)
+@router.post("/v1/events/s3", dependencies=WRITE, responses=errors(400, 403, 413))
 async def s3_events(request: Request, queue: QueueDep, settings: SettingsDep) -> dict[str, Any]:
     """An S3 event notification (AWS directly, through SNS or EventBridge, or MinIO's
     webhook): each ObjectCreated record of a key with a wanted suffix is enqueued as
@@ -458,7 +513,7 @@ async def s3_events(request: Request, queue: QueueDep, settings: SettingsDep) ->
     try:
         body = json.loads(await request.body())
         found = list(records(body))
-    except ValueError as exc:  # not JSON (JSONDecodeError is one), or not an S3 event
+    except (ValueError, RecursionError) as exc:  # not JSON (or nested too deep), not an event
         raise HTTPException(400, f"not an S3 event notification: {exc}") from None
     if body.get("Type") == "SubscriptionConfirmation":  # nothing is fetched from here
         log.warning("SNS asks to confirm a subscription: open %s", body.get("SubscribeURL"))
@@ -489,6 +544,33 @@ def audit(queue: QueueDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) ->
     return queue.audit(limit)
 
 
+class _AsciiJSON(JSONResponse):
+    """JSON with everything but ASCII escaped, so that a lone surrogate can be written."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 (each error's type, loc and msg) without the input it echoes: a NaN or
+    an infinity there cannot be written as JSON, nor a lone surrogate in a field's name,
+    unescaped (each was a 500); and a batch need not come back whole."""
+    assert isinstance(exc, RequestValidationError)
+    found = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+    return _AsciiJSON({"detail": jsonable_encoder(found)}, 422)
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with every method of the path in Allow (Starlette's names those of the first route
+    with the path only: POST for /v1/items, whose GET is another route)."""
+    methods = set((getattr(exc, "headers", None) or {}).get("Allow", "").split(", ")) - {""}
+    for route in router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL:
+            methods |= route.methods or set()
+    allow = {"Allow": ", ".join(sorted(methods))}
+    return JSONResponse({"detail": "Method Not Allowed"}, 405, allow)
+
+
 def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = time.time) -> FastAPI:
     """The API over `queue` (whose settings are `settings`)."""
     app = FastAPI(
@@ -506,6 +588,9 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
     async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
         return JSONResponse({"detail": f"the queue's Redis does not answer: {exc}"}, 503)
 
+    app.add_exception_handler(RequestValidationError, _invalid_input)
+    app.add_exception_handler(405, _method_not_allowed)
+    app.add_middleware(TokenGate)  # the token before the body is read (auth.py)
     return app
 
 

@@ -1,14 +1,20 @@
 """Who may call the API: a bearer token on every route but /healthz, compared in constant
 time. The write token may do anything; the read token (if set) only GET; read-only mode
 refuses every write whatever the token. With no token configured the API serves loopback
-only (api.serve checks), and lets every local caller through."""
+only (api.serve checks), and lets every local caller through.
+
+TokenGate checks the token before anything else runs, for every path: FastAPI reads and parses
+a route's JSON body before the route's own dependencies (may_read, may_write) are called, and
+its /openapi.json has none. The dependencies then name the caller for the audit log."""
 
 from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
 
 from framefleet.settings import ApiSettings
 
@@ -58,3 +64,32 @@ def may_read(request: Request) -> str:
 
 def may_write(request: Request) -> str:
     return _check(request, write=True)
+
+
+OPEN = ("/healthz",)  # liveness: no token
+
+
+def _route_path(scope: Any) -> str:
+    """The path the routes see: without the root path when a proxy left it in."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
+class TokenGate:
+    """ASGI middleware: a request to any path but /healthz is answered 401 without a known
+    token, 403 for a method but GET (or HEAD) without the write one, before the app reads its
+    body or routes it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and _route_path(scope) not in OPEN:
+            try:
+                _check(Request(scope), write=scope["method"] not in ("GET", "HEAD"))
+            except HTTPException as exc:
+                answer = JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
+                await answer(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

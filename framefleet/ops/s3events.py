@@ -86,6 +86,10 @@ def records(body: Any) -> Iterator[Record | None]:
 def _text(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise NotAnEvent(f"{what} is missing or not a string")
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800"): no key S3 has
+        raise NotAnEvent(f"{what} is not valid UTF-8") from None
     return value
 
 
