@@ -779,9 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--appendfsync", choices=("everysec", "always"))
     sp = add(
-        "bench", cmd_bench, "run a benchmark: `framefleet bench queue|pipeline|recovery [args]`"
+        "bench", cmd_bench, "run a benchmark: `framefleet bench queue|pipeline|recovery|api [args]`"
     )
-    sp.add_argument("name", choices=("queue", "pipeline", "recovery"))
+    sp.add_argument("name", choices=("queue", "pipeline", "recovery", "api"))
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
 

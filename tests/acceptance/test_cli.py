@@ -563,6 +563,30 @@ def test_bench_pipeline_quick_prints_one_json_line(tmp_path: Path) -> None:
     assert result["workload"]["frames"] == result["ray_data_frames"] == 60
 
 
+def test_bench_api_quick_prints_one_json_line(tmp_path: Path) -> None:
+    """The API benchmark runs end to end (small sizes, `framefleet api` in a child process);
+    its figures are not judged here."""
+    out = tmp_path / "bench.jsonl"
+    proc = ff(tmp_path, "bench", "api", "--quick", "--out", str(out))
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    result = json.loads(line)
+    for key in (
+        "one_post_s",
+        "one_post_meta_s",
+        "sequential_s",
+        "concurrent_s",
+        "queue_poll_p99_ms",
+        "metrics_p99_ms",
+        "metrics_bytes",
+        "machine",
+        "versions",
+        "met",
+    ):
+        assert key in result
+    assert result["sizes"]["queued"] == 5_000 and result["queue_poll"]["n"] > 0
+    assert json.loads(out.read_text()) == result
+
+
 def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path: Path) -> None:
     from tests.support.models import write_tiny_detr
     from tests.support.videos import write_video
