@@ -22,12 +22,14 @@ from urllib.parse import urlsplit
 
 class URLRefused(ValueError):
     """The URL names a host the policy refuses (`cls` forbidden) or no usable host
-    (bad_uri); `temporary` when the name could not be resolved for now (another try may
-    succeed)."""
+    (bad_uri); `lookup` when its name did not resolve (the URL itself may be fine), and
+    `temporary` when that may pass (another try may succeed)."""
 
-    def __init__(self, reason: str, cls: str, temporary: bool = False) -> None:
+    def __init__(
+        self, reason: str, cls: str, temporary: bool = False, lookup: bool = False
+    ) -> None:
         super().__init__(reason)
-        self.reason, self.cls, self.temporary = reason, cls, temporary
+        self.reason, self.cls, self.temporary, self.lookup = reason, cls, temporary, lookup
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -80,8 +82,12 @@ def policy(allow_private: str) -> Policy:
 def check_url(url: str, allow_private: str = "") -> list[tuple[Address, int]]:
     """The (address, port) pairs an http(s) URL may be fetched from, all allowed by the
     policy; URLRefused (forbidden) when any address it names or resolves to is not."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        host_name = parts.hostname
+    except ValueError as exc:  # an unbalanced or bad [IPv6] host
+        raise URLRefused(f"not a valid URL: {url}: {exc}", "bad_uri") from None
+    if parts.scheme not in ("http", "https") or not host_name:
         raise URLRefused(f"not an http(s) URL with a host: {url}", "bad_uri")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -93,9 +99,11 @@ def check_url(url: str, allow_private: str = "") -> list[tuple[Address, int]]:
     except ValueError:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except UnicodeError as exc:  # a label empty or over 63 characters: never a name
+            raise URLRefused(f"not a valid host name in {url}: {exc}", "bad_uri") from None
         except OSError as exc:
             temporary = getattr(exc, "errno", None) in (socket.EAI_AGAIN, socket.EAI_FAIL)
-            raise URLRefused(f"cannot resolve {host}: {exc}", "bad_uri", temporary) from None
+            raise URLRefused(f"cannot resolve {host}: {exc}", "bad_uri", temporary, True) from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(i[4][0]) for i in infos))
     rules = policy(allow_private)
     refused = [str(a) for a in addresses if not rules.allows(a)]

@@ -5,8 +5,8 @@ Input is checked before anything is written: a batch with one bad item writes no
 names it (422), a local path outside FRAMEFLEET_ALLOWED_ROOTS and an http(s) URL that
 names a private, loopback or link-local address are refused at enqueue by the policy the
 workers apply at fetch time. Here: items, the queue, dead letters (grouped by class, bulk
-actions with a dry run), the audit log, workers, health and S3 event notifications;
-metrics and the CLI around them come next (issue 14).
+actions with a dry run), the audit log, workers, health, S3 event notifications and
+Prometheus metrics (ops/metrics.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from urllib.parse import unquote, urlparse
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from redis.exceptions import RedisError
 from starlette.routing import Match, Route
@@ -32,9 +33,11 @@ from starlette.routing import Match, Route
 from framefleet.netpolicy import URLRefused, check_url
 from framefleet.queue import Item, NewItem, Queue, State, Supervision
 from framefleet.queue.model import InvalidItem
+from framefleet.queue.queue import FIND_CAP
 from framefleet.settings import Settings
 
 from .auth import TokenGate, Tokens, may_read, may_write
+from .metrics import registry as metrics_registry
 from .s3events import records
 
 MAX_BATCH = 10_000
@@ -138,6 +141,9 @@ class Bulk(BaseModel):
 class WorkerOut(BaseModel):
     name: str
     kind: str
+    node: str | None  # the Ray node id, as its heartbeats say
+    host: str | None
+    pid: int | None
     heartbeat_age_s: float
     items: list[str]
 
@@ -213,9 +219,7 @@ def _refused_by_policy(uri: str, settings: Settings, hosts: dict[str, str | None
                 check_url(uri, source.allow_private_urls)
                 hosts[host] = None
             except URLRefused as exc:  # a name that does not resolve now is the fetch's
-                hosts[host] = str(exc) if exc.cls == "forbidden" else None
-            except UnicodeError as exc:  # a label empty or over 63 characters: never a name
-                hosts[host] = f"{uri}: {exc}"
+                hosts[host] = None if exc.lookup else str(exc)
         return hosts[host]
     if uri.startswith(("/", "file://")):
         path = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
@@ -332,14 +336,21 @@ def get_item(item_id: str, queue: QueueDep, request: Request) -> ItemOut:
 def list_items(
     queue: QueueDep,
     request: Request,
-    state: Annotated[State, Query()] = State.QUEUED,
+    state: Annotated[State | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=CURSOR)] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=256, pattern=r"^\S+$")] = None,
 ) -> Page:
-    """The items in one state, newest first, a page at a time (`cursor` from the previous
-    page: a place, so items that come and go meanwhile shift nothing)."""
-    found, after = queue.page(state.value, limit, cursor)
+    """The items in one state (queued by default), newest first, a page at a time (`cursor`
+    from the previous page: a place, so items that come and go meanwhile shift nothing).
+    With `q`: the newest `limit` items whose id starts with it, in every state (or in
+    `state`), on one page."""
     now_ms = _now_ms(request)
+    if q is not None:
+        many = limit if state is None else FIND_CAP
+        found = [i for i in queue.find(q, many) if state is None or i.state is state][:limit]
+        return Page(items=[item_out(i, now_ms) for i in found], cursor=None)
+    found, after = queue.page((state or State.QUEUED).value, limit, cursor)
     return Page(items=[item_out(i, now_ms) for i in found], cursor=after)
 
 
@@ -385,18 +396,26 @@ def queue_counts(queue: QueueDep, settings: SettingsDep) -> QueueOut:
 @router.get("/v1/workers", response_model=list[WorkerOut], dependencies=READ)
 def workers(queue: QueueDep) -> list[WorkerOut]:
     """Every worker heartbeating into this queue: its kind (the first part of its name:
-    decode, inference, coordinator...), the seconds since its last heartbeat, the items
-    it holds."""
+    decoder, inference...), its node, host and pid (as it says), the seconds since its last
+    heartbeat, the items it holds."""
     supervision = Supervision(queue)
-    return [
-        WorkerOut(
-            name=name,
-            kind=name.split("-", 1)[0],
-            heartbeat_age_s=round(age, 3),
-            items=sorted(supervision.held(name)),
+    info = supervision.worker_info()
+    out = []
+    for name, age in sorted(supervision.workers().items()):
+        said = info.get(name, {})
+        pid = said.get("pid")
+        out.append(
+            WorkerOut(
+                name=name,
+                kind=name.split("-", 1)[0],
+                node=str(said["node"]) if said.get("node") else None,
+                host=str(said["host"]) if said.get("host") else None,
+                pid=pid if isinstance(pid, int) else None,
+                heartbeat_age_s=round(age, 3),
+                items=sorted(supervision.held(name)),
+            )
         )
-        for name, age in sorted(supervision.workers().items())
-    ]
+    return out
 
 
 @router.get("/v1/health", dependencies=READ)
@@ -538,6 +557,12 @@ async def s3_events(request: Request, queue: QueueDep, settings: SettingsDep) ->
     }
 
 
+@router.get("/metrics", dependencies=READ, include_in_schema=False)
+def metrics(request: Request) -> Response:
+    """Prometheus's text format, read from Redis at scrape time (ops/metrics.py)."""
+    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/v1/audit", dependencies=READ)
 def audit(queue: QueueDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[Any]:
     """What operators did (who: the token's name; what; how many; why; when), newest first."""
@@ -582,6 +607,7 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
     )
     app.state.queue, app.state.settings, app.state.clock = queue, settings, clock
     app.state.tokens = Tokens.of(settings.api)
+    app.state.metrics = metrics_registry(queue, settings, clock)
     app.include_router(router)
 
     @app.exception_handler(RedisError)

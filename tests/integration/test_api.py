@@ -19,6 +19,7 @@ from redis import Redis
 from framefleet.ops.api import BodyLimit, create_app
 from framefleet.queue import Queue, Supervision
 from framefleet.settings import ApiSettings, QueueSettings, Settings, SourceSettings
+from tests.conftest import ManualClock
 from tests.support.servers import free_port
 
 WRITE, READ = "write-token-0123456789", "read-token-0123456789"
@@ -254,7 +255,8 @@ def test_queue_throughput_drain_time_workers_and_health(api: Served, valkey_clie
         leases = q.claim(4, "decode-g1-0")
         q.ack_many([(lease, "") for lease in leases[:3]])
         q.fail(leases[3], "not a video", retryable=False, cls="not_a_video")
-        Supervision(q).heartbeat("decode-g1-0", holding=[])
+        info = {"node": "ab12", "host": "gpu-node-3", "pid": 4242}
+        Supervision(q).heartbeat("decode-g1-0", holding=[], info=info)
         status = c.get("/v1/queue").json()
         assert status["throughput"]["1m"] == {"done": 3, "dead": 1, "per_s": round(4 / 60, 3)}
         assert status["throughput"]["60m"]["done"] == 3
@@ -263,6 +265,7 @@ def test_queue_throughput_drain_time_workers_and_health(api: Served, valkey_clie
         [worker] = c.get("/v1/workers").json()
         assert worker["name"] == "decode-g1-0" and worker["kind"] == "decode"
         assert worker["items"] == [] and 0 <= worker["heartbeat_age_s"] < 30
+        assert (worker["node"], worker["host"], worker["pid"]) == ("ab12", "gpu-node-3", 4242)
         assert c.get("/v1/health").json() == {"report": None, "age_s": None}
         Supervision(q).write_health({"ok": True, "at": time.time(), "leader": "c1"}, ttl_s=30)
         health = c.get("/v1/health").json()
@@ -428,3 +431,64 @@ def test_s3_event_notifications_of_aws_sns_eventbridge_and_minio(
         assert q.stats().counts["queued"] == 5
     with api.client(None) as anonymous:
         assert anonymous.post("/v1/events/s3", json=direct).status_code == 401
+
+
+def test_items_are_found_by_id_prefix_in_every_state(api: Served, valkey_client: Redis) -> None:
+    with api.client() as c:
+        name = c.get("/v1/queue").json()["name"]
+        q = Queue(valkey_client, QueueSettings(name=name))
+        for i in range(5):  # one at a time: newest first is by enqueue time (ms)
+            c.post("/v1/items", json={"uri": f"s3://v/{i}.mp4", "id": f"cam7-{i}"})
+            time.sleep(0.005)
+        c.post(
+            "/v1/items",
+            json={
+                "items": [
+                    {"uri": "s3://v/x.mp4", "id": "cam70"},
+                    {"uri": "s3://v/y.mp4", "id": "cam*-1"},
+                ]
+            },
+        )
+        [lease] = q.claim(1, "decode-g1-0")
+        assert lease.id == "cam7-0" and q.ack(lease)
+        got = c.get("/v1/items", params={"q": "cam7-"}).json()
+        assert [i["id"] for i in got["items"]] == [f"cam7-{i}" for i in (4, 3, 2, 1, 0)]
+        assert got["cursor"] is None and got["items"][-1]["state"] == "done"
+        done = c.get("/v1/items", params={"q": "cam7", "state": "done"}).json()["items"]
+        assert [i["id"] for i in done] == ["cam7-0"]
+        assert len(c.get("/v1/items", params={"q": "cam7-", "limit": 2}).json()["items"]) == 2
+        # glob characters are the id's own, not patterns
+        star = c.get("/v1/items", params={"q": "cam*"}).json()["items"]
+        assert [i["id"] for i in star] == ["cam*-1"]
+        assert c.get("/v1/items", params={"q": "nobody"}).json()["items"] == []
+        assert c.get("/v1/items", params={"q": ""}).status_code == 422
+
+
+def test_done_and_dead_items_leave_the_api_after_their_retention(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """FRAMEFLEET_DONE_TTL_S and FRAMEFLEET_DEAD_TTL_S: a sweep past them deletes the items,
+    and the API no longer has them (404, out of the lists and the groups)."""
+    clock = ManualClock(1_800_000_000_000)
+    settings = replace(
+        _settings(tmp_path, "api-retention"),
+        queue=QueueSettings(name="api-retention", done_ttl_s=60, dead_ttl_s=600),
+    )
+    q = Queue(valkey_client, settings.queue, clock=clock)
+    with Served(settings, q) as served, served.client() as c:
+        done_id, dead_id = c.post(
+            "/v1/items", json={"items": [{"uri": "s3://v/a.mp4"}, {"uri": "s3://v/b.mp4"}]}
+        ).json()["new"]
+        first, second = q.claim(2, "decode-g1-0")
+        assert q.ack(first) and q.fail(second, "bad", retryable=False, cls="corrupt")
+        clock.advance(61_000)
+        q.reap()
+        assert c.get(f"/v1/items/{done_id}").status_code == 404
+        assert c.get("/v1/items", params={"state": "done"}).json()["items"] == []
+        assert c.get(f"/v1/items/{dead_id}").json()["state"] == "dead"  # kept longer
+        assert c.get("/v1/dead/groups").json() == {"groups": {"corrupt": 1}, "total": 1}
+        clock.advance(600_000)
+        q.reap()
+        assert c.get(f"/v1/items/{dead_id}").status_code == 404
+        assert c.get("/v1/dead").json()["items"] == []
+        assert c.get("/v1/dead/groups").json() == {"groups": {}, "total": 0}
