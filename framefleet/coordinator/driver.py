@@ -139,6 +139,8 @@ class Driver:
                         ready_inference=report.ready_inference,
                         replaced=report.replaced,
                         draining_nodes=report.draining_nodes,
+                        decoders_wanted=report.decoders_wanted,
+                        inference_wanted=report.inference_wanted,
                         pids=report.pids,
                     )
             self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))

@@ -64,6 +64,8 @@ class PoolReport:
     ready_inference: int = 0
     replaced: int = 0
     draining_nodes: int = 0
+    decoders_wanted: int = 0  # what the backlog asks for, within the configured bounds
+    inference_wanted: int = 0
     events: list[str] = field(default_factory=list)
     pids: dict[str, int | None] = field(default_factory=dict)
 
@@ -293,6 +295,7 @@ class Pools:
                 f" {p.gpus_per_inference} GPU): free {self.adapter.available()}"
             )
         low, high = c.min_inference_actors, p.inference_actors
+        report.inference_wanted = max(low, min(high, demand))
         target = wanted(len(self.inference), low, high, demand, room)
         while len(self.inference) < target:
             self.inference.append(self._new_inference())
@@ -309,6 +312,7 @@ class Pools:
         active = [m for m in self.decoders if not (m.draining or m.leaving)]
         demand = math.ceil(backlog / p.items_per_decoder)
         room = self._room(p.cpus_per_decoder, 0.0)
+        report.decoders_wanted = max(c.min_decode_actors, min(p.decode_actors, demand))
         target = wanted(len(active), c.min_decode_actors, p.decode_actors, demand, room)
         for _ in range(target - len(active)):
             self.decoders.append(self._new_decoder())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +24,9 @@ from urllib.parse import unquote, urlparse
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from redis.exceptions import RedisError
@@ -94,6 +96,7 @@ class ItemOut(BaseModel):
     chunks_total: int | None
     owner: str | None
     lease_age_s: float | None
+    lease_left_s: float | None  # until the lease runs out unless renewed
     last_error: str | None
     dead_reason: str | None
     dead_class: str | None
@@ -194,6 +197,9 @@ def item_out(item: Item, now_ms: int) -> ItemOut:
         chunks_total=item.chunks_total,
         owner=item.owner if leased else None,
         lease_age_s=(now_ms - item.claimed_ms) / 1000 if leased and item.claimed_ms else None,
+        lease_left_s=(
+            (item.lease_until_ms - now_ms) / 1000 if leased and item.lease_until_ms else None
+        ),
         last_error=item.last_error,
         dead_reason=item.dead_reason,
         dead_class=item.dead_class,
@@ -275,6 +281,7 @@ QueueDep = Annotated[Queue, Depends(_queue)]
 READ, WRITE = [Depends(may_read)], [Depends(may_write)]
 WriterDep = Annotated[str, Depends(may_write)]  # the caller's name, for the audit log
 CURSOR = r"^\d{1,20}:[^\s]{1,200}$"
+CURSOR_RE = re.compile(CURSOR)
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
@@ -428,6 +435,45 @@ def health(queue: QueueDep, request: Request) -> dict[str, Any]:
     return {"report": report, "age_s": age}
 
 
+@router.get("/v1/queue/history", dependencies=READ)
+def history(queue: QueueDep, minutes: Annotated[int, Query(ge=1, le=1440)] = 60) -> dict[str, Any]:
+    """Videos done and dead in each of the last `minutes` whole minutes and the current one,
+    oldest first (`at`: the minute's start, unix seconds), from the done and dead sets'
+    times: 2 x (minutes + 1) ZCOUNTs, whatever the number of items."""
+    rows = queue.finished_per_minute(minutes)
+    return {"minutes": [{"at": at / 1000, "done": d, "dead": x} for at, d, x in rows]}
+
+
+@router.get("/v1/redis", dependencies=READ)
+def redis_info(queue: QueueDep) -> dict[str, Any]:
+    """The Redis server: version, memory used and its limit, eviction policy, persistence
+    (AOF, its fsync policy and last write's status; the last RDB save's), uptime."""
+    info = queue.server_info()
+    server = info.get("valkey_version")
+    server = f"Valkey {server}" if server else f"Redis {info.get('redis_version', '?')}"
+    return {"reachable": True, "server": server, **info}
+
+
+@router.get("/v1/items/{item_id}/manifest", dependencies=READ, responses=errors(404))
+def get_manifest(item_id: str, queue: QueueDep, settings: SettingsDep) -> dict[str, Any]:
+    """The manifest of a done item's outputs (frames, chunks, model, decoder, timings and
+    where its detections are), read from the output store this API is configured with;
+    404 when the item is not done or its outputs are not in that store."""
+    from framefleet.workers.outputs import OutputStore  # pyarrow: only when asked
+
+    item = queue.get(item_id)
+    if item is None or not item.result:
+        raise HTTPException(404, f"no outputs for {item_id!r}")
+    try:
+        return OutputStore(settings.pipeline.out, settings.source).read_result(item.result)
+    except (OSError, ValueError) as exc:  # not in this store, or not readable now
+        raise HTTPException(404, f"{item.result}: {exc}") from None
+
+
+def json_text(body: Any) -> str:
+    return json.dumps(body, indent=2, sort_keys=True)
+
+
 @router.post("/v1/queue/pause", responses=errors(403))
 def pause(queue: QueueDep, who: WriterDep) -> dict[str, bool]:
     queue.pause()
@@ -451,9 +497,11 @@ def dead(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(pattern=CURSOR)] = None,
+    dead_class: Annotated[Utf8 | None, Query(alias="class", max_length=64)] = None,
 ) -> Page:
-    """Dead letters, newest first, with their reasons and classes."""
-    found, after = queue.page("dead", limit, cursor)
+    """Dead letters, newest first, with their reasons and classes; of one `class` only
+    if given."""
+    found, after = queue.page("dead", limit, cursor, dead_class=dead_class)
     now_ms = _now_ms(request)
     return Page(items=[item_out(i, now_ms) for i in found], cursor=after)
 
@@ -477,9 +525,23 @@ def retry_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     return {"id": item_id, "state": "queued"}
 
 
-def _bulk(
+@router.delete("/v1/dead/{item_id}", responses=errors(403, 404, 409))
+def purge_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
+    """Delete one dead letter for good (its id becomes new again)."""
+    item = queue.get(item_id)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r}")
+    if item.state != "dead" or not queue.purge_dead([item_id]):
+        raise HTTPException(409, {"error": f"{item_id} is {item.state}", "state": str(item.state)})
+    queue.record({"who": who, "action": "purge", "ids": [item_id], "count": 1})
+    return {"id": item_id, "state": "purged"}
+
+
+def bulk(
     queue: Queue, who: str, action: str, body: Bulk, act: Callable[[list[str]], list[str]]
 ) -> dict[str, Any]:
+    """A bulk action on the dead letters of a class (or all): a dry run without `confirm`,
+    else the action, if the count is still the one confirmed, with a reason."""
     ids = queue.dead_ids(body.dead_class)
     scope = {"class": body.dead_class, "count": len(ids)}
     if body.confirm is None:
@@ -506,7 +568,7 @@ def _bulk(
 @router.post("/v1/dead/retry", responses=errors(400, 403, 409, 413, 422))
 def retry_bulk(body: Bulk, queue: QueueDep, who: WriterDep) -> dict[str, Any]:
     """Every dead letter of a class (or all) back to the queue, as the same items."""
-    return _bulk(queue, who, "retry", body, lambda ids: queue.retry_dead(ids))
+    return bulk(queue, who, "retry", body, lambda ids: queue.retry_dead(ids))
 
 
 @router.delete("/v1/dead", responses=errors(403, 409, 422))
@@ -519,7 +581,7 @@ def purge_bulk(
 ) -> dict[str, Any]:
     """Delete every dead letter of a class (or all) for good; a dry run, then confirmed."""
     body = Bulk.model_validate({"class": dead_class, "confirm": confirm, "reason": reason})
-    return _bulk(queue, who, "purge", body, lambda ids: queue.purge_dead(ids))
+    return bulk(queue, who, "purge", body, lambda ids: queue.purge_dead(ids))
 
 
 @router.post("/v1/events/s3", dependencies=WRITE, responses=errors(400, 403, 413))
@@ -585,9 +647,13 @@ async def _invalid_input(request: Request, exc: Exception) -> JSONResponse:
     return _AsciiJSON({"detail": jsonable_encoder(found)}, 422)
 
 
-async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     """405 with every method of the path in Allow (Starlette's names those of the first route
     with the path only: POST for /v1/items, whose GET is another route)."""
+    from . import ui
+
+    if ui.is_page(request):
+        return ui.pages_error(request, exc)
     methods = set((getattr(exc, "headers", None) or {}).get("Allow", "").split(", ")) - {""}
     for route in router.routes:
         if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL:
@@ -609,11 +675,31 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
     app.state.tokens = Tokens.of(settings.api)
     app.state.metrics = metrics_registry(queue, settings, clock)
     app.include_router(router)
+    from . import ui  # the dashboard: pages over the routes above
+
+    app.include_router(ui.router)
+    app.mount(f"{ui.PREFIX}/static", ui.static_files(), name="static")
 
     @app.exception_handler(RedisError)
-    async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+    async def redis_down(request: Request, exc: RedisError) -> Response:
+        if ui.is_page(request):
+            return ui.pages_error(request, HTTPException(503, f"Redis does not answer: {exc}"))
         return JSONResponse({"detail": f"the queue's Redis does not answer: {exc}"}, 503)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if ui.is_page(request):
+            return ui.pages_error(request, exc)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(ui.LoginNeeded)
+    async def login_needed(request: Request, exc: ui.LoginNeeded) -> Response:
+        return ui.pages_error(request, exc)
+
+    def front() -> RedirectResponse:
+        return RedirectResponse(f"{settings.api.root_path.rstrip('/')}{ui.PREFIX}/", 303)
+
+    app.add_api_route("/", front, include_in_schema=False)
     app.add_exception_handler(RequestValidationError, _invalid_input)
     app.add_exception_handler(405, _method_not_allowed)
     app.add_middleware(TokenGate)  # the token before the body is read (auth.py)

@@ -66,7 +66,8 @@ def may_write(request: Request) -> str:
     return _check(request, write=True)
 
 
-OPEN = ("/healthz",)  # liveness: no token
+OPEN = ("/healthz", "/")  # liveness, and the front door (a redirect to the dashboard)
+PAGES = "/ui"  # the dashboard checks its own session cookie (ops/ui.py, ops/session.py)
 
 
 def _route_path(scope: Any) -> str:
@@ -85,7 +86,9 @@ class TokenGate:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and _route_path(scope) not in OPEN:
+        path = _route_path(scope) if scope["type"] == "http" else ""
+        pages = path == PAGES or path.startswith(PAGES + "/")
+        if scope["type"] == "http" and path not in OPEN and not pages:
             try:
                 _check(Request(scope), write=scope["method"] not in ("GET", "HEAD"))
             except HTTPException as exc:
