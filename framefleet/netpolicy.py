@@ -93,7 +93,7 @@ def check_url(url: str, allow_private: str = "") -> list[tuple[Address, int]]:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise URLRefused(f"bad port in {url}", "bad_uri") from None
-    host = parts.hostname
+    host = host_name
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
