@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from framefleet.netpolicy import URLRefused, check_url
@@ -654,10 +655,17 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
 
     if ui.is_page(request):
         return ui.pages_error(request, exc)
-    methods = set((getattr(exc, "headers", None) or {}).get("Allow", "").split(", ")) - {""}
-    for route in router.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL:
-            methods |= route.methods or set()
+    partial = [
+        route
+        for route in router.routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL
+    ]
+    # a path of its own is its own resource, as the schema lists it: /v1/dead/groups is
+    # GET only, whatever /v1/dead/{item_id} (DELETE) beside it would also match
+    literal = [route for route in partial if not route.param_convertors]
+    methods = {m for route in literal or partial for m in route.methods or ()}
+    if not methods:  # none of the API's own: Starlette's word for it
+        methods = set((getattr(exc, "headers", None) or {}).get("Allow", "").split(", ")) - {""}
     allow = {"Allow": ", ".join(sorted(methods))}
     return JSONResponse({"detail": "Method Not Allowed"}, 405, allow)
 
@@ -667,7 +675,6 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
     app = FastAPI(
         title="framefleet",
         version="1",
-        root_path=settings.api.root_path,
         docs_url=None,  # its page loads assets from a CDN; the schema is at /openapi.json
         redoc_url=None,
     )
@@ -686,8 +693,8 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
             return ui.pages_error(request, HTTPException(503, f"Redis does not answer: {exc}"))
         return JSONResponse({"detail": f"the queue's Redis does not answer: {exc}"}, 503)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    @app.exception_handler(StarletteHTTPException)  # the router's 404 too: a page on /ui
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if ui.is_page(request):
             return ui.pages_error(request, exc)
         return await http_exception_handler(request, exc)
@@ -703,7 +710,23 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
     app.add_exception_handler(RequestValidationError, _invalid_input)
     app.add_exception_handler(405, _method_not_allowed)
     app.add_middleware(TokenGate)  # the token before the body is read (auth.py)
+    if settings.api.root_path:  # outermost: TokenGate and the routes see it
+        app.add_middleware(RootPath, root=settings.api.root_path.rstrip("/"))
     return app
+
+
+class RootPath:
+    """ASGI middleware: FRAMEFLEET_API_ROOT_PATH as the scope's root_path, for a proxy that
+    keeps the prefix in the path (/ff/v1/queue routes as /v1/queue; links, redirects and
+    cookies carry /ff). FastAPI's own root_path parameter did this, and is deprecated."""
+
+    def __init__(self, app: Any, root: str) -> None:
+        self.app, self.root = app, root
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope["root_path"] = self.root
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
