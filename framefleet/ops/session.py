@@ -48,9 +48,12 @@ def role(request: Request) -> str | None:
     name, _, rest = request.cookies.get(COOKIE, "").partition(".")
     until, _, mac = rest.partition(".")
     token = {"write": tokens.write, "read": tokens.read}.get(name)
-    if token is None or not until.isdigit() or int(until) < time.time():
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), compared as bytes: a
+    # forged cookie is refused, never a 500
+    if token is None or not (until.isascii() and until.isdigit()) or int(until) < time.time():
         return None
-    return name if hmac.compare_digest(mac, _sign(token, name, int(until))) else None
+    expected = _sign(token, name, int(until)).encode()
+    return name if hmac.compare_digest(mac.encode(errors="replace"), expected) else None
 
 
 def same_origin(request: Request) -> bool:

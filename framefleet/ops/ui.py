@@ -14,7 +14,7 @@ refused with 405 in read-only mode or with the read token's session.
 
 from __future__ import annotations
 
-import time
+import asyncio
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -24,6 +24,9 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from framefleet.queue import Queue, State
 from framefleet.settings import Settings
@@ -164,15 +167,14 @@ def render(
         "now_iso": _iso(now),
         "now_text": _iso(now).replace("T", " "),
         "title": ctx.pop("title", "framefleet"),
+        "status": status,
+        # the main part alone (base.html): rendered whole, so that the macros a page
+        # imports at its top are defined in its main block too
+        "fragment": bool(request.headers.get("x-framefleet-fragment")),
         **ctx,
     }
-    template = env.get_template(name)
     headers = {**HEADERS, "X-Framefleet-Updated": values["now_iso"]}
-    if request.headers.get("x-framefleet-fragment"):
-        body = "".join(template.blocks["main"](template.new_context(values)))
-    else:
-        body = template.render(values)
-    return HTMLResponse(body, status, headers=headers)
+    return HTMLResponse(env.get_template(name).render(values), status, headers=headers)
 
 
 class LoginNeeded(Exception):
@@ -373,7 +375,9 @@ async def login(request: Request) -> Response:
     given, target = str(form.get("token", "")), _next(str(form.get("next", "")))
     found = session.login(request.app.state.tokens, given)
     if found is None:
-        time.sleep(0.5)  # slows guessing a little; the token's length does the rest
+        # slows guessing a little (the token's length does the rest), without holding up
+        # the event loop: every other request goes on meanwhile
+        await asyncio.sleep(0.5)
         return render(request, "login.html", None, status=401, title="Log in",
                       error="That token is not known here.", next=target)  # fmt: skip
     _, cookie = found
@@ -393,40 +397,43 @@ def logout(request: Request) -> Response:
 
 
 # -- actions ---------------------------------------------------------------------------------
+# Each reads its form here, then calls the queue in the thread pool (as the API's plain-def
+# routes are): a bulk action on many dead letters, or a Redis that is slow to answer, never
+# holds up the event loop and every other request with it.
 
 
 @router.post("/queue/pause")
 async def pause(request: Request) -> Response:
     who, _ = await _writer(request)
-    api.pause(_queue(request), who)
+    await run_in_threadpool(api.pause, _queue(request), who)
     return _back(request, "/")
 
 
 @router.post("/queue/resume")
 async def resume(request: Request) -> Response:
     who, _ = await _writer(request)
-    api.resume(_queue(request), who)
+    await run_in_threadpool(api.resume, _queue(request), who)
     return _back(request, "/")
 
 
 @router.post("/items/{item_id}/cancel")
 async def cancel(request: Request, item_id: str) -> Response:
     who, _ = await _writer(request)
-    api.cancel(item_id, _queue(request), who)
+    await run_in_threadpool(api.cancel, item_id, _queue(request), who)
     return _back(request, f"/items/{quote(item_id)}")
 
 
 @router.post("/dead/{item_id}/retry")
 async def retry_one(request: Request, item_id: str) -> Response:
     who, _ = await _writer(request)
-    api.retry_one(item_id, _queue(request), who)
+    await run_in_threadpool(api.retry_one, item_id, _queue(request), who)
     return _back(request, f"/items/{quote(item_id)}")
 
 
 @router.post("/dead/{item_id}/purge")
 async def purge_one(request: Request, item_id: str) -> Response:
     who, _ = await _writer(request)
-    api.purge_one(item_id, _queue(request), who)
+    await run_in_threadpool(api.purge_one, item_id, _queue(request), who)
     return _back(request, "/dead")
 
 
@@ -439,14 +446,20 @@ async def bulk(request: Request) -> Response:
     if verb not in ("retry", "purge"):
         raise HTTPException(422, "action must be retry or purge")
     cls = form.get("class") or None
-    confirm = form.get("confirm")
-    body = api.Bulk.model_validate(
-        {"class": cls, "confirm": int(confirm) if confirm and confirm.isdigit() else None,
-         "reason": form.get("reason") or None}
-    )  # fmt: skip
+    confirm = form.get("confirm") or None
+    if confirm is not None and not (confirm.isascii() and confirm.isdigit()):
+        raise HTTPException(422, "confirm must be the count the dry run showed")
+    try:
+        body = api.Bulk.model_validate(
+            {"class": cls, "confirm": None if confirm is None else int(confirm),
+             "reason": form.get("reason") or None}
+        )  # fmt: skip
+    except ValidationError as exc:  # a reason over 500 characters, a class not UTF-8
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise HTTPException(422, why) from None
     queue = _queue(request)
     act = queue.retry_dead if verb == "retry" else queue.purge_dead
-    answer = api.bulk(queue, who, verb, body, act)
+    answer = await run_in_threadpool(api.bulk, queue, who, verb, body, act)
     if answer["dry_run"]:
         return render(request, "confirm.html", who, page="/dead", title=f"{verb} dead letters",
                       verb=verb, cls=cls, count=answer["count"])  # fmt: skip
@@ -456,14 +469,19 @@ async def bulk(request: Request) -> Response:
 def pages_error(request: Request, exc: Exception) -> Response:
     """Errors on a page as a page (the API's routes keep their JSON)."""
     if isinstance(exc, LoginNeeded):
+        # the page to come back to (as it was asked for: an id's "#" or "?" quoted); after
+        # a write (a POST) the overview, not a GET of the action's path
         target = request.url.path.removeprefix(_root(request) + PREFIX) or "/"
         if request.url.query:
             target += f"?{request.url.query}"
+        if request.method not in ("GET", "HEAD"):
+            target = "/"
         if request.headers.get("x-framefleet-fragment"):
             return Response(status_code=401, headers=HEADERS)
         return _back(request, f"/login?next={quote(target)}")
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    status, detail = 500, "internal error"
+    if isinstance(exc, StarletteHTTPException):  # the router's 404 and 405 as well
+        status, detail = exc.status_code, exc.detail
     text = detail if isinstance(detail, str) else str(detail.get("error", detail))
     return render(request, "message.html", session.role(request), status=status,
                   title=str(status), heading={404: "Not found", 405: "Not allowed", 403: "Refused",
