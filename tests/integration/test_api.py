@@ -255,7 +255,7 @@ def test_queue_throughput_drain_time_workers_and_health(api: Served, valkey_clie
         leases = q.claim(4, "decode-g1-0")
         q.ack_many([(lease, "") for lease in leases[:3]])
         q.fail(leases[3], "not a video", retryable=False, cls="not_a_video")
-        info = {"node": "ab12", "host": "gpu-node-3", "pid": 4242}
+        info: dict[str, str | int] = {"node": "ab12", "host": "gpu-node-3", "pid": 4242}
         Supervision(q).heartbeat("decode-g1-0", holding=[], info=info)
         status = c.get("/v1/queue").json()
         assert status["throughput"]["1m"] == {"done": 3, "dead": 1, "per_s": round(4 / 60, 3)}
