@@ -781,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "bench", cmd_bench, "run a benchmark: `framefleet bench queue|pipeline|recovery|api [args]`"
     )
-    sp.add_argument("name", choices=("queue", "pipeline", "recovery", "api"))
+    sp.add_argument("name", choices=("queue", "pipeline", "recovery", "api", "dashboard"))
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
 

@@ -587,6 +587,21 @@ def test_bench_api_quick_prints_one_json_line(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == result
 
 
+def test_bench_dashboard_quick_prints_one_json_line(tmp_path: Path) -> None:
+    """The dashboard benchmark runs end to end (a tenth of the sizes, logged in through the
+    login form): every page answered 200 and was timed; its figures are not judged here."""
+    out = tmp_path / "bench.jsonl"
+    proc = ff(tmp_path, "bench", "dashboard", "--quick", "--requests", "2", "--out", str(out))
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    result = json.loads(line)
+    assert result["sizes"] == {"queued": 10_000, "dead": 1_000, "done": 100, "leased": 50}
+    assert {"overview", "items_queued_page_2", "search", "dead_class", "workers"} <= set(
+        result["pages_ms"]
+    )
+    assert all(page["n"] == 2 and page["bytes"] > 0 for page in result["pages_ms"].values())
+    assert json.loads(out.read_text()) == result
+
+
 def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path: Path) -> None:
     from tests.support.models import write_tiny_detr
     from tests.support.videos import write_video
