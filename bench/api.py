@@ -437,6 +437,7 @@ def summarize(runs: list[dict[str, Any]], sizes: Sizes) -> dict[str, Any]:
 def run(quick: bool, repeats: int, poll_hz: float) -> dict[str, Any]:
     sizes = Sizes.of(quick, poll_hz)
     runs = 1 if quick else repeats
+    load_before = os.getloadavg()[0]  # others' work on a shared machine shows here
     with tempfile.TemporaryDirectory(prefix="ff-bench-api-") as tmp:
         server = EmbeddedServer(Path(tmp) / "redis", appendfsync="everysec").start()
         try:
@@ -457,6 +458,7 @@ def run(quick: bool, repeats: int, poll_hz: float) -> dict[str, Any]:
         "versions": versions(),
         "sizes": vars(sizes),
         "runs": runs,
+        "load_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
         **_source(),
         **summarize(measured, sizes),
     }
