@@ -26,7 +26,8 @@
         main.innerHTML = await answer.text();
         const stamp = answer.headers.get("X-Framefleet-Updated");
         const now = document.querySelector("footer time.now");
-        if (stamp && now) { now.textContent = stamp; now.dateTime = stamp; }
+        // shown as the server writes it (a space for the "T"), the ISO form in datetime
+        if (stamp && now) { now.textContent = stamp.replace("T", " "); now.dateTime = stamp; }
         document.body.classList.remove("stale");
       } else {
         document.body.classList.add("stale");
