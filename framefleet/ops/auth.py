@@ -58,11 +58,11 @@ def _check(request: Request, write: bool) -> str:
     raise HTTPException(401, "wrong token", {"WWW-Authenticate": "Bearer"})
 
 
-def may_read(request: Request) -> str:
+async def may_read(request: Request) -> str:
     return _check(request, write=False)
 
 
-def may_write(request: Request) -> str:
+async def may_write(request: Request) -> str:
     return _check(request, write=True)
 
 

@@ -70,7 +70,8 @@ def read_frame(queue: Queue, limit: int = 20, clock: Callable[[], float] = time.
     supervision = Supervision(queue)
     stats = queue.stats()
     now_ms = queue.now_ms()
-    finished = {m: queue.finished_since(now_ms - m * 60_000) for m in WINDOWS_MIN}
+    each = queue.finished_since_each([now_ms - m * 60_000 for m in WINDOWS_MIN])
+    finished = dict(zip(WINDOWS_MIN, each, strict=True))
     leased: list[Item] = []
     if stats.counts.get("leased", 0) and limit > 0:
         leased, _ = queue.page("leased", limit)

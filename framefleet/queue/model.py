@@ -165,6 +165,8 @@ class NewItem:
     etag: str | None = None
     size: int | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    # meta as JSON, encoded once as it is checked (script_args sends this very text)
+    meta_json: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_uri(self.uri)
@@ -176,7 +178,7 @@ class NewItem:
         if self.size is not None:
             _check_size(self.size)
         if self.meta:
-            _check_meta(self.meta)
+            object.__setattr__(self, "meta_json", _check_meta(self.meta))
 
     def resolved_id(self, config_version: str) -> str:
         return self.id if self.id is not None else default_id(self.uri, config_version)
@@ -189,7 +191,7 @@ class NewItem:
             str(self.priority),
             self.etag or "",
             "" if self.size is None else str(self.size),
-            _check_meta(self.meta) if self.meta else "",
+            self.meta_json,
         ]
 
 

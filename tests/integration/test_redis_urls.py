@@ -201,6 +201,8 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     assert q.now_ms() > 0 and min(q.finished_since(0)) >= 0  # runs as the ACL user
     assert q.metrics().stats.counts["queued"] >= 1
     assert [x.id for x in q.find("d1")] == ["d1"]
+    assert q.finished_since_each([0, 0]) == [q.finished_since(0)] * 2
+    assert len(q.finished_per_minute(2)) == 3 and "used_memory" in q.server_info()
     assert q.stats().counts["queued"] >= 1 and lf.id != lg.id
     # the leader lease and the health report
     assert sup.hold_leadership("c1", ttl_s=60) and sup.hold_leadership("c1", ttl_s=60)
