@@ -96,6 +96,7 @@ class ItemOut(BaseModel):
     deliveries: int
     chunks_done: int
     chunks_total: int | None
+    chunks_expected: int | None  # what the container promises, until chunks_total is known
     owner: str | None
     lease_age_s: float | None
     lease_left_s: float | None  # until the lease runs out unless renewed
@@ -197,6 +198,7 @@ def item_out(item: Item, now_ms: int) -> ItemOut:
         deliveries=item.deliveries,
         chunks_done=item.chunks_done,
         chunks_total=item.chunks_total,
+        chunks_expected=item.chunks_expected,
         owner=item.owner if leased else None,
         lease_age_s=(now_ms - item.claimed_ms) / 1000 if leased and item.claimed_ms else None,
         lease_left_s=(

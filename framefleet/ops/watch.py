@@ -192,12 +192,13 @@ def _leased(frame: Frame) -> RenderableType:
     table.add_column("held", justify="right", no_wrap=True, min_width=6)
     table.add_column("video", no_wrap=True, overflow="ellipsis")
     for item in frame.leased:
-        known = item.chunks_total
+        known = item.chunks_total or item.chunks_expected  # the container's promise, ~N
         bar = ProgressBar(total=known, completed=item.chunks_done, width=BAR_WIDTH)
+        of = "?" if known is None else f"{'' if item.chunks_total else '~'}{known}"
         table.add_row(
             item.id,
             bar,
-            f"{item.chunks_done}/{'?' if known is None else known}",
+            f"{item.chunks_done}/{of}",
             item.owner or "?",
             duration(_held_s(item, frame.now_ms)),
             _name(item.uri),

@@ -286,6 +286,7 @@ class Item:
     ready_at_ms: int | None = None
     chunks_done: int = 0
     chunks_total: int | None = None
+    chunks_expected: int | None = None  # the container's promise, until chunks_total is known
     bugs: int = 0  # errors nobody classified (internal_error after max_attempts)
     last_error: str | None = None
     dead_reason: str | None = None
@@ -323,6 +324,7 @@ class Item:
             ready_at_ms=opt_int("ready_at"),
             chunks_done=int(h.get("chunks_done", 0)),
             chunks_total=opt_int("chunks_total"),
+            chunks_expected=opt_int("chunks_expected"),
             bugs=int(h.get("bugs", 0)),
             last_error=h.get("last_error"),
             dead_reason=h.get("dead_reason"),

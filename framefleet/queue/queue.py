@@ -193,13 +193,20 @@ class Queue:
         return verdict
 
     def progress(
-        self, lease: Lease, chunk: int, total: int | None = None, work: ChunkWork | None = None
+        self,
+        lease: Lease,
+        chunk: int,
+        total: int | None = None,
+        work: ChunkWork | None = None,
+        expected: int | None = None,
     ) -> Verdict:
         """Checkpoint one finished chunk (idempotent), fenced by the lease's token. `work`
-        (frames, busy seconds) is counted the first time the chunk is checkpointed."""
+        (frames, busy seconds) is counted the first time the chunk is checkpointed.
+        `expected`: the chunks the container promises, for progress bars until `total` is
+        known (chunks_expected)."""
         if chunk < 0 or (total is not None and total < 1):
             raise ValueError("chunk must be >= 0 and total >= 1")
-        args: list[Any] = [chunk, "" if total is None else total]
+        args: list[Any] = [chunk, "" if total is None else total, expected or ""]
         if work is not None:
             check_worker(work.device)  # a short name: it becomes a label
             args += [work.frames, _ms(work.decode_s), _ms(work.inference_s), work.device]

@@ -411,6 +411,18 @@ class ChunkReader:
     def chunk_count(self) -> int:
         return math.ceil(self.kept / self.chunk_frames)
 
+    @property
+    def expected_chunks(self) -> int | None:
+        """The number of chunks the container's frame count and rate promise (None when it
+        does not say): an estimate for progress bars, never used for correctness."""
+        info, s = self.decoder.info, self.sampling
+        if info.frames <= 0:
+            return None
+        kept = info.frames / s.stride
+        if s.fps is not None and info.fps > 0:
+            kept = info.frames * min(1.0, s.fps / info.fps)
+        return max(1, math.ceil(kept / self.chunk_frames))
+
     def __iter__(self) -> Iterator[Chunk]:
         size, done = self.chunk_frames, self.done
         source = (self.decoder.info.width, self.decoder.info.height)

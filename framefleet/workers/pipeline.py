@@ -173,6 +173,7 @@ class _Item:
     inflight: deque[tuple[int, Pending, int, float]] = field(default_factory=deque)
     timings: dict[str, float] = field(default_factory=dict)  # laps: they add up to the whole
     inference: dict[str, float] = field(default_factory=dict)  # infer, write: at the actors
+    expected: int | None = None  # the chunks the container promises (for progress bars)
     mark: float = 0.0
 
     def lap(self, name: str, now: float) -> None:
@@ -319,6 +320,7 @@ class VideoJob:
             item.lap("open", self.clock())
             try:
                 reader = ChunkReader(decoder, self.sampling, p.chunk_frames, done)
+                item.expected = reader.expected_chunks
                 frames = self._stream(item, reader, decoded)
             finally:
                 decoder.close()
@@ -432,8 +434,8 @@ class VideoJob:
     def _progress(
         self, item: _Item, index: int, total: int | None, work: ChunkWork | None = None
     ) -> None:
-        call = self.queue.progress
-        if not self._persist(item.keeper, call, item.lease, index, total, work).ok:
+        call, expected = self.queue.progress, None if total else item.expected
+        if not self._persist(item.keeper, call, item.lease, index, total, work, expected).ok:
             item.keeper.lost.set()
             raise LeaseLost(f"checkpoint of chunk {index} refused")
 

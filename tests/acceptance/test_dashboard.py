@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -185,9 +186,10 @@ def _counts_match(up: Up, page: Any, timeout: float = 30) -> dict[str, int]:
 
 
 def _progress(page: Any) -> tuple[str, int, int | None]:
-    """An item page's state and progress: chunks done and the total (None while not known,
-    which is until the last frame is decoded). A bar moves only while the video is in
-    flight: one that is not has none until its total is known."""
+    """An item page's state and progress: chunks done and the total (exact once the last
+    frame is decoded; before, minus the container's promise shown as ~N, or None when the
+    container says nothing). Without either, a bar moves only while the video is in
+    flight: one that is not has none."""
     state, text, bar = page.evaluate(
         """() => { const bar = document.querySelector('.bigbar progress');
                    return [document.querySelector('h1 .state').textContent,
@@ -195,6 +197,9 @@ def _progress(page: Any) -> tuple[str, int, int | None]:
                            bar && [bar.getAttribute('value'), bar.getAttribute('max')]]; }"""
     )
     done, _, total = text.partition("/")
+    if total.startswith("~"):  # the container's promise, until the last frame is decoded
+        assert state == "leased" and bar == [done, total[1:]], (state, text, bar)
+        return state, int(done), -int(total[1:])
     if total != "?":
         assert bar == [done, total], (text, bar)
         return state, int(done), int(total)
@@ -298,7 +303,8 @@ def _as_writer(up: Up, w: Watched) -> None:
     _retry_a_dead_letter(up, w)
     _search(w.page, "corrupt-", ["corrupt-1", "corrupt-2"])
     assert w.page.locator("table.items progress").count() == 0  # dead: no bar that moves
-    assert w.page.locator("table.items td.bar").all_text_contents() == ["1/?", "1/?"]
+    counts = w.page.locator("table.items td.bar").all_text_contents()  # 1 chunk, of ~N or ?
+    assert len(counts) == 2 and all(re.fullmatch(r"1/(\?|~\d+)", c) for c in counts), counts
     _fits(w.page)
     w.page.click("nav >> text=Dead letters")
     _shoot(w.page, "dead")
@@ -313,10 +319,12 @@ def _as_writer(up: Up, w: Watched) -> None:
 def _follow_a_video(up: Up, page: Any) -> None:
     """The long video's page, refreshed by its script, from queued (or leased) to done."""
     seen = _watch_progress(up, page)
-    halfway = [done for state, done, _ in seen if state == "leased" and done]
+    halfway = [done for state, done, of in seen if state == "leased" and done and of]
     assert halfway, f"the bar was never seen half-way: {seen}"
-    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen), f"it went back: {seen}"
     total = up.get(f"/v1/items/{LONG}")["chunks_total"]
+    promised = {-of for state, _, of in seen if state == "leased" and of and of < 0}
+    assert promised == {total}, seen  # the container's count was right: ~30 while leased
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen), f"it went back: {seen}"
     assert seen[-1] == ("done", total, total), seen
     stamp = page.locator("footer time.now")  # as the refresh left it: as the server writes it
     shown = stamp.text_content()
@@ -400,5 +408,18 @@ def _as_reader(up: Up, r: Watched) -> None:
     page.wait_for_url(f"**/ui/items/{LONG}")
     assert page.locator("h1 .state").text_content() == "done"
     assert page.locator(".controls button").count() == 0
+    _on_a_phone(page)
     # The refused POST is the one error the browser logs ("Failed to load resource").
     _clean(r, allowed_errors=("status of 405",))
+
+
+def _on_a_phone(page: Any) -> None:
+    """At a phone's width (390 px) the pages fit: nothing wider than the screen but a wide
+    table, which scrolls inside its own panel."""
+    page.set_viewport_size({"width": 390, "height": 844})
+    for name in ("Overview", "Items", "Dead letters", "Workers"):
+        page.click(f"nav >> text={name}")
+        page.wait_for_load_state()
+        wide = page.evaluate("""() => document.documentElement.scrollWidth - window.innerWidth""")
+        assert wide <= 0, f"{name}: the page is {wide} px wider than a phone's screen"
+    page.set_viewport_size({"width": 1280, "height": 860})

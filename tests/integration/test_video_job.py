@@ -46,6 +46,7 @@ def test_a_video_is_processed_checkpointed_and_acked(
     item = q.get(item_id)
     assert item is not None and item.state is State.DONE and item.result == out.result
     assert item.chunks_total == 4 and item.chunks_done == 4
+    assert item.chunks_expected == 4  # the container's promise, sent with the first chunk
     manifest = store.read_result(item.result or "")
     assert manifest["frames"] == 30 and manifest["chunks"] == 4 and manifest["model"] == model.name
     assert len(pipeline_rows(store, q, item_id)) > 0

@@ -1,6 +1,7 @@
 -- progress.lua: checkpoint one finished chunk, fenced by the lease's token and owner.
 -- KEYS[1] prefix. ARGV: now, id, token, owner, chunk index, chunks total ('' = unknown),
--- and optionally the chunk's work: frames, decode ms, inference ms (model and write), the
+-- chunks expected ('' = unsaid: the container's estimate, for progress bars only), and
+-- optionally the chunk's work: frames, decode ms, inference ms (model and write), the
 -- inference device. Writes the item's chunk set, chunks_done, chunks_total; the first time a
 -- chunk is checkpointed, its work: stats.frames_total, busy.decode, busy.inference:<device>.
 -- Returns {'ok', chunks_done} or a refusal from fence() (counted in stale_progress_total).
@@ -11,13 +12,14 @@ if refused then return refused end
 local done
 if redis.call('SADD', ckey(id), ARGV[5]) == 1 then
   done = redis.call('HINCRBY', key, 'chunks_done', 1)
-  if ARGV[7] then
-    stat('frames_total', tonumber(ARGV[7]))
-    redis.call('HINCRBY', K_BUSY, 'decode', tonumber(ARGV[8]))
-    redis.call('HINCRBY', K_BUSY, 'inference:' .. ARGV[10], tonumber(ARGV[9]))
+  if ARGV[8] then
+    stat('frames_total', tonumber(ARGV[8]))
+    redis.call('HINCRBY', K_BUSY, 'decode', tonumber(ARGV[9]))
+    redis.call('HINCRBY', K_BUSY, 'inference:' .. ARGV[11], tonumber(ARGV[10]))
   end
 else
   done = tonumber(redis.call('HGET', key, 'chunks_done') or '0')
 end
 if ARGV[6] ~= '' then redis.call('HSET', key, 'chunks_total', ARGV[6]) end
+if ARGV[7] and ARGV[7] ~= '' then redis.call('HSET', key, 'chunks_expected', ARGV[7]) end
 return {'ok', done}
