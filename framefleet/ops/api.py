@@ -520,27 +520,29 @@ def dead_groups(queue: QueueDep) -> dict[str, Any]:
     return {"groups": groups, "total": sum(groups.values())}
 
 
-@router.post("/v1/dead/{item_id}/retry", responses=errors(403, 404, 409))
-def retry_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
-    """One dead letter back to the queue: the same item (id, uri, meta), fresh counts."""
+def _one_dead(
+    queue: Queue, item_id: str, who: str, action: str, act: Callable[[list[str]], list[str]]
+) -> None:
+    """An action on one dead letter: 404 if unknown, 409 if it is not dead; audited."""
     item = queue.get(item_id)
     if item is None:
         raise HTTPException(404, f"no item {item_id!r}")
-    if item.state != "dead" or not queue.retry_dead([item_id]):
+    if item.state != "dead" or not act([item_id]):
         raise HTTPException(409, {"error": f"{item_id} is {item.state}", "state": str(item.state)})
-    queue.record({"who": who, "action": "retry", "ids": [item_id], "count": 1})
+    queue.record({"who": who, "action": action, "ids": [item_id], "count": 1})
+
+
+@router.post("/v1/dead/{item_id}/retry", responses=errors(403, 404, 409))
+def retry_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
+    """One dead letter back to the queue: the same item (id, uri, meta), fresh counts."""
+    _one_dead(queue, item_id, who, "retry", queue.retry_dead)
     return {"id": item_id, "state": "queued"}
 
 
 @router.delete("/v1/dead/{item_id}", responses=errors(403, 404, 409))
 def purge_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     """Delete one dead letter for good (its id becomes new again)."""
-    item = queue.get(item_id)
-    if item is None:
-        raise HTTPException(404, f"no item {item_id!r}")
-    if item.state != "dead" or not queue.purge_dead([item_id]):
-        raise HTTPException(409, {"error": f"{item_id} is {item.state}", "state": str(item.state)})
-    queue.record({"who": who, "action": "purge", "ids": [item_id], "count": 1})
+    _one_dead(queue, item_id, who, "purge", queue.purge_dead)
     return {"id": item_id, "state": "purged"}
 
 
