@@ -98,6 +98,7 @@ class ItemOut(BaseModel):
     chunks_total: int | None
     chunks_expected: int | None  # what the container promises, until chunks_total is known
     owner: str | None
+    finished_by: str | None  # the worker that acknowledged it, once done
     lease_age_s: float | None
     lease_left_s: float | None  # until the lease runs out unless renewed
     last_error: str | None
@@ -200,6 +201,7 @@ def item_out(item: Item, now_ms: int) -> ItemOut:
         chunks_total=item.chunks_total,
         chunks_expected=item.chunks_expected,
         owner=item.owner if leased else None,
+        finished_by=item.owner if item.state == "done" else None,
         lease_age_s=(now_ms - item.claimed_ms) / 1000 if leased and item.claimed_ms else None,
         lease_left_s=(
             (item.lease_until_ms - now_ms) / 1000 if leased and item.lease_until_ms else None

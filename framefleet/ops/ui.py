@@ -48,6 +48,16 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+STAGE_NAMES = {  # a manifest's timings (workers/pipeline.py), in words, in their order
+    "fetch": "fetch",
+    "open": "open",
+    "decode": "decode",
+    "decode_wait": "wait for the decoder",
+    "submit": "hand to inference",
+    "wait": "wait for inference",
+    "infer": "model (at the actors)",
+    "write": "write outputs (at the actors)",
+}
 EXPIRING = 0.25  # a lease with less than this share of lease_s left is marked
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
@@ -283,8 +293,7 @@ def item(request: Request, item_id: str) -> Response:
         except HTTPException:  # not in this API's output store
             manifest = {}
         laps = dict(manifest.get("timings_s") or {}) | dict(manifest.get("inference_s") or {})
-        order = ("fetch", "open", "decode", "decode_wait", "submit", "wait", "infer", "write")
-        timings = [(k, float(laps[k])) for k in order if k in laps]
+        timings = [(name, float(laps[k])) for k, name in STAGE_NAMES.items() if k in laps]
         if "total" in laps:
             timings.append(("total", float(laps["total"])))
     source = {k: v for k, v in found.meta.items() if k.startswith(("s3_", "bucket", "key",
