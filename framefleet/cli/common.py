@@ -1,0 +1,18 @@
+"""Small helpers the command modules share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def as_uri(text: str) -> str:
+    """A local path given on the command line becomes absolute; URIs pass unchanged."""
+    if "://" in text:
+        return text
+    return str(Path(text).expanduser().absolute())

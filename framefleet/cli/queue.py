@@ -1,0 +1,308 @@
+"""The queue commands: `enqueue`, `stats`, `show`, `items`, `pause`/`resume`, `reap`,
+`cancel`, `dead` and `inbox` each read or write the queue once and answer on stdout; `watch`
+shows it live, and `redis` runs the embedded server in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from framefleet.cli.common import as_uri, print_json
+from framefleet.queue import EmbeddedServer, InvalidItem, NewItem, Queue, connect, open_queue
+from framefleet.settings import Settings
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+
+BAR_OVER = 1000  # enqueue shows a progress bar (on a terminal) beyond this many items
+CHECK_STEP = 1000  # items checked between two steps of the bar
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    """Enqueue URIs (and --file's lines); every item is checked before anything is written.
+    On a terminal, a batch of over BAR_OVER items, or one read from a file or stdin, shows a
+    progress bar on stderr while it is checked and written (stdout is the JSON answer)."""
+    uris = _uris(args)
+    if isinstance(uris, int):
+        return uris
+    show = sys.stderr.isatty() and (len(uris) > BAR_OVER or bool(args.file))
+    with _progress(show) as bar:
+        try:
+            items = _checked(uris, args.id, _priority(args.priority), bar)
+        except InvalidItem as exc:
+            print(f"refused, nothing enqueued: {exc}", file=sys.stderr)
+            return 2
+        with open_queue(settings) as q:
+            new = _written(q, items, args.force, bar)
+    print_json({"enqueued": len(new), "already_known": len(items) - len(new), "new_ids": new})
+    return 0
+
+
+def _uris(args: argparse.Namespace) -> list[str] | int:
+    """The URIs given and read from --file, or the exit code of a refusal (said why)."""
+    uris = list(args.uris)
+    if args.file:
+        try:
+            stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+            with stream:
+                uris += [line.strip() for line in stream if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            print(
+                f"refused, nothing enqueued: cannot read --file {args.file}: {exc}", file=sys.stderr
+            )
+            return 2
+    if not uris:
+        print("nothing to enqueue: give URIs or --file", file=sys.stderr)
+        return 2
+    if args.id and len(uris) != 1:
+        print("--id goes with exactly one URI", file=sys.stderr)
+        return 2
+    return uris
+
+
+@contextlib.contextmanager
+def _progress(show: bool) -> Iterator[Progress | None]:
+    """A rich progress display on stderr, or None when not shown."""
+    if not show:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn())
+    timing = (TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, *timing, console=Console(stderr=True)) as progress:
+        yield progress
+
+
+def _checked(
+    uris: list[str], item_id: str | None, priority: int | str, bar: Progress | None
+) -> list[NewItem]:
+    task = None if bar is None else bar.add_task("checked", total=len(uris))
+    items: list[NewItem] = []
+    for start in range(0, len(uris), CHECK_STEP):
+        step = uris[start : start + CHECK_STEP]
+        items += [NewItem(uri=as_uri(u), id=item_id, priority=priority) for u in step]
+        if bar is not None and task is not None:
+            bar.advance(task, len(step))
+    return items
+
+
+def _written(q: Queue, items: list[NewItem], force: bool, bar: Progress | None) -> list[str]:
+    """Queue.enqueue, in steps of a few script batches when a bar shows how far it is (the
+    same writes: batches are written one by one either way)."""
+    if bar is None:
+        return q.enqueue(items, force=force)
+    task = bar.add_task("enqueued", total=len(items))
+    step = q.settings.batch_size * 8
+    new: list[str] = []
+    for start in range(0, len(items), step):
+        new += q.enqueue(items[start : start + step], force=force)
+        bar.advance(task, len(items[start : start + step]))
+    return new
+
+
+def _priority(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    with open_queue(settings) as q:
+        print_json(q.stats().as_dict())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    with open_queue(settings) as q:
+        item = q.get(args.id)
+        if item is None:
+            print(f"no item {args.id!r}", file=sys.stderr)
+            return 1
+        print_json({"chunks": sorted(q.chunks(args.id)), **_item_dict(item)})
+    return 0
+
+
+def _item_dict(item: Any) -> dict[str, Any]:
+    return {f: getattr(item, f) for f in item.__slots__}
+
+
+def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+    with open_queue(settings) as q:
+        if args.command == "pause":
+            q.pause()
+        else:
+            q.resume()
+        paused = q.stats().paused
+    if args.json:
+        print_json({"queue": settings.queue.name, "paused": paused})
+    else:
+        print(f"queue {settings.queue.name!r} {'paused' if paused else 'running'}")
+    return 0
+
+
+def cmd_items(args: argparse.Namespace, settings: Settings) -> int:
+    """One page of one state's items, newest first, and the cursor of the next page."""
+    with open_queue(settings) as q:
+        try:
+            found, cursor = q.page(args.state, args.limit, args.cursor)
+        except ValueError as exc:  # a cursor that is not one
+            print(f"bad --cursor: {exc}", file=sys.stderr)
+            return 2
+        if args.json:
+            items = [_item_dict(i) for i in found]
+            print_json({"state": args.state, "items": items, "cursor": cursor})
+            return 0
+        now_ms = q.now_ms()
+        counts = {} if found else q.stats().counts
+    if not found:
+        others = ", ".join(f"{k} {n}" for k, n in counts.items() if n and k != args.state)
+        after = " after that cursor" if args.cursor else ""
+        print(f"no {args.state} items{after}" + (f" ({others})" if others else ""))
+        return 0
+    from rich.console import Console
+
+    from framefleet.ops.watch import items_table
+
+    Console().print(items_table(found, args.state, now_ms))
+    print(f"next page: --cursor {cursor}" if cursor else "(last page)")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    """The queue live until Ctrl-C (exit 0): counts, throughput, drain time, workers,
+    leader and health, one progress bar per leased item. It never starts a server."""
+    from rich.console import Console, Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from framefleet.ops.watch import duration, read_frame, render
+    from framefleet.queue.server import running_url
+
+    url = settings.redis.url or running_url(settings.redis.data_dir)
+    if url is None:
+        print(
+            f"no embedded server runs on {settings.redis.data_dir}: start `framefleet up`,"
+            " or watch another server with --redis-url",
+            file=sys.stderr,
+        )
+        return 1
+    # commands retried briefly: a frame that cannot be read says so instead of freezing
+    queue = Queue(connect(url, retry_s=min(args.interval, 5.0)), settings.queue)
+    frame = read_frame(queue, args.limit)
+    console = Console()
+    if args.once:
+        console.print(render(frame))
+        return 0
+    caption = Text(f"every {args.interval:g} s; Ctrl-C to quit", style="dim")
+    signal.signal(signal.SIGTERM, _interrupt)
+    read_at = time.monotonic()
+    try:
+        with Live(Group(render(frame), caption), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(args.interval)
+                try:
+                    frame, error = read_frame(queue, args.limit), None
+                    read_at = time.monotonic()
+                except RedisError as exc:
+                    ago = duration(time.monotonic() - read_at)
+                    error = f"Redis does not answer ({exc}); the frame below is {ago} old"
+                live.update(Group(render(frame, error), caption))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
+    with open_queue(settings) as q:
+        r = q.reap()
+    print_json({"requeued": r.requeued, "poisoned": r.poisoned, "promoted": r.promoted})
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    with open_queue(settings) as q:
+        ok = q.cancel(args.id, args.why)
+    print("cancelled" if ok else f"not cancelled: {args.id!r} is not queued or delayed")
+    return 0 if ok else 1
+
+
+def cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
+    with open_queue(settings) as q:
+        if args.action == "list":
+            print_json([_item_dict(i) for i in q.dead(limit=args.limit)])
+            return 0
+        if not args.ids and not args.all:
+            print(f"dead {args.action}: give ids or --all", file=sys.stderr)
+            return 2
+        op = q.retry_dead if args.action == "retry" else q.purge_dead
+        moved = op(args.ids, limit=args.limit) if args.ids else _drain(op, args.limit)
+    print_json({"retried" if args.action == "retry" else "purged": moved})
+    return 0
+
+
+def _drain(op: Callable[..., list[str]], limit: int) -> list[str]:
+    out: list[str] = []
+    while batch := op((), limit=limit):
+        out += batch
+    return out
+
+
+def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
+    with open_queue(settings) as q:
+        if args.action == "ingest":
+            r = q.ingest_inbox(limit=args.limit)
+            print_json(
+                {
+                    "ingested": r.ingested,
+                    "rejected": r.rejected,
+                    "duplicates": r.duplicates,
+                    "remaining": r.remaining,
+                }
+            )
+        else:
+            print_json(q.rejected(limit=args.limit))
+    return 0
+
+
+def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the embedded server in the foreground until Ctrl-C or SIGTERM."""
+    server = EmbeddedServer(
+        settings.redis.data_dir,
+        appendfsync=args.appendfsync or settings.redis.appendfsync,
+        port=args.port or settings.redis.port,
+    ).start()
+    print(f"FRAMEFLEET_REDIS_URL={server.url}", flush=True)
+    stop = False
+
+    def _stop(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stop and server.process is not None and server.process.poll() is None:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
