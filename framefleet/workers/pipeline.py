@@ -173,7 +173,7 @@ class _Item:
     inflight: deque[tuple[int, Pending, int, float]] = field(default_factory=deque)
     timings: dict[str, float] = field(default_factory=dict)  # laps: they add up to the whole
     inference: dict[str, float] = field(default_factory=dict)  # infer, write: at the actors
-    expected: int | None = None  # the chunks the container promises (for progress bars)
+    expected: int | None = None  # the chunks the container promises, until it is written
     mark: float = 0.0
 
     def lap(self, name: str, now: float) -> None:
@@ -366,8 +366,9 @@ class VideoJob:
                 if chunk is None:
                     break
                 item.keeper.touch()
-                decode_s = self.clock() - item.mark
-                item.lap("decode", self.clock())
+                now = self.clock()
+                decode_s = now - item.mark
+                item.lap("decode", now)
                 self._check(item.keeper)
                 self._take_budget(item)
                 item.lap("wait", self.clock())
@@ -438,6 +439,7 @@ class VideoJob:
         if not self._persist(item.keeper, call, item.lease, index, total, work, expected).ok:
             item.keeper.lost.set()
             raise LeaseLost(f"checkpoint of chunk {index} refused")
+        item.expected = None  # written: not sent again with every chunk
 
     def _ack(self, item: _Item, uri: str, chunks: int, frames: int, status: Status) -> Outcome:
         stages = None if status is Status.ALREADY_DONE else {**item.timings, **item.inference}
