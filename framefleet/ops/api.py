@@ -340,7 +340,25 @@ def enqueue(body: ItemIn | BatchIn, queue: QueueDep, settings: SettingsDep) -> E
     return Enqueued(new=new, existing=existing)
 
 
-@router.get("/v1/items/{item_id}", response_model=ItemOut, dependencies=READ, responses=errors(404))
+@router.get("/v1/items/{item_id:path}/manifest", dependencies=READ, responses=errors(404))
+def get_manifest(item_id: str, queue: QueueDep, settings: SettingsDep) -> dict[str, Any]:
+    """The manifest of a done item's outputs (frames, chunks, model, decoder, timings and
+    where its detections are), read from the output store this API is configured with;
+    404 when the item is not done or its outputs are not in that store."""
+    from framefleet.workers.outputs import OutputStore  # pyarrow: only when asked
+
+    item = queue.get(item_id)
+    if item is None or not item.result:
+        raise HTTPException(404, f"no outputs for {item_id!r}")
+    try:
+        return OutputStore(settings.pipeline.out, settings.source).read_result(item.result)
+    except (OSError, ValueError) as exc:  # not in this store, or not readable now
+        raise HTTPException(404, f"{item.result}: {exc}") from None
+
+
+@router.get(
+    "/v1/items/{item_id:path}", response_model=ItemOut, dependencies=READ, responses=errors(404)
+)
 def get_item(item_id: str, queue: QueueDep, request: Request) -> ItemOut:
     item = queue.get(item_id)
     if item is None:
@@ -370,7 +388,7 @@ def list_items(
     return Page(items=[item_out(i, now_ms) for i in found], cursor=after)
 
 
-@router.delete("/v1/items/{item_id}", responses=errors(403, 404, 409))
+@router.delete("/v1/items/{item_id:path}", responses=errors(403, 404, 409))
 def cancel(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     """Cancel a queued or delayed item (it becomes a dead letter); 409 for another state."""
     item = queue.get(item_id)
@@ -463,22 +481,6 @@ def redis_info(queue: QueueDep) -> dict[str, Any]:
     return {"reachable": True, "server": server, **info}
 
 
-@router.get("/v1/items/{item_id}/manifest", dependencies=READ, responses=errors(404))
-def get_manifest(item_id: str, queue: QueueDep, settings: SettingsDep) -> dict[str, Any]:
-    """The manifest of a done item's outputs (frames, chunks, model, decoder, timings and
-    where its detections are), read from the output store this API is configured with;
-    404 when the item is not done or its outputs are not in that store."""
-    from framefleet.workers.outputs import OutputStore  # pyarrow: only when asked
-
-    item = queue.get(item_id)
-    if item is None or not item.result:
-        raise HTTPException(404, f"no outputs for {item_id!r}")
-    try:
-        return OutputStore(settings.pipeline.out, settings.source).read_result(item.result)
-    except (OSError, ValueError) as exc:  # not in this store, or not readable now
-        raise HTTPException(404, f"{item.result}: {exc}") from None
-
-
 def json_text(body: Any) -> str:
     return json.dumps(body, indent=2, sort_keys=True)
 
@@ -534,14 +536,14 @@ def _one_dead(
     queue.record({"who": who, "action": action, "ids": [item_id], "count": 1})
 
 
-@router.post("/v1/dead/{item_id}/retry", responses=errors(403, 404, 409))
+@router.post("/v1/dead/{item_id:path}/retry", responses=errors(403, 404, 409))
 def retry_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     """One dead letter back to the queue: the same item (id, uri, meta), fresh counts."""
     _one_dead(queue, item_id, who, "retry", queue.retry_dead)
     return {"id": item_id, "state": "queued"}
 
 
-@router.delete("/v1/dead/{item_id}", responses=errors(403, 404, 409))
+@router.delete("/v1/dead/{item_id:path}", responses=errors(403, 404, 409))
 def purge_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     """Delete one dead letter for good (its id becomes new again)."""
     _one_dead(queue, item_id, who, "purge", queue.purge_dead)

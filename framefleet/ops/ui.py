@@ -281,7 +281,14 @@ def items(
     )  # fmt: skip
 
 
-@router.get("/items/{item_id}")
+@router.get("/items/{item_id:path}/manifest")
+def manifest(request: Request, item_id: str) -> Response:
+    _reader(request)
+    body = api.get_manifest(item_id, _queue(request), request.app.state.settings)
+    return Response(api.json_text(body), media_type="application/json", headers=HEADERS)
+
+
+@router.get("/items/{item_id:path}")
 def item(request: Request, item_id: str) -> Response:
     role = _reader(request)
     queue = _queue(request)
@@ -302,13 +309,6 @@ def item(request: Request, item_id: str) -> Response:
         request, "item.html", role, page="/items", title=found.id, i=found, timings=timings,
         timings_max=max((s for _, s in timings), default=0), source=source or found.meta,
     )  # fmt: skip
-
-
-@router.get("/items/{item_id}/manifest")
-def manifest(request: Request, item_id: str) -> Response:
-    _reader(request)
-    body = api.get_manifest(item_id, _queue(request), request.app.state.settings)
-    return Response(api.json_text(body), media_type="application/json", headers=HEADERS)
 
 
 @router.get("/inflight")
@@ -425,21 +425,21 @@ async def resume(request: Request) -> Response:
     return _back(request, "/")
 
 
-@router.post("/items/{item_id}/cancel")
+@router.post("/items/{item_id:path}/cancel")
 async def cancel(request: Request, item_id: str) -> Response:
     who, _ = await _writer(request)
     await run_in_threadpool(api.cancel, item_id, _queue(request), who)
     return _back(request, f"/items/{quote(item_id)}")
 
 
-@router.post("/dead/{item_id}/retry")
+@router.post("/dead/{item_id:path}/retry")
 async def retry_one(request: Request, item_id: str) -> Response:
     who, _ = await _writer(request)
     await run_in_threadpool(api.retry_one, item_id, _queue(request), who)
     return _back(request, f"/items/{quote(item_id)}")
 
 
-@router.post("/dead/{item_id}/purge")
+@router.post("/dead/{item_id:path}/purge")
 async def purge_one(request: Request, item_id: str) -> Response:
     who, _ = await _writer(request)
     await run_in_threadpool(api.purge_one, item_id, _queue(request), who)

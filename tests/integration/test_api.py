@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -333,6 +334,28 @@ def test_dead_letters_by_class_retried_and_purged_with_a_count_and_a_reason(
     with api.client(READ) as reader:
         assert reader.post("/v1/dead/retry", json={"class": None}).status_code == 403
         assert reader.get("/v1/audit").status_code == 200
+
+
+def test_ids_with_slashes_are_reachable_at_every_route(api: Served) -> None:
+    """An id may hold `/` (a camera's path, say): every route that names an item takes it,
+    written as is or with the slashes encoded."""
+    with api.client() as c:
+        ids = ["cam1/2026-12-01/clip.mp4", "cam1/b"]
+        items = [{"uri": f"s3://v/{i}", "id": i} for i in ids]
+        assert c.post("/v1/items", json={"items": items}).json()["new"] == ids
+        slashed, short = ids
+        assert c.get(f"/v1/items/{slashed}").json()["id"] == slashed
+        assert c.get("/v1/items/" + quote(slashed, safe="")).json()["id"] == slashed
+        assert c.get("/v1/items/cam1").status_code == 404  # a prefix is not the item
+        assert c.get(f"/v1/items/{slashed}/manifest").status_code == 404  # not done yet
+        assert c.delete(f"/v1/items/{slashed}").json() == {"id": slashed, "state": "dead"}
+        assert c.get(f"/v1/items/{slashed}").json()["state"] == "dead"
+        assert c.post(f"/v1/dead/{slashed}/retry").json() == {"id": slashed, "state": "queued"}
+        assert c.get(f"/v1/items/{short}").json()["state"] == "queued"  # untouched
+        assert c.delete(f"/v1/items/{slashed}").status_code == 200
+        assert c.delete(f"/v1/dead/{slashed}").json() == {"id": slashed, "state": "purged"}
+        assert c.get(f"/v1/items/{slashed}").status_code == 404
+        assert c.get(f"/v1/items/{short}").status_code == 200
 
 
 def _aws_record(key: str, event: str = "ObjectCreated:Put", **obj: Any) -> dict[str, Any]:

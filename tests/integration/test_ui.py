@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import numpy as np
@@ -700,6 +700,26 @@ def test_writes_from_the_pages_change_the_queue_and_the_bulk_ones_are_confirmed_
             "write", "retry", "corrupt", "3", "decoder fixed in 1.4"
         ]  # fmt: skip
         assert api.get("/v1/dead/groups").json() == {"groups": {"cancelled": 1}, "total": 1}
+
+
+def test_an_id_with_slashes_has_its_page_links_and_actions(dash: Dash) -> None:
+    served, queue = dash.served, dash.queue
+    slashed = "cam1/2026-12-01/clipé#1.mp4"
+    queue.enqueue([NewItem(uri="s3://v/cam1/clip.mp4", id=slashed)])
+    href = "/ui/items/" + quote(slashed)  # as the pages write it: the slashes as they are
+    with _login(served) as browser, served.client() as api:
+        listed = _page(browser, "/ui/items?state=queued")
+        assert [a.attrs["href"] for td in listed.all("td", "id") for a in td.all("a")] == [href]
+        page = _page(browser, href)
+        assert slashed in page.one("h1").text()
+        assert _write_forms(page) == [href + "/cancel"]
+        cancelled = browser.post(href + "/cancel", headers=SAME)
+        assert cancelled.status_code == 303 and cancelled.headers["location"] == href
+        assert api.get("/v1/items/" + quote(slashed)).json()["state"] == "dead"
+        assert f"/ui/dead/{quote(slashed)}/retry" in _write_forms(_page(browser, "/ui/dead"))
+        retried = browser.post(f"/ui/dead/{quote(slashed)}/retry", headers=SAME)
+        assert retried.status_code == 303 and retried.headers["location"] == href
+        assert api.get("/v1/items/" + quote(slashed)).json()["state"] == "queued"
 
 
 def test_a_write_from_another_site_or_from_nowhere_is_refused(dash: Dash) -> None:
