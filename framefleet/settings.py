@@ -303,6 +303,10 @@ class ApiSettings:
     read_token: str | None = None  # FRAMEFLEET_API_READ_TOKEN: may only GET
     read_only: bool = False  # FRAMEFLEET_API_READ_ONLY: refuse every write
     root_path: str = ""  # FRAMEFLEET_API_ROOT_PATH: served under this sub-path by a proxy
+    # FRAMEFLEET_API_FORWARDED_ALLOW_IPS: the proxies whose X-Forwarded-Proto/-For are
+    # believed (comma-separated addresses or networks, "*" for any): behind one that ends TLS
+    # the dashboard's cookie is then Secure
+    forwarded_allow_ips: str = "127.0.0.1"
     max_body_bytes: int = 8 * 1024 * 1024  # FRAMEFLEET_API_MAX_BODY_BYTES
     # FRAMEFLEET_S3_EVENT_SUFFIXES: the keys S3 events enqueue, by suffix (comma-separated,
     # any case; "*": every key)
@@ -473,6 +477,7 @@ _API_ENV = {
     "read_token": "FRAMEFLEET_API_READ_TOKEN",
     "read_only": "FRAMEFLEET_API_READ_ONLY",
     "root_path": "FRAMEFLEET_API_ROOT_PATH",
+    "forwarded_allow_ips": "FRAMEFLEET_API_FORWARDED_ALLOW_IPS",
     "max_body_bytes": "FRAMEFLEET_API_MAX_BODY_BYTES",
     "s3_event_suffixes": "FRAMEFLEET_S3_EVENT_SUFFIXES",
 }

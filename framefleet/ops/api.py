@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -728,15 +728,22 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
 
 
 class RootPath:
-    """ASGI middleware: FRAMEFLEET_API_ROOT_PATH as the scope's root_path, for a proxy that
-    keeps the prefix in the path (/ff/v1/queue routes as /v1/queue; links, redirects and
-    cookies carry /ff). FastAPI's own root_path parameter did this, and is deprecated."""
+    """ASGI middleware: FRAMEFLEET_API_ROOT_PATH as the scope's root_path (/ff/v1/queue
+    routes as /v1/queue; links, redirects and cookies carry /ff). A proxy may keep the prefix
+    in the path or strip it: a stripped path gets it back, since Starlette's mounts (the
+    dashboard's assets) find their files only under a path that starts with the root path.
+    FastAPI's own root_path parameter did the first half, and is deprecated."""
 
     def __init__(self, app: Any, root: str) -> None:
         self.app, self.root = app, root
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path != self.root and not path.startswith(self.root + "/"):
+                scope["path"] = self.root + path
+                if scope.get("raw_path") is not None:
+                    scope["raw_path"] = quote(self.root).encode() + scope["raw_path"]
             scope["root_path"] = self.root
         await self.app(scope, receive, send)
 
@@ -795,28 +802,35 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def serve(settings: Settings, queue: Queue) -> int:
     """Serve the API until SIGTERM or Ctrl-C (requests in flight are finished, within 10 s).
     With no token configured it binds only a loopback address."""
-    import uvicorn
-
     api = settings.api
     if api.write_token() is None and api.host not in LOOPBACK:
         raise SystemExit(
             f"refusing to serve the API on {api.host} without a token: set"
             " FRAMEFLEET_API_TOKEN or FRAMEFLEET_API_TOKEN_FILE (or bind 127.0.0.1)"
         )
-    app = BodyLimit(create_app(settings, queue), api.max_body_bytes)
     # A thread validating and enqueueing a big batch holds the GIL: the event loop gets it
     # back every 1 ms instead of 5, so short requests meanwhile wait less (bench/api.py).
     sys.setswitchinterval(0.001)
-    config = uvicorn.Config(
-        app,
+    _server_class()(server_config(settings, queue)).run()
+    return 0
+
+
+def server_config(settings: Settings, queue: Queue, port: int | None = None) -> Any:
+    """uvicorn's configuration of the API (the app inside its body limit), on the settings'
+    address (or `port`)."""
+    import uvicorn
+
+    api = settings.api
+    return uvicorn.Config(
+        BodyLimit(create_app(settings, queue), api.max_body_bytes),
         host=api.host,
-        port=api.port,
+        port=api.port if port is None else port,
         log_level="warning",
         timeout_graceful_shutdown=10,
         access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=api.forwarded_allow_ips,
     )
-    _server_class()(config).run()
-    return 0
 
 
 def _server_class() -> type:

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from redis import Redis
 
-from framefleet.ops.api import BodyLimit, create_app
+from framefleet.ops.api import server_config
 from framefleet.queue import Queue, Supervision
 from framefleet.settings import ApiSettings, QueueSettings, Settings, SourceSettings
 from tests.conftest import ManualClock
@@ -30,10 +30,8 @@ class Served:
     """One app on uvicorn in a thread, on a free loopback port."""
 
     def __init__(self, settings: Settings, queue: Queue) -> None:
-        app = BodyLimit(create_app(settings, queue), settings.api.max_body_bytes)
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(server_config(settings, queue, self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 

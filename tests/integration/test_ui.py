@@ -847,6 +847,41 @@ def test_under_a_root_path_links_assets_redirects_and_the_cookie_carry_it(
         assert browser.get("/ff/ui/").status_code == 303
 
 
+def test_behind_a_proxy_that_strips_the_prefix_and_ends_tls(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """A proxy may take /ff off the path (nginx's `proxy_pass http://api/;`): the routes
+    still match and the links still carry /ff. One that ends TLS says so in X-Forwarded-Proto:
+    believed from FRAMEFLEET_API_FORWARDED_ALLOW_IPS (loopback by default), the cookie is then
+    Secure; from another address the header is not believed."""
+    https = {**SAME, "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"}
+    login = {"token": WRITE, "next": "/dead"}
+    settings = _ui_settings(tmp_path, "ui-strip", root_path="/ff")
+    queue = Queue(valkey_client, settings.queue)
+    [dead] = _kill(queue, 1, "corrupt", "cam1")
+    with Served(settings, queue) as served, served.client(None) as browser:
+        plain = browser.post("/ui/login", data=login, headers=SAME)  # as the proxy sends it
+        assert plain.status_code == 303 and plain.headers["location"] == "/ff/ui/dead"
+        assert "Path=/ff/ui/" in plain.headers["set-cookie"]
+        assert "secure" not in plain.headers["set-cookie"].lower()
+        # the browser sends its cookie to /ff/ui/dead, which reaches us as /ui/dead
+        cookie = {"Cookie": plain.headers["set-cookie"].split(";")[0]}
+        got = browser.get("/ui/dead", headers=cookie)
+        assert got.status_code == 200, got.text[:300]
+        html = parse(got.text)
+        refs = [n.attrs[k] for n in html for k in ("href", "src", "action") if k in n.attrs]
+        assert refs and all(r.startswith("/ff/") for r in refs if r != "#"), refs
+        assert _ids(html) == [dead] and browser.get("/ui/static/app.js").status_code == 200
+        tls = browser.post("/ui/login", data=login, headers=https)
+        assert tls.status_code == 303 and "; secure" in tls.headers["set-cookie"].lower()
+        with served.client() as api:
+            assert api.get("/v1/queue").json()["counts"]["dead"] == 1
+    untrusted = replace(settings, api=replace(settings.api, forwarded_allow_ips="192.0.2.1"))
+    with Served(untrusted, queue) as served, served.client(None) as browser:
+        tls = browser.post("/ui/login", data=login, headers=https)
+        assert tls.status_code == 303 and "secure" not in tls.headers["set-cookie"].lower()
+
+
 # -- 8. a page's cost ------------------------------------------------------------------------
 
 

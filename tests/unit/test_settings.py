@@ -236,6 +236,7 @@ VARIABLES: dict[str, tuple[str, object, object]] = {
     "FRAMEFLEET_API_READ_TOKEN": ("api.read_token", None, "r" * 24),
     "FRAMEFLEET_API_READ_ONLY": ("api.read_only", False, True),
     "FRAMEFLEET_API_ROOT_PATH": ("api.root_path", "", "/ff"),
+    "FRAMEFLEET_API_FORWARDED_ALLOW_IPS": ("api.forwarded_allow_ips", "127.0.0.1", "10.0.0.0/8"),
     "FRAMEFLEET_API_MAX_BODY_BYTES": ("api.max_body_bytes", 8 * 1024 * 1024, 4096),
     "FRAMEFLEET_S3_EVENT_SUFFIXES": ("api.s3_event_suffixes", ",".join(VIDEO_SUFFIXES), "*"),
 }
