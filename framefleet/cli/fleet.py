@@ -103,7 +103,7 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     """The HTTP API in the foreground, until SIGTERM or Ctrl-C."""
-    from framefleet.ops.api import serve
+    from framefleet.ops.server import serve
 
     settings = replace(settings, api=_api_settings(settings.api, args.host, args.port))
     if args.child_of is not None:
@@ -145,7 +145,7 @@ def _api_banner(api: ApiSettings) -> str:
 
 def _api_refused(api: ApiSettings) -> str | None:
     """Why the API would refuse to start as configured (serve() says the same), or None."""
-    from framefleet.ops.api import LOOPBACK
+    from framefleet.ops.server import LOOPBACK
 
     if api.write_token() is None and api.host not in LOOPBACK:
         return (

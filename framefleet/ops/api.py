@@ -6,22 +6,20 @@ names it (422), a local path outside FRAMEFLEET_ALLOWED_ROOTS and an http(s) URL
 names a private, loopback or link-local address are refused at enqueue by the policy the
 workers apply at fetch time. Here: items, the queue, dead letters (grouped by class, bulk
 actions with a dry run), the audit log, workers, health, S3 event notifications and
-Prometheus metrics (ops/metrics.py).
+Prometheus metrics (ops/metrics.py). The models are in ops/schemas.py; serving it (uvicorn,
+the root path, the body limit) in ops/server.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
-import signal
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -29,13 +27,12 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from framefleet.netpolicy import URLRefused, check_url
-from framefleet.queue import Item, NewItem, Queue, State, Supervision
+from framefleet.queue import NewItem, Queue, State, Supervision
 from framefleet.queue.model import InvalidItem
 from framefleet.queue.queue import FIND_CAP
 from framefleet.settings import Settings
@@ -43,178 +40,25 @@ from framefleet.settings import Settings
 from .auth import TokenGate, Tokens, may_read, may_write
 from .metrics import registry as metrics_registry
 from .s3events import records
+from .schemas import (
+    WINDOWS_MIN,
+    BatchIn,
+    Bulk,
+    Enqueued,
+    Existing,
+    ItemIn,
+    ItemOut,
+    Page,
+    QueueOut,
+    Readiness,
+    Throughput,
+    Utf8,
+    WorkerOut,
+    errors,
+    item_out,
+)
 
-MAX_BATCH = 10_000
 log = logging.getLogger(__name__)
-MetaValue = StrictStr | StrictInt | float | bool | None
-
-
-def _utf8(text: str) -> str:
-    try:
-        text.encode()
-    except UnicodeEncodeError:  # JSON may carry a lone surrogate ("\ud800"); Redis may not
-        raise ValueError("not valid UTF-8 (a lone surrogate)") from None
-    return text
-
-
-Utf8 = Annotated[StrictStr, AfterValidator(_utf8)]
-
-
-class ItemIn(BaseModel):
-    """One video to process, by reference (the fields of Queue.enqueue)."""
-
-    model_config = ConfigDict(extra="forbid")
-    uri: StrictStr
-    id: StrictStr | None = None
-    priority: StrictInt | StrictStr = 5
-    etag: StrictStr | None = None
-    size: StrictInt | None = None
-    meta: dict[str, MetaValue] | None = None
-
-
-class BatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[ItemIn] = Field(min_length=1, max_length=MAX_BATCH)
-
-
-class Existing(BaseModel):
-    id: str
-    state: str | None
-
-
-class Enqueued(BaseModel):
-    new: list[str]
-    existing: list[Existing]
-
-
-class ItemOut(BaseModel):
-    id: str
-    uri: str
-    state: str
-    priority: int
-    attempts: int
-    deliveries: int
-    chunks_done: int
-    chunks_total: int | None
-    chunks_expected: int | None  # what the container promises, until chunks_total is known
-    owner: str | None
-    finished_by: str | None  # the worker that acknowledged it, once done
-    lease_age_s: float | None
-    lease_left_s: float | None  # until the lease runs out unless renewed
-    last_error: str | None
-    dead_reason: str | None
-    dead_class: str | None
-    result: str | None
-    created_at: float | None
-    claimed_at: float | None
-    done_at: float | None
-    meta: dict[str, Any]
-
-
-class Page(BaseModel):
-    items: list[ItemOut]
-    cursor: str | None  # pass back for the next page; None: this was the last
-
-
-WINDOWS_MIN = (1, 5, 15, 60)
-
-
-class Throughput(BaseModel):
-    done: int
-    dead: int
-    per_s: float  # videos finished (done or dead) a second over the window
-
-
-class QueueOut(BaseModel):
-    name: str
-    counts: dict[str, int]
-    oldest_queued_age_s: float | None
-    paused: bool
-    counters: dict[str, int]
-    throughput: dict[str, Throughput]  # "1m", "5m", "15m", "60m"
-    drain_s: float | None  # the backlog at the last 5 minutes' rate (None: nothing finishes)
-
-
-class Bulk(BaseModel):
-    """A bulk action on dead letters: first without `confirm` (a dry run: the count it
-    would touch), then with that count back as `confirm` and a `reason`."""
-
-    model_config = ConfigDict(extra="forbid")
-    dead_class: Utf8 | None = Field(None, alias="class")  # None: every class
-    confirm: StrictInt | None = None
-    reason: Utf8 | None = Field(None, min_length=1, max_length=500)
-
-
-class WorkerOut(BaseModel):
-    name: str
-    kind: str
-    node: str | None  # the Ray node id, as its heartbeats say
-    host: str | None
-    pid: int | None
-    heartbeat_age_s: float
-    items: list[str]
-
-
-class Readiness(BaseModel):
-    ready: bool
-    problems: list[str]
-
-
-class Problem(BaseModel):
-    """An error: why in words (with the item's index or state where there is one), or
-    FastAPI's list of the fields that fail validation."""
-
-    detail: str | dict[str, Any] | list[dict[str, Any]]
-
-
-WHY = {
-    400: "the body is not JSON (or, for S3 events, not an event notification)",
-    401: "no token, or a wrong one",
-    403: "a write with the read token, or the API is read-only",
-    404: "no such item",
-    409: "the item is in another state, or the count changed since the dry run",
-    413: "the body is over FRAMEFLEET_API_MAX_BODY_BYTES",
-    422: "what is wrong with the input",
-    503: "the queue's Redis does not answer",
-}
-
-
-def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The schema's `responses` for the errors a route answers besides FastAPI's own 422."""
-    return {code: {"model": Problem, "description": WHY[code]} for code in codes}
-
-
-def _seconds(ms: int | None) -> float | None:
-    return None if ms is None else ms / 1000
-
-
-def item_out(item: Item, now_ms: int) -> ItemOut:
-    leased = item.state == "leased"
-    return ItemOut(
-        id=item.id,
-        uri=item.uri,
-        state=str(item.state),
-        priority=item.priority,
-        attempts=item.attempts,
-        deliveries=item.deliveries,
-        chunks_done=item.chunks_done,
-        chunks_total=item.chunks_total,
-        chunks_expected=item.chunks_expected,
-        owner=item.owner if leased else None,
-        finished_by=item.owner if item.state == "done" else None,
-        lease_age_s=(now_ms - item.claimed_ms) / 1000 if leased and item.claimed_ms else None,
-        lease_left_s=(
-            (item.lease_until_ms - now_ms) / 1000 if leased and item.lease_until_ms else None
-        ),
-        last_error=item.last_error,
-        dead_reason=item.dead_reason,
-        dead_class=item.dead_class,
-        result=item.result,
-        created_at=_seconds(item.created_ms),
-        claimed_at=_seconds(item.claimed_ms),
-        done_at=_seconds(item.done_ms or item.dead_ms),
-        meta=dict(item.meta),
-    )
 
 
 def _refused_by_policy(uri: str, settings: Settings, hosts: dict[str, str | None]) -> str | None:
@@ -673,9 +517,11 @@ async def _method_not_allowed(request: Request, exc: Exception) -> Response:
         if isinstance(route, Route) and route.matches(request.scope)[0] == Match.PARTIAL
     ]
     # a path of its own is its own resource, as the schema lists it: /v1/dead/groups is
-    # GET only, whatever /v1/dead/{item_id} (DELETE) beside it would also match
+    # GET only, whatever /v1/dead/{item_id} (DELETE) beside it would also match; else the
+    # first route that matches names it (/v1/items/x/manifest is not /v1/items/{item_id})
     literal = [route for route in partial if not route.param_convertors]
-    methods = {m for route in literal or partial for m in route.methods or ()}
+    first = [route for route in partial if partial and route.path == partial[0].path]
+    methods = {m for route in literal or first for m in route.methods or ()}
     if not methods:  # none of the API's own: Starlette's word for it
         methods = set((getattr(exc, "headers", None) or {}).get("Allow", "").split(", ")) - {""}
     allow = {"Allow": ", ".join(sorted(methods))}
@@ -722,128 +568,4 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
     app.add_exception_handler(RequestValidationError, _invalid_input)
     app.add_exception_handler(405, _method_not_allowed)
     app.add_middleware(TokenGate)  # the token before the body is read (auth.py)
-    if settings.api.root_path:  # outermost: TokenGate and the routes see it
-        app.add_middleware(RootPath, root=settings.api.root_path.rstrip("/"))
     return app
-
-
-class RootPath:
-    """ASGI middleware: FRAMEFLEET_API_ROOT_PATH as the scope's root_path (/ff/v1/queue
-    routes as /v1/queue; links, redirects and cookies carry /ff). A proxy may keep the prefix
-    in the path or strip it: a stripped path gets it back, since Starlette's mounts (the
-    dashboard's assets) find their files only under a path that starts with the root path.
-    FastAPI's own root_path parameter did the first half, and is deprecated."""
-
-    def __init__(self, app: Any, root: str) -> None:
-        self.app, self.root = app, root
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            path: str = scope["path"]
-            if path != self.root and not path.startswith(self.root + "/"):
-                scope["path"] = self.root + path
-                if scope.get("raw_path") is not None:
-                    scope["raw_path"] = quote(self.root).encode() + scope["raw_path"]
-            scope["root_path"] = self.root
-        await self.app(scope, receive, send)
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over `limit` bytes is answered 413 before the app
-    sees it: by its Content-Length, or, sent without one, counted as it is read (it is then
-    held, at most `limit` bytes, and handed to the app whole)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > self.limit:
-                await _too_large(send, self.limit)
-                return
-            await self.app(scope, receive, send)
-            return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await _too_large(send, self.limit)
-                return
-        sent = False
-
-        async def replay() -> Any:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-
-async def _too_large(send: Any, limit: int) -> None:
-    body = f'{{"detail":"the request body is over {limit} bytes"}}'.encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 413, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
-def serve(settings: Settings, queue: Queue) -> int:
-    """Serve the API until SIGTERM or Ctrl-C (requests in flight are finished, within 10 s).
-    With no token configured it binds only a loopback address."""
-    api = settings.api
-    if api.write_token() is None and api.host not in LOOPBACK:
-        raise SystemExit(
-            f"refusing to serve the API on {api.host} without a token: set"
-            " FRAMEFLEET_API_TOKEN or FRAMEFLEET_API_TOKEN_FILE (or bind 127.0.0.1)"
-        )
-    # A thread validating and enqueueing a big batch holds the GIL: the event loop gets it
-    # back every 1 ms instead of 5, so short requests meanwhile wait less (bench/api.py).
-    sys.setswitchinterval(0.001)
-    _server_class()(server_config(settings, queue)).run()
-    return 0
-
-
-def server_config(settings: Settings, queue: Queue, port: int | None = None) -> Any:
-    """uvicorn's configuration of the API (the app inside its body limit), on the settings'
-    address (or `port`)."""
-    import uvicorn
-
-    api = settings.api
-    return uvicorn.Config(
-        BodyLimit(create_app(settings, queue), api.max_body_bytes),
-        host=api.host,
-        port=api.port if port is None else port,
-        log_level="warning",
-        timeout_graceful_shutdown=10,
-        access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips=api.forwarded_allow_ips,
-    )
-
-
-def _server_class() -> type:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server, whose SIGTERM or Ctrl-C ends the process with exit 0 once the
-        requests in flight are done (uvicorn's own re-raises the signal at the end)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self.handle_exit)
-            yield
-
-    return Server

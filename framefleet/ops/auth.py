@@ -1,7 +1,7 @@
 """Who may call the API: a bearer token on every route but /healthz, compared in constant
 time. The write token may do anything; the read token (if set) only GET; read-only mode
 refuses every write whatever the token. With no token configured the API serves loopback
-only (api.serve checks), and lets every local caller through.
+only (server.serve checks), and lets every local caller through.
 
 TokenGate checks the token before anything else runs, for every path: FastAPI reads and parses
 a route's JSON body before the route's own dependencies (may_read, may_write) are called, and

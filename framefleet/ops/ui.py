@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from framefleet.queue import Queue, State
 from framefleet.settings import Settings
 
-from . import api, session
+from . import api, schemas, session
 
 PREFIX = "/ui"
 REFRESH_S = 5
@@ -459,7 +459,7 @@ async def bulk(request: Request) -> Response:
     if confirm is not None and not (confirm.isascii() and confirm.isdigit()):
         raise HTTPException(422, "confirm must be the count the dry run showed")
     try:
-        body = api.Bulk.model_validate(
+        body = schemas.Bulk.model_validate(
             {"class": cls, "confirm": None if confirm is None else int(confirm),
              "reason": form.get("reason") or None}
         )  # fmt: skip

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from redis import Redis
 
-from framefleet.ops.api import server_config
+from framefleet.ops.server import server_config
 from framefleet.queue import Queue, Supervision
 from framefleet.settings import ApiSettings, QueueSettings, Settings, SourceSettings
 from tests.conftest import ManualClock

@@ -1,0 +1,142 @@
+"""Serving the API: uvicorn's configuration, a graceful SIGTERM, and the two ASGI layers
+outside the app (the root path a proxy serves it under, and the body limit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from framefleet.queue import Queue
+from framefleet.settings import Settings
+
+from .api import create_app
+
+
+class RootPath:
+    """ASGI middleware: FRAMEFLEET_API_ROOT_PATH as the scope's root_path (/ff/v1/queue
+    routes as /v1/queue; links, redirects and cookies carry /ff). A proxy may keep the prefix
+    in the path or strip it: a stripped path gets it back, since Starlette's mounts (the
+    dashboard's assets) find their files only under a path that starts with the root path.
+    FastAPI's own root_path parameter did the first half, and is deprecated."""
+
+    def __init__(self, app: Any, root: str) -> None:
+        self.app, self.root = app, root
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path != self.root and not path.startswith(self.root + "/"):
+                scope["path"] = self.root + path
+                if scope.get("raw_path") is not None:
+                    scope["raw_path"] = quote(self.root).encode() + scope["raw_path"]
+            scope["root_path"] = self.root
+        await self.app(scope, receive, send)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before the app
+    sees it: by its Content-Length, or, sent without one, counted as it is read (it is then
+    held, at most `limit` bytes, and handed to the app whole)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await _too_large(send, self.limit)
+                return
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await _too_large(send, self.limit)
+                return
+        sent = False
+
+        async def replay() -> Any:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = f'{{"detail":"the request body is over {limit} bytes"}}'.encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def serve(settings: Settings, queue: Queue) -> int:
+    """Serve the API until SIGTERM or Ctrl-C (requests in flight are finished, within 10 s).
+    With no token configured it binds only a loopback address."""
+    api = settings.api
+    if api.write_token() is None and api.host not in LOOPBACK:
+        raise SystemExit(
+            f"refusing to serve the API on {api.host} without a token: set"
+            " FRAMEFLEET_API_TOKEN or FRAMEFLEET_API_TOKEN_FILE (or bind 127.0.0.1)"
+        )
+    # A thread validating and enqueueing a big batch holds the GIL: the event loop gets it
+    # back every 1 ms instead of 5, so short requests meanwhile wait less (bench/api.py).
+    sys.setswitchinterval(0.001)
+    _server_class()(server_config(settings, queue)).run()
+    return 0
+
+
+def server_config(settings: Settings, queue: Queue, port: int | None = None) -> Any:
+    """uvicorn's configuration of the API (the app inside its body limit, under its root
+    path), on the settings' address (or `port`)."""
+    import uvicorn
+
+    api = settings.api
+    app: Any = BodyLimit(create_app(settings, queue), api.max_body_bytes)
+    if api.root_path:  # outermost: the token gate and the routes see it
+        app = RootPath(app, api.root_path.rstrip("/"))
+    return uvicorn.Config(
+        app,
+        host=api.host,
+        port=api.port if port is None else port,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips=api.forwarded_allow_ips,
+    )
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, whose SIGTERM or Ctrl-C ends the process with exit 0 once the
+        requests in flight are done (uvicorn's own re-raises the signal at the end)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self.handle_exit)
+            yield
+
+    return Server
