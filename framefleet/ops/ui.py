@@ -32,6 +32,7 @@ from framefleet.queue import Queue, State
 from framefleet.settings import Settings
 
 from . import api, schemas, session
+from .units import duration
 
 PREFIX = "/ui"
 REFRESH_S = 5
@@ -74,20 +75,6 @@ def static_files() -> StaticFiles:
 
 
 # -- formatting ------------------------------------------------------------------------------
-
-
-def duration(seconds: float) -> str:
-    """3.2 s, 4 min 10 s, 2 h 5 min, 3 d 4 h."""
-    s = max(0.0, float(seconds))
-    if s < 10:
-        return f"{s:.1f} s"
-    if s < 60:
-        return f"{s:.0f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60)} s"
-    if s < 86400:
-        return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
-    return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
 
 
 def _bytes(n: float) -> str:

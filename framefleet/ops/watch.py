@@ -24,6 +24,8 @@ from rich.text import Text
 
 from framefleet.queue import Item, Queue, Stats, Supervision
 
+from . import units
+
 WINDOWS_MIN = (1, 5, 15)  # throughput windows shown, in minutes
 DRAIN_WINDOW_MIN = 5  # the rate the drain time is counted at (as /v1/queue's drain_s)
 BACKLOG = ("queued", "delayed", "leased", "inbox")  # what is left to do
@@ -92,22 +94,8 @@ def read_frame(queue: Queue, limit: int = 20, clock: Callable[[], float] = time.
 
 
 def duration(seconds: float | None) -> str:
-    """A short human duration: 850ms, 4.2s, 42s, 3m 05s, 2h 10m, 3d 04h."""
-    if seconds is None:
-        return "—"
-    s = max(0.0, seconds)
-    if s < 1:
-        return f"{s * 1000:.0f}ms"
-    if s < 9.95:
-        return f"{s:.1f}s"
-    whole = round(s)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
+    """A terminal's short duration: 850ms, 4.2s, 42s, 3m 05s, 2h 10m, 3d 04h."""
+    return units.duration(seconds, short=True)
 
 
 # -- watch -----------------------------------------------------------------------------------

@@ -458,8 +458,8 @@ def test_every_page_shows_the_figures_the_api_gives(dash: Dash, valkey_client: R
         assert manifest.json()["rows"] == 1 and manifest.headers["x-frame-options"] == "DENY"
         timings = {tr.one("th").text(): tr.one("td", "num").text()
                    for tr in done.one("table", "timings").all("tr")}  # fmt: skip
-        assert timings == {"fetch": "0.2 s", "decode": "1.5 s", "model (at the actors)": "0.8 s",
-                           "write outputs (at the actors)": "0.1 s", "total": "2.5 s"}  # fmt: skip
+        assert timings == {"fetch": "250 ms", "decode": "1.5 s", "model (at the actors)": "750 ms",
+                           "write outputs (at the actors)": "125 ms", "total": "2.5 s"}  # fmt: skip
         finished = {dt.text(): dd.text() for dt, dd in zip(done.all("dt"), done.all("dd"),
                     strict=False)}  # fmt: skip
         by = api.get("/v1/items/cam1-done").json()["finished_by"]

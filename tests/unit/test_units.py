@@ -1,0 +1,27 @@
+"""How durations read on the dashboard and in the terminal."""
+
+from __future__ import annotations
+
+import pytest
+
+from framefleet.ops.units import duration
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words", "short"),
+    [
+        (None, "—", "—"),
+        (-3, "0 ms", "0ms"),
+        (0.85, "850 ms", "850ms"),
+        (4.24, "4.2 s", "4.2s"),
+        (9.96, "10 s", "10s"),  # not "10.0"
+        (42.4, "42 s", "42s"),
+        (59.6, "1 min 00 s", "1m 00s"),
+        (185, "3 min 05 s", "3m 05s"),
+        (7800, "2 h 10 min", "2h 10m"),
+        (3 * 86400 + 4 * 3600 + 59, "3 d 04 h", "3d 04h"),
+    ],
+)
+def test_durations(seconds: float | None, words: str, short: str) -> None:
+    assert duration(seconds) == words
+    assert duration(seconds, short=True) == short
