@@ -45,15 +45,19 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
         queue.enqueue(
             [NewItem(i.uri, id=i.id, priority=i.priority, etag=i.etag) for i in again], force=True
         )
-    coordinator = Coordinator(settings, redis_url)
     started = time.monotonic()
     progress = Progress(queue, ids, out)
-    code = coordinator.run(until=progress.finished)
-    progress.finished()
+    code = 0
+    if progress.settled():
+        out.write("each video is done or dead already: no fleet started")
+    else:
+        coordinator = Coordinator(settings, redis_url)
+        code = coordinator.run(until=progress.finished)
+        progress.finished()
+        if coordinator.fatal is not None:
+            out.write(f"\nerror: {coordinator.fatal}\n{_hint(coordinator.fatal)}")
+            return 2
     out.write("\n")
-    if coordinator.fatal is not None:
-        out.write(f"error: {coordinator.fatal}\n{_hint(coordinator.fatal)}")
-        return 2
     return summarize(settings, queue, ids, time.monotonic() - started, out) if code == 0 else code
 
 
@@ -77,6 +81,11 @@ class Progress:
     def __init__(self, queue: Queue, ids: list[str], out: TextIO) -> None:
         self.queue, self.ids, self.out = queue, ids, out
         self.supervision = Supervision(queue)
+
+    def settled(self) -> bool:
+        """Whether every video is done or dead (nothing printed)."""
+        states = self.queue.states(self.ids)
+        return states.count("done") + states.count("dead") == len(self.ids)
 
     def finished(self) -> bool:
         states = self.queue.states(self.ids)

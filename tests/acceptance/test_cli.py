@@ -544,6 +544,7 @@ def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.long  # 85 s: a Ray fleet and Ray Data, cold and warm, on a 2-core machine
 def test_bench_pipeline_quick_prints_one_json_line(tmp_path: Path) -> None:
     """The pipeline benchmark runs end to end on two short clips; figures not judged."""
     proc = ff(tmp_path, "bench", "pipeline", "--quick")
@@ -645,6 +646,7 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
         env=env,
     )
     assert "done 2 of 2, dead 0" in again.stderr
+    assert "no fleet started" in again.stderr and "starting the fleet" not in again.stderr
     after = ff_json(tmp_path / "redis", "--queue", "run", "stats")["counters"]
     work = ("enqueued_total", "claimed_total", "chunks_total", "acked_total", "released_total")
     assert {k: after.get(k, 0) for k in work} == {k: counters.get(k, 0) for k in work}
