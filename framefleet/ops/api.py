@@ -34,7 +34,7 @@ from starlette.routing import Match, Route
 from framefleet.netpolicy import URLRefused, check_url
 from framefleet.queue import NewItem, Queue, State, Supervision
 from framefleet.queue.model import InvalidItem
-from framefleet.queue.queue import FIND_CAP
+from framefleet.queue.reader import FIND_CAP
 from framefleet.settings import Settings
 
 from .auth import TokenGate, Tokens, may_read, may_write

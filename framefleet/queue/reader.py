@@ -1,0 +1,296 @@
+"""Reading a queue: every query that changes nothing (items, pages, counts, dead letters by
+class, throughput, metrics, the audit log, the server). `Queue` (queue.py) adds the
+transitions on top; both are thin handles that keep no state of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from framefleet.settings import QueueSettings
+
+from .keys import STATES, Keys
+from .metrics import HISTOGRAMS, STAGES
+from .model import Histogram, Item, Metrics, Stats, check_id
+from .scripts import Scripts
+
+Clock = Callable[[], int]
+FIND_CAP = 10_000  # the matches QueueReader.find sorts at most
+
+
+class QueueReader:
+    """One Redis client and one `QueueSettings`: the queue's reads, and the script runner
+    the transitions share."""
+
+    def __init__(
+        self,
+        client: Redis,
+        settings: QueueSettings | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.settings = settings or QueueSettings()
+        self.keys = Keys(self.settings.prefix, self.settings.name)
+        self._scripts = Scripts(client)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._ingested_at = -math.inf  # monotonic: when claim last ingested the inbox
+
+    def _now(self) -> str:
+        return "" if self._clock is None else str(self._clock())
+
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts.run(name, self.keys.base, [self._now(), *args])
+
+    def now_ms(self) -> int:
+        """The queue's time: the server's clock, or the test clock it was given."""
+        now = self._now()
+        return int(now) if now else _server_ms(self.client.time())
+
+    # -- items ---------------------------------------------------------------------------------
+
+    def get(self, item_id: str) -> Item | None:
+        found = self._items([item_id])
+        return found[0] if found else None
+
+    def items(self, ids: Sequence[str]) -> list[Item]:
+        """The items among ids that exist, in batches of batch_size per round trip."""
+        step = self.settings.batch_size
+        return [item for i in range(0, len(ids), step) for item in self._items(ids[i : i + step])]
+
+    def states(self, ids: Sequence[str]) -> list[str | None]:
+        """Each item's state (None for an unknown id), batch_size per round trip: cheap
+        enough to follow thousands of items every second."""
+        found: list[str | None] = []
+        for i in range(0, len(ids), self.settings.batch_size):
+            pipe = self.client.pipeline(transaction=False)
+            for item_id in ids[i : i + self.settings.batch_size]:
+                pipe.hget(self.keys.item(check_id(item_id)), "state")
+            found += [None if s is None else str(s) for s in pipe.execute()]
+        return found
+
+    def items_in(self, state: str, offset: int = 0, limit: int = 100) -> list[Item]:
+        """Items in one state, oldest first (queued: in claim order)."""
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        ids = self.client.zrange(self.keys.state(state), offset, offset + limit - 1)
+        return self._items(cast(list[str], ids))
+
+    def find(self, prefix: str, limit: int = 100) -> list[Item]:
+        """The newest `limit` items whose id starts with `prefix`, in any state, of the
+        first FIND_CAP that match. A SCAN over the queue's item keys: an operator's search
+        (O(keys)), not a hot path."""
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        glob = re.sub(r"([*?\[\]\\])", r"\\\1", prefix)
+        pattern = self.keys.item(glob) + "*"
+        start = len(self.keys.item(""))
+        found: list[str] = []
+        for key in self.client.scan_iter(match=pattern, count=1000):
+            found.append(str(key)[start:])
+            if len(found) >= FIND_CAP:
+                break
+        items = self._items(found)
+        return sorted(items, key=lambda i: (-i.created_ms, i.id))[:limit]
+
+    def page(
+        self,
+        state: str,
+        limit: int = 100,
+        cursor: str | None = None,
+        dead_class: str | None = None,
+    ) -> tuple[list[Item], str | None]:
+        """Items in one state, newest first (by the zset's score: enqueue order, lease
+        deadline, retry time, done or dead time), `limit` at a time, and the cursor of the
+        next page (None: no more). The cursor is a place (score and id), not a count, so
+        items added or removed meanwhile shift nothing. With `dead_class` (state dead):
+        the dead letters of that class only (their index: O(page))."""
+        key = self.keys.state(state)
+        if dead_class is not None:
+            if state != "dead":
+                raise ValueError("dead_class goes with state dead")
+            self.dead_classes()  # the index is whole (rebuilt if it was not)
+            key = self.keys.dead_class(dead_class)
+        top, after = "+inf", None
+        if cursor is not None:
+            score, sep, after = cursor.partition(":")
+            if not sep or not score.isdigit():
+                raise ValueError(f"not a cursor: {cursor!r}")
+            top = score
+        rows: list[tuple[str, int]] = []
+        offset = 0
+        while len(rows) <= limit:
+            batch = cast(
+                list[tuple[str, int]],
+                self.client.zrevrangebyscore(
+                    key,
+                    top,
+                    "-inf",
+                    offset,
+                    limit + 1,
+                    withscores=True,
+                    score_cast_func=lambda v: int(float(v)),
+                ),
+            )
+            offset += len(batch)
+            # at the cursor's own score, ids come in reverse order: go on below it
+            rows += [(m, sc) for m, sc in batch if after is None or sc != int(top) or m < after]
+            if len(batch) < limit + 1:
+                break
+        more, rows = len(rows) > limit, rows[:limit]
+        items = self._items([m for m, _ in rows])
+        return items, (f"{rows[-1][1]}:{rows[-1][0]}" if more else None)
+
+    def chunks(self, item_id: str) -> set[int]:
+        """Checkpointed chunk indices of an item that is not done yet."""
+        return {int(c) for c in self.client.smembers(self.keys.chunks(item_id))}
+
+    def _items(self, ids: Sequence[str]) -> list[Item]:
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in ids:
+            pipe.hgetall(self.keys.item(item_id))
+        return [Item.from_hash(i, h) for i, h in zip(ids, pipe.execute(), strict=True) if h]
+
+    # -- counts --------------------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        reply = self._run("stats")
+        now, paused = int(reply[0]), reply[1] == "1"
+        names = ("queued", "delayed", "leased", "done", "dead", "inbox", "rejected")
+        counts = {name: int(v) for name, v in zip(names, reply[2:9], strict=True)}
+        oldest = int(reply[9])
+        flat = reply[10]
+        counters = {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        age = None if oldest < 0 else max(0.0, (now - oldest) / 1000)
+        return Stats(counts=counts, paused=paused, oldest_queued_age_s=age, counters=counters)
+
+    def finished_since(self, since_ms: int) -> tuple[int, int]:
+        """(done, dead) items that ended at or after `since_ms` (queue time), from the
+        done and dead zsets' scores: throughput without any state of its own."""
+        return self.finished_since_each([since_ms])[0]
+
+    def finished_since_each(self, since_ms: Sequence[int]) -> list[tuple[int, int]]:
+        """finished_since for each of several times, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for since in since_ms:
+            pipe.zcount(self.keys.state("done"), since, "+inf")
+            pipe.zcount(self.keys.state("dead"), since, "+inf")
+        counts = [int(n) for n in pipe.execute()]
+        return [(counts[2 * i], counts[2 * i + 1]) for i in range(len(since_ms))]
+
+    def finished_per_minute(self, minutes: int = 60) -> list[tuple[int, int, int]]:
+        """(minute start ms, done, dead) for each of the last `minutes` whole minutes and the
+        current one, oldest first: 2 x (minutes + 1) ZCOUNTs in one round trip, O(log n)
+        each, whatever the number of items."""
+        if not 1 <= minutes <= 1440:
+            raise ValueError("minutes must be within 1..1440")
+        now = self.now_ms()
+        first = (now // 60_000 - minutes) * 60_000
+        starts = [first + i * 60_000 for i in range(minutes + 1)]
+        pipe = self.client.pipeline(transaction=False)
+        for start in starts:
+            for state in ("done", "dead"):
+                pipe.zcount(self.keys.state(state), start, f"({start + 60_000}")
+        counts = [int(n) for n in pipe.execute()]
+        return [(start, counts[2 * i], counts[2 * i + 1]) for i, start in enumerate(starts)]
+
+    def metrics(self) -> Metrics:
+        """The stats and every figure a metrics scrape needs, in two round trips, each
+        O(states + classes + buckets): never O(items)."""
+        stats = self.stats()
+        names = [n for n in HISTOGRAMS if n != "stage"] + [f"stage:{s}" for s in STAGES]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.failed)
+        pipe.hgetall(self.keys.busy)
+        pipe.hget(self.keys.meta, "last_done_at")
+        for name in names:
+            pipe.hgetall(self.keys.histogram(name))
+        failed, busy, last_done, *hists = pipe.execute()
+        histograms = {}
+        for name, fields in zip(names, hists, strict=True):
+            bounds = HISTOGRAMS[name.split(":", 1)[0]]
+            counts = [int(fields.get(str(i + 1), 0)) for i in range(len(bounds))]
+            counts.append(int(fields.get("inf", 0)))
+            histograms[name] = Histogram(
+                bounds, tuple(counts), int(fields.get("sum", 0)) / 1000, int(fields.get("count", 0))
+            )
+        return Metrics(
+            stats=stats,
+            failed={str(k): int(v) for k, v in failed.items()},
+            dead_by_class=self.dead_classes(),
+            busy_s={str(k): int(v) / 1000 for k, v in busy.items()},
+            histograms=histograms,
+            last_done_s=None if last_done is None else int(last_done) / 1000,
+        )
+
+    def server_info(self) -> dict[str, Any]:
+        """What an operator wants of the Redis server: version, memory used and its limit,
+        the eviction policy, persistence (AOF on, its fsync policy and its last write's
+        status; the last RDB save's status) and uptime."""
+        info = self.client.info("server") | self.client.info("memory")
+        info |= self.client.info("persistence")
+        keys = (
+            "redis_version", "valkey_version", "uptime_in_seconds", "used_memory",
+            "used_memory_human", "maxmemory", "maxmemory_policy", "aof_enabled",
+            "aof_last_write_status", "aof_rewrite_in_progress", "rdb_last_bgsave_status",
+            "rdb_changes_since_last_save", "loading",
+        )  # fmt: skip
+        found = {k: info[k] for k in keys if k in info}
+        try:
+            found["appendfsync"] = self.client.config_get("appendfsync").get("appendfsync")
+        except RedisError:  # CONFIG may be off limits (a managed Redis, an ACL user)
+            found["appendfsync"] = None
+        return found
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    def dead(self, offset: int = 0, limit: int = 100) -> list[Item]:
+        """Dead letters, newest first, with their reasons."""
+        ids = self.client.zrevrange(self.keys.state("dead"), offset, offset + limit - 1)
+        return self._items(cast(list[str], ids))
+
+    def dead_ids(self, cls: str | None = None) -> list[str]:
+        """The ids of the dead letters of one class (`dead_class`; "unknown" for one
+        without), or of all with None; newest first (the scripts index them by class)."""
+        if cls is None:
+            return [str(i) for i in self.client.zrevrange(self.keys.state("dead"), 0, -1)]
+        self.dead_classes()  # the index is whole (rebuilt if it was not)
+        return [str(i) for i in self.client.zrevrange(self.keys.dead_class(cls), 0, -1)]
+
+    def dead_classes(self) -> dict[str, int]:
+        """How many dead letters there are of each class, most first: O(classes). An index
+        that does not add up to the dead letters (some written before the scripts kept it)
+        is rebuilt first, once."""
+        for _ in range(2):
+            classes = sorted(str(c) for c in self.client.smembers(self.keys.dead_classes))
+            pipe = self.client.pipeline(transaction=True)  # one consistent reading
+            pipe.zcard(self.keys.state("dead"))
+            for cls in classes:
+                pipe.zcard(self.keys.dead_class(cls))
+            dead, *sizes = pipe.execute()
+            counts = {c: int(n) for c, n in zip(classes, sizes, strict=True) if int(n)}
+            if sum(counts.values()) == int(dead):
+                break
+            self._run("index_dead")
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    # -- the operators' audit log --------------------------------------------------------------
+
+    def audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest `limit` entries of the audit log, newest first."""
+        return [json.loads(x) for x in self.client.lrange(self.keys.audit, 0, limit - 1)]
+
+
+def _server_ms(reply: tuple[int, int]) -> int:
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
