@@ -91,10 +91,13 @@ class _Noted:
 
 
 def _public_methods(*classes: type) -> set[str]:
+    """Each class's public methods, its own and those it inherits (Queue's reads are
+    QueueReader's), named by the class."""
     return {
         f"{cls.__name__}.{name}"
         for cls in classes
-        for name, value in vars(cls).items()
+        for base in cls.__mro__[:-1]  # not object's
+        for name, value in vars(base).items()
         if callable(value) and not name.startswith("_")
     }
 
