@@ -69,12 +69,14 @@ class Fleet:
         self.queue.client.close()
         self.server.stop()
 
-    def restart_server(self, down_s: float) -> None:
+    def restart_server(self, down_s: float) -> float:
         """kill -9 of the Redis server, `down_s` seconds down, then started again from its
-        append-only file on the same port."""
+        append-only file on the same port. Returns how long it did not answer, in seconds."""
+        killed = time.monotonic()
         self.server.kill()
         time.sleep(down_s)
         self.server = EmbeddedServer(self.server.data_dir, port=self.server.port).start()
+        return time.monotonic() - killed
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -127,6 +129,7 @@ def make_fleet(
     tick_s: float = 0.5,
     items_per_decoder: int = 2,
     lease_s: float = 60.0,
+    leader_ttl_s: float | None = None,
 ) -> Fleet:
     """VIDEOS videos of 240 frames enqueued; a local Ray (no GPU) when ray_address is None."""
     videos = tmp_path / "videos"
@@ -159,7 +162,7 @@ def make_fleet(
             ray_address=ray_address,
             ray_temp_dir=tempfile.mkdtemp(prefix="ffco-") if local else None,
             tick_s=tick_s,
-            leader_ttl_s=max(3.0, 2 * tick_s),
+            leader_ttl_s=leader_ttl_s or max(3.0, 2 * tick_s),
             stale_s=4.0,
         ),
     )
