@@ -815,18 +815,29 @@ class OnATerminal:
     """The CLI in a subprocess with its stderr on a pseudo-terminal (120x40), and its stdout
     there too or piped: what rich draws there, read as it comes."""
 
-    def __init__(self, data_dir: Path, *args: str, stdout_too: bool, stdin: str = "") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        stdout_too: bool,
+        stdin: str = "",
+        sigint_ignored: bool = False,
+    ) -> None:
         import pty
 
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "framefleet", *args],
-            env=_env(data_dir, TERM="xterm-256color"),
+            env=_env(data_dir, TERM="xterm-256color", PYTHONFAULTHANDLER="1"),
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=slave if stdout_too else subprocess.PIPE,
             stderr=slave,
+            # started as a shell's background job is: Python then leaves SIGINT ignored
+            preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+            if sigint_ignored
+            else None,
         )
         os.close(slave)
         self.master, self.chunks = master, list[bytes]()
@@ -856,12 +867,25 @@ class OnATerminal:
             time.sleep(0.1)
 
     def finish(self, timeout: float = 60) -> tuple[int, str]:
-        """Its exit code and its piped stdout (if stdout was piped)."""
+        """Its exit code and its piped stdout (if stdout was piped). If it does not exit in
+        time, it is made to print its threads' stacks (faulthandler, on SIGABRT) and killed,
+        and the test fails with them: no process outlives its test."""
         out = ""
         if self.proc.stdout is not None:
             with self.proc.stdout as piped:
                 out = piped.read().decode()
-        code = self.proc.wait(left(timeout))
+        try:
+            code = self.proc.wait(left(timeout))
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+            self.proc.kill()
+            self.proc.wait(10)
+            self.reader.join(10)
+            os.close(self.master)
+            stacks = self.text()[-6000:]
+            raise AssertionError(f"it did not exit in {timeout} s:\n{stacks}") from None
         self.reader.join(10)
         os.close(self.master)
         return code, out
@@ -1003,11 +1027,12 @@ def test_watch_once_shows_the_counts_throughput_workers_leader_and_a_bar_per_lea
 
 def test_watch_is_live_on_a_terminal_until_ctrl_c(running_server: Path) -> None:
     """On a terminal `watch` redraws every interval (a lease taken meanwhile shows up) and
-    Ctrl-C ends it with exit 0, the cursor shown again."""
+    Ctrl-C ends it with exit 0, the cursor shown again; even when it was started with SIGINT
+    ignored (it redrew until killed then, in CI)."""
     d = running_server
     q = _queue_at(d)
     q.enqueue(["s3://b/live.mp4"])
-    term = OnATerminal(d, "watch", "--interval", "0.2", stdout_too=True)
+    term = OnATerminal(d, "watch", "--interval", "0.2", stdout_too=True, sigint_ignored=True)
     try:
         term.wait_for("leased 0")
         [lease] = q.claim(1, "decoder-live-0")
