@@ -209,11 +209,9 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         console.print(render(frame))
         return 0
     caption = Text(f"every {args.interval:g} s; Ctrl-C to quit", style="dim")
-    # Ctrl-C quits even if this process was started with SIGINT ignored (Python then leaves
-    # it ignored): a parent that ignores it (a test runner's worker, a shell's background
-    # job) made `watch` deaf to it, redrawing until killed.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a process started with it ignored (a shell's background job) keeps it so
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     read_at = time.monotonic()
     try:
         with Live(Group(render(frame), caption), console=console, refresh_per_second=4) as live:

@@ -232,8 +232,8 @@ def _growth_while_paused(
     """The most MB that RSS grew by while the reader, one chunk in, waited wait_s (as a
     decode actor does when inference is the slower stage), sampled every 0.1 s; it stops
     waiting once the growth exceeds `enough`. Counted from after the first chunk, or with
-    `from_open` from before it (decord's thread may have decoded the whole video by the
-    time the first chunk is out, on an idle machine: it grew 0 MB after it once in CI).
+    `from_open` from before it (decord's growth after it was 0 MB once in CI, cause unknown;
+    here the first chunk takes 0.05 s and 14 MB of the 146 MB its thread decodes into).
 
     Measured in a fresh interpreter, as a decode actor's process is: in this one, memory that
     earlier tests decoded into and freed is reused without RSS growing (that made decord's
