@@ -91,14 +91,35 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
     """The long-running supervisor (leader or standby) until SIGTERM or Ctrl-C."""
     from framefleet.coordinator.supervisor import Coordinator
 
+    if getattr(args, "join", None):
+        if args.ray_address and args.ray_address != args.join:
+            print("--join names the cluster: leave --ray-address out", file=sys.stderr)
+            return 2
+        args.ray_address = args.join
     settings = _fleet_settings(args, settings)
-    with _redis_url(settings) as url:
+    with _redis_url(settings) as url, _ray_node(getattr(args, "join", None)):
         coordinator = Coordinator(settings, url)
         print(f"coordinator {coordinator.name} on {redacted(url)}", file=sys.stderr)
         code = coordinator.run()
         if coordinator.fatal:
             print(f"error: {coordinator.fatal}", file=sys.stderr)
         return code
+
+
+@contextlib.contextmanager
+def _ray_node(join: str | None) -> Iterator[None]:
+    """With --join, a zero-CPU Ray node kept joined to that head while the coordinator runs
+    (a driver needs a raylet on its own machine: see coordinator/raynode.py)."""
+    if not join:
+        yield
+        return
+    from framefleet.coordinator.raynode import RayNodeKeeper
+
+    keeper = RayNodeKeeper(join).start()
+    try:
+        yield
+    finally:
+        keeper.stop()
 
 
 def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
