@@ -67,7 +67,7 @@ RUN useradd --create-home --uid 1000 --shell /bin/bash framefleet \
 USER framefleet
 WORKDIR /home/framefleet
 ENV HF_HOME=/home/framefleet/.cache/huggingface
-VOLUME ["/home/framefleet/.cache/huggingface"]
+LABEL org.opencontainers.image.title="framefleet"
 
 ENTRYPOINT ["/usr/bin/tini", "-g", "--"]
 CMD ["framefleet", "--help"]
