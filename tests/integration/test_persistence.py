@@ -73,6 +73,7 @@ def test_a_clean_restart_keeps_everything(tmp_path: Path) -> None:
 # writer enqueues, claims and acks as fast as it can, the server is killed -9, then the
 # power is cut (LazyFS drops what was not fsynced), then the server starts again on the
 # same dir. A kill -9 alone loses nothing in any mode: the page cache keeps its writes.
+# `needs("lazyfs")`: the session builds LazyFS (third_party/lazyfs) before the first test.
 WRITE_S = 3.0  # how long the writer runs before the kill
 WINDOW_S = 2.0  # everysec may lose what was acknowledged this shortly before the kill
 RANK = {State.QUEUED: 0, State.LEASED: 1, State.DONE: 2}  # the writer's items only go up
@@ -169,6 +170,7 @@ def _power_cut(tmp_path: Path, appendfsync: str, build: str = "valkey-9.1") -> P
     return cut
 
 
+@pytest.mark.needs("lazyfs")
 @pytest.mark.parametrize("build", list(SERVER_BUILDS))
 def test_power_cut_with_appendfsync_always_loses_no_acknowledged_write(
     tmp_path: Path, build: str
@@ -179,6 +181,7 @@ def test_power_cut_with_appendfsync_always_loses_no_acknowledged_write(
     assert not cut.lost(), cut.summary()
 
 
+@pytest.mark.needs("lazyfs")
 @pytest.mark.parametrize("build", list(SERVER_BUILDS))
 def test_power_cut_with_everysec_loses_at_most_the_last_second(tmp_path: Path, build: str) -> None:
     """everysec may lose about the last second of acknowledged writes (the README's window),
@@ -187,6 +190,7 @@ def test_power_cut_with_everysec_loses_at_most_the_last_second(tmp_path: Path, b
     assert not cut.lost(older_than_s=WINDOW_S), cut.summary()
 
 
+@pytest.mark.needs("lazyfs")
 def test_the_power_cut_is_real_appendfsync_no_loses_acknowledged_writes(tmp_path: Path) -> None:
     """The harness tells the modes apart: with `no` the server never fsyncs its AOF, so the
     power cut takes nearly everything since its start, writes older than everysec's window

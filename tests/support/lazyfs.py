@@ -1,4 +1,4 @@
-"""A real power cut for the durability tests: LazyFS (shared/tools/lazyfs), a FUSE file
+"""A real power cut for the durability tests: LazyFS (third_party/lazyfs), a FUSE file
 system that keeps written data in its own cache until the writer fsyncs it, and drops what
 is not fsynced on `cut_power()`. A kill -9 alone cannot tell fsync modes apart: the killed
 server's writes are already in the kernel's page cache and survive.
@@ -8,8 +8,9 @@ server's writes are already in the kernel's page cache and survive.
         disk.cut_power()  # what was not fsynced is gone
         ...  # start it again on the same dir
 
-The binary is built by scripts/lazyfs (scripts/test runs it before pytest, so no test
-timeout covers the minute the build takes); a test that finds no build, no /dev/fuse or no
+The binary is built by scripts/lazyfs, which the session runs after collection for tests
+marked `needs("lazyfs")` (tests/support/tools.py), before the first test: no test timeout
+covers the minute the build takes. A test that finds no build, no usable /dev/fuse or no
 fusermount3 fails with LazyFSError saying what to do, it does not skip. Every wait has a
 deadline, and the mount never outlives the `with`: a busy or stuck mount is detached lazily
 and its daemon killed, and then the exit raises LazyFSError (unless the body raised).
@@ -110,6 +111,8 @@ class LazyFS:
         binary = self.binary or lazyfs_binary()
         if not os.path.exists("/dev/fuse"):
             raise LazyFSError("no /dev/fuse: LazyFS needs FUSE (docker: --device /dev/fuse)")
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise LazyFSError("/dev/fuse is not readable and writable: run as root, or get access")
         if shutil.which("fusermount3") is None:
             raise LazyFSError("fusermount3 not found: install Debian's fuse3 (scripts/system-deps)")
         if is_mounted(self.mount):
