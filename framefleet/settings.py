@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 AppendFsync = Literal["everysec", "always"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 # What `framefleet run` takes from a folder, and S3 events enqueue by default.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mpg", ".mpeg")
 
@@ -336,6 +338,32 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LogSettings:
+    """What every process logs (framefleet/logs.py): the CLI, the coordinator, its Ray
+    driver and each actor, on its stderr."""
+
+    level: str = "INFO"  # FRAMEFLEET_LOG_LEVEL: DEBUG | INFO | WARNING | ERROR (any case)
+    # FRAMEFLEET_LOG_FORMAT: text (time level logger [actor node] message) | json (one
+    # object a line, for log shippers)
+    format: str = "text"
+    # Set by `framefleet run` when its stderr is a terminal, not read from the environment:
+    # only WARNING and above are printed there, each clearing the progress line first (the
+    # actors still log at `level`, into Ray's log files).
+    terminal: bool = False
+
+    def __post_init__(self) -> None:
+        level, fmt = self.level.upper(), self.format.lower()
+        if level not in LOG_LEVELS:
+            raise SettingsError(
+                f"FRAMEFLEET_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {self.level!r}"
+            )
+        if fmt not in LOG_FORMATS:
+            raise SettingsError(f"FRAMEFLEET_LOG_FORMAT must be text or json, not {self.format!r}")
+        object.__setattr__(self, "level", level)
+        object.__setattr__(self, "format", fmt)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -344,6 +372,7 @@ class Settings:
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     coordinator: CoordinatorSettings = field(default_factory=CoordinatorSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -356,7 +385,8 @@ class Settings:
         pipeline = _apply(PipelineSettings(), env, _PIPELINE_ENV)
         coordinator = _apply(CoordinatorSettings(), env, _COORDINATOR_ENV)
         api = _apply(ApiSettings(), env, _API_ENV)
-        return cls(redis, queue, source, model, pipeline, coordinator, api)
+        log = _apply(LogSettings(), env, _LOG_ENV)
+        return cls(redis, queue, source, model, pipeline, coordinator, api, log)
 
     def to_env(self) -> dict[str, str]:
         """The FRAMEFLEET_* variables that from_env reads back as these settings (for a
@@ -370,6 +400,7 @@ class Settings:
             (self.pipeline, _PIPELINE_ENV),
             (self.coordinator, _COORDINATOR_ENV),
             (self.api, _API_ENV),
+            (self.log, _LOG_ENV),
         ):
             for attr, var in names.items():
                 value = getattr(section, attr)
@@ -482,6 +513,11 @@ _API_ENV = {
     "s3_event_suffixes": "FRAMEFLEET_S3_EVENT_SUFFIXES",
 }
 
+_LOG_ENV = {
+    "level": "FRAMEFLEET_LOG_LEVEL",
+    "format": "FRAMEFLEET_LOG_FORMAT",
+}
+
 _S = TypeVar(
     "_S",
     RedisSettings,
@@ -491,6 +527,7 @@ _S = TypeVar(
     PipelineSettings,
     CoordinatorSettings,
     ApiSettings,
+    LogSettings,
 )
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from framefleet import logs
 from framefleet.cli.fleet import (
     cmd_api,
     cmd_bench,
@@ -38,7 +39,7 @@ from framefleet.cli.queue import (
     cmd_watch,
 )
 from framefleet.queue import ServerError, State
-from framefleet.settings import Settings, SettingsError
+from framefleet.settings import LOG_LEVELS, Settings, SettingsError
 
 __all__ = ["Command", "build_parser", "main"]
 
@@ -53,7 +54,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     if args.data_dir:
         redis = replace(redis, data_dir=Path(args.data_dir))
     queue = replace(s.queue, name=args.queue) if args.queue else s.queue
-    return replace(s, redis=redis, queue=queue)
+    log = replace(s.log, level=args.log_level) if args.log_level else s.log
+    return replace(s, redis=redis, queue=queue, log=log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", help="embedded server data dir (default .framefleet/redis)")
     p.add_argument("--queue", help="queue name (default: $FRAMEFLEET_QUEUE or 'videos')")
+    p.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="what is logged on stderr (default: $FRAMEFLEET_LOG_LEVEL or INFO; JSON lines"
+        " with FRAMEFLEET_LOG_FORMAT=json)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Command, help_: str) -> argparse.ArgumentParser:
@@ -85,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--out", help="output directory or s3://bucket/prefix")
         sp.add_argument("--ray-address", help="a Ray cluster (default: start a local one)")
         _fleet_flags(sp)
+        if name == "coordinator":
+            sp.add_argument(
+                "--join",
+                metavar="HEAD",
+                help="keep a zero-CPU Ray node joined to HEAD (host:port) running here and"
+                " drive that cluster: a coordinator in a container or pod of its own",
+            )
     sp.add_argument("--api-host", help="the API's address (default 127.0.0.1, FRAMEFLEET_API_HOST)")
     sp.add_argument(
         "--api-port", type=int, help="the API's port (default 8321, FRAMEFLEET_API_PORT)"
@@ -177,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
+        logs.configure(settings.log)
         result: int = args.fn(args, settings)
     except SettingsError as exc:
         print(f"bad setting: {exc}", file=sys.stderr)

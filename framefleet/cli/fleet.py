@@ -205,6 +205,8 @@ class ApiChild:
             **os.environ,
             "FRAMEFLEET_REDIS_URL": redis_url,
             "FRAMEFLEET_QUEUE": settings.queue.name,
+            "FRAMEFLEET_LOG_LEVEL": settings.log.level,  # --log-level reaches it too
+            "FRAMEFLEET_LOG_FORMAT": settings.log.format,
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0

@@ -15,6 +15,7 @@ fleet cannot run as configured: the report says why).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -31,6 +32,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from framefleet import logs
 from framefleet.queue import Queue, Supervision, connect
 from framefleet.settings import Settings
 from framefleet.workers.actors import FleetError
@@ -39,6 +41,8 @@ from framefleet.workers.ray_adapter import RayAdapter
 
 from .pools import Pools
 
+log = logging.getLogger("framefleet.coordinator.driver")  # also when run as __main__
+
 GCS_LOST, NO_CLUSTER, FATAL = 3, 4, 5
 STOP_TIMEOUT_S = 20.0  # decode actors settle and release within this on a stop
 
@@ -46,6 +50,7 @@ STOP_TIMEOUT_S = 20.0  # decode actors settle and release within this on a stop
 def main(settings: Settings, redis_url: str, generation: str, leader: str) -> None:
     """The child process's entry point: `python -m framefleet.coordinator.driver`, with its
     arguments pickled on stdin by the coordinator that started it."""
+    logs.configure(settings.log)
     driver = Driver(settings, redis_url, generation, leader)
     code = driver.run()
     if code != GCS_LOST and settings.coordinator.ray_address is None:
@@ -65,30 +70,19 @@ class Driver:
         self.probe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcs-probe")
         self.events: list[str] = []
         self.parent = os.getppid()
+        self._unreported = False  # the last health report could not be written
 
     def run(self) -> int:
         address = self.settings.coordinator.ray_address
-        try:
-            pythonpath = os.environ.get("PYTHONPATH")
-            env = {"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None
-            self.adapter.init(address, env, self.settings.coordinator.ray_temp_dir)
-            gcs = self.adapter.gcs_address()
-        except Exception as exc:
-            error = f"cannot connect to Ray at {address or 'local'}: {exc}"
-            tokens = {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
-            if address is not None and not tokens:
-                error += (
-                    " (if the cluster uses token authentication, Ray's default, give the"
-                    " driver its token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or"
-                    " RAY_AUTH_TOKEN_PATH)"
-                )
-            self._report(ok=False, error=error)
+        gcs = self._connect(address)
+        if gcs is None:
             return NO_CLUSTER
         for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which sets its own
             signal.signal(sig, lambda signum, frame: self.stopping.set())
         try:
             self.settings = _with_output_root(self.settings, address, self.generation)
         except (OutputRootError, OSError) as exc:
+            log.error("the fleet cannot run: %s", exc)
             self._report(ok=False, error=str(exc), fatal=True)
             return FATAL
         pools = Pools(
@@ -105,49 +99,103 @@ class Driver:
         while not self.stopping.is_set():
             started = time.monotonic()
             if os.getppid() != self.parent:  # the coordinator died: a standby takes over
+                log.warning("the coordinator is gone: stopping", extra={"event": "leader_lost"})
                 break
             deposed = deposed + 1 if self._deposed() else 0
             if deposed >= 2:  # its coordinator no longer leads (it hangs, say): stop
-                self.events = [*self.events, "the coordinator no longer leads: stopping"]
+                self._event("the coordinator no longer leads: stopping", "leader_lost")
                 break
             nodes = self._nodes(gcs)
             if nodes is None:  # reported at once; a new driver after gcs_grace_s
-                lost_since = lost_since or started
+                if lost_since is None:
+                    lost_since = started
+                    self._event(f"the GCS at {gcs} does not answer", "gcs_lost", quiet=True)
                 error = f"the GCS at {gcs} is unreachable"
                 self._report(ok=False, error=error, gcs=False, gcs_lost_for=started - lost_since)
                 if started - lost_since >= self.settings.coordinator.gcs_grace_s:
-                    return GCS_LOST
-            else:
-                lost_since = None
-                try:
-                    report = pools.tick()
-                except FleetError as exc:
-                    self._report(ok=False, error=str(exc), fatal=True)
-                    pools.stop(timeout=0)
-                    return FATAL
-                except Exception:
-                    self.events = [*self.events, traceback.format_exc(limit=3)][-10:]
-                    report = None
-                if report is not None:
-                    self.events = [*self.events, *report.events][-10:]
-                    self._report(
-                        ok=report.ready_inference > 0 and report.decoders > 0,
-                        nodes=nodes,
-                        gcs=True,
-                        decoders=report.decoders,
-                        inference=report.inference,
-                        ready_inference=report.ready_inference,
-                        replaced=report.replaced,
-                        draining_nodes=report.draining_nodes,
-                        decoders_wanted=report.decoders_wanted,
-                        inference_wanted=report.inference_wanted,
-                        pids=report.pids,
+                    self._event(
+                        f"the GCS at {gcs} has not answered for"
+                        f" {started - lost_since:.1f} s: this driver exits, a new one waits"
+                        " for the head",
+                        "gcs_lost",
                     )
+                    return GCS_LOST
+                self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
+                continue
+            if lost_since is not None:
+                self._event(f"the GCS at {gcs} answers again", "gcs_back")
+                lost_since = None
+            if self._tick(pools, nodes) is not None:
+                return FATAL
             self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
+        log.info("stopping the fleet: its decode actors release what they hold")
         pools.stop(timeout=STOP_TIMEOUT_S)
         with contextlib.suppress(OSError):
             unmark_root(self.settings.pipeline.out, self.settings.pipeline.out_marker)
         return 0
+
+    def _connect(self, address: str | None) -> str | None:
+        """ray.init, with the actors' log lines printed on this process's stderr. Returns
+        the GCS's address, or None (reported) when it fails."""
+        try:
+            pythonpath = os.environ.get("PYTHONPATH")
+            env = {"env_vars": {"PYTHONPATH": pythonpath}} if pythonpath else None
+            lines = logs.Forwarder(self.settings.log)
+            self.adapter.init(address, env, self.settings.coordinator.ray_temp_dir, lines)
+            logs.configure(self.settings.log)  # Ray's own logger through ours, now it is set up
+            return self.adapter.gcs_address()
+        except Exception as exc:
+            error = f"cannot connect to Ray at {address or 'local'}: {exc}"
+            tokens = {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ)
+            if address is not None and not tokens:
+                error += (
+                    " (if the cluster uses token authentication, Ray's default, give the"
+                    " driver its token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or"
+                    " RAY_AUTH_TOKEN_PATH)"
+                )
+            log.error("%s", error, exc_info=True)
+            self._report(ok=False, error=error)
+            return None
+
+    def _tick(self, pools: Pools, nodes: int) -> int | None:
+        """One round of the pools, reported; FATAL when the fleet cannot run."""
+        try:
+            report = pools.tick()
+        except FleetError as exc:
+            log.error("the fleet cannot run: %s", exc)
+            self._report(ok=False, error=str(exc), fatal=True)
+            pools.stop(timeout=0)
+            return FATAL
+        except RedisError as exc:  # Redis away: the next tick tries again
+            log.warning("the pools' tick failed: Redis does not answer (%s)", exc)
+            self.events = [*self.events, f"Redis does not answer: {exc}"][-10:]
+            return None
+        except Exception:  # a bug: logged, reported, and the next tick tries again
+            log.exception("the pools' tick failed")
+            self.events = [*self.events, traceback.format_exc(limit=3)][-10:]
+            return None
+        self.events = [*self.events, *report.events][-10:]
+        self._report(
+            ok=report.ready_inference > 0 and report.decoders > 0,
+            nodes=nodes,
+            gcs=True,
+            decoders=report.decoders,
+            inference=report.inference,
+            ready_inference=report.ready_inference,
+            replaced=report.replaced,
+            draining_nodes=report.draining_nodes,
+            decoders_wanted=report.decoders_wanted,
+            inference_wanted=report.inference_wanted,
+            pids=report.pids,
+        )
+        return None
+
+    def _event(self, text: str, event: str, quiet: bool = False) -> None:
+        """A fleet event: one WARNING line, and in the health report's events (unless
+        `quiet`: the report says it already)."""
+        log.warning("%s", text, extra={"event": event})
+        if not quiet:
+            self.events = [*self.events, text][-10:]
 
     def _deposed(self) -> bool:
         """Another coordinator holds the leader lease, or none does (known: Redis answers)."""
@@ -188,8 +236,15 @@ class Driver:
             }
             ttl = max(3 * self.settings.coordinator.tick_s, 10.0)
             self.supervision.write_health(report, ttl_s=ttl)
-        except Exception:
-            pass
+        except RedisError as exc:  # Redis away: said once, until a report gets through
+            if not self._unreported:
+                log.warning("the health report was not written: %s", exc)
+            self._unreported = True
+            return
+        except Exception:  # a bug (a field that is not JSON, say): the ticks go on
+            log.exception("the health report was not written")
+            return
+        self._unreported = False
 
 
 def _with_output_root(settings: Settings, address: str | None, generation: str) -> Settings:

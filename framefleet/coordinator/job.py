@@ -3,16 +3,20 @@
 Enqueue the videos (idempotent: a video already done is not done again, unless its outputs
 are not in this run's output root with this configuration), run a coordinator until every
 one of them is done or dead, showing progress, then print a summary. Exit 0 only when every
-video is done.
+video is done. On a terminal, the log lines of the run, its driver and its actors that reach
+it are warnings and errors only, each clearing the progress line first; the actors' INFO
+lines (each video's outcome) are in Ray's log files (logs.py).
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from framefleet import logs
 from framefleet.queue import Item, NewItem, Queue, Supervision, connect, default_id
 from framefleet.settings import VIDEO_SUFFIXES, Settings
 from framefleet.workers.outputs import OutputStore, output_version
@@ -37,6 +41,9 @@ def expand(paths: list[str]) -> list[str]:
 
 
 def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = sys.stderr) -> int:
+    if out.isatty():  # the progress line stays readable: warnings only (logs.py)
+        settings = replace(settings, log=replace(settings.log, terminal=True))
+        logs.configure(settings.log)
     queue = Queue(connect(redis_url), settings.queue)
     queue.enqueue(uris)
     ids = list(dict.fromkeys(default_id(u, settings.queue.config_version) for u in uris))

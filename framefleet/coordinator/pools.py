@@ -70,6 +70,12 @@ class PoolReport:
     pids: dict[str, int | None] = field(default_factory=dict)
 
 
+def _event(report: PoolReport, text: str, event: str) -> None:
+    """A fleet event: one WARNING line, and in the health report's events."""
+    log.warning("%s", text, extra={"event": event})
+    report.events.append(text)
+
+
 def _misconfigured(exc: ActorGone) -> bool:
     """An actor's __init__ failed in a way another try cannot mend."""
     error = exc.init_error or ""
@@ -156,8 +162,7 @@ class Pools:
                 why = f"not ready after {c.start_timeout_s:g} s"
             else:
                 continue
-            report.events.append(f"{member.name} killed: {why}")
-            log.warning("%s killed: %s", member.name, why)
+            _event(report, f"{member.name} killed: {why}", "actor_replaced")
             self.adapter.kill(member.handle)
             if member in self.inference:
                 self.inference.remove(member)
@@ -183,13 +188,14 @@ class Pools:
                     self._failed_starts += 1
                     if _misconfigured(exc) or self._failed_starts >= FAILED_STARTS:
                         raise FleetError(f"inference actors fail to start: {exc}") from None
-                report.events.append(f"inference actor {member.name} gone: {exc}")
+                _event(report, f"inference actor {member.name} gone: {exc}", "actor_replaced")
                 continue
             if not member.ready:
                 member.ready, changed = True, True
                 _, _, pid, node = self.adapter.get(member.ping, timeout=0)
                 member.pid, member.node = int(pid), str(node)
                 self._failed_starts = 0
+                log.info("inference actor %s ready (pid %s, node %s)", member.name, pid, node)
             member.ping = self.adapter.call(member.handle, "describe")  # the next check
         if changed:
             self._share_inference()
@@ -202,6 +208,7 @@ class Pools:
                 with contextlib.suppress(ActorGone):
                     pid, node = self.adapter.get(member.ping, timeout=0)
                     member.pid, member.node, member.ready = int(pid), str(node), True
+                    log.info("decode actor %s ready (pid %s, node %s)", member.name, pid, node)
                 member.ping = None
         finished = set(self.adapter.done([m.run for m in self.decoders]))
         for member in list(self.decoders):
@@ -211,20 +218,28 @@ class Pools:
             try:
                 self.adapter.get(member.run, timeout=0)
                 if not (member.draining or member.leaving):
-                    report.events.append(f"decode actor {member.name} stopped")
+                    _event(report, f"decode actor {member.name} stopped", "actor_replaced")
             except ActorGone as exc:
                 if _misconfigured(exc):
                     raise FleetError(f"decode actors fail to start: {exc}") from None
                 report.replaced += 1
-                report.events.append(f"decode actor {member.name} gone: {exc}")
                 if self._node_lost(member):  # a fleet-wide event: nothing charged
                     reason = f"its node {member.node} was lost"
+                    _event(report, f"decode actor {member.name} gone: {reason}", "node_lost")
                     self.supervision.release_workers([member.name], reason=reason)
                 else:
+                    _event(report, f"decode actor {member.name} gone: {exc}", "actor_replaced")
                     self._orphan(member.name)
-            except Exception as exc:
+            except Exception as exc:  # a bug in the actor's run(): its traceback, and replaced
                 report.replaced += 1
                 report.events.append(f"decode actor {member.name} failed: {exc!r}")
+                log.error(
+                    "decode actor %s failed: %r; replaced",
+                    member.name,
+                    exc,
+                    exc_info=exc,
+                    extra={"event": "actor_replaced"},
+                )
                 self._orphan(member.name)
             self.adapter.kill(member.handle)
 
@@ -232,19 +247,22 @@ class Pools:
         try:
             draining = self.adapter.draining_nodes()
         except Exception:  # best effort: the node's end is noticed anyway
+            log.debug("cannot list the draining nodes", exc_info=True)
             draining = set()
         report.draining_nodes = len(draining)
         for member in self.decoders:
             if member.node in draining and not member.leaving:
                 member.leaving = True
                 self.adapter.call(member.handle, "request_stop")
-                report.events.append(f"decode actor {member.name} releasing: its node drains")
+                text = f"decode actor {member.name} releasing: its node drains ({member.node})"
+                _event(report, text, "node_draining")
         moving = [m for m in self.inference if m.node in draining]
         if moving:
             self.inference = [m for m in self.inference if m not in moving]
             self.leaving.extend(moving)
             self._share_inference()
-            report.events.append(f"inference actors leaving a draining node: {len(moving)}")
+            names = ", ".join(m.name for m in moving)
+            _event(report, f"inference actors leaving a draining node: {names}", "node_draining")
         if self.leaving and not any(m.leaving for m in self.decoders):
             for member in self.leaving:  # no chunk of a leaving decoder is left on them
                 self.adapter.kill(member.handle)
@@ -306,6 +324,7 @@ class Pools:
             for member in extra:
                 self.adapter.kill(member.handle)
             report.events.append(f"inference pool down to {target}")
+            log.info("inference pool down to %d", target)
 
     def _size_decoders(self, backlog: int, report: PoolReport) -> None:
         c, p = self.settings.coordinator, self.settings.pipeline
@@ -320,6 +339,7 @@ class Pools:
             member.draining = True
             self.adapter.call(member.handle, "drain")
             report.events.append(f"decode actor {member.name} draining (scaling down)")
+            log.info("decode actor %s draining (scaling down)", member.name)
 
     # -- creating --------------------------------------------------------------------------
 
@@ -330,6 +350,7 @@ class Pools:
         p = self.settings.pipeline
         name = self._name("inference")
         options = {"num_gpus": p.gpus_per_inference, "num_cpus": p.cpus_per_inference}
+        log.info("starting inference actor %s", name)
         handle = self.adapter.create(self._infer_cls, options, self.settings, self.redis_url, name)
         ping = self.adapter.call(handle, "describe")
         return Member(name, handle, ping=ping, started_at=self.clock())
@@ -338,6 +359,7 @@ class Pools:
         name = self._name("decoder")
         options = {"num_cpus": self.settings.pipeline.cpus_per_decoder, "max_concurrency": 4}
         ready = [m.handle for m in self.inference if m.ready]
+        log.info("starting decode actor %s", name)
         handle = self.adapter.create(
             self._decode_cls, options, self.settings, self.redis_url, ready, name, self.leader
         )

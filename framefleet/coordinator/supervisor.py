@@ -107,6 +107,12 @@ class Coordinator:
             self._held_until = asked + ttl
             if not self._leading:
                 self._take_over()
+        elif self._leading:
+            log.warning(
+                "%s lost the leader lease to another coordinator: standing by",
+                self.name,
+                extra={"event": "leader_lost"},
+            )
         self._leading = held
         return held
 
@@ -114,12 +120,19 @@ class Coordinator:
         """This coordinator has just become the leader: the fleets started by others are
         ended (their workers stop claiming when their leader is gone; their leases come
         back now instead of through their heartbeats going stale)."""
+        before: set[str] = set()
         try:
             for generation, leader in self.supervision.fleets().items():
                 if leader != self.name:
+                    before.add(leader)
                     self._ended.append((generation, f"its coordinator {leader} lost the lead"))
         except RedisError as exc:
             log.warning("could not read the fleets: %s", exc)
+        if before:  # a leader change: the fleet event operators look for
+            others = ", ".join(sorted(before))
+            log.warning("%s leads now, after %s", self.name, others, extra={"event": "leader"})
+        else:
+            log.info("%s leads now", self.name, extra={"event": "leader"})
 
     def _lead(self) -> None:
         c = self.settings.coordinator
@@ -145,6 +158,15 @@ class Coordinator:
             return
         if self.child is not None:
             code = self.child.returncode
+            how = {0: "stopped", driver.GCS_LOST: "lost the GCS", driver.FATAL: "cannot run"}
+            log.warning(
+                "the Ray driver (pid %d) exited with code %d (%s); its fleet %s ends",
+                self.child.pid,
+                code,
+                how.get(code, "died" if code != driver.NO_CLUSTER else "found no cluster"),
+                self.generation,
+                extra={"event": "driver_exited"},
+            )
             self._child_gone(f"its Ray driver exited (code {code})")
             if code == driver.FATAL:
                 try:
@@ -181,6 +203,7 @@ class Coordinator:
             self._next_start = time.monotonic() + BACKOFF_S[-1]
             return
         self.restarts += 1
+        log.info("Ray driver started (pid %d) for fleet %s", self.child.pid, generation)
 
     def _child_gone(self, reason: str) -> None:
         """The driver process has exited: its actors are gone with it (they fate-share with
@@ -227,6 +250,8 @@ class Coordinator:
             try:
                 child.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
+                log.warning("the Ray driver (pid %d) did not stop in time: killed", child.pid)
                 child.kill()
                 child.wait(5)
+        log.info("the Ray driver (pid %d) stopped (code %s)", child.pid, child.returncode)
         self._child_gone(f"its Ray driver stopped (code {child.returncode})")

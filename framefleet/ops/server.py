@@ -119,6 +119,7 @@ def server_config(settings: Settings, queue: Queue, port: int | None = None) -> 
         host=api.host,
         port=api.port if port is None else port,
         log_level="warning",
+        log_config=None,  # uvicorn's loggers go through framefleet's set-up (framefleet.logs)
         timeout_graceful_shutdown=10,
         access_log=False,
         proxy_headers=True,

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from redis.exceptions import RedisError
 
+from framefleet import logs
 from framefleet.queue import Lease, Queue, Supervision, WorkerRetired, connect
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import PipelineSettings, Settings
@@ -42,6 +43,7 @@ from .pipeline import (
     LeaseLost,
     Outcome,
     Pending,
+    Status,
     Stopped,
     VideoJob,
     infer_chunk,
@@ -123,6 +125,7 @@ class Heartbeat:
 
 class InferenceActor:
     def __init__(self, settings: Settings, redis_url: str | None = None, name: str = "") -> None:
+        logs.configure(settings.log, actor=name or "inference", node=RayAdapter().node_id())
         check_root(settings.pipeline.out, settings.pipeline.out_marker)
         self.model = load_model(settings.model)
         self.store = OutputStore(settings.pipeline.out, settings.source)
@@ -345,6 +348,7 @@ class DecodeActor:
         leader: str | None = None,
         sweep: bool = False,
     ) -> None:
+        logs.configure(settings.log, actor=name, node=RayAdapter().node_id())
         check_root(settings.pipeline.out, settings.pipeline.out_marker)
         # Inference first where both share cores: decoders run ahead of it, within
         # max_inflight_chunks, on the cycles it leaves (bench/pipeline.py measures the gain).
@@ -451,7 +455,9 @@ class DecodeActor:
             [lease] = leases
             try:
                 if self.stop.is_set() or self.draining.is_set():  # came meanwhile
-                    self.queue.release(lease, "worker stopping (shutdown or preemption)")
+                    why = "worker stopping (shutdown or preemption)"
+                    self.queue.release(lease, why)
+                    self.job.log_outcome(lease, Outcome(lease.id, Status.RELEASED, why), 0.0)
                     return "stopping"
                 ready = self._alone if lease.solo else None
                 self._record(self.job.run(lease, decoded=place.give_back, ready=ready))

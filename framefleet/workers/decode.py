@@ -26,6 +26,7 @@ import math
 import re
 from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -175,26 +176,29 @@ class DecordDecoder:
         self, path: Path, sampling: Sampling, threads: int = 1, limits: Limits | None = None
     ) -> None:
         import decord
+        from av.error import FFmpegError
 
         self._limits = limits or Limits()
         try:
             width, height = _probe_size(path)
-            out_w, out_h = sampling.output_size(width, height)
-            resize = {"width": out_w, "height": out_h} if (out_w, out_h) != (width, height) else {}
+        except FFmpegError as exc:  # what the restricted probe cannot open, decord is not given
+            raise PermanentError(
+                f"decord cannot read the video: {_first_line(exc)}", NOT_A_VIDEO
+            ) from exc
+        out_w, out_h = sampling.output_size(width, height)
+        resize = {"width": out_w, "height": out_h} if (out_w, out_h) != (width, height) else {}
+        try:
             vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **resize)
-            if resize and tuple(vr[0].shape) != (out_h, out_w, 3):  # decord 0.6 garbles some sizes
-                raise PermanentError(
-                    f"decord gives {tuple(vr[0].shape)} frames for {out_w}x{out_h}", NOT_A_VIDEO
-                )
+            shape = tuple(vr[0].shape) if resize else (out_h, out_w, 3)
             count = len(vr)
             fps = float(vr.get_avg_fps())
             self._pts = vr.get_frame_timestamp(range(count))[:, 0].astype(np.float64)
-        except PermanentError:
-            raise
-        except Exception as exc:  # decord raises DECORDError/RuntimeError with C++ text
+        except _decord_errors() as exc:
             raise PermanentError(
                 f"decord cannot read the video: {_first_line(exc)}", NOT_A_VIDEO
-            ) from None
+            ) from exc
+        if shape != (out_h, out_w, 3):  # decord 0.6 garbles some sizes
+            raise PermanentError(f"decord gives {shape} frames for {out_w}x{out_h}", NOT_A_VIDEO)
         self._vr = vr
         self.info = VideoInfo(width, height, count, fps, self.name)
         self._limits.check_info(self.info, float(self._pts[-1]) if count else None)
@@ -207,29 +211,32 @@ class DecordDecoder:
         keep = sampling.selector()
         kept = [i for i in range(len(self._pts)) if keep(i, float(self._pts[i]))]
         position = 0  # the index next() decodes next
+        self._read(partial(self._vr.seek, 0), position)
+        for k, index in enumerate(kept):
+            pts = float(self._pts[index])
+            self._limits.check_frame(index, pts)
+            if not want(k):
+                yield Frame(index, pts, None)
+                continue
+            if index > position:
+                self._read(partial(self._vr.skip_frames, index - position), position)
+            image = self._read(lambda: self._vr.next().asnumpy(), position)
+            position = index + 1
+            yield Frame(index, pts, image)
+
+    def _read(self, call: Callable[[], Any], position: int) -> Any:
+        """One call into decord: its errors are the video's (framefleet's own are bugs)."""
         try:
-            self._vr.seek(0)
-            for k, index in enumerate(kept):
-                self._limits.check_frame(index, float(self._pts[index]))
-                if not want(k):
-                    yield Frame(index, float(self._pts[index]), None)
-                    continue
-                if index > position:
-                    self._vr.skip_frames(index - position)
-                image = self._vr.next().asnumpy()
-                position = index + 1
-                yield Frame(index, float(self._pts[index]), image)
+            return call()
         except StopIteration:
             raise PermanentError(
                 f"the video ends early (truncated?): frame {position} of {self.info.frames}",
                 TRUNCATED,
             ) from None
-        except PermanentError:
-            raise
-        except Exception as exc:
+        except _decord_errors() as exc:
             raise PermanentError(
                 f"corrupt video at frame {position}: {_first_line(exc)}", CORRUPT
-            ) from None
+            ) from exc
 
     def close(self) -> None:
         del self._vr
@@ -245,15 +252,16 @@ class PyAVDecoder:
     def __init__(
         self, path: Path, sampling: Sampling, threads: int = 1, limits: Limits | None = None
     ) -> None:
+        from av.error import FFmpegError
         from av.video.reformatter import VideoReformatter
 
         self._limits = limits or Limits()
         try:
             self._container = open_container(path)
-        except Exception as exc:
+        except FFmpegError as exc:  # FFmpeg's own: not a video (framefleet's own is a bug)
             raise PermanentError(
                 f"PyAV cannot open the video: {_first_line(exc)}", NOT_A_VIDEO
-            ) from None
+            ) from exc
         if not self._container.streams.video:
             self._container.close()
             raise PermanentError("not a video: the file has no video stream", NOT_A_VIDEO)
@@ -281,35 +289,45 @@ class PyAVDecoder:
         return None  # known only once every frame has been decoded
 
     def frames(self, sampling: Sampling, want: Callable[[int], bool]) -> Iterator[Frame]:
+        from av.error import FFmpegError
+
         keep = sampling.selector()
         index = k = 0
-        out_w, out_h = self._size
-        try:
-            for frame in self._container.decode(self._stream):
-                pts = (
-                    float(frame.pts * frame.time_base)
-                    if frame.pts is not None
-                    else index / (self.info.fps or 1)
-                )
-                self._limits.check_frame(index, pts)
-                if keep(index, pts):
-                    image = None
-                    if want(k):
-                        rgb = self._scaler.reformat(
-                            frame, out_w, out_h, "rgb24", threads=self._threads
-                        )
-                        image = rgb.to_ndarray()
-                    yield Frame(index, pts, image)
-                    k += 1
-                index += 1
-        except PermanentError:
-            raise
-        except Exception as exc:
-            raise PermanentError(
-                f"corrupt video at frame {index}: {_first_line(exc)}", CORRUPT
-            ) from None
+        decoded = self._container.decode(self._stream)
+        while True:
+            try:  # FFmpeg's errors are the video's; framefleet's own (below) are bugs
+                frame = next(decoded, None)
+            except FFmpegError as exc:
+                raise PermanentError(
+                    f"corrupt video at frame {index}: {_first_line(exc)}", CORRUPT
+                ) from exc
+            if frame is None:
+                break
+            pts = (
+                float(frame.pts * frame.time_base)
+                if frame.pts is not None and frame.time_base is not None
+                else index / (self.info.fps or 1)
+            )
+            self._limits.check_frame(index, pts)
+            if keep(index, pts):
+                yield Frame(index, pts, self._image(frame, index) if want(k) else None)
+                k += 1
+            index += 1
         if index == 0:
             raise PermanentError("the video stream holds no decodable frame", CORRUPT)
+
+    def _image(self, frame: Any, index: int) -> np.ndarray:
+        from av.error import FFmpegError
+
+        out_w, out_h = self._size
+        try:
+            rgb = self._scaler.reformat(frame, out_w, out_h, "rgb24", threads=self._threads)
+            image: np.ndarray = rgb.to_ndarray()
+        except FFmpegError as exc:
+            raise PermanentError(
+                f"corrupt video at frame {index}: {_first_line(exc)}", CORRUPT
+            ) from exc
+        return image
 
     def close(self) -> None:
         self._container.close()
@@ -329,6 +347,14 @@ def open_container(path: Path) -> Any:
 
     options = {"format_whitelist": FORMATS, "protocol_whitelist": "file"}
     return av.open(str(path), options=options)
+
+
+def _decord_errors() -> tuple[type[Exception], ...]:
+    """What decord raises for a video it cannot read: its DECORDError (with the C++ text),
+    and RuntimeError from its Python layer ("Error reading ..." when it cannot open one)."""
+    from decord import DECORDError
+
+    return DECORDError, RuntimeError
 
 
 def _probe_size(path: Path) -> tuple[int, int]:

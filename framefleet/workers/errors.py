@@ -27,6 +27,7 @@ FETCH_FAILED = "fetch_failed"  # timeouts, 5xx: still failing after max_attempts
 MODEL_ERROR = "model_error"  # the model failed on the item's frames
 OUTPUT_FAILED = "output_failed"  # the item's outputs could not be completed
 STALLED = "stalled"  # no progress for stall_s, max_attempts times
+INTERNAL_ERROR = "internal_error"  # a bug, max_attempts times (the queue's class)
 
 
 class ItemError(Exception):

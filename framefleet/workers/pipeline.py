@@ -33,11 +33,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from framefleet.queue import ChunkWork, Lease, Queue, Verdict
+from framefleet.queue import ChunkWork, Lease, Queue, State, Verdict
 from framefleet.settings import Settings
 
 from .decode import Chunk, ChunkReader, Limits, Sampling, open_decoder
 from .errors import (
+    INTERNAL_ERROR,
     MODEL_ERROR,
     STALLED,
     TOO_BIG,
@@ -112,6 +113,19 @@ class Outcome:
     chunks: int = 0
     frames: int = 0
     result: str = ""
+    cls: str = ""  # the failure's class (dead letters'); internal_error for a bug
+
+
+# the word an item's outcome line says (a retried one that reached max_attempts: dead)
+_ENDS = {
+    Status.ACKED: "done",
+    Status.ALREADY_DONE: "done",
+    Status.FAILED: "retried",
+    Status.DEAD: "dead",
+    Status.LOST: "lost",
+    Status.RELEASED: "released",
+    Status.ERROR: "error",
+}
 
 
 class LeaseKeeper:
@@ -225,16 +239,52 @@ class VideoJob:
         has gone to inference (its frames are decoded; it waits for outputs, finalizes and
         acks from then on), so that the caller can start the next item's decoding."""
         s = self.settings
+        started = self.clock()
         with LeaseKeeper(self.queue, lease, s.queue.lease_s / 3, s.pipeline.stall_s) as keeper:
             try:
-                return self._run(lease, keeper, decoded or (lambda: None), ready)
+                outcome = self._run(lease, keeper, decoded or (lambda: None), ready)
             except RedisError as exc:  # gone for longer than a lease time
-                log.warning(
-                    "%s: Redis does not answer (%s); the item is left to the queue's upkeep",
-                    lease.id,
-                    exc,
-                )
-                return Outcome(lease.id, Status.ERROR, f"Redis does not answer: {exc}")
+                why = f"Redis does not answer ({exc}): left to the queue's upkeep"
+                outcome = Outcome(lease.id, Status.ERROR, why)
+        self.log_outcome(lease, outcome, self.clock() - started)
+        return outcome
+
+    def log_outcome(self, lease: Lease, outcome: Outcome, seconds: float) -> None:
+        """The item's one INFO line: its id, URI, outcome (done, dead with its class,
+        retried, released with why, lost), attempt and seconds; in JSON with each of them
+        a field (event "item")."""
+        attempt, end, cls = lease.attempts + 1, _ENDS[outcome.status], outcome.cls or None
+        if outcome.status is Status.FAILED and attempt >= self.settings.queue.max_attempts:
+            end = "dead"
+        elif cls == INTERNAL_ERROR:  # a bug: counted in bugs, dead after max_attempts of them
+            end = "dead" if self._dead(lease.id) else "retried"
+        text = f"item {lease.id} {end}{f' ({cls})' if cls else ''}: {lease.uri}"
+        text += f" (attempt {attempt}, {seconds:.1f} s"
+        if outcome.status is Status.ACKED:
+            text += f"; {outcome.chunks} chunks, {outcome.frames} frames inferred"
+        elif outcome.status is Status.ALREADY_DONE:
+            text += "; its outputs were there already"
+        text += f"){f': {outcome.reason}' if outcome.reason else ''}"
+        fields = {
+            "event": "item",
+            "item": lease.id,
+            "uri": lease.uri,
+            "outcome": end,
+            "class": cls,
+            "reason": outcome.reason or None,
+            "attempt": attempt,
+            "seconds": round(seconds, 3),
+            "frames": outcome.frames,
+            "chunks": outcome.chunks,
+        }
+        log.info("%s", text, extra=fields)
+
+    def _dead(self, item_id: str) -> bool:
+        try:
+            item = self.queue.get(item_id)
+        except RedisError:
+            return False
+        return item is not None and item.state is State.DEAD
 
     def _run(
         self,
@@ -251,27 +301,33 @@ class VideoJob:
         except LeaseLost as exc:
             return Outcome(lease.id, Status.LOST, str(exc))
         except Stopped:
-            persist(keeper, q.release, lease, "worker stopping (shutdown or preemption)")
-            return Outcome(lease.id, Status.RELEASED, "stop requested")
+            why = "worker stopping (shutdown or preemption)"
+            persist(keeper, q.release, lease, why)
+            return Outcome(lease.id, Status.RELEASED, why)
         except ItemError as exc:
             verdict = persist(
                 keeper, q.fail, lease, exc.reason, retryable=exc.retryable, cls=exc.cls
             )
             if not verdict.ok:
                 return Outcome(lease.id, Status.LOST, exc.reason)
-            return Outcome(lease.id, Status.FAILED if exc.retryable else Status.DEAD, exc.reason)
+            status = Status.FAILED if exc.retryable else Status.DEAD
+            return Outcome(lease.id, status, exc.reason, cls=exc.cls)
         except InfraError as exc:
-            log.warning("%s: %s; back to the queue, no attempt", lease.id, exc.reason)
             delay = self.settings.queue.backoff_base_s
             persist(keeper, q.release, lease, exc.reason, delay_s=delay)
-            return Outcome(lease.id, Status.RELEASED, exc.reason)
+            why = f"{exc.reason}; back to the queue in {delay:g} s, no attempt counted"
+            return Outcome(lease.id, Status.RELEASED, why)
         except RedisError:
             raise
         except Exception as exc:
-            log.exception("%s: a bug (the item goes back, counted in bugs)", lease.id)
+            log.exception(
+                "item %s: a bug (the item goes back, counted in bugs)",
+                lease.id,
+                extra={"item": lease.id, "uri": lease.uri},
+            )
             text = f"{type(exc).__name__}: {exc}"[:500]
             persist(keeper, q.fail, lease, text, bug=True)
-            return Outcome(lease.id, Status.ERROR, text)
+            return Outcome(lease.id, Status.ERROR, text, cls=INTERNAL_ERROR)
 
     def _persist(
         self, keeper: LeaseKeeper, call: Callable[..., _T], *args: Any, **kwargs: Any

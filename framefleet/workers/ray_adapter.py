@@ -4,10 +4,15 @@ surface we rely on is in one place."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 _TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+_RAY_PRINTER, _OUR_PRINTER = "ray_print_logs", "framefleet"  # the worker lines' handlers
+
+log = logging.getLogger(__name__)
 
 
 def _quiet(record: logging.LogRecord) -> bool:
@@ -114,10 +119,17 @@ class RayAdapter:
         address: str | None,
         runtime_env: dict[str, Any] | None = None,
         temp_dir: str | None = None,
+        worker_lines: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """Connect to a cluster (address) or start a local one (None) in temp_dir. Ray's
         INFO lines and its notice that token authentication is on (it stays on) are not
-        shown: the driver's output lands in the middle of `framefleet run`'s progress."""
+        shown: the driver's output lands in the middle of `framefleet run`'s progress.
+
+        With `worker_lines`, what this job's actors write on their stdout and stderr (their
+        log lines) is shipped to this driver, one batch (ip, pid, actor_name, is_err, lines)
+        a call, in place of Ray's own printer, which prefixes each line with "(Actor pid=..)"
+        and merges alike lines of different actors ("[repeated 2x across cluster]"). Ray
+        has no public hook for it: its dispatcher's handler is swapped."""
         import ray
 
         logging.getLogger(_TOKEN_NOTICE_LOGGER).addFilter(_quiet)
@@ -125,16 +137,29 @@ class RayAdapter:
         ray.init(
             address=address,
             include_dashboard=False,
-            log_to_driver=False,
+            log_to_driver=worker_lines is not None,
             logging_level=logging.WARNING,
             runtime_env=runtime_env,
             **local,
         )
+        if worker_lines is not None:
+            try:
+                from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
+
+                lines.remove_handler(_RAY_PRINTER)
+                lines.remove_handler(_OUR_PRINTER)
+                lines.add_handler(_OUR_PRINTER, worker_lines)
+            except (ImportError, AttributeError):  # another Ray: its own printer stays
+                log.warning("the actors' lines are printed by Ray itself", exc_info=True)
 
     def shutdown(self) -> None:
         import ray
 
         ray.shutdown()
+        with contextlib.suppress(ImportError, AttributeError):
+            from ray._private.ray_logging import global_worker_stdstream_dispatcher as lines
+
+            lines.remove_handler(_OUR_PRINTER)
 
     def gcs_address(self) -> str:
         import ray

@@ -11,6 +11,7 @@ from framefleet.queue import Keys
 from framefleet.settings import (
     VIDEO_SUFFIXES,
     CoordinatorSettings,
+    LogSettings,
     ModelSettings,
     PipelineSettings,
     QueueSettings,
@@ -131,6 +132,27 @@ def test_bad_worker_settings_are_refused(env: dict[str, str]) -> None:
         Settings.from_env(env)
 
 
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"FRAMEFLEET_LOG_LEVEL": "LOUD"}, "FRAMEFLEET_LOG_LEVEL"),
+        ({"FRAMEFLEET_LOG_LEVEL": "20"}, "FRAMEFLEET_LOG_LEVEL"),
+        ({"FRAMEFLEET_LOG_FORMAT": "xml"}, "FRAMEFLEET_LOG_FORMAT"),
+    ],
+)
+def test_bad_log_settings_are_refused_naming_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env(env)
+
+
+def test_log_settings_take_any_case_and_the_terminal_flag_stays_out_of_the_environment() -> None:
+    s = Settings.from_env({"FRAMEFLEET_LOG_LEVEL": "debug", "FRAMEFLEET_LOG_FORMAT": "JSON"})
+    assert (s.log.level, s.log.format) == ("DEBUG", "json")
+    terminal = replace(s, log=replace(s.log, terminal=True))
+    assert terminal.to_env() == s.to_env()  # set by `run` on a terminal, not by a variable
+    assert Settings.from_env(terminal.to_env()).log == s.log == LogSettings("DEBUG", "json")
+
+
 def test_the_config_hash_follows_what_changes_outputs() -> None:
     s = Settings()
     base = s.pipeline.config_hash(s.model)
@@ -239,6 +261,8 @@ VARIABLES: dict[str, tuple[str, object, object]] = {
     "FRAMEFLEET_API_FORWARDED_ALLOW_IPS": ("api.forwarded_allow_ips", "127.0.0.1", "10.0.0.0/8"),
     "FRAMEFLEET_API_MAX_BODY_BYTES": ("api.max_body_bytes", 8 * 1024 * 1024, 4096),
     "FRAMEFLEET_S3_EVENT_SUFFIXES": ("api.s3_event_suffixes", ",".join(VIDEO_SUFFIXES), "*"),
+    "FRAMEFLEET_LOG_LEVEL": ("log.level", "INFO", "DEBUG"),
+    "FRAMEFLEET_LOG_FORMAT": ("log.format", "text", "json"),
 }
 
 
