@@ -153,8 +153,10 @@ class Driver:
                     " driver its token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or"
                     " RAY_AUTH_TOKEN_PATH)"
                 )
-            log.error("%s", error, exc_info=True)
-            self._report(ok=False, error=error)
+            # expected while a head is down (a new driver every few seconds): one line, no
+            # traceback; the report says the GCS is lost, so the GCS alert sees the outage
+            log.warning("%s", error)
+            self._report(ok=False, error=error, **({"gcs": False} if address else {}))
             return None
 
     def _tick(self, pools: Pools, nodes: int) -> int | None:

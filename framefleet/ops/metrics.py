@@ -1,9 +1,9 @@
 """Prometheus metrics (`GET /metrics`): a custom collector that reads the queue at scrape time.
 
 Every figure is the fleet's, read from Redis through the queue's public API (Queue.metrics,
-Supervision): nothing is counted in this process, so nothing goes stale when a worker dies
-and a restart of the API loses nothing (as rq-exporter does). A scrape costs a handful of
-round trips, O(states + classes + buckets + workers), never O(items).
+Queue.server_info, Supervision): nothing is counted in this process, so nothing goes stale
+when a worker dies and a restart of the API loses nothing (as rq-exporter does). A scrape
+costs a handful of round trips, O(states + classes + buckets + workers), never O(items).
 
 The histograms are kept in Redis by the Lua scripts (framefleet/queue/metrics.py), not by
 Ray's metrics export: they survive every process, need no second scrape target (Ray's
@@ -13,8 +13,10 @@ metrics agent on every node), and hold for a fleet without Ray at all.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -24,7 +26,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from framefleet.queue import Histogram, Queue, Supervision
 from framefleet.settings import Settings
@@ -55,22 +57,50 @@ HISTOGRAMS = {
 }
 
 
+# A scrape waits this long for Redis, then reports it down (framefleet_redis_up 0): the
+# client retries a server that does not answer for 20 s and more (queue/connect.py), longer
+# than Prometheus waits for a scrape (10 s by default), which would then see the API down
+# instead. A healthy Redis answers a scrape in milliseconds.
+READ_LIMIT_S = 5.0
+
+
 class QueueCollector(Collector):
     def __init__(self, queue: Queue, settings: Settings, clock: Callable[[], float]) -> None:
         self.queue, self.settings, self.clock = queue, settings, clock
+        self._lock = threading.Lock()
+        self._reading: Future[list[Metric]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(P + "redis_up", "Whether the queue's Redis answered this scrape.")
         try:
-            families = list(self._families())
-        except RedisError as exc:
-            log.warning("metrics: Redis does not answer: %s", exc)
+            families = self._read().result(timeout=READ_LIMIT_S)
+        except (RedisError, TimeoutError) as exc:
+            log.warning("metrics: Redis does not answer: %r", exc)
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
         yield up
         yield from families
+
+    def _read(self) -> Future[list[Metric]]:
+        """The read in flight, or a new one: in a daemon thread, so that a scrape can give up
+        on it, and at most one at a time, so that a Redis that hangs holds one thread (and
+        concurrent scrapes share a read)."""
+        with self._lock:
+            if self._reading is None or self._reading.done():
+                self._reading = Future()
+                thread = threading.Thread(
+                    target=self._run, args=(self._reading,), name="metrics-read", daemon=True
+                )
+                thread.start()
+            return self._reading
+
+    def _run(self, future: Future[list[Metric]]) -> None:
+        try:
+            future.set_result(list(self._families()))
+        except BaseException as exc:  # handed to the scrape that waits on it
+            future.set_exception(exc)
 
     def _families(self) -> Iterator[Metric]:
         m = self.queue.metrics()
@@ -135,6 +165,24 @@ class QueueCollector(Collector):
                 stages.add_metric([key.split(":", 1)[1]], *_buckets(hist))
         yield stages
         yield from self._fleet()
+        yield from self._redis()
+
+    def _redis(self) -> Iterator[Metric]:
+        """The server's memory and its limit: a queue on a server at maxmemory refuses
+        writes (noeviction) or loses items (any other policy)."""
+        try:
+            info = self.queue.server_info()
+        except ResponseError as exc:  # INFO refused (an ACL without it): the rest still counts
+            log.warning("metrics: no INFO from Redis: %s", exc)
+            return
+        used = GaugeMetricFamily(P + "redis_memory_used_bytes", "Memory the Redis server uses.")
+        used.add_metric([], float(info.get("used_memory", 0)))
+        yield used
+        limit = GaugeMetricFamily(
+            P + "redis_memory_max_bytes", "The Redis server's maxmemory (0: no limit)."
+        )
+        limit.add_metric([], float(info.get("maxmemory", 0)))
+        yield limit
 
     def _fleet(self) -> Iterator[Metric]:
         supervision = Supervision(self.queue)
@@ -172,6 +220,14 @@ class QueueCollector(Collector):
         healthy = GaugeMetricFamily(P + "coordinator_healthy", "1 while the health report is ok.")
         healthy.add_metric([], int(bool(report and report.get("ok"))))
         yield healthy
+        gcs = GaugeMetricFamily(
+            P + "ray_gcs_up",
+            "1 while the leader's health report says its Ray GCS answers, 0 while it says the "
+            "GCS is lost (absent: no report, or one that does not say).",
+        )
+        if report and isinstance(report.get("gcs"), bool):
+            gcs.add_metric([], int(report["gcs"]))
+        yield gcs
 
 
 def _buckets(hist: Histogram) -> tuple[list[tuple[str, float]], float]:

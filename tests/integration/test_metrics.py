@@ -4,24 +4,21 @@ metrics` on the scrape, and a scrape's cost independent of the number of items."
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
-from framefleet.queue import ChunkWork, Queue, Supervision, Verdict
+from framefleet.ops.metrics import READ_LIMIT_S
+from framefleet.queue import ChunkWork, EmbeddedServer, Queue, Supervision, Verdict, connect
 from framefleet.settings import ApiSettings, QueueSettings, Settings
 from tests.conftest import ManualClock, monitored
 from tests.integration.test_api import READ, WRITE, Served
-from tests.support.servers import free_port
+from tests.support.prometheus import Prometheus, promtool, wait_for
 
 T0 = 1_800_000_000_000  # the manual clock's start, ms
 
@@ -148,6 +145,52 @@ def test_the_scrape_gives_the_workload_figures(workload: tuple[Served, Queue]) -
     assert samples[_key("framefleet_queue_oldest_item_age_seconds")] > 0
 
 
+def test_redis_memory_and_its_limit_come_from_the_server(
+    workload: tuple[Served, Queue], valkey_client: Redis
+) -> None:
+    served, _ = workload
+    samples = _samples(_scrape(served))
+    limit = int(str(valkey_client.config_get("maxmemory")["maxmemory"]))
+    assert samples[_key("framefleet_redis_memory_max_bytes")] == limit
+    assert samples[_key("framefleet_redis_memory_used_bytes")] > 1_000_000  # a server's least
+
+
+def test_the_ray_gcs_state_is_the_leader_reports(workload: tuple[Served, Queue]) -> None:
+    """1 or 0 as the health report says; absent with no report, or one that does not say
+    (a driver that has not reached Ray yet)."""
+    served, queue = workload
+    sup, gcs = Supervision(queue), _key("framefleet_ray_gcs_up")
+    assert gcs not in _samples(_scrape(served))
+    for report, value in (({"gcs": False}, 0), ({"gcs": True}, 1), ({"error": "no Ray"}, None)):
+        sup.write_health({"ok": False, "at": T0 / 1000, **report}, ttl_s=60)
+        assert _samples(_scrape(served)).get(gcs) == value, report
+
+
+def test_a_scrape_says_redis_is_down_before_prometheus_gives_up(tmp_path: Path) -> None:
+    """With Redis gone, the client retries for 20 s and more; the scrape answers within
+    READ_LIMIT_S (Prometheus waits 10 s by default) with framefleet_redis_up 0 alone, and
+    with every figure again once Redis is back."""
+    server = EmbeddedServer(tmp_path / "redis").start()
+    client = connect(server.url)
+    settings = Settings(queue=QueueSettings(name="m-down"), api=ApiSettings(read_token=READ))
+    up = _key("framefleet_redis_up")
+    try:
+        with Served(settings, Queue(client, settings.queue)) as served:
+            assert _samples(_scrape(served))[up] == 1
+            server.kill()
+            started = time.monotonic()
+            down = _samples(_scrape(served))
+            took = time.monotonic() - started
+            assert down == {up: 0}
+            assert READ_LIMIT_S - 0.5 < took < READ_LIMIT_S + 3, took
+            server = EmbeddedServer(server.data_dir, port=server.port).start()
+            wait_for(lambda: _samples(_scrape(served))[up] == 1, 60, "Redis up again")
+            assert _key('framefleet_queue_items{state="queued"}') in _samples(_scrape(served))
+    finally:
+        client.close()
+        server.stop()
+
+
 def test_metrics_need_a_token(workload: tuple[Served, Queue]) -> None:
     served, _ = workload
     assert httpx.get(f"{served.url}/metrics").status_code == 401
@@ -157,74 +200,10 @@ def test_metrics_need_a_token(workload: tuple[Served, Queue]) -> None:
 
 
 def test_promtool_accepts_the_scrape(workload: tuple[Served, Queue]) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool is missing: scripts/system-deps installs Debian's prometheus"
     text = _scrape(workload[0])
-    checked = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
-    )
+    checked = promtool("check", "metrics", stdin=text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == "", checked.stderr
-
-
-class Prometheus:
-    """Debian's prometheus on a loopback port, scraping one target every second with a
-    bearer token from a file, its data in its own temp dir."""
-
-    def __init__(self, tmp: Path, target: str, token: str) -> None:
-        binary = shutil.which("prometheus")
-        assert binary, "prometheus is missing: scripts/system-deps installs it"
-        (tmp / "token").write_text(token)
-        config = {
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [
-                {
-                    "job_name": "framefleet",
-                    "authorization": {"credentials_file": str(tmp / "token")},
-                    "static_configs": [{"targets": [target]}],
-                }
-            ],
-        }
-        (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (tmp / "prometheus.log").open("w")
-        self.process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        got = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
-        body = got.json()
-        assert body["status"] == "success", body
-        return list(body["data"]["result"])
-
-    def wait_scraped(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, "prometheus exited; see prometheus.log"
-            try:
-                if self.query('up{job="framefleet"} == 1'):
-                    return
-            except (httpx.HTTPError, ValueError, AssertionError):  # it is starting: not JSON
-                pass
-            time.sleep(0.3)
-        raise AssertionError("prometheus did not scrape the API")
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 def test_a_real_prometheus_scrapes_every_metric(
@@ -250,6 +229,8 @@ def test_a_real_prometheus_scrapes_every_metric(
             )
             == []
         )
+        assert prom.query("framefleet_redis_memory_used_bytes > 0")
+        assert prom.query("framefleet_redis_memory_max_bytes >= 0")
     finally:
         prom.close()
 
