@@ -32,6 +32,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from framefleet.queue import Queue, Supervision, connect
+from framefleet.queue.supervision import new_generation
 from framefleet.settings import Settings
 
 from . import driver
@@ -182,7 +183,7 @@ class Coordinator:
             self._next_start = time.monotonic() + delay
         if time.monotonic() < self._next_start:
             return
-        generation = uuid.uuid4().hex[:6]
+        generation = new_generation()
         try:
             self.supervision.add_fleet(generation, self.name)
         except RedisError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
@@ -26,6 +27,13 @@ from .queue import Queue
 def worker_name(kind: str, generation: str, number: int) -> str:
     """The name of a fleet's actor: `<kind>-<generation>-<n>`, unique per incarnation."""
     return f"{kind}-{generation}-{number}"
+
+
+def new_generation() -> str:
+    """A fleet's generation: a whole random UUID (128 bits). An ended fleet's generation is
+    retired for a day (release_workers); with 24 bits a new fleet now and then drew one and
+    was born retired, every decoder refused at its first heartbeat."""
+    return uuid.uuid4().hex
 
 
 def fleet_prefix(generation: str) -> str:

@@ -20,7 +20,6 @@ import signal
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection
 from dataclasses import asdict
 from typing import Any
@@ -30,7 +29,7 @@ from redis.exceptions import RedisError
 
 from framefleet import logs
 from framefleet.queue import Lease, Queue, Supervision, WorkerRetired, connect
-from framefleet.queue.supervision import worker_name
+from framefleet.queue.supervision import new_generation, worker_name
 from framefleet.settings import PipelineSettings, Settings
 
 from .decode import Chunk
@@ -538,7 +537,7 @@ class Fleet:
     ) -> None:
         self.settings, self.redis_url = settings, redis_url
         self.adapter = adapter or RayAdapter()
-        self.generation = uuid.uuid4().hex[:6]
+        self.generation = new_generation()
         self.inference: list[Any] = []
         self.decoders: list[Any] = []
         self.names: list[str] = []

@@ -4,11 +4,14 @@ real server build."""
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 
+import pytest
 from redis import Redis
 
-from framefleet.queue import Queue, Supervision, SweepResult, Verdict
+from framefleet.queue import Queue, Supervision, SweepResult, Verdict, WorkerRetired
+from framefleet.queue.supervision import new_generation, worker_name
 from tests.conftest import ManualClock
 
 
@@ -98,3 +101,26 @@ def test_the_health_report_round_trips_and_expires(client: Redis) -> None:
     ttl = client.pttl(key)
     assert ttl == -2 or 0 <= ttl <= 50  # gone already, or about to go
     _until(lambda: sup.health() is None, "the health report running out")
+
+
+def test_a_new_fleet_never_draws_the_generation_of_a_retired_one(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ended fleet's generation is retired for a day. A new fleet whose random draw starts
+    with the same 24 bits (a collision a 6-hex generation made likely over months of fleets)
+    must not be born retired: every decoder refused at its first heartbeat, replaced every
+    tick, nothing processed."""
+    from framefleet.settings import Settings
+    from framefleet.workers.actors import Fleet
+
+    sup = Supervision(queue)
+    sup.add_fleet("a1b2c3", "coordinator-a")
+    sup.end_fleet("a1b2c3", "its coordinator lost the lead")
+    with pytest.raises(WorkerRetired):
+        sup.heartbeat(worker_name("decoder", "a1b2c3", 0))
+    unlucky = uuid.UUID("a1b2c3" + "5e" * 13)  # the same first 24 bits, then others
+    monkeypatch.setattr(uuid, "uuid4", lambda: unlucky)
+    for generation in (new_generation(), Fleet(Settings(), "redis://unused").generation):
+        sup.add_fleet(generation, "coordinator-b")
+        sup.heartbeat(worker_name("decoder", generation, 0))  # alive, not retired
+        assert generation in sup.fleets()
