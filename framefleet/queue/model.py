@@ -107,7 +107,13 @@ def check_uri(uri: object) -> str:
 
 
 def check_id(item_id: object) -> str:
-    return _text(item_id, "id", MAX_ID_BYTES, no_space=True)
+    """An id: 1..200 bytes of UTF-8, no space or control character, and no `.` or `..`
+    segment between slashes. Ids go into URL paths (the API's, the dashboard's links and
+    forms), where a client resolves dot segments: `x/../victim` would reach `victim`."""
+    text = _text(item_id, "id", MAX_ID_BYTES, no_space=True)
+    if "." in text and any(seg in (".", "..") for seg in text.split("/")):
+        raise InvalidItem(f"id {text!r} has a '.' or '..' segment: URLs would resolve it")
+    return text
 
 
 def check_worker(worker: object) -> str:

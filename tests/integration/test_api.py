@@ -98,6 +98,7 @@ def test_a_batch_with_one_bad_item_writes_nothing_and_names_it(api: Served, tmp_
         ({"uri": "ftp://x/y.mp4"}, "uri"),
         ({"uri": "s3://v/a.mp4", "priority": "urgent"}, "priority"),
         ({"uri": "s3://v/a.mp4", "id": "has space"}, "id"),
+        ({"uri": "s3://v/a.mp4", "id": "x/../victim"}, "'..' segment"),
         ({"uri": "/etc/passwd"}, "outside the allowed roots"),
         ({"uri": "http://127.0.0.1:6379/x.mp4"}, "loopback"),
         ({"uri": "http://169.254.169.254/latest/meta-data"}, "link-local"),

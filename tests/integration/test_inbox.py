@@ -65,6 +65,19 @@ def test_valid_entries_are_ingested_malformed_ones_rejected(queue: Queue, client
     assert queue.stats().counters["inbox_rejected_total"] == 8
 
 
+def test_an_inbox_entry_whose_id_has_a_dot_segment_is_rejected(
+    queue: Queue, client: Redis
+) -> None:
+    """The inbox checks ids as enqueue does: `x/../victim` would reach `victim` in a URL."""
+    bad = [json.dumps({"uri": f"/v/{n}.mp4", "id": i}) for n, i in enumerate(["x/../v", ".."])]
+    good = json.dumps({"uri": "/v/ok.mp4", "id": "cam1/v1..2/a.b"})
+    client.lpush(queue.keys.inbox, *bad, good)
+    result = queue.ingest_inbox()
+    assert (result.ingested, result.rejected) == (1, 2)
+    assert queue.get("cam1/v1..2/a.b") is not None
+    assert all("'..' segment" in r["reason"] for r in queue.rejected())
+
+
 def test_inbox_entries_are_idempotent_by_id(queue: Queue, client: Redis) -> None:
     client.lpush(queue.keys.inbox, json.dumps({"uri": "/v/a.mp4"}), json.dumps({"uri": "/v/a.mp4"}))
     queue.enqueue(["/v/b.mp4"])
@@ -314,6 +327,8 @@ _raw = st.one_of(
 )
 @given(raw=_raw)
 @example(raw=b'{"uri": "/v/a.mp4", "meta": {"fps": NaN}}')  # json.dumps writes these
+@example(raw=b'{"uri": "/v/a.mp4", "id": "x/../y"}')  # a dot segment: both refuse it
+@example(raw=b'{"uri": "/v/a.mp4", "id": "x/..y/."}')
 @example(raw=b'{"uri": "/v/a.mp4", "meta": {"a": 1, "fps": -Infinity}}')
 @example(raw=b'{"uri": "/v/a.mp4", "size": Infinity, "priority": NaN}')
 def test_lua_and_python_give_the_same_verdict(client: Redis, raw: bytes) -> None:

@@ -79,6 +79,22 @@ def test_a_bad_item_in_a_batch_writes_nothing(queue: Queue, client: Redis) -> No
     assert client.dbsize() == before
 
 
+def test_an_id_with_a_dot_segment_is_refused_before_anything_is_written(
+    queue: Queue, client: Redis
+) -> None:
+    """Ids go into URL paths, where clients resolve `.` and `..`: the dead letter
+    `x/../victim`'s Retry button would retry `victim`. Dots inside a segment are fine."""
+    before = client.dbsize()
+    for bad in ("x/../victim", "..", "./a", "a/.", "cam/./b", "a/.."):
+        with pytest.raises(InvalidItem, match="segment"):
+            queue.enqueue(["/v/ok.mp4", NewItem("/v/x.mp4", id=bad)])
+        with pytest.raises(InvalidItem, match="segment"):
+            queue.cancel(bad)
+    assert client.dbsize() == before
+    fine = ["a.b", "cam1/2026/clip.mp4", "...", ".hidden/x", "v1..2"]
+    assert queue.enqueue([NewItem(f"/v/{i}.mp4", id=i) for i in fine]) == fine
+
+
 def test_done_item_is_not_requeued_unless_forced(queue: Queue, clock: ManualClock) -> None:
     [item_id] = queue.enqueue(["/v/a.mp4"])
     [lease] = queue.claim(1, "w")

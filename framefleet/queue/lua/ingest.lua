@@ -75,6 +75,14 @@ end
 
 local function absent(v) return v == nil or v == cjson.null end
 
+-- An id goes into URL paths, where clients resolve `.` and `..` segments (model.check_id).
+local function dot_segment(id)
+  for seg in (id .. '/'):gmatch('([^/]*)/') do
+    if seg == '.' or seg == '..' then return true end
+  end
+  return false
+end
+
 -- cjson reads NaN and Infinity (Python's json.dumps writes them) but cannot write them back.
 local function is_finite(v) return v == v and v ~= math.huge and v ~= -math.huge end
 
@@ -138,6 +146,9 @@ local function parse(raw)
   else
     item.id, err = text(e.id, 'id', MAX_ID, true)
     if not item.id then return nil, err end
+    if dot_segment(item.id) then
+      return nil, "id has a '.' or '..' segment: URLs would resolve it"
+    end
   end
   if not absent(e.priority) then
     local p = e.priority
