@@ -65,9 +65,7 @@ def test_valid_entries_are_ingested_malformed_ones_rejected(queue: Queue, client
     assert queue.stats().counters["inbox_rejected_total"] == 8
 
 
-def test_an_inbox_entry_whose_id_has_a_dot_segment_is_rejected(
-    queue: Queue, client: Redis
-) -> None:
+def test_an_inbox_entry_whose_id_has_a_dot_segment_is_rejected(queue: Queue, client: Redis) -> None:
     """The inbox checks ids as enqueue does: `x/../victim` would reach `victim` in a URL."""
     bad = [json.dumps({"uri": f"/v/{n}.mp4", "id": i}) for n, i in enumerate(["x/../v", ".."])]
     good = json.dumps({"uri": "/v/ok.mp4", "id": "cam1/v1..2/a.b"})
