@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from framefleet import logs
 from framefleet.queue import Item, NewItem, Queue, Supervision, connect, default_id
 from framefleet.settings import VIDEO_SUFFIXES, Settings
+from framefleet.text import printable
 from framefleet.workers.outputs import OutputStore, output_version
 
 from .supervisor import Coordinator
@@ -128,7 +129,7 @@ def summarize(settings: Settings, queue: Queue, ids: list[str], seconds: float, 
         f" ({frames / max(seconds, 1e-9):.1f} frames/s); outputs in {settings.pipeline.out}\n"
     )
     for item in dead:
-        out.write(f"  dead: {item.uri}: {item.dead_reason}\n")
+        out.write(f"  dead: {printable(item.uri)}: {printable(item.dead_reason)}\n")
     return 0 if len(done) == len(ids) else 1
 
 

@@ -23,8 +23,17 @@ from rich.table import Table
 from rich.text import Text
 
 from framefleet.queue import Item, Queue, Stats, Supervision
+from framefleet.text import printable
 
 from . import units
+
+
+def shown(value: object) -> Text:
+    """Text that came from outside (ids, URIs, worker names, errors), as it is: never parsed
+    as rich markup (`cam1[/]` is an id, not a closing tag), each control character written as
+    an escape (framefleet.text.printable)."""
+    return Text(printable(value))
+
 
 WINDOWS_MIN = (1, 5, 15)  # throughput windows shown, in minutes
 DRAIN_WINDOW_MIN = 5  # the rate the drain time is counted at (as /v1/queue's drain_s)
@@ -106,7 +115,9 @@ def render(frame: Frame, error: str | None = None) -> RenderableType:
     does not answer) is shown above a frame that is then the last one read."""
     parts: list[RenderableType] = []
     if error:
-        parts.append(Text(f"not updating: {error}", style="bold red"))
+        warning = shown(f"not updating: {error}")
+        warning.stylize("bold red")
+        parts.append(warning)
     parts += [_summary(frame), Text(), _leased(frame)]
     return Group(*parts)
 
@@ -117,9 +128,9 @@ def _summary(frame: Frame) -> Table:
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
     state = Text("PAUSED", style="bold red") if stats.paused else Text("running", style="green")
-    grid.add_row("queue", Text.assemble(f"{frame.queue}  ", state))
-    shown = [*STATES, *(name for name in EXTRA if stats.counts.get(name))]
-    counts = "  ".join(f"{name} {stats.counts.get(name, 0)}" for name in shown)
+    grid.add_row("queue", Text.assemble(shown(f"{frame.queue}  "), state))
+    listed = [*STATES, *(name for name in EXTRA if stats.counts.get(name))]
+    counts = "  ".join(f"{name} {stats.counts.get(name, 0)}" for name in listed)
     grid.add_row("items", counts)
     grid.add_row("oldest queued", duration(stats.oldest_queued_age_s))
     rates = "  ".join(f"{m}m {frame.done_per_min(m):.1f}" for m in WINDOWS_MIN)
@@ -128,7 +139,7 @@ def _summary(frame: Frame) -> Table:
         rates += f"  (dead {dead / DRAIN_WINDOW_MIN:.1f}/min over {DRAIN_WINDOW_MIN}m)"
     grid.add_row("done/min", rates)
     grid.add_row("drain", _drain(frame))
-    grid.add_row("workers", _workers(frame.workers))
+    grid.add_row("workers", shown(_workers(frame.workers)))
     grid.add_row("leader", _leader(frame))
     return grid
 
@@ -156,22 +167,24 @@ def _workers(workers: Mapping[str, float]) -> str:
 def _leader(frame: Frame) -> Text:
     if frame.leader is None:
         return Text("none (no coordinator leads this queue)", style="yellow")
-    text = Text(frame.leader)
+    text = shown(frame.leader)
     report = frame.health
     if report is None:
         return text.append("; no fresh health report", style="yellow")
     text.append(f"; health report {duration(frame.health_age_s)} old, ")
     if report.get("ok", False):
         return text.append("ok", style="green")
-    return text.append(f"not ok: {report.get('error', 'no reason given')}", style="bold red")
+    error = shown(f"not ok: {report.get('error', 'no reason given')}")
+    error.stylize("bold red")
+    return text.append_text(error)
 
 
 def _leased(frame: Frame) -> RenderableType:
     total = frame.stats.counts.get("leased", 0)
     if not total:
         return Text("no item leased")
-    shown = len(frame.leased)
-    title = f"leased: {total}" + (f" ({shown} shown: --limit for more)" if shown < total else "")
+    count = len(frame.leased)
+    title = f"leased: {total}" + (f" ({count} shown: --limit for more)" if count < total else "")
     table = Table(title=title, title_justify="left", box=_BOX, padding=(0, 1, 0, 0))
     table.add_column("item", no_wrap=True, min_width=24)
     table.add_column("progress", no_wrap=True)
@@ -184,12 +197,12 @@ def _leased(frame: Frame) -> RenderableType:
         bar = ProgressBar(total=known, completed=item.chunks_done, width=BAR_WIDTH)
         of = "?" if known is None else f"{'' if item.chunks_total else '~'}{known}"
         table.add_row(
-            item.id,
+            shown(item.id),
             bar,
             f"{item.chunks_done}/{of}",
-            item.owner or "?",
+            shown(item.owner or "?"),
             duration(_held_s(item, frame.now_ms)),
-            _name(item.uri),
+            shown(_name(item.uri)),
         )
     return table
 
@@ -228,13 +241,13 @@ def items_table(items: Sequence[Item], state: str, now_ms: int) -> Table:
     for item in items:
         total = "?" if item.chunks_total is None else str(item.chunks_total)
         table.add_row(
-            item.id,
+            shown(item.id),
             str(item.priority),
             str(item.attempts),
             f"{item.chunks_done}/{total}",
             duration((now_ms - item.created_ms) / 1000),
-            item.uri,
-            _note(item, now_ms),
+            shown(item.uri),
+            shown(_note(item, now_ms)),
         )
     return table
 

@@ -1069,3 +1069,28 @@ def test_enqueue_of_5000_items_with_and_without_a_terminal(
     assert answer["enqueued"] == 5000 and len(set(answer["new_ids"])) == 5000
     assert "enqueued" in term.text() and "5000/5000" in term.text(), term.text()[-2000:]
     assert ff_json(d, "stats")["counts"]["queued"] == 10_000
+
+
+def test_ids_uris_and_reasons_from_outside_are_shown_as_plain_text(running_server: Path) -> None:
+    """`items` and `watch` show what came from outside as it is. A valid id `cam1[/]` is not
+    rich markup (it made both exit with a MarkupError, and one such dead letter broke the
+    whole dead list), `[link=...]` makes no hyperlink, and a reason phrase with escape
+    sequences (a remote server's) reaches the terminal escaped, not as escapes."""
+    from framefleet.queue import NewItem
+
+    d = running_server
+    q = _queue_at(d)
+    ids = ["cam1[/]", "[link=https://evil.example]clip[/link]", "[bold]x"]
+    q.enqueue([NewItem(f"s3://b/{n}.mp4", id=i) for n, i in enumerate(ids)])
+    [dead] = q.claim(1, "decoder-t1-0")
+    reason = "HTTP 500 \x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\ \x1b[2J\u202egnp.exe"
+    q.fail(dead, reason, retryable=False, cls="fetch_failed")
+    q.claim(1, "decoder-t1-0")  # the next one leased: watch shows it
+    for args in (["items", "--state", "dead"], ["items", "--state", "queued"], ["watch", "--once"]):
+        out = ff(d, *args, env={"COLUMNS": "250"}).stdout
+        assert "\x1b" not in out and "\u202e" not in out, (args, out)
+    assert ids[0] in ff(d, "items", "--state", "dead", env={"COLUMNS": "250"}).stdout
+    dead_list = ff(d, "items", "--state", "dead", env={"COLUMNS": "250"}).stdout
+    assert "\\x1b]8;;https://evil.example" in dead_list and "\\u202e" in dead_list, dead_list
+    assert ids[1] in ff(d, "watch", "--once", env={"COLUMNS": "250"}).stdout
+    assert ids[2] in ff(d, "items", "--state", "queued", env={"COLUMNS": "250"}).stdout

@@ -25,3 +25,13 @@ from framefleet.ops.units import duration
 def test_durations(seconds: float | None, words: str, short: str) -> None:
     assert duration(seconds) == words
     assert duration(seconds, short=True) == short
+
+
+def test_printable_escapes_what_could_drive_a_terminal_and_keeps_the_rest() -> None:
+    from framefleet.text import printable
+
+    assert printable("cam1[/] é 日本 a.b") == "cam1[/] é 日本 a.b"
+    assert printable("\x1b[2Jx\x07") == "\\x1b[2Jx\\x07"
+    assert printable("\x9b31m") == "\\x9b31m"  # a C1 control: CSI on some terminals
+    assert printable("\u202egnp.exe\u200b") == "\\u202egnp.exe\\u200b"  # bidi, zero width
+    assert printable(None) == "None"
