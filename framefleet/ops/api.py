@@ -28,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
@@ -466,7 +467,8 @@ async def s3_events(request: Request, queue: QueueDep, settings: SettingsDep) ->
             refused.append({"index": index, "key": record.key[:200], "error": str(exc)})
             continue
         items.append(item)
-    new = queue.enqueue(items) if items else []
+    # the synchronous Redis client, off the event loop: a slow Redis must not stall /healthz
+    new = await run_in_threadpool(queue.enqueue, items) if items else []
     return {
         "enqueued": len(new),
         "duplicates": len(items) - len(new),  # delivered before (or twice in this body)

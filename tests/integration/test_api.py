@@ -514,3 +514,49 @@ def test_done_and_dead_items_leave_the_api_after_their_retention(
         assert c.get(f"/v1/items/{dead_id}").status_code == 404
         assert c.get("/v1/dead").json()["items"] == []
         assert c.get("/v1/dead/groups").json() == {"groups": {}, "total": 0}
+
+
+def test_an_s3_event_waiting_on_redis_does_not_stall_the_api(tmp_path: Path) -> None:
+    """The S3 events route waits for Redis off the event loop: with the server stopped
+    (SIGSTOP) and an event in flight, /healthz still answers at once (a liveness probe would
+    kill the pod otherwise), and the event is enqueued once the server runs again."""
+    import os
+    import signal
+
+    from framefleet.queue import EmbeddedServer, connect
+
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "b"}, "object": {"key": "stalled.mp4", "eTag": "e"}},
+            }
+        ]
+    }
+    settings = _settings(tmp_path, "api-stalled")
+    with EmbeddedServer(tmp_path / "redis") as server, connect(server.url) as client:
+        pid = server.pid
+        assert pid is not None
+        with Served(settings, Queue(client, settings.queue)) as api, api.client() as c:
+            assert c.post("/v1/events/s3", json=event).status_code == 200  # scripts loaded
+            event["Records"][0]["s3"]["object"]["key"] = "second.mp4"  # type: ignore[index]
+            answers: list[httpx.Response] = []
+
+            def post() -> None:
+                with api.client() as own:  # its own connection: the test's may close first
+                    answers.append(own.post("/v1/events/s3", json=event))
+
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                posting = threading.Thread(target=post)
+                posting.start()
+                time.sleep(0.3)  # the POST reached the route and waits on Redis
+                with httpx.Client(base_url=api.url, timeout=10) as probe:
+                    started = time.monotonic()
+                    assert probe.get("/healthz").status_code == 200
+                    assert time.monotonic() - started < 2.0, "the event loop was blocked"
+                assert posting.is_alive(), "the POST did not wait on the stopped server"
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            posting.join(30)
+            assert answers and answers[0].json()["enqueued"] == 1, answers
