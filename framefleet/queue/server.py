@@ -141,6 +141,7 @@ class EmbeddedServer:
         d = str(self.data_dir)
         return [
             str(self.binary),
+            "-",  # the configuration from stdin first: the password (config()), never in argv
             "--bind",
             "127.0.0.1",
             "--port",
@@ -159,16 +160,19 @@ class EmbeddedServer:
             "no",
             "--protected-mode",
             "yes",
-            "--requirepass",
-            self.password,
             *self.extra_args,
         ]
+
+    def config(self) -> bytes:
+        """What the server reads on stdin: its password. On the command line it would show
+        in /proc/PID/cmdline, which every user of the machine may read."""
+        return f'requirepass "{self.password}"\n'.encode()
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
         """Start the process and wait until it answers PING (it may be loading its AOF).
         Refuses when another server already runs on the same data dir: two servers must
         never append to one file."""
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         other = running_url(self.data_dir)
         if other is not None:
             raise ServerError(f"a server already runs on {self.data_dir} at {other}")
@@ -176,11 +180,14 @@ class EmbeddedServer:
             self.port = _free_port()
         self.process = subprocess.Popen(
             self.args(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C in a terminal must not kill it before we stop it
         )
+        assert self.process.stdin is not None
+        with contextlib.suppress(BrokenPipeError), self.process.stdin as stdin:
+            stdin.write(self.config())  # a server that exited at once is reported below
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
@@ -299,6 +306,19 @@ def _url(port: int, password: str) -> str:
     return f"redis://default:{password}@127.0.0.1:{port}/0"
 
 
+def private_dir(path: Path) -> None:
+    """The data dir, made if missing and the owner's only (0700) whatever made it first:
+    `mkdir(mode=0o700)` does nothing to a directory that exists, and its append-only files
+    hold every URI and meta, its server.log and password file the rest."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        try:
+            path.chmod(0o700)
+        except PermissionError as exc:
+            why = f"{path} is open to other users and not ours to close: {exc}"
+            raise ServerError(why) from None
+
+
 def _password(data_dir: Path) -> str:
     """The password kept in data_dir/password (made once, mode 0600)."""
     path = Path(data_dir) / "password"
@@ -306,7 +326,7 @@ def _password(data_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(Path(data_dir))
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it first
@@ -324,7 +344,7 @@ def embedded(settings: RedisSettings, *, keep_alive: bool = False) -> Iterator[s
     there, or a new one that is stopped again on exit (and, with keep_alive, started again
     from its append-only file if it dies meanwhile)."""
     data_dir = Path(settings.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     with open(data_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         url = running_url(data_dir)
