@@ -39,6 +39,7 @@ from framefleet.queue.reader import FIND_CAP
 from framefleet.settings import Settings
 
 from .auth import TokenGate, Tokens, may_read, may_write
+from .limits import BodyLimit
 from .metrics import registry as metrics_registry
 from .s3events import records
 from .schemas import (
@@ -569,5 +570,8 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
     app.add_api_route("/", front, include_in_schema=False)
     app.add_exception_handler(RequestValidationError, _invalid_input)
     app.add_exception_handler(405, _method_not_allowed)
-    app.add_middleware(TokenGate)  # the token before the body is read (auth.py)
+    # Starlette runs the last added outermost: the token, then the body limit, then FastAPI
+    # reads and parses the body (auth.py, limits.py)
+    app.add_middleware(BodyLimit, limit=settings.api.max_body_bytes)
+    app.add_middleware(TokenGate)
     return app
