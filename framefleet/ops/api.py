@@ -12,6 +12,7 @@ the root path, the body limit) in ops/server.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -396,17 +398,24 @@ def purge_one(item_id: str, queue: QueueDep, who: WriterDep) -> dict[str, str]:
     return {"id": item_id, "state": "purged"}
 
 
+def set_token(ids: list[str]) -> str:
+    """What stands for one set of dead letters: a bulk action goes ahead only on the set its
+    dry run showed, not on another one of the same size (one retried, another died)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:16]
+
+
 def bulk(
     queue: Queue, who: str, action: str, body: Bulk, act: Callable[[list[str]], list[str]]
 ) -> dict[str, Any]:
     """A bulk action on the dead letters of a class (or all): a dry run without `confirm`,
-    else the action, if the count is still the one confirmed, with a reason."""
+    else the action, if the set is still the one confirmed (its count and token), with a
+    reason."""
     ids = queue.dead_ids(body.dead_class)
-    scope = {"class": body.dead_class, "count": len(ids)}
+    scope = {"class": body.dead_class, "count": len(ids), "token": set_token(ids)}
     if body.confirm is None:
         return {"dry_run": True, **scope}
-    if body.confirm != len(ids):
-        raise HTTPException(409, {"error": "the count changed: look again", **scope})
+    if body.confirm != len(ids) or body.token != scope["token"]:
+        raise HTTPException(409, {"error": "the dead letters changed: look again", **scope})
     if not body.reason:
         raise HTTPException(422, "a bulk action needs a reason")
     done: list[str] = []
@@ -436,10 +445,16 @@ def purge_bulk(
     who: WriterDep,
     dead_class: Annotated[str | None, Query(alias="class")] = None,
     confirm: Annotated[int | None, Query()] = None,
+    token: Annotated[str | None, Query(max_length=64)] = None,
     reason: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
 ) -> dict[str, Any]:
     """Delete every dead letter of a class (or all) for good; a dry run, then confirmed."""
-    body = Bulk.model_validate({"class": dead_class, "confirm": confirm, "reason": reason})
+    try:
+        body = Bulk.model_validate(
+            {"class": dead_class, "confirm": confirm, "token": token, "reason": reason}
+        )
+    except ValidationError as exc:  # a confirm without its token
+        raise HTTPException(422, "; ".join(e["msg"] for e in exc.errors())) from None
     return bulk(queue, who, "purge", body, lambda ids: queue.purge_dead(ids))
 
 

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from framefleet.queue import Item
 
@@ -108,12 +116,20 @@ class QueueOut(BaseModel):
 
 class Bulk(BaseModel):
     """A bulk action on dead letters: first without `confirm` (a dry run: the count it
-    would touch), then with that count back as `confirm` and a `reason`."""
+    would touch and a token of that set), then with that count back as `confirm`, the token
+    as `token` and a `reason`."""
 
     model_config = ConfigDict(extra="forbid")
     dead_class: Utf8 | None = Field(None, alias="class")  # None: every class
     confirm: StrictInt | None = None
+    token: Utf8 | None = Field(None, max_length=64)
     reason: Utf8 | None = Field(None, min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _confirmed_with_the_token(self) -> Bulk:
+        if self.confirm is not None and self.token is None:
+            raise ValueError("confirm goes with the token of the set the dry run showed")
+        return self
 
 
 class WorkerOut(BaseModel):

@@ -448,7 +448,7 @@ async def bulk(request: Request) -> Response:
     try:
         body = schemas.Bulk.model_validate(
             {"class": cls, "confirm": None if confirm is None else int(confirm),
-             "reason": form.get("reason") or None}
+             "token": form.get("token") or None, "reason": form.get("reason") or None}
         )  # fmt: skip
     except ValidationError as exc:  # a reason over 500 characters, a class not UTF-8
         why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -458,7 +458,7 @@ async def bulk(request: Request) -> Response:
     answer = await run_in_threadpool(api.bulk, queue, who, verb, body, act)
     if answer["dry_run"]:
         return render(request, "confirm.html", who, page="/dead", title=f"{verb} dead letters",
-                      verb=verb, cls=cls, count=answer["count"])  # fmt: skip
+                      verb=verb, cls=cls, count=answer["count"], token=answer["token"])  # fmt: skip
     return _back(request, "/dead")
 
 

@@ -301,16 +301,20 @@ def test_dead_letters_by_class_retried_and_purged_with_a_count_and_a_reason(
         assert {i["dead_class"] for i in page["items"]} == {"corrupt", "not_found"}
         # a dry run touches nothing
         dry = c.post("/v1/dead/retry", json={"class": "corrupt"}).json()
-        assert dry == {"dry_run": True, "class": "corrupt", "count": 3}
+        token = dry.pop("token")
+        assert dry == {"dry_run": True, "class": "corrupt", "count": 3} and len(token) == 16
         assert c.get("/v1/dead/groups").json()["total"] == 5
-        # a wrong count (someone acted meanwhile) and a missing reason are refused
-        stale = c.post("/v1/dead/retry", json={"class": "corrupt", "confirm": 2, "reason": "x"})
-        assert stale.status_code == 409 and stale.json()["detail"]["count"] == 3
-        assert c.post("/v1/dead/retry", json={"class": "corrupt", "confirm": 3}).status_code == 422
-        done = c.post(
+        # a wrong count (someone acted meanwhile), no token, and no reason are refused
+        stale = c.post(
             "/v1/dead/retry",
-            json={"class": "corrupt", "confirm": 3, "reason": "decoder fixed in 1.4"},
-        ).json()
+            json={"class": "corrupt", "confirm": 2, "token": token, "reason": "x"},
+        )
+        assert stale.status_code == 409 and stale.json()["detail"]["count"] == 3
+        untokened = {"class": "corrupt", "confirm": 3, "reason": "x"}
+        assert c.post("/v1/dead/retry", json=untokened).status_code == 422
+        confirmed = {"class": "corrupt", "confirm": 3, "token": token}
+        assert c.post("/v1/dead/retry", json=confirmed).status_code == 422  # no reason
+        done = c.post("/v1/dead/retry", json={**confirmed, "reason": "decoder fixed in 1.4"}).json()
         assert done == {"dry_run": False, "class": "corrupt", "count": 3}
         for item_id in corrupt:
             item = c.get(f"/v1/items/{item_id}").json()
@@ -320,8 +324,16 @@ def test_dead_letters_by_class_retried_and_purged_with_a_count_and_a_reason(
         assert c.post(f"/v1/dead/{missing[0]}/retry").json()["state"] == "queued"
         assert c.post(f"/v1/dead/{missing[0]}/retry").status_code == 409  # not dead now
         assert c.post("/v1/dead/nope/retry").status_code == 404
-        assert c.delete("/v1/dead").json() == {"dry_run": True, "class": None, "count": 1}
-        purged = c.delete("/v1/dead", params={"confirm": 1, "reason": "camera 2 retired"})
+        dry = c.delete("/v1/dead").json()
+        assert {k: dry[k] for k in ("dry_run", "class", "count")} == {
+            "dry_run": True,
+            "class": None,
+            "count": 1,
+        }
+        assert c.delete("/v1/dead", params={"confirm": 1, "reason": "x"}).status_code == 422
+        purged = c.delete(
+            "/v1/dead", params={"confirm": 1, "token": dry["token"], "reason": "camera 2 retired"}
+        )
         assert purged.json()["count"] == 1 and c.get(f"/v1/items/{missing[1]}").status_code == 404
         log = c.get("/v1/audit").json()
         assert [(e["action"], e.get("count"), e.get("why")) for e in log] == [
@@ -584,3 +596,23 @@ def test_a_body_is_not_read_before_its_token_is_checked(api: Served) -> None:
             "/v1/items", content=iter([big[i : i + 65536] for i in range(0, len(big), 65536)])
         )
         assert streamed.status_code == 413, streamed.text[:200]
+
+
+def test_a_bulk_action_is_refused_when_the_set_changed_but_kept_its_count(
+    api: Served, valkey_client: Redis
+) -> None:
+    """The operator saw three corrupt dead letters; meanwhile one was purged and another
+    died: still three, but not the ones seen. The purge is refused, not done unseen."""
+    with api.client() as c:
+        q = Queue(valkey_client, QueueSettings(name=c.get("/v1/queue").json()["name"]))
+        seen = _kill(q, 3, "corrupt", "cam1")
+        dry = c.delete("/v1/dead", params={"class": "corrupt"}).json()
+        assert dry["count"] == 3
+        assert c.delete(f"/v1/dead/{seen[0]}").status_code == 200
+        _kill(q, 1, "corrupt", "cam9")
+        confirm = {"class": "corrupt", "confirm": 3, "token": dry["token"], "reason": "bad cam"}
+        refused = c.delete("/v1/dead", params=confirm)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["detail"]["count"] == 3
+        assert refused.json()["detail"]["token"] != dry["token"]
+        assert c.get("/v1/dead/groups").json()["groups"] == {"corrupt": 3}  # none purged

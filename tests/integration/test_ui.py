@@ -667,7 +667,10 @@ def test_writes_from_the_pages_change_the_queue_and_the_bulk_ones_are_confirmed_
         assert "Retry 3 dead letters of class corrupt" in confirm.one("h1").text()
         form = confirm.one("form", action="/ui/dead/bulk")
         fields = {i.attrs["name"]: i.attrs.get("value") for i in form.all("input")}
+        token = fields.pop("token")
+        assert token and len(token) == 16
         assert fields == {"action": "retry", "class": "corrupt", "confirm": "3", "reason": None}
+        fields["token"] = token
         assert _state(api) == unchanged
         for bad, status in [
             ({"confirm": "2", "reason": "decoder fixed"}, 409),  # someone acted meanwhile
@@ -675,6 +678,8 @@ def test_writes_from_the_pages_change_the_queue_and_the_bulk_ones_are_confirmed_
             ({"confirm": "3", "reason": "r" * 501}, 422),
             ({"confirm": "³", "reason": "decoder fixed"}, 422),  # a digit int() refuses
             ({"confirm": "three", "reason": "decoder fixed"}, 422),
+            ({"token": "0" * 16, "reason": "decoder fixed"}, 409),  # another set of 3
+            ({"token": "", "reason": "decoder fixed"}, 422),  # a confirm without its token
         ]:
             got = browser.post("/ui/dead/bulk", data={**fields, **bad}, headers=SAME)
             assert got.status_code == status, (bad, got.status_code, got.text[:300])
