@@ -458,13 +458,21 @@ def purge_bulk(
     return bulk(queue, who, "purge", body, lambda ids: queue.purge_dead(ids))
 
 
-@router.post("/v1/events/s3", dependencies=WRITE, responses=errors(400, 403, 413))
+@router.post("/v1/events/s3", dependencies=WRITE, responses=errors(400, 403, 413, 415))
 async def s3_events(request: Request, queue: QueueDep, settings: SettingsDep) -> dict[str, Any]:
     """An S3 event notification (AWS directly, through SNS or EventBridge, or MinIO's
     webhook): each ObjectCreated record of a key with a wanted suffix is enqueued as
     s3://bucket/key, its id standing for bucket, key and version (or eTag), its source in
     meta. Other events are answered and counted as ignored; a record that makes no valid
     item is refused alone (the others are enqueued), with its index and why."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    sns = kind == "text/plain" and "x-amz-sns-message-type" in request.headers
+    if kind != "application/json" and not sns:  # a page's CORS-simple POST is text/plain
+        raise HTTPException(
+            415,
+            "an S3 event is JSON: Content-Type application/json (or SNS's text/plain with"
+            " its x-amz-sns-message-type header)",
+        )
     try:
         body = json.loads(await request.body())
         found = list(records(body))

@@ -10,8 +10,10 @@ its /openapi.json has none. The dependencies then name the caller for the audit 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -88,11 +90,52 @@ class TokenGate:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = _route_path(scope) if scope["type"] == "http" else ""
         pages = path == PAGES or path.startswith(PAGES + "/")
-        if scope["type"] == "http" and path not in OPEN and not pages:
-            try:
+        try:
+            if scope["type"] == "http" and path != "/healthz":
+                _tokenless_guard(Request(scope))
+            if scope["type"] == "http" and path not in OPEN and not pages:
                 _check(Request(scope), write=scope["method"] not in ("GET", "HEAD"))
-            except HTTPException as exc:
-                answer = JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
-                await answer(scope, receive, send)
-                return
+        except HTTPException as exc:
+            answer = JSONResponse({"detail": exc.detail}, exc.status_code, exc.headers)
+            await answer(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def _tokenless_guard(request: Request) -> None:
+    """With no token configured every local caller is let through, so "loopback only" must
+    hold for browsers too: a web page the operator opens may send CORS-simple requests to
+    127.0.0.1 (no preflight), and a DNS-rebinding page reaches it under its own host name.
+    So: a Host that is not a loopback name or address is refused (rebinding), and so is a
+    write from another site (Sec-Fetch-Site, else Origin, as the dashboard's forms are)."""
+    tokens: Tokens = request.app.state.tokens
+    if tokens.write is not None:  # a token: a page cannot send it, nor read the answers
+        return
+    host = request.headers.get("host", "")
+    if not _loopback_host(host):
+        raise HTTPException(
+            403, f"with no token this API answers loopback names only, not {host!r}"
+        )
+    if request.method not in ("GET", "HEAD", "OPTIONS") and _cross_site(request):
+        raise HTTPException(403, "a write from another site: refused (no token is configured)")
+
+
+def _loopback_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _cross_site(request: Request) -> bool:
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = request.headers.get("origin")
+    if origin is None:  # not a browser's cross-origin write (they all send Origin)
+        return False
+    return origin == "null" or urlsplit(origin).netloc != request.headers.get("host", "")

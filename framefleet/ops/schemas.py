@@ -157,10 +157,12 @@ class Problem(BaseModel):
 WHY = {
     400: "the body is not JSON (or, for S3 events, not an event notification)",
     401: "no token, or a wrong one",
-    403: "a write with the read token, or the API is read-only",
+    403: "a write with the read token, the API is read-only, or (with no token configured)"
+    " a Host that is not loopback or a write from another site",
     404: "no such item",
-    409: "the item is in another state, or the count changed since the dry run",
+    409: "the item is in another state, or the set changed since the dry run",
     413: "the body is over FRAMEFLEET_API_MAX_BODY_BYTES",
+    415: "the body is not sent as application/json (SNS's text/plain is taken from SNS)",
     422: "what is wrong with the input",
     503: "the queue's Redis does not answer",
 }

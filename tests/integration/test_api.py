@@ -412,7 +412,16 @@ def test_s3_event_notifications_of_aws_sns_eventbridge_and_minio(
         assert (again["enqueued"], again["duplicates"]) == (0, 1) and again["ids"] == [item_id]
         # through SNS: the same event as a JSON string, once more a duplicate
         sns = {"Type": "Notification", "MessageId": "m1", "Message": json.dumps(direct)}
-        assert c.post("/v1/events/s3", json=sns).json()["duplicates"] == 1
+        as_sns = {
+            "Content-Type": "text/plain; charset=UTF-8",
+            "x-amz-sns-message-type": "Notification",
+        }
+        sent = c.post("/v1/events/s3", content=json.dumps(sns), headers=as_sns)  # as SNS posts
+        assert sent.json()["duplicates"] == 1, sent.text
+        as_text = {"Content-Type": "text/plain; charset=UTF-8"}  # a page's CORS-simple POST
+        assert (
+            c.post("/v1/events/s3", content=json.dumps(direct), headers=as_text).status_code == 415
+        )
         # a new version of the same key is new work
         versioned = {
             "Records": [_aws_record("v.mp4", versionId="v1"), _aws_record("v.mp4", versionId="v2")]
@@ -616,3 +625,47 @@ def test_a_bulk_action_is_refused_when_the_set_changed_but_kept_its_count(
         assert refused.json()["detail"]["count"] == 3
         assert refused.json()["detail"]["token"] != dry["token"]
         assert c.get("/v1/dead/groups").json()["groups"] == {"corrupt": 3}  # none purged
+
+
+def test_without_a_token_only_loopback_callers_and_no_other_site_may_drive_the_api(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """ "Serves loopback only" holds for browsers too. A page the operator opens may send
+    CORS-simple requests to 127.0.0.1 (no preflight): a write from another site is refused.
+    A DNS-rebinding page reaches it under its own host name: any Host but a loopback one is
+    refused, reads and the dashboard included. Local tools (no Origin) still work."""
+    settings = _settings(tmp_path, "api-tokenless", token=None, read_token=None)
+    q = Queue(valkey_client, settings.queue)
+    event = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": "b"}, "object": {"key": "k.mp4"}},
+            }
+        ]
+    }
+    evil = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    plain = {"Content-Type": "text/plain;charset=UTF-8"}
+    with Served(settings, q) as api, api.client(token=None) as c:
+        assert c.post("/v1/queue/pause", headers={**evil, **plain}).status_code == 403
+        assert (
+            c.post("/v1/queue/pause", headers={"Origin": "https://evil.example"}).status_code == 403
+        )
+        got = c.post("/v1/events/s3", content=json.dumps(event), headers={**evil, **plain})
+        assert got.status_code == 403, got.text
+        assert q.stats().paused is False and q.stats().counts["queued"] == 0
+        rebound = {"Host": f"attacker.example:{api.port}", "Sec-Fetch-Site": "same-origin"}
+        assert c.get("/v1/items", headers=rebound).status_code == 403
+        assert c.post("/v1/items", json={"uri": "s3://b/x.mp4"}, headers=rebound).status_code == 403
+        assert c.get("/ui/", headers=rebound).status_code == 403
+        assert c.get("/healthz", headers=rebound).status_code == 200  # liveness stays open
+        # this machine's own callers: a tool (no Origin), a page of its own, [::1] and localhost
+        assert c.post("/v1/queue/pause").status_code == 200
+        same = {"Origin": api.url, "Sec-Fetch-Site": "same-origin"}
+        assert c.post("/v1/queue/resume", headers=same).status_code == 200
+        for host in (f"localhost:{api.port}", f"[::1]:{api.port}", "127.0.0.2"):
+            assert c.get("/v1/queue", headers={"Host": host}).status_code == 200, host
+    tokened = _settings(tmp_path, "api-tokened")
+    with Served(tokened, Queue(valkey_client, tokened.queue)) as api, api.client() as c:
+        # with a token a proxy's host name is fine: a page can neither send nor read it
+        assert c.get("/v1/queue", headers={"Host": "framefleet.example"}).status_code == 200
