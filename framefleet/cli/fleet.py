@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import http.client
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -164,6 +165,23 @@ def _api_banner(api: ApiSettings) -> str:
     return f"framefleet API on {_api_url(api)}{api.root_path} ({where})"
 
 
+def _made_token(settings: Settings) -> ApiSettings:
+    """`up`'s API is authenticated from its first start: with no token configured, one is
+    made and kept in the data dir (`api-token`, the owner's only; the same one every start),
+    and its path, never the token, is printed. A browser's page can then neither drive the
+    API nor read it, whatever it tries."""
+    from framefleet.queue.server import private_dir
+
+    data_dir = Path(settings.redis.data_dir)
+    private_dir(data_dir)
+    path = data_dir / "api-token"
+    with contextlib.suppress(FileExistsError):  # made before (or by a parallel `up`): kept
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return replace(settings.api, token_file=path.resolve())
+
+
 def _api_refused(api: ApiSettings) -> str | None:
     """Why the API would refuse to start as configured (serve() says the same), or None."""
     from framefleet.ops.server import LOOPBACK
@@ -208,6 +226,8 @@ class ApiChild:
             "FRAMEFLEET_LOG_LEVEL": settings.log.level,  # --log-level reaches it too
             "FRAMEFLEET_LOG_FORMAT": settings.log.format,
         }
+        if settings.api.token_file is not None:  # the one `up` made, say
+            self.env["FRAMEFLEET_API_TOKEN_FILE"] = str(settings.api.token_file)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.told = False  # that it stopped and stays stopped
@@ -277,6 +297,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from framefleet.coordinator.supervisor import Coordinator
 
     settings = replace(settings, api=_api_settings(settings.api, args.api_host, args.api_port))
+    if not args.no_api and settings.api.write_token() is None:
+        settings = replace(settings, api=_made_token(settings))
     if not args.no_api and (why := _api_refused(settings.api)):
         print(why, file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -242,14 +243,50 @@ def _wait_for_line(proc: subprocess.Popen[bytes], log: Path, text: str) -> str:
         time.sleep(0.2)
 
 
-def test_up_refuses_an_open_api_beyond_loopback_before_starting_anything(tmp_path: Path) -> None:
-    """With no API token, `up` on a non-loopback address refuses at once, as `api` does,
-    and starts no server (nor Ray): nothing would be left half up."""
-    data = tmp_path / "redis"
-    proc = ff(data, "up", "--api-host", "0.0.0.0", check=False)
-    assert proc.returncode == 2 and "without a token" in proc.stderr, proc.stderr
-    assert "--no-api" in proc.stderr
-    assert running_url(data) is None and not (data / "server.json").exists()
+def test_up_makes_its_api_a_token_on_first_start_and_keeps_it(tmp_path: Path) -> None:
+    """With no token configured, `up` makes one at its first start, kept in the data dir
+    (the owner's only) and the same at the next start; it prints where it is, never the
+    token, and the API wants it (a page can neither drive the API nor read it). No Ray is
+    started here: the cluster address leads nowhere, and the API comes up first anyway."""
+    import httpx
+
+    from tests.support.servers import free_port
+
+    data, port = tmp_path / "redis", free_port()
+    env = _env(data, FRAMEFLEET_API_PORT=str(port), FRAMEFLEET_TICK_S="0.5")
+    token_file = data / "api-token"
+    tokens = []
+    for start in range(2):
+        log = tmp_path / f"up-{start}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "framefleet", "up", "--ray-address", "127.0.0.1:9"],
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            banner = _wait_for_line(proc, log, "framefleet API on")
+            assert str(token_file) in banner, banner
+            token = token_file.read_text().strip()
+            assert len(token) >= 32 and token not in log.read_text()
+            assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+            api = f"http://127.0.0.1:{port}"
+            assert httpx.get(f"{api}/v1/queue").status_code == 401
+            auth = {"Authorization": f"Bearer {token}"}
+            assert httpx.get(f"{api}/v1/queue", headers=auth).status_code == 200
+            tokens.append(token)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+    assert tokens[0] == tokens[1]  # kept: clients configured once keep working
+    assert running_url(data) is None
 
 
 def test_api_finishes_a_request_in_flight_on_sigterm(tmp_path: Path) -> None:
