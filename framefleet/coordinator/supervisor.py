@@ -59,6 +59,7 @@ class Coordinator:
         self._held_until = 0.0  # monotonic: the lease runs out then, by this clock
         self._leading = False
         self._ended: list[tuple[str, str]] = []  # fleets to end once Redis answers
+        self._others_unread = False  # leading, and the other leaders' fleets not read yet
 
     def run(self, until: Callable[[], bool] | None = None) -> int:
         """Until stopped (or `until()` is true, checked every tick). Returns 0, or 2 when the
@@ -108,6 +109,8 @@ class Coordinator:
             self._held_until = asked + ttl
             if not self._leading:
                 self._take_over()
+            elif self._others_unread:  # the take-over could not read them: again each tick
+                self._end_others()
         elif self._leading:
             log.warning(
                 "%s lost the leader lease to another coordinator: standing by",
@@ -121,6 +124,17 @@ class Coordinator:
         """This coordinator has just become the leader: the fleets started by others are
         ended (their workers stop claiming when their leader is gone; their leases come
         back now instead of through their heartbeats going stale)."""
+        self._others_unread = True
+        before = self._end_others()
+        if before:  # a leader change: the fleet event operators look for
+            others = ", ".join(sorted(before))
+            log.warning("%s leads now, after %s", self.name, others, extra={"event": "leader"})
+        else:
+            log.info("%s leads now", self.name, extra={"event": "leader"})
+
+    def _end_others(self) -> set[str]:
+        """Queue the fleets of other coordinators to be ended; their leaders' names. A
+        failed read is tried again at the next tick, not forgotten."""
         before: set[str] = set()
         try:
             for generation, leader in self.supervision.fleets().items():
@@ -128,12 +142,10 @@ class Coordinator:
                     before.add(leader)
                     self._ended.append((generation, f"its coordinator {leader} lost the lead"))
         except RedisError as exc:
-            log.warning("could not read the fleets: %s", exc)
-        if before:  # a leader change: the fleet event operators look for
-            others = ", ".join(sorted(before))
-            log.warning("%s leads now, after %s", self.name, others, extra={"event": "leader"})
-        else:
-            log.info("%s leads now", self.name, extra={"event": "leader"})
+            log.warning("could not read the fleets (again at the next tick): %s", exc)
+            return before
+        self._others_unread = False
+        return before
 
     def _lead(self) -> None:
         c = self.settings.coordinator

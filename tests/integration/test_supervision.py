@@ -10,7 +10,14 @@ from collections.abc import Callable
 import pytest
 from redis import Redis
 
-from framefleet.queue import Queue, Supervision, SweepResult, Verdict, WorkerRetired
+from framefleet.queue import (
+    EmbeddedServer,
+    Queue,
+    Supervision,
+    SweepResult,
+    Verdict,
+    WorkerRetired,
+)
 from framefleet.queue.supervision import new_generation, worker_name
 from tests.conftest import ManualClock
 
@@ -124,3 +131,41 @@ def test_a_new_fleet_never_draws_the_generation_of_a_retired_one(
         sup.add_fleet(generation, "coordinator-b")
         sup.heartbeat(worker_name("decoder", generation, 0))  # alive, not retired
         assert generation in sup.fleets()
+
+
+def test_a_new_leader_that_could_not_read_the_old_fleets_ends_them_at_its_next_tick(
+    valkey: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A coordinator that takes the lead ends the fleets of the coordinator before it. When
+    Redis refused that one read, the old fleet's leases stayed out until their heartbeats went
+    stale: the read is tried again at every tick until it succeeds."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from framefleet.coordinator.supervisor import Coordinator
+    from framefleet.queue import connect
+    from framefleet.settings import QueueSettings, Settings
+
+    settings = Settings(queue=QueueSettings(name="takeover-retry"))
+    old = Supervision(Queue(connect(valkey.url), settings.queue))
+    old.add_fleet("f0ld", "coordinator-old")
+    old.queue.enqueue(["/v/held.mp4"])
+    [lease] = old.queue.claim(1, worker_name("decoder", "f0ld", 0))
+    new = Coordinator(settings, valkey.url, name="coordinator-new")
+    real, calls = new.supervision.fleets, []
+
+    def flaky() -> dict[str, str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RedisConnectionError("Redis did not answer")
+        return real()
+
+    monkeypatch.setattr(new.supervision, "fleets", flaky)
+    assert new._hold()  # the lead taken, the old fleets not read
+    assert old.queue.get(lease.id).state == "leased"  # type: ignore[union-attr]
+    assert new._hold()  # the next tick's lease renewal reads them
+    new._end_fleets()
+    assert old.queue.get(lease.id).state == "queued"  # type: ignore[union-attr]
+    assert "f0ld" not in old.fleets() and len(calls) == 2
+    new.supervision.release_leadership(new.name)
+    new.queue.client.close()
+    old.queue.client.close()
