@@ -9,6 +9,7 @@ its /openapi.json has none. The dependencies then name the caller for the audit 
 
 from __future__ import annotations
 
+import base64
 import hmac
 import ipaddress
 from dataclasses import dataclass
@@ -32,9 +33,24 @@ class Tokens:
         return cls(settings.write_token(), settings.read_token or None, settings.read_only)
 
 
+EVENTS = "/v1/events/s3"  # SNS can send only Basic credentials (in the endpoint's URL)
+
+
 def _bearer(request: Request) -> str | None:
+    """The token: `Authorization: Bearer <token>`; on the S3 events route also `Basic` with
+    the token as the password (any user name), which is all an SNS HTTPS subscription can
+    send (https://user:TOKEN@host/v1/events/s3)."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    if scheme.lower() == "basic" and token and _route_path(request.scope) == EVENTS:
+        try:
+            _, sep, password = base64.b64decode(token, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return password if sep and password else None
+    return None
 
 
 def _same(given: str, expected: str | None) -> bool:
@@ -49,15 +65,18 @@ def _check(request: Request, write: bool) -> str:
     if tokens.write is None:
         return "local"
     token = _bearer(request)
+    # SNS sends its Basic credentials only once challenged for them
+    basic = ', Basic realm="framefleet"' if _route_path(request.scope) == EVENTS else ""
+    challenge = {"WWW-Authenticate": f'Bearer realm="framefleet"{basic}'}
     if token is None:
-        raise HTTPException(401, "a bearer token is needed", {"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "a bearer token is needed", challenge)
     if _same(token, tokens.write):
         return "write"
     if _same(token, tokens.read):
         if write:
             raise HTTPException(403, "the read token may only GET")
         return "read"
-    raise HTTPException(401, "wrong token", {"WWW-Authenticate": "Bearer"})
+    raise HTTPException(401, "wrong token", challenge)
 
 
 async def may_read(request: Request) -> str:

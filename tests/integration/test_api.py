@@ -669,3 +669,64 @@ def test_without_a_token_only_loopback_callers_and_no_other_site_may_drive_the_a
     with Served(tokened, Queue(valkey_client, tokened.queue)) as api, api.client() as c:
         # with a token a proxy's host name is fine: a page can neither send nor read it
         assert c.get("/v1/queue", headers={"Host": "framefleet.example"}).status_code == 200
+
+
+def test_an_sns_https_subscription_authenticates_with_basic_and_delivers(
+    api: Served, valkey_client: Redis
+) -> None:
+    """SNS can send credentials only as Basic in the endpoint's URL, after a 401 that asks
+    for them: the events route takes the token as the Basic password. The whole flow, with
+    SNS's own message shapes and headers: the subscription's confirmation (its SubscribeURL
+    logged, nothing fetched), then a notification carrying the S3 event."""
+    token = WRITE
+    sns_headers = {
+        "Content-Type": "text/plain; charset=UTF-8",
+        "User-Agent": "Amazon Simple Notification Service Agent",
+    }
+    arn = "arn:aws:sns:eu-west-1:123456789012:framefleet-uploads"
+    confirmation = {
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1b",
+        "Token": "2336412f37fb687f5d51e6e241d09c805a5a57b30d712f794cc5f6a988666d92768dd60a7",
+        "TopicArn": arn,
+        "Message": f"You have chosen to subscribe to the topic {arn}.",
+        "SubscribeURL": f"https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn={arn}&Token=2336",
+        "Timestamp": "2026-12-01T10:00:00.000Z",
+        "SignatureVersion": "1",
+        "Signature": "EXAMPLEpH+DcEwjAPg8O9mY8dReBSwksfg2S7WKQcikcNKWLQjwu6A4VbeS0QHVCkhRS7fUQ=",
+        "SigningCertURL": "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-0000000000000000000000.pem",
+    }
+    notification = {
+        "Type": "Notification",
+        "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+        "TopicArn": arn,
+        "Subject": "Amazon S3 Notification",
+        "Message": json.dumps({"Records": [_aws_record("sns%2Fclip.mp4")]}),
+        "Timestamp": "2026-12-01T10:00:01.000Z",
+        "SignatureVersion": "1",
+        "Signature": "EXAMPLE",
+        "SigningCertURL": confirmation["SigningCertURL"],
+        "UnsubscribeURL": f"https://sns.eu-west-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={arn}:1",
+    }
+    with httpx.Client(base_url=api.url, timeout=30) as sns:
+        for kind, message in (
+            ("SubscriptionConfirmation", confirmation),
+            ("Notification", notification),
+        ):
+            headers = {**sns_headers, "x-amz-sns-message-type": kind, "x-amz-sns-topic-arn": arn}
+            body = json.dumps(message)
+            first = sns.post("/v1/events/s3", content=body, headers=headers)  # no credentials yet
+            assert first.status_code == 401 and "Basic" in first.headers["WWW-Authenticate"]
+            wrong = sns.post("/v1/events/s3", content=body, headers=headers, auth=("sns", "nope"))
+            assert wrong.status_code == 401
+            got = sns.post("/v1/events/s3", content=body, headers=headers, auth=("sns", token))
+            assert got.status_code == 200, got.text
+        assert got.json()["enqueued"] == 1
+        name = httpx.get(
+            f"{api.url}/v1/queue", headers={"Authorization": f"Bearer {token}"}
+        ).json()["name"]
+        [item_id] = got.json()["ids"]
+        item = Queue(valkey_client, QueueSettings(name=name)).get(item_id)
+        assert item is not None and item.uri == "s3://cams/sns/clip.mp4"
+        # Basic is for the events route only: elsewhere the bearer token is the way
+        assert sns.get("/v1/queue", auth=("sns", token)).status_code == 401

@@ -171,7 +171,8 @@ def test_without_a_token_nothing_but_healthz_answers(served: Served) -> None:
             ("DELETE", "/v1/dead"),
         ]:
             got = anonymous.request(method, path)
-            assert got.status_code == 401 and got.headers["WWW-Authenticate"] == "Bearer", path
+            assert got.status_code == 401, path
+            assert got.headers["WWW-Authenticate"].startswith("Bearer"), path
         for path in ("/v1/items", "/v1/dead/retry", "/v1/events/s3"):
             assert _post(anonymous, path, b"{not json").status_code == 401, path
     with served.client("not-the-token") as wrong:
