@@ -145,6 +145,33 @@ class _Download:
         self.uri, self.settings, self.etag, self.touch, self.path = uri, settings, etag, touch, path
         self.deadline = time.monotonic() + settings.fetch_deadline_s
         self.reserved = 0
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._watching = threading.Lock()
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def watch(self, sock: socket.socket) -> None:
+        """A connection of this download: shut down when the deadline passes, whatever it
+        waits for then (the connection, the TLS handshake, a status line, headers or a
+        chunk's size line dribbled one byte a read timeout)."""
+        with self._watching:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._watching:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def _too_long(self) -> TransientError:
+        return TransientError(
+            f"{self.uri}: the download took longer than {self.settings.fetch_deadline_s:g} s"
+            " (fetch_deadline_s)"
+        )
 
     def reserve(self, length: int) -> None:
         """The object is `length` bytes: refused (InfraError: this node's trouble) when the
@@ -174,8 +201,24 @@ class _Download:
         out.truncate()
         if self.uri.startswith("s3://"):
             _download_s3(self, out)
-        else:
+            return
+        if self.left() <= 0:
+            raise self._too_long()
+        watchdog = threading.Timer(self.left(), self._expire)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
             _download_http(self, out)
+            if self.expired:  # cut off at the deadline: what came is not the whole video
+                raise self._too_long()
+        except (TransientError, OSError, http.client.HTTPException):
+            if self.expired:
+                raise self._too_long() from None
+            raise
+        finally:
+            watchdog.cancel()
+            with self._watching:
+                self._sockets.clear()
 
     def copy(self, body: Any, out: IO[bytes]) -> None:
         """From a response body, within the size limit and the deadline."""
@@ -194,7 +237,15 @@ class _Download:
                 )
             _write(out, chunk, self.uri)
             self.touch()
+        if getattr(body, "length", None):  # http.client's bytes still due: the server hung up
+            raise TransientError(f"{self.uri}: the connection closed {body.length} bytes early")
         _write(out, b"", self.uri)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Ends a blocked recv in another thread at once (close() alone does not, on Linux)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _write(out: IO[bytes], data: bytes, uri: str) -> None:
@@ -261,7 +312,7 @@ def _get(url: str, targets: list[tuple[Any, int]], got: _Download) -> tuple[Any,
     error: Exception | None = None
     for address, port in targets:
         cls = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
-        conn = cls(str(parts.hostname), port, address=str(address), timeout=timeout)
+        conn = cls(str(parts.hostname), port, address=str(address), timeout=timeout, got=got)
         try:
             conn.request("GET", path, headers=headers)
             return conn, conn.getresponse()
@@ -283,26 +334,39 @@ def _check_status(uri: str, response: Any) -> None:
     raise TransientError(f"{uri}: HTTP {code} {reason}")
 
 
+def _connect(address: str, port: int, timeout: float, got: _Download) -> socket.socket:
+    """A connection to the checked address, watched by the download's deadline."""
+    wait = max(0.001, min(timeout, got.left()))
+    sock = socket.create_connection((address, port), wait)
+    sock.settimeout(timeout)
+    got.watch(sock)
+    return sock
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
     """Connects to the address the policy checked, whatever the name resolves to now."""
 
-    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, *, address: str, timeout: float, got: _Download
+    ) -> None:
         super().__init__(host, port, timeout=timeout)
-        self.address = address
+        self.address, self.got = address, got
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = _connect(self.address, self.port, float(self.timeout), self.got)  # type: ignore[arg-type]
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
     """The same over TLS: the certificate is checked against the URL's host name."""
 
-    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, *, address: str, timeout: float, got: _Download
+    ) -> None:
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self.address = address
+        self.address, self.got = address, got
 
     def connect(self) -> None:
-        sock = socket.create_connection((self.address, self.port), self.timeout)
+        sock = _connect(self.address, self.port, float(self.timeout), self.got)  # type: ignore[arg-type]
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 

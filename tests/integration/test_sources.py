@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -229,3 +232,79 @@ def test_unsupported_scheme() -> None:
         fetched("ftp://h/v.mp4", SourceSettings()),
     ):
         pass
+
+
+class Dribbler:
+    """A loopback HTTP server that sends its answer one byte at a time, each well within
+    the per-read timeout: the status line (`/status`), the headers (`/headers`), or a
+    chunked body's size lines (`/chunks`). Until stopped."""
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        self.every_s = every_s
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Dribbler:
+        accepting = threading.Thread(target=self._accept, daemon=True)
+        accepting.start()
+        self.threads.append(accepting)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(10)
+
+    def _accept(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            serving = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            serving.start()
+            self.threads.append(serving)
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            path = conn.recv(4096).split(b" ")[1].decode()
+            head = b"HTTP/1.1 200 OK\r\n"
+            if path.startswith("/status"):
+                answer = head * 1000
+            elif path.startswith("/headers"):
+                answer = head + b"X-Slow: " + b"a" * 100_000
+            else:
+                head += b"Transfer-Encoding: chunked\r\n\r\n"
+                answer = head + b"0" * 100_000
+            for byte in answer:
+                if self.stopping.wait(self.every_s):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+
+def test_the_download_deadline_covers_the_whole_download(tmp_path: Path) -> None:
+    """FRAMEFLEET_FETCH_DEADLINE_S holds whatever the server dribbles one byte a read
+    timeout: the status line, the headers, a chunked body's size lines. It was checked only
+    between body reads: a 2 s deadline held a fetch for over 15 s, its thread stuck for good."""
+    settings = SourceSettings(
+        fetch_attempts=1,
+        fetch_timeout_s=1,  # each byte comes within it
+        fetch_deadline_s=2,
+        allow_private_urls="127.0.0.0/8",
+    )
+    with Dribbler() as server:
+        for path in ("/status.mp4", "/headers.mp4", "/chunks.mp4"):
+            started = time.monotonic()
+            with (
+                pytest.raises(TransientError, match="fetch_deadline_s"),
+                fetched(server.url + path, settings),
+            ):
+                pass
+            took = time.monotonic() - started
+            assert took < 6, f"{path}: {took:.1f} s for a 2 s deadline"
