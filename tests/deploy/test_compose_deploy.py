@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.deploy import FIGURES
 from tests.support.compose import (
     IMAGE,
     Deployment,
@@ -48,13 +49,10 @@ services:
     volumes:
       - {models}:/models:ro
 """
-FIGURES: dict[str, Any] = {}  # printed at the end, for the README
 
 
 @pytest.fixture(scope="module")
-def deployment(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[Deployment]:
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     work = tmp_path_factory.mktemp("deploy")
     (work / "videos").mkdir()
     for name, frames in {**SHORT, **LONG, **LATE}.items():
@@ -78,10 +76,7 @@ def deployment(
         for service in SERVICES:  # what each container said, for a failure's diagnosis
             (work / f"{service}.log").write_text(d.logs(service))
         d.down()
-        (work / "figures.json").write_text(json.dumps(FIGURES, indent=1))
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:  # the README's figures, in the run's output
-            reporter.write_line(f"\ndeployment figures: {json.dumps(FIGURES)}; logs in {work}")
+        (work / "figures.json").write_text(json.dumps(FIGURES, indent=1))  # and the summary
 
 
 def ready(d: Deployment) -> bool:
@@ -202,6 +197,7 @@ def test_a_ray_head_killed_mid_work_is_resumed_by_the_coordinator(
     started = time.monotonic()
     wait_for("the long videos done after the head's restart", lambda: all_done(d, ids), 420, 2)
     FIGURES["head kill to all done s"] = round(time.monotonic() - started)
+    FIGURES["memory after the long videos"] = d.memory()
     done_once(d, [*ids_of(d, "done")], sum(SHORT.values()) + sum(LONG.values()))
     after = d.queue()["counters"]
     assert after.get("leader_changes_total") == before.get("leader_changes_total"), (
