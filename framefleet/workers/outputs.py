@@ -145,19 +145,19 @@ class OutputStore:
         except BotoCoreError as exc:
             raise InfraError(f"{self.uri(key)}: {exc}") from None
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = True) -> bool:
-        """Write `key` atomically unless it exists (`if_absent=False`: the caller has just
-        checked). True when this call wrote it."""
-        if if_absent and self.exists(key):
+    def put(self, key: str, data: bytes, *, if_absent: bool = True, checked: bool = False) -> bool:
+        """Write `key` atomically; with `if_absent` (the default) only if it does not exist,
+        the first write winning even between writers that both found it missing (S3's
+        `If-None-Match: *`, a hard link locally). `checked`: the caller has just looked, so
+        no look first. True when this call wrote it."""
+        if if_absent and not checked and self.exists(key):  # without writing anything
             return False
         if self.is_s3:
-            self._put_s3(key, data)
-            return True
+            return self._put_s3(key, data, if_absent)
         try:
-            _atomic_write(self.root / key, data)
+            return _atomic_write(self.root / key, data, if_absent)
         except OSError as exc:  # a full or read-only disk: the store's trouble
             raise InfraError(f"{self.uri(key)}: {exc.strerror or exc}") from None
-        return True
 
     def get(self, key: str) -> bytes:
         if not self.is_s3:
@@ -182,15 +182,22 @@ class OutputStore:
     def _s3_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
-    def _put_s3(self, key: str, data: bytes) -> None:
+    def _put_s3(self, key: str, data: bytes, if_absent: bool) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        only_new = {"IfNoneMatch": "*"} if if_absent else {}
         try:
-            s3_client(self.source).put_object(Bucket=self.bucket, Key=self._s3_key(key), Body=data)
+            s3_client(self.source).put_object(
+                Bucket=self.bucket, Key=self._s3_key(key), Body=data, **only_new
+            )
         except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if if_absent and status in (409, 412):  # another writer's object came first
+                return False
             raise _store_error(self.uri(key), exc) from None
         except BotoCoreError as exc:
             raise InfraError(f"{self.uri(key)}: {exc}") from None
+        return True
 
     # -- chunks and videos -------------------------------------------------------------------
 
@@ -213,9 +220,16 @@ class OutputStore:
         return {k for k in indices if self.has_chunk(video, k)}
 
     def write_chunk(
-        self, video: str, index: int, table: pa.Table, *, if_absent: bool = True
+        self,
+        video: str,
+        index: int,
+        table: pa.Table,
+        *,
+        if_absent: bool = True,
+        checked: bool = False,
     ) -> bool:
-        return self.put(f"{video}/{chunk_name(index)}", _parquet_bytes(table), if_absent=if_absent)
+        key = f"{video}/{chunk_name(index)}"
+        return self.put(key, _parquet_bytes(table), if_absent=if_absent, checked=checked)
 
     def read_chunk(self, video: str, index: int) -> pa.Table:
         return pq.read_table(io.BytesIO(self.get(f"{video}/{chunk_name(index)}")))
@@ -350,7 +364,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, if_absent: bool = False) -> bool:
+    """`data` at `path`, whole or not at all: a temporary file, fsynced, then renamed into
+    place, or (if_absent) linked into place, which fails when the path exists: the first
+    writer wins. True when this call wrote it."""
     _make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -358,8 +375,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if if_absent:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    return True

@@ -541,7 +541,9 @@ def infer_chunk(
     table = records_table(
         item_id, model.name, model.schema, records, chunk.frame_indices, chunk.pts_s
     )
-    store.write_chunk(video, chunk.index, table, if_absent=False)  # checked above
+    # the first write wins: a resent chunk's second run, or a zombie actor's, never replaces
+    # the file a merge may already have read
+    store.write_chunk(video, chunk.index, table, checked=True)
     return ChunkDone(
         int(table.num_rows), inferred - started, time.perf_counter() - inferred, device
     )

@@ -231,6 +231,22 @@ def test_chunks_are_written_once_and_merged(store: OutputStore) -> None:
     assert store.read_manifest("v1")["frames"] == 5
 
 
+def test_the_first_write_of_a_chunk_wins_even_between_writers_that_both_checked(
+    store: OutputStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers of one chunk (a chunk resent after its timeout, and the slow first call
+    still running) both find it missing, then both write: the first write must win, so a
+    zombie can never replace a chunk a merge has already read. (Check-then-write let the
+    last one win, on S3 and locally.)"""
+    monkeypatch.setattr(store, "exists", lambda key: False)  # both looked before either wrote
+    assert store.write_chunk("v9", 0, _table("v9", 3)) is True
+    assert store.write_chunk("v9", 0, _table("v9", 99)) is False
+    assert store.read_chunk("v9", 0).num_rows == 3
+    assert store.write_chunk("v9", 1, _table("v9", 2), checked=True) is True
+    assert store.write_chunk("v9", 1, _table("v9", 7), checked=True) is False
+    assert store.read_chunk("v9", 1).num_rows == 2
+
+
 def test_finalize_refuses_missing_chunks(store: OutputStore) -> None:
     store.write_chunk("v2", 0, _table("v2", 1))
     with pytest.raises(Exception, match=r"chunks \[1\] are missing"):
