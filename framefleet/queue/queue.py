@@ -232,8 +232,19 @@ class Queue(QueueReader):
     def release(self, lease: Lease, reason: str = "released", *, delay_s: float = 0) -> Verdict:
         """Back to queued, no attempt counted: at once (preemption, shutdown), or after
         delay_s (the infrastructure failed, not the item)."""
-        verdict, _ = self._fenced("release", lease, reason, int(delay_s * 1000))
+        verdict, _ = self._fenced("release", lease, reason, int(delay_s * 1000), "", 0)
         return verdict
+
+    def release_for(
+        self, lease: Lease, reason: str, cls: str, *, delay_s: float = 0
+    ) -> tuple[Verdict, str | None]:
+        """A release because the infrastructure failed for this video's sake (larger than
+        the node's temporary space, say: class `cls`): counted, and after max_attempts of
+        them the item is dead with that class instead, since such a release would repeat on
+        every node for ever (lua/release.lua). The verdict, and the dead reason if it died."""
+        bound = self.settings.max_attempts
+        verdict, rest = self._fenced("release", lease, reason, int(delay_s * 1000), cls, bound)
+        return verdict, (str(rest[1]) if len(rest) > 1 and rest[0] == "dead" else None)
 
     # -- supervision -----------------------------------------------------------------
 

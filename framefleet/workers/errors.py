@@ -57,8 +57,10 @@ class TransientError(ItemError):
 
 
 class InfraError(Exception):
-    """The infrastructure failed, not the item: it goes back to the queue, uncharged."""
+    """The infrastructure failed, not the item: it goes back to the queue, uncharged. With
+    `cls`, it failed for this item's sake (a video larger than the node's temporary space):
+    such releases are counted, and the item dies with that class after a bound of them."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, cls: str = "") -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason, self.cls = reason, cls

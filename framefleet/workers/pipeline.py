@@ -314,7 +314,12 @@ class VideoJob:
             return Outcome(lease.id, status, exc.reason, cls=exc.cls)
         except InfraError as exc:
             delay = self.settings.queue.backoff_base_s
-            persist(keeper, q.release, lease, exc.reason, delay_s=delay)
+            if exc.cls:  # for this video's sake: counted, dead after a bound
+                _, dead = persist(keeper, q.release_for, lease, exc.reason, exc.cls, delay_s=delay)
+                if dead is not None:
+                    return Outcome(lease.id, Status.DEAD, dead, cls=exc.cls)
+            else:
+                persist(keeper, q.release, lease, exc.reason, delay_s=delay)
             why = f"{exc.reason}; back to the queue in {delay:g} s, no attempt counted"
             return Outcome(lease.id, Status.RELEASED, why)
         except RedisError:

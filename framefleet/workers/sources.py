@@ -181,11 +181,16 @@ class _Download:
         with _reserving:
             _reserved -= self.reserved
             self.reserved = 0
-            free = shutil.disk_usage(self.path.parent).free - _reserved
+            disk = shutil.disk_usage(self.path.parent)
+            free = disk.free - _reserved
             if length > free:
+                # more than the node's whole free space: it fails the same on every node
+                # like this one, so it is counted (and dies too_big after a bound); short of
+                # space only for the other downloads here, it is merely released
                 raise InfraError(
                     f"{self.uri}: {length} bytes, but only {max(free, 0)} bytes of temporary"
-                    f" space free in {self.path.parent} (FRAMEFLEET_TMP_DIR)"
+                    f" space free in {self.path.parent} (FRAMEFLEET_TMP_DIR)",
+                    TOO_BIG if length > disk.free else "",
                 )
             _reserved += length
             self.reserved = length

@@ -431,7 +431,7 @@ def test_f15_free_temporary_space_is_checked_before_a_download(
     env: dict[str, Any], tmp_path: Path, aws: None
 ) -> None:
     """An object larger than the free temporary space is not downloaded at all: the video
-    goes back to the queue uncharged (another node may have the room)."""
+    goes back to the queue uncharged (another node may have the room), but not for ever."""
     from framefleet.workers.sources import s3_client
 
     tmpfs = tmp_path / "tmpfs"
@@ -445,8 +445,19 @@ def test_f15_free_temporary_space_is_checked_before_a_download(
             s3_client(source).put_object(Bucket="videos-in", Key="big.mp4", Body=body)
             env["settings"] = replace(env["settings"], source=source)
             status, item = run_one(env, "s3://videos-in/big.mp4")
-        assert status == "released" and item.attempts == 0
-        assert "temporary space" in (item.release_reason or ""), item.release_reason
+            assert status == "released" and item.attempts == 0
+            assert "temporary space" in (item.release_reason or ""), item.release_reason
+            # larger than the node's whole free space: it would be released on every node
+            # like this one for ever (`run` never returned); after max_attempts it is dead
+            q: Queue = env["queue"]
+            job = VideoJob(q, env["store"], env["inference"], env["settings"])
+            for _ in range(env["settings"].queue.max_attempts - 1):
+                [lease] = q.claim(1, "decoder-1", block=5)  # once its short delay is over
+                status = job.run(lease).status
+            item = q.get(item.id)
+        assert status == "dead" and item is not None and item.state == "dead", item
+        assert item.dead_class == "too_big" and item.attempts == 0, item
+        assert "released 5 times" in (item.dead_reason or ""), item.dead_reason
     finally:
         subprocess.run(["umount", str(tmpfs)], check=True)
 

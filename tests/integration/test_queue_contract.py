@@ -568,3 +568,23 @@ def test_states_and_items_follow_many_ids_in_batches(make_queue: QueueFactory) -
     assert states.count("queued") == 4 and states.count("done") == 1
     assert states[ids.index(lease.id)] == "done" and states[-1] is None
     assert [item.id for item in q.items([*ids, "no-such-id"])] == ids
+
+
+def test_a_release_for_the_videos_own_sake_is_counted_and_ends_dead(queue: Queue) -> None:
+    """A release whose infrastructure failed because of the video itself (larger than the
+    node's temporary space) would repeat on every node for ever: after max_attempts of them
+    the item is dead with the class given; plain releases never count, nor does a retry."""
+    [item_id] = queue.enqueue(["/v/huge.mp4"])
+    bound = queue.settings.max_attempts
+    for n in range(1, bound + 1):
+        [lease] = queue.claim(1, "w")
+        assert queue.release(lease, "preempted")  # uncounted
+        [lease] = queue.claim(1, "w")
+        verdict, dead = queue.release_for(lease, "bigger than the disk", "too_big")
+        assert verdict == Verdict.OK and (dead is None) == (n < bound), (n, dead)
+    item = queue.get(item_id)
+    assert item is not None and item.state is State.DEAD and item.attempts == 0
+    assert item.dead_class == "too_big" and f"released {bound} times" in (item.dead_reason or "")
+    assert queue.retry_dead([item_id]) == [item_id]  # fresh counts again
+    [lease] = queue.claim(1, "w")
+    assert queue.release_for(lease, "bigger than the disk", "too_big")[1] is None

@@ -28,6 +28,7 @@ from framefleet.queue import (
     State,
     Supervision,
     SweepResult,
+    Verdict,
     connect,
     open_queue,
 )
@@ -128,7 +129,7 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     assert q.fail(l1, "boom", bug=True) and q.fail(l2, "corrupt", retryable=False, cls="x")
     assert q.release(l3, "preempted")
     [l4] = q.claim(1, "w1")
-    assert q.release(l4, "disk full", delay_s=1)
+    assert q.release_for(l4, "bigger than the disk", "too_big", delay_s=1) == (Verdict.OK, None)
     # a blocking claim that waits (paused), resume, cancel
     q.pause()
     assert q.claim(1, "w1", block=0.2) == []

@@ -1,15 +1,15 @@
 -- retry_dead.lua: send dead letters back to queued with fresh attempt and delivery counts.
 -- KEYS[1] prefix. ARGV: now, limit, then ids (none = the oldest `limit` dead letters).
--- Keeps last_error as history; clears attempts, bugs, deliveries, the suspect marks (solo,
--- solo_since, crash_mark), dead_reason, dead_class, dead_at.
+-- Keeps last_error as history; clears attempts, bugs, deliveries, infra_releases, the
+-- suspect marks (solo, solo_since, crash_mark), dead_reason, dead_class, dead_at.
 -- Writes dead (and its class index), queued, item hashes, stats.dead_retried_total, signal. Returns the ids moved.
 local ids = dead_ids_from_argv()
 local moved = {}
 for _, id in ipairs(ids) do
   local key = ikey(id)
   if leave_dead(id, key) then
-    redis.call('HDEL', key, 'attempts', 'bugs', 'deliveries', 'solo', 'solo_since',
-               'crash_mark', 'dead_reason', 'dead_class', 'dead_at')
+    redis.call('HDEL', key, 'attempts', 'bugs', 'deliveries', 'infra_releases', 'solo',
+               'solo_since', 'crash_mark', 'dead_reason', 'dead_class', 'dead_at')
     to_queued(id, key)
     moved[#moved + 1] = id
   end
