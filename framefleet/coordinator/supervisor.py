@@ -154,8 +154,11 @@ class Coordinator:
         try:
             # While the driver cannot see its cluster, its actors' silence says nothing about
             # the videos they hold: if the driver gives up, its fleet is ended, uncharged.
-            stale = c.stale_s if self._fleet_sound() else None
-            self.supervision.queue.sweep(stale_s=stale, gap_s=c.gap_s)
+            # Nor do the leases that run out meanwhile, one by one in different sweeps: they
+            # come back uncharged (judge=False), not each charged alone.
+            sound = self._fleet_sound()
+            stale = c.stale_s if sound else None
+            self.supervision.queue.sweep(stale_s=stale, gap_s=c.gap_s, judge=sound)
         except RedisError as exc:  # the next tick tries again
             log.warning("sweep failed: %s", exc)
 

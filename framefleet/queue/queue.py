@@ -257,13 +257,20 @@ class Queue(QueueReader):
         return ReapResult(r.requeued, r.poisoned, r.promoted)
 
     def sweep(
-        self, *, stale_s: float | None = None, gap_s: float | None = None, limit: int = 1000
+        self,
+        *,
+        stale_s: float | None = None,
+        gap_s: float | None = None,
+        limit: int = 1000,
+        judge: bool = True,
     ) -> SweepResult:
         """One upkeep pass (lua/sweep.lua), looping until no expired lease is left: with
         `stale_s`, the leases of workers silent that long expire now; with `gap_s`, a sweep
         that comes more than gap_s after the previous one forgives the leases that ran out
         in between (the server was down or its clock jumped: their workers could not renew).
         Each pass also deletes up to `limit` done and dead items past their retention.
+        `judge=False` (the caller cannot tell a dead worker from a live one just now: its
+        fleet lost the Ray GCS): expired leases come back as suspects, none charged.
         """
         s = self.settings
         stale = -1 if stale_s is None else int(stale_s * 1000)
@@ -271,7 +278,8 @@ class Queue(QueueReader):
         ttls = (int(s.lease_s * 1000), int(s.done_ttl_s * 1000), int(s.dead_ttl_s * 1000))
         total = SweepResult()
         while True:
-            *counts, more = self._run("sweep", limit, s.max_deliveries, stale, gap, *ttls)
+            flag = "1" if judge else "0"
+            *counts, more = self._run("sweep", limit, s.max_deliveries, stale, gap, *ttls, flag)
             total += SweepResult(*(int(c) for c in counts))
             if not int(more):
                 return total

@@ -169,3 +169,31 @@ def test_a_new_leader_that_could_not_read_the_old_fleets_ends_them_at_its_next_t
     new.supervision.release_leadership(new.name)
     new.queue.client.close()
     old.queue.client.close()
+
+
+def test_a_sweep_that_cannot_judge_charges_no_lapse(queue: Queue, clock: ManualClock) -> None:
+    """While its fleet has lost the Ray GCS, the coordinator cannot tell a dead worker from
+    a live one. A worker that died holding two videos renewed them at different times: their
+    leases run out apart and land in different sweeps, where each, alone, looked like the
+    video's fault (a delivery charged: three such outages made a good video poison)."""
+    queue.enqueue(["/v/a.mp4", "/v/b.mp4"])
+    [a] = queue.claim(1, "w-dead")
+    clock.advance(20_000)
+    [b] = queue.claim(1, "w-dead")  # b's lease runs out 20 s after a's
+    lease_ms = int(queue.settings.lease_s * 1000)
+    clock.advance(lease_ms - 20_000 + 1)  # a's has run out, b's has not
+    assert queue.sweep(judge=False).requeued == 1
+    clock.advance(20_000)
+    assert queue.sweep(judge=False).requeued == 1
+    for item_id in (a.id, b.id):
+        item = queue.get(item_id)
+        assert item is not None and item.deliveries == 0 and item.solo, item
+    # the control: judged, the first lapse alone is charged to its video
+    queue.enqueue(["/v/c.mp4", "/v/d.mp4"])
+    [c] = queue.claim(1, "w-dead-2")
+    clock.advance(20_000)
+    queue.claim(1, "w-dead-2")
+    clock.advance(lease_ms - 20_000 + 1)
+    assert queue.sweep().requeued == 1
+    charged = queue.get(c.id)
+    assert charged is not None and charged.deliveries == 1

@@ -1,7 +1,8 @@
 -- sweep.lua: the queue's upkeep, run on a cadence by the coordinator and the decode actors
 -- (and by hand: Queue.reap). KEYS[1] prefix.
 -- ARGV: now, limit, max_deliveries, stale_ms (-1: skip step 2), gap_ms (-1: skip step 1),
---       lease_ms, done_ttl_ms, dead_ttl_ms.
+--       lease_ms, done_ttl_ms, dead_ttl_ms, judge ('0': the caller cannot tell a dead worker
+--       from a live one just now (its fleet lost the Ray GCS): step 3 charges nothing).
 -- 1. A gap: when the last sweep (meta.swept_at) is more than gap_ms ago, the cadence broke:
 --    the server was down, its clock jumped forward, or nobody swept. Workers may not have
 --    been able to renew either, so the leases that ran out since get a new lease_ms instead
@@ -15,7 +16,9 @@
 -- 3. Reap: leases past their deadline end, with a blame (lapse() in _common.lua): when all
 --    the leases of a worker that held several ran out together, the worker failed and the
 --    blame is shared ('suspect' each: no delivery, retried alone); otherwise (it held only
---    this one, or it renewed its others) the evidence points at the item ('charge').
+--    this one, or it renewed its others) the evidence points at the item ('charge'). Not
+--    judging (a fleet whose GCS is lost: its workers' leases run out apart, in different
+--    sweeps, and would each be charged alone), every lapse is a suspect's.
 -- 4. Due retries move from delayed to queued.
 -- 5. Retention: at most `limit` done items older than done_ttl_ms and dead ones older than
 --    dead_ttl_ms are deleted (hash and chunk set): a bounded batch per sweep.
@@ -30,6 +33,7 @@ local limit = tonumber(ARGV[2])
 local max_deliveries = tonumber(ARGV[3])
 local stale_ms, gap_ms, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local done_ttl_ms, dead_ttl_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
+local judge = ARGV[9] ~= '0'
 
 -- 1. gap
 local forgiven = 0
@@ -111,6 +115,7 @@ local requeued, poisoned, handled = silent, 0, silent
 local done_owner = {}
 local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, limit)
 local function reap_one(id, blame)
+  if not judge then blame = 'suspect' end -- no evidence either way: uncharged, retried alone
   local key = ikey(id)
   if not redis.call('ZSCORE', K_LEASED, id) then return end -- handled with its worker
   handled = handled + 1
