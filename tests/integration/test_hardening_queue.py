@@ -191,24 +191,29 @@ def test_f3_a_lease_its_live_worker_stopped_renewing_is_charged_to_that_video(
     assert queue.get(fine_id).state == "leased"  # type: ignore[union-attr]
 
 
-def test_f3_a_worker_merely_silent_charges_nothing_even_alone(
+def test_f3_a_worker_merely_silent_charges_nothing_but_a_video_that_silences_each_is_poison(
     queue: Queue, clock: ManualClock
 ) -> None:
     """Its heartbeat stopped and nobody says why (its node lost without Ray noticing yet, a
-    partition): the video it held alone comes back as a suspect, uncharged. Only a death
-    Ray reports (the process died on a live node), or a lease its live worker stopped
-    renewing, points at the video."""
+    partition): the video it held alone comes back as a suspect, uncharged. But when the
+    worker that took that suspect, alone, goes silent too, the evidence points at the video
+    (it freezes its worker): charged each time, it ends as poison at max_deliveries instead
+    of costing a worker for ever (it was a suspect again and again)."""
     sup = Supervision(queue)
     [item_id] = queue.enqueue(["/v/a.mp4"])
-    for n in range(4):
+    max_deliveries = queue.settings.max_deliveries
+    for n in range(max_deliveries + 1):
         [lease] = queue.claim(1, f"decoder-{n}")
         sup.heartbeat(f"decoder-{n}")
         clock.advance(10_001)
         result = sup.sweep(stale_s=10)
-        assert (result.orphaned_leases, result.requeued) == (1, 1)
-    item = queue.get(item_id)
-    assert item is not None and (item.state, item.deliveries, item.solo) == ("queued", 0, True)
-    assert item.interrupted == 4
+        assert result.orphaned_leases == 1
+        item = queue.get(item_id)
+        assert item is not None and item.deliveries == n, (n, item)
+        if n == 0:
+            assert (item.state, item.solo) == ("queued", True)  # a suspect, uncharged
+    assert item.state == "dead" and item.dead_class == "poison", item
+    assert result.poisoned == 1 and item.interrupted == max_deliveries + 1
     del lease
 
 

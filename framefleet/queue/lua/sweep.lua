@@ -12,7 +12,9 @@
 --    (score 0: Ray said their process died) expire now, for the reap to judge; those of
 --    workers merely silent for stale_ms (a node lost without Ray saying so yet, a
 --    partition, a stopped process: nothing tells the video's fault from the node's) go back
---    at once as suspects, uncharged. Workers silent for 3 x stale_ms are forgotten.
+--    at once as suspects, uncharged; but a silent worker that held only a suspect (a video
+--    whose worker went silent before) is charged to it. Workers silent for 3 x stale_ms are
+--    forgotten.
 -- 3. Reap: leases past their deadline end, with a blame (lapse() in _common.lua): when all
 --    the leases of a worker that held several ran out together, the worker failed and the
 --    blame is shared ('suspect' each: no delivery, retried alone); otherwise (it held only
@@ -57,7 +59,7 @@ if gap_ms >= 0 then
 end
 
 -- 2. orphans
-local gone, orphaned, orphans, silent = {}, 0, 0, 0
+local gone, orphaned, orphans, silent, silent_poisoned = {}, 0, 0, 0, 0
 if stale_ms >= 0 then
   if grace then
     gone = redis.call('ZRANGEBYSCORE', K_WORKERS, 0, 0)
@@ -65,23 +67,34 @@ if stale_ms >= 0 then
     gone = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - stale_ms)
   end
   for _, w in ipairs(gone) do
-    local any = false
     local known_dead = tonumber(redis.call('ZSCORE', K_WORKERS, w)) == 0
+    local live = {}
     for _, id in ipairs(redis.call('SMEMBERS', hkey(w))) do
-      local key = ikey(id)
-      if redis.call('HGET', key, 'owner') == w and redis.call('ZSCORE', K_LEASED, id) then
-        if known_dead then -- its process died, Ray said: the reap below judges it
-          redis.call('ZADD', K_LEASED, 'XX', now, id)
-          redis.call('HSET', key, 'lease_until', now)
-        else -- silent, nobody says why (a node lost unannounced, a partition): a suspect
-          lapse(id, key, now, 'suspect', max_deliveries)
-          silent = silent + 1
-        end
-        orphaned = orphaned + 1
-        any = true
+      if redis.call('HGET', ikey(id), 'owner') == w and redis.call('ZSCORE', K_LEASED, id) then
+        live[#live + 1] = id
       end
     end
-    if any then orphans = orphans + 1 end
+    -- Silent holding only a video that was a suspect already (handed out alone after an
+    -- earlier silence): the evidence now points at the video, which freezes its worker
+    -- each time; charged, so that it ends as poison instead of costing a worker for ever.
+    local alone = #live == 1 and redis.call('HGET', ikey(live[1]), 'solo') == '1'
+    for _, id in ipairs(live) do
+      local key = ikey(id)
+      if known_dead then -- its process died, Ray said: the reap below judges it
+        redis.call('ZADD', K_LEASED, 'XX', now, id)
+        redis.call('HSET', key, 'lease_until', now)
+      elseif alone then
+        if lapse(id, key, now, 'charge', max_deliveries) then
+          silent_poisoned = silent_poisoned + 1
+        end
+        silent = silent + 1
+      else -- silent, nobody says why (a node lost unannounced, a partition): a suspect
+        lapse(id, key, now, 'suspect', max_deliveries)
+        silent = silent + 1
+      end
+      orphaned = orphaned + 1
+    end
+    if #live > 0 then orphans = orphans + 1 end
   end
   -- Forgotten a while later, so that the coordinator sees them stale (and kills them)
   -- meanwhile; those marked gone (score 0) go now.
@@ -111,7 +124,7 @@ local function failed_whole(owner)
   return true, redis.call('SMEMBERS', hkey(owner))
 end
 
-local requeued, poisoned, handled = silent, 0, silent
+local requeued, poisoned, handled = silent - silent_poisoned, silent_poisoned, silent
 local done_owner = {}
 local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, limit)
 local function reap_one(id, blame)
