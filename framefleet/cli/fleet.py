@@ -354,14 +354,18 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     try:
         client = connect(url, retry_s=0)
         client.ping()
-        report = Supervision(Queue(client, settings.queue)).health()
+        supervision = Supervision(Queue(client, settings.queue))
+        report = supervision.health()
+        # by the server's clock: the leader's host's clock, or this one's, may be off
+        age = None if report is None else supervision.health_age_s(report)
     except Exception as exc:  # any failure to answer is the answer
         print(f"unhealthy: Redis does not answer: {exc}", file=sys.stderr)
         return 1
     if report is None:
         print("unhealthy: no fresh health report from a leader coordinator", file=sys.stderr)
         return 1
-    age = _time.time() - float(report.get("at", 0))
+    if age is None:  # a report of an older coordinator, without the server's stamp
+        age = _time.time() - float(report.get("at", 0))
     if age > args.max_age_s or not report.get("ok", False):
         why = report.get("error") or f"the report is {age:.0f} s old"
         print(f"unhealthy: {why}", file=sys.stderr)

@@ -162,11 +162,22 @@ class Supervision:
     # -- health ------------------------------------------------------------------------
 
     def write_health(self, report: dict[str, Any], ttl_s: float) -> None:
-        self.client.set(self.keys.health, json.dumps(report, sort_keys=True), px=int(ttl_s * 1000))
+        """The leader's report, stamped with the queue's time (`written_ms`: the server's
+        clock) besides the writer's own `at`, so that its age is told by one clock."""
+        stamped = {**report, "written_ms": self.queue.now_ms()}
+        self.client.set(self.keys.health, json.dumps(stamped, sort_keys=True), px=int(ttl_s * 1000))
 
     def health(self) -> dict[str, Any] | None:
         raw = self.client.get(self.keys.health)
         return None if raw is None else dict(json.loads(raw))
+
+    def health_age_s(self, report: Mapping[str, Any]) -> float | None:
+        """How old a report is by the queue's clock (None for a report without its stamp):
+        a leader whose host's clock is off does not make it look stale, or fresh."""
+        written = report.get("written_ms")
+        if not isinstance(written, int | float):
+            return None
+        return max(0.0, (self.queue.now_ms() - written) / 1000)
 
 
 def _server_ms(reply: tuple[int, int]) -> int:

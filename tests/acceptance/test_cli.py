@@ -418,7 +418,16 @@ def test_check_is_a_health_check_that_starts_nothing(running_server: Path) -> No
     supervision.write_health({"ok": True, "at": time.time(), "leader": "c-1"}, ttl_s=60)
     ok = ff(running_server, "check")
     assert "healthy: leader c-1" in ok.stdout
-    supervision.write_health({"ok": True, "at": time.time() - 120, "leader": "c-1"}, ttl_s=60)
+    # a leader whose host's clock is an hour behind (its `at`) writes a fresh report: the
+    # age is the server's to tell, so a standby's check does not fail for the skew
+    supervision.write_health({"ok": True, "at": time.time() - 3600, "leader": "c-2"}, ttl_s=60)
+    skewed = ff(running_server, "check", check=False)
+    assert skewed.returncode == 0 and "healthy: leader c-2" in skewed.stdout, skewed.stderr
+    # a report written 120 s ago by the server's clock (a queue whose clock is that far back)
+    back = Supervision(
+        Queue(connect(url), QueueSettings(), clock=lambda: int((time.time() - 120) * 1000))
+    )
+    back.write_health({"ok": True, "at": time.time(), "leader": "c-1"}, ttl_s=60)
     stale = ff(running_server, "check", check=False)
     assert stale.returncode == 1 and "old" in stale.stderr
     supervision.write_health({"ok": False, "at": time.time(), "error": "GCS lost"}, ttl_s=60)

@@ -212,7 +212,9 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     assert sup.hold_leadership("c1", ttl_s=60) and sup.hold_leadership("c1", ttl_s=60)
     assert sup.leader() == "c1" and sup.release_leadership("c1")
     sup.write_health({"ok": True}, ttl_s=60)
-    assert sup.health() == {"ok": True}
+    report = sup.health()
+    assert report is not None and report["ok"] is True
+    assert sup.health_age_s(report) is not None
 
 
 def test_every_operation_needs_only_framefleet_keys(

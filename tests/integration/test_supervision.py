@@ -102,7 +102,12 @@ def test_the_health_report_round_trips_and_expires(client: Redis) -> None:
     key = sup.keys.health
     assert sup.health() is None
     sup.write_health({"ok": True, "nodes": 2}, ttl_s=60)
-    assert sup.health() == {"ok": True, "nodes": 2}
+    report = sup.health()
+    assert report is not None and report.pop("written_ms") > 0  # the server's time
+    assert report == {"ok": True, "nodes": 2}
+    age = sup.health_age_s({"written_ms": sup.queue.now_ms() - 2500})
+    assert age is not None and 2.4 < age < 30  # by the queue's clock
+    assert sup.health_age_s({"at": 1.0}) is None  # an older coordinator's, unstamped
     assert 30_000 < client.pttl(key) <= 60_000
     sup.write_health({"ok": False}, ttl_s=0.05)
     ttl = client.pttl(key)
