@@ -212,8 +212,9 @@ def test_f3_a_worker_merely_silent_charges_nothing_but_a_video_that_silences_eac
         assert item is not None and item.deliveries == n, (n, item)
         if n == 0:
             assert (item.state, item.solo) == ("queued", True)  # a suspect, uncharged
-    assert item.state == "dead" and item.dead_class == "poison", item
-    assert result.poisoned == 1 and item.interrupted == max_deliveries + 1
+    dead = queue.get(item_id)
+    assert dead is not None and dead.state == "dead" and dead.dead_class == "poison", dead
+    assert result.poisoned == 1 and dead.interrupted == max_deliveries + 1
     del lease
 
 
