@@ -175,10 +175,20 @@ def _made_token(settings: Settings) -> ApiSettings:
     data_dir = Path(settings.redis.data_dir)
     private_dir(data_dir)
     path = data_dir / "api-token"
-    with contextlib.suppress(FileExistsError):  # made before (or by a parallel `up`): kept
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.is_file() or not path.read_text().strip():  # none, or an empty one (a crash)
+        tmp = data_dir / f".api-token.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # whole or not at all; a parallel `up`'s token, made first, wins
+        except FileExistsError:
+            if not path.read_text().strip():
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return replace(settings.api, token_file=path.resolve())
 
 

@@ -44,7 +44,7 @@ def _bearer(request: Request) -> str | None:
     token = token.strip()
     if scheme.lower() == "bearer" and token:
         return token
-    if scheme.lower() == "basic" and token and _route_path(request.scope) == EVENTS:
+    if scheme.lower() == "basic" and token and route_path(request.scope) == EVENTS:
         try:
             _, sep, password = base64.b64decode(token, validate=True).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
@@ -66,7 +66,7 @@ def _check(request: Request, write: bool) -> str:
         return "local"
     token = _bearer(request)
     # SNS sends its Basic credentials only once challenged for them
-    basic = ', Basic realm="framefleet"' if _route_path(request.scope) == EVENTS else ""
+    basic = ', Basic realm="framefleet"' if route_path(request.scope) == EVENTS else ""
     challenge = {"WWW-Authenticate": f'Bearer realm="framefleet"{basic}'}
     if token is None:
         raise HTTPException(401, "a bearer token is needed", challenge)
@@ -91,7 +91,7 @@ OPEN = ("/healthz", "/")  # liveness, and the front door (a redirect to the dash
 PAGES = "/ui"  # the dashboard checks its own session cookie (ops/ui.py, ops/session.py)
 
 
-def _route_path(scope: Any) -> str:
+def route_path(scope: Any) -> str:
     """The path the routes see: without the root path when a proxy left it in."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
@@ -107,7 +107,7 @@ class TokenGate:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        path = _route_path(scope) if scope["type"] == "http" else ""
+        path = route_path(scope) if scope["type"] == "http" else ""
         pages = path == PAGES or path.startswith(PAGES + "/")
         try:
             if scope["type"] == "http" and path != "/healthz":

@@ -17,9 +17,11 @@ doubled output. Item ids that are not plain file names are percent-encoded.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import tempfile
@@ -36,6 +38,8 @@ from framefleet.settings import SourceSettings
 
 from .errors import OUTPUT_FAILED, InfraError, TransientError
 from .sources import s3_client, s3_error, split_s3
+
+log = logging.getLogger(__name__)
 
 BASE_FIELDS = [("video_id", pa.string()), ("frame_index", pa.int64()), ("pts_s", pa.float64())]
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
@@ -114,6 +118,7 @@ class OutputStore:
         self.base = base.rstrip("/")
         self.source = source
         self.is_s3 = self.base.startswith("s3://")
+        self._conditional_puts = True  # If-None-Match: *, until the store says 501
         if self.is_s3:
             self.bucket, self.prefix = split_s3(self.base + "/")[0], self.base[5:].partition("/")[2]
         else:
@@ -185,15 +190,22 @@ class OutputStore:
     def _put_s3(self, key: str, data: bytes, if_absent: bool) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        only_new = {"IfNoneMatch": "*"} if if_absent else {}
+        conditional = if_absent and self._conditional_puts
+        only_new = {"IfNoneMatch": "*"} if conditional else {}
         try:
             s3_client(self.source).put_object(
                 Bucket=self.bucket, Key=self._s3_key(key), Body=data, **only_new
             )
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if if_absent and status in (409, 412):  # another writer's object came first
+            if conditional and status in (409, 412):  # another writer's object came first
                 return False
+                log.warning("%s: no conditional writes (501): checked, then written", self.base)
+                log.warning(
+                    "%s: no conditional writes (HTTP 501): checked, then written", self.base
+                )
+                self._conditional_puts = False
+                return self._put_s3(key, data, if_absent)
             raise _store_error(self.uri(key), exc) from None
         except BotoCoreError as exc:
             raise InfraError(f"{self.uri(key)}: {exc}") from None
@@ -364,6 +376,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
+
+
 def _atomic_write(path: Path, data: bytes, if_absent: bool = False) -> bool:
     """`data` at `path`, whole or not at all: a temporary file, fsynced, then renamed into
     place, or (if_absent) linked into place, which fails when the path exists: the first
@@ -380,6 +395,12 @@ def _atomic_write(path: Path, data: bytes, if_absent: bool = False) -> bool:
                 os.link(tmp, path)
             except FileExistsError:
                 return False
+            except OSError as exc:
+                if exc.errno not in _NO_LINKS:
+                    raise
+                # a file system without hard links (some FUSE and CIFS mounts): checked by
+                # the caller, then renamed into place: the last of two racing writers wins
+                os.replace(tmp, path)
             finally:
                 Path(tmp).unlink(missing_ok=True)
         else:

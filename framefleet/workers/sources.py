@@ -184,13 +184,15 @@ class _Download:
             disk = shutil.disk_usage(self.path.parent)
             free = disk.free - _reserved
             if length > free:
-                # more than the node's whole free space: it fails the same on every node
-                # like this one, so it is counted (and dies too_big after a bound); short of
-                # space only for the other downloads here, it is merely released
+                # more than the space free even with every framefleet download on this node
+                # gone: it fails the same on every node like this one, so it is counted (and
+                # dies too_big after a bound); short of room only because of the others, it
+                # is merely released
+                ours = _temporary_bytes(self.path.parent)
                 raise InfraError(
                     f"{self.uri}: {length} bytes, but only {max(free, 0)} bytes of temporary"
                     f" space free in {self.path.parent} (FRAMEFLEET_TMP_DIR)",
-                    TOO_BIG if length > disk.free else "",
+                    TOO_BIG if length > disk.free + ours else "",
                 )
             _reserved += length
             self.reserved = length
@@ -247,10 +249,21 @@ class _Download:
         _write(out, b"", self.uri)
 
 
+def _temporary_bytes(directory: Path) -> int:
+    """What framefleet's downloads hold in `directory` now, every process's on this node."""
+    total = 0
+    for path in directory.glob("framefleet-*"):
+        with contextlib.suppress(OSError):
+            total += path.stat().st_size
+    return total
+
+
 def _shut(sock: socket.socket) -> None:
-    """Ends a blocked recv in another thread at once (close() alone does not, on Linux)."""
+    """Ends a blocked recv in another thread at once (close() alone does not, on Linux):
+    the file descriptor's shutdown, also under a TLS socket, whose own shutdown() would
+    tear down its SSL object while the other thread uses it."""
     with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _write(out: IO[bytes], data: bytes, uri: str) -> None:
@@ -339,12 +352,16 @@ def _check_status(uri: str, response: Any) -> None:
     raise TransientError(f"{uri}: HTTP {code} {reason}")
 
 
-def _connect(address: str, port: int, timeout: float, got: _Download) -> socket.socket:
-    """A connection to the checked address, watched by the download's deadline."""
+def _connect(
+    address: str, port: int, timeout: float, got: _Download, watch: bool = True
+) -> socket.socket:
+    """A connection to the checked address, watched by the download's deadline (`watch`:
+    TLS watches the socket it wraps this one in, since wrapping detaches this one)."""
     wait = max(0.001, min(timeout, got.left()))
     sock = socket.create_connection((address, port), wait)
     sock.settimeout(timeout)
-    got.watch(sock)
+    if watch:
+        got.watch(sock)
     return sock
 
 
@@ -371,8 +388,13 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.address, self.got = address, got
 
     def connect(self) -> None:
-        sock = _connect(self.address, self.port, float(self.timeout), self.got)  # type: ignore[arg-type]
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+        sock = _connect(self.address, self.port, float(self.timeout), self.got, watch=False)  # type: ignore[arg-type]
+        tls = self._context.wrap_socket(  # type: ignore[attr-defined]
+            sock, server_hostname=self.host, do_handshake_on_connect=False
+        )
+        self.got.watch(tls)  # before the handshake, which a server may dribble too
+        tls.do_handshake()
+        self.sock = tls
 
 
 # -- s3 ------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ if cls ~= '' then
     local reason = 'released ' .. n .. ' times for the same reason: ' .. ARGV[5]
     redis.call('HSET', key, 'last_error', ARGV[5])
     redis.call('HINCRBY', K_FAILED, cls, 1)
+    stat('failed_total')
     to_dead(id, key, now, reason, cls)
     return {'ok', 'dead', reason}
   end
