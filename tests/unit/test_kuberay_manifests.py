@@ -5,7 +5,7 @@ KubeRay's CRD) would accept, and says what the design needs.
   strict mode (an unknown field is an error), for the oldest Kubernetes the manifests are
   meant for and the newest the package knows.
 - The RayCluster against the openAPIV3Schema of KubeRay 1.7's CRD (a copy in
-  deploy/kuberay/schema/, so that a clone without ../shared passes), made as strict as the API
+  deploy/kuberay/schema/, with its source and digest in the notice there), made as strict as the API
   server: a field its structural pruning would drop without a word is refused here, and so
   are duplicate keys in list-maps and any field a CEL rule guards (not evaluated offline).
 - The design's own rules (CHECKS): a head without CPUs, CPU and GPU worker groups with
@@ -43,7 +43,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kuberay"
 CRD = DEPLOY / "schema" / "ray.io_rayclusters.yaml"
 CRD_COMMIT = "feeaf72facab4881ba2b179248bb67315634e229"
-SHARED_CRD = ROOT.parent / "shared" / "schemas" / "kuberay" / "ray.io_rayclusters.yaml"
 K8S_VERSIONS = ("1.30", "1.37")
 SECRETS_FILE = "secrets.example.yaml"  # applied by hand, never by `kubectl apply -k`
 NOT_RESOURCES = {"kustomization.yaml", SECRETS_FILE}
@@ -819,8 +818,6 @@ def test_the_crd_copy_is_the_one_its_notice_names() -> None:
     notice = (CRD.parent / "README.md").read_text()
     assert hashlib.sha256(CRD.read_bytes()).hexdigest() in notice
     assert CRD_COMMIT in notice
-    if SHARED_CRD.exists():  # beside the project's ../shared: the same file
-        assert SHARED_CRD.read_bytes() == CRD.read_bytes()
 
 
 # -- and the validators and each check refuse a broken copy ----------------------------------
