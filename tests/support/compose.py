@@ -88,10 +88,10 @@ def build_images(log: Path) -> None:
     (PIP_FIND_LINKS, the CPU torch) as a read-only volume, as the Dockerfile documents."""
     run([str(REPO / "deploy" / "podman" / "base-image"), BASE_IMAGE], timeout=600)
     build = ["podman", "build", "--build-arg", f"BASE={BASE_IMAGE}"]
-    cert = os.environ.get("PIP_CERT")
+    cert = pip_setting("cert")
     if cert and Path(cert).is_file():
         build += ["--secret", f"id=pipca,src={cert}"]
-    wheels = os.environ.get("PIP_FIND_LINKS")
+    wheels = pip_setting("find-links")
     if wheels and Path(wheels).is_dir():
         # the CPU torch is there; PyTorch's own index may be unreachable (it is here)
         build += ["-v", f"{wheels}:/wheels:ro", "--build-arg", "TORCH_INDEX="]
@@ -112,6 +112,26 @@ def build_images(log: Path) -> None:
             out.write(f"\n== {cmd[-1]}: {time.monotonic() - started:.0f} s\n")
             if done.returncode != 0:
                 raise DeployError(f"{' '.join(cmd[:3])} failed: see {log}")
+
+
+def pip_setting(name: str) -> str | None:
+    """One of this machine's pip settings (its PIP_* variable, else pip's configuration
+    files), which the image's build is handed the same way: a CA bundle, a wheel folder."""
+    value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+    if value:
+        return value.split()[0]
+    listed = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    ).stdout
+    for line in listed.splitlines():
+        key, _, raw = line.partition("=")
+        if key.endswith("." + name) and raw.strip("'\""):
+            return raw.strip("'\"").split()[0]
+    return None
 
 
 def free_port() -> int:
