@@ -245,6 +245,7 @@ class PipelineSettings:
             plugin=model.plugin,
             score_threshold=model.score_threshold,
             precision=model.precision,
+            preprocess=model.preprocess,
         )
         return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

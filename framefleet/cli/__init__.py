@@ -38,7 +38,7 @@ from framefleet.cli.queue import (
     cmd_stats,
     cmd_watch,
 )
-from framefleet.queue import ServerError, State
+from framefleet.queue import ServerError, State, redacted
 from framefleet.settings import LOG_LEVELS, Settings, SettingsError
 
 __all__ = ["Command", "build_parser", "main"]
@@ -51,6 +51,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     redis = s.redis
     if args.redis_url:
         redis = replace(redis, url=args.redis_url)
+        if redacted(args.redis_url) != args.redis_url:
+            print(
+                "warning: --redis-url holds a password, which every user of this machine can"
+                " read in its command line (/proc, ps): give it in FRAMEFLEET_REDIS_URL",
+                file=sys.stderr,
+            )
     if args.data_dir:
         redis = replace(redis, data_dir=Path(args.data_dir))
     queue = replace(s.queue, name=args.queue) if args.queue else s.queue

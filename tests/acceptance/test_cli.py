@@ -590,6 +590,18 @@ def test_an_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_password_given_on_the_command_line_is_warned_about_and_never_shown(
+    tmp_path: Path,
+) -> None:
+    """A command line is readable by every user of the machine (/proc, ps): a --redis-url
+    with a password gets a warning naming FRAMEFLEET_REDIS_URL, and no message repeats it."""
+    url = "redis://:S3cr3t-pw@127.0.0.1:1/0"
+    proc = ff(tmp_path, "--redis-url", url, "stats", check=False)
+    assert "FRAMEFLEET_REDIS_URL" in proc.stderr and "S3cr3t-pw" not in proc.stderr
+    quiet = ff(tmp_path, "stats", check=False, env={"FRAMEFLEET_REDIS_URL": url})
+    assert "warning" not in quiet.stderr and "S3cr3t-pw" not in quiet.stderr
+
+
 @pytest.mark.long  # 85 s: a Ray fleet and Ray Data, cold and warm, on a 2-core machine
 def test_bench_pipeline_quick_prints_one_json_line(tmp_path: Path) -> None:
     """The pipeline benchmark runs end to end on two short clips; figures not judged."""

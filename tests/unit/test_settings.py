@@ -159,6 +159,9 @@ def test_the_config_hash_follows_what_changes_outputs() -> None:
     assert base == Settings().pipeline.config_hash(Settings().model)
     assert replace(s.pipeline, sample_fps=1.0).config_hash(s.model) != base
     assert s.pipeline.config_hash(replace(s.model, score_threshold=0.5)) != base
+    # where the resize and normalisation run (the processor's or torch's) changes the pixels
+    # the model sees, so its detections: two of them never share an output version
+    assert s.pipeline.config_hash(replace(s.model, preprocess="torch")) != base
     assert replace(s.pipeline, decode_actors=9).config_hash(s.model) == base  # scale, not outputs
 
 
