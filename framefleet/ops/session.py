@@ -5,10 +5,10 @@ keyed by that role's token: the server keeps no session state, a cookie cannot b
 or have its role raised without the token, and changing a token ends its sessions. With no
 token configured (the API on loopback only) every local caller is `local`, as for the API.
 
-Writes from a page are also checked for their origin (as Sidekiq Web does): a browser's
-`Sec-Fetch-Site` must say `same-origin` (or `none`: typed by the user), else `Origin` must
-be this host; a request with neither is refused. With the SameSite=Strict cookie that stops
-cross-site form posts without a CSRF token in every form.
+Writes from a page are also checked for their origin (auth.same_origin, as Sidekiq Web
+does): a browser's `Sec-Fetch-Site` must say `same-origin` (or `none`: typed by the user),
+else `Origin` must be this host; a request with neither is refused. With the
+SameSite=Strict cookie that stops cross-site form posts without a CSRF token in every form.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -54,14 +53,3 @@ def role(request: Request) -> str | None:
         return None
     expected = _sign(token, name, int(until)).encode()
     return name if hmac.compare_digest(mac.encode(errors="replace"), expected) else None
-
-
-def same_origin(request: Request) -> bool:
-    """Whether a write comes from one of our own pages (see the module's docstring)."""
-    site = request.headers.get("sec-fetch-site")
-    if site is not None:
-        return site in ("same-origin", "none")
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return False
-    return urlsplit(origin).netloc == request.headers.get("host", "")

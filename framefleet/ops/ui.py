@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from framefleet.queue import Queue, State
 from framefleet.settings import Settings
 
-from . import api, schemas, session
+from . import api, auth, schemas, session
 from .units import duration
 
 PREFIX = "/ui"
@@ -193,7 +193,7 @@ async def _writer(request: Request) -> tuple[str, dict[str, str]]:
     role = _reader(request)
     if not _can_write(request, role):
         raise HTTPException(405, "read-only: this action is refused")
-    if not session.same_origin(request):
+    if not auth.same_origin(request):
         raise HTTPException(403, "a write must come from the dashboard's own pages")
     form = await request.form()
     return role, {k: str(v) for k, v in form.items()}
@@ -365,7 +365,7 @@ def login_page(request: Request, next: str | None = None) -> Response:
 
 @router.post("/login")
 async def login(request: Request) -> Response:
-    if not session.same_origin(request):
+    if not auth.same_origin(request):
         raise HTTPException(403, "log in from the login page")
     form = await request.form()
     given, target = str(form.get("token", "")), _next(str(form.get("next", "")))
