@@ -45,8 +45,9 @@ def _fleet_settings(args: argparse.Namespace, settings: Settings) -> Settings:
 
 @contextlib.contextmanager
 def _redis_url(settings: Settings) -> Iterator[str]:
-    """The queue's URL for the fleet commands: they own the embedded server they start, and
-    start it again if it dies while they run."""
+    """The queue's URL for the fleet commands: they share the embedded server of the data dir
+    with the other commands, and start it again if it dies while they run, whoever started
+    it first."""
     if settings.redis.url:
         yield settings.redis.url
     else:

@@ -14,12 +14,18 @@ One data dir holds at most one running server; its pid, port and password are in
 and share it (`running_url`). The server requires that password (made at its first start,
 kept in the data dir's `password` file), so that other users of the machine cannot reach
 the queue through 127.0.0.1.
+
+The processes that use it through `embedded()` (every command without a Redis URL) are its
+clients, each with a lease on it for as long as it uses it (reaper.py): the server runs
+while any client does, whoever started it; the last one to leave stops it; the long-running
+ones (`run`, `up`, `coordinator`: keep_alive) start it again if it dies, whoever started it
+first; and a detached reaper stops it once no client is left, when the last one was killed
+-9 too. A server started on its own (`framefleet redis`) is left to its starter.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -27,22 +33,24 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from redis import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.retry import Retry
 
+from framefleet.queue import reaper
+from framefleet.queue.reaper import STATE_FILE, pid_alive, read_json, server_runs
 from framefleet.settings import RedisSettings
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "server.json"
 
 
 class ServerError(RuntimeError):
@@ -60,16 +68,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _pings(port: int, timeout: float = 0.5) -> bool:
@@ -105,12 +103,16 @@ class EmbeddedServer:
         port: int = 0,
         binary: Path | None = None,
         extra_args: tuple[str, ...] = (),
+        shared: bool = False,
     ) -> None:
+        """`shared`: started for the clients of embedded(), and stopped once they are gone
+        (by the last to leave, or the reaper); otherwise left to its starter."""
         self.data_dir = Path(data_dir).resolve()
         self.appendfsync = appendfsync
         self.port = port
         self.binary = binary or valkey_binary()
         self.extra_args = extra_args
+        self.shared = shared
         self.process: subprocess.Popen[bytes] | None = None
         self._keeping: threading.Event | None = None
         self._password: str | None = None
@@ -176,6 +178,8 @@ class EmbeddedServer:
         other = running_url(self.data_dir)
         if other is not None:
             raise ServerError(f"a server already runs on {self.data_dir} at {other}")
+        if server_runs(read_json(self.data_dir / STATE_FILE)):
+            raise ServerError(f"a server already runs on {self.data_dir}, not answering yet")
         if self.port == 0:
             self.port = _free_port()
         self.process = subprocess.Popen(
@@ -188,6 +192,7 @@ class EmbeddedServer:
         assert self.process.stdin is not None
         with contextlib.suppress(BrokenPipeError), self.process.stdin as stdin:
             stdin.write(self.config())  # a server that exited at once is reported below
+        self._write_state()  # its pid at once: whoever finds it loading knows it runs
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
@@ -216,8 +221,8 @@ class EmbeddedServer:
         return "\n" + "\n".join(lines[-10:])
 
     def _write_state(self) -> None:
-        state = {"pid": self.pid, "port": self.port, "binary": str(self.binary)}
-        state["password"] = self.password
+        state: dict[str, object] = {"pid": self.pid, "port": self.port}
+        state.update(binary=str(self.binary), password=self.password, shared=self.shared)
         tmp = self.data_dir / f".{STATE_FILE}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -297,7 +302,7 @@ def running_url(data_dir: Path) -> str | None:
         pid, port, password = int(state["pid"]), int(state["port"]), str(state["password"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _pid_alive(pid) and _pings(port):
+    if pid_alive(pid) and _pings(port):
         return _url(port, password)
     return None
 
@@ -338,22 +343,161 @@ def _password(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+# The servers this process started and left running for other clients: kept here so that
+# their Popen objects are not collected (and waited for) while the servers run.
+_left_running: list[EmbeddedServer] = []
+
+
+class SharedClient:
+    """One use of the shared embedded server of a data dir (see embedded())."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir).resolve()
+        self.port = settings.port
+        self.url = ""
+        self.server: EmbeddedServer | None = None  # the process this client started last
+        self._lease: int | None = None
+        self._leaving = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def attach(self) -> str:
+        """Take a lease on the data dir's server, starting it if none runs; its URL."""
+        private_dir(self.data_dir)
+        with reaper.locked(self.data_dir):
+            self._lease = reaper.take_lease(self.data_dir)
+            try:
+                _ensure_reaper(self.data_dir)
+                url = _answering(self.data_dir) or self._start().url
+            except BaseException:
+                os.close(self._lease)
+                self._lease = None
+                raise
+        self.url = url
+        self.port = urlsplit(url).port or self.port
+        return url
+
+    def keep_alive(self, interval: float = 0.2) -> SharedClient:
+        """From a daemon thread, until detach(): if the server dies (a kill -9, the OOM
+        killer, its starter's `framefleet redis` ended), start it again, from its append-only
+        file and on the same port, so that the clients (which retry) carry on."""
+        self._watcher = threading.Thread(
+            target=self._watch, args=(interval,), daemon=True, name="redis"
+        )
+        self._watcher.start()
+        return self
+
+    def detach(self) -> None:
+        """Give the lease back; the last client to leave stops a shared server."""
+        self._leaving.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(30)  # it may be starting the server again
+        if self._lease is None:
+            return
+        with reaper.locked(self.data_dir):
+            os.close(self._lease)
+            self._lease = None
+            if reaper.unleased(self.data_dir):
+                self._stop_server()
+            elif self.server is not None and self.server.process is not None:
+                _left_running.append(self.server)  # it outlives this client: others use it
+        _left_running[:] = [s for s in _left_running if s.process and s.process.poll() is None]
+
+    def _start(self) -> EmbeddedServer:
+        """Start a shared server (under `.lock`, with no live one on the data dir)."""
+        if self.server is not None:  # the one this client started before died
+            self.server.kill()  # waits for it, and forgets its state
+        self.server = EmbeddedServer(
+            self.data_dir,
+            appendfsync=self.settings.appendfsync,
+            port=self.port,
+            shared=True,
+        ).start()
+        return self.server
+
+    def _stop_server(self) -> None:
+        """No client is left (under `.lock`): stop the server if it is a shared one."""
+        state = read_json(self.data_dir / STATE_FILE)
+        own = self.server
+        if own is not None and state is not None and state.get("pid") == own.pid:
+            own.stop()
+        else:
+            reaper.stop_server(self.data_dir)
+            if own is not None:
+                own.kill()  # dead already: waits for it
+
+    def _runs(self) -> bool:
+        if self.server is not None and self.server.process is not None:
+            self.server.process.poll()  # waits for it if it died, as its parent must
+        return server_runs(read_json(self.data_dir / STATE_FILE))
+
+    def _watch(self, interval: float) -> None:
+        while not self._leaving.wait(interval):
+            if self._runs():
+                continue
+            try:
+                with reaper.locked(self.data_dir):
+                    if self._leaving.is_set() or self._runs():
+                        continue  # another client started it again
+                    log.warning("the embedded server on %s is gone: starting it", self.data_dir)
+                    _ensure_reaper(self.data_dir)
+                    self._start()
+            except (ServerError, OSError) as exc:
+                log.warning("the embedded server did not start again: %s", exc)
+                self._leaving.wait(1.0)
+
+
+def _answering(data_dir: Path, timeout: float = 60.0) -> str | None:
+    """The URL of the server running on `data_dir` once it answers (it may be loading its
+    append-only file, its starter killed meanwhile), or None if none runs there."""
+    end = time.monotonic() + timeout
+    while (url := running_url(data_dir)) is None:
+        if not server_runs(read_json(data_dir / STATE_FILE)):
+            return None
+        if time.monotonic() > end:
+            raise ServerError(f"the server on {data_dir} did not answer within {timeout}s")
+        time.sleep(0.05)
+    return url
+
+
+def _ensure_reaper(data_dir: Path) -> None:
+    """Start the data dir's reaper unless one runs (under `.lock`): it stops the shared
+    server once no client is left, when the last one was killed -9 too."""
+    if reaper.reaper_runs(data_dir):
+        return
+    script = Path(reaper.__file__)
+    try:
+        out = subprocess.run(  # forks the reaper off, prints its pid and exits
+            [sys.executable, "-I", "-S", str(script), str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        pid = int(out.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        log.warning("no reaper for the embedded server on %s: %s", data_dir, exc)
+        return
+    tmp = data_dir / f".{reaper.REAPER_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({"pid": pid}))
+    tmp.replace(data_dir / reaper.REAPER_FILE)
+
+
 @contextlib.contextmanager
 def embedded(settings: RedisSettings, *, keep_alive: bool = False) -> Iterator[str]:
     """Yield the URL of the embedded server for `settings.data_dir`: the one already running
-    there, or a new one that is stopped again on exit (and, with keep_alive, started again
-    from its append-only file if it dies meanwhile)."""
-    data_dir = Path(settings.data_dir)
-    private_dir(data_dir)
-    with open(data_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        url = running_url(data_dir)
-        server = None if url else EmbeddedServer.from_settings(settings).start()
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    if server is not None and keep_alive:
-        server.keep_alive()
+    there, or a new one, shared with every other process that uses it meanwhile. It stops
+    when its last client is done (or, had that one been killed, soon after); with
+    keep_alive (the long-running commands), it is started again from its append-only file
+    if it dies meanwhile, whoever started it."""
+    client = SharedClient(settings)
+    url = client.attach()
+    if keep_alive:
+        client.keep_alive()
     try:
-        yield url or server.url  # type: ignore[union-attr]
+        yield url
     finally:
-        if server is not None:
-            server.stop()
+        client.detach()
