@@ -127,6 +127,12 @@ class ModelSettings:
 
     # FRAMEFLEET_MODEL: a Hugging Face model id or a local directory (save_pretrained)
     model: str = "facebook/detr-resnet-50"
+    # FRAMEFLEET_MODEL_REVISION: of a hub model, the branch, tag or commit (default main);
+    # each fleet pins it to a commit at its start (workers/model.py: pin_weights)
+    revision: str | None = None
+    # what the weights are, pinned by each fleet's driver (a commit, or a directory's
+    # sha256): not a setting of its own; it is in the configuration hash
+    weights: str = ""
     # FRAMEFLEET_RANDOM_WEIGHTS: a randomly initialised DETR-R50 instead (smoke runs, benchmarks)
     random_weights: bool = False
     plugin: str | None = None  # FRAMEFLEET_MODEL_PLUGIN: "module:factory" for another model
@@ -247,6 +253,8 @@ class PipelineSettings:
             precision=model.precision,
             preprocess=model.preprocess,
         )
+        if model.weights:  # pinned: retrained weights under the same name make new outputs
+            parts["weights"] = model.weights
         return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -452,6 +460,7 @@ _SOURCE_ENV = {
 
 _MODEL_ENV = {
     "model": "FRAMEFLEET_MODEL",
+    "revision": "FRAMEFLEET_MODEL_REVISION",
     "random_weights": "FRAMEFLEET_RANDOM_WEIGHTS",
     "plugin": "FRAMEFLEET_MODEL_PLUGIN",
     "score_threshold": "FRAMEFLEET_SCORE_THRESHOLD",

@@ -36,6 +36,7 @@ from framefleet import logs
 from framefleet.queue import Queue, Supervision, connect
 from framefleet.settings import Settings
 from framefleet.workers.actors import FleetError
+from framefleet.workers.model import ModelLoadError, pin_weights
 from framefleet.workers.outputs import OutputRootError, mark_root, unmark_root
 from framefleet.workers.ray_adapter import RayAdapter
 
@@ -65,6 +66,12 @@ class Driver:
         self.generation, self.leader = generation, leader
         self.queue = Queue(connect(redis_url), settings.queue)
         self.supervision = Supervision(self.queue)
+        ttl = settings.coordinator.leader_ttl_s
+        # the leader lease is read on a client of its own that gives up within ttl/5
+        self.leases = Supervision(
+            Queue(connect(redis_url, retry_s=0, timeout_s=ttl / 5), settings.queue)
+        )
+        self._confirmed = time.monotonic()  # when its coordinator was last seen leading
         self.adapter = RayAdapter()
         self.stopping = threading.Event()
         self.probe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcs-probe")
@@ -81,7 +88,9 @@ class Driver:
             signal.signal(sig, lambda signum, frame: self.stopping.set())
         try:
             self.settings = _with_output_root(self.settings, address, self.generation)
-        except (OutputRootError, OSError) as exc:
+            # one set of weights for the whole fleet, whatever is saved under its name later
+            self.settings = replace(self.settings, model=pin_weights(self.settings.model))
+        except (OutputRootError, ModelLoadError, OSError) as exc:
             log.error("the fleet cannot run: %s", exc)
             self._report(ok=False, error=str(exc), fatal=True)
             return FATAL
@@ -200,11 +209,15 @@ class Driver:
             self.events = [*self.events, text][-10:]
 
     def _deposed(self) -> bool:
-        """Another coordinator holds the leader lease, or none does (known: Redis answers)."""
+        """Another coordinator holds the leader lease, or none does; or Redis has not said
+        for longer than the lease that its coordinator leads (its lease has run out)."""
         try:
-            return self.supervision.leader() != self.leader
+            deposed = self.leases.leader() != self.leader
         except RedisError:
-            return False
+            return time.monotonic() - self._confirmed > self.settings.coordinator.leader_ttl_s
+        if not deposed:
+            self._confirmed = time.monotonic()
+        return deposed
 
     def shutdown_local_ray(self, timeout: float = 15.0) -> None:
         """End the local Ray this driver started, all of it: os._exit alone leaves its agent

@@ -20,7 +20,8 @@ from framefleet import logs
 from framefleet.queue import Item, NewItem, Queue, Supervision, connect, default_id
 from framefleet.settings import VIDEO_SUFFIXES, Settings
 from framefleet.text import printable
-from framefleet.workers.outputs import OutputStore, output_version
+from framefleet.workers.model import pin_weights
+from framefleet.workers.outputs import OutputStore, item_dir, made_with
 
 from .supervisor import Coordinator
 
@@ -45,6 +46,8 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
     if out.isatty():  # the progress line stays readable: warnings only (logs.py)
         settings = replace(settings, log=replace(settings.log, terminal=True))
         logs.configure(settings.log)
+    # the weights pinned once for the check below and the fleet (whose driver keeps the pin)
+    settings = replace(settings, model=pin_weights(settings.model))
     queue = Queue(connect(redis_url), settings.queue)
     queue.enqueue(uris)
     ids = list(dict.fromkeys(default_id(u, settings.queue.config_version) for u in uris))
@@ -79,8 +82,9 @@ def elsewhere(settings: Settings, items: list[Item]) -> list[Item]:
     for item in items:
         if item.state != "done":
             continue
-        video = store.video(item.id, output_version(config, item.etag, item.rev))
-        if item.result != store.manifest_uri(video):
+        video = store.video_of(item.result or "")
+        where, _, version = (video or "").rpartition("/")
+        if video is None or where != item_dir(item.id) or not made_with(version, config, item.rev):
             found.append(item)
     return found
 

@@ -10,7 +10,11 @@ by, taking over within leader_ttl_s of the leader's death. The leader, every tic
   retries, and leases that ran out while nobody could renew (Supervision.sweep);
 - renews its lease. It steps down (stops its driver and stands by) only when the lease is
   known lost (another coordinator holds it) or has run out by its own clock: a Redis outage
-  alone does not make it drop its fleet.
+  shorter than the lease does not make it drop its fleet.
+The lease is renewed on a client of its own, whose calls give up within a fifth of the
+lease (the shared one retries for RETRY_S), and a watchdog thread ends the driver once the
+lease has run out by this clock, whatever the main loop is blocked on: a leader cut off from
+Redis has stopped its fleet by the time a standby can take the lease.
 On SIGTERM or SIGINT it stops its driver (the decode actors release their leases) and
 gives the lease up.
 """
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_S = (0.5, 1.0, 2.0, 3.0)  # between driver restarts; the last repeats
 STOP_GRACE_S = driver.STOP_TIMEOUT_S + 5.0
+EXPIRED_GRACE_S = 2.0  # a driver whose leader's lease ran out: SIGTERM, then this, SIGKILL
 
 
 class Coordinator:
@@ -49,6 +54,10 @@ class Coordinator:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.queue = Queue(connect(redis_url), settings.queue)
         self.supervision = Supervision(self.queue)
+        ttl = settings.coordinator.leader_ttl_s
+        # the lease's own client: a renewal that cannot reach Redis gives up within ttl/5
+        leases = Queue(connect(redis_url, retry_s=0, timeout_s=ttl / 5), settings.queue)
+        self.leases = Supervision(leases)
         self.stopping = threading.Event()
         self.child: subprocess.Popen[bytes] | None = None
         self.generation: str | None = None  # the fleet of the driver running now
@@ -68,6 +77,8 @@ class Coordinator:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda signum, frame: self.stopping.set())
         c = self.settings.coordinator
+        watchdog = threading.Thread(target=self._watchdog, daemon=True, name="lease-watchdog")
+        watchdog.start()
         try:
             while not self.stopping.is_set():
                 started = time.monotonic()
@@ -82,10 +93,34 @@ class Coordinator:
             self._stop_child()
             self._end_fleets()
             try:
-                self.supervision.release_leadership(self.name)
+                self.leases.release_leadership(self.name)
             except RedisError as exc:
                 log.warning("could not give the leader lease up: %s", exc)
         return 2 if self.fatal is not None else 0
+
+    def _watchdog(self) -> None:
+        """Ends the driver once the lease has run out by this clock, even while the main
+        loop waits on Redis: SIGTERM, then SIGKILL after EXPIRED_GRACE_S (stopping its pools
+        cleanly needs Redis, which this leader cannot reach; its actors die with it)."""
+        every = min(0.5, self.settings.coordinator.leader_ttl_s / 10)
+        while not self.stopping.wait(every):
+            child = self.child
+            if child is None or child.poll() is not None or not self._leading:
+                continue
+            if time.monotonic() < self._held_until:
+                continue
+            log.warning(
+                "the leader lease of %s ran out by its own clock (Redis does not answer):"
+                " ending its Ray driver (pid %d), a standby may lead now",
+                self.name,
+                child.pid,
+                extra={"event": "leader_lost"},
+            )
+            child.terminate()
+            try:
+                child.wait(EXPIRED_GRACE_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -96,7 +131,7 @@ class Coordinator:
         ttl = self.settings.coordinator.leader_ttl_s
         asked = time.monotonic()
         try:
-            held = self.supervision.hold_leadership(self.name, ttl)
+            held = self.leases.hold_leadership(self.name, ttl)
         except RedisError as exc:
             leading = self._leading and time.monotonic() < self._held_until
             log.warning(
@@ -104,6 +139,7 @@ class Coordinator:
                 exc,
                 "still leading" if leading else "standing by",
             )
+            self._leading = leading  # once run out, leading again is a take-over
             return leading
         if held:
             self._held_until = asked + ttl
@@ -196,8 +232,8 @@ class Coordinator:
             self._failures = self._failures + 1 if code != 0 else 0
             delay = BACKOFF_S[min(self._failures, len(BACKOFF_S)) - 1] if self._failures else 0
             self._next_start = time.monotonic() + delay
-        if time.monotonic() < self._next_start:
-            return
+        if time.monotonic() < self._next_start or time.monotonic() >= self._held_until:
+            return  # (a lease that has run out meanwhile: no driver until it is renewed)
         generation = new_generation()
         try:
             self.supervision.add_fleet(generation, self.name)

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from framefleet.netpolicy import URLRefused, check_url
-from framefleet.queue import NewItem, Queue, State, Supervision
+from framefleet.queue import Memory, NewItem, Queue, QueueFull, State, Supervision
 from framefleet.queue.model import InvalidItem
 from framefleet.queue.reader import FIND_CAP
 from framefleet.settings import Settings
@@ -153,13 +153,16 @@ async def healthz() -> dict[str, str]:
     responses={503: {"model": Readiness, "description": "not ready: problems says why"}},
 )
 def readyz(queue: QueueDep) -> JSONResponse:
-    """Redis answers and a leader coordinator's health report is fresh and ok (503 says
-    which of them fails)."""
+    """Redis answers and has room (not over its maxmemory), and a leader coordinator's
+    health report is fresh and ok (503 says which of them fails)."""
     problems = []
     report = None
     try:
         queue.client.ping()
         report = Supervision(queue).health()
+        memory = queue.memory()
+        if memory is not None and memory.full:
+            problems.append(f"redis: {full_text(memory)}")
     except RedisError as exc:
         problems.append(f"redis: {exc}")
     if not problems and report is None:
@@ -326,7 +329,19 @@ def redis_info(queue: QueueDep) -> dict[str, Any]:
     info = queue.server_info()
     server = info.get("valkey_version")
     server = f"Valkey {server}" if server else f"Redis {info.get('redis_version', '?')}"
-    return {"reachable": True, "server": server, **info}
+    memory = queue.memory()
+    full = None if memory is None else memory.full
+    return {"reachable": True, "server": server, "full": full, **info}
+
+
+def full_text(memory: Memory) -> str:
+    """What a full server means, for /readyz and the dashboard."""
+    return (
+        f"full: {memory.used_bytes:,} bytes used of maxmemory {memory.max_bytes:,}; new videos"
+        " are not enqueued, ingested or claimed until the sweep's retention frees memory"
+        " (leases out carry on and are acked); purge dead letters, shorten"
+        " FRAMEFLEET_DONE_TTL_S or raise maxmemory"
+    )
 
 
 def json_text(body: Any) -> str:
@@ -570,6 +585,12 @@ def create_app(settings: Settings, queue: Queue, clock: Callable[[], float] = ti
 
     app.include_router(ui.router)
     app.mount(f"{ui.PREFIX}/static", ui.static_files(), name="static")
+
+    @app.exception_handler(QueueFull)  # before RedisError: the closer class wins
+    async def redis_full(request: Request, exc: QueueFull) -> Response:
+        if ui.is_page(request):
+            return ui.pages_error(request, HTTPException(503, f"Redis is full: {exc}"))
+        return JSONResponse({"detail": f"the queue's Redis is full: {exc}"}, 503)
 
     @app.exception_handler(RedisError)
     async def redis_down(request: Request, exc: RedisError) -> Response:

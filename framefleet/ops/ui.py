@@ -232,6 +232,9 @@ def overview(request: Request) -> Response:
         warnings.append(f"{q.counts['queued']:,} videos queued and no decode actor to take them")
     if q.paused:
         warnings.append("The queue is paused: nothing new is claimed.")
+    memory = queue.memory() if redis.get("full") else None
+    if memory is not None and memory.full:
+        warnings.append(f"Redis is {api.full_text(memory)}.")
     report = health["report"]
     if report and report.get("gcs") is False:
         warnings.append(

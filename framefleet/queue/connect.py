@@ -37,22 +37,25 @@ def retry(seconds: float = RETRY_S) -> Retry:
     return Retry(backoff, retries)
 
 
-def connect(url: str, retry_s: float = RETRY_S) -> Redis:
+def connect(url: str, retry_s: float = RETRY_S, timeout_s: float = 30.0) -> Redis:
     """A client for `url`, checked to answer and to be Redis/Valkey >= 6.2 that never
     evicts keys. Its commands are retried for at least retry_s while the server does not
-    answer; the first check fails fast (a wrong URL is said at once, not after retry_s)."""
+    answer, each reply awaited for up to timeout_s (the connection, at most 5 s); the first
+    check fails fast (a wrong URL is said at once, not after retry_s)."""
     options: dict[str, Any] = {
         "decode_responses": True,
-        "socket_connect_timeout": 5,
+        "socket_connect_timeout": min(5.0, timeout_s),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
-    probe = Redis.from_url(url, retry=Retry(NoBackoff(), 1), socket_timeout=10, **options)
+    probe = Redis.from_url(
+        url, retry=Retry(NoBackoff(), 1), socket_timeout=min(10.0, timeout_s), **options
+    )
     try:
         _check(probe, url)
     finally:
         probe.close()
     return Redis.from_url(
-        url, health_check_interval=30, retry=retry(retry_s), socket_timeout=30, **options
+        url, health_check_interval=30, retry=retry(retry_s), socket_timeout=timeout_s, **options
     )
 
 

@@ -30,6 +30,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:dead_classes| set  | the classes that have dead letters now                  |
 | ff:{videos}:failed      | hash | failure class -> failures counted (retried or not)      |
 | ff:{videos}:busy        | hash | decode, inference:<device> -> busy ms (checkpointed)    |
+| ff:{videos}:revs        | hash | id -> newest revision of a forced id (kept for good)     |
 | ff:{videos}:hist:<name> | hash | a histogram (metrics.py): bucket -> count, sum ms, count |
 | ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
 | ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
@@ -41,11 +42,15 @@ Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done
 without their holder's word), `solo`/`solo_since`/`crash_mark` (a suspect, retried alone),
 `claims`, `epoch` (a claim counter), `token` (the fence
 of the current lease), `owner`, `lease_until`, `claimed_at`,
-`ready_at`, `chunks_done`, `chunks_total`, `last_error`, `dead_reason`, `release_reason`,
+`ready_at`, `chunks_done`, `chunks_total`, `pin` (what the checkpoints were made from),
+`last_error`, `dead_reason`, `release_reason`,
 `result`, `done_at`, `dead_at`.
 
 Every item id is in exactly one of queued/delayed/leased/done/dead, and that zset agrees
-with the hash's `state`: the Lua scripts keep both in step atomically. The Lua scripts
+with the hash's `state`: the Lua scripts keep both in step atomically. No id is empty, so
+queued never holds the member '': each script that writes starts with a ZADD XX or a ZREM
+of it, which change nothing, to say whether it runs when the server is over its maxmemory
+(lua/_common.lua: refuse_when_full, run_when_full). The Lua scripts
 receive the prefix `ff:{videos}:` as KEYS[1] and build these names themselves
 (lua/_common.lua); this module is the Python side of the same layout.
 """
@@ -144,6 +149,10 @@ class Keys:
     @property
     def busy(self) -> str:
         return f"{self.base}busy"
+
+    @property
+    def revs(self) -> str:
+        return f"{self.base}revs"
 
     def histogram(self, name: str) -> str:
         return f"{self.base}hist:{name}"

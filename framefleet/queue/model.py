@@ -17,6 +17,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
+from redis.exceptions import OutOfMemoryError
+
 MAX_URI_BYTES = 1024
 MAX_ID_BYTES = 200
 MAX_ETAG_BYTES = 256
@@ -42,6 +44,13 @@ class QueueError(Exception):
 
 class InvalidItem(QueueError, ValueError):
     """An item was refused before anything was written."""
+
+
+class QueueFull(QueueError, OutOfMemoryError):
+    """The Redis server is over its maxmemory (noeviction) and refused a call that may grow
+    memory (enqueue, ingest, claim): refused whole, nothing written. Back off: the sweep's
+    retention frees memory at the limit, and then the same call goes through. A RedisError
+    too, so that callers that wait out a Redis that does not answer wait this out as well."""
 
 
 class WorkerRetired(QueueError):
@@ -265,6 +274,9 @@ class Lease(NamedTuple):
     # if it crashes again the blame is exact.
     solo: bool = False
     rev: int = 0  # the item's revision: each enqueue with force makes a new one
+    # what its first checkpoint was made from (the source's ETag, digest or file stat), when
+    # one was written: a later attempt that fetches another object starts over
+    pin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,6 +427,20 @@ class SweepResult:
 
     def __add__(self, other: SweepResult) -> SweepResult:
         return SweepResult(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    """The server's memory as it judges it against its limit: used_bytes is INFO's
+    used_memory less what it does not count (replication and AOF buffers)."""
+
+    used_bytes: int
+    max_bytes: int  # maxmemory; 0: no limit
+
+    @property
+    def full(self) -> bool:
+        """Over the limit: the server refuses what may grow memory (QueueFull)."""
+        return 0 < self.max_bytes < self.used_bytes
 
 
 @dataclass(frozen=True, slots=True)

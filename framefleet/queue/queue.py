@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from .metrics import STAGES
 from .model import (
+    MAX_ETAG_BYTES,
     ChunkWork,
     IngestResult,
     InvalidItem,
@@ -33,7 +34,7 @@ from .model import (
     check_worker,
     uri_script_args,
 )
-from .reader import QueueReader
+from .reader import QueueReader, full, over_limit
 
 _IN_FLIGHT = 8  # enqueue batches sent ahead of their replies
 AUDIT_CAP = 10_000  # entries the audit log keeps
@@ -53,7 +54,9 @@ class Queue(QueueReader):
 
         Every item is validated before anything is written. An id already known is left as
         it is, unless it is done or dead and `force` is set: then it starts again from
-        scratch. Returns the ids that were (re)queued by this call, in order.
+        scratch. Returns the ids that were (re)queued by this call, in order. QueueFull when
+        the server is over its maxmemory: each batch is written whole or not at all, and
+        those before the refused one went through; enqueue them all again later.
         """
         version = self.settings.config_version
         batch_size = self.settings.batch_size
@@ -93,6 +96,11 @@ class Queue(QueueReader):
             conn.disconnect()  # type: ignore[no-untyped-call]
             self._scripts.forget(name)
             return replies + [self._run(name, *call) for call in calls[len(replies) :]]
+        except ResponseError as exc:
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            if over_limit(exc):  # the calls before it went through: enqueue is idempotent
+                raise full(name) from exc
+            raise
         except BaseException:
             # replies may still be in flight: never reuse this connection
             conn.disconnect()  # type: ignore[no-untyped-call]
@@ -141,7 +149,7 @@ class Queue(QueueReader):
                     raise WorkerRetired(str(exc)[len("RETIRED ") :]) from None
                 raise
             if rows:
-                return [_lease(rows[i : i + 15], worker) for i in range(0, len(rows), 15)]
+                return [_lease(rows[i : i + 16], worker) for i in range(0, len(rows), 16)]
             if int(inbox) > 0 and not int(paused) and self.ingest_inbox().ingested:
                 continue
             if deadline is None:
@@ -166,14 +174,19 @@ class Queue(QueueReader):
         total: int | None = None,
         work: ChunkWork | None = None,
         expected: int | None = None,
+        pin: str | None = None,
     ) -> Verdict:
         """Checkpoint one finished chunk (idempotent), fenced by the lease's token. `work`
         (frames, busy seconds) is counted the first time the chunk is checkpointed.
         `expected`: the chunks the container promises, for progress bars until `total` is
-        known (chunks_expected)."""
+        known (chunks_expected). `pin`: what the chunk was made from (sources.Fetched.pin);
+        the first checkpoint keeps it (Lease.pin), and one with another pin drops the
+        checkpoints made from the other object before it is recorded."""
         if chunk < 0 or (total is not None and total < 1):
             raise ValueError("chunk must be >= 0 and total >= 1")
-        args: list[Any] = [chunk, "" if total is None else total, expected or ""]
+        if pin is not None and not 0 < len(pin.encode()) <= MAX_ETAG_BYTES:
+            raise ValueError("a pin is 1 to MAX_ETAG_BYTES bytes")
+        args: list[Any] = [chunk, "" if total is None else total, expected or "", pin or ""]
         if work is not None:
             check_worker(work.device)  # a short name: it becomes a label
             args += [work.frames, _ms(work.decode_s), _ms(work.inference_s), work.device]
@@ -287,7 +300,12 @@ class Queue(QueueReader):
 
     def pause(self) -> None:
         """Nothing is handed out until resume(); leases already out carry on."""
-        self.client.hset(self.keys.meta, "paused", "1")
+        try:
+            self.client.hset(self.keys.meta, "paused", "1")
+        except ResponseError as exc:
+            if over_limit(exc):
+                raise full("pause") from exc
+            raise
 
     def resume(self) -> None:
         self._run("resume")
@@ -312,10 +330,7 @@ class Queue(QueueReader):
         """Add an operator's action to the audit log (at its head; the oldest beyond
         AUDIT_CAP are dropped), stamped with the queue's time as `at` (seconds)."""
         line = json.dumps({**entry, "at": self.now_ms() / 1000}, sort_keys=True, default=str)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.lpush(self.keys.audit, line)
-        pipe.ltrim(self.keys.audit, 0, AUDIT_CAP - 1)
-        pipe.execute()
+        self._run("audit", AUDIT_CAP, line)  # at the limit too: an operator's purge, say
 
 
 _NO_CHUNKS: frozenset[int] = frozenset()
@@ -342,6 +357,7 @@ def _lease(row: list[Any], worker: str) -> Lease:
         chunks,
         solo,
         rev,
+        pin,
     ) = row
     return Lease(
         id_,
@@ -360,4 +376,5 @@ def _lease(row: list[Any], worker: str) -> Lease:
         frozenset(int(c) for c in chunks.split(",")) if chunks else _NO_CHUNKS,
         solo == "1",
         int(rev),
+        pin or None,
     )

@@ -13,13 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from framefleet.settings import QueueSettings
 
 from .keys import STATES, Keys
 from .metrics import HISTOGRAMS, STAGES
-from .model import Histogram, Item, Metrics, Stats, check_id
+from .model import Histogram, Item, Memory, Metrics, QueueFull, Stats, check_id
 from .scripts import Scripts
 
 Clock = Callable[[], int]
@@ -50,7 +50,12 @@ class QueueReader:
         return "" if self._clock is None else str(self._clock())
 
     def _run(self, name: str, *args: Any) -> Any:
-        return self._scripts.run(name, self.keys.base, [self._now(), *args])
+        try:
+            return self._scripts.run(name, self.keys.base, [self._now(), *args])
+        except ResponseError as exc:
+            if over_limit(exc):
+                raise full(name) from exc
+            raise
 
     def now_ms(self) -> int:
         """The queue's time: the server's clock, or the test clock it was given."""
@@ -252,6 +257,16 @@ class QueueReader:
             found["appendfsync"] = None
         return found
 
+    def memory(self) -> Memory | None:
+        """The server's memory against its maxmemory (`full`: new work is refused, see
+        QueueFull); None when the server refuses INFO (an ACL without it)."""
+        try:
+            info = self.client.info("memory")
+        except ResponseError:
+            return None
+        used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
+        return Memory(used_bytes=used, max_bytes=int(info.get("maxmemory", 0)))
+
     # -- dead letters --------------------------------------------------------------------------
 
     def dead(self, offset: int = 0, limit: int = 100) -> list[Item]:
@@ -289,6 +304,21 @@ class QueueReader:
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest `limit` entries of the audit log, newest first."""
         return [json.loads(x) for x in self.client.lrange(self.keys.audit, 0, limit - 1)]
+
+
+def over_limit(exc: ResponseError) -> bool:
+    """The server refused a write for its maxmemory: OOM (Valkey, Redis 7+), or the same
+    error inside a script's on Redis 6.2 ("Error running script ... -OOM command not
+    allowed ...")."""
+    return isinstance(exc, OutOfMemoryError) or "OOM command not allowed" in str(exc)
+
+
+def full(what: str) -> QueueFull:
+    return QueueFull(
+        f"{what} refused: the queue's Redis is over its maxmemory (noeviction), and nothing"
+        " was written; new work waits until the sweep's retention frees memory (or an"
+        " operator purges dead letters, shortens the retention or raises maxmemory)"
+    )
 
 
 def _server_ms(reply: tuple[int, int]) -> int:

@@ -36,6 +36,8 @@ NAMES = (
     "heartbeat",
     "leader_hold",
     "leader_release",
+    "health",
+    "audit",
 )
 
 

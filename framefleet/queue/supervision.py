@@ -163,9 +163,10 @@ class Supervision:
 
     def write_health(self, report: dict[str, Any], ttl_s: float) -> None:
         """The leader's report, stamped with the queue's time (`written_ms`: the server's
-        clock) besides the writer's own `at`, so that its age is told by one clock."""
+        clock) besides the writer's own `at`, so that its age is told by one clock. Written
+        at the server's maxmemory too (lua/health.lua)."""
         stamped = {**report, "written_ms": self.queue.now_ms()}
-        self.client.set(self.keys.health, json.dumps(stamped, sort_keys=True), px=int(ttl_s * 1000))
+        self.queue._run("health", json.dumps(stamped, sort_keys=True), int(ttl_s * 1000))
 
     def health(self) -> dict[str, Any] | None:
         raw = self.client.get(self.keys.health)

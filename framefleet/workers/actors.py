@@ -21,20 +21,20 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
 from redis.exceptions import RedisError
 
 from framefleet import logs
-from framefleet.queue import Lease, Queue, Supervision, WorkerRetired, connect
+from framefleet.queue import Lease, Queue, QueueFull, Supervision, WorkerRetired, connect
 from framefleet.queue.supervision import new_generation, worker_name
 from framefleet.settings import PipelineSettings, Settings
 
 from .decode import Chunk
 from .errors import MODEL_ERROR, InfraError, TransientError
-from .model import load_model
+from .model import load_model, pin_weights
 from .outputs import OutputStore, check_root, warm_up
 from .pipeline import (
     ChunkDone,
@@ -61,7 +61,10 @@ class Heartbeat:
     queue gives back the leases it has lost track of. With `leader`, `deposed()` is called
     once another coordinator holds the leader lease. `retired()` is called once the queue has
     retired the worker (its fleet ended: WorkerRetired). With `sweep`, it also sweeps the
-    queue (for a fleet without a coordinator)."""
+    queue (for a fleet without a coordinator). `silenced()` is called once its beats have
+    failed for max(stale_s, leader_ttl_s): by then the queue counts the worker as gone and
+    its leader has given its fleet up, so going on would be work (and a GPU) for nothing; a
+    shorter Redis outage is waited out."""
 
     def __init__(
         self,
@@ -73,10 +76,11 @@ class Heartbeat:
         deposed: Callable[[str], None] | None = None,
         retired: Callable[[], None] | None = None,
         sweep: bool = False,
+        silenced: Callable[[], None] | None = None,
     ) -> None:
         self.supervision, self.name, self.settings = Supervision(queue), name, settings
         self.holding, self.leader, self.deposed, self.sweep = holding, leader, deposed, sweep
-        self.retired = retired
+        self.retired, self.silenced = retired, silenced
         self.info: dict[str, str | int] = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -84,6 +88,7 @@ class Heartbeat:
         }
         self.closed = threading.Event()
         self._beat()
+        self.beaten = time.monotonic()  # the last beat written
         stale = settings.coordinator.stale_s
         threading.Thread(target=self._run, args=(stale / 4,), daemon=True, name="beat").start()
 
@@ -101,16 +106,30 @@ class Heartbeat:
             self.supervision.sweep(c.stale_s, gap_s=c.gap_s)
 
     def _run(self, interval: float) -> None:
+        c = self.settings.coordinator
+        give_up = max(c.stale_s, c.leader_ttl_s)
         while not self.closed.wait(interval):
             try:
                 self._beat()
+                self.beaten = time.monotonic()
             except WorkerRetired as exc:
                 log.warning("%s: retired by the queue (%s): stopping", self.name, exc)
                 if self.retired is not None:
                     self.retired()
                 return
-            except RedisError as exc:  # Redis away: the next beat tries again
-                log.warning("%s: heartbeat failed: %s", self.name, exc)
+            except RedisError as exc:  # Redis away: the next beat tries again, for a while
+                silent = time.monotonic() - self.beaten
+                log.warning("%s: heartbeat failed (%.0f s without one): %s", self.name, silent, exc)
+                if silent >= give_up and self.silenced is not None:
+                    log.warning(
+                        "%s: no heartbeat written for %.0f s: the queue counts it gone and"
+                        " its leader has given its fleet up: stopping",
+                        self.name,
+                        silent,
+                        extra={"event": "worker_silenced"},
+                    )
+                    self.silenced()
+                    return
             except Exception:  # a bug: logged, and the heartbeat goes on
                 log.exception("%s: heartbeat failed", self.name)
 
@@ -120,6 +139,21 @@ class Heartbeat:
             self.supervision.leave(self.name)
         except RedisError as exc:
             log.warning("%s: could not leave: %s", self.name, exc)
+
+
+def beat_queue(redis_url: str, settings: Settings) -> Queue:
+    """A worker's heartbeat client: no retries and replies awaited for a beat's interval at
+    most, so that a beat is never sent late (from an old snapshot of what the worker holds)
+    and a cut-off worker counts its silence by its own clock (the next beat is the retry)."""
+    interval = settings.coordinator.stale_s / 4
+    return Queue(connect(redis_url, retry_s=0, timeout_s=interval), settings.queue)
+
+
+def _exit_silenced() -> None:
+    """An inference actor cut off from Redis: its process ends, so that its GPU is free for
+    the fleet that has taken over (the pools start a new actor where Redis answers)."""
+    logging.shutdown()
+    os._exit(1)
 
 
 class InferenceActor:
@@ -136,7 +170,8 @@ class InferenceActor:
         self.model.predict(frames, (width, height))
         warm_up(self.model.schema)
         if redis_url is not None:
-            self.heartbeat = Heartbeat(Queue(connect(redis_url), settings.queue), name, settings)
+            beats = beat_queue(redis_url, settings)
+            self.heartbeat = Heartbeat(beats, name, settings, silenced=_exit_silenced)
 
     def describe(self) -> tuple[str, Any, int, str]:
         """(model name, record schema, pid, node id): also the readiness call."""
@@ -369,12 +404,11 @@ class DecodeActor:
         self.holding: collections.Counter[str] = collections.Counter()
         self._claims: set[int] = set()  # the claims under way (tickets)
         self._tickets = itertools.count()
+        self._full_said = -60.0  # when a full Redis was last said (once a minute at most)
         self._before: dict[str, set[int]] = {}  # a suspect: the claims it must wait for
         self.outcomes: collections.deque[dict[str, Any]] = collections.deque(maxlen=OUTCOMES_KEPT)
         self.counts: collections.Counter[str] = collections.Counter()
-        # Its own client, retrying for a beat's time only: a beat that says what the actor
-        # holds must not be sent late, from an old snapshot.
-        beats = Queue(connect(redis_url, retry_s=settings.coordinator.stale_s / 4), settings.queue)
+        beats = beat_queue(redis_url, settings)
         self.heartbeat = Heartbeat(
             beats,
             name,
@@ -384,6 +418,7 @@ class DecodeActor:
             deposed=self._deposed,
             retired=self.stop.set,
             sweep=sweep,
+            silenced=self.stop.set,
         )
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda signum, frame: self.stop.set())
@@ -490,6 +525,12 @@ class DecodeActor:
                 log.warning("%s: retired by the queue (%s): stopping", self.name, exc)
                 self.stop.set()
             return leases
+        except QueueFull as exc:  # nothing new while Redis is full: retention frees it
+            if time.monotonic() >= self._full_said + 60:
+                log.warning("%s: claims wait: %s", self.name, exc)
+                self._full_said = time.monotonic()
+            self.stop.wait(self.settings.queue.poll_s)
+            return leases
         finally:
             with self._held:
                 self._claims.discard(ticket)
@@ -543,6 +584,7 @@ class Fleet:
         self.names: list[str] = []
 
     def start(self, ready_timeout: float = 300.0) -> Fleet:
+        self.settings = replace(self.settings, model=pin_weights(self.settings.model))
         p, a = self.settings.pipeline, self.adapter
         infer_cls = a.remote_class(InferenceActor)
         decode_cls = a.remote_class(DecodeActor)

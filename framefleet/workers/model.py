@@ -5,14 +5,25 @@ A model is anything with a `name`, a `schema` (the pyarrow fields of its records
 position of its image in the batch). The built-in one is object detection with transformers
 (AutoModelForObjectDetection + AutoImageProcessor, from a model id or a local directory);
 FRAMEFLEET_MODEL_PLUGIN="module:factory" plugs in another (factory(settings) -> model).
+
+The weights are pinned once per fleet, by its driver (`pin_weights`): a hub model to the
+commit its revision names then (the inference actors load that commit), a local directory
+to a digest of its files (an inference actor whose directory holds other weights refuses to
+start). The pin is in the configuration hash, so retrained weights under the same name make
+new outputs, never mixed with the old ones, and old outputs do not count as done for them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
+import logging
 import os
+import re
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
 
@@ -21,9 +32,87 @@ import pyarrow as pa
 
 from framefleet.settings import ModelSettings
 
+log = logging.getLogger(__name__)
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
 
 class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to do instead."""
+
+
+def pin_weights(settings: ModelSettings) -> ModelSettings:
+    """The settings with `weights` set to what identifies the weights now: a local
+    directory's digest (`sha256:...`), or a hub model's commit (also set as its `revision`,
+    so that every actor loads that one). A plugin's or random weights are named by the
+    settings already. Weights that cannot be identified here (a directory or hub cache only
+    the GPU nodes have) are left unpinned, with a warning."""
+    if settings.plugin or settings.random_weights or settings.weights:
+        return settings
+    path = Path(settings.model)
+    if path.is_dir():
+        return replace(settings, weights=weights_digest(path))
+    if path.is_absolute() or settings.model.startswith("."):
+        log.warning("model %s is not on this node: its weights are not pinned", settings.model)
+        return settings
+    commit = _hub_commit(settings.model, settings.revision)
+    if commit is None:
+        log.warning(
+            "cannot tell which commit of %s (revision %s) to use from this node: its weights"
+            " are not pinned (set FRAMEFLEET_MODEL_REVISION to a commit)",
+            settings.model,
+            settings.revision or "main",
+        )
+        return settings
+    return replace(settings, revision=commit, weights=commit)
+
+
+def weights_digest(directory: Path) -> str:
+    """A digest of a model directory's files (names, sizes and bytes; hidden ones left out)."""
+    digest = hashlib.sha256()
+    try:
+        files = sorted(
+            p for p in directory.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+        for path in files:
+            digest.update(f"{path.relative_to(directory)}\0{path.stat().st_size}\0".encode())
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model directory {directory}: {exc}") from None
+    return "sha256:" + digest.hexdigest()
+
+
+def _hub_commit(model: str, revision: str | None) -> str | None:
+    """The commit `revision` (default main) of a hub model names: the hub's answer, or else
+    what the local cache recorded; None when neither knows."""
+    if revision and _COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import HfApi, snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not offline:
+        with contextlib.suppress(Exception):  # no network, no such model: the cache then
+            sha = HfApi().model_info(model, revision=revision, timeout=10).sha
+            if sha:
+                return str(sha)
+    with contextlib.suppress(Exception):
+        path = snapshot_download(model, revision=revision, local_files_only=True)
+        return Path(path).name if _COMMIT.fullmatch(Path(path).name) else None
+    return None
+
+
+def check_weights(settings: ModelSettings) -> None:
+    """Refuses (ModelLoadError) a local directory whose weights are not the pinned ones."""
+    if not settings.weights.startswith("sha256:") or settings.plugin:
+        return
+    found = weights_digest(Path(settings.model))
+    if found != settings.weights:
+        raise ModelLoadError(
+            f"the weights in {settings.model} changed since this fleet pinned them"
+            f" ({settings.weights[:19]}..., now {found[:19]}...): a new fleet (restart the"
+            " coordinator) pins the new ones; this one would mix the two in its outputs"
+        )
 
 
 class FrameModel(Protocol):
@@ -90,7 +179,8 @@ class DetectionModel:
             self.model, self.processor = random_detr_resnet50()
             self.name = f"{settings.model}:random-weights"
         else:
-            self.model, self.processor = _from_pretrained(settings.model)
+            check_weights(settings)
+            self.model, self.processor = _from_pretrained(settings.model, settings.revision)
             self.name = settings.model
         self.model.eval().to(self.device)
         self.labels = {int(k): str(v) for k, v in self.model.config.id2label.items()}
@@ -201,17 +291,20 @@ class DetectionModel:
         return records
 
 
-def _from_pretrained(model: str) -> tuple[Any, Any]:
-    """A local directory, else the Hugging Face cache, else (unless HF_HUB_OFFLINE) the hub."""
+def _from_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]:
+    """A local directory, else the Hugging Face cache, else (unless HF_HUB_OFFLINE) the hub;
+    of a hub model, `revision` (a branch, tag or commit; default main)."""
     from transformers import AutoImageProcessor, AutoModelForObjectDetection
 
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     reason = ""
     for local_only in (True,) if offline else (True, False):
         try:
-            processor = AutoImageProcessor.from_pretrained(model, local_files_only=local_only)
+            processor = AutoImageProcessor.from_pretrained(
+                model, revision=revision, local_files_only=local_only
+            )
             detector = AutoModelForObjectDetection.from_pretrained(
-                model, local_files_only=local_only
+                model, revision=revision, local_files_only=local_only
             )
             return detector, processor
         except OSError as exc:

@@ -10,9 +10,11 @@ Under a local directory or `s3://bucket/prefix`, for each version of an item's o
 so that outputs of another configuration, another version of the source, or of a run
 superseded by an enqueue with force, never mix.
 
-Every write is atomic (a temp file, fsync, rename locally; a single PUT on S3) and rewriting
-a key that exists is a no-op, so a redelivered video never produces a half-written or
-doubled output. Item ids that are not plain file names are percent-encoded.
+Every write is atomic (a temp file, fsync, rename locally; a single PUT on S3, or a
+multipart upload for the merged file) and rewriting a key that exists is a no-op, so a
+redelivered video never produces a half-written or doubled output. The merge streams: one
+batch of chunks at a time into a temporary file, whatever the video's length. Item ids that
+are not plain file names are percent-encoded.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -48,6 +50,11 @@ MANIFEST = "_manifest.json"
 
 
 _MAX_NAME = 200  # bytes of a path component, well within every file system's 255
+# The merge holds at most about this many bytes of chunk tables at once (one row group)...
+MERGE_BATCH_BYTES = 64 << 20
+# ...and uploads a merged file over this size to S3 in parts of this size (a single PUT
+# stops at 5 GB; a multipart upload goes to 5 TB)
+MULTIPART_BYTES = 64 << 20
 
 
 def item_dir(item_id: str) -> str:
@@ -200,12 +207,12 @@ class OutputStore:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if conditional and status in (409, 412):  # another writer's object came first
                 return False
-                log.warning("%s: no conditional writes (501): checked, then written", self.base)
+            if conditional and status == 501:  # a store without conditional writes
                 log.warning(
                     "%s: no conditional writes (HTTP 501): checked, then written", self.base
                 )
                 self._conditional_puts = False
-                return self._put_s3(key, data, if_absent)
+                return self.put(key, data, if_absent=True)
             raise _store_error(self.uri(key), exc) from None
         except BotoCoreError as exc:
             raise InfraError(f"{self.uri(key)}: {exc}") from None
@@ -266,17 +273,80 @@ class OutputStore:
                     f"cannot finalize {video}: chunks {missing[:10]} are missing",
                     OUTPUT_FAILED,
                 )
-            tables = [self.read_chunk(video, k) for k in range(chunks)]
-            merged = pa.concat_tables(tables) if tables else table_schema(schema).empty_table()
-            self.put(f"{video}/{DETECTIONS}", _parquet_bytes(merged))
+            rows = self._put_merged(video, chunks, table_schema(schema))
             body = {
                 **manifest,
-                "rows": merged.num_rows,
+                "rows": rows,
                 "chunks": chunks,
                 "detections": self.uri(f"{video}/{DETECTIONS}"),
             }
             self.put(manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
         return self.uri(manifest_key)
+
+    def _put_merged(self, video: str, chunks: int, schema: pa.Schema) -> int:
+        """detections.parquet from the chunks, streamed through a temporary file (beside
+        it locally, then renamed into place; in the temporary directory for S3, then
+        uploaded in parts). The rows it holds. The chunks are final (first write wins), so
+        a second writer writes the same rows: it is replaced, not refused."""
+        key = f"{video}/{DETECTIONS}"
+        rows = 0
+
+        def fill(out: IO[bytes]) -> None:
+            nonlocal rows
+            rows = self._merge(video, chunks, schema, out)
+
+        try:
+            if not self.is_s3:
+                _atomic_fill(self.root / key, fill)
+                return rows
+            with tempfile.TemporaryFile(dir=self.source.tmp_dir, prefix="framefleet-merge-") as f:
+                fill(f)
+                f.seek(0)
+                self._upload(key, f)
+            return rows
+        except OSError as exc:  # a full or read-only disk: the store's or the node's trouble
+            raise InfraError(f"{self.uri(key)}: {exc.strerror or exc}") from None
+
+    def _merge(self, video: str, chunks: int, schema: pa.Schema, out: IO[bytes]) -> int:
+        """The chunks' rows into one parquet file, about MERGE_BATCH_BYTES of tables at a
+        time (each batch a row group)."""
+        batch: list[pa.Table] = []
+        held = rows = 0
+        writer: pq.ParquetWriter | None = None
+        try:
+            for k in range(chunks):
+                table = self.read_chunk(video, k)
+                if writer is None:  # the chunks' own schema (the actors wrote them)
+                    writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+                batch.append(table)
+                held += table.nbytes
+                rows += table.num_rows
+                if held >= MERGE_BATCH_BYTES:
+                    writer.write_table(pa.concat_tables(batch))
+                    batch, held = [], 0
+            if writer is None:  # no chunks: an empty file of the model's schema
+                writer = pq.ParquetWriter(out, schema, compression="zstd")
+            if batch:
+                writer.write_table(pa.concat_tables(batch))
+        finally:
+            if writer is not None:
+                writer.close()
+        return rows
+
+    def _upload(self, key: str, f: IO[bytes]) -> None:
+        from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_BYTES, multipart_chunksize=MULTIPART_BYTES
+        )
+        try:
+            s3_client(self.source).upload_fileobj(f, self.bucket, self._s3_key(key), Config=config)
+        except ClientError as exc:
+            raise _store_error(self.uri(key), exc) from None
+        except (BotoCoreError, S3UploadFailedError) as exc:  # the latter wraps a part's error
+            raise InfraError(f"{self.uri(key)}: {exc}") from None
 
     def read_manifest(self, video: str) -> dict[str, Any]:
         manifest: dict[str, Any] = json.loads(self.get(f"{video}/{MANIFEST}"))
@@ -300,6 +370,14 @@ def output_version(config_hash: str, etag: str | None, rev: int) -> str:
     if rev:
         version += f"-r{rev}"
     return version
+
+
+def made_with(version: str, config_hash: str, rev: int) -> bool:
+    """Whether an output version was made with this configuration, at this revision (of
+    whatever source object it was pinned to)."""
+    parts = version.split("-")
+    made_rev = int(parts[-1][1:]) if len(parts) > 1 and parts[-1].startswith("r") else 0
+    return parts[0] == config_hash and made_rev == rev
 
 
 def _store_error(uri: str, exc: Any) -> InfraError:
@@ -380,14 +458,19 @@ _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.E
 
 
 def _atomic_write(path: Path, data: bytes, if_absent: bool = False) -> bool:
-    """`data` at `path`, whole or not at all: a temporary file, fsynced, then renamed into
-    place, or (if_absent) linked into place, which fails when the path exists: the first
-    writer wins. True when this call wrote it."""
+    """`data` at `path`, whole or not at all (see _atomic_fill)."""
+    return _atomic_fill(path, lambda f: f.write(data), if_absent)
+
+
+def _atomic_fill(path: Path, fill: Callable[[IO[bytes]], object], if_absent: bool = False) -> bool:
+    """What `fill` writes, at `path`, whole or not at all: a temporary file, fsynced, then
+    renamed into place, or (if_absent) linked into place, which fails when the path exists:
+    the first writer wins. True when this call wrote it."""
     _make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
         if if_absent:

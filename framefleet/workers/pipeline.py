@@ -5,6 +5,12 @@
     most max_inflight_chunks out) -> as each chunk's output is durable: progress(chunk) ->
     finalize (merged file, manifest last) -> ack(manifest), fenced by the lease's token.
 
+The output version is the configuration, the revision and what was fetched: the etag given
+at enqueue, or else the fetch's pin (sources.Fetched.pin), which the first checkpoint keeps
+(Lease.pin). A later attempt that fetches another object than the pinned one (the video was
+replaced at its URI) starts over on it, in another version, rather than resume: one output
+never holds frames of two videos. With an etag given at enqueue, another object is `changed`.
+
 A background thread renews the lease every third of its length while the item makes
 progress (bytes fetched, chunks decoded or settled); after stall_s without any it stops, so
 that a stuck item goes back to the queue. When a renewal is refused the item stops at once
@@ -189,6 +195,7 @@ class _Item:
     inference: dict[str, float] = field(default_factory=dict)  # infer, write: at the actors
     expected: int | None = None  # the chunks the container promises, until it is written
     mark: float = 0.0
+    pin: str | None = None  # what the chunks are made from (sources.Fetched.pin)
 
     def lap(self, name: str, now: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + now - self.mark
@@ -356,12 +363,14 @@ class VideoJob:
         if self.stop.is_set():
             raise Stopped
 
+    def _video(self, lease: Lease, source: str | None) -> str:
+        return self.store.video(lease.id, output_version(self.config_hash, source, lease.rev))
+
     def _process(self, lease: Lease, keeper: LeaseKeeper, decoded: Callable[[], None]) -> Outcome:
-        version = output_version(self.config_hash, lease.etag, lease.rev)
-        item = _Item(lease, keeper, self.store.video(lease.id, version))
-        if self.store.is_complete(item.video):  # done before, only the ack was lost
-            uri = self.store.manifest_uri(item.video)
-            return self._ack(item, uri, 0, 0, Status.ALREADY_DONE)
+        known = lease.etag or lease.pin  # what the outputs were made from, if they were
+        item = _Item(lease, keeper, self._video(lease, known))
+        if known and self.store.is_complete(item.video):  # done before, the ack was lost
+            return self._ack(item, self.store.manifest_uri(item.video), 0, 0, Status.ALREADY_DONE)
         started = item.mark = self.clock()
         p, source = self.settings.pipeline, self.settings.source
         if lease.size is not None and lease.size > source.max_video_bytes:
@@ -370,11 +379,13 @@ class VideoJob:
                 f" ({source.max_video_bytes})",
                 TOO_BIG,
             )
-        # Checkpointed chunks whose files are gone (a node-local disk, a crash before the
-        # directory entry was durable) are done again.
-        done = frozenset(self.store.chunks_present(item.video, lease.chunks_done))
-        with fetched(lease.uri, source, etag=lease.etag, touch=keeper.touch) as path:
+        with fetched(lease.uri, source, etag=lease.etag, touch=keeper.touch) as (path, pin):
             item.lap("fetch", self.clock())
+            item.pin, item.video = pin, self._video(lease, lease.etag or pin)
+            if not known and self.store.is_complete(item.video):
+                uri = self.store.manifest_uri(item.video)  # done before, the ack was lost
+                return self._ack(item, uri, 0, 0, Status.ALREADY_DONE)
+            done = self._resumable(item)
             decoder = open_decoder(
                 path, self.sampling, p.decoder, threads=p.decode_threads, limits=self.limits
             )
@@ -393,8 +404,8 @@ class VideoJob:
         manifest = {
             "video_id": lease.id,
             "uri": lease.uri,
-            "etag": lease.etag,
-            "version": version,
+            "etag": lease.etag or item.pin,
+            "version": item.video.rsplit("/", 1)[-1],
             "frames": reader.kept,
             "chunks": total,
             "model": self.inference.model_name,
@@ -408,6 +419,27 @@ class VideoJob:
         }
         uri = self.store.finalize(item.video, total, self.inference.schema, manifest)
         return self._ack(item, uri, total, frames, Status.ACKED)
+
+    def _resumable(self, item: _Item) -> frozenset[int]:
+        """The checkpointed chunks this attempt may skip: none when they were made from
+        another object than the one just fetched (their checkpoints are dropped with the
+        next one), else those whose files are there (a node-local disk, or a crash before
+        the directory entry was durable, loses them: they are done again)."""
+        lease = item.lease
+        if lease.pin is not None and lease.pin != item.pin:
+            if lease.chunks_done:
+                log.warning(
+                    "item %s: %s is not the object its %d checkpointed chunks were made from"
+                    " (%s, now %s); starting over",
+                    lease.id,
+                    lease.uri,
+                    len(lease.chunks_done),
+                    lease.pin,
+                    item.pin,
+                    extra={"item": lease.id, "uri": lease.uri},
+                )
+            return frozenset()
+        return frozenset(self.store.chunks_present(item.video, lease.chunks_done))
 
     def _stream(self, item: _Item, reader: ChunkReader, decoded: Callable[[], None]) -> int:
         """Decode and hand out chunks, at most max_inflight_chunks at a time (and within the
@@ -497,7 +529,8 @@ class VideoJob:
         self, item: _Item, index: int, total: int | None, work: ChunkWork | None = None
     ) -> None:
         call, expected = self.queue.progress, None if total else item.expected
-        if not self._persist(item.keeper, call, item.lease, index, total, work, expected).ok:
+        args = (item.lease, index, total, work, expected, item.pin)
+        if not self._persist(item.keeper, call, *args).ok:
             item.keeper.lost.set()
             raise LeaseLost(f"checkpoint of chunk {index} refused")
         item.expected = None  # written: not sent again with every chunk

@@ -8,14 +8,18 @@
   (netpolicy.py; every redirect checked too).
 
 Remote videos are streamed to a temporary file with a size limit; the file is removed when
-the `fetched()` block ends, whatever happens. A missing object, a 403 or a file over the
-limit is a PermanentError; timeouts, throttling and 5xx are tried again (tenacity) and then
-raised as a TransientError.
+the `fetched()` block ends, whatever happens. Each fetch says what it got (`Fetched.pin`): S3's
+ETag, an HTTP server's ETag (or, when it sends none, a digest of the body), a local file's
+size, mtime and inode; the pipeline keeps it with the item's first checkpoint, so that a later
+attempt that finds another object there never resumes from the first one's chunks. A missing
+object, a 403 or a file over the limit is a PermanentError; timeouts, throttling and 5xx are
+tried again (tenacity) and then raised as a TransientError.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import os
 import shutil
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from urllib.parse import unquote, urljoin, urlparse, urlsplit
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -53,19 +57,29 @@ _PERMANENT_S3 = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "403", "404", "Inv
 
 
 Touch = Callable[[], None]
+MAX_PIN_BYTES = 256  # a pin is kept in the item's hash, as an etag is (MAX_ETAG_BYTES)
+
+
+class Fetched(NamedTuple):
+    """A fetched video: the local file, and what tells this object from another one at the
+    same URI (its pin: S3's ETag, an HTTP ETag or `sha256:` digest, a local `file:` stat)."""
+
+    path: Path
+    pin: str
 
 
 @contextlib.contextmanager
 def fetched(
     uri: str, settings: SourceSettings, *, etag: str | None = None, touch: Touch | None = None
-) -> Iterator[Path]:
-    """A local file holding the video at `uri`, for the duration of the block. With `etag`,
-    a remote object that changed since (another etag) is refused (`changed`). `touch` is
-    called as bytes come in. The whole download has a deadline (fetch_deadline_s), besides
-    the per-read timeout."""
+) -> Iterator[Fetched]:
+    """A local file holding the video at `uri`, for the duration of the block, with its pin.
+    With `etag`, a remote object that changed since (another etag) is refused (`changed`).
+    `touch` is called as bytes come in. The whole download has a deadline
+    (fetch_deadline_s), besides the per-read timeout."""
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        yield local_path(uri, settings)
+        path = local_path(uri, settings)
+        yield Fetched(path, local_pin(path))
         return
     if parsed.scheme not in ("s3", "http", "https"):
         raise PermanentError(f"unsupported uri scheme {parsed.scheme!r}: {uri}", BAD_URI)
@@ -82,7 +96,7 @@ def fetched(
         with os.fdopen(fd, "wb") as out:
             _with_retries(settings, lambda: got.into(out))
         got.release()  # the file itself counts in the free space from now on
-        yield path
+        yield Fetched(path, got.pin)
     finally:
         got.release()
         path.unlink(missing_ok=True)
@@ -91,6 +105,23 @@ def fetched(
 def _suffix(path: str) -> str:
     suffix = Path(path).suffix
     return suffix if suffix.isascii() and len(suffix) <= 8 else ""
+
+
+def local_pin(path: Path) -> str:
+    """A local file's identity: another file renamed over it, or the same one written
+    again, has another pin."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise PermanentError(f"cannot read {path}: {exc.strerror or exc}", NOT_FOUND) from None
+    return f"file:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def _etag_pin(value: str | None) -> str | None:
+    """An ETag as a pin, when it is one that fits (printable, not too long)."""
+    if value and len(value) <= MAX_PIN_BYTES and value.isascii() and value.isprintable():
+        return value
+    return None
 
 
 def local_path(uri: str, settings: SourceSettings) -> Path:
@@ -146,6 +177,8 @@ class _Download:
         self.deadline = time.monotonic() + settings.fetch_deadline_s
         self.reserved = 0
         self.expired = False
+        self.pin = ""  # set by each attempt: the ETag, or else the body's digest (`digest`)
+        self.digest: Any = None
         self._sockets: list[socket.socket] = []
         self._watching = threading.Lock()
 
@@ -206,6 +239,7 @@ class _Download:
     def into(self, out: IO[bytes]) -> None:
         out.seek(0)
         out.truncate()
+        self.pin, self.digest = "", None
         if self.uri.startswith("s3://"):
             _download_s3(self, out)
             return
@@ -243,10 +277,14 @@ class _Download:
                     f" {self.settings.fetch_deadline_s:g} s (fetch_deadline_s), {total} bytes in"
                 )
             _write(out, chunk, self.uri)
+            if self.digest is not None:
+                self.digest.update(chunk)
             self.touch()
         if getattr(body, "length", None):  # http.client's bytes still due: the server hung up
             raise TransientError(f"{self.uri}: the connection closed {body.length} bytes early")
         _write(out, b"", self.uri)
+        if self.digest is not None:
+            self.pin = "sha256:" + self.digest.hexdigest()
 
 
 def _temporary_bytes(directory: Path) -> int:
@@ -307,6 +345,9 @@ def _download_http(got: _Download, out: IO[bytes]) -> None:
                 if int(length) > got.settings.max_video_bytes:
                     raise PermanentError(f"{got.uri} is {length} bytes, over the limit", TOO_BIG)
                 got.reserve(int(length))
+            got.pin = _etag_pin(response.getheader("ETag")) or ""
+            if not got.pin:  # nothing else tells this body from the next one at the URL
+                got.digest = hashlib.sha256()
             try:
                 got.copy(response, out)
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
@@ -438,6 +479,9 @@ def _download_s3(got: _Download, out: IO[bytes]) -> None:
             if length > settings.max_video_bytes:
                 raise PermanentError(f"{uri} is {length} bytes, over the limit", TOO_BIG)
             got.reserve(length)
+            got.pin = _etag_pin(obj.get("ETag")) or ""
+            if not got.pin:
+                got.digest = hashlib.sha256()
             got.copy(body, out)
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")

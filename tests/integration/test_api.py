@@ -220,6 +220,37 @@ def test_readyz_wants_a_fresh_leader_report_and_the_schema_is_served(api: Served
         assert c.get("/docs").status_code == 404  # its page would load assets from a CDN
 
 
+def test_readyz_and_the_dashboard_say_when_redis_is_full(api: Served, valkey_client: Redis) -> None:
+    """A server over its maxmemory refuses new work (noeviction): /readyz is 503 and says
+    Redis is full, /v1/redis says so, the dashboard warns, and an enqueue is refused with
+    503 saying why; all well again once it has room."""
+    with api.client() as c:
+        name = c.get("/v1/queue").json()["name"]
+        q = Queue(valkey_client, QueueSettings(name=name))
+        Supervision(q).write_health({"ok": True, "at": time.time(), "leader": "c1"}, ttl_s=60)
+        assert c.get("/readyz").status_code == 200
+        used = int(valkey_client.info("memory")["used_memory"])
+        valkey_client.config_set("maxmemory", used - 64 * 1024)
+        try:
+            ready = c.get("/readyz")
+            assert ready.status_code == 503, ready.text
+            [problem] = ready.json()["problems"]
+            assert problem.startswith("redis: full") and "maxmemory" in problem
+            assert c.get("/v1/redis").json()["full"] is True
+            refused = c.post("/v1/items", json={"uri": "s3://v/new.mp4"})
+            assert refused.status_code == 503 and "full" in refused.json()["detail"]
+            with api.client(None) as browser:
+                same = {"Sec-Fetch-Site": "same-origin"}
+                login = browser.post("/ui/login", data={"token": READ, "next": "/"}, headers=same)
+                assert login.status_code == 303, login.text
+                page = browser.get("/ui/")
+                assert page.status_code == 200 and "Redis is full" in page.text
+        finally:
+            valkey_client.config_set("maxmemory", 0)
+        assert c.get("/readyz").status_code == 200
+        assert c.get("/v1/redis").json()["full"] is False
+
+
 def test_pages_hold_their_place_while_items_come_and_go(api: Served, valkey_client: Redis) -> None:
     """Done items acked in one batch share one score (the ack's time): the cursor is a
     place (score and id), so a page boundary inside the tie loses and repeats nothing, and

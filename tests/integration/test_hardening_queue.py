@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from redis.exceptions import RedisError
 
 from framefleet.queue import (
     EmbeddedServer,
     InvalidItem,
     Queue,
+    QueueFull,
     ServerError,
     Supervision,
     SweepResult,
@@ -460,13 +462,160 @@ def test_f5_a_claim_retried_after_a_lost_reply_gets_the_same_items(queue: Queue)
     again = queue._run("claim", 2, "decoder-a", 30_000, "cafe0123")
 
     def ids(reply: list[Any]) -> list[str]:
-        return sorted(reply[4][i] for i in range(0, len(reply[4]), 15))
+        return sorted(reply[4][i] for i in range(0, len(reply[4]), 16))
 
     def rows(reply: list[Any]) -> list[list[str]]:  # every value, the token included
         flat = [str(v) for v in reply[4]]
-        return sorted(flat[i : i + 15] for i in range(0, len(flat), 15))
+        return sorted(flat[i : i + 16] for i in range(0, len(flat), 16))
 
     assert ids(first) == ids(again) and len(ids(first)) == 2
     assert rows(first) == rows(again)  # the same leases, not only the same ids
     assert queue.stats().counts["leased"] == 2
     assert len(queue.claim(5, "decoder-a")) == 2  # a new call: the two others
+
+
+# -- issue 21, finding 8: a full Redis recovers by itself -------------------------------------
+
+
+def _fill_inbox(client: Redis, q: Queue, headroom: int) -> int:
+    """Plain clients push to the inbox until LPUSH is refused, maxmemory set `headroom` bytes
+    above what the server used; then the limit goes a little below what it uses, so that
+    every call finds the server over it (at rest it sits just under: the refused command's
+    own buffers are gone). Returns the entries pushed."""
+    client.config_set("maxmemory", _used(client) + headroom)
+    pushed = 0
+    with pytest.raises(RedisError, match="maxmemory"):
+        while True:
+            batch = [json.dumps({"uri": f"/v/inbox-{pushed + i}.mp4"}) for i in range(100)]
+            client.lpush(q.keys.inbox, *batch)
+            pushed += 100
+    client.config_set("maxmemory", _used(client) - 32 * 1024)
+    return pushed
+
+
+def _used(client: Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+@pytest.mark.parametrize("build", list(SERVER_BUILDS))
+def test_a_full_redis_refuses_new_work_finishes_what_is_out_and_recovers_by_itself(
+    tmp_path: Path, build: str
+) -> None:
+    """Under noeviction a full server refuses what may grow memory. Scripts that would grow
+    it (ingest, enqueue, claim) are refused whole with QueueFull: no inbox entry popped and
+    lost, nothing half written. What is out carries on at the limit (heartbeats, renewals,
+    the leader lease and its health report, acks), and what frees memory works there: the
+    sweep with its retention, purges. Once retention has freed memory, everything proceeds,
+    with nobody's help. On Redis 6.2 as on Valkey (no script flags: 6.2 has none)."""
+    server = EmbeddedServer(tmp_path, binary=SERVER_BUILDS[build]()).start()
+    try:
+        clock = ManualClock()
+        client = connect(server.url)
+        q = Queue(client, QueueSettings(lease_s=60, done_ttl_s=3600), clock=clock)
+        other = Queue(client, QueueSettings(name="other"), clock=clock)  # same server
+        sup = Supervision(q)
+        for b in range(10):
+            q.enqueue([f"/v/done-{b}-{i}.mp4" for i in range(1000)])
+            assert all(q.ack_many([(lease, "file:///o") for lease in q.claim(1000, "w")]))
+        [dead_id] = q.enqueue(["/v/dead.mp4"])
+        [lease] = q.claim(1, "decoder-a-0")
+        q.fail(lease, "not a video", retryable=False)
+        [held_id] = q.enqueue(["/v/in-flight.mp4"])
+        [held] = q.claim(1, "decoder-a-0")
+        other.enqueue(["/v/other.mp4"])
+        assert sup.hold_leadership("coordinator-1", 30)
+        sup.sweep(10, gap_s=5)
+        pushed = _fill_inbox(client, q, headroom=128 * 1024)
+        full = q.memory()
+        assert full is not None and full.full and full.used_bytes > full.max_bytes
+
+        # what grows memory is refused whole, with a type callers can back off on
+        counts = q.stats().counts
+        with pytest.raises(QueueFull):
+            q.ingest_inbox()
+        with pytest.raises(QueueFull):
+            q.enqueue(["/v/new.mp4"])
+        with pytest.raises(QueueFull):
+            q.claim(1, "decoder-a-1")
+        with pytest.raises(QueueFull):
+            other.claim(1, "decoder-b-0")  # an empty inbox: claim.lua's own refusal
+        assert q.stats().counts == counts and client.llen(q.keys.inbox) == pushed
+        assert other.stats().counts["queued"] == 1 and q.get(held_id).state == "leased"  # type: ignore[union-attr]
+
+        # what is out carries on at the limit, and what frees memory works there
+        assert sup.heartbeat("decoder-a-0", holding=[held_id]) == 0
+        assert q.renew(held)
+        client.delete(q.keys.leader)  # the lease ran out: the coordinator takes it again
+        assert sup.hold_leadership("coordinator-1", 30)
+        sup.write_health({"ok": True, "at": time.time(), "leader": "coordinator-1"}, ttl_s=30)
+        assert sup.sweep(10, gap_s=5) == SweepResult()  # nothing due yet, but it runs
+        client.script_flush()  # a restarted server: the scripts load again at the limit
+        assert q.ack(held, "file:///o/held") == Verdict.OK
+        assert q.purge_dead([dead_id]) == [dead_id]
+
+        # retention: the done items' time is up. The coordinator sweeps each tick (a batch
+        # of retention each), the claimers ingest each poll: the inbox drains as memory is
+        # freed, by itself, and not one entry is lost
+        clock.advance(3_600_001)
+        ingested = 0
+        for _ in range(30):
+            sup.sweep(10, gap_s=5)
+            try:
+                while (result := q.ingest_inbox()).remaining:
+                    ingested += result.ingested
+                ingested += result.ingested
+                break
+            except QueueFull:  # full again: the next tick frees more
+                continue
+        assert ingested == pushed and client.llen(q.keys.inbox) == 0
+        assert q.stats().counters["trimmed_total"] >= 1000
+        memory = q.memory()
+        assert memory is not None and not memory.full
+        assert q.enqueue(["/v/new.mp4"]) and len(q.claim(1, "decoder-a-1")) == 1
+        assert len(other.claim(1, "decoder-b-0")) == 1
+    finally:
+        server.stop()
+
+
+# -- issue 21, finding 15: a clock that ran ahead and was stepped back -------------------------
+
+
+def test_a_clock_stepped_back_leaves_no_silent_worker_alive_for_the_time_it_ran_ahead(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """The server's clock runs an hour ahead for a while, then NTP steps it back. The
+    heartbeats, renewals and the gap's grace written meanwhile lie an hour ahead; the sweep
+    brings them back to the most they can be (heartbeats to now, lease deadlines to now +
+    lease_s, the grace to now + stale_s), so a worker that went silent after the correction
+    is found within the stale time, not an hour later, and a live one carries on."""
+    sup = Supervision(queue)  # lease_s 30
+    silent_id, live_id = queue.enqueue(["/v/silent.mp4", "/v/live.mp4"])
+    sup.heartbeat("decoder-a-0")
+    sup.heartbeat("decoder-b-0")
+    [silent] = queue.claim(1, "decoder-a-0")
+    [live] = queue.claim(1, "decoder-b-0")
+    assert (silent.id, live.id) == (silent_id, live_id)
+    sup.sweep(10, gap_s=5)
+    clock.advance(3_600_000)  # the clock jumps an hour ahead: the gap forgives, as designed
+    assert sup.sweep(10, gap_s=5).forgiven == 2
+    for _ in range(5):  # both workers live on: they beat and renew
+        clock.advance(2_000)
+        for worker, lease in (("decoder-a-0", silent), ("decoder-b-0", live)):
+            sup.heartbeat(worker, holding=[lease.id])
+            assert queue.renew(lease)
+        sup.sweep(10, gap_s=5)
+    clock.advance(-3_600_000)  # NTP steps it back; decoder-a goes silent from now on
+    waited = 0
+    while queue.get(silent_id).state == "leased" and waited < 600_000:  # type: ignore[union-attr]
+        clock.advance(2_000)
+        waited += 2_000
+        sup.heartbeat("decoder-b-0", holding=[live_id])
+        assert queue.renew(live)
+        sup.sweep(10, gap_s=5)
+    assert waited <= 2 * 10_000 + 2_000  # the stale time (after the grace), not an hour
+    item = queue.get(silent_id)
+    assert item is not None and (item.state, item.deliveries) == ("queued", 0)  # uncharged
+    assert silent_id not in sup.held("decoder-a-0") and queue.renew(live)
+    kept = queue.get(live_id)
+    assert kept is not None and kept.state == "leased"
+    assert sup.workers()["decoder-b-0"] < 3 and queue.stats().counters["clock_clamped_total"] > 0

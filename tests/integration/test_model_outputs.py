@@ -288,3 +288,88 @@ def test_a_writer_killed_mid_write_leaves_no_partial_file(tmp_path: Path) -> Non
     assert not store.is_complete("v")
     leftovers = [p.name for p in tmp_path.glob("v/*") if not p.name.startswith(".")]
     assert all(name.startswith("chunk-") for name in leftovers), leftovers
+
+
+_BLOB = pa.schema([("blob", pa.binary())])
+
+
+def _blobs(item: str, rows: int, offset: int, size: int) -> pa.Table:
+    """Rows of incompressible bytes: a chunk of `rows` x `size` bytes."""
+    rng = np.random.default_rng(offset)
+    records = [{"frame": i, "blob": rng.bytes(size)} for i in range(rows)]
+    return records_table(
+        item, "m", _BLOB, records, np.arange(offset, offset + rows), np.zeros(rows)
+    )
+
+
+def test_the_merge_streams_and_a_big_merged_file_goes_to_s3_in_parts(
+    store: OutputStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A merged file over S3's single-PUT limit (5 GB) failed its PUT and was released for
+    ever, and the merge held every chunk and the whole file in memory. Scaled down: parts
+    of 5 MiB (S3's smallest) and batches of 1 MiB, for a 26 MiB file (the merge's peak stays
+    about 7 MiB whatever the file's size; the old one's was the whole file)."""
+    from framefleet.workers import outputs
+
+    monkeypatch.setattr(outputs, "MULTIPART_BYTES", 5 << 20)
+    monkeypatch.setattr(outputs, "MERGE_BATCH_BYTES", 1 << 20)
+    chunks = [_blobs("big", 25, k * 25, 64 << 10) for k in range(16)]
+    for k, table in enumerate(chunks):
+        store.write_chunk("big", k, table)
+    total = sum(t.nbytes for t in chunks)
+    pool = pa.proxy_memory_pool(pa.default_memory_pool())
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        store.finalize("big", len(chunks), _BLOB, {"frames": 400})
+    finally:
+        pa.set_memory_pool(previous)
+    assert pool.max_memory() < total / 2, (pool.max_memory(), total)  # not all at once
+    merged = pq.read_table(pa.BufferReader(store.get("big/detections.parquet")))
+    assert merged.equals(pa.concat_tables(chunks))
+    assert store.read_manifest("big")["rows"] == 400
+    if store.is_s3:
+        head = s3_client(store.source).head_object(
+            Bucket=store.bucket, Key=store._s3_key("big/detections.parquet")
+        )
+        parts = head["ETag"].strip('"').rpartition("-")[2]  # a multipart upload's ETag
+        assert head["ContentLength"] > 20 << 20 and parts.isdigit() and int(parts) >= 4
+
+
+def test_a_store_without_conditional_writes_is_checked_then_written(
+    s3_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that answers If-None-Match with 501 Not Implemented: each write falls back to
+    a check, then a plain PUT (the fallback read past its own `return` before)."""
+    from tests.support.servers import FaultyProxy
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with FaultyProxy(s3_url, failures=0, conditional_status=501) as proxy:
+        settings = SourceSettings(s3_endpoint_url=proxy.url)
+        s3_client(settings).create_bucket(Bucket="no-conditional")
+        store = OutputStore("s3://no-conditional/runs", settings)
+        assert store.write_chunk("v", 0, _table("v", 3)) is True
+        assert store.write_chunk("v", 0, _table("v", 99)) is False
+        assert store.read_chunk("v", 0).num_rows == 3
+    assert "no conditional writes (HTTP 501)" in caplog.text
+
+
+def test_a_file_system_without_hard_links_is_checked_then_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where link() is refused (EPERM: some FUSE and CIFS mounts), a write falls back to a
+    check, then a rename: still whole, still never over an existing file it saw."""
+    import errno
+    import os
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    store = OutputStore(str(tmp_path / "out"), SourceSettings())
+    assert store.write_chunk("v", 0, _table("v", 3)) is True
+    assert store.write_chunk("v", 0, _table("v", 99)) is False
+    assert store.read_chunk("v", 0).num_rows == 3
+    assert not [p for p in (tmp_path / "out" / "v").iterdir() if p.name.startswith(".")]

@@ -23,6 +23,7 @@ from framefleet.workers.actors import Fleet
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore, output_version
+from framefleet.workers.sources import local_pin
 from tests.support.deadline import left
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.jobs import local_ray
@@ -251,7 +252,8 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
     # and nothing else: the next worker redoes nothing and skips nothing.
     after = q.chunks(item_id)
     store = OutputStore(settings.pipeline.out, settings.source)
-    video = store.video(item_id, output_version(settings.pipeline.config_hash(model), None, 0))
+    pin = local_pin(videos / "long.mp4")  # the file the chunks were made from
+    video = store.video(item_id, output_version(settings.pipeline.config_hash(model), pin, 0))
     assert after > before and len(after) < 10
     assert store.chunks_present(video, range(10)) == after
 

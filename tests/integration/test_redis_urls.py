@@ -207,6 +207,8 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     assert [x.id for x in q.find("d1")] == ["d1"]
     assert q.finished_since_each([0, 0]) == [q.finished_since(0)] * 2
     assert len(q.finished_per_minute(2)) == 3 and "used_memory" in q.server_info()
+    memory = q.memory()
+    assert memory is not None and memory.used_bytes > 0 and not memory.full
     assert q.stats().counts["queued"] >= 1 and lf.id != lg.id
     # the leader lease and the health report
     assert sup.hold_leadership("c1", ttl_s=60) and sup.hold_leadership("c1", ttl_s=60)

@@ -52,9 +52,9 @@ def test_local_reads_only_under_allowed_roots(tmp_path: Path) -> None:
     (tmp_path / "secret.mp4").write_bytes(b"s")
     (root / "link.mp4").symlink_to(tmp_path / "secret.mp4")
     settings = SourceSettings(allowed_roots=(root,))
-    with fetched(str(root / "a.mp4"), settings) as path:
+    with fetched(str(root / "a.mp4"), settings) as (path, _):
         assert path.read_bytes() == b"x" * 10
-    with fetched(f"file://{root}/a.mp4", settings) as path:
+    with fetched(f"file://{root}/a.mp4", settings) as (path, _):
         assert path == root / "a.mp4"
     for uri in (
         str(tmp_path / "secret.mp4"),
@@ -87,7 +87,7 @@ def test_local_reads_only_under_allowed_roots(tmp_path: Path) -> None:
 def test_s3_download_and_cleanup(s3: tuple[SourceSettings, object]) -> None:
     settings, client = s3
     client.put_object(Bucket="videos", Key="2026/a.mp4", Body=b"video-bytes" * 1000)  # type: ignore[attr-defined]
-    with fetched("s3://videos/2026/a.mp4", settings) as path:
+    with fetched("s3://videos/2026/a.mp4", settings) as (path, _):
         assert path.read_bytes() == b"video-bytes" * 1000 and path.suffix == ".mp4"
     assert not path.exists()
 
@@ -95,7 +95,7 @@ def test_s3_download_and_cleanup(s3: tuple[SourceSettings, object]) -> None:
 def test_s3_cleanup_on_error_inside_the_block(s3: tuple[SourceSettings, object]) -> None:
     settings, client = s3
     client.put_object(Bucket="videos", Key="a.mp4", Body=b"v")  # type: ignore[attr-defined]
-    with pytest.raises(RuntimeError), fetched("s3://videos/a.mp4", settings) as path:
+    with pytest.raises(RuntimeError), fetched("s3://videos/a.mp4", settings) as (path, _):
         raise RuntimeError("decoder blew up")
     assert not path.exists()
 
@@ -171,7 +171,7 @@ def test_s3_5xx_is_retried_then_transient(s3: tuple[SourceSettings, object]) -> 
     endpoint = settings.s3_endpoint_url or ""
     with FaultyProxy(endpoint, failures=2) as proxy:
         flaky = replace(settings, s3_endpoint_url=proxy.url, fetch_attempts=3)
-        with fetched("s3://videos/a.mp4", flaky) as path:
+        with fetched("s3://videos/a.mp4", flaky) as (path, _):
             assert path.read_bytes() == b"0123456789" * 50
         assert proxy.requests == 3
     with FaultyProxy(endpoint, failures=100) as proxy:
@@ -193,10 +193,10 @@ def test_http_download_and_errors(tmp_path: Path) -> None:
         allow_private_urls="127.0.0.0/8",  # the test server is on loopback
     )
     with FileServer(tmp_path) as server:
-        with fetched(server.url + "/v.mp4", settings) as path:
+        with fetched(server.url + "/v.mp4", settings) as (path, _):
             assert path.read_bytes() == b"0123456789" * 100
         assert not path.exists()
-        with fetched(server.url + "/flaky/2/v.mp4", settings) as path:  # 503, 503, then 200
+        with fetched(server.url + "/flaky/2/v.mp4", settings) as (path, _):  # 503, 503, then 200
             assert path.stat().st_size == 1000
         with (
             pytest.raises(PermanentError, match="404"),
@@ -237,7 +237,8 @@ def test_unsupported_scheme() -> None:
 class Dribbler:
     """A loopback HTTP server that sends its answer one byte at a time, each well within
     the per-read timeout: the status line (`/status`), the headers (`/headers`), or a
-    chunked body's size lines (`/chunks`). Until stopped."""
+    chunked body's size lines (`/chunks`); to a TLS client, its ServerHello (a record that
+    announces 16 KiB, then its bytes one by one). Until stopped."""
 
     def __init__(self, every_s: float = 0.2) -> None:
         self.every_s = every_s
@@ -270,9 +271,12 @@ class Dribbler:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
-            path = conn.recv(4096).split(b" ")[1].decode()
+            request = conn.recv(4096)
+            path = "" if request[:1] == b"\x16" else request.split(b" ")[1].decode()
             head = b"HTTP/1.1 200 OK\r\n"
-            if path.startswith("/status"):
+            if not path:  # a TLS ClientHello: a handshake record, never ending
+                answer = b"\x16\x03\x03\x40\x00" + b"\x00" * 100_000
+            elif path.startswith("/status"):
                 answer = head * 1000
             elif path.startswith("/headers"):
                 answer = head + b"X-Slow: " + b"a" * 100_000
@@ -298,13 +302,18 @@ def test_the_download_deadline_covers_the_whole_download(tmp_path: Path) -> None
         fetch_deadline_s=2,
         allow_private_urls="127.0.0.0/8",
     )
+    # Python bounds a TLS handshake as a whole by the socket's timeout: the watchdog is what
+    # bounds it when the read timeout is the longer
+    tls = replace(settings, fetch_timeout_s=30)
     with Dribbler() as server:
-        for path in ("/status.mp4", "/headers.mp4", "/chunks.mp4"):
+        https = server.url.replace("http://", "https://") + "/handshake.mp4"
+        cases = [(server.url + p, settings) for p in ("/status.mp4", "/headers.mp4", "/chunks.mp4")]
+        for url, each in [*cases, (https, tls)]:
             started = time.monotonic()
             with (
                 pytest.raises(TransientError, match="fetch_deadline_s"),
-                fetched(server.url + path, settings),
+                fetched(url, each),
             ):
                 pass
             took = time.monotonic() - started
-            assert took < 6, f"{path}: {took:.1f} s for a 2 s deadline"
+            assert took < 6, f"{url}: {took:.1f} s for a 2 s deadline"

@@ -23,6 +23,7 @@ from framefleet.workers.errors import TransientError
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore, output_version
 from framefleet.workers.pipeline import ChunkDone, LocalInference, Pending, VideoJob
+from framefleet.workers.sources import local_pin
 from tests.conftest import ManualClock
 from tests.support.detections import assert_same, direct_run, pipeline_rows
 from tests.support.jobs import job_env
@@ -54,8 +55,9 @@ def test_a_video_is_processed_checkpointed_and_acked(
     # model or sampling changes
     settings = env["settings"]
     config = settings.pipeline.config_hash(settings.model)
+    assert manifest["etag"].startswith("file:")  # the local file's pin: size, mtime, inode
     assert manifest["config_hash"] == config and manifest["version"] == output_version(
-        config, None, 0
+        config, manifest["etag"], 0
     )
     assert config != settings.pipeline.config_hash(replace(settings.model, score_threshold=0.5))
     assert manifest["decoder"] == "pyav" and manifest["source_size"] == [96, 64]
@@ -108,11 +110,12 @@ def test_a_stopped_worker_releases_and_the_next_one_resumes(
     done_before = q.chunks(item_id)
     # Both chunks it had out were settled and checkpointed, not only the one left in the list.
     assert first.submitted == [0, 1] and done_before == {0, 1}
-    version = output_version(settings.pipeline.config_hash(settings.model), None, 0)
+    pin = local_pin(video)  # what the chunks were made from: the file's size, mtime, inode
+    version = output_version(settings.pipeline.config_hash(settings.model), pin, 0)
     assert store.chunks_present(store.video(item_id, version), range(5)) == {0, 1}
     second = Counting(env["inference"])
     [again] = q.claim(1, "decoder-2")
-    assert again.chunks_done == frozenset(done_before)
+    assert again.chunks_done == frozenset(done_before) and again.pin == pin
     assert VideoJob(q, store, second, settings).run(again).status == "acked"
     assert set(second.submitted) == set(range(5)) - done_before  # checkpointed chunks skipped
     assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
@@ -144,6 +147,43 @@ def test_an_item_trimmed_after_its_retention_is_acked_again_without_rework(
     out = VideoJob(q, store, counting, settings).run(forced)
     assert out.status == "acked" and counting.submitted == [0, 1]
     assert out.result != first.result and out.result.endswith("-r1/_manifest.json")
+
+
+def test_a_revision_outlives_the_items_retention_and_purge(
+    env: dict[str, Any], valkey_client: Redis
+) -> None:
+    """The revision lived only in the item's hash: after retention (or a purge) the next
+    enqueue was revision 0 again, and the worker's already-done check answered it with the
+    outputs an enqueue with force had superseded. The newest revision outlives the hash."""
+    video = write_video(env["videos"] / "r.mp4", frames=10)
+    store, settings = env["store"], env["settings"]
+    q = Queue(valkey_client, replace(settings.queue, done_ttl_s=0.001))
+    counting = Counting(env["inference"])
+
+    def run(worker: str) -> Any:
+        [lease] = q.claim(1, worker)
+        return VideoJob(q, store, counting, settings).run(lease)
+
+    def trim() -> None:
+        time.sleep(0.01)
+        q.sweep()
+
+    [item_id] = q.enqueue([str(video)])
+    old = run("decoder-1")
+    q.enqueue([str(video)], force=True)  # the video is to be done again: revision 1
+    forced = run("decoder-2")
+    assert forced.status == "acked" and forced.result.endswith("-r1/_manifest.json")
+    trim()
+    assert q.get(item_id) is None
+    q.enqueue([str(video)])  # revision 1 still: its outputs are the answer, not revision 0's
+    again = run("decoder-3")
+    assert again.status == "already-done" and again.result == forced.result != old.result
+    trim()
+    q.enqueue([str(video)], force=True)  # forced after retention: a new revision, done anew
+    before = len(counting.submitted)
+    fresh = run("decoder-4")
+    assert fresh.status == "acked" and len(counting.submitted) > before
+    assert fresh.result.endswith("-r2/_manifest.json")
 
 
 def test_bad_videos_go_dead_with_their_reason(env: dict[str, Any], tmp_path: Path) -> None:
@@ -393,7 +433,7 @@ def test_s3_in_and_s3_out(
         client = s3_client(source)
         client.create_bucket(Bucket="videos-in")
         client.create_bucket(Bucket="videos-out")
-        client.put_object(Bucket="videos-in", Key="cams/cam.mp4", Body=video.read_bytes())
+        put = client.put_object(Bucket="videos-in", Key="cams/cam.mp4", Body=video.read_bytes())
         settings = replace(
             env["settings"],
             source=source,
@@ -404,7 +444,8 @@ def test_s3_in_and_s3_out(
         [item_id] = q.enqueue(["s3://videos-in/cams/cam.mp4"])
         [lease] = q.claim(1, "decoder-1")
         out = VideoJob(q, store, LocalInference(model, store), settings).run(lease)
-        version = output_version(settings.pipeline.config_hash(settings.model), None, 0)
+        # the version names the object fetched (its ETag), though none was enqueued
+        version = output_version(settings.pipeline.config_hash(settings.model), put["ETag"], 0)
         prefix = f"run-1/{item_id}/{version}"
         assert out.status == "acked" and out.result == f"s3://videos-out/{prefix}/_manifest.json"
         keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="videos-out")["Contents"])

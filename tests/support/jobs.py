@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from framefleet.settings import (
 )
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore
-from framefleet.workers.pipeline import LocalInference
+from framefleet.workers.pipeline import LocalInference, Pending
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,3 +70,19 @@ def local_ray(gpus: float = 0) -> Iterator[None]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+class StopAfter:
+    """In-process inference that sets `stop` (a preemption) once `n` chunks were handed to
+    it: the first attempt of a video ends released, with checkpoints to resume from."""
+
+    def __init__(self, inner: LocalInference, n: int, stop: threading.Event) -> None:
+        self.inner, self.n, self.stop, self.sent = inner, n, stop, 0
+        self.schema, self.model_name = inner.schema, inner.model_name
+
+    def submit(self, item_id: str, video: str, chunk: Any) -> Pending:
+        handle = self.inner.submit(item_id, video, chunk)
+        self.sent += 1
+        if self.sent == self.n:
+            self.stop.set()
+        return handle

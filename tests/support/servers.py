@@ -129,9 +129,13 @@ class FileServer:
 class FaultyProxy:
     """A reverse proxy to `upstream` that answers the first `failures` requests with
     `status` itself and passes every later one through unchanged (headers and body both
-    ways, so that the upstream's own answers, signatures included, reach the client)."""
+    ways, so that the upstream's own answers, signatures included, reach the client).
+    `conditional_status`: what it answers, itself, to every request with If-None-Match (a
+    store without conditional writes answers 501)."""
 
-    def __init__(self, upstream: str, failures: int, status: int = 503) -> None:
+    def __init__(
+        self, upstream: str, failures: int, status: int = 503, conditional_status: int = 0
+    ) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         self.requests = 0
         lock = threading.Lock()
@@ -149,9 +153,12 @@ class FaultyProxy:
                     fail = proxy.requests <= failures
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                answer_status = status
+                if conditional_status and self.headers.get("If-None-Match"):
+                    fail, answer_status = True, conditional_status
                 if fail:
                     message = b"<Error><Code>ServiceUnavailable</Code></Error>"
-                    self.send_response(status)
+                    self.send_response(answer_status)
                     self.send_header("Content-Length", str(len(message)))
                     self.end_headers()
                     self.wfile.write(message)
@@ -186,3 +193,71 @@ class FaultyProxy:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class Blackhole:
+    """A TCP relay to 127.0.0.1:`upstream` that can be cut like a network partition: from
+    `cut()` until `heal()` nothing passes, new connections and old ones hang (no reset, no
+    close: packets dropped after the handshake), then everything held passes again."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.open = threading.Event()
+        self.open.set()
+        self.closed = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, redis_url: str) -> str:
+        """`redis_url` (to the upstream port) through this relay."""
+        return redis_url.replace(f":{self.upstream}/", f":{self.port}/")
+
+    def cut(self) -> None:
+        self.open.clear()
+
+    def heal(self) -> None:
+        self.open.set()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._join, args=(client,), daemon=True).start()
+
+    def _join(self, client: socket.socket) -> None:
+        self.open.wait()
+        try:
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+        except OSError:
+            client.close()
+            return
+        self._socks += [client, server]
+        for a, b in ((client, server), (server, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                self.open.wait()
+                b.sendall(data)
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.open.set()
+        self.listener.close()
+        for s in self._socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def __enter__(self) -> Blackhole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -25,6 +25,9 @@ local K_RETIRED = P .. 'retired' -- worker name or group -> when a fleet-wide ev
 local K_DEAD_CLASSES = P .. 'dead_classes' -- the classes that have dead letters (deadc:<cls>)
 local K_FAILED = P .. 'failed'   -- failure class -> failures (every fail, retried or not)
 local K_BUSY = P .. 'busy'       -- 'decode' | 'inference:<device>' -> busy ms (checkpointed)
+local K_REVS = P .. 'revs'       -- id -> its newest revision, once forced (outlives the item)
+local K_HEALTH = P .. 'health'   -- the leader's last health report (JSON, with a TTL)
+local K_AUDIT = P .. 'audit'     -- operators' actions, newest first (capped)
 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most
@@ -43,6 +46,26 @@ local function retired(worker)
   local group = string.match(worker, '^(.*%-)%d+$')
   return group ~= nil and redis.call('ZSCORE', K_RETIRED, group) ~= false
 end
+
+-- A full server. framefleet wants maxmemory-policy noeviction, so over maxmemory the server
+-- refuses the commands that may grow memory ("deny-oom": HSET, HINCRBY, ZADD, SADD, LPUSH,
+-- SET...). A script is refused only at its FIRST write, and only when that write is
+-- deny-oom and the server was over the limit as the script started; once it has written
+-- anything, all its later writes go through (it cannot be stopped halfway). So a refused
+-- script has changed nothing. That is Redis 6.2's rule, and Redis 7+'s and Valkey's for a
+-- script without a `#!lua flags=...` line: framefleet's scripts have none, since Redis 6.2
+-- cannot read one. Which a script does at the limit is therefore said by its first write,
+-- and every script that writes starts with one of these two, not left to how its own
+-- writes happen to be ordered. Both touch only the member '' of queued, which never
+-- exists (an id is 1 to 200 bytes), and change nothing.
+-- refuse_when_full(): a deny-oom write (ZADD XX of that member). For what grows memory:
+--   enqueue, ingest, claim. Over the limit the script ends here: QueueFull, nothing written.
+local function refuse_when_full() redis.call('ZADD', K_QUEUED, 'XX', 0, '') end
+-- run_when_full(): a write that is not deny-oom (ZREM of that member). For what must work at
+--   the limit: what frees memory (the sweep's retention, acks, purges) and what keeps work
+--   already out going or changes only what is there (heartbeats, renewals, fail, release,
+--   the leader lease and its health report...). The script then runs whole over the limit.
+local function run_when_full() redis.call('ZREM', K_QUEUED, '') end
 
 local function now_ms()
   local a = ARGV[1]
@@ -207,18 +230,26 @@ end
 -- Write one validated item's hash. Returns its queued score when it was (re)created, nil
 -- when the id already existed; the caller adds it to K_QUEUED (in bulk, see zadd_bulk).
 -- A done or dead item is re-created from scratch only when force is true, as the next
--- revision (rev): its outputs go to a new version, superseding the old ones.
+-- revision (rev): its outputs go to a new version, superseding the old ones. So is one
+-- forced after retention or a purge deleted it. The newest revision of a forced id is kept
+-- in K_REVS, which retention and purges leave: an id enqueued again after its hash is gone
+-- gets it back, so that no superseded output ever answers for it.
 local function enqueue_one(now, seq, id, uri, pri, etag, size, meta, force)
   local key = ikey(id)
   local f = redis.call('HMGET', key, 'state', 'rev')
   local state = f[1]
+  local rev = tonumber(f[2]) or tonumber(redis.call('HGET', K_REVS, id) or '') or 0
   if state then
     if not force or (state ~= 'done' and state ~= 'dead') then return nil end
     redis.call('ZREM', K_DONE, id)
     leave_dead(id, key)
     redis.call('DEL', key, ckey(id))
-    redis.call('HSET', key, 'rev', (tonumber(f[2]) or 0) + 1)
   end
+  if force then
+    rev = rev + 1
+    redis.call('HSET', K_REVS, id, rev)
+  end
+  if rev > 0 then redis.call('HSET', key, 'rev', rev) end
   if etag == '' and size == '' and meta == '' then
     redis.call('HSET', key, 'uri', uri, 'pri', pri, 'seq', seq, 'state', 'queued', 'created', now)
   else

@@ -7,6 +7,9 @@
 -- hist:latency (enqueue to ack) and hist:stage:<stage>. A stale token is refused and counted (stale_ack_total); the same lease
 -- acking twice answers 'duplicate' (a retry after a lost reply).
 -- Returns one verdict per item: 'ok' | 'duplicate' | 'stale' | 'lost' | 'missing'.
+-- Runs over maxmemory too (run_when_full in _common.lua): it frees memory (the chunk set) and
+-- finishes work already out.
+run_when_full()
 local now = now_ms()
 local out, acked, done, chunk_keys, by_owner = {}, {}, {}, {}, {}
 local STAGES = {'fetch', 'decode', 'infer', 'write'}

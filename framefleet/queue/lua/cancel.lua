@@ -2,6 +2,8 @@
 -- "cancelled: <why>" (retry_dead brings it back). A leased, done or dead item is left alone.
 -- KEYS[1] prefix. ARGV: now, id, why. Writes queued/delayed, dead, the item hash,
 -- stats.cancelled_total. Returns the state the item was in ('' if there is no such item).
+-- Runs over maxmemory too (run_when_full in _common.lua): it changes only what is there.
+run_when_full()
 local now = now_ms()
 local id = ARGV[2]
 local key = ikey(id)

@@ -15,6 +15,7 @@
 -- answers the items that call leased, leasing nothing more.
 -- A retired worker (release_workers.lua: its fleet ended, its node was lost) is refused with
 -- the error 'RETIRED <worker>': it may still run, but it must lease nothing more.
+-- Over maxmemory a claim is refused before any write (refuse_when_full: QueueFull).
 -- Returns {now, paused (0|1), next_due_ms (-1 if none), inbox length, items}, where items is
 -- flat, 15 values per item: id, epoch, token, lease_until, uri, etag, size, meta, pri,
 -- attempts, deliveries, chunks_total, checkpointed chunk indices joined by ',', solo (0|1),
@@ -42,9 +43,9 @@ end
 
 -- What a lease needs of its item, read once (as it is popped, or on a replay).
 local FIELDS = {'solo', 'solo_since', 'uri', 'etag', 'size', 'meta', 'pri', 'attempts',
-                'deliveries', 'chunks_total', 'chunks_done', 'rev', 'claims', 'created'}
+                'deliveries', 'chunks_total', 'chunks_done', 'rev', 'claims', 'created', 'pin'}
 
--- Append one leased item's 15 reply values to out; f holds its FIELDS.
+-- Append one leased item's 16 reply values to out; f holds its FIELDS.
 local function row(out, id, epoch, token, lease_until, f)
   local chunks = ''
   if f[11] and f[11] ~= '0' then chunks = table.concat(redis.call('SMEMBERS', ckey(id)), ',') end
@@ -52,7 +53,7 @@ local function row(out, id, epoch, token, lease_until, f)
   out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5] = id, epoch, token, lease_until, f[3]
   out[o + 6], out[o + 7], out[o + 8], out[o + 9] = f[4] or '', f[5] or '', f[6] or '', f[7]
   out[o + 10], out[o + 11], out[o + 12], out[o + 13] = f[8] or '0', f[9] or '0', f[10] or '', chunks
-  out[o + 14], out[o + 15] = f[1] or '0', f[12] or '0'
+  out[o + 14], out[o + 15], out[o + 16] = f[1] or '0', f[12] or '0', f[15] or ''
 end
 
 if redis.call('HGET', K_NONCES, worker) == nonce then
@@ -68,6 +69,7 @@ if redis.call('HGET', K_NONCES, worker) == nonce then
   return reply(0, out)
 end
 if redis.call('HGET', K_META, 'paused') == '1' then return reply(1, {}) end
+refuse_when_full() -- over maxmemory: no new lease (QueueFull); a replay above still answers
 promote_due(now, 1000)
 if redis.call('HEXISTS', K_SOLO, worker) == 1 then return reply(0, {}) end
 

@@ -2,6 +2,8 @@
 -- KEYS[1] prefix. ARGV: now, force (0|1), then 6 per item: id, uri, pri, etag, size, meta
 -- ('' = absent). Writes item hashes, queued, meta.seq, stats.enqueued_total, signal.
 -- Returns the 1-based positions (within the batch) of the items that were (re)queued.
+-- Over maxmemory: refused before any write (refuse_when_full: QueueFull).
+refuse_when_full()
 local now = now_ms()
 local force = ARGV[2] == '1'
 local n = (#ARGV - 2) / 6

@@ -9,6 +9,8 @@
 --   it triggers every time cannot loop for ever.
 -- last_error and failed[class] always (internal_error for a bug). Returns {'ok', 'delayed', delay_ms} | {'ok', 'dead', reason} | a
 -- refusal (stale_fail_total).
+-- Runs over maxmemory too (run_when_full in _common.lua): it ends work already out.
+run_when_full()
 local now = now_ms()
 local id, token, owner, err, mode = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local max_attempts = tonumber(ARGV[7])

@@ -9,6 +9,9 @@
 -- A retired worker (release_workers.lua) is not written: it is told, with -1, and stops.
 -- Returns the time written (0 after 'leave', -1 for a retired worker) and the number of
 -- leases given back.
+-- Runs over maxmemory too (run_when_full in _common.lua): a worker that cannot beat would look
+-- dead and lose its leases.
+run_when_full()
 local now = now_ms()
 local worker, mode = ARGV[2], ARGV[3]
 if mode == 'leave' then

@@ -3,6 +3,9 @@
 -- scripts kept the index (an upgrade). O(dead letters); Queue.dead_classes runs it only when
 -- the index does not add up to the dead zset.
 -- KEYS[1] prefix. ARGV: now. Returns the number of dead letters indexed.
+-- Runs over maxmemory too (run_when_full in _common.lua): it rebuilds an index of the same
+-- size, for a read.
+run_when_full()
 local classes = redis.call('SMEMBERS', K_DEAD_CLASSES)
 for _, cls in ipairs(classes) do redis.call('DEL', dkey(cls)) end
 redis.call('DEL', K_DEAD_CLASSES)

@@ -13,6 +13,10 @@
 --   size: an integer >= 0; meta: an object of scalars, at most 512 bytes as JSON.
 -- Writes: inbox, rejected (capped), the queue keys enqueue.lua writes, stats.inbox_*_total.
 -- Returns {ingested, rejected, duplicates (valid, id already known), remaining inbox length}.
+-- Over maxmemory: refused before an entry is popped (refuse_when_full: QueueFull), so none is
+-- popped and then lost; an empty inbox answers without writing, full or not.
+if redis.call('LLEN', K_INBOX) == 0 then return {0, 0, 0, 0} end
+refuse_when_full()
 local now = now_ms()
 local limit = tonumber(ARGV[2])
 local config_version = ARGV[3]

@@ -1,21 +1,37 @@
 -- progress.lua: checkpoint one finished chunk, fenced by the lease's token and owner.
 -- KEYS[1] prefix. ARGV: now, id, token, owner, chunk index, chunks total ('' = unknown),
--- chunks expected ('' = unsaid: the container's estimate, for progress bars only), and
+-- chunks expected ('' = unsaid: the container's estimate, for progress bars only), the pin
+-- ('' = unsaid: what the chunk was made from, the source's ETag, digest or file stat), and
 -- optionally the chunk's work: frames, decode ms, inference ms (model and write), the
--- inference device. Writes the item's chunk set, chunks_done, chunks_total; the first time a
--- chunk is checkpointed, its work: stats.frames_total, busy.decode, busy.inference:<device>.
+-- inference device. Writes the item's chunk set, chunks_done, chunks_total, pin; the first
+-- time a chunk is checkpointed, its work: stats.frames_total, busy.decode,
+-- busy.inference:<device>. A pin other than the one kept drops the chunk set first: those
+-- chunks were made from another object at the same URI.
 -- Returns {'ok', chunks_done} or a refusal from fence() (counted in stale_progress_total).
+-- Over maxmemory it runs whole (run_when_full): work already out must still be kept.
+run_when_full()
 local id, token, owner = ARGV[2], ARGV[3], ARGV[4]
 local key = ikey(id)
 local refused = fence(key, token, owner, 'stale_progress_total', nil)
 if refused then return refused end
+local pin = ARGV[8]
+if pin ~= '' then
+  local kept = redis.call('HGET', key, 'pin')
+  if kept ~= pin then
+    if kept then
+      redis.call('DEL', ckey(id))
+      redis.call('HDEL', key, 'chunks_done', 'chunks_total', 'chunks_expected')
+    end
+    redis.call('HSET', key, 'pin', pin)
+  end
+end
 local done
 if redis.call('SADD', ckey(id), ARGV[5]) == 1 then
   done = redis.call('HINCRBY', key, 'chunks_done', 1)
-  if ARGV[8] then
-    stat('frames_total', tonumber(ARGV[8]))
-    redis.call('HINCRBY', K_BUSY, 'decode', tonumber(ARGV[9]))
-    redis.call('HINCRBY', K_BUSY, 'inference:' .. ARGV[11], tonumber(ARGV[10]))
+  if ARGV[9] then
+    stat('frames_total', tonumber(ARGV[9]))
+    redis.call('HINCRBY', K_BUSY, 'decode', tonumber(ARGV[10]))
+    redis.call('HINCRBY', K_BUSY, 'inference:' .. ARGV[12], tonumber(ARGV[11]))
   end
 else
   done = tonumber(redis.call('HGET', key, 'chunks_done') or '0')

@@ -3,6 +3,8 @@
 -- Deletes the item hash and chunk set; writes dead (and its class index),
 -- stats.dead_purged_total.
 -- Returns the ids deleted.
+-- Runs over maxmemory too (run_when_full in _common.lua): it frees memory.
+run_when_full()
 local ids = dead_ids_from_argv()
 local purged = {}
 for _, id in ipairs(ids) do

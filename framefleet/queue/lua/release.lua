@@ -8,6 +8,8 @@
 -- Writes state queued (at its original FIFO place) or delayed (or dead), release_reason;
 -- stats.released_total; one wake-up token. Returns {'ok'} | {'ok', 'dead', reason} | a
 -- refusal (stale_release_total).
+-- Runs over maxmemory too (run_when_full in _common.lua): it ends work already out.
+run_when_full()
 local now = now_ms()
 local id, token, owner = ARGV[2], ARGV[3], ARGV[4]
 local delay = tonumber(ARGV[6]) or 0

@@ -9,6 +9,8 @@
 -- one prefix matched against every worker holding a lease or sending heartbeats.
 -- Writes: leased, queued, item hashes, the worker index, workers, nonces, retired,
 -- stats.fleet_released_total, signal. Returns the number of leases released.
+-- Runs over maxmemory too (run_when_full in _common.lua): leases of ended workers come back.
+run_when_full()
 local RETIRED_MS = 86400000 -- a day
 local now = now_ms()
 local reason, mode = ARGV[2], ARGV[3]

@@ -3,6 +3,8 @@
 -- Keeps last_error as history; clears attempts, bugs, deliveries, infra_releases, the
 -- suspect marks (solo, solo_since, crash_mark), dead_reason, dead_class, dead_at.
 -- Writes dead (and its class index), queued, item hashes, stats.dead_retried_total, signal. Returns the ids moved.
+-- Runs over maxmemory too (run_when_full in _common.lua): it changes only what is there.
+run_when_full()
 local ids = dead_ids_from_argv()
 local moved = {}
 for _, id in ipairs(ids) do

@@ -3,6 +3,14 @@
 -- ARGV: now, limit, max_deliveries, stale_ms (-1: skip step 2), gap_ms (-1: skip step 1),
 --       lease_ms, done_ttl_ms, dead_ttl_ms, judge ('0': the caller cannot tell a dead worker
 --       from a live one just now (its fleet lost the Ray GCS): step 3 charges nothing).
+-- 0. Times ahead: a clock stepped back (NTP correcting a clock that ran ahead, a failover to a
+--    server whose clock is behind) leaves the heartbeats, lease deadlines and grace written
+--    meanwhile ahead of now, which would keep a silent worker looking alive, its leases
+--    unexpired and the grace on for as long as the clock had been ahead. Each is brought
+--    back to the most it can be under one clock: heartbeats more than AHEAD_MS ahead to now,
+--    deadlines beyond now + lease_ms (+ AHEAD_MS) to now + lease_ms (up to `limit` a sweep),
+--    grace_until beyond now + stale_ms (+ AHEAD_MS) to now + stale_ms. O(log n) when nothing
+--    is ahead.
 -- 1. A gap: when the last sweep (meta.swept_at) is more than gap_ms ago, the cadence broke:
 --    the server was down, its clock jumped forward, or nobody swept. Workers may not have
 --    been able to renew either, so the leases that ran out since get a new lease_ms instead
@@ -26,10 +34,13 @@
 --    dead_ttl_ms are deleted (hash and chunk set): a bounded batch per sweep.
 -- Writes: meta.swept_at/grace_until, leased, queued, dead, done, item hashes, the worker
 -- index, workers, stats (reaped_total, poisoned_total, orphaned_total, forgiven_total,
--- trimmed_total), signal.
+-- trimmed_total, clock_clamped_total), signal.
 -- Returns {requeued, poisoned, promoted, workers orphaned (with leases), leases orphaned,
 --          leases forgiven,
 --          more (1 if expired leases remain)}.
+-- Runs over maxmemory too (run_when_full in _common.lua): its retention is what frees memory,
+-- and leases must still be reaped.
+run_when_full()
 local now = now_ms()
 local limit = tonumber(ARGV[2])
 local max_deliveries = tonumber(ARGV[3])
@@ -37,9 +48,31 @@ local stale_ms, gap_ms, lease_ms = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumbe
 local done_ttl_ms, dead_ttl_ms = tonumber(ARGV[7]), tonumber(ARGV[8])
 local judge = ARGV[9] ~= '0'
 
+-- 0. times ahead
+local AHEAD_MS = 1000 -- a step back of the clock within this is left alone
+local function above(t) return string.format('(%.0f', t) end
+local m = redis.call('HMGET', K_META, 'swept_at', 'grace_until')
+local beats = redis.call('ZRANGEBYSCORE', K_WORKERS, above(now + AHEAD_MS), '+inf',
+                         'LIMIT', 0, limit)
+local clamped = #beats
+for _, w in ipairs(beats) do redis.call('ZADD', K_WORKERS, 'XX', now, w) end
+local longest = now + lease_ms
+local late = redis.call('ZRANGEBYSCORE', K_LEASED, above(longest + AHEAD_MS), '+inf',
+                        'LIMIT', 0, limit)
+for _, id in ipairs(late) do
+  redis.call('ZADD', K_LEASED, 'XX', longest, id)
+  redis.call('HSET', ikey(id), 'lease_until', longest)
+end
+clamped = clamped + #late
+if stale_ms >= 0 and m[2] and tonumber(m[2]) > now + stale_ms + AHEAD_MS then
+  m[2] = now + stale_ms
+  redis.call('HSET', K_META, 'grace_until', m[2])
+  clamped = clamped + 1
+end
+stat('clock_clamped_total', clamped)
+
 -- 1. gap
 local forgiven = 0
-local m = redis.call('HMGET', K_META, 'swept_at', 'grace_until')
 local grace = m[2] ~= false and now < tonumber(m[2])
 if gap_ms >= 0 then
   local last = tonumber(m[1])
