@@ -207,6 +207,10 @@ class PipelineSettings:
     max_pixels: int = 8192 * 4320
     max_frames: int = 3_000_000
     max_duration_s: float = 86400.0
+    # FRAMEFLEET_DECODE_MEMORY_BYTES: each video is decoded in a child process of at most this
+    # much address space (what a crafted file makes FFmpeg allocate ends there, not the
+    # actor: decode_process.py); 0 decodes in the actor's own process
+    decode_memory_bytes: int = 4 << 30
     # Set by the driver, not read from the environment: the marker file its actors must see
     # in a local output root (workers/outputs.py mark_root)
     out_marker: str | None = None
@@ -232,6 +236,8 @@ class PipelineSettings:
             raise SettingsError("gpus_per_inference must be in [0, 1]")
         if not 0 <= self.decode_nice <= 19:
             raise SettingsError("decode_nice must be in [0, 19]")
+        if self.decode_memory_bytes and self.decode_memory_bytes < 256 << 20:
+            raise SettingsError("decode_memory_bytes must be 0 (no child) or >= 256 MiB")
         for name in ("stall_s", "chunk_timeout_s", "inference_wait_s", "max_duration_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be > 0")
@@ -495,6 +501,7 @@ _PIPELINE_ENV = {
     "max_pixels": "FRAMEFLEET_MAX_PIXELS",
     "max_frames": "FRAMEFLEET_MAX_FRAMES",
     "max_duration_s": "FRAMEFLEET_MAX_DURATION_S",
+    "decode_memory_bytes": "FRAMEFLEET_DECODE_MEMORY_BYTES",
 }
 
 _COORDINATOR_ENV = {

@@ -12,8 +12,19 @@ cannot open:
   into memory at full speed, however slowly frames are taken (a 60 s 640x360 clip: 1.3 GB,
   one core busy; a test shows it). Fine for short clips read at once; not for long videos
   behind a slower model, where PyAV keeps memory bounded and uses less CPU per frame.
-A file that neither can read, or that breaks mid-way, raises PermanentError with the reason;
-decoding never kills the process that asked for it.
+A file that neither can read, or that breaks mid-way, raises PermanentError with the reason.
+The pipeline runs them in a child process of bounded memory (decode_process.py), so that what
+a crafted file makes FFmpeg allocate ends the child, not the actor.
+
+What a crafted file cannot do here: be read as another stream than its real video (an
+attached cover picture is never the video), change its frame size after the header (FFmpeg's
+max_pixels bounds every frame, and a frame of another size than the first is refused), or
+pass the duration limit by where its clock starts: times are seconds from the first frame,
+along the container's clock, a jump backwards (a clock wrap, files joined end to end)
+bridged by one frame interval. Frames are turned as the display matrix says (a phone's
+portrait video reaches the model upright), and boxes are in displayed pixels. decord is
+given only files whose first bytes are those of a real container the restricted probe
+named: no raw or headerless streams, which its own older FFmpeg could take for a playlist.
 
 Kept frames are numbered in order and cut into chunks of `chunk_frames`; chunk k always
 holds the same frames for the same file and sampling, so a redelivered video can skip the
@@ -33,6 +44,30 @@ from typing import Any, Protocol
 import numpy as np
 
 from .errors import CORRUPT, NOT_A_VIDEO, OVER_LIMIT, TRUNCATED, PermanentError
+
+MAX_GAP_S = 3600.0  # a jump forward of the clock longer than this is a discontinuity too
+
+
+class Clock:
+    """Seconds from the first frame along a container's clock: a jump backwards (a wrap of
+    MPEG-TS's 33-bit clock, two files joined end to end), or forwards by more than
+    MAX_GAP_S, counts as one frame interval; a frame without a timestamp, too."""
+
+    def __init__(self, fps: float) -> None:
+        self.step = 1.0 / fps if fps and fps > 0 else 1.0 / 25
+        self.last: float | None = None
+        self.now = 0.0
+
+    def time(self, raw: float | None) -> float:
+        if self.last is None:
+            self.last = 0.0 if raw is None else raw
+            return 0.0
+        if raw is None:
+            raw = self.last + self.step
+        delta = raw - self.last
+        self.now += delta if 0 < delta <= MAX_GAP_S else self.step
+        self.last = raw
+        return self.now
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +215,20 @@ class DecordDecoder:
 
         self._limits = limits or Limits()
         try:
-            width, height = _probe_size(path)
+            (width, height), self._turns = _probe(path, self._limits)
+        except MemoryError:
+            raise
         except FFmpegError as exc:  # what the restricted probe cannot open, decord is not given
             raise PermanentError(
                 f"decord cannot read the video: {_first_line(exc)}", NOT_A_VIDEO
             ) from exc
+        if self._turns:  # decord 0.6 turns frames itself, and garbles them when it resizes too
+            raise PermanentError(
+                "decord does not turn frames reliably: a video with a display matrix is"
+                " left to PyAV",
+                NOT_A_VIDEO,
+            )
+        self._limits.check_info(VideoInfo(width, height, 0, 0.0, self.name), None)
         out_w, out_h = sampling.output_size(width, height)
         resize = {"width": out_w, "height": out_h} if (out_w, out_h) != (width, height) else {}
         try:
@@ -192,13 +236,15 @@ class DecordDecoder:
             shape = tuple(vr[0].shape) if resize else (out_h, out_w, 3)
             count = len(vr)
             fps = float(vr.get_avg_fps())
-            self._pts = vr.get_frame_timestamp(range(count))[:, 0].astype(np.float64)
+            raw = vr.get_frame_timestamp(range(count))[:, 0].astype(np.float64)
         except _decord_errors() as exc:
             raise PermanentError(
                 f"decord cannot read the video: {_first_line(exc)}", NOT_A_VIDEO
             ) from exc
         if shape != (out_h, out_w, 3):  # decord 0.6 garbles some sizes
             raise PermanentError(f"decord gives {shape} frames for {out_w}x{out_h}", NOT_A_VIDEO)
+        clock = Clock(fps)
+        self._pts = np.array([clock.time(float(t)) for t in raw], np.float64)
         self._vr = vr
         self.info = VideoInfo(width, height, count, fps, self.name)
         self._limits.check_info(self.info, float(self._pts[-1]) if count else None)
@@ -245,7 +291,8 @@ class DecordDecoder:
 class PyAVDecoder:
     """PyAV (FFmpeg): every frame is decoded, on demand; only wanted kept frames are
     converted, by one scaler for the whole video (a frame's own to_ndarray() sets up a new
-    scaler each time, which costs as much as decoding the frame)."""
+    scaler each time, which costs as much as decoding the frame). The first frame is
+    decoded at open: its size and display matrix are the video's."""
 
     name = "pyav"
 
@@ -258,79 +305,123 @@ class PyAVDecoder:
         self._limits = limits or Limits()
         try:
             self._container = open_container(path)
+        except MemoryError:
+            raise
         except FFmpegError as exc:  # FFmpeg's own: not a video (framefleet's own is a bug)
             raise PermanentError(
                 f"PyAV cannot open the video: {_first_line(exc)}", NOT_A_VIDEO
             ) from exc
-        if not self._container.streams.video:
-            self._container.close()
-            raise PermanentError("not a video: the file has no video stream", NOT_A_VIDEO)
-        stream = self._container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.codec_context.thread_count = threads
-        self._stream = stream
-        # One scaler for the video, with the decoder's threads (its default, one per core,
-        # costs more CPU per frame and takes the cores the decode actor's priority leaves).
-        self._scaler, self._threads = VideoReformatter(), threads
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if not width or not height:
-            self._container.close()
-            raise PermanentError("not a video: the video stream has no frame size", NOT_A_VIDEO)
-        rate = stream.average_rate or stream.guessed_rate
-        self._size = sampling.output_size(width, height)
-        self.info = VideoInfo(width, height, int(stream.frames or 0), float(rate or 0), self.name)
         try:
-            self._limits.check_info(self.info, _duration_s(self._container, stream))
-        except PermanentError:
+            self._open(sampling, threads)
+        except BaseException:
             self._container.close()
             raise
+        self._scaler, self._threads = VideoReformatter(), threads
+
+    def _open(self, sampling: Sampling, threads: int) -> None:
+        stream = video_stream(self._container)
+        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = threads
+        # no frame larger than the limit is even allocated, whatever the header said
+        stream.codec_context.options = {"max_pixels": str(self._limits.max_pixels)}
+        self._stream = stream
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            raise PermanentError("not a video: the video stream has no frame size", NOT_A_VIDEO)
+        rate = stream.average_rate or stream.guessed_rate
+        self._limits.check_info(
+            VideoInfo(width, height, int(stream.frames or 0), float(rate or 0), self.name),
+            _duration_s(self._container, stream),
+        )
+        self._decoded = self._container.decode(stream)
+        self._first = self._next(0)
+        if self._first is None:
+            raise PermanentError("the video stream holds no decodable frame", CORRUPT)
+        self._coded = (self._first.width, self._first.height)
+        self._turns = _turns(self._first)
+        width, height = self._coded if self._turns % 2 == 0 else self._coded[::-1]
+        self._size = sampling.output_size(width, height)
+        self.info = VideoInfo(width, height, int(stream.frames or 0), float(rate or 0), self.name)
+        self._limits.check_info(self.info, None)
+
+    def _next(self, index: int) -> Any:
+        from av.error import FFmpegError
+
+        try:  # FFmpeg's errors are the video's; framefleet's own (below) are bugs
+            return next(self._decoded, None)
+        except MemoryError:
+            raise
+        except FFmpegError as exc:
+            raise PermanentError(
+                f"corrupt video at frame {index}: {_first_line(exc)} (or a frame over"
+                f" max_pixels, {self._limits.max_pixels})",
+                CORRUPT,
+            ) from exc
 
     def kept_count(self, sampling: Sampling) -> int | None:
         return None  # known only once every frame has been decoded
 
     def frames(self, sampling: Sampling, want: Callable[[int], bool]) -> Iterator[Frame]:
-        from av.error import FFmpegError
-
         keep = sampling.selector()
+        clock = Clock(self.info.fps)
         index = k = 0
-        decoded = self._container.decode(self._stream)
-        while True:
-            try:  # FFmpeg's errors are the video's; framefleet's own (below) are bugs
-                frame = next(decoded, None)
-            except FFmpegError as exc:
+        frame, self._first = self._first, None
+        while frame is not None:
+            if (frame.width, frame.height) != self._coded:
                 raise PermanentError(
-                    f"corrupt video at frame {index}: {_first_line(exc)}", CORRUPT
-                ) from exc
-            if frame is None:
-                break
-            pts = (
+                    f"frame {index} is {frame.width}x{frame.height}, the video's frames"
+                    f" {self._coded[0]}x{self._coded[1]}: a stream whose frames change size"
+                    " is refused",
+                    CORRUPT,
+                )
+            raw = (
                 float(frame.pts * frame.time_base)
                 if frame.pts is not None and frame.time_base is not None
-                else index / (self.info.fps or 1)
+                else None
             )
+            pts = clock.time(raw)
             self._limits.check_frame(index, pts)
             if keep(index, pts):
                 yield Frame(index, pts, self._image(frame, index) if want(k) else None)
                 k += 1
             index += 1
-        if index == 0:
-            raise PermanentError("the video stream holds no decodable frame", CORRUPT)
+            frame = self._next(index)
 
     def _image(self, frame: Any, index: int) -> np.ndarray:
         from av.error import FFmpegError
 
-        out_w, out_h = self._size
+        out_w, out_h = self._size if self._turns % 2 == 0 else self._size[::-1]
         try:
             rgb = self._scaler.reformat(frame, out_w, out_h, "rgb24", threads=self._threads)
             image: np.ndarray = rgb.to_ndarray()
+        except MemoryError:
+            raise
         except FFmpegError as exc:
             raise PermanentError(
                 f"corrupt video at frame {index}: {_first_line(exc)}", CORRUPT
             ) from exc
-        return image
+        return np.ascontiguousarray(np.rot90(image, self._turns)) if self._turns else image
 
     def close(self) -> None:
         self._container.close()
+
+
+def video_stream(container: Any) -> Any:
+    """The video: the stream with the most frames (the first of equals) among those that
+    are not an attached picture (an MP4's cover art can come first)."""
+    from av.stream import Disposition
+
+    streams = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    if not streams:
+        what = "only a picture" if container.streams.video else "no video stream"
+        raise PermanentError(f"not a video: the file has {what}", NOT_A_VIDEO)
+    return max(streams, key=lambda s: (int(s.frames or 0), -s.index))
+
+
+def _turns(frame: Any) -> int:
+    """Quarter turns counter-clockwise (np.rot90's k) the frame's display matrix asks for."""
+    rotation = round(float(getattr(frame, "rotation", 0) or 0) / 90.0)
+    return rotation % 4
 
 
 # The demuxers a video may be read with: containers of one file. Not playlists (hls, dash),
@@ -357,16 +448,43 @@ def _decord_errors() -> tuple[type[Exception], ...]:
     return DECORDError, RuntimeError
 
 
-def _probe_size(path: Path) -> tuple[int, int]:
-    """The frame size from the container's header (no frame decoded), by the restricted
-    PyAV: what it cannot open, decord is not given."""
+# What decord may be given: a container PyAV's restricted probe named, whose first bytes are
+# that container's own. decord reopens the path with its bundled FFmpeg 4.1, which probes
+# anew: a file that starts as an HLS playlist and goes on as raw H.264 (which the probe here
+# takes as h264) would be a playlist to it, opening files outside the allowed roots.
+_MAGIC: dict[str, Callable[[bytes], bool]] = {
+    "mov,mp4,m4a,3gp,3g2,mj2": lambda b: b[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"),
+    "matroska,webm": lambda b: b[:4] == b"\x1a\x45\xdf\xa3",
+    "avi": lambda b: b[:4] == b"RIFF" and b[8:12] == b"AVI ",
+    "flv": lambda b: b[:3] == b"FLV",
+    "ogg": lambda b: b[:4] == b"OggS",
+    "mpegts": lambda b: len(b) > 376 and b[0] == b[188] == b[376] == 0x47,
+    "mpeg": lambda b: b[:4] == b"\x00\x00\x01\xba",
+    "asf": lambda b: b[:16] == bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c"),
+    "mxf": lambda b: b[:4] == b"\x06\x0e\x2b\x34",
+    "ivf": lambda b: b[:4] == b"DKIF",
+}
+
+
+def _probe(path: Path, limits: Limits) -> tuple[tuple[int, int], int]:
+    """For decord: the coded frame size and the quarter turns of the display matrix, by the
+    restricted PyAV (its first frame decoded, within max_pixels), for a file that is a real
+    container (_MAGIC)."""
     with open_container(path) as container:
-        if not container.streams.video:
-            raise PermanentError("not a video: the file has no video stream", NOT_A_VIDEO)
-        ctx = container.streams.video[0].codec_context
-        if not ctx.width or not ctx.height:
-            raise PermanentError("not a video: the video stream has no frame size", NOT_A_VIDEO)
-        return int(ctx.width), int(ctx.height)
+        name = container.format.name
+        with path.open("rb") as f:
+            head = f.read(512)
+        if name not in _MAGIC or not _MAGIC[name](head):
+            raise PermanentError(
+                f"decord is given containers only, not {name} data (use the pyav decoder)",
+                NOT_A_VIDEO,
+            )
+        stream = video_stream(container)
+        stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise PermanentError("the video stream holds no decodable frame", CORRUPT)
+        return (int(frame.width), int(frame.height)), _turns(frame)
 
 
 DECODERS: dict[str, type[DecordDecoder] | type[PyAVDecoder]] = {
@@ -407,6 +525,17 @@ def open_decoder(
                 raise
             reasons.append(exc.reason)
     raise PermanentError("not a readable video: " + "; ".join(reasons), NOT_A_VIDEO)
+
+
+class Wanted:
+    """Which kept frames to convert: those of chunks not in `done` (ChunkReader's rule), in
+    a form a decoder in another process can be told (decode_process.py)."""
+
+    def __init__(self, chunk_frames: int, done: Set[int]) -> None:
+        self.chunk_frames, self.done = chunk_frames, frozenset(done)
+
+    def __call__(self, k: int) -> bool:
+        return k // self.chunk_frames not in self.done
 
 
 @dataclass(slots=True)
@@ -453,7 +582,7 @@ class ChunkReader:
         size, done = self.chunk_frames, self.done
         source = (self.decoder.info.width, self.decoder.info.height)
         pending: _Pending | None = None
-        for frame in self.decoder.frames(self.sampling, lambda k: k // size not in done):
+        for frame in self.decoder.frames(self.sampling, Wanted(size, done)):
             index = self.kept // size
             self.kept += 1
             if index in done:

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -42,7 +43,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from framefleet.queue import ChunkWork, Lease, Queue, State, Verdict
 from framefleet.settings import Settings
 
-from .decode import Chunk, ChunkReader, Limits, Sampling, open_decoder
+from .decode import Chunk, ChunkReader, Decoder, Limits, Sampling, open_decoder
+from .decode_process import ProcessDecoder
 from .errors import (
     INTERNAL_ERROR,
     MODEL_ERROR,
@@ -386,9 +388,7 @@ class VideoJob:
                 uri = self.store.manifest_uri(item.video)  # done before, the ack was lost
                 return self._ack(item, uri, 0, 0, Status.ALREADY_DONE)
             done = self._resumable(item)
-            decoder = open_decoder(
-                path, self.sampling, p.decoder, threads=p.decode_threads, limits=self.limits
-            )
+            decoder = self._open(path)
             item.lap("open", self.clock())
             try:
                 reader = ChunkReader(decoder, self.sampling, p.chunk_frames, done)
@@ -419,6 +419,16 @@ class VideoJob:
         }
         uri = self.store.finalize(item.video, total, self.inference.schema, manifest)
         return self._ack(item, uri, total, frames, Status.ACKED)
+
+    def _open(self, path: Path) -> Decoder:
+        """The video's decoder: in a child process of bounded memory (decode_process.py), or
+        in this one when FRAMEFLEET_DECODE_MEMORY_BYTES is 0."""
+        p = self.settings.pipeline
+        if p.decode_memory_bytes:
+            return ProcessDecoder(
+                path, self.sampling, p.decoder, p.decode_threads, self.limits, p.decode_memory_bytes
+            )
+        return open_decoder(path, self.sampling, p.decoder, p.decode_threads, self.limits)
 
     def _resumable(self, item: _Item) -> frozenset[int]:
         """The checkpointed chunks this attempt may skip: none when they were made from

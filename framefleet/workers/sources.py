@@ -261,8 +261,10 @@ class _Download:
             with self._watching:
                 self._sockets.clear()
 
-    def copy(self, body: Any, out: IO[bytes]) -> None:
-        """From a response body, within the size limit and the deadline."""
+    def copy(self, body: Any, out: IO[bytes]) -> int:
+        """From a response body, within the size limit and the deadline: the bytes copied.
+        Each read returns what came (read1), so the deadline is checked between reads
+        however slowly the bytes come."""
         limit, total = self.settings.max_video_bytes, 0
         read = getattr(body, "read1", body.read)  # read1: what came, so each recv is checked
         while chunk := read(_CHUNK):
@@ -285,6 +287,7 @@ class _Download:
         _write(out, b"", self.uri)
         if self.digest is not None:
             self.pin = "sha256:" + self.digest.hexdigest()
+        return total
 
 
 def _temporary_bytes(directory: Path) -> int:
@@ -434,7 +437,11 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
             sock, server_hostname=self.host, do_handshake_on_connect=False
         )
         self.got.watch(tls)  # before the handshake, which a server may dribble too
-        tls.do_handshake()
+        try:
+            tls.do_handshake()
+        except BaseException:
+            tls.close()  # not ours to keep: the connection never had it
+            raise
         self.sock = tls
 
 
@@ -482,7 +489,11 @@ def _download_s3(got: _Download, out: IO[bytes]) -> None:
             got.pin = _etag_pin(obj.get("ETag")) or ""
             if not got.pin:
                 got.digest = hashlib.sha256()
-            got.copy(body, out)
+            # botocore's body reads until it has all it was asked for: its urllib3 response
+            # answers with what came (read1), and the length is checked here instead
+            copied = got.copy(getattr(body, "_raw_stream", body), out)
+            if copied != length:
+                raise TransientError(f"{uri}: {copied} of {length} bytes came")
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status == 412 or exc.response.get("Error", {}).get("Code") == "PreconditionFailed":

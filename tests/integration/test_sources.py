@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
@@ -278,6 +279,9 @@ class Dribbler:
                 answer = b"\x16\x03\x03\x40\x00" + b"\x00" * 100_000
             elif path.startswith("/status"):
                 answer = head * 1000
+            elif path.startswith("/trailer"):  # a whole chunked body, then an endless trailer
+                head += b"Transfer-Encoding: chunked\r\n\r\n"
+                answer = head + b"4\r\nabcd\r\n0\r\nX-T: " + b"a" * 100_000
             elif path.startswith("/headers"):
                 answer = head + b"X-Slow: " + b"a" * 100_000
             else:
@@ -290,6 +294,27 @@ class Dribbler:
                     conn.sendall(bytes([byte]))
                 except OSError:
                     return
+
+
+def test_the_download_deadline_holds_against_a_slow_s3_endpoint(tmp_path: Path, aws: None) -> None:
+    """An S3-compatible endpoint that sends the object's body a byte every 0.2 s (each well
+    within the read timeout): botocore's body read waits for all it asked for (1 MiB), so
+    the deadline was checked never; now each read returns what came."""
+    (tmp_path / "v.mp4").write_bytes(b"x" * 50_000)
+    settings = SourceSettings(fetch_attempts=1, fetch_timeout_s=1, fetch_deadline_s=2)
+    with moto_s3_server() as endpoint, FaultyProxy(endpoint, 0, dribble_s=0.2) as proxy:
+        s3_client(SourceSettings(s3_endpoint_url=endpoint)).create_bucket(Bucket="slow")
+        s3_client(SourceSettings(s3_endpoint_url=endpoint)).put_object(
+            Bucket="slow", Key="v.mp4", Body=(tmp_path / "v.mp4").read_bytes()
+        )
+        slow = replace(settings, s3_endpoint_url=proxy.url)
+        started = time.monotonic()
+        with (
+            pytest.raises(TransientError, match="fetch_deadline_s"),
+            fetched("s3://slow/v.mp4", slow),
+        ):
+            pass
+        assert time.monotonic() - started < 6
 
 
 def test_the_download_deadline_covers_the_whole_download(tmp_path: Path) -> None:
@@ -307,7 +332,8 @@ def test_the_download_deadline_covers_the_whole_download(tmp_path: Path) -> None
     tls = replace(settings, fetch_timeout_s=30)
     with Dribbler() as server:
         https = server.url.replace("http://", "https://") + "/handshake.mp4"
-        cases = [(server.url + p, settings) for p in ("/status.mp4", "/headers.mp4", "/chunks.mp4")]
+        paths = ("/status.mp4", "/headers.mp4", "/chunks.mp4", "/trailer.mp4")
+        cases = [(server.url + p, settings) for p in paths]
         for url, each in [*cases, (https, tls)]:
             started = time.monotonic()
             with (
@@ -317,3 +343,4 @@ def test_the_download_deadline_covers_the_whole_download(tmp_path: Path) -> None
                 pass
             took = time.monotonic() - started
             assert took < 6, f"{url}: {took:.1f} s for a 2 s deadline"
+    gc.collect()  # a connection left open would warn now (ResourceWarning is an error here)

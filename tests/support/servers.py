@@ -131,10 +131,16 @@ class FaultyProxy:
     `status` itself and passes every later one through unchanged (headers and body both
     ways, so that the upstream's own answers, signatures included, reach the client).
     `conditional_status`: what it answers, itself, to every request with If-None-Match (a
-    store without conditional writes answers 501)."""
+    store without conditional writes answers 501). `dribble_s`: a GET's answer body is sent
+    one byte every dribble_s (a slow S3-compatible endpoint), until the client hangs up."""
 
     def __init__(
-        self, upstream: str, failures: int, status: int = 503, conditional_status: int = 0
+        self,
+        upstream: str,
+        failures: int,
+        status: int = 503,
+        conditional_status: int = 0,
+        dribble_s: float = 0.0,
     ) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         self.requests = 0
@@ -175,7 +181,13 @@ class FaultyProxy:
                     if answer.getheader("Content-Length") is None:
                         self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    if self.command != "HEAD":
+                    if self.command == "GET" and dribble_s:
+                        with contextlib.suppress(OSError):  # until the client hangs up
+                            for byte in data:
+                                self.wfile.write(bytes([byte]))
+                                self.wfile.flush()
+                                time.sleep(dribble_s)
+                    elif self.command != "HEAD":
                         self.wfile.write(data)
                 finally:
                     conn.close()
