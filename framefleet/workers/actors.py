@@ -51,7 +51,7 @@ from .ray_adapter import ActorGone, RayAdapter
 
 log = logging.getLogger(__name__)
 
-RESUBMITS = 3  # a chunk whose inference actors died this many times fails the item
+RESUBMITS = 3  # a chunk under which this many inference actors died fails the item
 OUTCOMES_KEPT = 1000  # the newest outcomes a decode actor keeps (run() returns them)
 
 
@@ -327,7 +327,7 @@ class RayPending:
             return
         self.pool.forget(self.actor)
         self.dead.add(actor)
-        if len(self.dead) > RESUBMITS:
+        if len(self.dead) >= RESUBMITS:
             raise TransientError(
                 f"chunk {self.chunk.index}: {len(self.dead)} inference actors died under it"
                 f" ({exc})",

@@ -1,6 +1,8 @@
 """The dashboard in a real headless browser (issue 15), against `framefleet up` running the
 tiny DETR (paced, so that a video is seen half-way) over generated videos, two of them
-corrupt. The screenshots the README shows are taken here, of that fleet."""
+corrupt. The screenshots the README shows are taken here, of that fleet. The refresh's
+period and what a stale decode actor looks like are seen against the API alone, in a
+browser whose clock the test moves."""
 
 from __future__ import annotations
 
@@ -20,18 +22,30 @@ from typing import Any
 
 import httpx
 import psutil
+from redis import Redis
 
+from framefleet.queue import Queue, Supervision
 from framefleet.queue.server import running_url
 from framefleet.settings import (
     ApiSettings,
     CoordinatorSettings,
     ModelSettings,
     PipelineSettings,
+    QueueSettings,
     RedisSettings,
     Settings,
     SourceSettings,
 )
-from tests.support.browser import Watched, chromium, log_in, playwright_or_fail
+from tests.conftest import ManualClock
+from tests.integration.test_api import Served
+from tests.support.browser import (
+    Watched,
+    chromium,
+    log_in,
+    note_refreshes,
+    playwright_or_fail,
+    refreshes,
+)
 from tests.support.deadline import left
 from tests.support.models import write_tiny_detr
 from tests.support.servers import free_port
@@ -423,3 +437,62 @@ def _on_a_phone(page: Any) -> None:
         wide = page.evaluate("""() => document.documentElement.scrollWidth - window.innerWidth""")
         assert wide <= 0, f"{name}: the page is {wide} px wider than a phone's screen"
     page.set_viewport_size({"width": 1280, "height": 860})
+
+
+def test_a_page_refreshes_itself_every_5_s_and_shows_a_decode_actor_gone_stale(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """README: "a small script refreshes a page every 5 s", the overview warns when videos
+    wait and no decode actor is there to take them, the workers page marks stale workers.
+    In a browser whose clock the test moves: the overview's script asks for a refresh 5 s
+    after the page loaded, not a millisecond sooner, then every 5 s; a decode actor whose
+    heartbeats stopped turns, at the next refresh and without a reload, into the warning;
+    the workers page marks it stale, and no longer once it heartbeats again. The API
+    alone, without a fleet: a heartbeat is a queue write."""
+    sync_playwright = playwright_or_fail()
+    settings = Settings(
+        queue=QueueSettings(name="dash-refresh"),
+        api=ApiSettings(token=WRITE_TOKEN, read_token=READ_TOKEN),
+    )
+    queue = Queue(valkey_client, settings.queue)
+    queue.enqueue(["s3://v/waiting-1.mp4", "s3://v/waiting-2.mp4"])
+    supervision = Supervision(queue)
+    supervision.heartbeat("decoder-g1-0")
+    stale_by = ManualClock(int((time.time() - settings.coordinator.stale_s - 5) * 1000))
+    warning = "2 videos queued and no decode actor to take them"
+    with (
+        Served(settings, queue) as served,
+        sync_playwright() as pw,
+        chromium(pw, tmp_path, "clock") as w,
+    ):
+        page = w.page
+        page.clock.install(time=1_900_000_000)
+        page.clock.pause_at(1_900_000_001)  # from now on, time moves when told to
+        note_refreshes(page)
+        log_in(page, served.url, WRITE_TOKEN)
+        page.evaluate("window.framefleetTestMark = 1")  # gone if the page were loaded again
+        loaded = page.evaluate("Date.now()")
+        assert page.locator("p.warn").count() == 0
+        assert page.locator("dt:text-is('consumers') + dd").text_content() == "1 decode actor"
+        # its heartbeat, stale_s + 5 s old: the server sees it silent from now on
+        Supervision(Queue(valkey_client, settings.queue, clock=stale_by)).heartbeat("decoder-g1-0")
+        page.clock.run_for(4_999)
+        assert refreshes(page) == [] and page.locator("p.warn").count() == 0
+        page.clock.run_for(1)
+        assert refreshes(page) == [loaded + 5_000]
+        page.wait_for_selector(f"p.warn:text-is('{warning}')")
+        assert page.locator("dt:text-is('consumers') + dd").text_content() == "0 decode actors"
+        page.clock.run_for(5_000)
+        assert refreshes(page) == [loaded + 5_000, loaded + 10_000]
+        assert page.evaluate("window.framefleetTestMark") == 1, "the page was loaded again"
+
+        page.click("nav >> text=Workers")
+        page.wait_for_url("**/ui/workers")
+        stale = page.locator("tr.stale")
+        assert stale.locator("td").first.text_content() == "decoder-g1-0"
+        assert stale.locator(".badge.bad").text_content() == "stale"
+        supervision.heartbeat("decoder-g1-0")  # back
+        page.clock.run_for(5_000)
+        page.wait_for_selector("tr.stale", state="detached")
+        assert page.locator("table.items tbody tr").count() == 1
+        _clean(w)

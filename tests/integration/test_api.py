@@ -4,6 +4,7 @@ a real HTTP client: items, the queue's counts, pause and resume, tokens, bad inp
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ import uvicorn
 from redis import Redis
 
 from framefleet.ops.server import server_config
-from framefleet.queue import Queue, Supervision
+from framefleet.queue import Queue, Supervision, Verdict
+from framefleet.queue.supervision import worker_name
 from framefleet.settings import ApiSettings, QueueSettings, Settings, SourceSettings
 from tests.conftest import ManualClock
 from tests.support.servers import free_port
@@ -251,6 +253,90 @@ def test_readyz_and_the_dashboard_say_when_redis_is_full(api: Served, valkey_cli
         assert c.get("/v1/redis").json()["full"] is False
 
 
+def test_the_redis_route_describes_the_server_as_it_says_itself(
+    api: Served, valkey_client: Redis
+) -> None:
+    """GET /v1/redis: the server's name and version, memory used and its limit, the
+    eviction policy, AOF and its fsync policy, the last write's status and uptime, as the
+    server's own INFO and CONFIG give them (the embedded server: AOF on, everysec)."""
+    with api.client() as c:
+        got = c.get("/v1/redis").json()
+    said = valkey_client.info("server")
+    version = said.get("valkey_version")
+    assert got["server"] == (f"Valkey {version}" if version else f"Redis {said['redis_version']}")
+    assert re.fullmatch(r"(Valkey|Redis) \d+\.\d+\.\d+", got["server"]), got["server"]
+    assert got["reachable"] is True and got["full"] is False
+    used = int(valkey_client.info("memory")["used_memory"])
+    assert got["used_memory"] > 1_000_000 and abs(got["used_memory"] - used) < 16 << 20, got
+    assert re.fullmatch(r"\d+(\.\d+)?[KMG]", got["used_memory_human"]), got
+    config = valkey_client.config_get("*")
+    assert got["maxmemory"] == int(str(config["maxmemory"]))
+    assert got["maxmemory_policy"] == config["maxmemory-policy"]
+    assert got["aof_enabled"] == 1 and config["appendonly"] == "yes"
+    assert got["appendfsync"] == config["appendfsync"] == "everysec"
+    assert got["aof_last_write_status"] == "ok"
+    assert 0 <= got["uptime_in_seconds"] == pytest.approx(said["uptime_in_seconds"], abs=5)
+
+
+def test_the_history_counts_the_videos_done_and_dead_in_each_minute(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """GET /v1/queue/history?minutes=3: a row for each of the last 3 whole minutes and the
+    current one, oldest first, `at` its start (unix seconds): 2 done in the first minute, 1
+    dead in the second, none in the third, 1 done in the current one."""
+    clock = ManualClock(1_800_000_000_000)  # a minute's start
+    start = clock() / 1000
+    settings = _settings(tmp_path, "api-history")
+    q = Queue(valkey_client, settings.queue, clock=clock)
+    with Served(settings, q) as served, served.client() as c:
+        body = {"items": [{"uri": f"s3://v/h{i}.mp4"} for i in range(4)]}
+        assert len(c.post("/v1/items", json=body).json()["new"]) == 4
+        leases = q.claim(3, "decoder-g1-0")
+        clock.advance(10_000)
+        assert all(q.ack_many([(lease, "") for lease in leases[:2]]))
+        clock.advance(60_000)  # 1 min 10 s
+        assert q.fail(leases[2], "not a video", retryable=False, cls="not_a_video")
+        clock.advance(115_000)  # 3 min 5 s: the current minute is the fourth
+        [last] = q.claim(1, "decoder-g1-0")
+        assert q.ack(last, "") == Verdict.OK
+        rows = c.get("/v1/queue/history", params={"minutes": 3}).json()["minutes"]
+        assert rows == [
+            {"at": start, "done": 2, "dead": 0},
+            {"at": start + 60, "done": 0, "dead": 1},
+            {"at": start + 120, "done": 0, "dead": 0},
+            {"at": start + 180, "done": 1, "dead": 0},
+        ]
+        hour = c.get("/v1/queue/history").json()["minutes"]  # 60 by default
+        assert len(hour) == 61 and hour[-4:] == rows
+        assert sum(m["done"] for m in hour) == 3 and sum(m["dead"] for m in hour) == 1
+        for bad in (0, 1441):
+            assert c.get("/v1/queue/history", params={"minutes": bad}).status_code == 422
+
+
+def test_the_audit_log_keeps_the_newest_10_000_actions(api: Served, valkey_client: Redis) -> None:
+    """README: the newest 10,000 kept. A log already holding 10,000 earlier actions (as
+    Queue.record writes them, newest first) takes two more: still 10,000, the two new ones
+    at its head, the two oldest gone."""
+    with api.client() as c:
+        q = Queue(valkey_client, QueueSettings(name=c.get("/v1/queue").json()["name"]))
+        earlier = [
+            json.dumps({"action": "earlier", "n": n, "who": "write", "at": n}, sort_keys=True)
+            for n in range(10_000)
+        ]
+        valkey_client.lpush(q.keys.audit, *earlier)  # n 0, the oldest, at the tail
+        assert c.post("/v1/queue/pause").status_code == 200
+        assert c.post("/v1/queue/resume").status_code == 200
+        assert valkey_client.llen(q.keys.audit) == 10_000
+        newest = c.get("/v1/audit", params={"limit": 3}).json()
+        assert [(e["action"], e.get("n")) for e in newest] == [
+            ("resume", None),
+            ("pause", None),
+            ("earlier", 9_999),
+        ]
+        kept = [json.loads(e)["n"] for e in valkey_client.lrange(q.keys.audit, 2, -1)]
+        assert kept == list(range(9_999, 1, -1))  # 0 and 1 dropped
+
+
 def test_pages_hold_their_place_while_items_come_and_go(api: Served, valkey_client: Redis) -> None:
     """Done items acked in one batch share one score (the ack's time): the cursor is a
     place (score and id), so a page boundary inside the tie loses and repeats nothing, and
@@ -283,18 +369,19 @@ def test_queue_throughput_drain_time_workers_and_health(api: Served, valkey_clie
         name = c.get("/v1/queue").json()["name"]
         q = Queue(valkey_client, QueueSettings(name=name))
         c.post("/v1/items", json={"items": [{"uri": f"s3://v/{i}.mp4"} for i in range(6)]})
-        leases = q.claim(4, "decode-g1-0")
+        decoder = worker_name("decoder", "g1", 0)  # as the coordinator names a decode actor
+        leases = q.claim(4, decoder)
         q.ack_many([(lease, "") for lease in leases[:3]])
         q.fail(leases[3], "not a video", retryable=False, cls="not_a_video")
         info: dict[str, str | int] = {"node": "ab12", "host": "gpu-node-3", "pid": 4242}
-        Supervision(q).heartbeat("decode-g1-0", holding=[], info=info)
+        Supervision(q).heartbeat(decoder, holding=[], info=info)
         status = c.get("/v1/queue").json()
         assert status["throughput"]["1m"] == {"done": 3, "dead": 1, "per_s": round(4 / 60, 3)}
         assert status["throughput"]["60m"]["done"] == 3
         # 2 queued at 4 videos in 5 minutes
         assert status["drain_s"] == pytest.approx(2 / round(4 / 300, 3), rel=1e-3)
         [worker] = c.get("/v1/workers").json()
-        assert worker["name"] == "decode-g1-0" and worker["kind"] == "decode"
+        assert worker["name"] == "decoder-g1-0" and worker["kind"] == "decoder"  # README's
         assert worker["items"] == [] and 0 <= worker["heartbeat_age_s"] < 30
         assert (worker["node"], worker["host"], worker["pid"]) == ("ab12", "gpu-node-3", 4242)
         assert c.get("/v1/health").json() == {"report": None, "age_s": None}

@@ -190,6 +190,13 @@ def _gone(proc: psutil.Process) -> bool:
         return True
 
 
+def _pid_gone(pid: int) -> bool:
+    try:
+        return _gone(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _pids(fleet: FaultFleet) -> dict[str, int]:
     return {k: v for k, v in ((fleet.supervision.health() or {}).get("pids") or {}).items() if v}
 
@@ -236,6 +243,10 @@ def test_f6_a_sigstopped_inference_actor_stalls_nothing_for_long(tmp_path: Path)
             os.kill(victim, signal.SIGSTOP)
             took = wait(fleet.done, 3 * lease_s, "every video done within three lease times")
             print(f"done {took:.1f} s after the SIGSTOP")
+            # the coordinator killed it (its heartbeat went stale), and no lease or chunk
+            # waits on it: nothing is leased while every video is done
+            wait(lambda: _pid_gone(victim), 60, "the stopped actor to be killed")
+            assert fleet.queue.stats().counts["leased"] == 0
         fleet.check()
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -314,10 +325,15 @@ def test_f3_a_suspect_starts_only_once_its_decode_actor_holds_nothing_else(
 
 
 def _has_open(pid: int, path: Path) -> bool:
-    """Whether the process has `path` open (the decoder opened the video)."""
-    fds = Path(f"/proc/{pid}/fd")
-    for fd in fds.iterdir():
+    """Whether the process, or a child of it (the decoder's own process), has `path` open
+    (the decoder opened the video)."""
+    pids = [pid]
+    with contextlib.suppress(psutil.Error):
+        pids += [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    for each in pids:
         with contextlib.suppress(OSError):
-            if fd.readlink() == path:
-                return True
+            for fd in Path(f"/proc/{each}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if fd.readlink() == path:
+                        return True
     return False

@@ -479,7 +479,18 @@ def test_f6_a_video_without_progress_for_stall_s_is_failed_and_charged_an_attemp
     [item_id] = q.enqueue([str(video)])
     [lease] = q.claim(1, "decoder-1")
     job = VideoJob(q, env["store"], env["inference"], env["settings"])
-    outcome = job.run(lease, ready=lambda keeper: time.sleep(2.0))
+    deadlines: list[int | None] = []
+
+    def stuck(keeper: Any) -> None:  # nothing moves for 2 s: the keeper renews every 1 s
+        for _ in range(20):
+            time.sleep(0.1)
+            deadlines.append(q.get(item_id).lease_until_ms)  # type: ignore[union-attr]
+
+    outcome = job.run(lease, ready=stuck)
     item = q.get(item_id)
     assert outcome.status == "failed" and item is not None and item.attempts == 1
-    assert "no progress" in (item.last_error or "")
+    assert outcome.cls == "stalled" and "no progress" in (item.last_error or "")
+    assert q.metrics().failed.get("stalled") == 1  # counted under its class
+    # never renewed: stall_s (0.5 s) ran out before the keeper's first renewal (at 1 s),
+    # which it then never sent (its renewals would have moved the deadline at 1 s)
+    assert len(set(deadlines)) == 1, deadlines

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
@@ -18,15 +19,27 @@ from framefleet.queue import ChunkWork, EmbeddedServer, Queue, Supervision, Verd
 from framefleet.settings import ApiSettings, QueueSettings, Settings
 from tests.conftest import ManualClock, monitored
 from tests.integration.test_api import READ, WRITE, Served
-from tests.support.prometheus import Prometheus, promtool, wait_for
+from tests.support.prometheus import DEPLOY, Prometheus, promtool, wait_for
 
 T0 = 1_800_000_000_000  # the manual clock's start, ms
+# the alert's condition as deploy/prometheus/rules deploys it, and as README "Metrics" writes it
+BACKLOG_RULE = next(
+    rule["expr"]
+    for group in yaml.safe_load((DEPLOY / "rules" / "framefleet.yml").read_text())["groups"]
+    for rule in group["rules"]
+    if rule.get("alert") == "FramefleetBacklogWithoutConsumers"
+)
+BACKLOG_README = (
+    'framefleet_queue_items{state="queued"} > 0 and on() framefleet_queue_consumers == 0'
+)
 
 
 def _workload(queue: Queue, clock: ManualClock) -> None:
     """Known events: 5 enqueued; a waits 2 s, runs 3 s in two chunks (48 frames), acked
-    with its stages; b fails twice as not_a_video (retried, then dead); c is leased; d's
-    lease expires and is reaped; an ack with a stale lease; an inbox entry refused."""
+    with its stages; b fails twice as not_a_video (retried, then dead); c and d are leased
+    together, c's lease is renewed and d's runs out: a reap takes d back (a lease ended
+    without its holder's word) and its holder's late ack is refused (a stale ack); an inbox
+    entry refused. Leases handed out: a, b twice, c and d (5)."""
     _, b, c, d, _ = queue.enqueue([f"/v/{n}.mp4" for n in "abcde"])
     clock.advance(2_000)
     [la] = queue.claim(1, "decoder-g1-0")
@@ -48,9 +61,12 @@ def _workload(queue: Queue, clock: ManualClock) -> None:
     assert queue.ack(la, "again") == Verdict.DUPLICATE
     queue.client.lpush(queue.keys.inbox, "{not json")
     queue.ingest_inbox()
-    stale = leased[1]
-    assert queue.release(stale, "preempted")
-    assert queue.ack(stale, "late") not in (Verdict.OK, Verdict.DUPLICATE)
+    held, lapsed = leased
+    clock.advance(20_000)
+    assert queue.renew(held) == Verdict.OK
+    clock.advance(15_000)  # d's 30 s are up; c's renewed lease has 15 s left
+    assert queue.reap().requeued == 1
+    assert queue.ack(lapsed, "late") not in (Verdict.OK, Verdict.DUPLICATE)
 
 
 def _scrape(served: Served, token: str = READ) -> str:
@@ -95,6 +111,8 @@ EXPECTED: dict[str, float] = {
     "framefleet_items_retried_total": 1,
     "framefleet_items_dead_total": 1,
     "framefleet_stale_acks_total": 1,
+    "framefleet_leases_expired_total": 1,
+    "framefleet_leases_granted_total": 5,
     "framefleet_inbox_rejected_total": 1,
     "framefleet_frames_processed_total": 48,
     'framefleet_items_failed_total{reason_class="not_a_video"}': 2,
@@ -166,6 +184,39 @@ def test_the_ray_gcs_state_is_the_leader_reports(workload: tuple[Served, Queue])
         assert _samples(_scrape(served)).get(gcs) == value, report
 
 
+def test_the_leader_its_health_report_and_retried_dead_letters_are_scraped(
+    workload: tuple[Served, Queue],
+) -> None:
+    """No coordinator: no leader, not healthy, no report age. A leader whose ok report was
+    written 42 s ago: leader 1, healthy 1, age 42 s; its next report not ok: healthy 0, age
+    back near 0. The dead letter sent back by an operator: dead_retried 1, none dead."""
+    served, queue = workload
+    sup = Supervision(queue)
+    leader, healthy, age, retried, dead = map(_key, (
+        "framefleet_coordinator_leader", "framefleet_coordinator_healthy",
+        "framefleet_coordinator_health_age_seconds", "framefleet_dead_retried_total",
+        'framefleet_dead_letters{reason_class="not_a_video"}',
+    ))  # fmt: skip
+    before = _samples(_scrape(served))
+    assert (before[leader], before[healthy], before[retried], before[dead]) == (0, 0, 0, 1)
+    assert age not in before
+    assert sup.hold_leadership("coordinator-1", ttl_s=60)
+    report = {"ok": True, "leader": "coordinator-1", "gcs": True}
+    sup.write_health({**report, "at": time.time() - 42}, ttl_s=60)
+    led = _samples(_scrape(served))
+    assert (led[leader], led[healthy]) == (1, 1)
+    assert 42 <= led[age] < 42 + 30, led[age]
+    sup.write_health({**report, "ok": False, "at": time.time()}, ttl_s=60)
+    unwell = _samples(_scrape(served))
+    assert (unwell[leader], unwell[healthy]) == (1, 0)
+    assert 0 <= unwell[age] < 30, unwell[age]
+    [letter] = queue.dead_ids()
+    assert queue.retry_dead([letter]) == [letter]
+    after = _samples(_scrape(served))
+    assert after[retried] == 1 and after.get(dead, 0) == 0
+    assert after[_key('framefleet_queue_items{state="queued"}')] == 3
+
+
 def test_a_scrape_says_redis_is_down_before_prometheus_gives_up(tmp_path: Path) -> None:
     """With Redis gone, the client retries for 20 s and more; the scrape answers within
     READ_LIMIT_S (Prometheus waits 10 s by default) with framefleet_redis_up 0 alone, and
@@ -209,7 +260,7 @@ def test_promtool_accepts_the_scrape(workload: tuple[Served, Queue]) -> None:
 def test_a_real_prometheus_scrapes_every_metric(
     workload: tuple[Served, Queue], tmp_path: Path
 ) -> None:
-    served, _ = workload
+    served, queue = workload
     prom = Prometheus(tmp_path, f"127.0.0.1:{served.port}", READ)
     try:
         prom.wait_scraped()
@@ -223,14 +274,24 @@ def test_a_real_prometheus_scrapes_every_metric(
             "group_left framefleet_items_succeeded_total"
         )
         assert float(per_video["value"][1]) == pytest.approx(2.0)
-        assert (
-            prom.query(
-                'framefleet_queue_items{state="queued"} > 0 and framefleet_queue_consumers == 0'
-            )
-            == []
-        )
         assert prom.query("framefleet_redis_memory_used_bytes > 0")
         assert prom.query("framefleet_redis_memory_max_bytes >= 0")
+        # a backlog and nobody to consume it: the alert rule's condition and the README's
+        # query, empty while two decode actors heartbeat, the 2 queued once they have left
+        backlog = (BACKLOG_RULE, BACKLOG_README)
+        for promql in backlog:
+            assert prom.query(promql) == [], promql
+        for worker in ("decoder-g1-0", "decoder-g1-1"):
+            Supervision(queue).leave(worker)
+        wait_for(
+            lambda: all(prom.answers(promql) for promql in backlog),
+            30,
+            "a backlog without consumers in Prometheus",
+        )
+        for promql in backlog:
+            [found] = prom.query(promql)
+            assert found["metric"]["state"] == "queued", found
+            assert float(found["value"][1]) == 2, (promql, found)
     finally:
         prom.close()
 

@@ -4,10 +4,13 @@ must equal a direct single-process run of the same model on the same frames."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from redis import Redis
 
@@ -205,56 +208,62 @@ def test_sigterm_makes_a_decode_actor_release_its_lease(
 ) -> None:
     """SIGTERM (what a preempted or drained node's processes get) mid-video: the decode actor
     settles the chunks already out, checkpoints them, releases the lease without counting an
-    attempt and returns."""
+    attempt and returns. The model holds every chunk until the test opens its gate, so that
+    exactly two chunks are out, none checkpointed, when the signal comes: those two, and
+    nothing else, are checkpointed on the way out."""
     import os
     import signal
-    import time
 
     videos = tmp_path / "videos"
     videos.mkdir()
     write_video(videos / "long.mp4", frames=80)
-    model = ModelSettings(plugin="tests.support.plugin_model:load_slow")
+    gate = tmp_path / "gate"
+    gate.touch()  # open while the actors warm up
+    model = ModelSettings(model=str(gate), plugin="tests.support.plugin_model:load_gated")
     settings = _settings(
         "sigterm",
         videos,
         tmp_path / "out",
         model,
         decode_actors=1,
-        inference_actors=1,
+        inference_actors=2,  # one chunk at each
         max_inflight_chunks=2,
     )
     q = Queue(valkey_client, settings.queue)
     [item_id] = q.enqueue([str(videos / "long.mp4")])
     fleet = Fleet(settings, valkey.url).start()
     try:
+        gate.unlink()
         [decoder] = fleet.decoders
         pid, _ = fleet.adapter.get(fleet.adapter.call(decoder, "ready"))
         run = fleet.adapter.call(decoder, "run")
-        deadline = time.monotonic() + 60
-        while not q.chunks(item_id) and time.monotonic() < deadline:
+
+        def seen() -> int:  # the batches that came to the model
+            return len(list(tmp_path.glob("gate.seen-*")))
+
+        deadline = time.monotonic() + left(60)
+        while seen() < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert seen() == 2, "two chunks were not out at the inference actors"
         before = q.chunks(item_id)
-        assert before, "no chunk was checkpointed"
         os.kill(pid, signal.SIGTERM)
+        gate.touch()  # the chunks out come back now, after the signal
         outcomes = fleet.adapter.get(run, timeout=60)
-        # The inference actor runs one call at a time: once it answers this, every chunk the
-        # decoder had sent it is written (a chunk left unsettled would show up below).
-        for actor in fleet.inference:
-            fleet.adapter.get(fleet.adapter.call(actor, "describe"), timeout=60)
     finally:
+        gate.touch()
         fleet.stop()
+    assert before == set()  # nothing had come back when the signal came
     assert [o["status"] for o in outcomes] == ["released"]
     item = q.get(item_id)
     assert item is not None and item.state.value == "queued" and item.attempts == 0
     assert item.release_reason == "worker stopping (shutdown or preemption)"
-    # With two chunks out at a time, one at least was out when the signal came: it was settled
-    # and checkpointed on the way out. Every chunk whose output was written is checkpointed,
-    # and nothing else: the next worker redoes nothing and skips nothing.
+    # The two chunks out were settled and checkpointed on the way out, and nothing else was
+    # decoded or written: the next worker redoes nothing and skips nothing.
     after = q.chunks(item_id)
     store = OutputStore(settings.pipeline.out, settings.source)
     pin = local_pin(videos / "long.mp4")  # the file the chunks were made from
     video = store.video(item_id, output_version(settings.pipeline.config_hash(model), pin, 0))
-    assert after > before and len(after) < 10
+    assert after == {0, 1}, after
     assert store.chunks_present(video, range(10)) == after
 
 
@@ -352,3 +361,87 @@ def test_the_next_video_starts_while_the_last_chunks_are_in_inference(
         fleet.stop()
     assert sorted(o["status"] for o in outcomes) == ["acked", "acked"]
     assert most_leased == 2
+
+
+def _white(i: int, width: int, height: int) -> Any:
+    import numpy as np
+
+    return np.full((height, width, 3), 255, np.uint8)
+
+
+def test_three_inference_actors_dying_under_one_chunk_fail_its_video(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """A chunk that kills every inference actor it reaches (the model's process dies on
+    white frames): the README's three deaths, then the video fails (model_error, dead after
+    max_attempts 1), and the fourth actor is never sent it. Before, a fourth death was
+    needed: every actor of the fleet died."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "white.mp4", frames=8, image=_white)
+    settings = _settings(
+        "deaths",
+        videos,
+        tmp_path / "out",
+        ModelSettings(plugin="tests.support.plugin_model:load_crash_on_white"),
+        decode_actors=1,
+        inference_actors=4,
+        max_inflight_chunks=1,
+    )
+    settings = replace(settings, queue=replace(settings.queue, max_attempts=1))
+    q = Queue(valkey_client, settings.queue)
+    [item_id] = q.enqueue([str(videos / "white.mp4")])
+    fleet = Fleet(settings, valkey.url).start()
+    try:
+        a = fleet.adapter
+        pids = [int(a.get(a.call(actor, "describe"))[2]) for actor in fleet.inference]
+        outcomes = fleet.run_until_empty(timeout=left(180))
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+    finally:
+        fleet.stop()
+    item = q.get(item_id)
+    assert item is not None and item.state.value == "dead", outcomes
+    assert item.dead_class == "model_error" and "3 inference actors died" in (
+        item.dead_reason or ""
+    ), item.dead_reason
+    assert len(alive) == 1, (pids, alive)
+
+
+def test_a_chunk_out_longer_than_the_chunk_timeout_goes_to_another_actor(
+    ray_cluster: None, valkey: EmbeddedServer, valkey_client: Redis, tmp_path: Path
+) -> None:
+    """One of two inference actors is stopped (SIGSTOP: alive, silent) and no coordinator
+    kills it: the chunks sent to it come back from the other one after chunk_timeout_s
+    (3 s), and the video is done. Without the timeout they would wait for ever."""
+    import os
+    import signal
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "v.mp4", frames=32)
+    settings = _settings(
+        "timeout",
+        videos,
+        tmp_path / "out",
+        ModelSettings(plugin="tests.support.plugin_model:load"),
+        decode_actors=1,
+        inference_actors=2,
+        chunk_timeout_s=3.0,
+    )
+    q = Queue(valkey_client, settings.queue)
+    [item_id] = q.enqueue([str(videos / "v.mp4")])
+    fleet = Fleet(settings, valkey.url).start()
+    a = fleet.adapter
+    victim = int(a.get(a.call(fleet.inference[0], "describe"))[2])
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        fleet.run_until_empty(timeout=left(120))
+        took = time.monotonic() - started
+        assert psutil.Process(victim).status() == psutil.STATUS_STOPPED  # never killed
+    finally:
+        os.kill(victim, signal.SIGCONT)
+        fleet.stop()
+    item = q.get(item_id)
+    assert item is not None and item.state.value == "done" and item.attempts == 0, item
+    assert took >= 3.0  # its chunks waited out the timeout at the stopped actor

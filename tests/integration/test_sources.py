@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -18,6 +19,7 @@ from framefleet.settings import SourceSettings
 from framefleet.workers.errors import FETCH_FAILED, FORBIDDEN, PermanentError, TransientError
 from framefleet.workers.sources import fetched, s3_client
 from tests.support.servers import FaultyProxy, FileServer, moto_s3_server
+from tests.support.videos import write_video
 
 
 @pytest.fixture(scope="module")
@@ -344,3 +346,53 @@ def test_the_download_deadline_covers_the_whole_download(tmp_path: Path) -> None
             took = time.monotonic() - started
             assert took < 6, f"{url}: {took:.1f} s for a 2 s deadline"
     gc.collect()  # a connection left open would warn now (ResourceWarning is an error here)
+
+
+def test_a_host_name_is_resolved_once_and_connected_to_at_the_checked_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: the name answers an allowed address when it is checked and another
+    one after. The connection goes to the address that was checked (else the fetch would
+    go to the second answer, here an address that does not answer)."""
+    write_video(tmp_path / "v.mp4", frames=3)
+    real = socket.getaddrinfo
+    answers: list[str] = []
+
+    def rebinding(host: str, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "rebind.test":
+            return real(host, port, *args, **kwargs)
+        address = "127.0.0.1" if not answers else "10.255.255.1"  # then an unrouted one
+        answers.append(address)
+        return real(address, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    settings = SourceSettings(
+        allow_private_urls="127.0.0.1/32", fetch_timeout_s=2, fetch_attempts=1
+    )
+    with FileServer(tmp_path) as server:
+        port = server.url.rsplit(":", 1)[1]
+        with fetched(f"http://rebind.test:{port}/v.mp4", settings) as (path, _):
+            assert path.read_bytes() == (tmp_path / "v.mp4").read_bytes()
+    assert answers == ["127.0.0.1"]  # asked once
+
+
+def test_http_proxy_settings_are_not_used_for_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy would see (and could answer for) every source URL, and the address checks
+    would check the proxy, not the source: `http_proxy`/`https_proxy` are not used."""
+    write_video(tmp_path / "v.mp4", frames=3)
+    dead = socket.create_server(("127.0.0.1", 0))  # a proxy that never answers
+    try:
+        proxy = f"http://127.0.0.1:{dead.getsockname()[1]}"
+        for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        settings = SourceSettings(
+            allow_private_urls="127.0.0.1/32", fetch_timeout_s=2, fetch_attempts=1
+        )
+        with FileServer(tmp_path) as server, fetched(server.url + "/v.mp4", settings) as (path, _):
+            assert path.read_bytes() == (tmp_path / "v.mp4").read_bytes()
+    finally:
+        dead.close()

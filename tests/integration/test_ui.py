@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -379,6 +380,40 @@ def test_a_forged_or_expired_cookie_is_refused(dash: Dash) -> None:
         assert _next_of(got.headers["location"]) == "/", why
 
 
+def test_changing_the_token_ends_its_sessions(tmp_path: Path, valkey_client: Redis) -> None:
+    """A session's cookie is signed with the token it was made with: the API restarted with
+    the same tokens keeps its sessions; restarted with a new write token, the write session
+    is sent to the login (the read one, its token unchanged, goes on), the old token logs in
+    no more and the new one does; a new read token ends the read session too."""
+    settings = _ui_settings(tmp_path, "ui-new-token")
+    queue = Queue(valkey_client, settings.queue)
+    cookies: dict[str, str] = {}
+    with Served(settings, queue) as served:
+        for token in (WRITE, READ):
+            with _login(served, token) as browser:
+                [cookies[token]] = [
+                    c.value or "" for c in browser.cookies.jar if c.name == session.COOKIE
+                ]
+    with Served(settings, queue) as served:  # a restart alone ends nothing
+        for token, value in cookies.items():
+            assert _with_cookie(served, value).status_code == 200, token
+    new_write, new_read = "a-new-write-token-0123456789", "a-new-read-token-0123456789"
+    changed = replace(settings, api=replace(settings.api, token=new_write))
+    with Served(changed, queue) as served:
+        ended = _with_cookie(served, cookies[WRITE])
+        assert ended.status_code == 303 and _next_of(ended.headers["location"]) == "/"
+        assert _with_cookie(served, cookies[READ]).status_code == 200
+        assert _fresh_login(served, WRITE, "/").status_code == 401
+        with _login(served, new_write) as browser:
+            assert "write" in [b.text() for b in _page(browser, "/ui/").all("span", "badge")]
+    both = replace(changed, api=replace(changed.api, read_token=new_read))
+    with Served(both, queue) as served:
+        for token, value in cookies.items():
+            ended = _with_cookie(served, value)
+            assert ended.status_code == 303, token
+            assert _next_of(ended.headers["location"]) == "/", token
+
+
 def test_a_wrong_token_is_slowed_without_holding_up_other_requests(
     dash: Dash,
 ) -> None:
@@ -508,6 +543,129 @@ def test_every_page_shows_the_figures_the_api_gives(dash: Dash, valkey_client: R
             assert part.headers["content-security-policy"] == CSP
         refreshed = parse(browser.get("/ui/", headers=FRAGMENT).text).all("a", "card")
         assert {a.attrs["data-count"]: a.one("span", "value").text() for a in refreshed} == cards
+
+
+def _warnings(page: Node) -> list[str]:
+    return [p.text() for p in page.all("p", "warn")]
+
+
+def test_the_overview_warns_of_videos_queued_with_no_decode_actor_to_take_them(
+    dash: Dash, valkey_client: Redis
+) -> None:
+    """Videos queued and no decode actor heartbeating within FRAMEFLEET_STALE_S: warned (an
+    inference actor is no consumer, nor a decode actor gone stale); the workers page marks
+    the stale actor, and only it. A fresh heartbeat ends both; with nothing queued there is
+    nothing to warn of, decode actor or not."""
+    served, queue, settings = dash.served, dash.queue, dash.settings
+    stale_s = settings.coordinator.stale_s
+    ids = queue.enqueue([f"s3://v/wait-{i}.mp4" for i in range(3)])
+    # a decode actor last heard stale_s + 5 s ago: its heartbeat on a clock that far behind
+    behind = ManualClock(int((time.time() - stale_s - 5) * 1000))
+    Supervision(Queue(valkey_client, settings.queue, clock=behind)).heartbeat("decoder-g1-0")
+    supervision = Supervision(queue)
+    supervision.heartbeat("inference-g1-0")
+    warning = "3 videos queued and no decode actor to take them"
+    with _login(served) as browser:
+        overview = _page(browser, "/ui/")
+        assert _warnings(overview) == [warning]
+        assert overview.one("p", "warn").attrs["role"] == "alert"
+        assert "0 decode actors" in overview.text()
+        workers = _page(browser, "/ui/workers")
+        rows = {tr.all("td")[0].text(): tr for tr in workers.one("tbody").all("tr")}
+        assert sorted(rows) == ["decoder-g1-0", "inference-g1-0"]
+        stale = rows["decoder-g1-0"]
+        assert "stale" in stale.attrs["class"].split()
+        assert stale.one("span", "badge").text() == "stale"
+        assert stale.all("td")[6].text().endswith("ago stale")
+        fresh = rows["inference-g1-0"]
+        assert "stale" not in fresh.attrs["class"].split() and not fresh.all("span", "badge")
+        assert "stale after 10 s" in workers.one("h1").text()
+
+        supervision.heartbeat("decoder-g1-0")  # it is back
+        overview = _page(browser, "/ui/")
+        assert _warnings(overview) == [] and "1 decode actor" in overview.text()
+        assert not _page(browser, "/ui/workers").all("tr", "stale")
+
+        supervision.leave("decoder-g1-0")  # gone, and nothing waits
+        assert _warnings(_page(browser, "/ui/")) == [warning]
+        for item_id in ids:
+            assert queue.cancel(item_id)
+        assert _warnings(_page(browser, "/ui/")) == []
+
+
+def _panel(page: Node, title: str) -> dict[str, str]:
+    """An overview panel's figures: each <dt>'s text to its <dd>'s."""
+    [panel] = [d for d in page.all("div", "panel") if d.one("h2").text() == title]
+    return {dt.text(): dd.text() for dt, dd in zip(panel.all("dt"), panel.all("dd"), strict=True)}
+
+
+def test_the_overview_shows_the_coordinators_report_and_the_redis_server(
+    dash: Dash, valkey_client: Redis
+) -> None:
+    """The Coordinator panel: the leader, its report's age and ok, the Ray GCS lost for how
+    long (or up), nodes alive and draining, pools running and wanted, as the driver reports
+    them; none reported, it says so. The Redis panel: GET /v1/redis's server, memory and
+    its limit, eviction policy, AOF and its last write, uptime."""
+    served, queue = dash.served, dash.queue
+    supervision = Supervision(queue)
+    lost = {"ok": False, "leader": "coordinator-a1", "gcs": False, "gcs_lost_for": 42.4,
+            "error": "the GCS at 10.0.0.5:6379 is unreachable"}  # fmt: skip
+    running = {"ok": True, "leader": "coordinator-a1", "gcs": True, "nodes": 3,
+               "draining_nodes": 1, "decoders": 2, "decoders_wanted": 4, "ready_inference": 1,
+               "inference": 2, "inference_wanted": 2}  # fmt: skip
+    with _login(served) as browser, served.client() as api:
+        none = _page(browser, "/ui/")
+        assert "No leader has reported lately" in none.one("p", "bad").text()
+        assert "Coordinator" in [h.text() for h in none.all("h2")]
+
+        supervision.write_health({**lost, "at": time.time() - 125}, ttl_s=60)
+        shown = _panel(_page(browser, "/ui/"), "Coordinator")
+        assert shown["leader"] == "coordinator-a1"
+        assert re.fullmatch(r"2 min 0[5-9] s old · not ok", shown["report"]), shown
+        assert shown["Ray GCS"] == "lost for 42 s"
+        assert shown["error"] == lost["error"]
+        overview = _page(browser, "/ui/")
+        assert any("lost the Ray head" in w for w in _warnings(overview)), _warnings(overview)
+
+        supervision.write_health({**running, "at": time.time()}, ttl_s=60)
+        overview = _page(browser, "/ui/")
+        shown = _panel(overview, "Coordinator")
+        assert re.fullmatch(r"\d+ ms old · ok|\d\.\d s old · ok", shown["report"]), shown
+        assert shown["Ray GCS"] == "up" and shown["nodes"] == "3 alive, 1 draining"
+        assert shown["decode actors"] == "2 running / 4 wanted"
+        assert shown["inference actors"] == "1 ready, 2 running / 2 wanted"
+        assert not [w for w in _warnings(overview) if "Ray" in w]
+
+        redis = api.get("/v1/redis").json()
+        shown = _panel(overview, "Redis")
+        assert shown["server"] == redis["server"] and redis["server"].startswith("Valkey ")
+        assert redis["maxmemory"] == 0 and redis["maxmemory_policy"] == "noeviction"
+        assert re.fullmatch(r"\d+(\.\d+)?[KMG] · noeviction", shown["memory"]), shown
+        assert redis["appendfsync"] == "everysec"
+        assert shown["AOF"] == "on, last write ok · fsync everysec"
+        assert re.fullmatch(r"[\d.]+ (ms|s|min \d\d s|h \d\d min)", shown["up for"]), shown
+        valkey_client.config_set("maxmemory", 1 << 30)
+        try:
+            shown = _panel(_page(browser, "/ui/"), "Redis")
+            assert " of 1.0 GiB · noeviction" in shown["memory"], shown
+        finally:
+            valkey_client.config_set("maxmemory", 0)
+
+
+def test_every_page_asks_its_script_for_a_refresh_every_5_s(
+    dash: Dash, valkey_client: Redis
+) -> None:
+    """The pages' <main> carries the refresh's period for static/app.js (5 s, README); the
+    login page, which has nothing to refresh, none. (A browser keeps to it: test_dashboard.)"""
+    _populate(dash.queue, dash.settings, valkey_client)
+    with _login(dash.served, READ) as browser:
+        for page in PAGES:
+            main = _page(browser, f"/ui{page}").one("main")
+            assert main.attrs["data-refresh"] == "5", page
+        script = [s.attrs["src"] for s in _page(browser, "/ui/").all("script")]
+        assert script == ["/ui/static/app.js"]
+    with dash.served.client(None) as anonymous:
+        assert _page(anonymous, "/ui/login").one("main").attrs["data-refresh"] == "0"
 
 
 # -- 4. security headers, and nothing from elsewhere --------------------------------------------

@@ -106,3 +106,26 @@ def log_in(page: Any, base_url: str, token: str) -> None:
     page.fill("input[name=token]", token)
     page.click("form.stack button")
     page.wait_for_url(f"{base_url}/ui/")
+
+
+# Wraps fetch() before any script of the page runs, to note (by the page's clock, which a
+# test may have installed) each call the dashboard's script makes for a refresh.
+_NOTE_REFRESHES = """
+window.framefleetRefreshes = [];
+const framefleetFetch = window.fetch;
+window.fetch = function (resource, options) {
+  const headers = (options && options.headers) || {};
+  if (headers["X-Framefleet-Fragment"]) window.framefleetRefreshes.push(Date.now());
+  return framefleetFetch.apply(this, arguments);
+};
+"""
+
+
+def note_refreshes(page: Any) -> None:
+    """From the next page loaded on: refreshes(page) says when its script asked for one."""
+    page.add_init_script(_NOTE_REFRESHES)
+
+
+def refreshes(page: Any) -> list[float]:
+    """The page's clock (ms) at each refresh its script asked for since it was loaded."""
+    return [float(t) for t in page.evaluate("window.framefleetRefreshes")]

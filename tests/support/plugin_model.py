@@ -77,3 +77,48 @@ def load_counted(settings: ModelSettings) -> MeanColour:
     with open(Path(settings.model) / "loads", "a") as log:
         log.write(f"{os.getpid()}\n")
     return MeanColour()
+
+
+class Gated(MeanColour):
+    """The colour model, each batch held until the file at `gate` exists: a test decides
+    when the chunks out come back (the gate's path is passed as the model's name)."""
+
+    name = "gated-mean-colour"
+
+    def __init__(self, gate: str) -> None:
+        from pathlib import Path
+
+        self.gate = Path(gate)
+
+    def predict(self, images: np.ndarray, source_size: tuple[int, int]) -> list[dict[str, Any]]:
+        import os
+        import time
+
+        if not self.gate.exists():  # say that a batch came, then hold it
+            seen = self.gate.with_name(f"{self.gate.name}.seen-{os.getpid()}-{time.time_ns()}")
+            seen.touch()
+        while not self.gate.exists():
+            time.sleep(0.02)
+        return super().predict(images, source_size)
+
+
+def load_gated(settings: ModelSettings) -> Gated:
+    return Gated(settings.model)
+
+
+class CrashOnWhite(MeanColour):
+    """The colour model, whose process dies (as a segfault in a model's native code would)
+    on a batch of white frames: a chunk that kills every inference actor it reaches."""
+
+    name = "crash-on-white"
+
+    def predict(self, images: np.ndarray, source_size: tuple[int, int]) -> list[dict[str, Any]]:
+        import os
+
+        if images.mean() > 240:
+            os._exit(1)
+        return super().predict(images, source_size)
+
+
+def load_crash_on_white(settings: ModelSettings) -> CrashOnWhite:
+    return CrashOnWhite()
