@@ -341,8 +341,9 @@ class PyAVDecoder:
         self._turns = _turns(self._first)
         width, height = self._coded if self._turns % 2 == 0 else self._coded[::-1]
         self._size = sampling.output_size(width, height)
+        # (the limits were checked on the header; the first frame, whatever its size, was
+        # decoded within max_pixels: no second check of the same limits)
         self.info = VideoInfo(width, height, int(stream.frames or 0), float(rate or 0), self.name)
-        self._limits.check_info(self.info, None)
 
     def _next(self, index: int) -> Any:
         from av.error import FFmpegError

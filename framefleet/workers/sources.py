@@ -37,6 +37,7 @@ from urllib.parse import unquote, urljoin, urlparse, urlsplit
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from framefleet.netpolicy import URLRefused, check_url
+from framefleet.queue.model import MAX_ETAG_BYTES
 from framefleet.settings import SourceSettings
 
 from .errors import (
@@ -57,7 +58,6 @@ _PERMANENT_S3 = {"NoSuchKey", "NoSuchBucket", "AccessDenied", "403", "404", "Inv
 
 
 Touch = Callable[[], None]
-MAX_PIN_BYTES = 256  # a pin is kept in the item's hash, as an etag is (MAX_ETAG_BYTES)
 
 
 class Fetched(NamedTuple):
@@ -119,7 +119,8 @@ def local_pin(path: Path) -> str:
 
 def _etag_pin(value: str | None) -> str | None:
     """An ETag as a pin, when it is one that fits (printable, not too long)."""
-    if value and len(value) <= MAX_PIN_BYTES and value.isascii() and value.isprintable():
+    # a pin is kept in the item's hash as an etag is: within the same bound
+    if value and len(value) <= MAX_ETAG_BYTES and value.isascii() and value.isprintable():
         return value
     return None
 
