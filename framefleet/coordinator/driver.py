@@ -2,11 +2,13 @@
 
 It connects to the cluster (or starts a local Ray), then every tick: checks the GCS (a TCP
 connect to its port, then the node list, both with time limits, since Ray calls hang while
-the GCS is down), ticks the pools and writes the health report. It stops (and its pools with
-it) when its coordinator has died, or no longer holds the leader lease two ticks running
-(it hangs, say: a standby leads now), so that two fleets never run for long. When the GCS has been
-unreachable for gcs_grace_s it exits with GCS_LOST at once (os._exit: nothing Ray does at
-exit can be trusted then) and the coordinator starts a new driver, which waits for the head.
+the GCS is down), ticks the pools (in a thread of their own, the GCS checked every tick while
+they run: a head lost mid-tick hangs their Ray calls) and writes the health report. It
+stops (and its pools with it) when its coordinator has died, or no longer holds the leader
+lease two ticks running (it hangs, say: a standby leads now), so that two fleets never run
+for long. When the GCS has been unreachable for gcs_grace_s it exits with GCS_LOST at once
+(os._exit: nothing Ray does at exit can be trusted then) and the coordinator starts a new
+driver, which waits for the head.
 
 Exit codes: 0 stopped on request, GCS_LOST, NO_CLUSTER (could not connect), FATAL (the
 fleet cannot run as configured: the report says why).
@@ -45,6 +47,12 @@ from .pools import Pools
 log = logging.getLogger("framefleet.coordinator.driver")  # also when run as __main__
 
 GCS_LOST, NO_CLUSTER, FATAL = 3, 4, 5
+
+
+class _GcsGone(Exception):
+    """The GCS has not answered for gcs_grace_s: the driver exits with GCS_LOST."""
+
+
 STOP_TIMEOUT_S = 20.0  # decode actors settle and release within this on a stop
 
 
@@ -75,6 +83,8 @@ class Driver:
         self.adapter = RayAdapter()
         self.stopping = threading.Event()
         self.probe = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gcs-probe")
+        self.ticker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pools-tick")
+        self._lost_since: float | None = None  # since when the GCS has not answered
         self.events: list[str] = []
         self.parent = os.getppid()
         self._unreported = False  # the last health report could not be written
@@ -102,41 +112,24 @@ class Driver:
             self.generation,
             leader=self.leader,
         )
-        lost_since: float | None = None
         tick = self.settings.coordinator.tick_s
         deposed = 0
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            if os.getppid() != self.parent:  # the coordinator died: a standby takes over
-                log.warning("the coordinator is gone: stopping", extra={"event": "leader_lost"})
-                break
-            deposed = deposed + 1 if self._deposed() else 0
-            if deposed >= 2:  # its coordinator no longer leads (it hangs, say): stop
-                self._event("the coordinator no longer leads: stopping", "leader_lost")
-                break
-            nodes = self._nodes(gcs)
-            if nodes is None:  # reported at once; a new driver after gcs_grace_s
-                if lost_since is None:
-                    lost_since = started
-                    self._event(f"the GCS at {gcs} does not answer", "gcs_lost", quiet=True)
-                error = f"the GCS at {gcs} is unreachable"
-                self._report(ok=False, error=error, gcs=False, gcs_lost_for=started - lost_since)
-                if started - lost_since >= self.settings.coordinator.gcs_grace_s:
-                    self._event(
-                        f"the GCS at {gcs} has not answered for"
-                        f" {started - lost_since:.1f} s: this driver exits, a new one waits"
-                        " for the head",
-                        "gcs_lost",
-                    )
-                    return GCS_LOST
+        try:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                if os.getppid() != self.parent:  # the coordinator died: a standby takes over
+                    log.warning("the coordinator is gone: stopping", extra={"event": "leader_lost"})
+                    break
+                deposed = deposed + 1 if self._deposed() else 0
+                if deposed >= 2:  # its coordinator no longer leads (it hangs, say): stop
+                    self._event("the coordinator no longer leads: stopping", "leader_lost")
+                    break
+                nodes = self._gcs(gcs)
+                if nodes is not None and self._watched_tick(pools, nodes, gcs) is not None:
+                    return FATAL
                 self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
-                continue
-            if lost_since is not None:
-                self._event(f"the GCS at {gcs} answers again", "gcs_back")
-                lost_since = None
-            if self._tick(pools, nodes) is not None:
-                return FATAL
-            self.stopping.wait(max(0.0, tick - (time.monotonic() - started)))
+        except _GcsGone:
+            return GCS_LOST
         log.info("stopping the fleet: its decode actors release what they hold")
         pools.stop(timeout=STOP_TIMEOUT_S)
         with contextlib.suppress(OSError):
@@ -167,6 +160,42 @@ class Driver:
             log.warning("%s", error)
             self._report(ok=False, error=error, **({"gcs": False} if address else {}))
             return None
+
+    def _gcs(self, gcs: str) -> int | None:
+        """Alive nodes; None while the GCS does not answer, which is reported at once, and
+        _GcsGone once it has not answered for gcs_grace_s (a new driver waits for the head)."""
+        now = time.monotonic()
+        nodes = self._nodes(gcs)
+        if nodes is not None:
+            if self._lost_since is not None:
+                self._event(f"the GCS at {gcs} answers again", "gcs_back")
+                self._lost_since = None
+            return nodes
+        if self._lost_since is None:
+            self._lost_since = now
+            self._event(f"the GCS at {gcs} does not answer", "gcs_lost", quiet=True)
+        lost_for = now - self._lost_since
+        error = f"the GCS at {gcs} is unreachable"
+        self._report(ok=False, error=error, gcs=False, gcs_lost_for=lost_for)
+        if lost_for >= self.settings.coordinator.gcs_grace_s:
+            self._event(
+                f"the GCS at {gcs} has not answered for {lost_for:.1f} s: this driver exits,"
+                " a new one waits for the head",
+                "gcs_lost",
+            )
+            raise _GcsGone
+        return None
+
+    def _watched_tick(self, pools: Pools, nodes: int, gcs: str) -> int | None:
+        """The pools' tick in a thread of its own, with the GCS checked every tick_s while it
+        runs: Ray calls hang while the GCS is down (until Ray's reconnect timeout, a minute by
+        default), and a head lost during a tick is reported and acted on all the same."""
+        future = self.ticker.submit(self._tick, pools, nodes)
+        while True:
+            try:
+                return future.result(timeout=self.settings.coordinator.tick_s)
+            except FutureTimeout:
+                self._gcs(gcs)  # a slow tick while the GCS answers: it goes on
 
     def _tick(self, pools: Pools, nodes: int) -> int | None:
         """One round of the pools, reported; FATAL when the fleet cannot run."""

@@ -78,9 +78,15 @@ def leader_process(fleet: Fleet, procs: list[subprocess.Popen[bytes]]) -> subpro
 
 
 @contextlib.contextmanager
-def reaped(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
+def reaped(*procs: subprocess.Popen[bytes], logs: Path | None = None) -> Iterator[None]:
+    """The processes killed at the end; on a failure, the tail of each log in `logs` is
+    printed first (pytest shows it with the failure)."""
     try:
         yield
+    except BaseException:
+        for path in sorted(logs.glob("*.log")) if logs else []:
+            print(f"--- {path.name} ---\n{path.read_text(errors='replace')[-6000:]}")
+        raise
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -130,7 +136,7 @@ def test_kill_9_of_the_local_ray_and_the_coordinator_starts_another(tmp_path: Pa
 
 def test_kill_9_of_actors_then_sigterm_to_the_coordinator(fleet: Fleet) -> None:
     first = fleet.coordinator("first")
-    with reaped(first):
+    with reaped(first, logs=fleet.logs):
         wait(fleet.mid_video, 180, "a video half-way")
         os.kill(fleet.pid("decoder"), signal.SIGKILL)
         wait(lambda: fleet.queue.stats().counters.get("orphaned_total", 0) >= 1, 30, "orphan")
@@ -149,7 +155,7 @@ def test_kill_9_of_actors_then_sigterm_to_the_coordinator(fleet: Fleet) -> None:
     # decode actor killed may have held one video alone: that one is charged)
     assert not fleet.done()
     second = fleet.coordinator("second")
-    with reaped(second):
+    with reaped(second, logs=fleet.logs):
         wait(fleet.done, 240, "every video done")
         sigterm(second)
     fleet.check(charged=1)
@@ -170,7 +176,7 @@ def test_ray_address_given_as_a_flag_and_a_missing_token_is_named_in_the_health_
     command += ["--ray-address", cluster.address]
     with open(fleet.logs / "tokenless.log", "ab") as log:
         tokenless = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    with reaped(tokenless):
+    with reaped(tokenless, logs=fleet.logs):
         report: dict[str, object] = {}
 
         def refused() -> bool:
@@ -186,7 +192,7 @@ def test_ray_address_given_as_a_flag_and_a_missing_token_is_named_in_the_health_
         connected = subprocess.Popen(
             command, env={**env, **cluster.auth}, stdout=log, stderr=subprocess.STDOUT
         )
-    with reaped(connected):
+    with reaped(connected, logs=fleet.logs):
         wait(fleet.mid_video, 180, "a video half-way on the cluster")
         assert (fleet.supervision.health() or {}).get("ok") is True
         sigterm(connected)
@@ -194,7 +200,7 @@ def test_ray_address_given_as_a_flag_and_a_missing_token_is_named_in_the_health_
 
 def test_a_standby_takes_over_from_a_killed_leader(fleet: Fleet) -> None:
     procs = [fleet.coordinator("a"), fleet.coordinator("b")]
-    with reaped(*procs):
+    with reaped(*procs, logs=fleet.logs):
         leader = leader_process(fleet, procs)
         standby = next(p for p in procs if p is not leader)
         wait(fleet.mid_video, 180, "a video half-way")
@@ -220,7 +226,7 @@ def test_sigterm_to_a_worker_node_gives_its_videos_back_at_once(
     """`ray start` drains its node on SIGTERM (up to 30 s, then ends it): the coordinator
     sees the drain and the node's decode actor releases its videos without an attempt."""
     coordinator = fleet.coordinator("coordinator")
-    with reaped(coordinator):
+    with reaped(coordinator, logs=fleet.logs):
         wait(fleet.mid_video, 180, "a video half-way")
         starts = cluster.workers[0].starts
         cluster.workers[0].terminate()  # the node's only decode actor holds leases
@@ -242,7 +248,7 @@ def test_sigterm_to_a_worker_node_gives_its_videos_back_at_once(
 
 def test_kill_9_of_the_head_node_and_the_fleet_resumes(fleet: Fleet, cluster: LocalCluster) -> None:
     coordinator = fleet.coordinator("coordinator")
-    with reaped(coordinator):
+    with reaped(coordinator, logs=fleet.logs):
         detected, resumed = crash_head(fleet, cluster)  # kill -9 of the head, then restart
         print(f"GCS loss noticed after {detected:.1f} s; resumed {resumed:.1f} s after the head")
         wait(fleet.done, 240, "every video done")
