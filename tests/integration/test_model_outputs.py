@@ -20,7 +20,9 @@ from framefleet.settings import ModelSettings, SourceSettings
 from framefleet.workers.model import DETECTION_SCHEMA, ModelLoadError, load_model
 from framefleet.workers.outputs import OutputStore, item_dir, records_table, table_schema
 from framefleet.workers.sources import s3_client
+from tests.support.deadline import left
 from tests.support.models import write_pinned_detr, write_tiny_detr
+from tests.support.outputs_writer import ROWS
 from tests.support.servers import moto_s3_server
 from tests.support.videos import frame_image
 
@@ -100,18 +102,38 @@ def test_batch_size_does_not_change_predictions(tiny_detr: Path) -> None:
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_autocast_matches_fp32(tiny_detr: Path, precision: str) -> None:
+def test_autocast_runs_the_forward_pass_in_reduced_precision_and_matches_fp32(
+    tiny_detr: Path, precision: str
+) -> None:
     """bf16 and fp16 autocast against fp32, on the default device (CUDA where there is one:
-    the same code path, torch.autocast on the model's device)."""
+    the same code path, torch.autocast on the model's device). The heads' activations are
+    in the reduced dtype (a forward hook sees them) and the scores move from fp32's by
+    rounding, not by nothing: an autocast made a no-op compared fp32 with fp32 and passed."""
+    import torch
+
     frames = _frames(4)
-    fp32 = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0)).predict(
-        frames, (96, 64)
-    )
-    low = load_model(
+    fp32_model = load_model(ModelSettings(model=str(tiny_detr), score_threshold=0.0))
+    low_model = load_model(
         ModelSettings(model=str(tiny_detr), score_threshold=0.0, precision=precision)
-    ).predict(frames, (96, 64))
+    )
+    seen: dict[str, set[torch.dtype]] = {"fp32": set(), "low": set()}
+
+    def watch(model: Any, key: str) -> None:
+        detr = model.model
+        for head in (detr.class_labels_classifier, detr.bbox_predictor.layers[-1]):
+            head.register_forward_hook(lambda _m, _i, out: seen[key].add(out.dtype))
+
+    watch(fp32_model, "fp32")
+    watch(low_model, "low")
+    fp32 = fp32_model.predict(frames, (96, 64))
+    low = low_model.predict(frames, (96, 64))
+    want = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert seen == {"fp32": {torch.float32}, "low": {want}}, seen
     assert [(r["frame"], r["label_id"]) for r in fp32] == [(r["frame"], r["label_id"]) for r in low]
-    np.testing.assert_allclose([r["score"] for r in low], [r["score"] for r in fp32], atol=0.03)
+    scores_low = np.array([r["score"] for r in low])
+    scores_fp32 = np.array([r["score"] for r in fp32])
+    assert not np.array_equal(scores_low, scores_fp32), "reduced precision changed nothing"
+    np.testing.assert_allclose(scores_low, scores_fp32, atol=0.03)
 
     def box(rs: list[dict[str, Any]]) -> np.ndarray:
         return np.array([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in rs])
@@ -266,28 +288,53 @@ def test_item_ids_become_safe_path_components() -> None:
     assert item_dir("..") == "%2E%2E" and item_dir("a/b") == "a%2Fb"
 
 
+def _size(path: Path) -> int | None:
+    """A file's size, None once it is gone (a temporary file renamed or removed)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 def test_a_writer_killed_mid_write_leaves_no_partial_file(tmp_path: Path) -> None:
-    """kill -9 a process while it writes big chunks: every chunk file that exists is whole."""
-    code = (
-        "import sys, numpy as np; from tests.support.outputs_writer import main; main(sys.argv[1])"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(tmp_path)], cwd=Path(__file__).parents[2]
-    )
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("v/chunk-*.parquet")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = list(tmp_path.glob("v/chunk-*.parquet"))
-    assert written, "the writer wrote nothing before it was killed"
-    for path in written:
-        assert pq.read_table(path).num_rows == 200_000  # whole, never cut
+    """kill -9 a process inside a chunk's write: every chunk file that exists is whole, and
+    the cut bytes are only in a hidden temporary file. The writer (outputs_writer in
+    tests/support) writes a small chunk, then a big one under a file size limit of half the
+    big one's bytes: its write stops there and the process blocks inside it (SIGXFSZ
+    handled by pause()) until this test kills it. So the kill always lands mid-write: with a
+    plain write it left chunk-1 cut at the limit (the old test killed after a sleep, when the
+    write was over, and a plain write passed it 10 times out of 10)."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "tests.support.outputs_writer", str(tmp_path)],
+        cwd=Path(__file__).parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            limit, final = map(int, proc.stdout.readline().split())
+            assert 0 < limit < final
+
+            def cut() -> list[Path]:  # the file the big chunk went to, stopped at the limit
+                return [p for p in tmp_path.glob("v/*") if _size(p) == limit]
+
+            deadline = time.monotonic() + left(120)
+            while not cut() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert cut(), f"the writer never reached the limit (exit {proc.poll()})"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # frozen until this kill, not dead before it
+    written = sorted(p.name for p in tmp_path.glob("v/chunk-*.parquet"))
+    assert written == ["chunk-0.parquet"], written  # the first chunk, and not the cut one
+    assert pq.read_table(tmp_path / "v" / "chunk-0.parquet").num_rows == ROWS[0]  # whole
+    (partial,) = cut()  # the cut bytes: in the hidden temporary file only
+    assert partial.name.startswith(".chunk-1.parquet.") and partial.name.endswith(".tmp")
     store = OutputStore(str(tmp_path), SourceSettings())
-    assert not store.is_complete("v")
+    assert not store.has_chunk("v", 1) and not store.is_complete("v")
     leftovers = [p.name for p in tmp_path.glob("v/*") if not p.name.startswith(".")]
-    assert all(name.startswith("chunk-") for name in leftovers), leftovers
+    assert leftovers == ["chunk-0.parquet"], leftovers
 
 
 _BLOB = pa.schema([("blob", pa.binary())])

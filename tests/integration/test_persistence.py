@@ -70,22 +70,29 @@ def test_a_clean_restart_keeps_everything(tmp_path: Path) -> None:
 
 
 # The power-cut tests: the server's data dir is on LazyFS (tests/support/lazyfs.py), a
-# writer enqueues, claims and acks as fast as it can, the server is killed -9, then the
-# power is cut (LazyFS drops what was not fsynced), then the server starts again on the
-# same dir. A kill -9 alone loses nothing in any mode: the page cache keeps its writes.
+# writer enqueues, claims, checkpoints chunks and acks as fast as it can, the server is
+# killed -9, then the power is cut (LazyFS drops what was not fsynced), then the server
+# starts again on the same dir. A kill -9 alone loses nothing in any mode: the page cache
+# keeps its writes.
 # `needs("lazyfs")`: the session builds LazyFS (third_party/lazyfs) before the first test.
 WRITE_S = 3.0  # how long the writer runs before the kill
 WINDOW_S = 2.0  # everysec may lose what was acknowledged this shortly before the kill
 RANK = {State.QUEUED: 0, State.LEASED: 1, State.DONE: 2}  # the writer's items only go up
 
 
+CHUNKS = 2  # each claimed item's chunks: the first of a claim checkpoints both and is acked,
+# the second checkpoints its first chunk and stays leased (so its checkpoint stays to be seen)
+
+
 @dataclass(frozen=True)
 class Write:
-    """A write the writer was told had happened: item `id` reached `rank` at `at`."""
+    """A write the writer was told had happened: item `id` reached `rank` at `at`, or, for
+    a checkpoint, chunk `chunk` of the leased item `id` was kept."""
 
     at: float  # time.monotonic() when the reply came
     id: str
     rank: int
+    chunk: int | None = None
 
 
 @dataclass
@@ -95,19 +102,31 @@ class PowerCut:
     writes: list[Write]
     killed_at: float
     survived: dict[str, int]  # item id -> rank after the restart (absent: -1)
+    chunks: dict[str, set[int]]  # item id -> its checkpointed chunks after the restart
+
+    def kept(self, w: Write) -> bool:
+        """Whether the write is there after the restart: the item at its rank or past it;
+        a checkpoint, in the item's chunks, or its item done (an ack drops the chunks)."""
+        rank = self.survived.get(w.id, -1)
+        if w.chunk is None:
+            return rank >= w.rank
+        return rank == RANK[State.DONE] or w.chunk in self.chunks.get(w.id, set())
 
     def lost(self, older_than_s: float | None = None) -> list[Write]:
         """Acknowledged writes gone after the restart; with older_than_s, only those
         acknowledged at least that long before the kill."""
         before = float("inf") if older_than_s is None else self.killed_at - older_than_s
-        return [w for w in self.writes if self.survived.get(w.id, -1) < w.rank and w.at < before]
+        return [w for w in self.writes if not self.kept(w) and w.at < before]
 
     def summary(self) -> str:
         lost = self.lost()
         oldest = f", the oldest {self.killed_at - lost[0].at:.2f}s before the kill" if lost else ""
+        checkpoints = sum(w.chunk is not None for w in self.writes)
+        lost_checkpoints = sum(w.chunk is not None for w in lost)
         return (
             f"{self.build} appendfsync {self.appendfsync}: {len(self.writes)} acknowledged "
-            f"writes ({len(self.survived)} items survived), {len(lost)} lost{oldest}"
+            f"writes ({checkpoints} checkpoints; {len(self.survived)} items survived), "
+            f"{len(lost)} lost ({lost_checkpoints} checkpoints){oldest}"
         )
 
 
@@ -135,8 +154,11 @@ def _power_cut(tmp_path: Path, appendfsync: str, build: str = "valkey-9.1") -> P
                         if i % 3 == 2:
                             leases = q.claim(2, "w")
                             writes.extend(Write(time.monotonic(), x.id, 1) for x in leases)
-                            for lease in leases:
-                                if q.ack(lease, f"file:///out/{lease.id}"):
+                            for n, lease in enumerate(leases):
+                                for chunk in range(CHUNKS - n):
+                                    if q.progress(lease, chunk, total=CHUNKS):
+                                        writes.append(Write(time.monotonic(), lease.id, 1, chunk))
+                                if n == 0 and q.ack(lease, f"file:///out/{lease.id}"):
                                     writes.append(Write(time.monotonic(), lease.id, 2))
                         i += 1
                 except (RedisConnectionError, ConnectionResetError, OSError):
@@ -160,13 +182,23 @@ def _power_cut(tmp_path: Path, appendfsync: str, build: str = "valkey-9.1") -> P
             assert _appendfsync(q2) == appendfsync
             ids = list(dict.fromkeys(w.id for w in writes))
             survived = {i.id: RANK[i.state] for i in q2.items(ids)}
+            checkpointed = list(dict.fromkeys(w.id for w in writes if w.chunk is not None))
+            pipe = q2.client.pipeline(transaction=False)
+            for item_id in checkpointed:
+                pipe.smembers(q2.keys.chunks(item_id))
+            chunks = {
+                i: {int(c) for c in members}
+                for i, members in zip(checkpointed, pipe.execute(), strict=True)
+            }
             _assert_consistent(q2)
         finally:
             again.stop()
-    cut = PowerCut(appendfsync, build, writes, killed_at, survived)
+    cut = PowerCut(appendfsync, build, writes, killed_at, survived, chunks)
     print(cut.summary())  # pytest -s shows the numbers the README quotes
     assert sum(1 for w in writes if w.at < killed_at - WINDOW_S) > 20, cut.summary()
     assert sum(1 for w in writes if w.rank == 2) > 10, cut.summary()  # it was mid-workload
+    old_checkpoints = [w for w in writes if w.chunk is not None and w.at < killed_at - WINDOW_S]
+    assert len(old_checkpoints) > 10, cut.summary()  # ...checkpoints too, long enough
     return cut
 
 
@@ -175,8 +207,9 @@ def _power_cut(tmp_path: Path, appendfsync: str, build: str = "valkey-9.1") -> P
 def test_power_cut_with_appendfsync_always_loses_no_acknowledged_write(
     tmp_path: Path, build: str
 ) -> None:
-    """Every enqueue, claim and ack the writer was told had happened is there after a kill
-    -9 and a power cut: every enqueued id, every acked id done."""
+    """Every enqueue, claim, checkpoint and ack the writer was told had happened is there
+    after a kill -9 and a power cut: every enqueued id, every checkpointed chunk (or its item
+    done), every acked id done."""
     cut = _power_cut(tmp_path, "always", build)
     assert not cut.lost(), cut.summary()
 
@@ -185,7 +218,7 @@ def test_power_cut_with_appendfsync_always_loses_no_acknowledged_write(
 @pytest.mark.parametrize("build", list(SERVER_BUILDS))
 def test_power_cut_with_everysec_loses_at_most_the_last_second(tmp_path: Path, build: str) -> None:
     """everysec may lose about the last second of acknowledged writes (the README's window),
-    and nothing older."""
+    and nothing older: no enqueue, claim, checkpoint or ack."""
     cut = _power_cut(tmp_path, "everysec", build)
     assert not cut.lost(older_than_s=WINDOW_S), cut.summary()
 

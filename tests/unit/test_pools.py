@@ -6,7 +6,7 @@ The same pools on a real cluster are in tests/integration/test_coordinator.py.""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ class Actor:
     pid: int
     alive: bool = True
     stopping: bool = False
+    hung: bool = False  # stuck in its __init__ (loading a model, no GPU after all): not ready
     calls: list[str] = field(default_factory=list)
 
 
@@ -36,8 +37,10 @@ class Ref:
 
 
 class ScriptedRay:
-    """The RayAdapter's surface in memory. Actors start at once on `node`; a decode actor's
-    run() returns when it is told to stop or drain; resources are counted."""
+    """The RayAdapter's surface in memory. Actors start at once on `node`, except those of
+    the kinds in `hang`, which never finish their __init__ (no call of theirs answers until
+    they are killed); a decode actor's run() returns when it is told to stop or drain;
+    resources are counted."""
 
     def __init__(self, cpus: float, gpus: float) -> None:
         self.free = {"CPU": float(cpus), "GPU": float(gpus)}
@@ -45,6 +48,7 @@ class ScriptedRay:
         self.draining: set[str] = set()
         self.lost: set[str] = set()
         self.node = "node-1"
+        self.hang: set[str] = set()
         self._pids = itertools.count(1000)
 
     def remote_class(self, cls: type) -> str:
@@ -55,7 +59,9 @@ class ScriptedRay:
         assert self.free["CPU"] >= cpus - 1e-9 and self.free["GPU"] >= gpus - 1e-9
         self.free["CPU"] -= cpus
         self.free["GPU"] -= gpus
-        actor = Actor(remote_cls, options, self.node, next(self._pids))
+        actor = Actor(
+            remote_cls, options, self.node, next(self._pids), hung=remote_cls in self.hang
+        )
         self.actors.append(actor)
         return actor
 
@@ -69,7 +75,9 @@ class ScriptedRay:
         return [r for r in refs if r is not None and self._finished(r)]
 
     def _finished(self, ref: Ref) -> bool:
-        return not ref.actor.alive or ref.method != "run" or ref.actor.stopping
+        if not ref.actor.alive:
+            return True
+        return not ref.actor.hung and (ref.method != "run" or ref.actor.stopping)
 
     def get(self, ref: Ref, timeout: float | None = None) -> Any:
         if not ref.actor.alive:
@@ -135,8 +143,10 @@ def queue(valkey_client: Redis) -> Queue:
     return Queue(valkey_client, SETTINGS.queue)
 
 
-def make_pools(queue: Queue, ray: ScriptedRay, clock: Clock | None = None) -> Pools:
-    return Pools(SETTINGS, "redis://unused", queue, ray, "g1", clock=clock or Clock())  # type: ignore[arg-type]
+def make_pools(
+    queue: Queue, ray: ScriptedRay, clock: Clock | None = None, settings: Settings = SETTINGS
+) -> Pools:
+    return Pools(settings, "redis://unused", queue, ray, "g1", clock=clock or Clock())  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -300,3 +310,67 @@ def test_an_actor_whose_heartbeat_stopped_is_killed_but_not_just_after_redis_was
     report = pools.tick()
     assert not victim.handle.alive and victim not in pools.inference
     assert any("heartbeat" in e for e in report.events)
+
+
+START_TIMEOUT_S = 45.0  # not the default (600 s): the setting is what counts
+
+
+def _with_start_timeout() -> Settings:
+    return replace(
+        SETTINGS, coordinator=replace(SETTINGS.coordinator, start_timeout_s=START_TIMEOUT_S)
+    )
+
+
+def test_an_inference_actor_not_ready_within_the_start_timeout_is_replaced(
+    queue: Queue,
+) -> None:
+    """Inference actors that never finish starting (their __init__ hangs) are waited for
+    start_timeout_s after their creation, then killed and replaced; the replacements,
+    which start, get the work (the decode actors come once one is ready)."""
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(100)])
+    ray, clock = ScriptedRay(cpus=100, gpus=1), Clock()
+    ray.hang.add("InferenceActor")
+    pools = make_pools(queue, ray, clock, _with_start_timeout())
+    pools.tick()
+    hung = ray.live("InferenceActor")
+    assert len(hung) == 4
+    clock.now += START_TIMEOUT_S  # not over the timeout yet: still waited for
+    report = pools.tick()
+    assert ray.live("InferenceActor") == hung and report.ready_inference == 0
+    assert report.replaced == 0 and ray.live("DecodeActor") == []
+    ray.hang.clear()  # the next ones start
+    clock.now += 1
+    report = pools.tick()
+    assert not any(a.alive for a in hung)  # killed: their GPU shares are free again
+    assert report.replaced == 4
+    assert sum(f"not ready after {START_TIMEOUT_S:g} s" in e for e in report.events) == 4
+    fresh = ray.live("InferenceActor")
+    assert len(fresh) == 4 and not set(fresh) & set(hung)
+    report = pools.tick()
+    assert report.ready_inference == 4 and len(ray.live("DecodeActor")) == 4
+
+
+def test_a_decode_actor_not_ready_within_the_start_timeout_is_replaced(queue: Queue) -> None:
+    """Decode actors that never report ready are waited for start_timeout_s after their
+    creation, then killed; they leave the pool and the replacements, which start, take
+    their place."""
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(100)])
+    ray, clock = ScriptedRay(cpus=100, gpus=1), Clock()
+    pools = make_pools(queue, ray, clock, _with_start_timeout())
+    pools.tick()  # the inference actors, which start
+    ray.hang.add("DecodeActor")
+    pools.tick()
+    hung = ray.live("DecodeActor")
+    assert len(hung) == 4 and not any(m.ready for m in pools.decoders)
+    clock.now += START_TIMEOUT_S
+    report = pools.tick()
+    assert ray.live("DecodeActor") == hung and report.replaced == 0
+    ray.hang.clear()
+    clock.now += 1
+    report = pools.tick()
+    assert not any(a.alive for a in hung) and report.replaced == 4
+    assert sum(f"not ready after {START_TIMEOUT_S:g} s" in e for e in report.events) == 4
+    fresh = ray.live("DecodeActor")
+    assert len(fresh) == 4 and not set(fresh) & set(hung)
+    pools.tick()
+    assert all(m.ready for m in pools.decoders) and len(pools.decoders) == 4
