@@ -38,8 +38,9 @@ from framefleet.workers.ray_adapter import ActorGone, RayAdapter
 
 log = logging.getLogger(__name__)
 
-# inference actors failing to start in a row: a configuration error (at once when the
-# model cannot be loaded: trying again would only wait out the same download timeouts)
+# actors of a kind failing to start in a row (dying, or not ready within start_timeout_s):
+# a configuration error (at once when the model cannot be loaded: trying again would only
+# wait out the same download timeouts)
 FAILED_STARTS = 3
 
 
@@ -55,6 +56,7 @@ class Member:
     pid: int | None = None
     node: str | None = None
     started_at: float = 0.0
+    killed: bool = False  # decode: killed by the pools, in the pool until Ray says it ended
 
 
 @dataclass
@@ -110,7 +112,8 @@ class Pools:
         self.inference: list[Member] = []
         self.leaving: list[Member] = []  # inference actors on draining nodes
         self._numbers = itertools.count()
-        self._failed_starts = 0
+        self._failed_starts = 0  # inference actors, since one was last ready
+        self._hung_decoders = 0  # decode actors not ready in time, since one was
         self._idle_since: float | None = None
         self._redis_lost_at = -math.inf  # the last tick that could not reach Redis
         self._decode_cls = adapter.remote_class(DecodeActor)
@@ -156,6 +159,8 @@ class Pools:
         ages = self.supervision.workers()
         for member in [*self.inference, *self.decoders]:
             age = ages.get(member.name)
+            if member.killed:
+                continue
             if age is not None and age > c.stale_s:
                 why = f"its heartbeat is {age:.0f} s old"
             elif not member.ready and now - member.started_at > c.start_timeout_s:
@@ -164,12 +169,19 @@ class Pools:
                 continue
             _event(report, f"{member.name} killed: {why}", "actor_replaced")
             self.adapter.kill(member.handle)
+            member.killed = True
             if member in self.inference:
                 self.inference.remove(member)
                 report.replaced += 1
+                self._share_inference()
                 if not member.ready:
                     self._failed_starts += 1
-                self._share_inference()
+                    if self._failed_starts >= FAILED_STARTS:
+                        raise FleetError(f"inference actors fail to start: {why}")
+            elif not member.ready:  # the pool replaces it once Ray reports it dead
+                self._hung_decoders += 1
+                if self._hung_decoders >= FAILED_STARTS:
+                    raise FleetError(f"decode actors fail to start: {why}")
 
     def _check_inference(self, report: PoolReport) -> None:
         finished = set(self.adapter.done([m.ping for m in self.inference]))
@@ -208,6 +220,7 @@ class Pools:
                 with contextlib.suppress(ActorGone):
                     pid, node = self.adapter.get(member.ping, timeout=0)
                     member.pid, member.node, member.ready = int(pid), str(node), True
+                    self._hung_decoders = 0
                     log.info("decode actor %s ready (pid %s, node %s)", member.name, pid, node)
                 member.ping = None
         finished = set(self.adapter.done([m.run for m in self.decoders]))

@@ -445,15 +445,18 @@ class QueueMachine(RuleBasedStateMachine):
         for w in forget:
             del self.beats[w]
 
-    def _model_reap(self, judge: bool, tally: Tally) -> None:
+    def _model_reap(self, judge: bool, grace: bool, stale: bool, tally: Tally) -> None:
         """Step 3: a worker whose several leases all ran out failed whole (a suspect each);
-        otherwise the lapse is the video's (charged). Unjudged: suspects all."""
+        otherwise the lapse is the video's (charged), but in a grace, of a worker silent
+        STALE_MS (or forgotten), a suspect's. Unjudged: suspects all."""
         now = self.clock.now_ms
-        for held in list(self.held.values()):
+        for w, held in list(self.held.items()):
             expired = sorted(i for i in held if self.model[i].deadline <= now)
             shared = len(held) > 1 and len(expired) == len(held)
+            beat = self.beats.get(w)
+            silent = grace and stale and (beat is None or 0 < beat <= now - STALE_MS)
             for i in expired:
-                self._lapse_leased(i, judge and not shared, tally)
+                self._lapse_leased(i, judge and not shared and not silent, tally)
 
     def _model_sweep(self, stale: bool, gap: bool, judge: bool) -> tuple[SweepResult, set[str]]:
         """sweep.lua's effect on the model (step 0, times ahead, never applies: this clock
@@ -462,7 +465,7 @@ class QueueMachine(RuleBasedStateMachine):
         grace = self._model_gap(stale, tally) if gap else self._in_grace()
         if stale:
             self._model_orphans(grace, tally)
-        self._model_reap(judge, tally)
+        self._model_reap(judge, grace, stale, tally)
         now = self.clock.now_ms
         promoted = sum(m.state == "delayed" and m.ready_at <= now for m in self.model.values())
         self._promote()
@@ -495,6 +498,13 @@ class QueueMachine(RuleBasedStateMachine):
         lone_suspects = {
             i for held in silent for i in held if len(held) == 1 and self.model[i].solo
         }
+        silent_in_grace = [  # not judged in a grace: their silence may be the gap's
+            set(held)
+            for w, held in self.held.items()
+            if stale
+            and not judges_silence
+            and (w not in self.beats or 0 < self.beats[w] <= now - STALE_MS)
+        ]
         expected, charged = self._model_sweep(stale, gap, judge)
         if how == "reap":
             r = self.q.reap()
@@ -523,6 +533,8 @@ class QueueMachine(RuleBasedStateMachine):
             assert counted <= reported_dead, (counted, reported_dead)
         for held in silent:  # silent, nobody says why: only a video it held alone, a suspect
             assert not (counted & held) - lone_suspects, (counted, held, lone_suspects)
+        for held in silent_in_grace:  # nor in a grace, when step 2 does not judge it
+            assert not counted & held, (counted, held)
 
     @rule(item_id=st.sampled_from(IDS))
     def cancel(self, item_id: str) -> None:

@@ -15,6 +15,7 @@ from redis import Redis
 from framefleet.coordinator.pools import Pools, wanted
 from framefleet.queue import Queue
 from framefleet.settings import CoordinatorSettings, PipelineSettings, QueueSettings, Settings
+from framefleet.workers.actors import FleetError
 from framefleet.workers.ray_adapter import ActorGone
 
 
@@ -316,8 +317,12 @@ START_TIMEOUT_S = 45.0  # not the default (600 s): the setting is what counts
 
 
 def _with_start_timeout() -> Settings:
+    """Pools of at most two of each kind (fewer than FAILED_STARTS), waiting START_TIMEOUT_S
+    for an actor to start."""
     return replace(
-        SETTINGS, coordinator=replace(SETTINGS.coordinator, start_timeout_s=START_TIMEOUT_S)
+        SETTINGS,
+        pipeline=replace(SETTINGS.pipeline, inference_actors=2, decode_actors=2),
+        coordinator=replace(SETTINGS.coordinator, start_timeout_s=START_TIMEOUT_S),
     )
 
 
@@ -333,7 +338,7 @@ def test_an_inference_actor_not_ready_within_the_start_timeout_is_replaced(
     pools = make_pools(queue, ray, clock, _with_start_timeout())
     pools.tick()
     hung = ray.live("InferenceActor")
-    assert len(hung) == 4
+    assert len(hung) == 2
     clock.now += START_TIMEOUT_S  # not over the timeout yet: still waited for
     report = pools.tick()
     assert ray.live("InferenceActor") == hung and report.ready_inference == 0
@@ -342,18 +347,18 @@ def test_an_inference_actor_not_ready_within_the_start_timeout_is_replaced(
     clock.now += 1
     report = pools.tick()
     assert not any(a.alive for a in hung)  # killed: their GPU shares are free again
-    assert report.replaced == 4
-    assert sum(f"not ready after {START_TIMEOUT_S:g} s" in e for e in report.events) == 4
+    assert report.replaced == 2
+    assert sum(f"not ready after {START_TIMEOUT_S:g} s" in e for e in report.events) == 2
     fresh = ray.live("InferenceActor")
-    assert len(fresh) == 4 and not set(fresh) & set(hung)
+    assert len(fresh) == 2 and not set(fresh) & set(hung)
     report = pools.tick()
-    assert report.ready_inference == 4 and len(ray.live("DecodeActor")) == 4
+    assert report.ready_inference == 2 and len(ray.live("DecodeActor")) == 2
 
 
 def test_a_decode_actor_not_ready_within_the_start_timeout_is_replaced(queue: Queue) -> None:
     """Decode actors that never report ready are waited for start_timeout_s after their
-    creation, then killed; they leave the pool and the replacements, which start, take
-    their place."""
+    creation, then killed, once each; they leave the pool and the replacements, which
+    start, take their place."""
     queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(100)])
     ray, clock = ScriptedRay(cpus=100, gpus=1), Clock()
     pools = make_pools(queue, ray, clock, _with_start_timeout())
@@ -361,16 +366,37 @@ def test_a_decode_actor_not_ready_within_the_start_timeout_is_replaced(queue: Qu
     ray.hang.add("DecodeActor")
     pools.tick()
     hung = ray.live("DecodeActor")
-    assert len(hung) == 4 and not any(m.ready for m in pools.decoders)
+    assert len(hung) == 2 and not any(m.ready for m in pools.decoders)
     clock.now += START_TIMEOUT_S
     report = pools.tick()
     assert ray.live("DecodeActor") == hung and report.replaced == 0
     ray.hang.clear()
     clock.now += 1
     report = pools.tick()
-    assert not any(a.alive for a in hung) and report.replaced == 4
-    assert sum(f"not ready after {START_TIMEOUT_S:g} s" in e for e in report.events) == 4
+    assert not any(a.alive for a in hung) and report.replaced == 2
+    assert sum(f"not ready after {START_TIMEOUT_S:g} s" in e for e in report.events) == 2
     fresh = ray.live("DecodeActor")
-    assert len(fresh) == 4 and not set(fresh) & set(hung)
+    assert len(fresh) == 2 and not set(fresh) & set(hung)
     pools.tick()
-    assert all(m.ready for m in pools.decoders) and len(pools.decoders) == 4
+    assert all(m.ready for m in pools.decoders) and len(pools.decoders) == 2
+
+
+@pytest.mark.parametrize("kind", ["InferenceActor", "DecodeActor"])
+def test_actors_that_never_start_stop_the_fleet_with_the_reason(queue: Queue, kind: str) -> None:
+    """Actors of a kind that keep hanging at start (a CUDA init that never returns, say)
+    are not replaced for ever: the FAILED_STARTS-th in a row not ready within
+    start_timeout_s is a FleetError that says so (the fleet cannot run as configured)."""
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(100)])
+    ray, clock = ScriptedRay(cpus=100, gpus=1), Clock()
+    pools = make_pools(queue, ray, clock, _with_start_timeout())
+    if kind == "DecodeActor":
+        pools.tick()  # the inference actors start, then the decode actors come
+    ray.hang.add(kind)
+    pools.tick()
+    assert len(ray.live(kind)) == 2
+    clock.now += START_TIMEOUT_S + 1
+    pools.tick()  # two killed (fewer than FAILED_STARTS): replaced
+    assert len(ray.live(kind)) == 2
+    clock.now += START_TIMEOUT_S + 1
+    with pytest.raises(FleetError, match=f"fail to start: not ready after {START_TIMEOUT_S:g} s"):
+        pools.tick()

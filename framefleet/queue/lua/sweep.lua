@@ -26,7 +26,8 @@
 -- 3. Reap: leases past their deadline end, with a blame (lapse() in _common.lua): when all
 --    the leases of a worker that held several ran out together, the worker failed and the
 --    blame is shared ('suspect' each: no delivery, retried alone); otherwise (it held only
---    this one, or it renewed its others) the evidence points at the item ('charge'). Not
+--    this one, or it renewed its others) the evidence points at the item ('charge'), but
+--    in a grace, when its worker is silent (step 2 did not judge it), a suspect's. Not
 --    judging (a fleet whose GCS is lost: its workers' leases run out apart, in different
 --    sweeps, and would each be charged alone), every lapse is a suspect's.
 -- 4. Due retries move from delayed to queued.
@@ -171,6 +172,14 @@ local function reap_one(id, blame)
     requeued = requeued + 1
   end
 end
+-- In a grace, a worker whose heartbeat is stale (or forgotten) was not judged in step 2:
+-- its silence may be the gap's. A lease of it that runs out meanwhile says nothing about
+-- the video either: a suspect's, as step 2 would have made it.
+local function silent_in_grace(owner)
+  if not grace or stale_ms < 0 then return false end
+  local beat = redis.call('ZSCORE', K_WORKERS, owner)
+  return not beat or (tonumber(beat) > 0 and tonumber(beat) <= now - stale_ms)
+end
 for _, id in ipairs(expired) do
   local owner = redis.call('HGET', ikey(id), 'owner')
   if owner and not done_owner[owner] then
@@ -179,12 +188,13 @@ for _, id in ipairs(expired) do
     if whole and #ids > 1 then
       for _, other in ipairs(ids) do reap_one(other, 'suspect') end
     else
-      reap_one(id, 'charge')
+      reap_one(id, silent_in_grace(owner) and 'suspect' or 'charge')
     end
   elseif not owner then
     reap_one(id, 'charge')
   elseif redis.call('ZSCORE', K_LEASED, id) then
-    reap_one(id, 'charge') -- its worker renews others: this one is stuck
+    -- its worker renews others: this one is stuck (unless the worker is silent in a grace)
+    reap_one(id, silent_in_grace(owner) and 'suspect' or 'charge')
   end
 end
 stat('reaped_total', handled)
