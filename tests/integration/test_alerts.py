@@ -13,7 +13,8 @@ import yaml
 
 from framefleet.queue import EmbeddedServer, Queue, connect
 from framefleet.settings import QueueSettings
-from tests.support.prometheus import DEPLOY, ApiProcess, Prometheus, promtool, wait_for
+from tests.support.deadline import wait_for
+from tests.support.prometheus import DEPLOY, ApiProcess, Prometheus, promtool
 
 pytestmark = pytest.mark.needs("prometheus")
 

@@ -23,7 +23,8 @@ from framefleet.queue import Queue, Supervision, Verdict
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import ApiSettings, QueueSettings, Settings, SourceSettings
 from tests.conftest import ManualClock
-from tests.support.servers import free_port
+from tests.support.deadline import wait_for
+from tests.support.servers import free_port, unread_bytes
 
 WRITE, READ = "write-token-0123456789", "read-token-0123456789"
 
@@ -687,9 +688,11 @@ def test_an_s3_event_waiting_on_redis_does_not_stall_the_api(tmp_path: Path) -> 
 
             os.kill(pid, signal.SIGSTOP)
             try:
+                unread = unread_bytes(server.port)
                 posting = threading.Thread(target=post)
                 posting.start()
-                time.sleep(0.3)  # the POST reached the route and waits on Redis
+                # the POST reached the route, and its command waits in the server's socket
+                wait_for(lambda: unread_bytes(server.port) > unread, 10, "the POST's command", 0.02)
                 with httpx.Client(base_url=api.url, timeout=10) as probe:
                     started = time.monotonic()
                     assert probe.get("/healthz").status_code == 200

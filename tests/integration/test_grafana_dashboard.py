@@ -29,8 +29,9 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.deadline import wait_for
 from tests.support.models import write_tiny_detr
-from tests.support.prometheus import ROOT, Prometheus, wait_for
+from tests.support.prometheus import ROOT, Prometheus
 from tests.support.servers import free_port
 from tests.support.videos import write_video
 

@@ -19,7 +19,8 @@ from framefleet.queue import ChunkWork, EmbeddedServer, Queue, Supervision, Verd
 from framefleet.settings import ApiSettings, QueueSettings, Settings
 from tests.conftest import ManualClock, monitored
 from tests.integration.test_api import READ, WRITE, Served
-from tests.support.prometheus import DEPLOY, Prometheus, promtool, wait_for
+from tests.support.deadline import wait_for
+from tests.support.prometheus import DEPLOY, Prometheus, promtool
 
 T0 = 1_800_000_000_000  # the manual clock's start, ms
 # the alert's condition as deploy/prometheus/rules deploys it, and as README "Metrics" writes it

@@ -10,14 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support.deadline import left
+from tests.support.deadline import left, wait_for
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,17 +40,6 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
         timeout=left(120),
         check=False,
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Until predicate() holds; AssertionError saying what it waited for after `timeout`
-    seconds, or sooner if the test's own deadline comes first."""
-    end = time.monotonic() + left(timeout)
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Prometheus:

@@ -25,6 +25,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def unread_bytes(port: int) -> int:
+    """Bytes sent to the server listening on `port` on this machine that it has not read yet:
+    the receive queues of its established connections (/proc/net/tcp). A stopped server's
+    pending requests show here."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, state, queues = fields[1], fields[3], fields[4]
+                if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                    total += int(queues.split(":")[1], 16)
+    return total
+
+
 @contextmanager
 def moto_s3_server(env: dict[str, str] | None = None) -> Iterator[str]:
     """moto in server mode: a real S3 HTTP endpoint on loopback. Yields its URL. `env` is
