@@ -31,6 +31,7 @@ from framefleet.cli.queue import (
     cmd_enqueue,
     cmd_inbox,
     cmd_items,
+    cmd_outcomes,
     cmd_pause,
     cmd_reap,
     cmd_redis,
@@ -124,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="run done/dead items again")
     _json_flag(sp)
     _json_flag(add("stats", cmd_stats, "counts by state, age of the oldest queued item, counters"))
+    sp = add("outcomes", cmd_outcomes, "each video's end (done, dead): one JSON line each")
+    sp.add_argument(
+        "--after",
+        default="0",
+        help="the entry to read after (default 0: the oldest kept; $: only those to come)",
+    )
+    sp.add_argument("--follow", action="store_true", help="wait for more until Ctrl-C")
+    sp.add_argument("--count", type=_positive, default=100, help="read at a time (default 100)")
     sp = add("items", cmd_items, "one state's items, newest first, a page at a time")
     sp.add_argument(
         "--state", choices=[x.value for x in State], default="queued", help="(default queued)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sys
 import time
@@ -125,6 +126,26 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         print_json(q.stats().as_dict())
     return 0
+
+
+def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
+    """Each item's end from the outcomes stream, one JSON object a line, oldest first; with
+    --follow, on as they come until Ctrl-C (what an enqueuer would read with XREAD)."""
+    after = args.after
+    with open_queue(settings) as q:
+        if after == "$":  # only those to come: from the newest one now
+            after = q.last_outcome()
+        while True:
+            try:
+                told = q.outcomes(after, count=args.count, block_s=5.0 if args.follow else None)
+            except KeyboardInterrupt:
+                return 0
+            for outcome in told:
+                print(json.dumps(outcome.to_json(), separators=(",", ":")), flush=True)
+            if told:
+                after = told[-1].entry
+            elif not args.follow:
+                return 0
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:

@@ -35,6 +35,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:leader      | str  | the id of the coordinator holding the leader lease (TTL) |
 | ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
 | ff:{videos}:audit       | list | operators' actions, JSON, newest first (capped)         |
+| ff:{videos}:outcomes    | strm | each end: done (result), dead (class, reason); ~100k |
 
 Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
 `created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,
@@ -168,6 +169,11 @@ class Keys:
     @property
     def audit(self) -> str:
         return f"{self.base}audit"
+
+    @property
+    def outcomes(self) -> str:
+        """The outcomes stream: what enqueuers read (XREAD, XREADGROUP) to hear of each end."""
+        return f"{self.base}outcomes"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this queue."""

@@ -355,6 +355,56 @@ class Item:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """An item's end, as the outcomes stream tells it: done (with its result) or dead (with
+    its class and reason). `entry` is the stream entry's id, where a reader goes on from."""
+
+    entry: str
+    id: str
+    state: State
+    uri: str
+    at_ms: int
+    rev: int = 0
+    attempts: int = 0
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    result: str | None = None
+    dead_class: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_entry(cls, entry: str, f: Mapping[str, str]) -> Outcome:
+        return cls(
+            entry=entry,
+            id=f["id"],
+            state=State(f["state"]),
+            uri=f.get("uri", ""),
+            at_ms=int(f["at"]),
+            rev=int(f.get("rev") or 0),
+            attempts=int(f.get("attempts") or 0),
+            meta=json.loads(f["meta"]) if f.get("meta") else {},
+            result=f.get("result") or None,
+            dead_class=f.get("class") or None,
+            reason=f.get("reason") or None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """As the CLI and the API print it."""
+        return {
+            "entry": self.entry,
+            "id": self.id,
+            "state": self.state.value,
+            "uri": self.uri,
+            "at_ms": self.at_ms,
+            "rev": self.rev,
+            "attempts": self.attempts,
+            "meta": dict(self.meta),
+            "result": self.result,
+            "class": self.dead_class,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Stats:
     """A consistent snapshot of one queue."""
 

@@ -19,7 +19,7 @@ from framefleet.settings import QueueSettings
 
 from .keys import STATES, Keys
 from .metrics import HISTOGRAMS, STAGES
-from .model import Histogram, Item, Memory, Metrics, QueueFull, Stats, check_id
+from .model import Histogram, Item, Memory, Metrics, Outcome, QueueFull, Stats, check_id
 from .scripts import Scripts
 
 Clock = Callable[[], int]
@@ -298,6 +298,26 @@ class QueueReader:
                 break
             self._run("index_dead")
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    # -- the outcomes stream -------------------------------------------------------------------
+
+    def outcomes(
+        self, after: str = "0", count: int = 100, block_s: float | None = None
+    ) -> list[Outcome]:
+        """Up to `count` outcomes after stream entry `after`, oldest first: "0" from the oldest
+        kept, "$" only those to come. With block_s, waits up to that long while there are
+        none (XREAD BLOCK). Give the last one's `entry` as `after` to read on."""
+        block = None if block_s is None else max(1, int(block_s * 1000))
+        reply: Any = self.client.xread({self.keys.outcomes: after}, count=count, block=block)
+        if not reply:
+            return []
+        [(_, entries)] = reply
+        return [Outcome.from_entry(entry, fields) for entry, fields in entries]
+
+    def last_outcome(self) -> str:
+        """The newest outcome's entry id ("0-0" when there is none yet): where to follow from."""
+        newest: Any = self.client.xrevrange(self.keys.outcomes, count=1)
+        return str(newest[0][0]) if newest else "0-0"
 
     # -- the operators' audit log --------------------------------------------------------------
 

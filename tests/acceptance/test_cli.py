@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
 
 from framefleet.queue.server import running_url
-from tests.support.deadline import left
+from tests.support.deadline import left, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -1038,6 +1039,49 @@ def test_each_command_answers_json_with_stable_keys(running_server: Path) -> Non
     assert ff_json(d, "dead", "purge", "--all", "--json") == {"purged": ["j"]}
     assert ff(d, "dead", "purge", "--json", check=False).returncode == 2  # neither ids nor --all
     assert ff_json(d, "dead", "list", "--json") == []
+
+
+def test_outcomes_prints_each_end_and_follows_new_ones_until_ctrl_c(running_server: Path) -> None:
+    """`framefleet outcomes`: the ends kept so far, one JSON object a line; with --follow
+    --after '$', only those to come, printed as they come, until Ctrl-C (exit 0)."""
+    d = running_server
+    ff(d, "enqueue", "s3://b/a.mp4", "--id", "a")
+    ff(d, "enqueue", "s3://b/b.mp4", "--id", "b")
+    ff(d, "cancel", "a", "--why", "not wanted")
+    [line] = ff(d, "outcomes").stdout.splitlines()
+    told = json.loads(line)
+    assert (told["id"], told["state"], told["class"]) == ("a", "dead", "cancelled")
+    assert told["reason"] == "cancelled: not wanted" and told["uri"] == "s3://b/a.mp4"
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "framefleet", "outcomes", "--follow", "--after", "$"],
+        env=_env(d),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        out = follower.stdout
+        assert out is not None
+        reader = threading.Thread(target=lambda: lines.append(out.readline()))
+        reader.start()
+        url = running_url(d)
+        assert url is not None
+        with Redis.from_url(url, decode_responses=True) as admin:
+
+            def waiting() -> bool:  # the follower's XREAD BLOCK: it has read where to start
+                clients = admin.client_list()
+                return any(c["cmd"] == "xread" and "b" in c["flags"] for c in clients)
+
+            wait_for(waiting, 60, "the follower blocked in XREAD", 0.05)
+        ff(d, "cancel", "b")
+        reader.join(left(60))
+        assert lines and json.loads(lines[0])["id"] == "b", (lines, follower.poll())
+    finally:
+        follower.send_signal(signal.SIGINT)
+        code = follower.wait(20)
+        errors = follower.communicate()[1]  # and its pipes closed
+    assert code == 0, errors
 
 
 def test_watch_once_shows_the_counts_throughput_workers_leader_and_a_bar_per_leased_item(

@@ -28,9 +28,11 @@ local K_BUSY = P .. 'busy'       -- 'decode' | 'inference:<device>' -> busy ms (
 local K_REVS = P .. 'revs'       -- id -> its newest revision, once forced (outlives the item)
 local K_HEALTH = P .. 'health'   -- the leader's last health report (JSON, with a TTL)
 local K_AUDIT = P .. 'audit'     -- operators' actions, newest first (capped)
+local K_OUTCOMES = P .. 'outcomes' -- stream: each item's end (done, dead), for its enqueuer
 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most
+local OUTCOMES_CAP = 100000     -- outcome entries kept at about (framefleet/queue/keys.py)
 
 local function ikey(id) return P .. 'item:' .. id end
 local function ckey(id) return P .. 'chunks:' .. id end
@@ -98,6 +100,19 @@ local function to_queued(id, key)
   redis.call('HSET', key, 'state', 'queued')
 end
 
+-- The end of an item, told to whoever enqueued it: an entry on the outcomes stream (read
+-- with XREAD, or a consumer group for at-least-once), with the item's id, uri, revision,
+-- attempts and meta, and `fields` (state done and its result, or dead, class and reason).
+-- Capped at about OUTCOMES_CAP entries (MAXLEN ~: whole stream nodes are trimmed).
+local function outcome(id, key, now, fields)
+  local f = redis.call('HMGET', key, 'uri', 'rev', 'attempts', 'meta')
+  local args = {'XADD', K_OUTCOMES, 'MAXLEN', '~', OUTCOMES_CAP, '*', 'id', id,
+                'uri', f[1] or '', 'at', now, 'rev', f[2] or '0', 'attempts', f[3] or '0'}
+  if f[4] then args[#args + 1] = 'meta'; args[#args + 1] = f[4] end
+  for _, v in ipairs(fields) do args[#args + 1] = v end
+  redis.call(unpack(args))
+end
+
 -- Dead with its reason and a short class (see framefleet/workers/errors.py), also indexed
 -- by class (deadc:<cls>, dead_classes), so that groups and bulk actions by class cost
 -- O(classes) and O(that class), not O(dead letters).
@@ -109,6 +124,7 @@ local function to_dead(id, key, now, reason, cls)
   redis.call('HSET', key, 'state', 'dead', 'dead_reason', reason, 'dead_class', cls,
              'dead_at', now)
   stat('dead_total')
+  outcome(id, key, now, {'state', 'dead', 'class', cls, 'reason', reason})
 end
 
 -- A dead letter leaves the dead (retried, purged, re-enqueued with force, trimmed): out of

@@ -4,8 +4,9 @@
 -- Per accepted item: state done, result, done_at, lease_until cleared (owner stays: who
 -- finished it); out of leased (and its worker's index), into done; its chunk set dropped;
 -- stats.acked_total, meta.last_done_at; its times in hist:processing (claim to ack),
--- hist:latency (enqueue to ack) and hist:stage:<stage>. A stale token is refused and counted (stale_ack_total); the same lease
--- acking twice answers 'duplicate' (a retry after a lost reply).
+-- hist:latency (enqueue to ack) and hist:stage:<stage>; an entry on the outcomes stream. A
+-- stale token is refused and counted (stale_ack_total); the same lease acking twice answers
+-- 'duplicate' (a retry after a lost reply), with no second outcome.
 -- Returns one verdict per item: 'ok' | 'duplicate' | 'stale' | 'lost' | 'missing'.
 -- Runs over maxmemory too (run_when_full in _common.lua): it frees memory (the chunk set) and
 -- finishes work already out.
@@ -31,6 +32,7 @@ for a = 2, #ARGV, 5 do
     -- owner stays: the worker that finished it
     redis.call('HSET', key, 'state', 'done', 'result', ARGV[a + 3], 'done_at', now,
                'lease_until', '')
+    outcome(id, key, now, {'state', 'done', 'result', ARGV[a + 3]})
     if f[4] then
       local ids = by_owner[f[4]]
       if not ids then ids = {}; by_owner[f[4]] = ids end
