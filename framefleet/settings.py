@@ -353,6 +353,46 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """Each outcome POSTed, signed, to a URL (framefleet/ops/webhooks.py): the queue's, or
+    an item's own (its `meta.webhook`); at least once, by every coordinator."""
+
+    url: str | None = None  # FRAMEFLEET_WEBHOOK_URL: where every outcome of the queue goes
+    # FRAMEFLEET_WEBHOOK_SECRET / _FILE: the HMAC-SHA256 key; without one nothing is sent
+    secret: str | None = None
+    secret_file: Path | None = None
+    # FRAMEFLEET_WEBHOOK_ALLOW_PRIVATE: the private networks webhooks may reach (as
+    # FRAMEFLEET_ALLOW_PRIVATE_URLS: `1` for all, or comma-separated networks)
+    allow_private: str = ""
+    timeout_s: float = 10.0  # FRAMEFLEET_WEBHOOK_TIMEOUT_S: one POST, connection included
+    attempts: int = 10  # FRAMEFLEET_WEBHOOK_ATTEMPTS: then given up (counted and logged)
+    retry_s: float = 5.0  # FRAMEFLEET_WEBHOOK_RETRY_S: the first retry's wait, doubling to 1 h
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise SettingsError(f"FRAMEFLEET_WEBHOOK_URL must be http(s), not {self.url!r}")
+        if self.secret is not None and self.secret_file is not None:
+            raise SettingsError(
+                "give FRAMEFLEET_WEBHOOK_SECRET or FRAMEFLEET_WEBHOOK_SECRET_FILE, not both"
+            )
+        if self.timeout_s <= 0 or self.retry_s < 0 or self.attempts < 1:
+            raise SettingsError(
+                "FRAMEFLEET_WEBHOOK_TIMEOUT_S must be > 0, _RETRY_S >= 0, _ATTEMPTS >= 1"
+            )
+
+    def key(self) -> bytes | None:
+        """The signing key, read from secret_file when that is how it is given."""
+        if self.secret_file is None:
+            return self.secret.encode() if self.secret else None
+        try:
+            return self.secret_file.read_bytes().strip() or None
+        except OSError as exc:
+            raise SettingsError(
+                f"FRAMEFLEET_WEBHOOK_SECRET_FILE {self.secret_file}: {exc}"
+            ) from None
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     """What every process logs (framefleet/logs.py): the CLI, the coordinator, its Ray
     driver and each actor, on its stderr."""
@@ -388,6 +428,7 @@ class Settings:
     coordinator: CoordinatorSettings = field(default_factory=CoordinatorSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -401,7 +442,8 @@ class Settings:
         coordinator = _apply(CoordinatorSettings(), env, _COORDINATOR_ENV)
         api = _apply(ApiSettings(), env, _API_ENV)
         log = _apply(LogSettings(), env, _LOG_ENV)
-        return cls(redis, queue, source, model, pipeline, coordinator, api, log)
+        webhook = _apply(WebhookSettings(), env, _WEBHOOK_ENV)
+        return cls(redis, queue, source, model, pipeline, coordinator, api, log, webhook)
 
     def to_env(self) -> dict[str, str]:
         """The FRAMEFLEET_* variables that from_env reads back as these settings (for a
@@ -416,6 +458,7 @@ class Settings:
             (self.coordinator, _COORDINATOR_ENV),
             (self.api, _API_ENV),
             (self.log, _LOG_ENV),
+            (self.webhook, _WEBHOOK_ENV),
         ):
             for attr, var in names.items():
                 value = getattr(section, attr)
@@ -535,6 +578,16 @@ _LOG_ENV = {
     "format": "FRAMEFLEET_LOG_FORMAT",
 }
 
+_WEBHOOK_ENV = {
+    "url": "FRAMEFLEET_WEBHOOK_URL",
+    "secret": "FRAMEFLEET_WEBHOOK_SECRET",
+    "secret_file": "FRAMEFLEET_WEBHOOK_SECRET_FILE",
+    "allow_private": "FRAMEFLEET_WEBHOOK_ALLOW_PRIVATE",
+    "timeout_s": "FRAMEFLEET_WEBHOOK_TIMEOUT_S",
+    "attempts": "FRAMEFLEET_WEBHOOK_ATTEMPTS",
+    "retry_s": "FRAMEFLEET_WEBHOOK_RETRY_S",
+}
+
 _S = TypeVar(
     "_S",
     RedisSettings,
@@ -545,6 +598,7 @@ _S = TypeVar(
     CoordinatorSettings,
     ApiSettings,
     LogSettings,
+    WebhookSettings,
 )
 
 

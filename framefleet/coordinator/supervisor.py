@@ -35,9 +35,10 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
+from framefleet.ops.webhooks import Notifier
 from framefleet.queue import Queue, Supervision, connect
 from framefleet.queue.supervision import new_generation
-from framefleet.settings import Settings
+from framefleet.settings import Settings, SettingsError
 
 from . import driver
 
@@ -69,6 +70,21 @@ class Coordinator:
         self._leading = False
         self._ended: list[tuple[str, str]] = []  # fleets to end once Redis answers
         self._others_unread = False  # leading, and the other leaders' fleets not read yet
+        self.notifier = self._notifier()
+
+    def _notifier(self) -> Notifier | None:
+        """The webhook sender every coordinator runs (leader or standby: the consumer group
+        gives each outcome to one), when a signing key is set; a URL without one is refused."""
+        hooks = self.settings.webhook
+        key = hooks.key()
+        if key is None:
+            if hooks.url is not None:
+                raise SettingsError(
+                    "FRAMEFLEET_WEBHOOK_URL needs FRAMEFLEET_WEBHOOK_SECRET (or _FILE):"
+                    " webhooks are signed"
+                )
+            return None
+        return Notifier(Queue(connect(self.redis_url), self.settings.queue), hooks, key, self.name)
 
     def run(self, until: Callable[[], bool] | None = None) -> int:
         """Until stopped (or `until()` is true, checked every tick). Returns 0, or 2 when the
@@ -79,6 +95,11 @@ class Coordinator:
         c = self.settings.coordinator
         watchdog = threading.Thread(target=self._watchdog, daemon=True, name="lease-watchdog")
         watchdog.start()
+        if self.notifier is not None:
+            hooks = threading.Thread(
+                target=self.notifier.run, args=(self.stopping,), daemon=True, name="webhooks"
+            )
+            hooks.start()
         try:
             while not self.stopping.is_set():
                 started = time.monotonic()

@@ -46,6 +46,9 @@ COUNTERS = {
     "inbox_rejected_total": ("inbox_rejected", "Inbox entries refused as malformed."),
     "frames_total": ("frames_processed", "Frames through the model (each chunk counted once)."),
     "claimed_total": ("leases_granted", "Leases handed out."),
+    "webhooks_sent_total": ("webhooks_sent", "Outcomes a webhook receiver answered with a 2xx."),
+    "webhook_failures_total": ("webhook_failures", "Webhook attempts that failed."),
+    "webhooks_given_up_total": ("webhooks_given_up", "Outcomes whose webhook was given up."),
 }
 HISTOGRAMS = {
     "queue_wait": ("queue_wait_seconds", "Time from enqueue to an item's first claim."),

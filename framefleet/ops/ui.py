@@ -235,6 +235,15 @@ def overview(request: Request) -> Response:
     memory = queue.memory() if redis.get("full") else None
     if memory is not None and memory.full:
         warnings.append(f"Redis is {api.full_text(memory)}.")
+    hour_ago = queue.now_ms() - 3_600_000
+    failing = [f for f in queue.webhook_failures(100) if f.get("at", 0) >= hour_ago]
+    if failing:
+        last, given_up = failing[0], sum(bool(f.get("gave_up")) for f in failing)
+        warnings.append(
+            f"Webhooks are failing: {len(failing)} failed attempts in the last hour"
+            f" ({given_up} given up); the latest, for {last.get('id')} to {last.get('url')}:"
+            f" {last.get('error')}"
+        )
     report = health["report"]
     if report and report.get("gcs") is False:
         warnings.append(

@@ -36,6 +36,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 | ff:{videos}:health      | str  | the leader's last health report, JSON (TTL)             |
 | ff:{videos}:audit       | list | operators' actions, JSON, newest first (capped)         |
 | ff:{videos}:outcomes    | strm | each end: done (result), dead (class, reason); ~100k |
+| ff:{videos}:webhook_failures | list | failed webhook attempts, JSON, newest first (100) |
 
 Item hash fields: `uri`, `pri` (0-9), `seq`, `state` (queued|delayed|leased|done|dead),
 `created` (ms), optional `etag`, `size`, `meta` (JSON); once used: `attempts`,
@@ -174,6 +175,10 @@ class Keys:
     def outcomes(self) -> str:
         """The outcomes stream: what enqueuers read (XREAD, XREADGROUP) to hear of each end."""
         return f"{self.base}outcomes"
+
+    @property
+    def webhook_failures(self) -> str:
+        return f"{self.base}webhook_failures"
 
     def pattern(self) -> str:
         """A SCAN pattern matching every key of this queue."""

@@ -404,6 +404,15 @@ class Outcome:
         }
 
 
+class Pending(NamedTuple):
+    """An outcome read by a consumer of a group and not acknowledged yet."""
+
+    entry: str
+    consumer: str
+    idle_ms: int  # since it was last given to a consumer
+    deliveries: int  # how many times it was given
+
+
 @dataclass(frozen=True, slots=True)
 class Stats:
     """A consistent snapshot of one queue."""

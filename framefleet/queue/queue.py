@@ -332,6 +332,19 @@ class Queue(QueueReader):
         line = json.dumps({**entry, "at": self.now_ms() / 1000}, sort_keys=True, default=str)
         self._run("audit", AUDIT_CAP, line)  # at the limit too: an operator's purge, say
 
+    # -- webhooks (framefleet/ops/webhooks.py) -------------------------------------------
+
+    def webhook_result(
+        self, group: str, entry: str, result: str, failure: Mapping[str, Any] | None = None
+    ) -> None:
+        """One webhook attempt for outcome `entry` ended: 'sent', 'skip' (no URL), 'retry'
+        (it stays pending in `group`) or 'gave_up'; counted, acknowledged in `group` unless
+        retried, and a failure added to the failures list (lua/webhook.lua)."""
+        if result not in ("sent", "skip", "retry", "gave_up"):
+            raise ValueError(f"unknown webhook result {result!r}")
+        line = json.dumps(dict(failure), sort_keys=True, default=str) if failure else ""
+        self._run("webhook", group, entry, result, line)
+
 
 _NO_CHUNKS: frozenset[int] = frozenset()
 

@@ -19,7 +19,17 @@ from framefleet.settings import QueueSettings
 
 from .keys import STATES, Keys
 from .metrics import HISTOGRAMS, STAGES
-from .model import Histogram, Item, Memory, Metrics, Outcome, QueueFull, Stats, check_id
+from .model import (
+    Histogram,
+    Item,
+    Memory,
+    Metrics,
+    Outcome,
+    Pending,
+    QueueFull,
+    Stats,
+    check_id,
+)
 from .scripts import Scripts
 
 Clock = Callable[[], int]
@@ -318,6 +328,71 @@ class QueueReader:
         """The newest outcome's entry id ("0-0" when there is none yet): where to follow from."""
         newest: Any = self.client.xrevrange(self.keys.outcomes, count=1)
         return str(newest[0][0]) if newest else "0-0"
+
+    # Consumer groups on the outcomes stream: each end to one consumer of a group, at least
+    # once (an entry read and not acknowledged stays pending, to be claimed again).
+
+    def outcome_group(self, group: str) -> None:
+        """Make consumer group `group` if there is none; it hears of the ends to come."""
+        try:
+            self.client.xgroup_create(self.keys.outcomes, group, id="$", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_outcome_group(
+        self, group: str, consumer: str, count: int = 100, block_s: float | None = None
+    ) -> list[Outcome]:
+        """Ends no consumer of `group` has been given yet, now pending with `consumer`."""
+        block = None if block_s is None else max(1, int(block_s * 1000))
+        reply: Any = self.client.xreadgroup(
+            group, consumer, {self.keys.outcomes: ">"}, count=count, block=block
+        )
+        if not reply:
+            return []
+        [(_, entries)] = reply
+        return [Outcome.from_entry(entry, fields) for entry, fields in entries if fields]
+
+    def ack_outcomes(self, group: str, entries: Sequence[str]) -> int:
+        """Entries `group` is done with: no longer pending."""
+        return int(self.client.xack(self.keys.outcomes, group, *entries)) if entries else 0
+
+    def pending_outcomes(self, group: str, count: int = 100) -> list[Pending]:
+        """The oldest `count` entries of `group` read but not acknowledged."""
+        reply: Any = self.client.xpending_range(
+            self.keys.outcomes, group, min="-", max="+", count=count
+        )
+        return [
+            Pending(
+                str(p["message_id"]),
+                str(p["consumer"]),
+                int(p["time_since_delivered"]),
+                int(p["times_delivered"]),
+            )
+            for p in reply
+        ]
+
+    def claim_outcomes(
+        self, group: str, consumer: str, entries: Sequence[str], min_idle_s: float = 0.0
+    ) -> tuple[list[Outcome], list[str]]:
+        """Pending entries of `group`, idle at least min_idle_s, now `consumer`'s (their
+        delivery count goes up): their outcomes, and the entries the stream no longer holds
+        (trimmed: nothing to deliver)."""
+        if not entries:
+            return [], []
+        reply: Any = self.client.xclaim(
+            self.keys.outcomes, group, consumer, int(min_idle_s * 1000), list(entries)
+        )
+        found = [Outcome.from_entry(entry, fields) for entry, fields in reply if fields]
+        held = {o.entry for o in found}
+        gone = [e for e, fields in reply if not fields and e not in held]
+        return found, gone
+
+    def webhook_failures(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest failed webhook attempts, newest first ({id, url, error, attempt,
+        gave_up, at})."""
+        lines = self.client.lrange(self.keys.webhook_failures, 0, limit - 1)
+        return [json.loads(x) for x in lines]
 
     # -- the operators' audit log --------------------------------------------------------------
 

@@ -38,6 +38,7 @@ NAMES = (
     "leader_release",
     "health",
     "audit",
+    "webhook",
 )
 
 

@@ -135,13 +135,16 @@ def _session_left(sid: int) -> list[str]:
 
 def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
     """`framefleet up`: the embedded server, a local Ray and the coordinator in the
-    foreground; videos enqueued from another shell are processed; Ctrl-C (SIGINT) ends it
-    with exit 0, the embedded server and Ray stopped with it."""
+    foreground; videos enqueued from another shell are processed, and each outcome is
+    POSTed, signed, to the webhook receiver; Ctrl-C (SIGINT) ends it with exit 0, the
+    embedded server and Ray stopped with it."""
     import httpx
 
+    from framefleet.ops.webhooks import SIGNATURE, verify
     from tests.support.models import write_tiny_detr
     from tests.support.servers import free_port
     from tests.support.videos import write_video
+    from tests.support.webhooks import Receiver
 
     videos, out, data = tmp_path / "videos", tmp_path / "out", tmp_path / "redis"
     videos.mkdir()
@@ -149,6 +152,9 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
     model = write_tiny_detr(tmp_path / "detr")
     token_file, port = tmp_path / "api-token", free_port()
     token_file.write_text("s3cret-token-of-up\n")
+    hook_key = tmp_path / "webhook-key"
+    hook_key.write_text("webhook-signing-key-of-up\n")
+    receiver = Receiver().start()
     env = _env(
         data,
         FRAMEFLEET_RAY_TEMP_DIR=f"/tmp/ffup-{os.getpid()}",
@@ -158,6 +164,9 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         FRAMEFLEET_ALLOWED_ROOTS=str(videos),  # local files are read from here only
         FRAMEFLEET_API_PORT=str(port),
         FRAMEFLEET_API_TOKEN_FILE=str(token_file),
+        FRAMEFLEET_WEBHOOK_URL=receiver.url(),
+        FRAMEFLEET_WEBHOOK_SECRET_FILE=str(hook_key),
+        FRAMEFLEET_WEBHOOK_ALLOW_PRIVATE="127.0.0.1/32",  # the receiver is on loopback
     )
     api, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret-token-of-up"}
     with (tmp_path / "up.log").open("wb") as log:
@@ -209,6 +218,16 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         assert figures['framefleet_inference_busy_seconds_total{device="cpu"}'] > 0
         assert figures["framefleet_item_processing_seconds_count"] == 2
         assert figures["framefleet_coordinator_leader"] == 1
+        deadline = time.monotonic() + left(60)
+        while len(receiver.calls) < 2:  # both outcomes, each POSTed once, signed
+            assert time.monotonic() < deadline, (tmp_path / "up.log").read_text()[-3000:]
+            time.sleep(0.2)
+        told = {c.json()["id"]: c for c in receiver.calls}
+        assert by_http in told and len(told) == 2 and len(receiver.calls) == 2
+        for call in receiver.calls:
+            assert call.json()["state"] == "done"
+            signed = call.headers[SIGNATURE]
+            assert verify(b"webhook-signing-key-of-up", signed, call.body, time.time())
         assert figures["framefleet_queue_consumers"] >= 1
         workers = httpx.get(f"{api}/v1/workers", headers=auth).json()
         decoders = [w for w in workers if w["kind"] == "decoder"]
@@ -227,6 +246,7 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
             proc.wait(10)
             with contextlib.suppress(OSError, ValueError, KeyError):  # its server's own session
                 os.kill(int(json.loads((data / "server.json").read_text())["pid"]), signal.SIGKILL)
+        receiver.stop()
     assert len(list(out.glob("*/*/_manifest.json"))) == 2
     assert running_url(data) is None  # the server it started is stopped
     time.sleep(1)
@@ -1082,6 +1102,20 @@ def test_outcomes_prints_each_end_and_follows_new_ones_until_ctrl_c(running_serv
         code = follower.wait(20)
         errors = follower.communicate()[1]  # and its pipes closed
     assert code == 0, errors
+
+
+def test_a_webhook_url_without_a_signing_key_is_refused_at_start(tmp_path: Path) -> None:
+    """Webhooks are signed: a coordinator given FRAMEFLEET_WEBHOOK_URL and no secret stops at
+    once saying so (exit 2), and leaves no server running."""
+    got = ff(
+        tmp_path,
+        "coordinator",
+        env={"FRAMEFLEET_WEBHOOK_URL": "https://hooks.example/ff"},
+        check=False,
+    )
+    assert got.returncode == 2, got.stderr + got.stdout
+    assert "FRAMEFLEET_WEBHOOK_URL needs FRAMEFLEET_WEBHOOK_SECRET" in got.stderr
+    assert running_url(tmp_path) is None
 
 
 def test_watch_once_shows_the_counts_throughput_workers_leader_and_a_bar_per_leased_item(

@@ -68,6 +68,12 @@ def _workload(queue: Queue, clock: ManualClock) -> None:
     clock.advance(15_000)  # d's 30 s are up; c's renewed lease has 15 s left
     assert queue.reap().requeued == 1
     assert queue.ack(lapsed, "late") not in (Verdict.OK, Verdict.DUPLICATE)
+    # webhooks: one delivered, one failed once then given up (ops/webhooks.py records so)
+    queue.outcome_group("hooks")
+    queue.webhook_result("hooks", "1-1", "sent")
+    failure = {"id": "x", "url": "https://h.example/", "error": "HTTP 500", "attempt": 1}
+    queue.webhook_result("hooks", "1-2", "retry", {**failure, "gave_up": False})
+    queue.webhook_result("hooks", "1-2", "gave_up", {**failure, "attempt": 2, "gave_up": True})
 
 
 def _scrape(served: Served, token: str = READ) -> str:
@@ -115,6 +121,9 @@ EXPECTED: dict[str, float] = {
     "framefleet_leases_expired_total": 1,
     "framefleet_leases_granted_total": 5,
     "framefleet_inbox_rejected_total": 1,
+    "framefleet_webhooks_sent_total": 1,
+    "framefleet_webhook_failures_total": 2,
+    "framefleet_webhooks_given_up_total": 1,
     "framefleet_frames_processed_total": 48,
     'framefleet_items_failed_total{reason_class="not_a_video"}': 2,
     'framefleet_dead_letters{reason_class="not_a_video"}': 1,

@@ -25,6 +25,7 @@ import pytest
 from redis import Redis
 
 from framefleet.ops import session
+from framefleet.ops.webhooks import GROUP
 from framefleet.queue import NewItem, Queue, Supervision
 from framefleet.settings import Settings
 from framefleet.workers.model import DETECTION_SCHEMA
@@ -592,6 +593,28 @@ def test_the_overview_warns_of_videos_queued_with_no_decode_actor_to_take_them(
         for item_id in ids:
             assert queue.cancel(item_id)
         assert _warnings(_page(browser, "/ui/")) == []
+
+
+def test_the_overview_warns_of_webhooks_failing_in_the_last_hour(
+    dash: Dash, valkey_client: Redis
+) -> None:
+    """Failed webhook attempts (ops/webhooks.py records each) within the last hour: warned,
+    with the latest's item, URL and error; older ones are not."""
+    queue = dash.queue
+    queue.outcome_group(GROUP)
+    an_hour_ago = ManualClock(int((time.time() - 3700) * 1000))  # an old failure
+    old = Queue(valkey_client, dash.settings.queue, clock=an_hour_ago)
+    failure = {"id": "v1", "url": "https://hooks.example/ff", "attempt": 1, "gave_up": False}
+    old.webhook_result(GROUP, "1-1", "retry", {**failure, "error": "HTTP 502"})
+    with _login(dash.served) as browser:
+        assert _warnings(_page(browser, "/ui/")) == []
+        queue.webhook_result(GROUP, "1-1", "retry", {**failure, "error": "HTTP 500"})
+        final = {**failure, "attempt": 2, "gave_up": True, "error": "HTTP 503 Unavailable"}
+        queue.webhook_result(GROUP, "1-1", "gave_up", final)
+        assert _warnings(_page(browser, "/ui/")) == [
+            "Webhooks are failing: 2 failed attempts in the last hour (1 given up); the latest,"
+            " for v1 to https://hooks.example/ff: HTTP 503 Unavailable"
+        ]
 
 
 def _panel(page: Node, title: str) -> dict[str, str]:

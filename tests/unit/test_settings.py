@@ -268,6 +268,13 @@ VARIABLES: dict[str, tuple[str, object, object]] = {
     "FRAMEFLEET_S3_EVENT_SUFFIXES": ("api.s3_event_suffixes", ",".join(VIDEO_SUFFIXES), "*"),
     "FRAMEFLEET_LOG_LEVEL": ("log.level", "INFO", "DEBUG"),
     "FRAMEFLEET_LOG_FORMAT": ("log.format", "text", "json"),
+    "FRAMEFLEET_WEBHOOK_URL": ("webhook.url", None, "https://hooks.example/ff"),
+    "FRAMEFLEET_WEBHOOK_SECRET": ("webhook.secret", None, "s" * 32),
+    "FRAMEFLEET_WEBHOOK_SECRET_FILE": ("webhook.secret_file", None, Path("/run/secrets/hook")),
+    "FRAMEFLEET_WEBHOOK_ALLOW_PRIVATE": ("webhook.allow_private", "", "10.0.0.0/8"),
+    "FRAMEFLEET_WEBHOOK_TIMEOUT_S": ("webhook.timeout_s", 10.0, 3.0),
+    "FRAMEFLEET_WEBHOOK_ATTEMPTS": ("webhook.attempts", 10, 3),
+    "FRAMEFLEET_WEBHOOK_RETRY_S": ("webhook.retry_s", 5.0, 0.5),
 }
 
 

@@ -29,6 +29,7 @@ local K_REVS = P .. 'revs'       -- id -> its newest revision, once forced (outl
 local K_HEALTH = P .. 'health'   -- the leader's last health report (JSON, with a TTL)
 local K_AUDIT = P .. 'audit'     -- operators' actions, newest first (capped)
 local K_OUTCOMES = P .. 'outcomes' -- stream: each item's end (done, dead), for its enqueuer
+local K_WEBHOOK_FAILURES = P .. 'webhook_failures' -- the newest failed webhook attempts
 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most
