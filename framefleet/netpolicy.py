@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 
 class URLRefused(ValueError):
@@ -114,3 +116,36 @@ def check_url(url: str, allow_private: str = "") -> list[tuple[Address, int]]:
             "forbidden",
         )
     return [(a, port) for a in addresses]
+
+
+def refusal(
+    uri: str, allow_private: str, allowed_roots: Sequence[Path], hosts: dict[str, str | None]
+) -> str | None:
+    """Why the workers would refuse to fetch `uri` for where it points, or None: an http(s)
+    URL the policy refuses, or a local path outside `allowed_roots` (FRAMEFLEET_ALLOWED_ROOTS).
+    What the enqueue API and `framefleet enqueue` check before they write. A name that does
+    not resolve now is left to the fetch. `hosts` keeps each host's verdict for the rest of a
+    batch (one lookup a host, not an item)."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            host = urlsplit(uri).netloc
+        except ValueError as exc:  # an unbalanced or bad [IPv6] host
+            return f"{uri}: {exc}"
+        if host not in hosts:
+            try:
+                check_url(uri, allow_private)
+                hosts[host] = None
+            except URLRefused as exc:
+                hosts[host] = None if exc.lookup else str(exc)
+        return hosts[host]
+    if uri.startswith(("/", "file://")):
+        path = Path(unquote(urlsplit(uri).path) if uri.startswith("file://") else uri)
+        try:
+            resolved = path.resolve()
+        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
+            return f"{path}: {exc}"
+        roots = [root.resolve() for root in allowed_roots]
+        if not any(resolved.is_relative_to(root) for root in roots):
+            allowed = ", ".join(map(str, roots)) or "none configured (FRAMEFLEET_ALLOWED_ROOTS)"
+            return f"{path} is outside the allowed roots ({allowed})"
+    return None

@@ -230,15 +230,9 @@ class ApiChild:
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.api = settings.api
-        self.env = {
-            **os.environ,
-            "FRAMEFLEET_REDIS_URL": redis_url,
-            "FRAMEFLEET_QUEUE": settings.queue.name,
-            "FRAMEFLEET_LOG_LEVEL": settings.log.level,  # --log-level reaches it too
-            "FRAMEFLEET_LOG_FORMAT": settings.log.format,
-        }
-        if settings.api.token_file is not None:  # the one `up` made, say
-            self.env["FRAMEFLEET_API_TOKEN_FILE"] = str(settings.api.token_file)
+        # up's own settings, flags included (--out, --model, --log-level, the token file it
+        # made...): the API reads the same outputs and queue as the fleet
+        self.env = {**os.environ, **settings.to_env(), "FRAMEFLEET_REDIS_URL": redis_url}
         self.proc: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         self.told = False  # that it stopped and stays stopped

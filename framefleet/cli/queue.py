@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from framefleet.cli.common import as_uri, print_json
+from framefleet.netpolicy import refusal
 from framefleet.queue import EmbeddedServer, InvalidItem, NewItem, Queue, connect, open_queue
 from framefleet.settings import Settings
 
@@ -37,7 +38,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     show = sys.stderr.isatty() and (len(uris) > BAR_OVER or bool(args.file))
     with _progress(show) as bar:
         try:
-            items = _checked(uris, args.id, _priority(args.priority), bar)
+            items = _checked(uris, args.id, _priority(args.priority), settings, bar)
         except InvalidItem as exc:
             print(f"refused, nothing enqueued: {exc}", file=sys.stderr)
             return 2
@@ -92,13 +93,26 @@ def _progress(show: bool) -> Iterator[Progress | None]:
 
 
 def _checked(
-    uris: list[str], item_id: str | None, priority: int | str, bar: Progress | None
+    uris: list[str],
+    item_id: str | None,
+    priority: int | str,
+    settings: Settings,
+    bar: Progress | None,
 ) -> list[NewItem]:
+    """The items, each valid and one the workers would fetch (as the API checks: a local
+    path inside FRAMEFLEET_ALLOWED_ROOTS, a URL the network policy allows); InvalidItem for
+    the first that is not."""
     task = None if bar is None else bar.add_task("checked", total=len(uris))
+    source, hosts = settings.source, dict[str, str | None]()
     items: list[NewItem] = []
     for start in range(0, len(uris), CHECK_STEP):
-        step = uris[start : start + CHECK_STEP]
-        items += [NewItem(uri=as_uri(u), id=item_id, priority=priority) for u in step]
+        given = uris[start : start + CHECK_STEP]
+        step = [NewItem(uri=as_uri(u), id=item_id, priority=priority) for u in given]
+        for item in step:
+            why = refusal(item.uri, source.allow_private_urls, source.allowed_roots, hosts)
+            if why is not None:
+                raise InvalidItem(why)
+        items += step
         if bar is not None and task is not None:
             bar.advance(task, len(step))
     return items

@@ -18,9 +18,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import unquote, urlparse
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -34,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from framefleet.netpolicy import URLRefused, check_url
+from framefleet.netpolicy import refusal
 from framefleet.queue import Memory, NewItem, Queue, QueueFull, State, Supervision
 from framefleet.queue.model import InvalidItem
 from framefleet.queue.reader import FIND_CAP
@@ -65,35 +63,6 @@ from .schemas import (
 log = logging.getLogger(__name__)
 
 
-def _refused_by_policy(uri: str, settings: Settings, hosts: dict[str, str | None]) -> str | None:
-    """Why the workers would refuse to fetch `uri` for where it points, or None. `hosts`
-    keeps each host's verdict for the rest of the batch (one lookup a host, not an item)."""
-    source = settings.source
-    if uri.startswith(("http://", "https://")):
-        try:
-            host = urlparse(uri).netloc
-        except ValueError as exc:  # an unbalanced or bad [IPv6] host
-            return f"{uri}: {exc}"
-        if host not in hosts:
-            try:
-                check_url(uri, source.allow_private_urls)
-                hosts[host] = None
-            except URLRefused as exc:  # a name that does not resolve now is the fetch's
-                hosts[host] = None if exc.lookup else str(exc)
-        return hosts[host]
-    if uri.startswith(("/", "file://")):
-        path = Path(unquote(urlparse(uri).path) if uri.startswith("file://") else uri)
-        try:
-            resolved = path.resolve()
-        except (OSError, RuntimeError) as exc:  # a name too long, a symlink loop
-            return f"{path}: {exc}"
-        roots = [root.resolve() for root in source.allowed_roots]
-        if not any(resolved.is_relative_to(root) for root in roots):
-            allowed = ", ".join(map(str, roots)) or "none configured (FRAMEFLEET_ALLOWED_ROOTS)"
-            return f"{path} is outside the allowed roots ({allowed})"
-    return None
-
-
 def _validated(batch: list[ItemIn], settings: Settings) -> list[NewItem]:
     items: list[NewItem] = []
     hosts: dict[str, str | None] = {}
@@ -109,7 +78,8 @@ def _validated(batch: list[ItemIn], settings: Settings) -> list[NewItem]:
             )
         except InvalidItem as exc:
             raise HTTPException(422, {"index": index, "error": str(exc)}) from None
-        why = _refused_by_policy(item.uri, settings, hosts)
+        source = settings.source
+        why = refusal(item.uri, source.allow_private_urls, source.allowed_roots, hosts)
         if why is not None:
             raise HTTPException(422, {"index": index, "error": why})
         items.append(item)

@@ -189,7 +189,9 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         assert str(token_file) in banner and "s3cret" not in (tmp_path / "up.log").read_text()
         assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}  # it answers already
         assert httpx.get(f"{api}/v1/queue").status_code == 401  # the token is wanted
-        assert ff_json(data, "enqueue", str(paths[0]))["enqueued"] == 1  # from a shell
+        roots = {"FRAMEFLEET_ALLOWED_ROOTS": str(videos)}  # the shell's settings, as up's
+        enqueued = ff(data, "enqueue", str(paths[0]), env=roots).stdout  # from a shell
+        assert json.loads(enqueued)["enqueued"] == 1
         posted = httpx.post(f"{api}/v1/items", json={"uri": str(paths[1])}, headers=auth)
         assert posted.status_code == 200, posted.text  # and over HTTP
         [by_http] = posted.json()["new"]
@@ -207,6 +209,9 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         item = httpx.get(f"{api}/v1/items/{by_http}", headers=auth).json()
         assert item["state"] == "done" and item["result"].endswith("_manifest.json"), item
         frames = json.loads(Path(item["result"].removeprefix("file://")).read_text())["frames"]
+        # the API up started reads the outputs up's --out names (the item page's manifest)
+        manifest = httpx.get(f"{api}/v1/items/{by_http}/manifest", headers=auth)
+        assert manifest.status_code == 200 and manifest.json()["frames"] == frames, manifest.text
         scrape = httpx.get(f"{api}/metrics", headers=auth).text
         figures = {
             line.split(" ")[0]: float(line.split(" ")[1])
@@ -481,7 +486,8 @@ def test_enqueue_stats_and_show(running_server: Path, tmp_path: Path) -> None:
     video = tmp_path / "clip.mp4"
     out = ff_json(d, "enqueue", "s3://bucket/a.mp4", "--priority", "high")
     assert out["enqueued"] == 1
-    rel = ff(d, "enqueue", "clip.mp4", "--id", "clip", cwd=tmp_path)
+    roots = {"FRAMEFLEET_ALLOWED_ROOTS": str(tmp_path)}
+    rel = ff(d, "enqueue", "clip.mp4", "--id", "clip", cwd=tmp_path, env=roots)
     assert json.loads(rel.stdout)["new_ids"] == ["clip"]
     again = ff_json(d, "enqueue", "s3://bucket/a.mp4")
     assert again == {"enqueued": 0, "already_known": 1, "new_ids": []}
@@ -490,6 +496,37 @@ def test_enqueue_stats_and_show(running_server: Path, tmp_path: Path) -> None:
     stats = ff_json(d, "stats")
     assert stats["counts"]["queued"] == 2 and stats["counters"]["enqueued_total"] == 2
     assert ff(d, "show", "nope", check=False).returncode == 1
+
+
+def test_enqueue_refuses_what_the_workers_would_refuse_before_writing(
+    running_server: Path, tmp_path: Path
+) -> None:
+    """As the API does: a local path outside FRAMEFLEET_ALLOWED_ROOTS (none set: every local
+    path) and a URL to a private address are refused, saying why, and nothing of the batch
+    is written; inside the roots it is enqueued."""
+    d = running_server
+    inside, outside = tmp_path / "videos", tmp_path / "elsewhere"
+    inside.mkdir()
+    roots = {"FRAMEFLEET_ALLOWED_ROOTS": str(inside)}
+    for args, env in (
+        ([str(outside / "a.mp4")], {}),
+        (["s3://b/ok.mp4", str(outside / "a.mp4")], roots),
+        (["http://169.254.169.254/latest/meta-data"], roots),
+    ):
+        got = ff(d, "enqueue", *args, env=env, check=False)
+        assert got.returncode == 2 and got.stdout == "", got.stderr
+        assert got.stderr.startswith("refused, nothing enqueued: "), got.stderr
+    assert (
+        "outside the allowed roots (none configured"
+        in ff(d, "enqueue", str(outside / "a.mp4"), check=False).stderr
+    )
+    assert (
+        "link-local"
+        in ff(d, "enqueue", "http://169.254.169.254/x.mp4", env=roots, check=False).stderr
+    )
+    assert ff_json(d, "stats")["counts"]["queued"] == 0
+    ok = ff(d, "enqueue", str(inside / "a.mp4"), "--id", "a", env=roots)
+    assert json.loads(ok.stdout)["new_ids"] == ["a"]
 
 
 def test_enqueue_from_stdin(running_server: Path) -> None:
