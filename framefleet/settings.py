@@ -588,6 +588,41 @@ _WEBHOOK_ENV = {
     "retry_s": "FRAMEFLEET_WEBHOOK_RETRY_S",
 }
 
+# The settings people reach for on the command line of run, up and coordinator, as flags:
+# each flag sets its variable (parsed and checked as the variable is), so the two cannot
+# drift; the help says what it is and its default.
+FLEET_FLAGS: dict[str, tuple[str, str]] = {
+    "--decoder": ("FRAMEFLEET_DECODER", "pyav or decord"),
+    "--sample-fps": ("FRAMEFLEET_SAMPLE_FPS", "frames kept a second of video (default: all)"),
+    "--stride": ("FRAMEFLEET_STRIDE", "keep every n-th frame, without --sample-fps"),
+    "--chunk-frames": ("FRAMEFLEET_CHUNK_FRAMES", "frames a chunk: the checkpoint unit"),
+    "--score-threshold": ("FRAMEFLEET_SCORE_THRESHOLD", "detections kept from this score"),
+    "--precision": ("FRAMEFLEET_PRECISION", "fp32, bf16 or fp16 (autocast on a GPU)"),
+    "--device": ("FRAMEFLEET_DEVICE", "auto, cpu or cuda"),
+    "--decode-actors": ("FRAMEFLEET_DECODE_ACTORS", "decode actors at most"),
+    "--inference-actors": ("FRAMEFLEET_INFERENCE_ACTORS", "inference actors at most"),
+}
+
+
+def variable_default(var: str) -> object:
+    """The default of the setting a FRAMEFLEET_* variable sets."""
+    for section, names in (
+        (RedisSettings(), _REDIS_ENV),
+        (QueueSettings(), _QUEUE_ENV),
+        (SourceSettings(), _SOURCE_ENV),
+        (ModelSettings(), _MODEL_ENV),
+        (PipelineSettings(), _PIPELINE_ENV),
+        (CoordinatorSettings(), _COORDINATOR_ENV),
+        (ApiSettings(), _API_ENV),
+        (LogSettings(), _LOG_ENV),
+        (WebhookSettings(), _WEBHOOK_ENV),
+    ):
+        for attr, name in names.items():
+            if name == var:
+                return getattr(section, attr)
+    raise KeyError(var)
+
+
 _S = TypeVar(
     "_S",
     RedisSettings,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -40,7 +41,13 @@ from framefleet.cli.queue import (
     cmd_watch,
 )
 from framefleet.queue import ServerError, State, redacted
-from framefleet.settings import LOG_LEVELS, Settings, SettingsError
+from framefleet.settings import (
+    FLEET_FLAGS,
+    LOG_LEVELS,
+    Settings,
+    SettingsError,
+    variable_default,
+)
 
 __all__ = ["Command", "build_parser", "main"]
 
@@ -48,7 +55,14 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    s = Settings.from_env()
+    """The environment's settings, with the flags given over them (a fleet flag as its
+    variable, FLEET_FLAGS)."""
+    flags = {
+        var: str(value)
+        for flag, (var, _) in FLEET_FLAGS.items()
+        if (value := getattr(args, flag[2:].replace("-", "_"), None)) is not None
+    }
+    s = Settings.from_env({**os.environ, **flags})
     redis = s.redis
     if args.redis_url:
         redis = replace(redis, url=args.redis_url)
@@ -197,6 +211,10 @@ def _seconds(text: str) -> float:
 
 def _fleet_flags(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--model", help="a model id or a local model directory")
+    for flag, (var, what) in FLEET_FLAGS.items():
+        default = variable_default(var)
+        shown = "" if default is None else f", default {default}"
+        sp.add_argument(flag, help=f"{what} ({var}{shown})")
     sp.add_argument(
         "--random-weights",
         action="store_true",

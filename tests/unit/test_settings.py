@@ -303,3 +303,43 @@ def test_each_variable_sets_its_own_field(var: str) -> None:
     assert attrgetter(path)(s) == value
     assert s.to_env()[var] == _as_env(value)
     assert Settings.from_env(s.to_env()) == s
+
+
+def test_the_fleet_flags_set_their_variables_and_are_checked_as_they_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """run/up/coordinator's flags (FLEET_FLAGS) set the variable each names, over the
+    environment, with the variable's parsing and checks; --help names both and the default."""
+    from framefleet.cli import _settings, build_parser
+    from framefleet.settings import FLEET_FLAGS, variable_default
+
+    flags = {
+        "--decoder": "decord",
+        "--sample-fps": "2.5",
+        "--stride": "3",
+        "--chunk-frames": "16",
+        "--score-threshold": "0.05",
+        "--precision": "bf16",
+        "--device": "cpu",
+        "--decode-actors": "3",
+        "--inference-actors": "8",
+    }
+    assert set(flags) == set(FLEET_FLAGS)
+    for command in ("run", "up", "coordinator"):
+        argv = [command, *(x for kv in flags.items() for x in kv)]
+        argv += ["--out", "o", "v.mp4"] if command == "run" else []
+        s = _settings(build_parser().parse_args(argv))
+        expected = Settings.from_env({FLEET_FLAGS[f][0]: v for f, v in flags.items()})
+        assert (s.pipeline, s.model) == (expected.pipeline, expected.model), command
+        assert s.pipeline.sample_fps == 2.5 and s.model.score_threshold == 0.05
+    for flag, (var, _) in FLEET_FLAGS.items():
+        default = variable_default(var)
+        assert attrgetter(VARIABLES[var][0])(Settings()) == default, flag
+    with pytest.raises(SettingsError, match="FRAMEFLEET_CHUNK_FRAMES"):
+        _settings(build_parser().parse_args(["up", "--chunk-frames", "many"]))
+    with pytest.raises(SettingsError, match="score_threshold"):
+        _settings(build_parser().parse_args(["up", "--score-threshold", "2"]))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = capsys.readouterr().out
+    assert "--sample-fps" in text and "FRAMEFLEET_SAMPLE_FPS" in text and "default 32" in text
