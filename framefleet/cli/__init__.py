@@ -41,6 +41,7 @@ from framefleet.cli.queue import (
     cmd_watch,
 )
 from framefleet.queue import ServerError, State, redacted
+from framefleet.queue.server import found_data_dir
 from framefleet.settings import (
     FLEET_FLAGS,
     LOG_LEVELS,
@@ -74,6 +75,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             )
     if args.data_dir:
         redis = replace(redis, data_dir=Path(args.data_dir))
+    elif not os.environ.get("FRAMEFLEET_DATA_DIR"):  # found upward, as git finds its repository
+        redis = replace(redis, data_dir=found_data_dir())
     queue = replace(s.queue, name=args.queue) if args.queue else s.queue
     log = replace(s.log, level=args.log_level) if args.log_level else s.log
     return replace(s, redis=redis, queue=queue, log=log)
@@ -85,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--redis-url",
         help="Redis/Valkey URL (default: $FRAMEFLEET_REDIS_URL, else the embedded server)",
     )
-    p.add_argument("--data-dir", help="embedded server data dir (default .framefleet/redis)")
+    p.add_argument(
+        "--data-dir",
+        help="embedded server data dir (default: $FRAMEFLEET_DATA_DIR, else the nearest"
+        " .framefleet/redis here or above, else ./.framefleet/redis)",
+    )
     p.add_argument("--queue", help="queue name (default: $FRAMEFLEET_QUEUE or 'videos')")
     p.add_argument(
         "--log-level",

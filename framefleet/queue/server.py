@@ -348,6 +348,18 @@ def _password(data_dir: Path) -> str:
 _left_running: list[EmbeddedServer] = []
 
 
+def found_data_dir(start: Path | None = None) -> Path:
+    """The embedded server's data dir when none is given: the nearest `.framefleet/redis` in
+    the current directory or a directory above it (as git finds its repository), so that a
+    command run from a subdirectory finds the queue; else the current directory's own."""
+    here = (start or Path.cwd()).absolute()
+    for directory in (here, *here.parents):
+        candidate = directory / ".framefleet" / "redis"
+        if candidate.is_dir():
+            return candidate
+    return here / ".framefleet" / "redis"
+
+
 class SharedClient:
     """One use of the shared embedded server of a data dir (see embedded())."""
 
@@ -368,7 +380,15 @@ class SharedClient:
             self._lease = reaper.take_lease(self.data_dir)
             try:
                 _ensure_reaper(self.data_dir)
-                url = _answering(self.data_dir) or self._start().url
+                url = _answering(self.data_dir)
+                if not url:
+                    url = self._start().url
+                    port = urlsplit(url).port
+                    log.info(
+                        "started the embedded Redis server on port %s, data in %s",
+                        port,
+                        self.data_dir,
+                    )
             except BaseException:
                 os.close(self._lease)
                 self._lease = None

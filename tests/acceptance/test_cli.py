@@ -529,6 +529,40 @@ def test_enqueue_refuses_what_the_workers_would_refuse_before_writing(
     assert json.loads(ok.stdout)["new_ids"] == ["a"]
 
 
+def test_the_data_dir_is_found_from_a_subdirectory_and_each_start_says_where(
+    tmp_path: Path,
+) -> None:
+    """Without FRAMEFLEET_DATA_DIR, a command uses the nearest .framefleet/redis in its
+    directory or above (as git finds its repository): `stats` in a subdirectory sees what was
+    enqueued at the project's top. A command that starts the embedded server says so, and
+    where its data is; elsewhere, the queue is that directory's own."""
+    project, other = tmp_path / "project", tmp_path / "other"
+    deep = project / "src" / "deep"
+    deep.mkdir(parents=True)
+    other.mkdir()
+    env = {k: v for k, v in _env(tmp_path).items() if k != "FRAMEFLEET_DATA_DIR"}
+
+    def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "framefleet", *args],
+            env=env, cwd=cwd, capture_output=True, text=True, timeout=left(120),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    first = run(project, "enqueue", "s3://b/a.mp4")
+    assert f"data in {project / '.framefleet' / 'redis'}" in first.stderr
+    below = run(deep, "stats")
+    assert json.loads(below.stdout)["counts"]["queued"] == 1
+    assert f"data in {project / '.framefleet' / 'redis'}" in below.stderr
+    assert not (deep / ".framefleet").exists()
+    apart = run(other, "stats")
+    assert json.loads(apart.stdout)["counts"]["queued"] == 0
+    assert f"data in {other / '.framefleet' / 'redis'}" in apart.stderr
+    for data in (project, other):
+        assert running_url(data / ".framefleet" / "redis") is None  # each stopped after
+
+
 def test_enqueue_from_stdin(running_server: Path) -> None:
     out = ff(
         running_server, "enqueue", "--file", "-", stdin="s3://b/1.mp4\n\ns3://b/2.mp4\n"
