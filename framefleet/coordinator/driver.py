@@ -88,6 +88,7 @@ class Driver:
         self.events: list[str] = []
         self.parent = os.getppid()
         self._unreported = False  # the last health report could not be written
+        self.replaced = 0  # actors the pools replaced, all ticks together
 
     def run(self) -> int:
         address = self.settings.coordinator.ray_address
@@ -215,14 +216,21 @@ class Driver:
             self.events = [*self.events, traceback.format_exc(limit=3)][-10:]
             return None
         self.events = [*self.events, *report.events][-10:]
+        self.replaced += report.replaced
+        why = None
+        if report.ready_inference == 0:
+            why = f"no inference actor ready yet ({report.inference} starting)"
+        elif report.decoders == 0:
+            why = "no decode actor running"
         self._report(
-            ok=report.ready_inference > 0 and report.decoders > 0,
+            ok=why is None,
+            **({"error": why} if why else {}),
             nodes=nodes,
             gcs=True,
             decoders=report.decoders,
             inference=report.inference,
             ready_inference=report.ready_inference,
-            replaced=report.replaced,
+            replaced=self.replaced,  # actors replaced since this driver started
             draining_nodes=report.draining_nodes,
             decoders_wanted=report.decoders_wanted,
             inference_wanted=report.inference_wanted,

@@ -112,3 +112,56 @@ def test_a_head_lost_inside_a_ticks_ray_call_is_reported_and_ends_the_driver(
     assert seen["reported_at"] - ray.hung_at < 5 * TICK_S + 1.0
     # and the driver gave up after its grace time, while the tick still hung
     assert GRACE_S <= ended - ray.hung_at < GRACE_S + 5 * TICK_S + 1.0
+
+
+def test_the_health_report_counts_replacements_and_says_why_it_is_not_ok(
+    valkey: EmbeddedServer, gcs: socket.socket, tmp_path: Path
+) -> None:
+    """Until an inference actor is ready the report is not ok and says why; an actor that
+    dies is replaced, and `replaced` counts it on every report after (not only the tick's)."""
+    settings = replace(
+        SETTINGS,
+        queue=replace(SETTINGS.queue, name="driver-replaced"),
+        model=ModelSettings(random_weights=True),
+        pipeline=replace(SETTINGS.pipeline, out=str(tmp_path / "out")),
+        coordinator=CoordinatorSettings(tick_s=TICK_S, leader_ttl_s=10.0, stale_s=10.0),
+    )
+    driver = Driver(settings, valkey.url, "g-replaced", leader="leader-2")
+    ray = HeadLostInTick(gcs)  # never armed: the head stays up
+    driver.adapter = ray  # type: ignore[assignment]
+    supervision: Supervision = driver.supervision
+    assert supervision.hold_leadership("leader-2", ttl_s=60)
+    reports: list[dict[str, Any]] = []
+    write = supervision.write_health
+
+    def kept(report: dict[str, Any], ttl_s: float) -> None:  # every report, as written
+        reports.append(report)
+        write(report, ttl_s)
+
+    supervision.write_health = kept  # type: ignore[method-assign]
+
+    def kill_one_then_stop() -> None:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not any(r.get("ok") for r in reports):
+            time.sleep(0.01)
+        [victim, *_] = ray.live("InferenceActor")
+        ray.kill(victim)  # it dies: Ray says so at the next ping
+        while time.monotonic() < end and not any(r.get("replaced") for r in reports):
+            time.sleep(0.01)
+        seen = len(reports)
+        while time.monotonic() < end and len(reports) < seen + 3:  # three ticks more
+            time.sleep(0.01)
+        driver.stopping.set()
+
+    watcher = threading.Thread(target=kill_one_then_stop, daemon=True)
+    watcher.start()
+    try:
+        assert driver.run() == 0
+    finally:
+        driver.ticker.shutdown(wait=True)
+    watcher.join(30)
+    first = reports[0]
+    assert first["ok"] is False and first["error"].startswith("no inference actor ready yet")
+    replaced = [r["replaced"] for r in reports if "replaced" in r]
+    at = replaced.index(1)
+    assert replaced[at:] == [1] * len(replaced[at:]) and len(replaced[at:]) >= 3, replaced
