@@ -168,7 +168,8 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         if item is None:
             print(f"no item {args.id!r}", file=sys.stderr)
             return 1
-        print_json({"chunks": sorted(q.chunks(args.id)), **_item_dict(item)})
+        history = q.events(args.id)
+        print_json({"chunks": sorted(q.chunks(args.id)), **_item_dict(item), "history": history})
     return 0
 
 

@@ -48,8 +48,8 @@ from .schemas import (
     Bulk,
     Enqueued,
     Existing,
+    ItemDetail,
     ItemIn,
-    ItemOut,
     Page,
     QueueOut,
     Readiness,
@@ -57,6 +57,7 @@ from .schemas import (
     Utf8,
     WorkerOut,
     errors,
+    item_detail,
     item_out,
 )
 
@@ -178,13 +179,15 @@ def get_manifest(item_id: str, queue: QueueDep, settings: SettingsDep) -> dict[s
 
 
 @router.get(
-    "/v1/items/{item_id:path}", response_model=ItemOut, dependencies=READ, responses=errors(404)
+    "/v1/items/{item_id:path}", response_model=ItemDetail, dependencies=READ, responses=errors(404)
 )
-def get_item(item_id: str, queue: QueueDep, request: Request) -> ItemOut:
+def get_item(item_id: str, queue: QueueDep, request: Request) -> ItemDetail:
+    """One item, with its history (claims, releases, failures, lost leases and their blame,
+    retries, its end)."""
     item = queue.get(item_id)
     if item is None:
         raise HTTPException(404, f"no item {item_id!r}")
-    return item_out(item, _now_ms(request))
+    return item_detail(item, _now_ms(request), queue.events(item_id))
 
 
 @router.get("/v1/items", response_model=Page, dependencies=READ)

@@ -90,6 +90,16 @@ class ItemOut(BaseModel):
     meta: dict[str, Any]
 
 
+class EventOut(BaseModel):
+    at: float  # unix seconds
+    what: str  # claimed, released, failed, lease lost, given back, retried, done, dead, ...
+    detail: str | None  # by whom, why, and what it cost the item
+
+
+class ItemDetail(ItemOut):
+    history: list[EventOut]  # oldest first, the newest 20 (none for one done at its 1st claim)
+
+
 class Page(BaseModel):
     items: list[ItemOut]
     cursor: str | None  # pass back for the next page; None: this was the last
@@ -204,3 +214,11 @@ def item_out(item: Item, now_ms: int) -> ItemOut:
         done_at=_seconds(item.done_ms or item.dead_ms),
         meta=dict(item.meta),
     )
+
+
+def item_detail(item: Item, now_ms: int, events: list[dict[str, Any]]) -> ItemDetail:
+    history = [
+        EventOut(at=float(e["at"]) / 1000, what=str(e["what"]), detail=e.get("detail"))
+        for e in events
+    ]
+    return ItemDetail(**item_out(item, now_ms).model_dump(), history=history)

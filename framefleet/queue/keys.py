@@ -8,6 +8,7 @@ Cluster slot and every Lua script touches a single slot. With prefix `ff` and qu
 |-------------------------|------|---------------------------------------------------------|
 | ff:{videos}:item:<id>   | hash | one item: uri, pri, seq, state, epoch, owner, ...       |
 | ff:{videos}:chunks:<id> | set  | indices of checkpointed chunks (while not done)         |
+| ff:{videos}:events:<id> | list | its history, JSON, oldest first (20 kept)               |
 | ff:{videos}:queued      | zset | ids ready to claim; score (9 - priority) * 2^44 + seq   |
 | ff:{videos}:delayed     | zset | ids waiting for a retry; score = ready time (ms)        |
 | ff:{videos}:leased      | zset | ids under a lease; score = lease deadline (ms)          |
@@ -79,6 +80,9 @@ class Keys:
 
     def chunks(self, item_id: str) -> str:
         return f"{self.base}chunks:{item_id}"
+
+    def events(self, item_id: str) -> str:
+        return f"{self.base}events:{item_id}"
 
     def state(self, state: str) -> str:
         """The zset holding the ids in `state` (one of STATES)."""

@@ -166,6 +166,12 @@ class QueueReader:
         items = self._items([m for m, _ in rows])
         return items, (f"{rows[-1][1]}:{rows[-1][0]}" if more else None)
 
+    def events(self, item_id: str) -> list[dict[str, Any]]:
+        """An item's history, oldest first (the newest 20 kept): {at (ms), what, detail} for
+        each claim, release, failure, lost lease (and its blame), retry and end. An item done
+        at its first claim keeps none: nothing happened to tell."""
+        return [json.loads(x) for x in self.client.lrange(self.keys.events(item_id), 0, -1)]
+
     def chunks(self, item_id: str) -> set[int]:
         """Checkpointed chunk indices of an item that is not done yet."""
         return {int(c) for c in self.client.smembers(self.keys.chunks(item_id))}

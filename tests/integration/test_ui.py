@@ -595,6 +595,37 @@ def test_the_overview_warns_of_videos_queued_with_no_decode_actor_to_take_them(
         assert _warnings(_page(browser, "/ui/")) == []
 
 
+def test_an_items_page_tells_its_history_and_labels_a_death_as_one(dash: Dash) -> None:
+    """The item page's History: each claim, failure and its end, with why; a dead item's time
+    is labelled dead, not done; an item done at its first claim says there is nothing more."""
+    queue = dash.queue
+    queue.enqueue(
+        [NewItem(uri="s3://v/hist.mp4", id="hist"), NewItem(uri="s3://v/ok.mp4", id="ok")]
+    )
+    leases = {lease.id: lease for lease in queue.claim(2, "decoder-g1-0")}
+    assert queue.release(leases["hist"], "worker stopping").ok
+    assert queue.ack(leases["ok"], "s3://out/ok/").ok
+    [lease] = queue.claim(1, "decoder-g1-1")
+    assert queue.fail(lease, "moov atom not found", retryable=False, cls="not_a_video").ok
+    with _login(dash.served) as browser:
+        page = _page(browser, "/ui/items/hist")
+        rows = [
+            [c.text() for c in tr.all("th") + tr.all("td")[1:]]
+            for tr in page.one("table", "history").all("tr")
+        ]
+        assert rows == [
+            ["claimed", "by decoder-g1-0 (claim 1)"],
+            ["released", "worker stopping (not charged)"],
+            ["claimed", "by decoder-g1-1 (claim 2)"],
+            ["dead", "not_a_video: failed (not retryable): moov atom not found"],
+        ]
+        labels = [dt.text() for dt in page.all("dt")]
+        assert "dead" in labels and "done" not in labels
+        clean = _page(browser, "/ui/items/ok")
+        assert "done at its first claim: nothing else happened" in clean.text()
+        assert "done" in [dt.text() for dt in clean.all("dt")]
+
+
 def test_the_overview_warns_of_webhooks_failing_in_the_last_hour(
     dash: Dash, valkey_client: Redis
 ) -> None:

@@ -34,11 +34,22 @@ local K_WEBHOOK_FAILURES = P .. 'webhook_failures' -- the newest failed webhook 
 local PRI_SPAN = 17592186044416 -- 2^44: FIFO sequence numbers stay below it
 local SIGNAL_CAP = 256          -- wake-up tokens kept at most
 local OUTCOMES_CAP = 100000     -- outcome entries kept at about (framefleet/queue/keys.py)
+local EVENTS_CAP = 20           -- an item's history: its newest events kept
 
 local function ikey(id) return P .. 'item:' .. id end
 local function ckey(id) return P .. 'chunks:' .. id end
 local function hkey(worker) return P .. 'held:' .. worker end -- the ids a worker leases
 local function dkey(cls) return P .. 'deadc:' .. cls end -- the dead letters of one class
+local function ekey(id) return P .. 'events:' .. id end -- an item's history
+
+-- One event in an item's history (oldest first, the newest EVENTS_CAP kept): what happened
+-- to it and why, for its page and `framefleet show`. {at (ms), what, detail}.
+local function event(id, now, what, detail)
+  local e = {at = now, what = what}
+  if detail and detail ~= '' then e['detail'] = detail end
+  redis.call('RPUSH', ekey(id), cjson.encode(e))
+  redis.call('LTRIM', ekey(id), -EVENTS_CAP, -1)
+end
 
 -- A worker ended by a fleet-wide event (release_workers.lua), by its own name or by its group
 -- (the name up to its last '-' when a number follows: `decoder-<generation>-`, a fleet's
@@ -126,6 +137,7 @@ local function to_dead(id, key, now, reason, cls)
              'dead_at', now)
   stat('dead_total')
   outcome(id, key, now, {'state', 'dead', 'class', cls, 'reason', reason})
+  event(id, now, 'dead', cls .. ': ' .. reason)
 end
 
 -- A dead letter leaves the dead (retried, purged, re-enqueued with force, trimmed): out of
@@ -185,18 +197,23 @@ local function lapse(id, key, now, blame, max_deliveries, reason)
   redis.call('HINCRBY', key, 'interrupted', 1)
   if blame == 'amnesty' then
     redis.call('HSET', key, 'release_reason', reason)
+    event(id, now, 'given back', reason .. ' (not charged)')
     to_queued(id, key)
     return false
   end
   redis.call('HSET', key, 'crash_mark', done)
   if f[4] ~= '1' then redis.call('HSET', key, 'solo', '1', 'solo_since', now) end
   if blame == 'suspect' then
+    event(id, now, 'lease lost', 'its worker went silent, or failed with its other leases:'
+          .. ' a suspect, retried alone, not charged')
     to_queued(id, key)
     return false
   end
   local d = (tonumber(f[1]) or 0) + 1
   if f[2] and done > tonumber(f[2]) then d = 1 end
   redis.call('HSET', key, 'deliveries', d)
+  event(id, now, 'lease lost', 'its lease ran out, the blame its own (delivery ' .. d ..
+        ' of ' .. max_deliveries .. ', at ' .. done .. ' chunks done)')
   if d >= max_deliveries then
     to_dead(id, key, now, 'poison: its lease lapsed ' .. d .. ' times in a row without ack or' ..
             ' fail, at ' .. done .. ' chunks done, the blame its own each time (its worker' ..
@@ -265,6 +282,7 @@ local function enqueue_one(now, seq, id, uri, pri, etag, size, meta, force)
   if force then
     rev = rev + 1
     redis.call('HSET', K_REVS, id, rev)
+    if state then event(id, now, 'enqueued again', 'revision ' .. rev .. ' (forced)') end
   end
   if rev > 0 then redis.call('HSET', key, 'rev', rev) end
   if etag == '' and size == '' and meta == '' then

@@ -21,7 +21,13 @@ for a = 2, #ARGV, 5 do
   if refused then
     out[#out + 1] = refused[1]
   else
-    local t = redis.call('HMGET', key, 'claimed_at', 'created')
+    local t = redis.call('HMGET', key, 'claimed_at', 'created', 'claims', 'attempts',
+                         'interrupted', 'bugs', 'infra_releases')
+    if t[3] == '1' and not t[4] and not t[5] and not t[6] and not t[7] then
+      redis.call('DEL', ekey(id)) -- done at its first claim: nothing to tell
+    else
+      event(id, now, 'done', 'by ' .. (f[4] or '?'))
+    end
     if t[1] then observe('processing', now - tonumber(t[1])) end
     if t[2] then observe('latency', now - tonumber(t[2])) end
     local k = 0

@@ -115,6 +115,7 @@ if count > 0 then
                'owner', worker, 'lease_until', deadline, 'claimed_at', now,
                'claims', (tonumber(f[13]) or 0) + 1)
     if not f[13] and f[14] then observe('queue_wait', now - tonumber(f[14])) end -- 1st claim
+    event(id, now, 'claimed', 'by ' .. worker .. ' (claim ' .. ((tonumber(f[13]) or 0) + 1) .. ')')
     leased[#leased + 1] = deadline
     leased[#leased + 1] = id
     row(out, id, epoch + k, token, deadline, f)

@@ -48,5 +48,7 @@ local d = math.min(tonumber(ARGV[9]), tonumber(ARGV[8]) * 2 ^ (n - 1))
 local delay = math.floor(d / 2 + tonumber(ARGV[10]) * d / 2)
 redis.call('ZADD', K_DELAYED, now + delay, id)
 redis.call('HSET', key, 'state', 'delayed', 'ready_at', now + delay)
+event(id, now, 'failed', cls .. ': ' .. err .. ' (' .. counter .. ' ' .. n .. ' of ' ..
+      max_attempts .. '; retried in ' .. string.format('%.1f', delay / 1000) .. ' s)')
 stat('retried_total')
 return {'ok', 'delayed', delay}

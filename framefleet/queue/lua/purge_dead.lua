@@ -9,7 +9,7 @@ local ids = dead_ids_from_argv()
 local purged = {}
 for _, id in ipairs(ids) do
   if leave_dead(id, ikey(id)) then
-    redis.call('DEL', ikey(id), ckey(id))
+    redis.call('DEL', ikey(id), ckey(id), ekey(id))
     purged[#purged + 1] = id
   end
 end

@@ -31,6 +31,8 @@ if cls ~= '' then
   end
 end
 stat('released_total')
+event(id, now, 'released', ARGV[5] .. ' (not charged' ..
+      (delay > 0 and ('; again in ' .. string.format('%.1f', delay / 1000) .. ' s)') or ')'))
 if delay > 0 then
   redis.call('ZADD', K_DELAYED, now + delay, id)
   redis.call('HSET', key, 'state', 'delayed', 'ready_at', now + delay)

@@ -12,6 +12,7 @@ for _, id in ipairs(ids) do
   if leave_dead(id, key) then
     redis.call('HDEL', key, 'attempts', 'bugs', 'deliveries', 'infra_releases', 'solo',
                'solo_since', 'crash_mark', 'dead_reason', 'dead_class', 'dead_at')
+    event(id, tonumber(now_ms()), 'retried', 'sent back from the dead letters')
     to_queued(id, key)
     moved[#moved + 1] = id
   end

@@ -210,7 +210,7 @@ for zset, ttl in pairs({[K_DONE] = done_ttl_ms, [K_DEAD] = dead_ttl_ms}) do
   local old = redis.call('ZRANGEBYSCORE', zset, '-inf', now - ttl, 'LIMIT', 0, limit)
   for _, id in ipairs(old) do
     if zset == K_DEAD then leave_dead(id, ikey(id)) end
-    redis.call('DEL', ikey(id), ckey(id))
+    redis.call('DEL', ikey(id), ckey(id), ekey(id))
   end
   bulk('ZREM', zset, old)
   trimmed = trimmed + #old
