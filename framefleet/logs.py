@@ -37,6 +37,8 @@ from framefleet.settings import LogSettings
 __all__ = ["Forwarder", "JsonFormatter", "TextFormatter", "configure", "console_level"]
 
 CLEAR_LINE = "\r\x1b[K"  # back to the start of the terminal's line, and clear it
+# a terminal's escape sequence (colours, cursor moves): Ray colours some of what it ships
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 _BASE_KEYS = ("time", "level", "logger", "message", "actor", "node", "pid")
 # A LogRecord's own attributes: whatever else a record carries came with `extra=`.
 _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -78,7 +80,7 @@ class TextFormatter(logging.Formatter):
         parts = [p for p in (actor, f"node={node[:8]}" if node else None) if p]
         where = f"[{' '.join(parts)}] " if parts else ""
         text = f"{_utc(record.created)} {record.levelname} {record.name} {where}"
-        text += record.getMessage()
+        text += _ANSI.sub("", record.getMessage())  # a library may colour its messages
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -98,7 +100,7 @@ class JsonFormatter(logging.Formatter):
             "time": _utc(record.created),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _ANSI.sub("", record.getMessage()),
             "actor": getattr(record, "actor", None),
             "node": getattr(record, "node", None),
             "pid": record.process,
@@ -190,7 +192,8 @@ class Forwarder:
             return
         out = []
         last = None  # the level of this batch's last own line
-        for line in batch.get("lines", ()):
+        for raw in batch.get("lines", ()):
+            line = _ANSI.sub("", raw)  # a log file or a log shipper gets plain text
             level = self._own_level(line)
             if level is not None:
                 last, text = level, line

@@ -194,3 +194,17 @@ def test_on_runs_terminal_the_driver_prints_only_the_actors_warnings() -> None:
     assert lines and all(line.startswith(logs.CLEAR_LINE) for line in lines)
     assert not any("item 3f0c done" in line for line in lines)
     assert "item 9a1e: a bug" in lines[0] and lines[-1].endswith("TypeError: a bug")
+
+
+def test_the_driver_prints_the_lines_ray_ships_without_terminal_colours() -> None:
+    """Ray colours some lines it ships (the raylet's notices): printed without the escape
+    sequences, in text and in JSON."""
+    coloured = "\x1b[33m(raylet)\x1b[0m \x1b[1mA worker died\x1b[0m or was killed"
+    for settings in (LogSettings(), LogSettings(format="json")):
+        out = io.StringIO()
+        logs.Forwarder(settings, out)(_batch([coloured], pid="raylet", actor_name=None))
+        printed = out.getvalue()
+        assert "\x1b" not in printed and "(raylet) A worker died or was killed" in printed
+    for formatter in (logs.TextFormatter(), logs.JsonFormatter()):
+        record = logging.makeLogRecord({"name": "ray", "levelname": "WARNING", "msg": coloured})
+        assert "\x1b" not in formatter.format(record), formatter
