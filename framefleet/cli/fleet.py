@@ -31,6 +31,9 @@ def _fleet_settings(args: argparse.Namespace, settings: Settings) -> Settings:
         model = replace(model, model=args.model)
     if getattr(args, "random_weights", False):
         model = replace(model, random_weights=True)
+    given = os.environ.get("FRAMEFLEET_SCORE_THRESHOLD") or getattr(args, "score_threshold", None)
+    if model.random_weights and not given:  # a smoke run's scores are all low: keep them all,
+        model = replace(model, score_threshold=0.0)  # so that its outputs show their shape
     if getattr(args, "out", None):
         pipeline = replace(pipeline, out=as_uri(args.out))
     if getattr(args, "ray_address", None):

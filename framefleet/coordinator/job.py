@@ -69,7 +69,10 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
             out.write(f"\nerror: {coordinator.fatal}\n{_hint(coordinator.fatal)}")
             return 2
     out.write("\n")
-    return summarize(settings, queue, ids, time.monotonic() - started, out) if code == 0 else code
+    if code != 0:
+        return code
+    spent = time.monotonic() - started
+    return summarize(settings, queue, ids, spent, out, progress.processing_s())
 
 
 def elsewhere(settings: Settings, items: list[Item]) -> list[Item]:
@@ -90,9 +93,23 @@ def elsewhere(settings: Settings, items: list[Item]) -> list[Item]:
 
 
 class Progress:
+    """`run`'s progress line: videos done, dead and running, frames through the model and
+    their rate, an ETA once a video has finished, and the fleet's state. The rate and the
+    ETA count from the first frame through the model, not from the start-up."""
+
     def __init__(self, queue: Queue, ids: list[str], out: TextIO) -> None:
         self.queue, self.ids, self.out = queue, ids, out
         self.supervision = Supervision(queue)
+        self.frames0 = self._frames()  # the queue's counter before this run
+        self.first_frame_at: float | None = None  # monotonic: the first checkpointed frames
+        self.frames = 0
+
+    def _frames(self) -> int:
+        return int(self.queue.stats().counters.get("frames_total", 0))
+
+    def processing_s(self) -> float | None:
+        """Seconds since the first frames came through the model (None: none yet)."""
+        return None if self.first_frame_at is None else time.monotonic() - self.first_frame_at
 
     def settled(self) -> bool:
         """Whether every video is done or dead (nothing printed)."""
@@ -111,13 +128,33 @@ class Progress:
             if health.get("gcs")
             else "starting the fleet"
         )
-        line = f"\r[{bar:<30}] {done}/{n} done, {dead} dead, {running} running ({fleet})"
-        self.out.write(line.ljust(100))
+        self.frames = self._frames() - self.frames0
+        if self.frames > 0 and self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
+        line = f"\r[{bar:<30}] {done}/{n} done, {dead} dead, {running} running"
+        line += f"; {self.frames} frames{self._rate(done + dead, n)} ({fleet})"
+        self.out.write(line.ljust(120))
         self.out.flush()
         return done + dead == n
 
+    def _rate(self, finished: int, n: int) -> str:
+        spent = self.processing_s()
+        if spent is None or spent < 1.0:
+            return ""
+        text = f", {self.frames / spent:.1f} frames/s"
+        if 0 < finished < n:
+            text += f", ETA {spent * (n - finished) / finished:.0f} s"
+        return text
 
-def summarize(settings: Settings, queue: Queue, ids: list[str], seconds: float, out: TextIO) -> int:
+
+def summarize(
+    settings: Settings,
+    queue: Queue,
+    ids: list[str],
+    seconds: float,
+    out: TextIO,
+    processing_s: float | None = None,
+) -> int:
     store = OutputStore(settings.pipeline.out, settings.source)
     done: list[Any] = []
     dead: list[Any] = []
@@ -128,10 +165,17 @@ def summarize(settings: Settings, queue: Queue, ids: list[str], seconds: float, 
             frames += int(store.read_result(item.result or "").get("frames", 0))
         elif item.state == "dead":
             dead.append(item)
+    busy = seconds if processing_s is None else min(seconds, processing_s)
     out.write(
         f"done {len(done)} of {len(ids)}, dead {len(dead)}; {frames} frames in {seconds:.1f} s"
-        f" ({frames / max(seconds, 1e-9):.1f} frames/s); outputs in {settings.pipeline.out}\n"
+        f" ({frames / max(busy, 1e-9):.1f} frames/s over the {busy:.1f} s from the first frame"
+        f" through the model, start-up left out); outputs in {settings.pipeline.out}\n"
     )
+    if settings.model.random_weights:
+        out.write(
+            "  a smoke run: the model's weights are random, so its detections mean nothing"
+            " (they show the outputs' shape)\n"
+        )
     for item in dead:
         out.write(f"  dead: {printable(item.uri)}: {printable(item.dead_reason)}\n")
     return 0 if len(done) == len(ids) else 1

@@ -343,3 +343,24 @@ def test_the_fleet_flags_set_their_variables_and_are_checked_as_they_are(
         build_parser().parse_args(["run", "--help"])
     text = capsys.readouterr().out
     assert "--sample-fps" in text and "FRAMEFLEET_SAMPLE_FPS" in text and "default 32" in text
+
+
+def test_a_smoke_run_keeps_every_detection_unless_a_threshold_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With --random-weights every score is low: the threshold goes to 0 so that a smoke
+    run's outputs have rows (the summary says they mean nothing), unless one is given."""
+    from framefleet.cli import _settings, build_parser
+    from framefleet.cli.fleet import _fleet_settings
+
+    monkeypatch.delenv("FRAMEFLEET_SCORE_THRESHOLD", raising=False)
+
+    def threshold(*argv: str) -> float:
+        args = build_parser().parse_args(["run", "v.mp4", "--out", "o", *argv])
+        return _fleet_settings(args, _settings(args)).model.score_threshold
+
+    assert threshold() == 0.7
+    assert threshold("--random-weights") == 0.0
+    assert threshold("--random-weights", "--score-threshold", "0.3") == 0.3
+    monkeypatch.setenv("FRAMEFLEET_SCORE_THRESHOLD", "0.5")
+    assert threshold("--random-weights") == 0.5
