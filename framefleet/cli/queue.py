@@ -239,7 +239,8 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     # commands retried briefly: a frame that cannot be read says so instead of freezing
     queue = Queue(connect(url, retry_s=min(args.interval, 5.0)), settings.queue)
-    frame = read_frame(queue, args.limit)
+    stale_s = settings.coordinator.stale_s
+    frame = read_frame(queue, args.limit, stale_s=stale_s)
     console = Console()
     if args.once:
         console.print(render(frame))
@@ -254,7 +255,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
             while True:
                 time.sleep(args.interval)
                 try:
-                    frame, error = read_frame(queue, args.limit), None
+                    frame, error = read_frame(queue, args.limit, stale_s=stale_s), None
                     read_at = time.monotonic()
                 except RedisError as exc:
                     ago = duration(time.monotonic() - read_at)

@@ -52,6 +52,7 @@ class Frame:
     stats: Stats
     finished: Mapping[int, tuple[int, int]]  # window (minutes) -> (done, dead) within it
     workers: Mapping[str, float]  # name -> seconds since its heartbeat
+    stale_s: float  # a worker silent longer is dead or stopped (FRAMEFLEET_STALE_S)
     leader: str | None
     health: Mapping[str, Any] | None  # the leader's last health report, if fresh
     health_age_s: float | None
@@ -75,9 +76,15 @@ class Frame:
         return self.backlog / rate if rate > 0 else None
 
 
-def read_frame(queue: Queue, limit: int = 20, clock: Callable[[], float] = time.time) -> Frame:
-    """Read what a frame shows: counts, throughput, workers, leader and health, and up to
-    `limit` leased items. `clock` (seconds) dates the health report, as the API does."""
+def read_frame(
+    queue: Queue,
+    limit: int = 20,
+    clock: Callable[[], float] = time.time,
+    stale_s: float = 10.0,
+) -> Frame:
+    """Read what a frame shows: counts, throughput, workers (alive: heard within stale_s),
+    leader and health, and up to `limit` leased items. `clock` (seconds) dates the health
+    report, as the API does."""
     supervision = Supervision(queue)
     stats = queue.stats()
     now_ms = queue.now_ms()
@@ -94,6 +101,7 @@ def read_frame(queue: Queue, limit: int = 20, clock: Callable[[], float] = time.
         stats=stats,
         finished=finished,
         workers=supervision.workers(),
+        stale_s=stale_s,
         leader=supervision.leader(),
         health=health,
         health_age_s=max(0.0, clock() - at) if isinstance(at, int | float) else None,
@@ -139,7 +147,7 @@ def _summary(frame: Frame) -> Table:
         rates += f"  (dead {dead / DRAIN_WINDOW_MIN:.1f}/min over {DRAIN_WINDOW_MIN}m)"
     grid.add_row("done/min", rates)
     grid.add_row("drain", _drain(frame))
-    grid.add_row("workers", shown(_workers(frame.workers)))
+    grid.add_row("workers", shown(_workers(frame.workers, frame.stale_s)))
     grid.add_row("leader", _leader(frame))
     return grid
 
@@ -153,15 +161,22 @@ def _drain(frame: Frame) -> str:
     return f"ETA {duration(eta)} ({frame.backlog} left at the last {DRAIN_WINDOW_MIN}m's rate)"
 
 
-def _workers(workers: Mapping[str, float]) -> str:
-    if not workers:
-        return "none heartbeating"
+def _workers(workers: Mapping[str, float], stale_s: float) -> str:
+    """The workers heard within stale_s, by kind; the silent ones (killed, stopped: the
+    coordinator replaces them, and the queue forgets them soon) only counted apart."""
+    alive = {name: age for name, age in workers.items() if age <= stale_s}
+    silent = len(workers) - len(alive)
     kinds: dict[str, int] = {}
-    for name in workers:
+    for name in alive:
         kind = name.split("-", 1)[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     by_kind = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
-    return f"{len(workers)} ({by_kind}); oldest heartbeat {duration(max(workers.values()))} ago"
+    text = "none heartbeating"
+    if alive:
+        text = f"{len(alive)} ({by_kind}); oldest heartbeat {duration(max(alive.values()))} ago"
+    if silent:
+        text += f"; {silent} silent for over {stale_s:g} s (dead or stopped)"
+    return text
 
 
 def _leader(frame: Frame) -> Text:

@@ -22,6 +22,7 @@ import pytest
 from redis import Redis
 
 from framefleet.queue.server import running_url
+from tests.conftest import ManualClock
 from tests.support.deadline import left, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1195,7 +1196,7 @@ def test_watch_once_shows_the_counts_throughput_workers_leader_and_a_bar_per_lea
     """One frame of `watch`: counts, throughput and the drain time, the workers, the leader
     and its health, and one bar per leased item (partly filled for 3 of 8 chunks, an
     unknown total shown as such) with its owner. Without a server it starts none."""
-    from framefleet.queue import NewItem, Supervision
+    from framefleet.queue import NewItem, Queue, Supervision
 
     d = running_server
     q = _queue_at(d)
@@ -1209,6 +1210,8 @@ def test_watch_once_shows_the_counts_throughput_workers_leader_and_a_bar_per_lea
     supervision = Supervision(q)
     supervision.heartbeat("decoder-t1-0")
     supervision.heartbeat("inference-t1-0")
+    behind = ManualClock(int((time.time() - 20) * 1000))  # killed 20 s ago: silent since
+    Supervision(Queue(q.client, q.settings, clock=behind)).heartbeat("inference-t1-1")
     assert supervision.hold_leadership("coord-1", ttl_s=60)
     supervision.write_health({"ok": True, "at": time.time(), "leader": "coord-1"}, ttl_s=60)
     frame = ff(d, "watch", "--once", env={"COLUMNS": "120"}).stdout
@@ -1216,7 +1219,8 @@ def test_watch_once_shows_the_counts_throughput_workers_leader_and_a_bar_per_lea
     assert "queued 1  delayed 0  leased 2  done 1  dead 0" in frame, frame
     assert "1m 1.0  5m 0.2  15m 0.1" in frame, frame  # one done in each window
     assert "ETA 15m 00s (3 left" in frame, frame  # 3 left at 1 per 5 minutes
-    assert "2 (decoder 1, inference 1)" in frame, frame
+    assert "2 (decoder 1, inference 1)" in frame, frame  # the silent one only counted apart
+    assert "1 silent for over 10 s (dead or stopped)" in frame, frame
     assert "coord-1; health report" in frame and "old, ok" in frame, frame
     assert "leased: 2" in frame, frame
     [row_a] = [ln for ln in frame.splitlines() if ln.split()[:1] == ["clip-a"]]
