@@ -214,7 +214,8 @@ def cmd_items(args: argparse.Namespace, settings: Settings) -> int:
 
     from framefleet.ops.watch import items_table
 
-    Console().print(items_table(found, args.state, now_ms))
+    console = Console()
+    console.print(items_table(found, args.state, now_ms, console.width))
     print(f"next page: --cursor {cursor}" if cursor else "(last page)")
     return 0
 

@@ -123,11 +123,12 @@ class Progress:
         n = len(self.ids)
         bar = "#" * int(30 * (done + dead) / max(1, n))
         health = self.supervision.health() or {}
-        fleet = (
-            f"{health.get('decoders', 0)} decoders, {health.get('ready_inference', 0)} models"
-            if health.get("gcs")
-            else "starting the fleet"
-        )
+        if not health.get("gcs"):
+            fleet = "starting the fleet: Ray"
+        elif not health.get("ready_inference"):  # the model loads in each inference actor
+            fleet = f"loading the model in {health.get('inference', 0)} inference actors"
+        else:
+            fleet = f"{health.get('decoders', 0)} decoders, {health['ready_inference']} models"
         self.frames = self._frames() - self.frames0
         if self.frames > 0 and self.first_frame_at is None:
             self.first_frame_at = time.monotonic()

@@ -241,18 +241,23 @@ _NOTE = {
 }
 
 
-def items_table(items: Sequence[Item], state: str, now_ms: int) -> Table:
-    """One page of items in one state, newest first, with what matters in that state."""
+def items_table(items: Sequence[Item], state: str, now_ms: int, width: int = 120) -> Table:
+    """One page of items in one state, newest first, with what matters in that state: one
+    line a row within `width` columns (the uri and the note cut short with an ellipsis:
+    --json or `show` for all of them)."""
+    rest = max(20, width - 24 - 3 - 5 - 6 - 6 - 7)  # what the fixed columns and gaps leave
     table = Table(
         title=f"{state} items, newest first", title_justify="left", box=_BOX, padding=(0, 1, 0, 0)
     )
     table.add_column("id", no_wrap=True, min_width=24)
-    table.add_column("pri", justify="right")
-    table.add_column("tries", justify="right")
-    table.add_column("chunks", justify="right", no_wrap=True)
+    table.add_column("pri", justify="right", no_wrap=True, min_width=3)
+    table.add_column("tries", justify="right", no_wrap=True, min_width=5)
+    table.add_column("chunks", justify="right", no_wrap=True, min_width=6)
     table.add_column("age", justify="right", no_wrap=True, min_width=6)
-    table.add_column("uri", overflow="fold", ratio=1)
-    table.add_column(_NOTE.get(state, ""), overflow="fold", ratio=1)
+    table.add_column("uri", no_wrap=True, overflow="ellipsis", max_width=rest // 2)
+    table.add_column(
+        _NOTE.get(state, ""), no_wrap=True, overflow="ellipsis", max_width=rest - rest // 2 - 1
+    )
     for item in items:
         total = "?" if item.chunks_total is None else str(item.chunks_total)
         table.add_row(

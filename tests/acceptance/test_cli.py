@@ -1083,6 +1083,11 @@ def test_items_pages_newest_first_and_a_cursor_walk_returns_each_item_once(
     page_two = ff_json(d, "items", "--limit", "3", "--json")["cursor"]
     assert f"next page: --cursor {page_two}" in table
     assert "s3://b/page-129.mp4" in ff(d, "items", "--limit", "3", env={"COLUMNS": "160"}).stdout
+    narrow = ff(d, "items", "--limit", "3", env={"COLUMNS": "80"}).stdout.splitlines()
+    assert all(len(line) <= 80 for line in narrow), narrow
+    shown_rows = [ln for ln in narrow if ln.split()[:1] and ln.split()[0] in enqueued]
+    assert len(shown_rows) == 3 and all("s3://" in ln for ln in shown_rows), narrow  # a line each
+    assert any(ln.split()[:6] == ["id", "pri", "tries", "chunks", "age", "uri"] for ln in narrow)
     none = ff(d, "items", "--state", "dead").stdout
     assert none.strip() == "no dead items (queued 130)"
     assert ff_json(d, "items", "--state", "dead", "--json") == {
