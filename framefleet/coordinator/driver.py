@@ -234,6 +234,7 @@ class Driver:
             draining_nodes=report.draining_nodes,
             decoders_wanted=report.decoders_wanted,
             inference_wanted=report.inference_wanted,
+            inference_room=report.inference_room,
             pids=report.pids,
         )
         return None

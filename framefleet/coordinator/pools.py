@@ -68,6 +68,7 @@ class PoolReport:
     draining_nodes: int = 0
     decoders_wanted: int = 0  # what the backlog asks for, within the configured bounds
     inference_wanted: int = 0
+    inference_room: int = 0  # how many could run with the free resources (fewer: CPU-bound)
     events: list[str] = field(default_factory=list)
     pids: dict[str, int | None] = field(default_factory=dict)
 
@@ -327,6 +328,7 @@ class Pools:
             )
         low, high = c.min_inference_actors, p.inference_actors
         report.inference_wanted = max(low, min(high, demand))
+        report.inference_room = min(len(self.inference) + room, high)
         target = wanted(len(self.inference), low, high, demand, room)
         while len(self.inference) < target:
             self.inference.append(self._new_inference())

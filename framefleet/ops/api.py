@@ -269,11 +269,19 @@ def workers(queue: QueueDep) -> list[WorkerOut]:
                 node=str(said["node"]) if said.get("node") else None,
                 host=str(said["host"]) if said.get("host") else None,
                 pid=pid if isinstance(pid, int) else None,
+                gpus=_share(said.get("gpus")),
                 heartbeat_age_s=round(age, 3),
                 items=sorted(supervision.held(name)),
             )
         )
     return out
+
+
+def _share(said: Any) -> float | None:
+    try:
+        return None if said is None else float(said)
+    except (TypeError, ValueError):
+        return None
 
 
 @router.get("/v1/health", dependencies=READ)

@@ -148,6 +148,7 @@ class WorkerOut(BaseModel):
     node: str | None  # the Ray node id, as its heartbeats say
     host: str | None
     pid: int | None
+    gpus: float | None  # an inference actor's GPU share, as it says (0 on a CPU-only node)
     heartbeat_age_s: float
     items: list[str]
 

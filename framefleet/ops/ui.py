@@ -353,8 +353,7 @@ def workers(request: Request) -> Response:
     stale = settings.coordinator.stale_s
     rows = []
     for w in api.workers(_queue(request)):
-        gpu = settings.pipeline.gpus_per_inference if w.kind == "inference" else None
-        rows.append({**w.model_dump(), "gpu": gpu, "stale": w.heartbeat_age_s > stale})
+        rows.append({**w.model_dump(), "gpu": w.gpus, "stale": w.heartbeat_age_s > stale})
     return render(request, "workers.html", role, page="/workers", title="Workers", workers=rows,
                   stale_s=stale)  # fmt: skip
 

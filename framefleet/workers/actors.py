@@ -20,7 +20,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -77,6 +77,7 @@ class Heartbeat:
         retired: Callable[[], None] | None = None,
         sweep: bool = False,
         silenced: Callable[[], None] | None = None,
+        info: Mapping[str, str | int] | None = None,
     ) -> None:
         self.supervision, self.name, self.settings = Supervision(queue), name, settings
         self.holding, self.leader, self.deposed, self.sweep = holding, leader, deposed, sweep
@@ -85,6 +86,7 @@ class Heartbeat:
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "node": RayAdapter().node_id(),
+            **(info or {}),
         }
         self.closed = threading.Event()
         self._beat()
@@ -171,7 +173,8 @@ class InferenceActor:
         warm_up(self.model.schema)
         if redis_url is not None:
             beats = beat_queue(redis_url, settings)
-            self.heartbeat = Heartbeat(beats, name, settings, silenced=_exit_silenced)
+            share = {"gpus": str(p.gpus_per_inference)}  # what Ray gave it: 0 without a GPU
+            self.heartbeat = Heartbeat(beats, name, settings, silenced=_exit_silenced, info=share)
 
     def describe(self) -> tuple[str, Any, int, str]:
         """(model name, record schema, pid, node id): also the readiness call."""

@@ -626,6 +626,26 @@ def test_an_items_page_tells_its_history_and_labels_a_death_as_one(dash: Dash) -
         assert "done" in [dt.text() for dt in clean.all("dt")]
 
 
+def test_the_workers_page_shows_the_gpu_share_each_actor_has_not_the_setting(
+    dash: Dash,
+) -> None:
+    """On a machine without a GPU the fleet's inference actors ask for none: the page shows
+    the share each says it has (0), not FRAMEFLEET_GPUS_PER_INFERENCE's 0.25."""
+    assert dash.settings.pipeline.gpus_per_inference == 0.25
+    supervision = Supervision(dash.queue)
+    supervision.heartbeat("inference-g1-0", info={"pid": 4343, "host": "cpu-1", "gpus": "0.0"})
+    supervision.heartbeat("decoder-g1-0", info={"pid": 4242, "host": "cpu-1"})
+    with _login(dash.served) as browser:
+        rows = {
+            tr.all("td")[0].text(): [td.text() for td in tr.all("td")]
+            for tr in _page(browser, "/ui/workers").one("tbody").all("tr")
+        }
+        assert rows["inference-g1-0"][5] == "0.0" and rows["decoder-g1-0"][5] == "–"
+    with dash.served.client() as api:
+        [actor] = [w for w in api.get("/v1/workers").json() if w["kind"] == "inference"]
+        assert actor["gpus"] == 0.0
+
+
 def test_the_overview_warns_of_webhooks_failing_in_the_last_hour(
     dash: Dash, valkey_client: Redis
 ) -> None:
@@ -690,6 +710,15 @@ def test_the_overview_shows_the_coordinators_report_and_the_redis_server(
         assert shown["decode actors"] == "2 running / 4 wanted"
         assert shown["inference actors"] == "1 ready, 2 running / 2 wanted"
         assert not [w for w in _warnings(overview) if "Ray" in w]
+        # a CPU-bound fleet: fewer fit than the backlog wants, and the page says why
+        bound = {**running, "inference": 1, "inference_wanted": 4, "inference_room": 1}
+        supervision.write_health({**bound, "at": time.time()}, ttl_s=60)
+        shown = _panel(_page(browser, "/ui/"), "Coordinator")
+        assert shown["inference actors"] == (
+            "1 ready, 1 running / 4 wanted (room for 1: the free CPUs and GPUs)"
+        )
+        supervision.write_health({**running, "at": time.time()}, ttl_s=60)
+        overview = _page(browser, "/ui/")
 
         redis = api.get("/v1/redis").json()
         shown = _panel(overview, "Redis")

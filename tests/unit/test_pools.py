@@ -183,11 +183,13 @@ def test_the_free_resources_bound_the_pools(queue: Queue) -> None:
     ray = ScriptedRay(cpus=4, gpus=0.5)  # room for two 0.25-GPU inference actors
     pools = make_pools(queue, ray)
     pools.tick()
-    pools.tick()
+    report = pools.tick()
     assert len(ray.live("InferenceActor")) == 2
     # one CPU was kept for the first decoder; two are left after it
     assert len(ray.live("DecodeActor")) == 2
     assert ray.free["CPU"] == 0
+    # the report says why fewer run than the backlog wants: room for two
+    assert (report.inference, report.inference_wanted, report.inference_room) == (2, 4, 2)
 
 
 def test_an_idle_queue_scales_down_to_the_minimum_and_a_burst_up_again(queue: Queue) -> None:
