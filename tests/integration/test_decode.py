@@ -222,40 +222,27 @@ def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def _growth_while_paused(
-    path: Path,
-    decoder: str,
-    wait_s: float = 1.5,
-    enough: float | None = None,
-    from_open: bool = False,
-) -> float:
+def _growth_while_paused(path: Path, decoder: str, wait_s: float = 1.5) -> float:
     """The most MB that RSS grew by while the reader, one chunk in, waited wait_s (as a
-    decode actor does when inference is the slower stage), sampled every 0.1 s; it stops
-    waiting once the growth exceeds `enough`. Counted from after the first chunk, or with
-    `from_open` from before it (decord's growth after it was 0 MB once in CI, cause unknown;
-    here the first chunk takes 0.05 s and 14 MB of the 146 MB its thread decodes into).
+    decode actor does when inference is the slower stage), sampled every 0.1 s.
 
     Measured in a fresh interpreter, as a decode actor's process is: in this one, memory that
-    earlier tests decoded into and freed is reused without RSS growing (that made decord's
-    decode-ahead look absent now and then)."""
+    earlier tests decoded into and freed would be reused without RSS growing."""
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        growth = pool.submit(_growth_here, path, decoder, wait_s, enough, from_open)
+        growth = pool.submit(_growth_here, path, decoder, wait_s)
         return growth.result(timeout=120)
 
 
-def _growth_here(
-    path: Path, decoder: str, wait_s: float, enough: float | None, from_open: bool
-) -> float:
+def _growth_here(path: Path, decoder: str, wait_s: float) -> float:
     dec = open_decoder(path, Sampling(), prefer=decoder)
     assert dec.info.decoder == decoder
     try:
         reader = iter(chunks(dec, Sampling(), 16))
-        opened = _rss_mb()
         first = next(reader)
         assert len(first) == 16
-        before, growth = opened if from_open else _rss_mb(), 0.0
+        before, growth = _rss_mb(), 0.0
         end = time.monotonic() + wait_s
-        while time.monotonic() < end and (enough is None or growth <= enough):
+        while time.monotonic() < end:
             time.sleep(0.1)
             growth = max(growth, _rss_mb() - before)
         return growth
@@ -267,11 +254,3 @@ def test_the_default_decoder_holds_only_the_frames_taken(long_video: Path) -> No
     assert PipelineSettings().decoder == "pyav"
     growth = _growth_while_paused(long_video, "pyav")
     assert growth < 10, f"RSS grew {growth:.0f} MB while no frame was taken"
-
-
-def test_decord_decodes_the_whole_video_ahead(long_video: Path) -> None:
-    """Why decord is not the default: after its first next() it decodes the rest of the video
-    into memory on its own thread, however slowly frames are taken."""
-    # Its thread decodes at the pace the machine's load allows: wait for it (up to 20 s).
-    growth = _growth_while_paused(long_video, "decord", wait_s=20, enough=60, from_open=True)
-    assert growth > 60, f"RSS grew only {growth:.0f} MB: decord no longer decodes ahead?"

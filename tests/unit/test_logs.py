@@ -117,8 +117,14 @@ def test_on_runs_terminal_only_warnings_print_and_each_clears_the_progress_line(
 def test_rays_own_logger_goes_through_the_same_handler_once_ray_is_imported() -> None:
     import ray  # noqa: F401 - Ray's import gives its logger a handler and format of its own
 
-    assert logging.getLogger("ray").handlers
+    # as a fresh import leaves it (an earlier configure in this session may have taken the
+    # handler Ray's import gave it away already)
+    own = logging.StreamHandler(io.StringIO())
+    ray_logger = logging.getLogger("ray")
+    ray_logger.addHandler(own)
+    ray_logger.propagate = False
     out = _configured(LogSettings(format="json"))
+    assert own not in ray_logger.handlers
     logging.getLogger("ray._private.worker").warning("a Ray warning")
     logging.getLogger("ray._private.worker").info("a Ray info")
     [line] = out.getvalue().splitlines()
