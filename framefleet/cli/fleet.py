@@ -46,6 +46,23 @@ def _fleet_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     return replace(settings, model=model, pipeline=pipeline, coordinator=coord)
 
 
+def _model_refused(settings: Settings) -> int | None:
+    """For a fleet on this machine (a local Ray): 2, said why and what to do, when its
+    inference actors could not load the model (workers/model.py: preflight); else None. On a
+    cluster the nodes that load it may see what this one does not: its actors say."""
+    from framefleet.coordinator.job import model_hint
+    from framefleet.workers.model import ModelLoadError, preflight
+
+    if settings.coordinator.ray_address is not None:
+        return None
+    try:
+        preflight(settings.model)
+    except ModelLoadError as exc:
+        print(f"error: {exc}\n{model_hint(str(exc))}", end="", file=sys.stderr)
+        return 2
+    return None
+
+
 @contextlib.contextmanager
 def _redis_url(settings: Settings) -> Iterator[str]:
     """The queue's URL for the fleet commands: they share the embedded server of the data dir
@@ -79,6 +96,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     allowed = tuple(dict.fromkeys([*settings.source.allowed_roots, *roots]))
     source = replace(settings.source, allowed_roots=allowed)
     settings = replace(_fleet_settings(args, settings), source=source)
+    if (refused := _model_refused(settings)) is not None:
+        return refused
     with _redis_url(settings) as url:
         leader = Supervision(Queue(connect(url), settings.queue)).leader()
         if leader is not None:
@@ -102,6 +121,8 @@ def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         args.ray_address = args.join
     settings = _fleet_settings(args, settings)
+    if (refused := _model_refused(settings)) is not None:
+        return refused
     with _redis_url(settings) as url, _ray_node(getattr(args, "join", None)):
         coordinator = Coordinator(settings, url)
         print(f"coordinator {coordinator.name} on {redacted(url)}", file=sys.stderr)
@@ -311,6 +332,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         print(why, file=sys.stderr)
         return 2
     settings = _fleet_settings(args, settings)
+    if (refused := _model_refused(settings)) is not None:
+        return refused
     stop = threading.Event()  # until the coordinator takes the signals over
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

@@ -66,7 +66,7 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
         code = coordinator.run(until=progress.finished)
         progress.finished()
         if coordinator.fatal is not None:
-            out.write(f"\nerror: {coordinator.fatal}\n{_hint(coordinator.fatal)}")
+            out.write(f"\nerror: {coordinator.fatal}\n{model_hint(coordinator.fatal)}")
             return 2
     out.write("\n")
     if code != 0:
@@ -182,7 +182,8 @@ def summarize(
     return 0 if len(done) == len(ids) else 1
 
 
-def _hint(error: str) -> str:
+def model_hint(error: str) -> str:
+    """What to do when the model cannot be loaded (its error text), or nothing."""
     if "RANDOM_WEIGHTS" in error or "cannot be fetched" in error or "offline" in error.lower():
         return (
             "hint: for a smoke run without the weights, `--random-weights` runs a randomly"

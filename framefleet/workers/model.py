@@ -40,6 +40,12 @@ class ModelLoadError(RuntimeError):
     """The model could not be loaded; the message says what to do instead."""
 
 
+_OPTIONS = (
+    "Without network access to the Hugging Face hub, set FRAMEFLEET_MODEL to a local"
+    " directory written by save_pretrained, or FRAMEFLEET_RANDOM_WEIGHTS=1 to run a randomly"
+    " initialised DETR-R50 (a smoke run: its detections mean nothing)"
+)
+
 def pin_weights(settings: ModelSettings) -> ModelSettings:
     """The settings with `weights` set to what identifies the weights now: a local
     directory's digest (`sha256:...`), or a hub model's commit (also set as its `revision`,
@@ -100,6 +106,35 @@ def _hub_commit(model: str, revision: str | None) -> str | None:
         path = snapshot_download(model, revision=revision, local_files_only=True)
         return Path(path).name if _COMMIT.fullmatch(Path(path).name) else None
     return None
+
+
+def preflight(settings: ModelSettings) -> None:
+    """Before a fleet starts on this machine: ModelLoadError (with what to do) when its
+    inference actors could not load the model, because a local directory is missing, or a
+    hub model is neither in the Hugging Face cache nor reachable. Without it, a fleet
+    without network spent minutes of download timeouts before it said so. A plugin's or
+    random weights are not checked here."""
+    if settings.plugin or settings.random_weights:
+        return
+    model, path = settings.model, Path(settings.model)
+    if path.is_dir():
+        return
+    if path.is_absolute() or settings.model.startswith("."):
+        raise ModelLoadError(f"cannot load model {model!r} (no such directory). {_OPTIONS}")
+    from huggingface_hub import HfApi, snapshot_download
+
+    with contextlib.suppress(Exception):
+        snapshot_download(model, revision=settings.revision, local_files_only=True)
+        return  # in the cache
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        reason = "not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
+    else:
+        try:
+            HfApi().model_info(model, revision=settings.revision, timeout=10)
+            return  # the inference actors download it
+        except Exception as exc:
+            reason = f"not in the Hugging Face cache, and the hub does not answer: {exc}"
+    raise ModelLoadError(f"cannot load model {model!r} ({reason}). {_OPTIONS}")
 
 
 def check_weights(settings: ModelSettings) -> None:
@@ -309,12 +344,7 @@ def _from_pretrained(model: str, revision: str | None = None) -> tuple[Any, Any]
             return detector, processor
         except OSError as exc:
             reason = str(exc).splitlines()[0]
-    raise ModelLoadError(
-        f"cannot load model {model!r} ({reason}). Without network access to the Hugging Face "
-        "hub, set FRAMEFLEET_MODEL to a local directory written by save_pretrained, or "
-        "FRAMEFLEET_RANDOM_WEIGHTS=1 to run a randomly initialised DETR-R50 (a smoke run: its "
-        "detections mean nothing)"
-    )
+    raise ModelLoadError(f"cannot load model {model!r} ({reason}). {_OPTIONS}")
 
 
 def detr_config(*, tiny: bool = False, num_labels: int = 91) -> Any:

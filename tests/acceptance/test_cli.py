@@ -959,6 +959,27 @@ def test_run_without_the_default_models_weights_says_what_to_do(tmp_path: Path) 
     assert "`--model DIR`" in proc.stderr
 
 
+def test_up_and_coordinator_say_at_once_when_the_model_cannot_be_loaded(tmp_path: Path) -> None:
+    """Before any server or Ray starts: no network and no cached weights for the default
+    model, or a model directory that is not there, are refused at once (exit 2) with the
+    reason and what to do, not after minutes of the actors' download timeouts."""
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # an empty cache
+    for command, env in (
+        (["up", "--no-api"], offline),
+        (["coordinator"], offline),
+        (["up", "--no-api", "--model", str(tmp_path / "nowhere")], {}),
+    ):
+        started = time.monotonic()
+        proc = ff(tmp_path / "redis", *command, check=False, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert time.monotonic() - started < 60, proc.stderr
+        assert "error: cannot load model" in proc.stderr, proc.stderr
+        assert "hint: for a smoke run without the weights, `--random-weights`" in proc.stderr
+        assert "Started a local Ray" not in proc.stderr
+        assert running_url(tmp_path / "redis") is None  # no server started
+    assert "(no such directory)" in proc.stderr
+
+
 # -- the ops commands: items, --json, watch, enqueue's progress bar ----------------------------
 
 
