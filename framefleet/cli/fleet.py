@@ -96,8 +96,6 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     allowed = tuple(dict.fromkeys([*settings.source.allowed_roots, *roots]))
     source = replace(settings.source, allowed_roots=allowed)
     settings = replace(_fleet_settings(args, settings), source=source)
-    if (refused := _model_refused(settings)) is not None:
-        return refused
     with _redis_url(settings) as url:
         leader = Supervision(Queue(connect(url), settings.queue)).leader()
         if leader is not None:
@@ -108,7 +106,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-        return run_job(settings, url, uris)
+        return run_job(settings, url, uris)  # it checks the model before it starts a fleet
 
 
 def cmd_coordinator(args: argparse.Namespace, settings: Settings) -> int:

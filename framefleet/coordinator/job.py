@@ -20,7 +20,7 @@ from framefleet import logs
 from framefleet.queue import Item, NewItem, Queue, Supervision, connect, default_id
 from framefleet.settings import VIDEO_SUFFIXES, Settings
 from framefleet.text import printable
-from framefleet.workers.model import pin_weights
+from framefleet.workers.model import ModelLoadError, pin_weights, preflight
 from framefleet.workers.outputs import OutputStore, item_dir, made_with
 
 from .supervisor import Coordinator
@@ -62,6 +62,12 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
     if progress.settled():
         out.write("each video is done or dead already: no fleet started")
     else:
+        try:  # at once, not after the actors' download timeouts (none on a cluster's nodes)
+            if settings.coordinator.ray_address is None:
+                preflight(settings.model)
+        except ModelLoadError as exc:
+            out.write(f"error: {exc}\n{model_hint(str(exc))}")
+            return 2
         coordinator = Coordinator(settings, redis_url)
         code = coordinator.run(until=progress.finished)
         progress.finished()

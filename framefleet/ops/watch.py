@@ -254,9 +254,13 @@ def items_table(items: Sequence[Item], state: str, now_ms: int, width: int = 120
     table.add_column("tries", justify="right", no_wrap=True, min_width=5)
     table.add_column("chunks", justify="right", no_wrap=True, min_width=6)
     table.add_column("age", justify="right", no_wrap=True, min_width=6)
-    table.add_column("uri", no_wrap=True, overflow="ellipsis", max_width=rest // 2)
+    # the two share what is left: each its width if both fit, else the longer gives way
+    uris = [len(shown(item.uri)) for item in items] or [0]
+    notes = [len(shown(_note(item, now_ms))) for item in items] or [0]
+    uri_width = min(max(uris), max(rest // 2, rest - max(notes)))
+    table.add_column("uri", no_wrap=True, overflow="ellipsis", max_width=max(3, uri_width))
     table.add_column(
-        _NOTE.get(state, ""), no_wrap=True, overflow="ellipsis", max_width=rest - rest // 2 - 1
+        _NOTE.get(state, ""), no_wrap=True, overflow="ellipsis", max_width=max(3, rest - uri_width)
     )
     for item in items:
         total = "?" if item.chunks_total is None else str(item.chunks_total)

@@ -577,7 +577,9 @@ def test_enqueue_from_a_file(running_server: Path, tmp_path: Path) -> None:
     missing file is named, both before anything is written."""
     listing = tmp_path / "uris.txt"
     listing.write_text("  s3://b/f1.mp4\n\nclips/f2.mp4  \n\n")
-    out = ff_json(running_server, "enqueue", "s3://b/f0.mp4", "--file", str(listing))
+    roots = {"FRAMEFLEET_ALLOWED_ROOTS": str(ROOT)}  # where the relative path lands
+    got = ff(running_server, "enqueue", "s3://b/f0.mp4", "--file", str(listing), env=roots)
+    out = json.loads(got.stdout)
     assert out["enqueued"] == 3
     shown = [ff_json(running_server, "show", i)["uri"] for i in out["new_ids"]]
     assert shown == ["s3://b/f0.mp4", "s3://b/f1.mp4", str(ROOT / "clips" / "f2.mp4")]
@@ -1208,6 +1210,7 @@ def test_a_webhook_url_without_a_signing_key_is_refused_at_start(tmp_path: Path)
     got = ff(
         tmp_path,
         "coordinator",
+        "--random-weights",  # no model to load: only the webhook's setting is wrong
         env={"FRAMEFLEET_WEBHOOK_URL": "https://hooks.example/ff"},
         check=False,
     )
