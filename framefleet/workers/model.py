@@ -46,6 +46,7 @@ _OPTIONS = (
     " initialised DETR-R50 (a smoke run: its detections mean nothing)"
 )
 
+
 def pin_weights(settings: ModelSettings) -> ModelSettings:
     """The settings with `weights` set to what identifies the weights now: a local
     directory's digest (`sha256:...`), or a hub model's commit (also set as its `revision`,
