@@ -210,6 +210,21 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     memory = q.memory()
     assert memory is not None and memory.used_bytes > 0 and not memory.full
     assert q.stats().counts["queued"] >= 1 and lf.id != lg.id
+    # an item's history, the outcomes stream, a consumer group and the webhooks' record
+    assert [e["what"] for e in q.events("d1")][-1] == "retried"
+    told = q.outcomes(count=1000)
+    assert told and q.last_outcome() == told[-1].entry
+    q.outcome_group("hooks")
+    [lx] = q.claim(1, "w11")
+    assert q.ack(lx, "r")
+    [heard] = q.read_outcome_group("hooks", "c1", block_s=0.1)
+    [pending] = q.pending_outcomes("hooks")
+    assert pending.entry == heard.entry
+    found, gone = q.claim_outcomes("hooks", "c2", [heard.entry])
+    assert [o.entry for o in found] == [heard.entry] and gone == []
+    q.webhook_result("hooks", heard.entry, "gave_up", {"id": heard.id, "error": "HTTP 500"})
+    assert q.webhook_failures(1)[0]["id"] == heard.id and q.pending_outcomes("hooks") == []
+    assert q.ack_outcomes("hooks", [heard.entry]) == 0  # acknowledged already
     # the leader lease and the health report
     assert sup.hold_leadership("c1", ttl_s=60) and sup.hold_leadership("c1", ttl_s=60)
     assert sup.leader() == "c1" and sup.release_leadership("c1")

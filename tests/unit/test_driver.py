@@ -108,10 +108,11 @@ def test_a_head_lost_inside_a_ticks_ray_call_is_reported_and_ends_the_driver(
     assert code == GCS_LOST
     report = seen["report"]
     assert report["gcs"] is False and report["generation"] == "g-driver", report
-    # noticed within a tick or two of the hang, not when Ray's call gives up
-    assert seen["reported_at"] - ray.hung_at < 5 * TICK_S + 1.0
+    # noticed within a few ticks of the hang (the bound leaves room for a loaded machine),
+    # not when Ray's call gives up (a minute: the call here hangs until the test ends)
+    assert seen["reported_at"] - ray.hung_at < 10.0
     # and the driver gave up after its grace time, while the tick still hung
-    assert GRACE_S <= ended - ray.hung_at < GRACE_S + 5 * TICK_S + 1.0
+    assert GRACE_S <= ended - ray.hung_at < GRACE_S + 10.0
 
 
 def test_the_health_report_counts_replacements_and_says_why_it_is_not_ok(
