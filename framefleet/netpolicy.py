@@ -13,8 +13,10 @@ workers check it on every fetch, and the enqueue API (next issue) is to call it 
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -149,3 +151,46 @@ def refusal(
             allowed = ", ".join(map(str, roots)) or "none configured (FRAMEFLEET_ALLOWED_ROOTS)"
             return f"{path} is outside the allowed roots ({allowed})"
     return None
+
+
+class PinnedHTTP(http.client.HTTPConnection):
+    """An HTTP connection to the address check_url checked, whatever the URL's host name
+    resolves to now (the Host header stays the name). `open_socket` makes its socket."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def open_socket(self) -> socket.socket:
+        return socket.create_connection((self.address, self.port), self.timeout)
+
+    def connect(self) -> None:
+        self.sock = self.open_socket()
+
+
+class PinnedHTTPS(http.client.HTTPSConnection):
+    """The same over TLS: the certificate is checked against the URL's host name.
+    `before_handshake` sees the TLS socket before its handshake (a deadline to watch it)."""
+
+    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self.address = address
+
+    def open_socket(self) -> socket.socket:
+        return socket.create_connection((self.address, self.port), self.timeout)
+
+    def before_handshake(self, tls: ssl.SSLSocket) -> None:
+        """Nothing here; a subclass may watch it."""
+
+    def connect(self) -> None:
+        sock = self.open_socket()
+        tls = self._context.wrap_socket(  # type: ignore[attr-defined]
+            sock, server_hostname=self.host, do_handshake_on_connect=False
+        )
+        self.before_handshake(tls)
+        try:
+            tls.do_handshake()
+        except BaseException:
+            tls.close()  # not ours to keep: the connection never had it
+            raise
+        self.sock = tls

@@ -211,6 +211,10 @@ class PipelineSettings:
     # much address space (what a crafted file makes FFmpeg allocate ends there, not the
     # actor: decode_process.py); 0 decodes in the actor's own process
     decode_memory_bytes: int = 4 << 30
+    # FRAMEFLEET_PREVIEWS: frames of each video saved as small JPEGs with the boxes drawn
+    # (evenly spaced; by the inference actors, no second decode: workers/previews.py); 0: none.
+    # Not part of the outputs' version: turning them on runs nothing again
+    previews: int = 0
     # Set by the driver, not read from the environment: the marker file its actors must see
     # in a local output root (workers/outputs.py mark_root)
     out_marker: str | None = None
@@ -241,6 +245,8 @@ class PipelineSettings:
         for name in ("stall_s", "chunk_timeout_s", "inference_wait_s", "max_duration_s"):
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{name} must be > 0")
+        if not 0 <= self.previews <= 100:
+            raise SettingsError("previews must be in [0, 100]")
         if self.max_side < 0 or self.max_pixels < 1 or self.max_frames < 1:
             raise SettingsError("max_side must be >= 0, max_pixels and max_frames >= 1")
 
@@ -543,6 +549,7 @@ _PIPELINE_ENV = {
     "max_side": "FRAMEFLEET_MAX_SIDE",
     "max_pixels": "FRAMEFLEET_MAX_PIXELS",
     "max_frames": "FRAMEFLEET_MAX_FRAMES",
+    "previews": "FRAMEFLEET_PREVIEWS",
     "max_duration_s": "FRAMEFLEET_MAX_DURATION_S",
     "decode_memory_bytes": "FRAMEFLEET_DECODE_MEMORY_BYTES",
 }
@@ -601,6 +608,7 @@ FLEET_FLAGS: dict[str, tuple[str, str]] = {
     "--device": ("FRAMEFLEET_DEVICE", "auto, cpu or cuda"),
     "--decode-actors": ("FRAMEFLEET_DECODE_ACTORS", "decode actors at most"),
     "--inference-actors": ("FRAMEFLEET_INFERENCE_ACTORS", "inference actors at most"),
+    "--previews": ("FRAMEFLEET_PREVIEWS", "frames of each video saved with its boxes drawn"),
 }
 
 

@@ -265,3 +265,30 @@ def claimers(server: EmbeddedServer, client: Redis) -> Iterator[ClaimerFactory]:
     yield start
     for c in made:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_url() -> Iterator[str]:
+    """moto's S3 server on loopback, one a module."""
+    from tests.support.servers import moto_s3_server
+
+    with moto_s3_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An output store: a local directory, then a bucket of moto's server (each test its own)."""
+    from framefleet.settings import SourceSettings
+    from framefleet.workers.outputs import OutputStore
+    from framefleet.workers.sources import s3_client
+
+    if request.param == "local":
+        return OutputStore(str(tmp_path / "out"), SourceSettings())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    settings = SourceSettings(s3_endpoint_url=request.getfixturevalue("s3_url"))
+    bucket = f"out-{tmp_path.name.lower().replace('_', '-')[-40:]}"
+    s3_client(settings).create_bucket(Bucket=bucket)
+    return OutputStore(f"s3://{bucket}/runs/1", settings)

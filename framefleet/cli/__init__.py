@@ -1,14 +1,17 @@
 """The `framefleet` command line. Every command reads one Settings (environment, then flags)."""
 
 # The docstring above is also the description `framefleet --help` prints. The commands live in
-# `fleet` (run, up, coordinator, api, check, demo, bench) and `queue` (enqueue, stats, show,
-# items, pause/resume, reap, cancel, dead, inbox, redis, watch); this module builds the parser
-# (in the order `--help` lists the commands), reads the Settings and maps errors to exit codes.
+# `fleet` (run, up, coordinator, api, check, demo, bench), `queue` (enqueue, stats, show,
+# items, pause/resume, reap, cancel, dead, inbox, redis, watch) and `results`; this module
+# builds the parser (in the order `--help` lists the commands), reads the Settings and maps
+# errors to exit codes.
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -40,6 +43,8 @@ from framefleet.cli.queue import (
     cmd_stats,
     cmd_watch,
 )
+from framefleet.cli.results import add_parser as add_results_parser
+from framefleet.cli.results import cmd_results
 from framefleet.queue import ServerError, State, redacted
 from framefleet.queue.server import found_data_dir
 from framefleet.settings import (
@@ -77,6 +82,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         redis = replace(redis, data_dir=Path(args.data_dir))
     elif not os.environ.get("FRAMEFLEET_DATA_DIR"):  # found upward, as git finds its repository
         redis = replace(redis, data_dir=found_data_dir())
+        if not os.environ.get("FRAMEFLEET_OUT"):  # and the outputs beside it: .framefleet/out
+            s = replace(s, pipeline=replace(s.pipeline, out=str(redis.data_dir.parent / "out")))
     queue = replace(s.queue, name=args.queue) if args.queue else s.queue
     log = replace(s.log, level=args.log_level) if args.log_level else s.log
     return replace(s, redis=redis, queue=queue, log=log)
@@ -167,12 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--once", action="store_true", help="print one frame and exit")
     sp = add("check", cmd_check, "exit 0 if Redis answers and the leader's report is fresh")
     sp.add_argument("--max-age-s", type=float, default=30.0, help="freshness (default 30 s)")
+    add_results_parser(sub, cmd_results)
     sp = add("show", cmd_show, "one item as stored")
     sp.add_argument("id")
     _json_flag(sp)
     _json_flag(add("pause", cmd_pause, "stop handing out items"))
     _json_flag(add("resume", cmd_pause, "hand out items again"))
-    add("reap", cmd_reap, "take back expired leases now")
+    _json_flag(add("reap", cmd_reap, "take back expired leases now"))
     sp = add("cancel", cmd_cancel, "cancel a queued item (it becomes a dead letter)")
     sp.add_argument("id")
     sp.add_argument("--why", default="by request")
@@ -185,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("inbox", cmd_inbox, "the plain-client inbox: ingest now, or list rejected entries")
     sp.add_argument("action", choices=("ingest", "rejected"))
     sp.add_argument("--limit", type=int, default=1000)
+    _json_flag(sp)
     sp = add("redis", cmd_redis, "run the embedded server in the foreground")
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--appendfsync", choices=("everysec", "always"))
@@ -230,6 +239,8 @@ def _fleet_flags(sp: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # `kill -USR1 <pid>` prints every thread's stack on stderr: what a hung command is doing
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)

@@ -19,6 +19,7 @@ from framefleet.cli.common import as_uri, print_json
 from framefleet.netpolicy import refusal
 from framefleet.queue import EmbeddedServer, InvalidItem, NewItem, Queue, connect, open_queue
 from framefleet.settings import Settings
+from framefleet.text import printable
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -44,7 +45,11 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         with open_queue(settings) as q:
             new = _written(q, items, args.force, bar)
-    print_json({"enqueued": len(new), "already_known": len(items) - len(new), "new_ids": new})
+    known = len(items) - len(new)
+    if args.json:
+        print_json({"enqueued": len(new), "already_known": known, "new_ids": new})
+    else:
+        print(f"enqueued {len(new)}, already known {known}" + _listed(new))
     return 0
 
 
@@ -138,7 +143,17 @@ def _priority(text: str) -> int | str:
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
-        print_json(q.stats().as_dict())
+        stats = q.stats()
+    if args.json:
+        print_json(stats.as_dict())
+        return 0
+    counts = ", ".join(f"{k} {n:,}" for k, n in stats.counts.items())
+    paused = " (paused: nothing is handed out)" if stats.paused else ""
+    print(f"queue {settings.queue.name!r}: {counts}{paused}")
+    if stats.oldest_queued_age_s is not None:
+        print(f"oldest queued: {stats.oldest_queued_age_s:.0f} s")
+    if stats.counters:
+        print("counters: " + ", ".join(f"{k} {n:,}" for k, n in sorted(stats.counters.items())))
     return 0
 
 
@@ -149,17 +164,18 @@ def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         if after == "$":  # only those to come: from the newest one now
             after = q.last_outcome()
-        while True:
-            try:
-                told = q.outcomes(after, count=args.count, block_s=5.0 if args.follow else None)
-            except KeyboardInterrupt:
-                return 0
-            for outcome in told:
-                print(json.dumps(outcome.to_json(), separators=(",", ":")), flush=True)
-            if told:
-                after = told[-1].entry
-            elif not args.follow:
-                return 0
+        try:
+            while True:
+                block = 5.0 if args.follow else None
+                told = q.outcomes(after, count=args.count, block_s=block)
+                for outcome in told:
+                    print(json.dumps(outcome.to_json(), separators=(",", ":")), flush=True)
+                if told:
+                    after = told[-1].entry
+                elif not args.follow:
+                    return 0
+        except KeyboardInterrupt:  # Ctrl-C, wherever it lands: the end asked for
+            return 0
 
 
 def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -169,8 +185,27 @@ def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
             print(f"no item {args.id!r}", file=sys.stderr)
             return 1
         history = q.events(args.id)
-        print_json({"chunks": sorted(q.chunks(args.id)), **_item_dict(item), "history": history})
+        chunks = sorted(q.chunks(args.id))
+    if args.json:
+        print_json({"chunks": chunks, **_item_dict(item), "history": history})
+        return 0
+    for name, value in _item_dict(item).items():
+        if value not in (None, "", {}, 0) or name in ("attempts", "deliveries"):
+            shown = _when(value) if name.endswith(("_at", "_ms")) else printable(str(value))
+            print(f"{name:>16}  {shown}")
+    print(f"{'chunks done':>16}  {len(chunks)}")
+    print("history:" if history else "history: nothing yet")
+    for event in history:
+        detail = f"  {printable(str(event.get('detail')))}" if event.get("detail") else ""
+        print(f"  {_when(event.get('at'))}  {event.get('what', '')}{detail}")
     return 0
+
+
+def _when(ms: Any) -> str:
+    """A time the queue keeps (ms since the epoch) as UTC, to the second."""
+    if not isinstance(ms, int | float):
+        return str(ms)
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
 
 
 def _item_dict(item: Any) -> dict[str, Any]:
@@ -274,7 +309,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         r = q.reap()
-    print_json({"requeued": r.requeued, "poisoned": r.poisoned, "promoted": r.promoted})
+    if args.json:
+        print_json({"requeued": r.requeued, "poisoned": r.poisoned, "promoted": r.promoted})
+    else:
+        print(f"requeued {r.requeued}, poisoned {r.poisoned}, retries due {r.promoted}")
     return 0
 
 
@@ -288,15 +326,40 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         if args.action == "list":
-            print_json([_item_dict(i) for i in q.dead(limit=args.limit)])
+            dead = q.dead(limit=args.limit)
+            if args.json:
+                print_json([_item_dict(i) for i in dead])
+                return 0
+            if not dead:
+                print("no dead letters")
+                return 0
+            now_ms = q.now_ms()
+            from rich.console import Console
+
+            from framefleet.ops.watch import items_table
+
+            console = Console()
+            console.print(items_table(dead, "dead", now_ms, console.width))
             return 0
         if not args.ids and not args.all:
             print(f"dead {args.action}: give ids or --all", file=sys.stderr)
             return 2
         op = q.retry_dead if args.action == "retry" else q.purge_dead
         moved = op(args.ids, limit=args.limit) if args.ids else _drain(op, args.limit)
-    print_json({"retried" if args.action == "retry" else "purged": moved})
+    done = "retried" if args.action == "retry" else "purged"
+    if args.json:
+        print_json({done: moved})
+    else:
+        print(f"{done} {len(moved)}" + _listed(moved))
     return 0
+
+
+def _listed(ids: list[str], shown: int = 10) -> str:
+    """`: a, b, c` (the first `shown`, then how many more), or nothing."""
+    if not ids:
+        return ""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ": " + ", ".join(printable(i) for i in ids[:shown]) + more
 
 
 def _drain(op: Callable[..., list[str]], limit: int) -> list[str]:
@@ -310,16 +373,24 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         if args.action == "ingest":
             r = q.ingest_inbox(limit=args.limit)
-            print_json(
-                {
-                    "ingested": r.ingested,
-                    "rejected": r.rejected,
-                    "duplicates": r.duplicates,
-                    "remaining": r.remaining,
-                }
-            )
-        else:
-            print_json(q.rejected(limit=args.limit))
+            counts = {
+                "ingested": r.ingested,
+                "rejected": r.rejected,
+                "duplicates": r.duplicates,
+                "remaining": r.remaining,
+            }
+            if args.json:
+                print_json(counts)
+            else:
+                print(", ".join(f"{k} {n}" for k, n in counts.items()))
+            return 0
+        rejected = q.rejected(limit=args.limit)
+    if args.json:
+        print_json(rejected)
+    elif not rejected:
+        print("no rejected inbox entries")
+    for entry in [] if args.json else rejected:
+        print(printable(json.dumps(entry, sort_keys=True)))
     return 0
 
 

@@ -22,6 +22,7 @@ from framefleet.settings import VIDEO_SUFFIXES, Settings
 from framefleet.text import printable
 from framefleet.workers.model import ModelLoadError, pin_weights, preflight
 from framefleet.workers.outputs import OutputStore, item_dir, made_with
+from framefleet.workers.results import Results
 
 from .supervisor import Coordinator
 
@@ -177,6 +178,13 @@ def summarize(
         f"done {len(done)} of {len(ids)}, dead {len(dead)}; {frames} frames in {seconds:.1f} s"
         f" ({frames / max(busy, 1e-9):.1f} frames/s over the {busy:.1f} s from the first frame"
         f" through the model, start-up left out); outputs in {settings.pipeline.out}\n"
+    )
+    results = Results(store)
+    out.write(
+        f"  the videos: framefleet results --out {settings.pipeline.out}"
+        f" (index: {results.index})\n"
+        f"  every current detection, one dataset: {results.dataset}"
+        " (DuckDB, pandas or pyarrow: see the README's Results)\n"
     )
     if settings.model.random_weights:
         out.write(

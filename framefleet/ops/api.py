@@ -13,6 +13,7 @@ the root path, the body limit) in ops/server.py.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import re
@@ -33,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from framefleet.netpolicy import refusal
-from framefleet.queue import Memory, NewItem, Queue, QueueFull, State, Supervision
+from framefleet.queue import Item, Memory, NewItem, Queue, QueueFull, State, Supervision
 from framefleet.queue.model import InvalidItem
 from framefleet.queue.reader import FIND_CAP
 from framefleet.settings import Settings
@@ -46,6 +47,7 @@ from .schemas import (
     WINDOWS_MIN,
     BatchIn,
     Bulk,
+    Detections,
     Enqueued,
     Existing,
     ItemDetail,
@@ -176,6 +178,79 @@ def get_manifest(item_id: str, queue: QueueDep, settings: SettingsDep) -> dict[s
         return OutputStore(settings.pipeline.out, settings.source).read_result(item.result)
     except (OSError, ValueError) as exc:  # not in this store, or not readable now
         raise HTTPException(404, f"{item.result}: {exc}") from None
+
+
+def _output_file(item_id: str, name: str, queue: Queue, settings: Settings) -> tuple[Item, bytes]:
+    """A done item, and one file of its outputs (`name`, under its version's folder) read
+    from the output store this API is configured with (never from the source); 404 when the
+    item is not done, or its outputs are not in that store or not readable now."""
+    from framefleet.workers.outputs import OutputStore  # boto3, pyarrow: only when asked
+
+    item = queue.get(item_id)
+    if item is None or not item.result:
+        raise HTTPException(404, f"no outputs for {item_id!r}")
+    store = OutputStore(settings.pipeline.out, settings.source)
+    video = store.video_of(item.result)
+    try:
+        if video is None:
+            raise FileNotFoundError(f"not a manifest under {store.base}")
+        return item, store.get(f"{video}/{name}")
+    except (OSError, ValueError) as exc:
+        raise HTTPException(404, f"{item.result}: {name}: {exc}") from None
+
+
+@router.get(
+    "/v1/items/{item_id:path}/detections",
+    response_model=Detections,
+    dependencies=READ,
+    responses=errors(404),
+)
+def get_detections(
+    item_id: str,
+    queue: QueueDep,
+    settings: SettingsDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Detections:
+    """A done item's detections, a page at a time (`next`: the offset of the next page, null
+    after the last), read from the output store this API is configured with; each row as
+    the model wrote it (frame_index, pts_s, label, score, box...). 404 when the item is not
+    done or its outputs are not in that store."""
+    import pyarrow.parquet as pq  # only when asked
+
+    from framefleet.workers.outputs import DETECTIONS
+
+    item, body = _output_file(item_id, DETECTIONS, queue, settings)
+    table = pq.read_table(io.BytesIO(body))
+    page = table.slice(offset, limit).drop_columns(
+        [c for c in ("uri", "video_id") if c in table.column_names]
+    )
+    after = offset + page.num_rows
+    return Detections(
+        id=item_id,
+        uri=item.uri,
+        total=table.num_rows,
+        offset=offset,
+        next=after if after < table.num_rows else None,
+        rows=page.to_pylist(),
+    )
+
+
+@router.get(
+    "/v1/items/{item_id:path}/previews/{name}",
+    dependencies=READ,
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **errors(404)},
+)
+def get_preview(item_id: str, name: str, queue: QueueDep, settings: SettingsDep) -> Response:
+    """One of a done item's previews (a JPEG of a frame with its boxes drawn: its name is in
+    the manifest's `previews`), read from the output store; never from the source."""
+    from framefleet.workers import previews
+
+    if not previews.NAME.fullmatch(name):
+        raise HTTPException(404, f"no preview {name!r} of {item_id!r}")
+    _, body = _output_file(item_id, f"{previews.FOLDER}/{name}", queue, settings)
+    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "private"})
 
 
 @router.get(

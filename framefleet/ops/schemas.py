@@ -100,6 +100,15 @@ class ItemDetail(ItemOut):
     history: list[EventOut]  # oldest first, the newest 20 (none for one done at its 1st claim)
 
 
+class Detections(BaseModel):
+    id: str
+    uri: str
+    total: int  # rows of the video's detections
+    offset: int
+    next: int | None  # the offset of the next page; None: this was the last
+    rows: list[dict[str, Any]]  # as the model wrote them: frame_index, pts_s, label, score...
+
+
 class Page(BaseModel):
     items: list[ItemOut]
     cursor: str | None  # pass back for the next page; None: this was the last

@@ -287,12 +287,19 @@ def manifest(request: Request, item_id: str) -> Response:
     return Response(api.json_text(body), media_type="application/json", headers=HEADERS)
 
 
+@router.get("/items/{item_id:path}/previews/{name}")
+def preview(request: Request, item_id: str, name: str) -> Response:
+    _reader(request)
+    return api.get_preview(item_id, name, _queue(request), request.app.state.settings)
+
+
 @router.get("/items/{item_id:path}")
 def item(request: Request, item_id: str) -> Response:
     role = _reader(request)
     queue = _queue(request)
     found = api.get_item(item_id, queue, request)
     timings: list[tuple[str, float]] = []
+    manifest: dict[str, Any] = {}
     if found.result:
         try:
             manifest = api.get_manifest(item_id, queue, request.app.state.settings)
@@ -307,6 +314,8 @@ def item(request: Request, item_id: str) -> Response:
     return render(
         request, "item.html", role, page="/items", title=found.id, i=found, timings=timings,
         timings_max=max((s for _, s in timings), default=0), source=source or found.meta,
+        previews=manifest.get("previews") or [], detections=manifest.get("rows", 0),
+        frames=manifest.get("frames", 0),
     )  # fmt: skip
 
 

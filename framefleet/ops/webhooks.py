@@ -28,8 +28,6 @@ import hmac
 import http.client
 import json
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +36,7 @@ from urllib.parse import urlsplit
 
 from redis.exceptions import RedisError
 
-from framefleet.netpolicy import URLRefused, check_url
+from framefleet.netpolicy import PinnedHTTP, PinnedHTTPS, URLRefused, check_url
 from framefleet.queue import Outcome, Queue
 from framefleet.settings import WebhookSettings
 
@@ -81,33 +79,6 @@ class Failed(Exception):
         self.reason, self.final = reason, final
 
 
-class _Pinned(http.client.HTTPConnection):
-    """Connects to the address the policy checked, whatever the name resolves to now."""
-
-    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
-
-
-class _PinnedTLS(http.client.HTTPSConnection):
-    """The same over TLS: the certificate is checked against the URL's host name."""
-
-    def __init__(self, host: str, port: int, *, address: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self.address = address
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self.address, self.port), self.timeout)
-        try:
-            self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
-        except BaseException:
-            sock.close()
-            raise
-
-
 def post(url: str, body: bytes, headers: dict[str, str], settings: WebhookSettings) -> int:
     """POST `body` to `url` (the network policy checked, the checked address connected to);
     the 2xx status, or Failed."""
@@ -120,7 +91,7 @@ def post(url: str, body: bytes, headers: dict[str, str], settings: WebhookSettin
     headers = {**headers, "Host": parts.netloc.rpartition("@")[2]}
     error = "no address"
     for address, port in targets:
-        cls = _PinnedTLS if parts.scheme == "https" else _Pinned
+        cls = PinnedHTTPS if parts.scheme == "https" else PinnedHTTP
         conn = cls(str(parts.hostname), port, address=str(address), timeout=settings.timeout_s)
         try:
             conn.request("POST", path, body=body, headers=headers)

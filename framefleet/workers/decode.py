@@ -174,6 +174,7 @@ class Chunk:
     frame_indices: np.ndarray  # (n,) int64: index of each frame in the source video
     pts_s: np.ndarray  # (n,) float64: presentation time in seconds
     source_size: tuple[int, int] = (0, 0)  # (width, height) of the source frames
+    previews: tuple[int, ...] = ()  # positions of the frames to draw previews of (previews.py)
 
     def __len__(self) -> int:
         return int(self.frame_indices.shape[0])
@@ -568,16 +569,22 @@ class ChunkReader:
         return math.ceil(self.kept / self.chunk_frames)
 
     @property
-    def expected_chunks(self) -> int | None:
-        """The number of chunks the container's frame count and rate promise (None when it
-        does not say): an estimate for progress bars, never used for correctness."""
+    def expected_kept(self) -> int | None:
+        """The frames the sampling will keep, as the container's frame count and rate
+        promise (None when it does not say): an estimate, never used for correctness."""
         info, s = self.decoder.info, self.sampling
         if info.frames <= 0:
             return None
         kept = info.frames / s.stride
         if s.fps is not None and info.fps > 0:
             kept = info.frames * min(1.0, s.fps / info.fps)
-        return max(1, math.ceil(kept / self.chunk_frames))
+        return max(1, math.ceil(kept))
+
+    @property
+    def expected_chunks(self) -> int | None:
+        """The number of chunks expected_kept makes: for progress bars."""
+        kept = self.expected_kept
+        return None if kept is None else max(1, math.ceil(kept / self.chunk_frames))
 
     def __iter__(self) -> Iterator[Chunk]:
         size, done = self.chunk_frames, self.done

@@ -4,8 +4,12 @@ Under a local directory or `s3://bucket/prefix`, for each version of an item's o
 (`output_version`: the configuration's hash, the source's etag, the item's revision):
 
     <item_id>/<version>/chunk-<k>.parquet   one per chunk, written by the inference actors
-    <item_id>/<version>/detections.parquet  the whole video, when every chunk is there
+    <item_id>/<version>/detections.parquet  the whole video, when every chunk is there,
+                                            with the video's URI as its first column
     <item_id>/<version>/_manifest.json      written last: the video is complete
+
+and, beside them, the root's index of finished videos and its dataset of current detections
+(`_index/`, `_dataset/`: workers/results.py).
 
 so that outputs of another configuration, another version of the source, or of a run
 superseded by an enqueue with force, never mix.
@@ -27,6 +31,8 @@ import logging
 import os
 import re
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +40,7 @@ from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from framefleet.settings import SourceSettings
@@ -97,7 +104,28 @@ def records_table(
 
 
 def table_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema of a chunk's rows."""
     return pa.schema([*BASE_FIELDS, *schema, ("model", pa.string())])
+
+
+def merged_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema of a video's detections.parquet: a chunk's, after the video's URI."""
+    return pa.schema([("uri", pa.string()), *table_schema(schema)])
+
+
+def with_uri(table: pa.Table, uri: str | None) -> pa.Table:
+    """A chunk's rows with the video's URI as their first column."""
+    if "uri" in table.column_names:
+        return table
+    return table.add_column(0, "uri", pa.array([uri] * table.num_rows, pa.string()))
+
+
+def label_counts(table: pa.Table) -> dict[str, int]:
+    """Detections per label of a table with a `label` column (none: {})."""
+    if "label" not in table.column_names or not table.num_rows:
+        return {}
+    counts = pc.value_counts(table["label"]).to_pylist()
+    return {str(c["values"]): int(c["counts"]) for c in counts}
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -191,6 +219,95 @@ class OutputStore:
         except BotoCoreError as exc:
             raise InfraError(f"{self.uri(key)}: {exc}") from None
 
+    def keys_under(self, prefix: str = "") -> list[str]:
+        """The keys under `prefix` (a folder: ending in / or empty), sorted; temporary files
+        of writes in progress left out."""
+        if not self.is_s3:
+            top = self.root / prefix
+            try:
+                found = [
+                    str(Path(d, name).relative_to(self.root))
+                    for d, _, names in os.walk(top)
+                    for name in names
+                    if not name.startswith(".")
+                ]
+            except OSError as exc:
+                raise InfraError(f"{self.uri(prefix)}: {exc.strerror or exc}") from None
+            return sorted(found)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        cut = len(self._s3_key(""))
+        try:
+            pages = s3_client(self.source).get_paginator("list_objects_v2")
+            return sorted(
+                obj["Key"][cut:]
+                for page in pages.paginate(Bucket=self.bucket, Prefix=self._s3_key(prefix))
+                for obj in page.get("Contents", [])
+            )
+        except ClientError as exc:
+            raise _store_error(self.uri(prefix), exc) from None
+        except BotoCoreError as exc:
+            raise InfraError(f"{self.uri(prefix)}: {exc}") from None
+
+    def delete(self, key: str) -> None:
+        """Remove `key` (gone already: nothing to do); locally, its folder too once empty."""
+        if not self.is_s3:
+            path = self.root / key
+            try:
+                path.unlink(missing_ok=True)
+                path.parent.rmdir()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+                    raise InfraError(f"{self.uri(key)}: {exc.strerror or exc}") from None
+            return
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            s3_client(self.source).delete_object(Bucket=self.bucket, Key=self._s3_key(key))
+        except ClientError as exc:
+            raise _store_error(self.uri(key), exc) from None
+        except BotoCoreError as exc:
+            raise InfraError(f"{self.uri(key)}: {exc}") from None
+
+    def copy(self, src: str, dst: str) -> None:
+        """`dst` replaced, atomically, by the bytes of `src`: a hard link renamed into place
+        locally (no copy made), a copy inside S3 (no download)."""
+        if not self.is_s3:
+            target = self.root / dst
+            try:
+                _make_dirs(target.parent)
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+                try:
+                    os.link(self.root / src, tmp)
+                except OSError as exc:
+                    if exc.errno not in _NO_LINKS:
+                        raise
+                    _atomic_fill(target, lambda f: f.write((self.root / src).read_bytes()))
+                    return
+                try:
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                _fsync_dir(target.parent)
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                raise InfraError(f"{self.uri(dst)}: {exc.strerror or exc}") from None
+            return
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:  # a managed copy: over 5 GB in parts
+            s3_client(self.source).copy(
+                {"Bucket": self.bucket, "Key": self._s3_key(src)}, self.bucket, self._s3_key(dst)
+            )
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                raise FileNotFoundError(self.uri(src)) from None
+            raise _store_error(self.uri(dst), exc) from None
+        except (BotoCoreError, S3UploadFailedError) as exc:
+            raise InfraError(f"{self.uri(dst)}: {exc}") from None
+
     def _s3_key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
@@ -263,8 +380,9 @@ class OutputStore:
         return self.uri(f"{video}/{MANIFEST}")
 
     def finalize(self, video: str, chunks: int, schema: pa.Schema, manifest: dict[str, Any]) -> str:
-        """Merge the chunks into detections.parquet, then write the manifest (last, as the
-        commit marker). Idempotent. Returns the manifest's URI."""
+        """Merge the chunks into detections.parquet (with the manifest's `uri` as a column),
+        then write the manifest (last, as the commit marker), with the rows, the detections
+        per label and the time it finished. Idempotent. Returns the manifest's URI."""
         manifest_key = f"{video}/{MANIFEST}"
         if not self.exists(manifest_key):
             missing = [k for k in range(chunks) if not self.has_chunk(video, k)]
@@ -273,49 +391,65 @@ class OutputStore:
                     f"cannot finalize {video}: chunks {missing[:10]} are missing",
                     OUTPUT_FAILED,
                 )
-            rows = self._put_merged(video, chunks, table_schema(schema))
+            rows, labels = self._put_merged(video, chunks, schema, manifest.get("uri"))
             body = {
                 **manifest,
                 "rows": rows,
+                "labels": labels,
                 "chunks": chunks,
+                "columns": merged_schema(schema).names,
                 "detections": self.uri(f"{video}/{DETECTIONS}"),
+                "finished_at": round(time.time(), 3),
             }
             self.put(manifest_key, json.dumps(body, indent=2, sort_keys=True).encode())
         return self.uri(manifest_key)
 
-    def _put_merged(self, video: str, chunks: int, schema: pa.Schema) -> int:
+    def _put_merged(
+        self, video: str, chunks: int, schema: pa.Schema, uri: str | None
+    ) -> tuple[int, dict[str, int]]:
         """detections.parquet from the chunks, streamed through a temporary file (beside
         it locally, then renamed into place; in the temporary directory for S3, then
-        uploaded in parts). The rows it holds. The chunks are final (first write wins), so
-        a second writer writes the same rows: it is replaced, not refused."""
+        uploaded in parts). The rows it holds, and of them the detections per label. The
+        chunks are final (first write wins), so a second writer writes the same rows: it is
+        replaced, not refused."""
         key = f"{video}/{DETECTIONS}"
-        rows = 0
+        rows, labels = 0, Counter[str]()
 
         def fill(out: IO[bytes]) -> None:
             nonlocal rows
-            rows = self._merge(video, chunks, schema, out)
+            rows = self._merge(video, chunks, schema, uri, labels, out)
 
         try:
             if not self.is_s3:
                 _atomic_fill(self.root / key, fill)
-                return rows
+                return rows, dict(labels)
             with tempfile.TemporaryFile(dir=self.source.tmp_dir, prefix="framefleet-merge-") as f:
                 fill(f)
                 f.seek(0)
                 self._upload(key, f)
-            return rows
+            return rows, dict(labels)
         except OSError as exc:  # a full or read-only disk: the store's or the node's trouble
             raise InfraError(f"{self.uri(key)}: {exc.strerror or exc}") from None
 
-    def _merge(self, video: str, chunks: int, schema: pa.Schema, out: IO[bytes]) -> int:
-        """The chunks' rows into one parquet file, about MERGE_BATCH_BYTES of tables at a
-        time (each batch a row group)."""
+    def _merge(
+        self,
+        video: str,
+        chunks: int,
+        schema: pa.Schema,
+        uri: str | None,
+        labels: Counter[str],
+        out: IO[bytes],
+    ) -> int:
+        """The chunks' rows, each with the video's URI, into one parquet file, about
+        MERGE_BATCH_BYTES of tables at a time (each batch a row group); `labels` counts
+        their detections per label."""
         batch: list[pa.Table] = []
         held = rows = 0
         writer: pq.ParquetWriter | None = None
         try:
             for k in range(chunks):
-                table = self.read_chunk(video, k)
+                table = with_uri(self.read_chunk(video, k), uri)
+                labels.update(label_counts(table))
                 if writer is None:  # the chunks' own schema (the actors wrote them)
                     writer = pq.ParquetWriter(out, table.schema, compression="zstd")
                 batch.append(table)
@@ -325,7 +459,7 @@ class OutputStore:
                     writer.write_table(pa.concat_tables(batch))
                     batch, held = [], 0
             if writer is None:  # no chunks: an empty file of the model's schema
-                writer = pq.ParquetWriter(out, schema, compression="zstd")
+                writer = pq.ParquetWriter(out, merged_schema(schema), compression="zstd")
             if batch:
                 writer.write_table(pa.concat_tables(batch))
         finally:

@@ -43,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from framefleet.queue import ChunkWork, Lease, Queue, State, Verdict
 from framefleet.settings import Settings
 
+from . import previews
 from .decode import Chunk, ChunkReader, Decoder, Limits, Sampling, open_decoder
 from .decode_process import ProcessDecoder
 from .errors import (
@@ -57,6 +58,7 @@ from .errors import (
 )
 from .model import FrameModel
 from .outputs import OutputStore, output_version, records_table
+from .results import Results
 from .sources import fetched
 
 log = logging.getLogger(__name__)
@@ -198,6 +200,7 @@ class _Item:
     expected: int | None = None  # the chunks the container promises, until it is written
     mark: float = 0.0
     pin: str | None = None  # what the chunks are made from (sources.Fetched.pin)
+    previews: frozenset[int] = frozenset()  # the kept frames to preview (previews.py)
 
     def lap(self, name: str, now: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + now - self.mark
@@ -226,6 +229,7 @@ class VideoJob:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.queue, self.store, self.inference, self.settings = queue, store, inference, settings
+        self.results = Results(store)
         self.stop = stop or threading.Event()
         self.clock = clock
         p = settings.pipeline
@@ -393,6 +397,7 @@ class VideoJob:
             try:
                 reader = ChunkReader(decoder, self.sampling, p.chunk_frames, done)
                 item.expected = reader.expected_chunks
+                item.previews = previews.targets(reader.expected_kept, p.chunk_frames, p.previews)
                 frames = self._stream(item, reader, decoded)
             finally:
                 decoder.close()
@@ -404,6 +409,7 @@ class VideoJob:
         manifest = {
             "video_id": lease.id,
             "uri": lease.uri,
+            "rev": lease.rev,
             "etag": lease.etag or item.pin,
             "version": item.video.rsplit("/", 1)[-1],
             "frames": reader.kept,
@@ -417,6 +423,8 @@ class VideoJob:
             "timings_s": {k: round(v, 3) for k, v in item.timings.items()},
             "inference_s": {k: round(v, 3) for k, v in item.inference.items()},
         }
+        if p.previews:
+            manifest["previews"] = previews.listed(self.store, item.video)
         uri = self.store.finalize(item.video, total, self.inference.schema, manifest)
         return self._ack(item, uri, total, frames, Status.ACKED)
 
@@ -475,6 +483,9 @@ class VideoJob:
                 self._check(item.keeper)
                 self._take_budget(item)
                 item.lap("wait", self.clock())
+                chunk.previews = previews.positions(
+                    item.previews, chunk.index, reader.chunk_frames, len(chunk)
+                )
                 try:
                     handle = self.inference.submit(item.lease.id, item.video, chunk)
                 except BaseException:
@@ -546,6 +557,9 @@ class VideoJob:
         item.expected = None  # written: not sent again with every chunk
 
     def _ack(self, item: _Item, uri: str, chunks: int, frames: int, status: Status) -> Outcome:
+        """Into the output root's index and dataset (again, when done before: a worker that
+        died between the manifest and the ack may not have), then acknowledged."""
+        self.results.publish(item.video)
         stages = None if status is Status.ALREADY_DONE else {**item.timings, **item.inference}
         verdict: Verdict = self._persist(item.keeper, self.queue.ack, item.lease, uri, stages)
         if not verdict.ok:
@@ -586,6 +600,11 @@ def infer_chunk(
             f"the model failed on chunk {chunk.index}: {exc}", MODEL_ERROR
         ) from exc
     inferred = time.perf_counter()
+    if chunk.previews:  # before the rows: a chunk that is done has its previews
+        previews.write(
+            store, video, chunk.images, chunk.frame_indices, chunk.previews, records,
+            chunk.source_size,
+        )  # fmt: skip
     table = records_table(
         item_id, model.name, model.schema, records, chunk.frame_indices, chunk.pts_s
     )

@@ -36,7 +36,7 @@ from urllib.parse import unquote, urljoin, urlparse, urlsplit
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from framefleet.netpolicy import URLRefused, check_url
+from framefleet.netpolicy import PinnedHTTP, PinnedHTTPS, URLRefused, check_url
 from framefleet.queue.model import MAX_ETAG_BYTES
 from framefleet.settings import SourceSettings
 
@@ -410,40 +410,33 @@ def _connect(
     return sock
 
 
-class _PinnedHTTP(http.client.HTTPConnection):
-    """Connects to the address the policy checked, whatever the name resolves to now."""
+class _PinnedHTTP(PinnedHTTP):
+    """netpolicy's pinned connection, its socket under the download's deadline."""
 
     def __init__(
         self, host: str, port: int, *, address: str, timeout: float, got: _Download
     ) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.address, self.got = address, got
+        super().__init__(host, port, address=address, timeout=timeout)
+        self.got = got
 
-    def connect(self) -> None:
-        self.sock = _connect(self.address, self.port, float(self.timeout), self.got)  # type: ignore[arg-type]
+    def open_socket(self) -> socket.socket:
+        return _connect(self.address, self.port, float(self.timeout), self.got)  # type: ignore[arg-type]
 
 
-class _PinnedHTTPS(http.client.HTTPSConnection):
-    """The same over TLS: the certificate is checked against the URL's host name."""
+class _PinnedHTTPS(PinnedHTTPS):
+    """The same over TLS, the deadline watching the handshake too (a server may dribble it)."""
 
     def __init__(
         self, host: str, port: int, *, address: str, timeout: float, got: _Download
     ) -> None:
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self.address, self.got = address, got
+        super().__init__(host, port, address=address, timeout=timeout)
+        self.got = got
 
-    def connect(self) -> None:
-        sock = _connect(self.address, self.port, float(self.timeout), self.got, watch=False)  # type: ignore[arg-type]
-        tls = self._context.wrap_socket(  # type: ignore[attr-defined]
-            sock, server_hostname=self.host, do_handshake_on_connect=False
-        )
-        self.got.watch(tls)  # before the handshake, which a server may dribble too
-        try:
-            tls.do_handshake()
-        except BaseException:
-            tls.close()  # not ours to keep: the connection never had it
-            raise
-        self.sock = tls
+    def open_socket(self) -> socket.socket:
+        return _connect(self.address, self.port, float(self.timeout), self.got, watch=False)  # type: ignore[arg-type]
+
+    def before_handshake(self, tls: ssl.SSLSocket) -> None:
+        self.got.watch(tls)
 
 
 # -- s3 ------------------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ def ff(
 
 
 def ff_json(data_dir: Path, *args: str) -> Any:
-    return json.loads(ff(data_dir, *args).stdout)
+    """`framefleet ARGS --json`'s answer."""
+    return json.loads(ff(data_dir, *args, *(() if "--json" in args else ("--json",))).stdout)
 
 
 @pytest.fixture
@@ -191,7 +192,7 @@ def test_up_runs_the_fleet_here_until_ctrl_c(tmp_path: Path) -> None:
         assert httpx.get(f"{api}/healthz").json() == {"status": "ok"}  # it answers already
         assert httpx.get(f"{api}/v1/queue").status_code == 401  # the token is wanted
         roots = {"FRAMEFLEET_ALLOWED_ROOTS": str(videos)}  # the shell's settings, as up's
-        enqueued = ff(data, "enqueue", str(paths[0]), env=roots).stdout  # from a shell
+        enqueued = ff(data, "enqueue", str(paths[0]), "--json", env=roots).stdout  # a shell
         assert json.loads(enqueued)["enqueued"] == 1
         posted = httpx.post(f"{api}/v1/items", json={"uri": str(paths[1])}, headers=auth)
         assert posted.status_code == 200, posted.text  # and over HTTP
@@ -485,7 +486,7 @@ def test_enqueue_stats_and_show(running_server: Path, tmp_path: Path) -> None:
     out = ff_json(d, "enqueue", "s3://bucket/a.mp4", "--priority", "high")
     assert out["enqueued"] == 1
     roots = {"FRAMEFLEET_ALLOWED_ROOTS": str(tmp_path)}
-    rel = ff(d, "enqueue", "clip.mp4", "--id", "clip", cwd=tmp_path, env=roots)
+    rel = ff(d, "enqueue", "clip.mp4", "--id", "clip", "--json", cwd=tmp_path, env=roots)
     assert json.loads(rel.stdout)["new_ids"] == ["clip"]
     again = ff_json(d, "enqueue", "s3://bucket/a.mp4")
     assert again == {"enqueued": 0, "already_known": 1, "new_ids": []}
@@ -523,7 +524,7 @@ def test_enqueue_refuses_what_the_workers_would_refuse_before_writing(
         in ff(d, "enqueue", "http://169.254.169.254/x.mp4", env=roots, check=False).stderr
     )
     assert ff_json(d, "stats")["counts"]["queued"] == 0
-    ok = ff(d, "enqueue", str(inside / "a.mp4"), "--id", "a", env=roots)
+    ok = ff(d, "enqueue", str(inside / "a.mp4"), "--id", "a", "--json", env=roots)
     assert json.loads(ok.stdout)["new_ids"] == ["a"]
 
 
@@ -532,8 +533,9 @@ def test_the_data_dir_is_found_from_a_subdirectory_and_each_start_says_where(
 ) -> None:
     """Without FRAMEFLEET_DATA_DIR, a command uses the nearest .framefleet/redis in its
     directory or above (as git finds its repository): `stats` in a subdirectory sees what was
-    enqueued at the project's top. A command that starts the embedded server says so, and
-    where its data is; elsewhere, the queue is that directory's own."""
+    enqueued at the project's top, and `results` its outputs. A command that starts the
+    embedded server says so, and where its data is; elsewhere, the queue is that directory's
+    own."""
     project, other = tmp_path / "project", tmp_path / "other"
     deep = project / "src" / "deep"
     deep.mkdir(parents=True)
@@ -550,20 +552,31 @@ def test_the_data_dir_is_found_from_a_subdirectory_and_each_start_says_where(
 
     first = run(project, "enqueue", "s3://b/a.mp4")
     assert f"data in {project / '.framefleet' / 'redis'}" in first.stderr
-    below = run(deep, "stats")
+    below = run(deep, "stats", "--json")
     assert json.loads(below.stdout)["counts"]["queued"] == 1
     assert f"data in {project / '.framefleet' / 'redis'}" in below.stderr
     assert not (deep / ".framefleet").exists()
-    apart = run(other, "stats")
+    apart = run(other, "stats", "--json")
     assert json.loads(apart.stdout)["counts"]["queued"] == 0
     assert f"data in {other / '.framefleet' / 'redis'}" in apart.stderr
     for data in (project, other):
         assert running_url(data / ".framefleet" / "redis") is None  # each stopped after
+    # the outputs too: .framefleet/out beside the data dir found
+    from framefleet.settings import SourceSettings
+    from framefleet.workers.outputs import OutputStore
+    from framefleet.workers.results import Results
+    from tests.support.results import finish
+
+    store = OutputStore(str(project / ".framefleet" / "out"), SourceSettings())
+    Results(store).publish(finish(store, "seen-from-below"))
+    listed = json.loads(run(deep, "results", "--json").stdout)
+    assert listed["out"] == str(project / ".framefleet" / "out")
+    assert [v["id"] for v in listed["videos"]] == ["seen-from-below"]
 
 
 def test_enqueue_from_stdin(running_server: Path) -> None:
     out = ff(
-        running_server, "enqueue", "--file", "-", stdin="s3://b/1.mp4\n\ns3://b/2.mp4\n"
+        running_server, "enqueue", "--file", "-", "--json", stdin="s3://b/1.mp4\n\ns3://b/2.mp4\n"
     ).stdout
     assert json.loads(out)["enqueued"] == 2
 
@@ -575,7 +588,8 @@ def test_enqueue_from_a_file(running_server: Path, tmp_path: Path) -> None:
     listing = tmp_path / "uris.txt"
     listing.write_text("  s3://b/f1.mp4\n\nclips/f2.mp4  \n\n")
     roots = {"FRAMEFLEET_ALLOWED_ROOTS": str(ROOT)}  # where the relative path lands
-    got = ff(running_server, "enqueue", "s3://b/f0.mp4", "--file", str(listing), env=roots)
+    listed = ("s3://b/f0.mp4", "--file", str(listing), "--json")
+    got = ff(running_server, "enqueue", *listed, env=roots)
     out = json.loads(got.stdout)
     assert out["enqueued"] == 3
     shown = [ff_json(running_server, "show", i)["uri"] for i in out["new_ids"]]
@@ -778,8 +792,10 @@ def test_run_processes_a_folder_and_reports_the_dead_and_is_idempotent(tmp_path:
     assert f"dead: {videos / 'bad.mp4'}: failed (not retryable): not a readable video" in (
         first.stderr
     )
-    videos_out = [p for p in out.iterdir() if not p.name.startswith(".")]
+    videos_out = [p for p in out.iterdir() if not p.name.startswith((".", "_"))]
     assert len(list(out.glob("*/*/_manifest.json"))) == len(videos_out) == 2
+    assert {p.name for p in out.glob("_*")} == {"_index", "_dataset"}  # the results'
+    assert len(list((out / "_dataset").glob("*.parquet"))) == 2
     counters = ff_json(tmp_path / "redis", "--queue", "run", "stats")["counters"]
     assert (counters["claimed_total"], counters["acked_total"]) == (3, 2)
     written = _files(out)
@@ -1121,8 +1137,10 @@ def test_items_pages_newest_first_and_a_cursor_walk_returns_each_item_once(
 
 
 def test_each_command_answers_json_with_stable_keys(running_server: Path) -> None:
-    """show, stats, pause, resume, dead list|retry|purge and enqueue take --json: one JSON
-    document on stdout with the values of the queue; exit codes as without it."""
+    """show, stats, pause, resume, reap, inbox, dead list|retry|purge and enqueue take
+    --json: one JSON document on stdout with the values of the queue; exit codes as without
+    it. Without it each answers in words, as items and results do (they printed JSON by
+    default, items a table: one had to guess which)."""
     d = running_server
     assert ff_json(d, "enqueue", "s3://b/j.mp4", "--id", "j", "--json") == {
         "enqueued": 1,
@@ -1136,7 +1154,13 @@ def test_each_command_answers_json_with_stable_keys(running_server: Path) -> Non
         "queued",
         [],
     )
-    assert shown == ff_json(d, "show", "j")  # the default is today's document
+    human = ff(d, "show", "j").stdout
+    assert "s3://b/j.mp4" in human and "history: nothing yet" in human and "{" not in human
+    assert ff(d, "stats").stdout.startswith("queue 'videos': queued 1, ")
+    again = ff(d, "enqueue", "s3://b/j.mp4", "--id", "j").stdout.strip()
+    assert again == "enqueued 0, already known 1"
+    assert ff(d, "reap").stdout.strip() == "requeued 0, poisoned 0, retries due 0"
+    assert set(ff_json(d, "reap")) == {"requeued", "poisoned", "promoted"}
     missing = ff(d, "show", "nope", "--json", check=False)
     assert missing.returncode == 1 and missing.stdout == "" and "no item" in missing.stderr
     stats = ff_json(d, "stats", "--json")
@@ -1149,8 +1173,10 @@ def test_each_command_answers_json_with_stable_keys(running_server: Path) -> Non
     ff(d, "cancel", "j", "--why", "test")
     [dead] = ff_json(d, "dead", "list", "--json")
     assert (dead["id"], dead["state"], dead["dead_reason"]) == ("j", "dead", "cancelled: test")
+    table = ff(d, "dead", "list", env={"COLUMNS": "120"}).stdout
+    assert "cancelled: test" in table and "{" not in table
     assert ff_json(d, "items", "--state", "dead", "--json")["items"][0]["id"] == "j"
-    assert ff_json(d, "dead", "retry", "j", "--json") == {"retried": ["j"]}
+    assert ff(d, "dead", "retry", "j").stdout.strip() == "retried 1: j"
     assert ff_json(d, "show", "j", "--json")["state"] == "queued"
     ff(d, "cancel", "j")
     assert ff_json(d, "dead", "purge", "--all", "--json") == {"purged": ["j"]}
@@ -1196,9 +1222,15 @@ def test_outcomes_prints_each_end_and_follows_new_ones_until_ctrl_c(running_serv
         assert lines and json.loads(lines[0])["id"] == "b", (lines, follower.poll())
     finally:
         follower.send_signal(signal.SIGINT)
-        code = follower.wait(20)
-        errors = follower.communicate()[1]  # and its pipes closed
-    assert code == 0, errors
+        try:  # both pipes read meanwhile: a follower blocked writing to one would never end
+            errors = follower.communicate(timeout=left(60))[1]
+        except subprocess.TimeoutExpired:  # its threads' stacks (faulthandler), then the end
+            follower.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                follower.wait(2)
+            follower.kill()
+            errors = "did not end on SIGINT:\n" + follower.communicate()[1]
+    assert follower.returncode == 0, errors
 
 
 def test_a_webhook_url_without_a_signing_key_is_refused_at_start(tmp_path: Path) -> None:
@@ -1331,3 +1363,63 @@ def test_ids_uris_and_reasons_from_outside_are_shown_as_plain_text(running_serve
     assert "\\x1b]8;;https://evil.example" in dead_list and "\\u202e" in dead_list, dead_list
     assert ids[1] in ff(d, "watch", "--once", env={"COLUMNS": "250"}).stdout
     assert ids[2] in ff(d, "items", "--state", "queued", env={"COLUMNS": "250"}).stdout
+
+
+def test_results_from_a_run_to_detections_per_label_per_video(tmp_path: Path) -> None:
+    """A newcomer's path: `run`, then its summary names the index and the dataset; `results`
+    lists the videos; a second run with another configuration supersedes the first (a new
+    revision each); the README's DuckDB line over the dataset counts what the index says,
+    and `export` writes the union of the current versions' chunks, never a superseded
+    row."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from tests.support.models import write_tiny_detr
+    from tests.support.videos import write_video
+
+    videos, out, data = tmp_path / "videos", tmp_path / "results", tmp_path / "redis"
+    videos.mkdir()
+    for i in range(2):
+        write_video(videos / f"clip-{i}.mp4", frames=12)
+    model = write_tiny_detr(tmp_path / "detr")
+    ray = {"FRAMEFLEET_RAY_TEMP_DIR": f"/tmp/ffres-{os.getpid()}"}
+    first = ff(data, "run", str(videos), "--out", str(out), "--model", str(model), env=ray)
+    assert f"framefleet results --out {out}" in first.stderr
+    assert f"{out}/_dataset" in first.stderr
+    listed = ff_json(data, "results", "--out", str(out), "--json")
+    assert listed["total"] == 2 and listed["dataset"] == str(out / "_dataset")
+    assert {v["rev"] for v in listed["videos"]} == {0}
+
+    # another configuration: both videos run again, a new revision each
+    ff(data, "run", str(videos), "--out", str(out), "--model", str(model),
+       "--score-threshold", "0.0", env=ray)  # fmt: skip
+    every = ff_json(data, "results", "--out", str(out), "list", "--state", "all", "--json")
+    states = sorted((v["uri"], v["rev"], v["current"]) for v in every["videos"])
+    uris = sorted(str(p) for p in videos.iterdir())
+    assert states == [(u, r, r == 1) for u in uris for r in (0, 1)]
+    current = [v for v in every["videos"] if v["current"]]
+    assert all(v["detections"] == 12 * 10 for v in current)  # threshold 0: every query
+
+    sql = (ROOT / "README.md").read_text().split("```sql\n", 1)[1].split("```", 1)[0]
+    got = duckdb.execute(sql.strip().replace("'results/", f"'{out}/")).fetchall()
+    want = sorted(
+        ((v["uri"], label, n) for v in current for label, n in v["labels"].items()),
+        key=lambda r: (r[0], -r[2]),
+    )
+    assert sorted(got) == sorted(want) and sum(n for *_, n in got) == 2 * 120
+
+    exported = tmp_path / "all.parquet"
+    ff(data, "results", "export", "--out", str(out), "--format", "parquet", "--to", str(exported))
+    table = pq.read_table(exported)
+    chunks = [
+        row
+        for v in current
+        for k in range(v["chunks"])
+        for row in pq.read_table(out / v["video"] / f"chunk-{k}.parquet").to_pylist()
+    ]
+    key = ("video_id", "frame_index", "label_id", "score", "x0", "y0", "x1", "y1")
+    assert sorted(tuple(r[k] for k in key) for r in table.to_pylist()) == sorted(
+        tuple(r[k] for k in key) for r in chunks
+    )
+    shown = ff(data, "results", "--out", str(out), "show", uris[0], "--limit", "3").stdout
+    assert f"{uris[0]} (" in shown and "120 detections" in shown and "first 3 of 120" in shown

@@ -102,6 +102,7 @@ def _settings(tmp_path: Path, port: int) -> Settings:
             plugin="tests.support.plugin_model:load_paced_detection",
             batch_size=4,
             torch_threads=1,
+            score_threshold=0.15,  # the tiny model scores about 0.19: boxes for the previews
         ),
         pipeline=PipelineSettings(
             out=str(tmp_path / "out"),
@@ -112,6 +113,7 @@ def _settings(tmp_path: Path, port: int) -> Settings:
             gpus_per_inference=0.0,
             cpus_per_decoder=0.5,
             cpus_per_inference=0.5,
+            previews=4,
         ),
         coordinator=CoordinatorSettings(
             ray_temp_dir=tempfile.mkdtemp(prefix="ffui-"), tick_s=0.5, stale_s=4.0
@@ -344,6 +346,12 @@ def _follow_a_video(up: Up, page: Any) -> None:
     shown = stamp.text_content()
     assert shown == stamp.get_attribute("datetime").replace("T", " "), shown
     page.wait_for_selector("table.timings")  # where the time went, from its manifest
+    # its previews, each loaded from the output store through the API, with its boxes
+    page.wait_for_selector(".strip img")
+    loaded = page.eval_on_selector_all(
+        ".strip img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+    )
+    assert loaded == [[True, 96, 64]] * 4, loaded  # the test video's size: not upscaled
     bar, facts = page.locator(".bigbar").bounding_box(), page.locator("dl").first.bounding_box()
     assert facts["y"] - (bar["y"] + bar["height"]) >= 8, (bar, facts)  # "30/30" set apart
 

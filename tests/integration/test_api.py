@@ -859,3 +859,46 @@ def test_an_sns_https_subscription_authenticates_with_basic_and_delivers(
         assert item is not None and item.uri == "s3://cams/sns/clip.mp4"
         # Basic is for the events route only: elsewhere the bearer token is the way
         assert sns.get("/v1/queue", auth=("sns", token)).status_code == 401
+
+
+def test_a_done_items_detections_come_a_page_at_a_time_to_the_read_token(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """GET /v1/items/{id}/detections: 404 until the item is done; then its rows in pages
+    (`next` the offset of the next page, null after the last), every row once and in order,
+    read from the output store; refused without a token, and a page over 1000 refused."""
+    from framefleet.workers.outputs import OutputStore
+    from framefleet.workers.results import Results
+    from tests.support.results import finish
+
+    settings = _settings(tmp_path, "api-detections")
+    settings = replace(settings, pipeline=replace(settings.pipeline, out=str(tmp_path / "out")))
+    queue = Queue(valkey_client, settings.queue)
+    store = OutputStore(settings.pipeline.out, settings.source)
+    with Served(settings, queue) as served, served.client(READ) as c:
+        [item_id] = queue.enqueue(["s3://v/cam 1/clip.mp4"])
+        assert c.get(f"/v1/items/{item_id}/detections").status_code == 404  # not done yet
+        [lease] = queue.claim(1, "w")
+        video = finish(store, item_id, rows=250, uri="s3://v/cam 1/clip.mp4", chunks=3)
+        Results(store).publish(video)
+        assert queue.ack(lease, store.manifest_uri(video)) == Verdict.OK
+        pages: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            got = c.get(f"/v1/items/{item_id}/detections", params={"offset": offset})
+            assert got.status_code == 200, got.text
+            pages.append(got.json())
+            offset = pages[-1]["next"]
+        assert [len(p["rows"]) for p in pages] == [100, 100, 50]
+        assert {(p["id"], p["uri"], p["total"]) for p in pages} == {
+            (item_id, "s3://v/cam 1/clip.mp4", 250)
+        }
+        rows = [r for p in pages for r in p["rows"]]
+        assert [r["frame_index"] for r in rows] == list(range(250))
+        assert {"frame_index", "pts_s", "label", "score", "x0", "y1"} <= set(rows[0])
+        small = c.get(f"/v1/items/{item_id}/detections", params={"offset": 249, "limit": 5})
+        assert small.json()["next"] is None and len(small.json()["rows"]) == 1
+        assert c.get(f"/v1/items/{item_id}/detections", params={"limit": 1001}).status_code == 422
+        assert c.get("/v1/items/nope/detections").status_code == 404
+        anonymous = httpx.get(f"{served.url}/v1/items/{item_id}/detections", timeout=30)
+        assert anonymous.status_code == 401

@@ -28,6 +28,7 @@ from framefleet.ops import session
 from framefleet.ops.webhooks import GROUP
 from framefleet.queue import NewItem, Queue, Supervision
 from framefleet.settings import Settings
+from framefleet.workers import previews
 from framefleet.workers.model import DETECTION_SCHEMA
 from framefleet.workers.outputs import OutputStore, records_table
 from tests.conftest import ManualClock, monitored
@@ -214,9 +215,12 @@ def _done_with_manifest(queue: Queue, settings: Settings, item_id: str) -> str:
     table = records_table(
         item_id, "tiny-detr", DETECTION_SCHEMA, records, np.arange(1), np.zeros(1)
     )
+    frame = np.full((64, 96, 3), 90, np.uint8)
+    previews.write(store, video, frame[None], np.arange(1), (0,), records, (96, 64))
     assert store.write_chunk(video, 0, table)
     manifest = {
         "item": item_id,
+        "previews": previews.listed(store, video),
         "timings_s": {"fetch": 0.25, "decode": 1.5, "write": 0.125, "total": 2.5},
         "inference_s": {"infer": 0.75},
     }
@@ -499,6 +503,15 @@ def test_every_page_shows_the_figures_the_api_gives(dash: Dash, valkey_client: R
                            "write outputs (at the actors)": "125 ms", "total": "2.5 s"}  # fmt: skip
         finished = {dt.text(): dd.text() for dt, dd in zip(done.all("dt"), done.all("dd"),
                     strict=False)}  # fmt: skip
+        # its previews: a strip of the frames with their boxes, from the output store
+        [img] = done.one("div", "strip").all("img")
+        assert img.attrs["src"] == "/ui/items/cam1-done/previews/00000000.jpg"
+        shown_jpeg = browser.get(img.attrs["src"])
+        assert shown_jpeg.status_code == 200 and shown_jpeg.headers["content-type"] == "image/jpeg"
+        assert shown_jpeg.content == api.get("/v1/items/cam1-done/previews/00000000.jpg").content
+        assert shown_jpeg.content[:3] == b"\xff\xd8\xff"  # a JPEG
+        for bad in ("00000001.jpg", "..%2F_manifest.json", "x.jpg"):
+            assert api.get(f"/v1/items/cam1-done/previews/{bad}").status_code == 404, bad
         by = api.get("/v1/items/cam1-done").json()["finished_by"]
         assert by and finished.get("finished by") == by, (by, finished)
 

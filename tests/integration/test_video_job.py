@@ -23,6 +23,7 @@ from framefleet.workers.errors import TransientError
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore, output_version
 from framefleet.workers.pipeline import ChunkDone, LocalInference, Pending, VideoJob
+from framefleet.workers.results import shard
 from framefleet.workers.sources import local_pin
 from tests.conftest import ManualClock
 from tests.support.detections import assert_same, direct_run, pipeline_rows
@@ -449,8 +450,12 @@ def test_s3_in_and_s3_out(
         prefix = f"run-1/{item_id}/{version}"
         assert out.status == "acked" and out.result == f"s3://videos-out/{prefix}/_manifest.json"
         keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="videos-out")["Contents"])
+        entry = f"run-1/_index/{shard(item_id)}/{item_id}/{version}.json"
         assert keys == sorted(
             [f"{prefix}/chunk-{k}.parquet" for k in range(3)]
             + [f"{prefix}/detections.parquet", f"{prefix}/_manifest.json"]
+            + [entry, f"run-1/_dataset/{item_id}.parquet"]  # the root's index and dataset
         )
         assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
+        dataset = store.get(f"_dataset/{item_id}.parquet")
+        assert dataset == store.get(f"{prefix.removeprefix('run-1/')}/detections.parquet")
