@@ -161,6 +161,10 @@ def cmd_outcomes(args: argparse.Namespace, settings: Settings) -> int:
     """Each item's end from the outcomes stream, one JSON object a line, oldest first; with
     --follow, on as they come until Ctrl-C (what an enqueuer would read with XREAD)."""
     after = args.after
+    # SIGINT too: a process started with it ignored (a shell's background job, a CI runner)
+    # keeps it ignored, and a follower would wait in XREAD for ever
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     with open_queue(settings) as q:
         if after == "$":  # only those to come: from the newest one now
             after = q.last_outcome()

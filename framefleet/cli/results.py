@@ -78,15 +78,22 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
             return _export(args, results)
         if args.action == "rebuild":
             rebuilt = results.rebuild()
-            summary = {"out": out, "videos": rebuilt.videos, "removed": rebuilt.removed}
+            summary = {
+                "out": out,
+                "videos": rebuilt.videos,
+                "removed": rebuilt.removed,
+                "skipped": rebuilt.skipped,
+            }
             if args.json:
                 print_json(summary)
             else:
+                unread = f"; {rebuilt.skipped} unreadable, left out (see above)"
                 print(
                     f"index rebuilt from {rebuilt.videos} manifests in {out}; {rebuilt.removed}"
                     " dataset files of videos without outputs removed"
+                    + (unread if rebuilt.skipped else "")
                 )
-            return 0
+            return 1 if rebuilt.skipped else 0
         return _list(args, results, out)
     except InfraError as exc:
         print(f"error: the output root cannot be read: {exc}", file=sys.stderr)

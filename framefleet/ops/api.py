@@ -189,12 +189,16 @@ def _output_file(item_id: str, name: str, queue: Queue, settings: Settings) -> t
     item = queue.get(item_id)
     if item is None or not item.result:
         raise HTTPException(404, f"no outputs for {item_id!r}")
+    from framefleet.workers.errors import InfraError
+
     store = OutputStore(settings.pipeline.out, settings.source)
     video = store.video_of(item.result)
     try:
         if video is None:
             raise FileNotFoundError(f"not a manifest under {store.base}")
         return item, store.get(f"{video}/{name}")
+    except InfraError as exc:  # the store does not answer: try again later
+        raise HTTPException(503, f"the output store: {exc}") from None
     except (OSError, ValueError) as exc:
         raise HTTPException(404, f"{item.result}: {name}: {exc}") from None
 

@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -67,10 +68,14 @@ MULTIPART_BYTES = 64 << 20
 def item_dir(item_id: str) -> str:
     """The path component of an item: its id when that is a plain file name, else its id
     percent-encoded; one that would be longer than _MAX_NAME bytes keeps a readable start
-    and ends with a hash of the whole id (an id of 200 bytes encodes to up to 600)."""
-    if _SAFE_ID.fullmatch(item_id) and item_id not in (".", ".."):
+    and ends with a hash of the whole id (an id of 200 bytes encodes to up to 600). Never
+    starting with `.` or `_`: those are the root's own (`_index`, `_dataset`, `.framefleet`)
+    and what dataset readers (pyarrow, pandas) leave out."""
+    if _SAFE_ID.fullmatch(item_id) and item_id[0] not in "._":
         return item_id
     name = quote(item_id, safe="").replace(".", "%2E")
+    if name.startswith("_"):
+        name = "%5F" + name[1:]
     if len(name) <= _MAX_NAME:
         return name
     head = name[: _MAX_NAME - 40]
@@ -224,10 +229,15 @@ class OutputStore:
         of writes in progress left out."""
         if not self.is_s3:
             top = self.root / prefix
+
+            def unreadable(exc: OSError) -> None:  # a folder gone meanwhile is just gone
+                if exc.errno != errno.ENOENT:
+                    raise exc
+
             try:
                 found = [
                     str(Path(d, name).relative_to(self.root))
-                    for d, _, names in os.walk(top)
+                    for d, _, names in os.walk(top, onerror=unreadable)
                     for name in names
                     if not name.startswith(".")
                 ]
@@ -276,7 +286,7 @@ class OutputStore:
             target = self.root / dst
             try:
                 _make_dirs(target.parent)
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
                 try:
                     os.link(self.root / src, tmp)
                 except OSError as exc:

@@ -201,6 +201,7 @@ class _Item:
     mark: float = 0.0
     pin: str | None = None  # what the chunks are made from (sources.Fetched.pin)
     previews: frozenset[int] = frozenset()  # the kept frames to preview (previews.py)
+    drawn: list[str] = field(default_factory=list)  # the previews asked for by this attempt
 
     def lap(self, name: str, now: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + now - self.mark
@@ -424,7 +425,10 @@ class VideoJob:
             "inference_s": {k: round(v, 3) for k, v in item.inference.items()},
         }
         if p.previews:
-            manifest["previews"] = previews.listed(self.store, item.video)
+            try:  # those of chunks done by an earlier attempt too
+                manifest["previews"] = previews.listed(self.store, item.video)
+            except InfraError:  # a store that may not be listed: this attempt's own
+                manifest["previews"] = sorted(item.drawn)
         uri = self.store.finalize(item.video, total, self.inference.schema, manifest)
         return self._ack(item, uri, total, frames, Status.ACKED)
 
@@ -486,6 +490,7 @@ class VideoJob:
                 chunk.previews = previews.positions(
                     item.previews, chunk.index, reader.chunk_frames, len(chunk)
                 )
+                item.drawn += [previews.name(int(chunk.frame_indices[k])) for k in chunk.previews]
                 try:
                     handle = self.inference.submit(item.lease.id, item.video, chunk)
                 except BaseException:
@@ -558,8 +563,24 @@ class VideoJob:
 
     def _ack(self, item: _Item, uri: str, chunks: int, frames: int, status: Status) -> Outcome:
         """Into the output root's index and dataset (again, when done before: a worker that
-        died between the manifest and the ack may not have), then acknowledged."""
-        self.results.publish(item.video)
+        died between the manifest and the ack may not have), then acknowledged. The outputs
+        are complete whatever the index says: a store that refuses the index's reads or
+        writes (an S3 role without s3:ListBucket, say) is said in a warning, not a reason to
+        hold the video back; `framefleet results rebuild` makes the index from the
+        manifests."""
+        try:
+            self.results.publish(item.video)
+        except Exception as exc:
+            log.warning(
+                "item %s: done, but not in the results index of %s (%s: %s); `framefleet"
+                " results rebuild` adds it",
+                item.lease.id,
+                self.store.base,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, InfraError),
+                extra={"item": item.lease.id, "uri": item.lease.uri},
+            )
         stages = None if status is Status.ALREADY_DONE else {**item.timings, **item.inference}
         verdict: Verdict = self._persist(item.keeper, self.queue.ack, item.lease, uri, stages)
         if not verdict.ok:

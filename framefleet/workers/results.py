@@ -114,6 +114,7 @@ def marked(entries: Iterable[Entry]) -> list[Entry]:
 class Rebuilt:
     videos: int  # manifests found, each now in the index
     removed: int  # dataset files of videos whose outputs are gone
+    skipped: int = 0  # manifests (or their detections) that could not be read
 
 
 class Results:
@@ -193,22 +194,30 @@ class Results:
 
     def rebuild(self) -> Rebuilt:
         """The index and the dataset anew from the manifests in the store: the index emptied
-        first (readers meanwhile see part of it), then every finished video published, then
-        the dataset files of videos with no outputs left removed."""
+        first (readers meanwhile see part of it: best run with the fleet stopped), then
+        every finished video published (a manifest that cannot be read is skipped, and
+        counted), then the dataset files of videos with no outputs left removed (those
+        listed before the index was read again: a video published meanwhile keeps its)."""
         for key in self.store.keys_under(f"{INDEX}/"):
             self.store.delete(key)
         manifests = [
             key.removesuffix(f"/{MANIFEST}")
             for key in self.store.keys_under()
-            if key.endswith(f"/{MANIFEST}") and not key.startswith(("_", "."))
+            if key.count("/") == 2 and key.endswith(f"/{MANIFEST}") and key[0] not in "._"
         ]
+        skipped = 0
         for video in manifests:
-            self.publish(video)
+            try:
+                self.publish(video)
+            except (InfraError, ValueError, KeyError, OSError, pa.ArrowException) as exc:
+                log.warning("%s: left out of the index: %s", self.store.uri(video), exc)
+                skipped += 1
+        listed = self.store.keys_under(f"{DATASET}/")
         kept = {f"{DATASET}/{item_dir(e.id)}.parquet" for e in self.entries()}
-        removed = [k for k in self.store.keys_under(f"{DATASET}/") if k not in kept]
+        removed = [k for k in listed if k not in kept]
         for key in removed:
             self.store.delete(key)
-        return Rebuilt(videos=len(manifests), removed=len(removed))
+        return Rebuilt(videos=len(manifests) - skipped, removed=len(removed), skipped=skipped)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -1186,7 +1186,8 @@ def test_each_command_answers_json_with_stable_keys(running_server: Path) -> Non
 
 def test_outcomes_prints_each_end_and_follows_new_ones_until_ctrl_c(running_server: Path) -> None:
     """`framefleet outcomes`: the ends kept so far, one JSON object a line; with --follow
-    --after '$', only those to come, printed as they come, until Ctrl-C (exit 0)."""
+    --after '$', only those to come, printed as they come, until Ctrl-C (exit 0), even
+    started with SIGINT ignored (it waited in XREAD for ever then: two CI runs failed so)."""
     d = running_server
     ff(d, "enqueue", "s3://b/a.mp4", "--id", "a")
     ff(d, "enqueue", "s3://b/b.mp4", "--id", "b")
@@ -1201,6 +1202,9 @@ def test_outcomes_prints_each_end_and_follows_new_ones_until_ctrl_c(running_serv
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as a shell's background job starts it (CI's runner did): SIGINT ignored, which
+        # Python then leaves ignored unless the command sets its own handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         lines: list[str] = []

@@ -263,6 +263,9 @@ def test_item_ids_become_safe_path_components() -> None:
     assert item_dir("abc123_x.y-z") == "abc123_x.y-z"
     assert item_dir("../../etc") == "%2E%2E%2F%2E%2E%2Fetc"
     assert item_dir("..") == "%2E%2E" and item_dir("a/b") == "a%2Fb"
+    # never the root's own names, nor one dataset readers leave out (pyarrow skips _x, .x)
+    assert item_dir("_index") == "%5Findex" and item_dir("_x/y") == "%5Fx%2Fy"
+    assert item_dir(".hidden") == "%2Ehidden" and item_dir("a_b.c") == "a_b.c"
 
 
 def _size(path: Path) -> int | None:

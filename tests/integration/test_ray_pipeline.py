@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 from redis import Redis
 
@@ -26,6 +28,7 @@ from framefleet.workers.actors import Fleet
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore, output_version
+from framefleet.workers.results import Results
 from framefleet.workers.sources import local_pin
 from tests.support.deadline import left
 from tests.support.detections import assert_same, direct_run, pipeline_rows
@@ -147,6 +150,18 @@ def test_pipeline_equals_a_direct_run(
         manifest = store.read_result(result)
         assert manifest["frames"] == {"h264": 45, "vp9": 30, "odd": 20, "vfr": 30, "one": 1}[name]
         assert result.startswith(f"{store.uri(ids[name])}/") and result.endswith("_manifest.json")
+    # the root's index and dataset, as five videos finished at once on two decode actors:
+    # one current entry each, none for the dead, each dataset file the video's own rows
+    results = Results(store)
+    entries = results.entries()
+    assert sorted(e.id for e in entries) == sorted(ids[name] for name in good)
+    results_of = {i.id: i.result for i in q.items([e.id for e in entries])}
+    assert all(e.current and e.video == store.video_of(results_of[e.id] or "") for e in entries)
+    dataset = pq.read_table(results.dataset)
+    assert dataset.num_rows == sum(e.detections for e in entries)
+    for e in entries:
+        mine = dataset.filter(pc.equal(dataset["video_id"], e.id))
+        assert set(mine["uri"].to_pylist()) <= {e.uri} and mine.num_rows == e.detections
 
 
 def test_boxes_come_out_in_source_pixels_when_frames_are_decoded_smaller(

@@ -325,8 +325,9 @@ def test_rebuild_makes_the_index_and_dataset_again_from_the_manifests(store: Out
         store.delete(key)
     store.put(f"{DATASET}/gone.parquet", store.get(f"{before[0]['video']}/{DETECTIONS}"))
     assert results.entries() == []
+    store.put("broken/v9/_manifest.json", b"{not json")  # skipped, and counted
     rebuilt = results.rebuild()
-    assert (rebuilt.videos, rebuilt.removed) == (3, 1)
+    assert (rebuilt.videos, rebuilt.removed, rebuilt.skipped) == (3, 1, 1)
     assert [e.model_dump() for e in results.entries()] == before
     assert sorted(_dataset_rows(store)) == ["m", "n"]
     assert _scores(_dataset_rows(store)["m"]) == [1.0, 1.001]

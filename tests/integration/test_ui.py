@@ -510,7 +510,10 @@ def test_every_page_shows_the_figures_the_api_gives(dash: Dash, valkey_client: R
         assert shown_jpeg.status_code == 200 and shown_jpeg.headers["content-type"] == "image/jpeg"
         assert shown_jpeg.content == api.get("/v1/items/cam1-done/previews/00000000.jpg").content
         assert shown_jpeg.content[:3] == b"\xff\xd8\xff"  # a JPEG
-        for bad in ("00000001.jpg", "..%2F_manifest.json", "x.jpg"):
+        outputs_store = OutputStore(dash.settings.pipeline.out, dash.settings.source)
+        video = outputs_store.video_of(known["manifest"])
+        outputs_store.put(f"{video}/previews/x.jpg", b"\xff\xd8\xff not a preview's name")
+        for bad in ("00000001.jpg", "..%2F_manifest.json", "x.jpg"):  # x.jpg is there
             assert api.get(f"/v1/items/cam1-done/previews/{bad}").status_code == 404, bad
         by = api.get("/v1/items/cam1-done").json()["finished_by"]
         assert by and finished.get("finished by") == by, (by, finished)

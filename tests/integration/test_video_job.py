@@ -459,3 +459,34 @@ def test_s3_in_and_s3_out(
         assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
         dataset = store.get(f"_dataset/{item_id}.parquet")
         assert dataset == store.get(f"{prefix.removeprefix('run-1/')}/detections.parquet")
+
+
+def test_a_store_that_refuses_the_index_still_acks_the_video(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outputs are complete whatever the results index says: a store that may not be
+    listed (an S3 role without s3:ListBucket answers 403) costs the video its place in the
+    index, with a warning naming the repair, not its ack (holding it back released it for
+    ever: each delivery found it done, failed to list, and released it again)."""
+    from framefleet.workers.errors import InfraError
+
+    video = write_video(env["videos"] / "listless.mp4", frames=10)
+    q, store = env["queue"], env["store"]
+    [item_id] = q.enqueue([str(video)])
+    [lease] = q.claim(1, "decoder-1")
+
+    def refused(prefix: str = "") -> list[str]:
+        raise InfraError(f"{store.uri(prefix)}: AccessDenied (HTTP 403)")
+
+    monkeypatch.setattr(store, "keys_under", refused)
+    out = VideoJob(q, store, env["inference"], env["settings"]).run(lease)
+    assert out.status == "acked" and q.get(item_id).state is State.DONE
+    assert "not in the results index" in caplog.text and "results rebuild" in caplog.text
+    monkeypatch.undo()
+    from framefleet.workers.results import Results
+
+    results = Results(store)
+    assert [e.id for e in results.entries()] == [item_id]  # written before the listing failed
+    assert store.keys_under("_dataset/") == []  # what needed the listing was not
+    assert results.rebuild().videos == 1 and [e.id for e in results.current()] == [item_id]
+    assert store.keys_under("_dataset/") == [f"_dataset/{item_id}.parquet"]
