@@ -11,6 +11,14 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
+def answer(as_json: bool, value: Any, words: str) -> None:
+    """A command's answer: `value` as one JSON document (--json), else `words`."""
+    if as_json:
+        print_json(value)
+    else:
+        print(words)
+
+
 def as_uri(text: str) -> str:
     """A local path given on the command line becomes absolute; URIs pass unchanged."""
     if "://" in text:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from framefleet.cli.common import as_uri, print_json
+from framefleet.cli.common import answer, as_uri, print_json
 from framefleet.netpolicy import refusal
 from framefleet.queue import EmbeddedServer, InvalidItem, NewItem, Queue, connect, open_queue
 from framefleet.settings import Settings
@@ -46,10 +46,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         with open_queue(settings) as q:
             new = _written(q, items, args.force, bar)
     known = len(items) - len(new)
-    if args.json:
-        print_json({"enqueued": len(new), "already_known": known, "new_ids": new})
-    else:
-        print(f"enqueued {len(new)}, already known {known}" + _listed(new))
+    value = {"enqueued": len(new), "already_known": known, "new_ids": new}
+    answer(args.json, value, f"enqueued {len(new)}, already known {known}" + _listed(new))
     return 0
 
 
@@ -223,10 +221,8 @@ def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
         else:
             q.resume()
         paused = q.stats().paused
-    if args.json:
-        print_json({"queue": settings.queue.name, "paused": paused})
-    else:
-        print(f"queue {settings.queue.name!r} {'paused' if paused else 'running'}")
+    words = f"queue {settings.queue.name!r} {'paused' if paused else 'running'}"
+    answer(args.json, {"queue": settings.queue.name, "paused": paused}, words)
     return 0
 
 
@@ -313,10 +309,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
     with open_queue(settings) as q:
         r = q.reap()
-    if args.json:
-        print_json({"requeued": r.requeued, "poisoned": r.poisoned, "promoted": r.promoted})
-    else:
-        print(f"requeued {r.requeued}, poisoned {r.poisoned}, retries due {r.promoted}")
+    value = {"requeued": r.requeued, "poisoned": r.poisoned, "promoted": r.promoted}
+    words = f"requeued {r.requeued}, poisoned {r.poisoned}, retries due {r.promoted}"
+    answer(args.json, value, words)
     return 0
 
 
@@ -351,10 +346,7 @@ def cmd_dead(args: argparse.Namespace, settings: Settings) -> int:
         op = q.retry_dead if args.action == "retry" else q.purge_dead
         moved = op(args.ids, limit=args.limit) if args.ids else _drain(op, args.limit)
     done = "retried" if args.action == "retry" else "purged"
-    if args.json:
-        print_json({done: moved})
-    else:
-        print(f"{done} {len(moved)}" + _listed(moved))
+    answer(args.json, {done: moved}, f"{done} {len(moved)}" + _listed(moved))
     return 0
 
 
@@ -383,18 +375,11 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
                 "duplicates": r.duplicates,
                 "remaining": r.remaining,
             }
-            if args.json:
-                print_json(counts)
-            else:
-                print(", ".join(f"{k} {n}" for k, n in counts.items()))
+            answer(args.json, counts, ", ".join(f"{k} {n}" for k, n in counts.items()))
             return 0
         rejected = q.rejected(limit=args.limit)
-    if args.json:
-        print_json(rejected)
-    elif not rejected:
-        print("no rejected inbox entries")
-    for entry in [] if args.json else rejected:
-        print(printable(json.dumps(entry, sort_keys=True)))
+    lines = [printable(json.dumps(entry, sort_keys=True)) for entry in rejected]
+    answer(args.json, rejected, "\n".join(lines) or "no rejected inbox entries")
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import asdict
 from typing import Any
 
 from framefleet.settings import Settings
@@ -15,7 +16,7 @@ from framefleet.workers.errors import InfraError
 from framefleet.workers.outputs import OutputStore
 from framefleet.workers.results import FORMATS, Entry, Results, export, select, tables
 
-from .common import as_uri, print_json
+from .common import answer, as_uri, print_json
 
 STATES = ("current", "superseded", "all")
 
@@ -78,21 +79,13 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
             return _export(args, results)
         if args.action == "rebuild":
             rebuilt = results.rebuild()
-            summary = {
-                "out": out,
-                "videos": rebuilt.videos,
-                "removed": rebuilt.removed,
-                "skipped": rebuilt.skipped,
-            }
-            if args.json:
-                print_json(summary)
-            else:
-                unread = f"; {rebuilt.skipped} unreadable, left out (see above)"
-                print(
-                    f"index rebuilt from {rebuilt.videos} manifests in {out}; {rebuilt.removed}"
-                    " dataset files of videos without outputs removed"
-                    + (unread if rebuilt.skipped else "")
-                )
+            unread = f"; {rebuilt.skipped} unreadable, left out (see above)"
+            words = (
+                f"index rebuilt from {rebuilt.videos} manifests in {out}; {rebuilt.removed}"
+                " dataset files of videos without outputs removed"
+                + (unread if rebuilt.skipped else "")
+            )
+            answer(args.json, {"out": out, **asdict(rebuilt)}, words)
             return 1 if rebuilt.skipped else 0
         return _list(args, results, out)
     except InfraError as exc:

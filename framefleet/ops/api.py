@@ -169,15 +169,14 @@ def get_manifest(item_id: str, queue: QueueDep, settings: SettingsDep) -> dict[s
     """The manifest of a done item's outputs (frames, chunks, model, decoder, timings and
     where its detections are), read from the output store this API is configured with;
     404 when the item is not done or its outputs are not in that store."""
-    from framefleet.workers.outputs import OutputStore  # pyarrow: only when asked
+    from framefleet.workers.outputs import MANIFEST
 
-    item = queue.get(item_id)
-    if item is None or not item.result:
-        raise HTTPException(404, f"no outputs for {item_id!r}")
+    item, body = _output_file(item_id, MANIFEST, queue, settings)
     try:
-        return OutputStore(settings.pipeline.out, settings.source).read_result(item.result)
-    except (OSError, ValueError) as exc:  # not in this store, or not readable now
+        manifest: dict[str, Any] = json.loads(body)
+    except ValueError as exc:  # not one framefleet wrote
         raise HTTPException(404, f"{item.result}: {exc}") from None
+    return manifest
 
 
 def _output_file(item_id: str, name: str, queue: Queue, settings: Settings) -> tuple[Item, bytes]:

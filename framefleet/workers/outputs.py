@@ -133,7 +133,8 @@ def label_counts(table: pa.Table) -> dict[str, int]:
     return {str(c["values"]): int(c["counts"]) for c in counts}
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as a zstd-compressed parquet file's bytes."""
     sink = io.BytesIO()
     pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
@@ -148,7 +149,7 @@ def warm_up(schema: pa.Schema) -> None:
     for field in schema:
         row[field.name] = pa.array([None], field.type)[0].as_py()
     table = records_table("warm-up", "warm-up", schema, [row], np.zeros(1, np.int64), np.zeros(1))
-    pq.read_table(io.BytesIO(_parquet_bytes(table)))
+    pq.read_table(io.BytesIO(parquet_bytes(table)))
 
 
 class OutputStore:
@@ -375,7 +376,7 @@ class OutputStore:
         checked: bool = False,
     ) -> bool:
         key = f"{video}/{chunk_name(index)}"
-        return self.put(key, _parquet_bytes(table), if_absent=if_absent, checked=checked)
+        return self.put(key, parquet_bytes(table), if_absent=if_absent, checked=checked)
 
     def read_chunk(self, video: str, index: int) -> pa.Table:
         return pq.read_table(io.BytesIO(self.get(f"{video}/{chunk_name(index)}")))

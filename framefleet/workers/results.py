@@ -27,7 +27,6 @@ dataset file did not acknowledge its video: the next delivery publishes it again
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -42,7 +41,15 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ValidationError
 
 from .errors import InfraError
-from .outputs import DETECTIONS, MANIFEST, OutputStore, item_dir, label_counts, with_uri
+from .outputs import (
+    DETECTIONS,
+    MANIFEST,
+    OutputStore,
+    item_dir,
+    label_counts,
+    parquet_bytes,
+    with_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +156,7 @@ class Results:
         labels = m.get("labels")
         columns = m.get("columns")
         if labels is None or columns is None:  # a manifest from before they were recorded
-            table = self._read(f"{video}/{DETECTIONS}")
+            table = self.store.read_detections(video)
             labels, columns = label_counts(table), table.column_names
         return Entry(
             id=str(m["video_id"]),
@@ -188,9 +195,8 @@ class Results:
         if "uri" in entry.columns:
             self.store.copy(source, target)
             return
-        sink = io.BytesIO()  # made before detections.parquet had the URI: add it
-        pq.write_table(with_uri(self._read(source), entry.uri), sink, compression="zstd")
-        self.store.put(target, sink.getvalue(), if_absent=False)
+        legacy = with_uri(self.store.read_detections(entry.video), entry.uri)  # had no URI
+        self.store.put(target, parquet_bytes(legacy), if_absent=False)
 
     def rebuild(self) -> Rebuilt:
         """The index and the dataset anew from the manifests in the store: the index emptied
@@ -248,10 +254,7 @@ class Results:
 
     def detections(self, entry: Entry) -> pa.Table:
         """One version's detections, with the URI as their first column."""
-        return with_uri(self._read(f"{entry.video}/{DETECTIONS}"), entry.uri)
-
-    def _read(self, key: str) -> pa.Table:
-        return pq.read_table(io.BytesIO(self.store.get(key)))
+        return with_uri(self.store.read_detections(entry.video), entry.uri)
 
     def _shard(
         self, folder: str, wanted: Callable[[str], bool], keys: list[str] | None = None

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from framefleet.settings import SourceSettings
 from framefleet.workers.model import DETECTION_SCHEMA
-from framefleet.workers.outputs import OutputStore, _parquet_bytes, records_table
+from framefleet.workers.outputs import OutputStore, parquet_bytes, records_table
 
 ROWS = (20_000, 200_000)  # the chunks' rows: the first one whole, the second one cut
 
@@ -59,7 +59,7 @@ def freeze_on_file_size_limit() -> None:
 def main(root: str) -> None:
     store = OutputStore(root, SourceSettings())
     small, big = table(ROWS[0]), table(ROWS[1])
-    small_size, big_size = len(_parquet_bytes(small)), len(_parquet_bytes(big))
+    small_size, big_size = len(parquet_bytes(small)), len(parquet_bytes(big))
     limit = big_size // 2
     assert small_size < limit, (small_size, limit)
     freeze_on_file_size_limit()
