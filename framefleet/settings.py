@@ -287,10 +287,22 @@ class CoordinatorSettings:
     # FRAMEFLEET_START_TIMEOUT_S: an actor not ready this long after its creation (loading
     # the model included) is killed and replaced
     start_timeout_s: float = 600.0
+    # FRAMEFLEET_AUTOSCALE: ask Ray's autoscaler (KubeRay's, the VM launcher's) for the
+    # nodes the pools the backlog wants need (ray.autoscaler.sdk.request_resources), and
+    # for only the pools' minima once the queue is idle
+    autoscale: bool = True
+    # FRAMEFLEET_MAX_GPUS / FRAMEFLEET_MAX_CPUS: the cost cap: the fleet's actors together
+    # hold at most this many (none: the pools' maxima are the only bound)
+    max_gpus: float | None = None
+    max_cpus: float | None = None
 
     def __post_init__(self) -> None:
         if self.min_decode_actors < 0 or self.min_inference_actors < 1:
             raise SettingsError("min_decode_actors must be >= 0, min_inference_actors >= 1")
+        for cap in ("max_gpus", "max_cpus"):
+            value = getattr(self, cap)
+            if value is not None and not value >= 0:
+                raise SettingsError(f"{cap} must be >= 0")
         for name in (
             "tick_s",
             "leader_ttl_s",
@@ -436,6 +448,21 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     webhook: WebhookSettings = field(default_factory=WebhookSettings)
 
+    def __post_init__(self) -> None:
+        c, p = self.coordinator, self.pipeline
+        gpus = c.min_inference_actors * p.gpus_per_inference
+        cpus = (
+            c.min_inference_actors * p.cpus_per_inference + c.min_decode_actors * p.cpus_per_decoder
+        )
+        if c.max_gpus is not None and gpus > c.max_gpus + 1e-9:
+            raise SettingsError(
+                f"FRAMEFLEET_MAX_GPUS={c.max_gpus:g} does not hold the pools' minima ({gpus:g} GPU)"
+            )
+        if c.max_cpus is not None and cpus > c.max_cpus + 1e-9:
+            raise SettingsError(
+                f"FRAMEFLEET_MAX_CPUS={c.max_cpus:g} does not hold the pools' minima ({cpus:g} CPU)"
+            )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the FRAMEFLEET_* variables; unset ones keep their defaults."""
@@ -565,6 +592,9 @@ _COORDINATOR_ENV = {
     "gcs_grace_s": "FRAMEFLEET_GCS_GRACE_S",
     "idle_s": "FRAMEFLEET_IDLE_S",
     "start_timeout_s": "FRAMEFLEET_START_TIMEOUT_S",
+    "autoscale": "FRAMEFLEET_AUTOSCALE",
+    "max_gpus": "FRAMEFLEET_MAX_GPUS",
+    "max_cpus": "FRAMEFLEET_MAX_CPUS",
 }
 
 _API_ENV = {

@@ -235,6 +235,7 @@ class Driver:
             decoders_wanted=report.decoders_wanted,
             inference_wanted=report.inference_wanted,
             inference_room=report.inference_room,
+            requested=report.requested,  # asked of Ray's autoscaler (None: not asked)
             pids=report.pids,
         )
         return None

@@ -4,9 +4,17 @@ Each tick (`Pools.tick`): actors found dead are dropped (a dead decode actor's l
 expired at once, so its videos go back to the queue), then each pool is sized to the
 queue: the decode pool to the backlog (queued + delayed + leased items over
 items_per_decoder), the inference pool to its maximum while there is work and its minimum
-after idle_s without any, never past the cluster's free resources. A decode actor scaled
-down drains (finishes its videos, claims no more); an inference actor scaled down is first
-taken out of the decode actors' rotation.
+after idle_s without any, never past the cluster's free resources nor the cost cap
+(FRAMEFLEET_MAX_GPUS, FRAMEFLEET_MAX_CPUS).
+
+Ray's autoscaler is asked for room for the fleet the backlog wants (one bundle an actor,
+`request_resources`: the decode pool the backlog wants, inference actors in proportion): a
+burst grows the cluster and the pools grow onto the new nodes as they come; with no work only
+the pools' minima are asked for, and the idle nodes go. Actors are only created where there
+is room, so none waits minutes for a node and is taken for one that cannot start.
+
+A decode actor scaled down drains (finishes its videos, claims no more); an inference actor
+scaled down is first taken out of the decode actors' rotation.
 
 A node being drained (preempted, scaled down, or its `ray start` got SIGTERM: Ray gives it
 a deadline, then ends it) is left at once: its decode actors release their videos (no
@@ -22,6 +30,7 @@ import itertools
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +51,33 @@ log = logging.getLogger(__name__)
 # a configuration error (at once when the model cannot be loaded: trying again would only
 # wait out the same download timeouts)
 FAILED_STARTS = 3
+
+# the cluster short of the autoscaler request this long: an event says why it may be
+_SHORT_S = 600.0
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {k: v for k, v in (("CPU", cpus), ("GPU", gpus)) if v > 0}
+
+
+def _sum(bundles: list[dict[str, float]]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for bundle in bundles:
+        for k, v in bundle.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def _key(bundle: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((k, float(v)) for k, v in bundle.items()))
+
+
+def _counts(bundles: list[dict[str, float]]) -> dict[tuple[tuple[str, float], ...], int]:
+    return dict(Counter(_key(b) for b in bundles))
+
+
+def _text(resources: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in sorted(resources.items())) or "nothing"
 
 
 @dataclass
@@ -69,6 +105,7 @@ class PoolReport:
     decoders_wanted: int = 0  # what the backlog asks for, within the configured bounds
     inference_wanted: int = 0
     inference_room: int = 0  # how many could run with the free resources (fewer: CPU-bound)
+    requested: dict[str, float] | None = None  # asked of the autoscaler: the wanted pools
     events: list[str] = field(default_factory=list)
     pids: dict[str, int | None] = field(default_factory=dict)
 
@@ -94,6 +131,29 @@ def wanted(current: int, low: int, high: int, demand: int, room: int) -> int:
     return target
 
 
+def inference_max(settings: Settings) -> int:
+    """The inference pool's maximum under the cost cap; the decode pool's minimum is kept
+    out of a CPU cap (Settings checks that both minima fit)."""
+    c, p = settings.coordinator, settings.pipeline
+    high = p.inference_actors
+    if c.max_gpus is not None and p.gpus_per_inference > 0:
+        high = min(high, int(c.max_gpus / p.gpus_per_inference + 1e-9))
+    if c.max_cpus is not None and p.cpus_per_inference > 0:
+        spare = c.max_cpus - c.min_decode_actors * p.cpus_per_decoder
+        high = min(high, int(spare / p.cpus_per_inference + 1e-9))
+    return max(c.min_inference_actors, high)
+
+
+def decoders_max(settings: Settings, inference: int) -> int:
+    """The decode pool's maximum beside `inference` inference actors, under a CPU cap."""
+    c, p = settings.coordinator, settings.pipeline
+    high = p.decode_actors
+    if c.max_cpus is not None and p.cpus_per_decoder > 0:
+        spare = c.max_cpus - inference * p.cpus_per_inference
+        high = min(high, int(spare / p.cpus_per_decoder + 1e-9))
+    return max(c.min_decode_actors, high)
+
+
 class Pools:
     def __init__(
         self,
@@ -117,6 +177,10 @@ class Pools:
         self._hung_decoders = 0  # decode actors not ready in time, since one was
         self._idle_since: float | None = None
         self._redis_lost_at = -math.inf  # the last tick that could not reach Redis
+        self._requested: list[dict[str, float]] | None = None  # the autoscaler's, as sent
+        self._short_since: float | None = None  # the cluster has been short of the request
+        self._scale, self._scaled_at = 1.0, -math.inf  # the request, shrunk while infeasible
+        self._told_infeasible = False
         self._decode_cls = adapter.remote_class(DecodeActor)
         self._infer_cls = adapter.remote_class(InferenceActor)
 
@@ -140,8 +204,11 @@ class Pools:
         counts = self.queue.stats().counts
         backlog = counts["queued"] + counts["delayed"] + counts["leased"] + counts["inbox"]
         self._size_inference(backlog, report)
+        report.decoders_wanted = self._decoders_wanted(backlog, report.inference_wanted)
         if any(m.ready for m in self.inference):
             self._size_decoders(backlog, report)
+        if self.settings.coordinator.autoscale:
+            self._request(backlog, report)
         report.decoders = len(self.decoders)
         report.inference = len(self.inference)
         report.ready_inference = sum(m.ready for m in self.inference)
@@ -326,7 +393,7 @@ class Pools:
                 f"no room for an inference actor ({p.cpus_per_inference} CPU,"
                 f" {p.gpus_per_inference} GPU): free {self.adapter.available()}"
             )
-        low, high = c.min_inference_actors, p.inference_actors
+        low, high = c.min_inference_actors, inference_max(self.settings)
         report.inference_wanted = max(low, min(high, demand))
         report.inference_room = min(len(self.inference) + room, high)
         target = wanted(len(self.inference), low, high, demand, room)
@@ -346,8 +413,8 @@ class Pools:
         active = [m for m in self.decoders if not (m.draining or m.leaving)]
         demand = math.ceil(backlog / p.items_per_decoder)
         room = self._room(p.cpus_per_decoder, 0.0)
-        report.decoders_wanted = max(c.min_decode_actors, min(p.decode_actors, demand))
-        target = wanted(len(active), c.min_decode_actors, p.decode_actors, demand, room)
+        high = decoders_max(self.settings, max(len(self.inference), report.inference_wanted))
+        target = wanted(len(active), c.min_decode_actors, high, demand, room)
         for _ in range(target - len(active)):
             self.decoders.append(self._new_decoder())
         for member in active[target:]:
@@ -355,6 +422,120 @@ class Pools:
             self.adapter.call(member.handle, "drain")
             report.events.append(f"decode actor {member.name} draining (scaling down)")
             log.info("decode actor %s draining (scaling down)", member.name)
+
+    def _decoders_wanted(self, backlog: int, inference: int) -> int:
+        c, p = self.settings.coordinator, self.settings.pipeline
+        demand = math.ceil(backlog / p.items_per_decoder)
+        return max(c.min_decode_actors, min(decoders_max(self.settings, inference), demand))
+
+    # -- the autoscaler ----------------------------------------------------------------
+
+    def _asked(self, backlog: int, report: PoolReport) -> tuple[int, int]:
+        """The inference and decode actors to ask the autoscaler room for: the decode pool
+        the backlog wants and inference actors in the pools' proportion to it (so one video
+        does not buy every GPU the pools may hold, while the nodes already there are used
+        whole); the minima when there is no work."""
+        c, p = self.settings.coordinator, self.settings.pipeline
+        if backlog == 0:
+            return c.min_inference_actors, c.min_decode_actors
+        share = math.ceil(report.decoders_wanted * p.inference_actors / max(1, p.decode_actors))
+        inference = max(c.min_inference_actors, min(report.inference_wanted, share))
+        return inference, report.decoders_wanted
+
+    def _request(self, backlog: int, report: PoolReport) -> None:
+        """Ask Ray's autoscaler for the asked pools, whole, when that changes (each new
+        driver asks once: a new head has forgotten).
+
+        Autoscaler v2 adds no node at all for a request its node groups cannot hold whole
+        (v1 adds what it can): while it says so the request shrinks by a quarter a tick,
+        down to the pools' minima, and after _SHORT_S it tries the whole again (a group's
+        maximum raised). A cluster that stays short of the request for _SHORT_S (quotas,
+        nodes that fail to start) is told as an event."""
+        c, p = self.settings.coordinator, self.settings.pipeline
+        now = self.clock()
+        if self._scale < 1.0 and now - self._scaled_at >= _SHORT_S:
+            self._scale = 1.0
+        n_inference, n_decoders = self._asked(backlog, report)
+        n_inference = max(c.min_inference_actors, int(n_inference * self._scale))
+        n_decoders = max(c.min_decode_actors, int(n_decoders * self._scale))
+        inference = _bundle(p.cpus_per_inference, p.gpus_per_inference)
+        decoder = _bundle(p.cpus_per_decoder, 0.0)
+        bundles = [b for b in [inference] * n_inference + [decoder] * n_decoders if b]
+        report.requested = _sum(bundles)
+        if bundles != self._requested:
+            try:
+                self.adapter.request_resources(bundles)
+            except Exception:  # the GCS's trouble is the driver's to judge: next tick
+                log.warning("cannot ask the autoscaler for resources", exc_info=True)
+                return
+            log.info(
+                "asked the autoscaler for %d inference and %d decode actors (%s)",
+                n_inference,
+                n_decoders,
+                _text(report.requested),
+                extra={"event": "autoscale_request"},
+            )
+            self._requested, self._short_since = bundles, now
+            return  # the autoscaler has not seen it yet
+        if self._short_of(report.requested, report):
+            self._check_infeasible(bundles, report)
+
+    def _short_of(self, wants: dict[str, float], report: PoolReport) -> dict[str, float]:
+        """What the cluster's nodes lack of `wants` ({} when they hold it, or unknown)."""
+        try:
+            total = self.adapter.total()
+        except Exception:
+            log.debug("cannot read the cluster's resources", exc_info=True)
+            return {}
+        short = {k: v - total.get(k, 0.0) for k, v in wants.items() if total.get(k, 0.0) < v - 1e-9}
+        now = self.clock()
+        if not short:
+            self._short_since = None
+        elif self._short_since is None:
+            self._short_since = now
+        elif now - self._short_since >= _SHORT_S:
+            self._short_since = now  # said again only after as long
+            _event(
+                report,
+                f"the cluster is still short of the resources asked of the autoscaler"
+                f" ({_text(short)} more of {_text(wants)}) after {_SHORT_S:g} s: quotas,"
+                " nodes that fail to start, or node groups too small (raise their maxima or"
+                " lower FRAMEFLEET_INFERENCE_ACTORS / FRAMEFLEET_MAX_GPUS)",
+                "autoscale_short",
+            )
+        return short
+
+    def _check_infeasible(self, bundles: list[dict[str, float]], report: PoolReport) -> None:
+        try:
+            infeasible = self.adapter.infeasible_request()
+        except Exception:  # v1, or the GCS busy: the short event still tells
+            log.debug("cannot read the autoscaler's state", exc_info=True)
+            return
+        if not infeasible or _counts(bundles) != {
+            _key(bundle): count for bundle, count in infeasible
+        }:
+            return
+        c = self.settings.coordinator
+        floor = self._scale <= 0.01 or len(bundles) <= c.min_inference_actors + c.min_decode_actors
+        if floor:
+            text = (
+                f"the autoscaler cannot hold even the pools' minima ({_text(_sum(bundles))}):"
+                " the node groups are too small for one actor"
+            )
+        else:
+            self._scale *= 0.75
+            self._scaled_at = self.clock()
+            text = (
+                f"the autoscaler's node groups cannot hold the whole request"
+                f" ({_text(_sum(bundles))}: autoscaler v2 then adds no node at all): asking"
+                f" for {self._scale:.0%} of it; raise the groups' maxima, or lower"
+                " FRAMEFLEET_INFERENCE_ACTORS / FRAMEFLEET_MAX_GPUS"
+            )
+        if not self._told_infeasible or floor:
+            _event(report, text, "autoscale_infeasible")
+            self._told_infeasible = True
+        else:
+            log.info("%s", text, extra={"event": "autoscale_infeasible"})
 
     # -- creating --------------------------------------------------------------------------
 
@@ -393,7 +574,7 @@ class Pools:
 
     def stop(self, timeout: float) -> None:
         """Decode actors release their leases (after settling the chunks out) and return;
-        then every actor is killed."""
+        then every actor is killed, and the autoscaler's request withdrawn."""
         for member in self.decoders:
             self.adapter.call(member.handle, "request_stop")
         deadline = self.clock() + timeout
@@ -405,3 +586,9 @@ class Pools:
         for member in [*self.decoders, *self.inference, *self.leaving]:
             self.adapter.kill(member.handle)
         self.decoders, self.inference, self.leaving = [], [], []
+        if self._requested:
+            try:
+                self.adapter.request_resources([])
+                self._requested = None
+            except Exception:  # the next leader's request replaces it
+                log.warning("cannot withdraw the autoscaler request", exc_info=True)

@@ -187,3 +187,33 @@ class RayAdapter:
         import ray
 
         return {k: float(v) for k, v in ray.available_resources().items()}
+
+    def total(self) -> dict[str, float]:
+        """The resources of the cluster's alive nodes, used or not."""
+        import ray
+
+        return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+    def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        """Tell Ray's autoscaler the shape the fleet wants: one bundle an actor, the whole
+        fleet (those running included: the autoscaler packs the bundles as if the nodes
+        were empty). Each call replaces the last; an empty list withdraws it. Under
+        autoscaler v2 a request the node groups cannot hold whole adds no node at all."""
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=bundles)
+
+    def infeasible_request(self) -> list[tuple[dict[str, float], int]]:
+        """The bundles (with their counts) of the request that autoscaler v2 found its node
+        groups cannot hold whole, so that it adds no node for it; none under v1 (which adds
+        what it can) or when the autoscaler found it feasible."""
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
+        from ray.core.generated.autoscaler_pb2 import GetClusterStatusReply
+
+        reply = GetClusterStatusReply()
+        reply.ParseFromString(GcsClient(self.gcs_address()).get_cluster_status(timeout_s=5))
+        return [
+            ({k: float(v) for k, v in r.request.resources_bundle.items()}, int(r.count))
+            for constraint in reply.autoscaling_state.infeasible_cluster_resource_constraints
+            for r in constraint.resource_requests
+        ]

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support.fleet import Fleet, crash_head, make_fleet, wait
+from tests.support.fleet import Fleet, crash_head, make_fleet, reaped, wait
 from tests.support.raycluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,23 +75,6 @@ def leader_process(fleet: Fleet, procs: list[subprocess.Popen[bytes]]) -> subpro
 
     wait(known, 30, "a leader")
     return found[0]
-
-
-@contextlib.contextmanager
-def reaped(*procs: subprocess.Popen[bytes], logs: Path | None = None) -> Iterator[None]:
-    """The processes killed at the end; on a failure, the tail of each log in `logs` is
-    printed first (pytest shows it with the failure)."""
-    try:
-        yield
-    except BaseException:
-        for path in sorted(logs.glob("*.log")) if logs else []:
-            print(f"--- {path.name} ---\n{path.read_text(errors='replace')[-6000:]}")
-        raise
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
 
 
 def test_kill_9_of_the_local_ray_and_the_coordinator_starts_another(tmp_path: Path) -> None:

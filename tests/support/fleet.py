@@ -6,14 +6,16 @@ both run `crash_head`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from redis import Redis
 
@@ -64,6 +66,10 @@ class Fleet:
                 stderr=subprocess.STDOUT,
                 start_new_session=own_session,
             )
+
+    def enqueue(self) -> None:
+        """The videos enqueued at once (a burst)."""
+        self.ids = self.queue.enqueue([str(p) for p in self.paths])
 
     def close(self) -> None:
         self.queue.client.close()
@@ -130,11 +136,17 @@ def make_fleet(
     items_per_decoder: int = 2,
     lease_s: float = 60.0,
     leader_ttl_s: float | None = None,
+    videos_n: int = VIDEOS,
+    enqueue: bool = True,
+    pipeline: dict[str, Any] | None = None,
+    coordinator: dict[str, Any] | None = None,
 ) -> Fleet:
-    """VIDEOS videos of 240 frames enqueued; a local Ray (no GPU) when ray_address is None."""
+    """`videos_n` videos of 240 frames, enqueued unless told not to (then `Fleet.enqueue`);
+    a local Ray (no GPU) when ray_address is None; `pipeline` and `coordinator` change those
+    settings."""
     videos = tmp_path / "videos"
     videos.mkdir()
-    paths = [write_video(videos / f"v{i}.mp4", frames=240) for i in range(VIDEOS)]
+    paths = [write_video(videos / f"v{i}.mp4", frames=240) for i in range(videos_n)]
     server = EmbeddedServer(tmp_path / "redis").start()
     local = ray_address is None
     settings = Settings(
@@ -166,9 +178,14 @@ def make_fleet(
             stale_s=4.0,
         ),
     )
+    settings = replace(
+        settings,
+        pipeline=replace(settings.pipeline, **(pipeline or {})),
+        coordinator=replace(settings.coordinator, **(coordinator or {})),
+    )
     client = Redis.from_url(server.url, decode_responses=True)
     queue = Queue(client, settings.queue)
-    ids = queue.enqueue([str(p) for p in paths])
+    ids = queue.enqueue([str(p) for p in paths]) if enqueue else []
     env = {**os.environ, **settings.to_env(), **auth, "PYTHONPATH": str(ROOT)}
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -207,3 +224,20 @@ def crash_head(fleet: Fleet, cluster: LocalCluster) -> tuple[float, float]:
     before = fleet.chunks_done()
     resume_s = wait(lambda: fleet.chunks_done() > before or fleet.done(), 300, "processing")
     return detect_s, resume_s
+
+
+@contextlib.contextmanager
+def reaped(*procs: subprocess.Popen[bytes], logs: Path | None = None) -> Iterator[None]:
+    """The processes killed at the end; on a failure, the tail of each log in `logs` is
+    printed first (pytest shows it with the failure)."""
+    try:
+        yield
+    except BaseException:
+        for path in sorted(logs.glob("*.log")) if logs else []:
+            print(f"--- {path.name} ---\n{path.read_text(errors='replace')[-6000:]}")
+        raise
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -18,6 +18,7 @@ head-node crash they exit and come back into the new cluster soon.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -199,4 +200,133 @@ class LocalCluster:
             self._thread.join(5)
         for node in [*self.workers, self.head]:
             node.kill()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+# Ray's fake multi-node provider, loaded as an "external" one: the wheel leaves out the
+# example.yaml that Ray reads its defaults from for the "fake_multinode" type (and so
+# ray.cluster_utils.AutoscalingCluster cannot start), and it would also `ray stop --force`
+# every Ray process on the machine and take port 6379.
+_FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+
+
+class FakeAutoscalingCluster:
+    """A Ray cluster on one machine whose autoscaler (v2 by default, KubeRay's since Ray
+    2.48; v1 with `v2=False`) starts and ends worker nodes, each a real raylet and its
+    processes: a head with no CPUs, and `node_types` as a cluster config gives them
+    ({"gpu": {"resources": {"CPU": 2, "GPU": 1}, "max_workers": 3}}). The fake nodes are
+    children of the head's autoscaler, in the head's session: `stop()` kills them all."""
+
+    def __init__(
+        self,
+        node_types: dict[str, dict[str, object]],
+        idle_timeout_s: float = 5.0,
+        v2: bool = True,
+        object_store_mb: int = 80,
+    ) -> None:
+        from ray._private.services import get_node_ip_address
+        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
+        root = Path(tempfile.mkdtemp(prefix="ffas-"))
+        # the fake nodes take this machine's address (they are given none): so does the head
+        ip = get_node_ip_address()
+        self.root, self.port, self.v2 = root, free_port(), v2
+        self.address = f"{ip}:{self.port}"
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        types: dict[str, object] = {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0}
+        }
+        for name, spec in node_types.items():
+            resources = {**spec["resources"], "object_store_memory": object_store_mb << 20}  # type: ignore[dict-item]
+            types[name] = {"node_config": {}, "min_workers": 0, **spec, "resources": resources}
+        provider: dict[str, object] = {
+            "type": "external",
+            "module": _FAKE_PROVIDER,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": self.address,
+        }
+        env = {**os.environ, **self.auth, "RAY_FAKE_CLUSTER": "1"}
+        env["AUTOSCALER_UPDATE_INTERVAL_S"] = "1"
+        env.pop("RAY_ADDRESS", None)
+        if v2:
+            provider.update(launch_multiple=True, head_node_id=FAKE_HEAD_NODE_ID)
+            env["RAY_enable_autoscaler_v2"] = "1"
+            env["RAY_CLOUD_INSTANCE_ID"] = env["RAY_OVERRIDE_NODE_ID_FOR_TESTING"] = (
+                FAKE_HEAD_NODE_ID
+            )
+        else:
+            env["RAY_enable_autoscaler_v2"] = "0"
+        config = {
+            "cluster_name": root.name,
+            "max_workers": sum(int(s.get("max_workers", 0)) for s in node_types.values()),  # type: ignore[call-overload]
+            "upscaling_speed": 1.0,
+            "idle_timeout_minutes": idle_timeout_s / 60,
+            "provider": provider,
+            "auth": {},
+            "docker": {},
+            "head_node_type": "ray.head.default",
+            "available_node_types": types,
+            "file_mounts": {},
+            "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False,
+            "rsync_exclude": [],
+            "rsync_filter": [],
+            "initialization_commands": [],
+            "setup_commands": [],
+            "head_setup_commands": [],
+            "worker_setup_commands": [],
+            "head_start_ray_commands": [],
+            "worker_start_ray_commands": [],
+        }
+        path = root / "autoscaler.json"
+        path.write_text(json.dumps(config))
+        self.head = RayNode(
+            "head",
+            [
+                "--head",
+                f"--port={self.port}",
+                "--num-cpus=0",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}",
+                f"--autoscaling-config={path}",
+                f"--node-ip-address={ip}",
+            ],
+            env,
+            root,
+        )
+
+    def start(self) -> FakeAutoscalingCluster:
+        self.head.start()
+        self.head.wait_started()
+        return self
+
+    def worker_nodes(self) -> dict[str, list[psutil.Process]]:
+        """The fake worker nodes running now: their ids and processes (raylet, agents,
+        actors' workers), by the node id each was started with."""
+        from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
+
+        nodes: dict[str, list[psutil.Process]] = {}
+        for proc in self.head.processes():
+            with contextlib.suppress(psutil.Error, OSError):
+                node = proc.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING")
+                if node and node != FAKE_HEAD_NODE_ID:
+                    nodes.setdefault(node, []).append(proc)
+        return nodes
+
+    def kill_node(self, node: str) -> None:
+        """kill -9 of every process of one fake worker node (a spot node taken back)."""
+        procs = self.worker_nodes().get(node, [])
+        assert procs, f"no fake node {node}"
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(procs, timeout=20)
+
+    def log(self, name: str = "monitor.log") -> str:
+        path = self.root / "head1" / "session_latest" / "logs" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        self.head.kill()
         shutil.rmtree(self.root, ignore_errors=True)

@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from framefleet.cli import build_parser
+from framefleet.coordinator.pools import decoders_max, inference_max
 from framefleet.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -399,9 +400,39 @@ def check_worker_groups(bundle: Bundle) -> list[str]:
             problems.append(f"group {g.get('groupName')}: min, replicas and max not all set")
         elif not 0 <= low <= n <= high or high < 1:
             problems.append(f"group {g.get('groupName')}: not 0 <= {low} <= {n} <= {high}")
-        elif low < 1:  # the coordinator asks for no node: a group at 0 would stay there
-            problems.append(f"group {g.get('groupName')}: minReplicas 0")
     return problems
+
+
+def check_full_pools_fit_the_groups(bundle: Bundle) -> list[str]:
+    """The coordinator asks the autoscaler for its pools whole; autoscaler v2 adds no node
+    at all for a request the groups' maxima cannot hold (the coordinator then shrinks it a
+    quarter a tick, which costs a burst minutes). The pools' maxima under the cost cap,
+    packed first-fit onto maxReplicas pods of each group, must fit."""
+    settings = Settings.from_env(configmaps(bundle)["framefleet-config"])
+    p = settings.pipeline
+    n_inference = inference_max(settings)
+    n_decoders = decoders_max(settings, n_inference)
+    nodes = []
+    for g in raycluster(bundle)["spec"].get("workerGroupSpecs", []):
+        limits = first_container(g["template"]).get("resources", {}).get("limits", {})
+        free = {
+            "CPU": quantity(limits.get("cpu", 0)),
+            "GPU": quantity(limits.get("nvidia.com/gpu", 0)),
+        }
+        nodes += [dict(free) for _ in range(int(g.get("maxReplicas", 0)))]
+    wants = [{"CPU": p.cpus_per_inference, "GPU": p.gpus_per_inference}] * n_inference
+    wants += [{"CPU": p.cpus_per_decoder, "GPU": 0.0}] * n_decoders
+    for want in wants:
+        node = next((n for n in nodes if all(n[k] >= v - 1e-9 for k, v in want.items())), None)
+        if node is None:
+            return [
+                f"the pools' maxima ({n_inference} inference, {n_decoders} decode actors) do not"
+                " fit the worker groups' maxReplicas: autoscaler v2 adds no node for the"
+                " coordinator's request at full pools"
+            ]
+        for k, v in want.items():
+            node[k] -= v
+    return []
 
 
 def check_gpu_group(bundle: Bundle) -> list[str]:
@@ -758,6 +789,7 @@ CHECKS: list[Check] = [
     check_head_has_no_cpus,
     check_ray_start_params,
     check_worker_groups,
+    check_full_pools_fit_the_groups,
     check_gpu_group,
     check_autoscaler,
     check_reconnect_timeout,
@@ -1048,12 +1080,12 @@ BREAKS: dict[str, tuple[Check, Callable[[Bundle], None], str]] = {
     "replicas above maxReplicas": (
         check_worker_groups,
         _ray(_set("spec/workerGroupSpecs/0/replicas", 11)),
-        "group cpu: not 0 <= 2 <= 11 <= 10",
+        "group cpu: not 0 <= 0 <= 11 <= 4",
     ),
-    "a group that may shrink to nothing": (
-        check_worker_groups,
-        _ray(_set("spec/workerGroupSpecs/1/minReplicas", 0)),
-        "group gpu: minReplicas 0",
+    "a gpu group too small for the inference pool": (
+        check_full_pools_fit_the_groups,
+        _ray(_set("spec/workerGroupSpecs/1/maxReplicas", 3)),
+        "(16 inference, 32 decode actors) do not fit",
     ),
     "no gpu group": (
         check_worker_groups,

@@ -14,7 +14,13 @@ from redis import Redis
 
 from framefleet.coordinator.pools import Pools, wanted
 from framefleet.queue import Queue
-from framefleet.settings import CoordinatorSettings, PipelineSettings, QueueSettings, Settings
+from framefleet.settings import (
+    CoordinatorSettings,
+    PipelineSettings,
+    QueueSettings,
+    Settings,
+    SettingsError,
+)
 from framefleet.workers.actors import FleetError
 from framefleet.workers.ray_adapter import ActorGone
 
@@ -50,6 +56,10 @@ class ScriptedRay:
         self.lost: set[str] = set()
         self.node = "node-1"
         self.hang: set[str] = set()
+        self.requests: list[list[dict[str, float]]] = []  # asked of the autoscaler, in order
+        self.refuse_requests = False  # the GCS does not take them
+        self.max_gpus: float | None = None  # the node groups hold this many GPUs at most
+        self.added = {"CPU": 0.0, "GPU": 0.0}  # nodes the autoscaler added since the start
         self._pids = itertools.count(1000)
 
     def remote_class(self, cls: type) -> str:
@@ -99,6 +109,37 @@ class ScriptedRay:
 
     def available(self) -> dict[str, float]:
         return dict(self.free)
+
+    def total(self) -> dict[str, float]:
+        used = {"CPU": 0.0, "GPU": 0.0}
+        for a in self.actors:
+            if a.alive:
+                used["CPU"] += a.options.get("num_cpus", 0.0)
+                used["GPU"] += a.options.get("num_gpus", 0.0)
+        return {k: self.free[k] + used[k] for k in used}
+
+    def request_resources(self, bundles: list[dict[str, float]]) -> None:
+        if self.refuse_requests:
+            raise ConnectionError("the GCS does not answer")
+        self.requests.append(bundles)
+
+    def infeasible_request(self) -> list[tuple[dict[str, float], int]]:
+        """Autoscaler v2: a request of more GPUs than `max_gpus` is infeasible whole."""
+        if not self.requests or self.max_gpus is None:
+            return []
+        last = self.requests[-1]
+        if sum(b.get("GPU", 0.0) for b in last) <= self.max_gpus:
+            return []
+        counts: dict[tuple[tuple[str, float], ...], int] = {}
+        for b in last:
+            key = tuple(sorted(b.items()))
+            counts[key] = counts.get(key, 0) + 1
+        return [(dict(k), n) for k, n in counts.items()]
+
+    def grow(self, cpus: float, gpus: float) -> None:
+        """The autoscaler added a node."""
+        self.free["CPU"] += cpus
+        self.free["GPU"] += gpus
 
     def alive_node_ids(self) -> set[str]:
         return {a.node for a in self.actors} - self.lost
@@ -402,3 +443,136 @@ def test_actors_that_never_start_stop_the_fleet_with_the_reason(queue: Queue, ki
     clock.now += START_TIMEOUT_S + 1
     with pytest.raises(FleetError, match=f"fail to start: not ready after {START_TIMEOUT_S:g} s"):
         pools.tick()
+
+
+INFERENCE = {"CPU": 1.0, "GPU": 0.25}
+DECODER = {"CPU": 1.0}
+
+
+def test_a_burst_asks_the_autoscaler_for_the_whole_fleet_and_the_pools_grow_onto_new_nodes(
+    queue: Queue,
+) -> None:
+    """The request is the whole wanted fleet (the autoscaler packs it as if the nodes were
+    empty), sent once while it holds; actors start only where there is room, more as the
+    new nodes come."""
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(1000)])
+    ray = ScriptedRay(cpus=2, gpus=0.25)  # the head: room for one actor of each kind
+    pools = make_pools(queue, ray)
+    report = pools.tick()
+    assert ray.requests == [[INFERENCE] * 4 + [DECODER] * 4]
+    assert report.requested == {"CPU": 8.0, "GPU": 1.0}
+    assert len(ray.live("InferenceActor")) == 1  # the decoder minimum's CPU is kept free
+    pools.tick()
+    assert (len(ray.live("InferenceActor")), len(ray.live("DecodeActor"))) == (1, 1)
+    ray.grow(cpus=8, gpus=1)  # the autoscaler's node came
+    pools.tick()
+    pools.tick()
+    assert (len(ray.live("InferenceActor")), len(ray.live("DecodeActor"))) == (4, 4)
+    assert len(ray.requests) == 1  # unchanged: not sent again
+
+
+def test_an_empty_queue_asks_for_the_minima_and_stop_withdraws_the_request(
+    queue: Queue,
+) -> None:
+    ids = queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(100)])
+    ray = ScriptedRay(cpus=100, gpus=1)
+    pools = make_pools(queue, ray)
+    pools.tick()
+    for item_id in ids:
+        queue.cancel(item_id)
+    pools.tick()
+    # the nodes that hold the minima are kept; the idle others may go
+    assert ray.requests[-1] == [INFERENCE, DECODER]
+    pools.stop(timeout=1)
+    assert ray.requests[-1] == []
+
+
+def test_a_small_backlog_asks_for_inference_in_proportion_not_every_gpu(queue: Queue) -> None:
+    """One video must not buy every GPU the pools may hold; the nodes already there are
+    used whole all the same."""
+    settings = replace(SETTINGS, pipeline=replace(SETTINGS.pipeline, inference_actors=8))
+    queue.enqueue(["file:///videos/a.mp4", "file:///videos/b.mp4", "file:///videos/c.mp4"])
+    ray = ScriptedRay(cpus=100, gpus=4)
+    pools = make_pools(queue, ray, settings=settings)
+    pools.tick()
+    # 3 videos: 2 decode actors (2 a decoder), inference 8/4 as many as decoders
+    assert ray.requests == [[INFERENCE] * 4 + [DECODER] * 2]
+    assert len(ray.live("InferenceActor")) == 8  # the room there was, used
+
+
+def test_the_cost_cap_bounds_the_pools_and_the_request(queue: Queue) -> None:
+    settings = replace(
+        SETTINGS, coordinator=replace(SETTINGS.coordinator, max_gpus=0.5, max_cpus=5.0)
+    )
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(1000)])
+    ray = ScriptedRay(cpus=100, gpus=4)
+    pools = make_pools(queue, ray, settings=settings)
+    pools.tick()
+    report = pools.tick()
+    # two 0.25-GPU inference actors; the 5 CPUs leave three for decoders
+    assert (len(ray.live("InferenceActor")), len(ray.live("DecodeActor"))) == (2, 3)
+    assert ray.requests[-1] == [INFERENCE] * 2 + [DECODER] * 3
+    assert (report.inference_wanted, report.decoders_wanted) == (2, 3)
+
+
+def test_caps_that_cannot_hold_the_minima_are_refused() -> None:
+    with pytest.raises(SettingsError, match=r"MAX_GPUS=0\.1 "):
+        replace(SETTINGS, coordinator=replace(SETTINGS.coordinator, max_gpus=0.1))
+    with pytest.raises(SettingsError, match=r"MAX_CPUS=1 "):
+        replace(SETTINGS, coordinator=replace(SETTINGS.coordinator, max_cpus=1.0))
+
+
+def test_without_autoscale_nothing_is_asked(queue: Queue) -> None:
+    settings = replace(SETTINGS, coordinator=replace(SETTINGS.coordinator, autoscale=False))
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(10)])
+    ray = ScriptedRay(cpus=100, gpus=1)
+    pools = make_pools(queue, ray, settings=settings)
+    report = pools.tick()
+    pools.stop(timeout=1)
+    assert ray.requests == [] and report.requested is None
+
+
+def test_a_request_the_gcs_refused_is_sent_again_and_a_cluster_left_short_is_told(
+    queue: Queue,
+) -> None:
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(1000)])
+    ray, clock = ScriptedRay(cpus=2, gpus=0.25), Clock()
+    ray.refuse_requests = True
+    pools = make_pools(queue, ray, clock)
+    pools.tick()
+    ray.refuse_requests = False
+    report = pools.tick()
+    assert len(ray.requests) == 1
+    assert not any("short" in e for e in report.events)
+    clock.now += 601  # no node came in ten minutes (a group's maximum, a quota)
+    report = pools.tick()
+    short = [e for e in report.events if "still short" in e]
+    assert short and "6 CPU, 0.75 GPU more" in short[0] and "FRAMEFLEET_MAX_GPUS" in short[0]
+    assert not any("still short" in e for e in pools.tick().events)  # not every tick
+
+
+def test_a_request_autoscaler_v2_cannot_hold_whole_shrinks_until_it_can(queue: Queue) -> None:
+    """Autoscaler v2 adds no node for a request its node groups cannot hold whole: the
+    request shrinks by a quarter a tick until it fits, is told once, and after ten minutes
+    the whole is tried again."""
+    settings = replace(SETTINGS, pipeline=replace(SETTINGS.pipeline, inference_actors=16))
+    settings = replace(settings, pipeline=replace(settings.pipeline, decode_actors=16))
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(1000)])
+    ray, clock = ScriptedRay(cpus=2, gpus=0.25), Clock()
+    ray.max_gpus = 2.0  # room for 8 of the 16 inference actors
+    pools = make_pools(queue, ray, clock, settings=settings)
+    events = []
+    for _ in range(8):
+        events += pools.tick().events
+        clock.now += 2
+    gpus = [sum(b.get("GPU", 0.0) for b in r) for r in ray.requests]
+    assert gpus[0] == 4.0 and gpus[-1] <= 2.0  # 16, then 12, then 9 x 0.25 GPU, ...
+    assert gpus == sorted(gpus, reverse=True) and len(set(gpus)) == len(gpus)
+    told = [e for e in events if "cannot hold the whole request" in e]
+    assert len(told) == 1 and "asking for 75% of it" in told[0]
+    settled = len(ray.requests)
+    pools.tick()
+    assert len(ray.requests) == settled  # it fits: left as it is
+    clock.now += 601
+    pools.tick()
+    assert sum(b.get("GPU", 0.0) for b in ray.requests[-1]) == 4.0  # the whole, again
