@@ -287,9 +287,9 @@ class CoordinatorSettings:
     # FRAMEFLEET_START_TIMEOUT_S: an actor not ready this long after its creation (loading
     # the model included) is killed and replaced
     start_timeout_s: float = 600.0
-    # FRAMEFLEET_AUTOSCALE: ask Ray's autoscaler (KubeRay's, the VM launcher's) for the
-    # nodes the pools the backlog wants need (ray.autoscaler.sdk.request_resources), and
-    # for only the pools' minima once the queue is idle
+    # FRAMEFLEET_AUTOSCALE: on a cluster (ray_address), ask Ray's autoscaler (KubeRay's,
+    # the VM launcher's) for the nodes the pools the backlog wants need
+    # (ray.autoscaler.sdk.request_resources), and for only the pools' minima with no work
     autoscale: bool = True
     # FRAMEFLEET_MAX_GPUS / FRAMEFLEET_MAX_CPUS: the cost cap: the fleet's actors together
     # hold at most this many (none: the pools' maxima are the only bound)

@@ -54,6 +54,8 @@ FAILED_STARTS = 3
 
 # the cluster short of the autoscaler request this long: an event says why it may be
 _SHORT_S = 600.0
+# the autoscaler's state is read at most this often (its own loop: 5 s under KubeRay)
+_READ_S = 5.0
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -181,6 +183,7 @@ class Pools:
         self._short_since: float | None = None  # the cluster has been short of the request
         self._scale, self._scaled_at = 1.0, -math.inf  # the request, shrunk while infeasible
         self._told_infeasible = False
+        self._read_at = -math.inf  # the autoscaler's state, last read
         self._decode_cls = adapter.remote_class(DecodeActor)
         self._infer_cls = adapter.remote_class(InferenceActor)
 
@@ -207,7 +210,8 @@ class Pools:
         report.decoders_wanted = self._decoders_wanted(backlog, report.inference_wanted)
         if any(m.ready for m in self.inference):
             self._size_decoders(backlog, report)
-        if self.settings.coordinator.autoscale:
+        c = self.settings.coordinator
+        if c.autoscale and c.ray_address is not None:  # a local Ray has no autoscaler
             self._request(backlog, report)
         report.decoders = len(self.decoders)
         report.inference = len(self.inference)
@@ -477,7 +481,8 @@ class Pools:
             )
             self._requested, self._short_since = bundles, now
             return  # the autoscaler has not seen it yet
-        if self._short_of(report.requested, report):
+        if self._short_of(report.requested, report) and now - self._read_at >= _READ_S:
+            self._read_at = now
             self._check_infeasible(bundles, report)
 
     def _short_of(self, wants: dict[str, float], report: PoolReport) -> dict[str, float]:

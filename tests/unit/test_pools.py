@@ -176,7 +176,9 @@ SETTINGS = Settings(
         cpus_per_inference=1.0,
         cpus_per_decoder=1.0,
     ),
-    coordinator=CoordinatorSettings(min_decode_actors=1, min_inference_actors=1, idle_s=60),
+    coordinator=CoordinatorSettings(
+        min_decode_actors=1, min_inference_actors=1, idle_s=60, ray_address="10.0.0.1:6379"
+    ),
 )
 
 
@@ -562,7 +564,7 @@ def test_a_request_autoscaler_v2_cannot_hold_whole_shrinks_until_it_can(queue: Q
     ray.max_gpus = 2.0  # room for 8 of the 16 inference actors
     pools = make_pools(queue, ray, clock, settings=settings)
     events = []
-    for _ in range(8):
+    for _ in range(20):  # the autoscaler's state is read every 5 s at most
         events += pools.tick().events
         clock.now += 2
     gpus = [sum(b.get("GPU", 0.0) for b in r) for r in ray.requests]
