@@ -182,7 +182,7 @@ class Pools:
         self._requested: list[dict[str, float]] | None = None  # the autoscaler's, as sent
         self._short_since: float | None = None  # the cluster has been short of the request
         self._scale, self._scaled_at = 1.0, -math.inf  # the request, shrunk while infeasible
-        self._told_infeasible = False
+        self._told_at = -math.inf  # the infeasible request, last told as an event
         self._read_at = -math.inf  # the autoscaler's state, last read
         self._decode_cls = adapter.remote_class(DecodeActor)
         self._infer_cls = adapter.remote_class(InferenceActor)
@@ -536,9 +536,10 @@ class Pools:
                 f" for {self._scale:.0%} of it; raise the groups' maxima, or lower"
                 " FRAMEFLEET_INFERENCE_ACTORS / FRAMEFLEET_MAX_GPUS"
             )
-        if not self._told_infeasible or floor:
+        now = self.clock()
+        if now - self._told_at >= _SHORT_S:  # an event at most every _SHORT_S, else a line
             _event(report, text, "autoscale_infeasible")
-            self._told_infeasible = True
+            self._told_at = now
         else:
             log.info("%s", text, extra={"event": "autoscale_infeasible"})
 
