@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 # wait out the same download timeouts)
 FAILED_STARTS = 3
 
+# a decode actor unreachable (not known dead) this long on a node Ray holds alive crashed:
+# Ray marks a lost node dead after its health checks fail (about 15 s by default)
+UNSURE_S = 60.0
+
 # the cluster short of the autoscaler request this long: an event says why it may be
 _SHORT_S = 600.0
 # the autoscaler's state is read at most this often (its own loop: 5 s under KubeRay)
@@ -179,6 +183,7 @@ class Pools:
         self._hung_decoders = 0  # decode actors not ready in time, since one was
         self._idle_since: float | None = None
         self._redis_lost_at = -math.inf  # the last tick that could not reach Redis
+        self._unsure: dict[str, tuple[Member, float]] = {}  # unreachable decode actors
         self._requested: list[dict[str, float]] | None = None  # the autoscaler's, as sent
         self._short_since: float | None = None  # the cluster has been short of the request
         self._scale, self._scaled_at = 1.0, -math.inf  # the request, shrunk while infeasible
@@ -203,6 +208,7 @@ class Pools:
         self._kill_silent(report)
         self._check_inference(report)
         self._check_decoders(report)
+        self._settle_unsure(report)
         self._leave_draining(report)
         counts = self.queue.stats().counts
         backlog = counts["queued"] + counts["delayed"] + counts["leased"] + counts["inbox"]
@@ -309,9 +315,11 @@ class Pools:
                     raise FleetError(f"decode actors fail to start: {exc}") from None
                 report.replaced += 1
                 if self._node_lost(member):  # a fleet-wide event: nothing charged
-                    reason = f"its node {member.node} was lost"
-                    _event(report, f"decode actor {member.name} gone: {reason}", "node_lost")
-                    self.supervision.release_workers([member.name], reason=reason)
+                    self._release_lost(member, report)
+                elif not exc.dead:  # unreachable: maybe its node going, which Ray says late
+                    text = f"decode actor {member.name} unreachable ({exc}): waiting for Ray's word"
+                    _event(report, text, "actor_replaced")
+                    self._unsure[member.name] = (member, self.clock())
                 else:
                     _event(report, f"decode actor {member.name} gone: {exc}", "actor_replaced")
                     self._orphan(member.name)
@@ -327,6 +335,25 @@ class Pools:
                 )
                 self._orphan(member.name)
             self.adapter.kill(member.handle)
+
+    def _release_lost(self, member: Member, report: PoolReport) -> None:
+        reason = f"its node {member.node} was lost"
+        _event(report, f"decode actor {member.name} gone: {reason}", "node_lost")
+        self.supervision.release_workers([member.name], reason=reason)
+
+    def _settle_unsure(self, report: PoolReport) -> None:
+        """Decode actors that could not be reached (not known dead) wait for Ray's word on
+        their node, which comes some seconds after a node is lost (its raylet's missed
+        health checks): its videos are then released uncharged. A node alive UNSURE_S on
+        makes it a crash, judged as one. Meanwhile its silence is a suspect's at most."""
+        for name, (member, since) in list(self._unsure.items()):
+            if self._node_lost(member):
+                del self._unsure[name]
+                self._release_lost(member, report)
+            elif self.clock() - since >= UNSURE_S:
+                del self._unsure[name]
+                _event(report, f"decode actor {name} gone: its node lives on", "actor_replaced")
+                self._orphan(name)
 
     def _leave_draining(self, report: PoolReport) -> None:
         try:

@@ -34,6 +34,7 @@ class Actor:
     alive: bool = True
     stopping: bool = False
     hung: bool = False  # stuck in its __init__ (loading a model, no GPU after all): not ready
+    unreachable: bool = False  # gone, and Ray says only that it cannot reach it (for now)
     calls: list[str] = field(default_factory=list)
 
 
@@ -92,6 +93,8 @@ class ScriptedRay:
 
     def get(self, ref: Ref, timeout: float | None = None) -> Any:
         if not ref.actor.alive:
+            if ref.actor.unreachable:
+                raise ActorGone("the actor is temporarily unavailable", dead=False)
             raise ActorGone("the actor died")
         if not self._finished(ref):
             raise TimeoutError
@@ -578,3 +581,41 @@ def test_a_request_autoscaler_v2_cannot_hold_whole_shrinks_until_it_can(queue: Q
     clock.now += 601
     pools.tick()
     assert sum(b.get("GPU", 0.0) for b in ray.requests[-1]) == 4.0  # the whole, again
+
+
+def test_an_unreachable_decoder_waits_for_rays_word_on_its_node_before_it_is_judged(
+    queue: Queue,
+) -> None:
+    """A node killed whole: Ray first says only that its actors cannot be reached, and
+    marks the node dead some seconds later. The video of a decode actor there is released
+    uncharged once the node is known lost, not charged as a crash at the first error; one
+    whose node lives on for UNSURE_S is judged as a crash."""
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(8)])
+    ray, clock = ScriptedRay(cpus=100, gpus=1), Clock()
+    pools = make_pools(queue, ray, clock)
+    pools.tick()  # the inference actors, on node-1
+    ray.node = "node-2"
+    pools.tick()  # the decode actors, on node-2
+    pools.tick()  # ready
+    first, second, *_ = pools.decoders
+    [lost] = queue.claim(1, first.name)
+    [crashed] = queue.claim(1, second.name)
+    for member in (first, second):
+        member.handle.alive, member.handle.unreachable = False, True
+    report = pools.tick()
+    assert sum("waiting for Ray's word" in e for e in report.events) == 2
+    for item_id in (lost.id, crashed.id):
+        item = queue.get(item_id)
+        assert item is not None and (item.state, item.deliveries) == ("leased", 0)
+    ray.lost.add("node-2")  # Ray's word: node-2 is dead; say the second ran on node-1
+    second.node = "node-1"
+    pools.tick()
+    lost_item = queue.get(lost.id)
+    assert lost_item is not None
+    assert (lost_item.state, lost_item.deliveries) == ("queued", 0)
+    assert "node-2" in (lost_item.release_reason or "")
+    clock.now += 61  # node-3 lives on: a crash
+    report = pools.tick()
+    assert any("its node lives on" in e for e in report.events)
+    crashed_item = queue.get(crashed.id)
+    assert crashed_item is not None and crashed_item.deliveries == 1
