@@ -198,9 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--appendfsync", choices=("everysec", "always"))
     sp = add(
-        "bench", cmd_bench, "run a benchmark: `framefleet bench queue|pipeline|recovery|api [args]`"
+        "bench", cmd_bench, "run a benchmark: `framefleet bench NAME [args]` (bench/NAME.py)"
     )
-    sp.add_argument("name", choices=("queue", "pipeline", "recovery", "api", "dashboard"))
+    names = ("queue", "pipeline", "recovery", "api", "dashboard", "scale", "simulate")
+    sp.add_argument("name", choices=names)
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
 
