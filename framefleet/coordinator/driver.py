@@ -200,6 +200,7 @@ class Driver:
 
     def _tick(self, pools: Pools, nodes: int) -> int | None:
         """One round of the pools, reported; FATAL when the fleet cannot run."""
+        started = time.monotonic()
         try:
             report = pools.tick()
         except FleetError as exc:
@@ -236,6 +237,7 @@ class Driver:
             inference_wanted=report.inference_wanted,
             inference_room=report.inference_room,
             requested=report.requested,  # asked of Ray's autoscaler (None: not asked)
+            tick_s=round(time.monotonic() - started, 4),  # this round's time, Ray and Redis
             pids=report.pids,
         )
         return None

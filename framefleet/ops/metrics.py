@@ -231,6 +231,21 @@ class QueueCollector(Collector):
         if report and isinstance(report.get("gcs"), bool):
             gcs.add_metric([], int(report["gcs"]))
         yield gcs
+        tick = GaugeMetricFamily(
+            P + "coordinator_tick_seconds",
+            "How long the leader's last round of its pools took (its period: FRAMEFLEET_TICK_S).",
+        )
+        if report and isinstance(report.get("tick_s"), int | float):
+            tick.add_metric([], float(report["tick_s"]))
+        yield tick
+        asked = GaugeMetricFamily(
+            P + "autoscaler_requested",
+            "The resources the leader asks Ray's autoscaler for (absent: it asks for none).",
+            labels=["resource"],
+        )
+        for resource, amount in sorted(((report or {}).get("requested") or {}).items()):
+            asked.add_metric([str(resource)], float(amount))
+        yield asked
 
 
 def _buckets(hist: Histogram) -> tuple[list[tuple[str, float]], float]:

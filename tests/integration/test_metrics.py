@@ -194,6 +194,24 @@ def test_the_ray_gcs_state_is_the_leader_reports(workload: tuple[Served, Queue])
         assert _samples(_scrape(served)).get(gcs) == value, report
 
 
+def test_the_tick_time_and_the_autoscaler_request_are_the_leader_reports(
+    workload: tuple[Served, Queue],
+) -> None:
+    served, queue = workload
+    sup = Supervision(queue)
+    tick, gpus = (
+        _key("framefleet_coordinator_tick_seconds"),
+        _key('framefleet_autoscaler_requested{resource="GPU"}'),
+    )
+    sup.write_health({"ok": True, "at": time.time()}, ttl_s=60)
+    assert not {tick, gpus} & set(_samples(_scrape(served)))
+    report = {"tick_s": 0.25, "requested": {"CPU": 6.0, "GPU": 1.5}}
+    sup.write_health({"ok": True, "at": time.time(), **report}, ttl_s=60)
+    samples = _samples(_scrape(served))
+    assert (samples[tick], samples[gpus]) == (0.25, 1.5)
+    assert samples[_key('framefleet_autoscaler_requested{resource="CPU"}')] == 6.0
+
+
 def test_the_leader_its_health_report_and_retried_dead_letters_are_scraped(
     workload: tuple[Served, Queue],
 ) -> None:
