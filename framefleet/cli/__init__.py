@@ -197,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("redis", cmd_redis, "run the embedded server in the foreground")
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--appendfsync", choices=("everysec", "always"))
-    sp = add(
-        "bench", cmd_bench, "run a benchmark: `framefleet bench NAME [args]` (bench/NAME.py)"
-    )
+    sp = add("bench", cmd_bench, "run a benchmark: `framefleet bench NAME [args]` (bench/NAME.py)")
     names = ("queue", "pipeline", "recovery", "api", "dashboard", "scale", "simulate")
     sp.add_argument("name", choices=names)
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
