@@ -32,10 +32,20 @@ class RedisSettings:
     bound to 127.0.0.1, with its append-only file in `data_dir`.
     """
 
-    url: str | None = None  # FRAMEFLEET_REDIS_URL: redis://, rediss://, user:password@
+    # FRAMEFLEET_REDIS_URL: redis://, rediss://, user:password@, or a primary found through
+    # Sentinel: redis+sentinel://[user:password@]host:26379,host:26379/service[/db]
+    url: str | None = None
     data_dir: Path = Path(".framefleet/redis")  # FRAMEFLEET_DATA_DIR
     appendfsync: AppendFsync = "everysec"  # FRAMEFLEET_APPENDFSYNC: everysec | always
     port: int = 0  # FRAMEFLEET_REDIS_PORT: embedded server port, 0 = pick a free one
+    # FRAMEFLEET_REDIS_MIN_REPLICAS: enqueue and ack return once this many replicas have
+    # their writes (WAIT), else raise NotDurable (queue/durable.py); 0: they do not wait
+    min_replicas: int = 0
+    # FRAMEFLEET_REDIS_WAITAOF: they wait for the writes to be fsynced to the primary's
+    # append-only file and those replicas' (WAITAOF: Redis >= 7.2 or Valkey, AOF on)
+    waitaof: bool = False
+    # FRAMEFLEET_REDIS_WAIT_TIMEOUT_S: how long they wait for that
+    wait_timeout_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.appendfsync not in ("everysec", "always"):
@@ -44,6 +54,10 @@ class RedisSettings:
             )
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be in 0..65535, not {self.port}")
+        if self.min_replicas < 0:
+            raise SettingsError(f"min_replicas must be >= 0, not {self.min_replicas}")
+        if not self.wait_timeout_s > 0:
+            raise SettingsError(f"wait_timeout_s must be > 0, not {self.wait_timeout_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,6 +525,9 @@ _REDIS_ENV = {
     "data_dir": "FRAMEFLEET_DATA_DIR",
     "appendfsync": "FRAMEFLEET_APPENDFSYNC",
     "port": "FRAMEFLEET_REDIS_PORT",
+    "min_replicas": "FRAMEFLEET_REDIS_MIN_REPLICAS",
+    "waitaof": "FRAMEFLEET_REDIS_WAITAOF",
+    "wait_timeout_s": "FRAMEFLEET_REDIS_WAIT_TIMEOUT_S",
 }
 _QUEUE_ENV = {
     "name": "FRAMEFLEET_QUEUE",

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from framefleet import logs
-from framefleet.queue import Item, NewItem, Queue, Supervision, connect, default_id
+from framefleet.queue import Item, NewItem, Queue, Supervision, default_id
+from framefleet.queue.connect import queue_at
 from framefleet.settings import VIDEO_SUFFIXES, Settings
 from framefleet.text import printable
 from framefleet.workers.model import ModelLoadError, pin_weights, preflight
@@ -49,7 +50,7 @@ def run_job(settings: Settings, redis_url: str, uris: list[str], out: TextIO = s
         logs.configure(settings.log)
     # the weights pinned once for the check below and the fleet (whose driver keeps the pin)
     settings = replace(settings, model=pin_weights(settings.model))
-    queue = Queue(connect(redis_url), settings.queue)
+    queue = queue_at(redis_url, settings)  # enqueue waits for replicas if asked to
     queue.enqueue(uris)
     ids = list(dict.fromkeys(default_id(u, settings.queue.config_version) for u in uris))
     again = elsewhere(settings, queue.items(ids))

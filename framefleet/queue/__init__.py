@@ -1,6 +1,7 @@
 """The Redis reliable queue: one work item per video, the only stateful part of framefleet."""
 
-from .connect import connect, open_client, open_queue, redacted
+from .connect import connect, open_client, open_queue, queue_at, redacted
+from .durable import Durability, NotDurable
 from .keys import Keys
 from .model import (
     ChunkWork,
@@ -31,6 +32,7 @@ from .supervision import Supervision
 
 __all__ = [
     "ChunkWork",
+    "Durability",
     "EmbeddedServer",
     "Histogram",
     "IngestResult",
@@ -41,6 +43,7 @@ __all__ = [
     "Memory",
     "Metrics",
     "NewItem",
+    "NotDurable",
     "Outcome",
     "Pending",
     "Queue",
@@ -60,5 +63,6 @@ __all__ = [
     "open_client",
     "open_queue",
     "parse_inbox_entry",
+    "queue_at",
     "redacted",
 ]

@@ -1,9 +1,11 @@
-"""From settings to a connected client: a URL (redis://, rediss://, user:password@) or, with
-none, the embedded server."""
+"""From settings to a connected client: a URL (redis://, rediss://, user:password@; a
+primary found through Sentinel, redis+sentinel://: sentinel.py) or, with none, the embedded
+server."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -16,8 +18,12 @@ from redis.retry import Retry
 
 from framefleet.settings import Settings
 
+from .durable import Durability
 from .queue import Queue
+from .sentinel import is_sentinel_url, master_client, parse_sentinel_url
 from .server import ServerError, embedded
+
+log = logging.getLogger(__name__)
 
 MIN_VERSION = (6, 2)
 
@@ -37,34 +43,61 @@ def retry(seconds: float = RETRY_S) -> Retry:
     return Retry(backoff, retries)
 
 
-def connect(url: str, retry_s: float = RETRY_S, timeout_s: float = 30.0) -> Redis:
-    """A client for `url`, checked to answer and to be Redis/Valkey >= 6.2 that never
-    evicts keys. Its commands are retried for at least retry_s while the server does not
-    answer, each reply awaited for up to timeout_s (the connection, at most 5 s); the first
-    check fails fast (a wrong URL is said at once, not after retry_s)."""
+def connect(
+    url: str,
+    retry_s: float = RETRY_S,
+    timeout_s: float = 30.0,
+    *,
+    durability: Durability | None = None,
+) -> Redis:
+    """A client for `url`, checked to answer and to be a Redis/Valkey >= 6.2 primary that
+    never evicts keys (through Sentinel: the primary the sentinels name, which the client
+    follows through failovers). Its commands are retried for at least retry_s while the
+    server does not answer, each reply awaited for up to timeout_s (the connection, at most
+    5 s); the first check fails fast (a wrong URL is said at once, not after retry_s).
+    `durability`: what the Queues on this client will wait for, checked to be possible
+    (WAITAOF needs Redis >= 7.2 or Valkey, with its append-only file on)."""
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_connect_timeout": min(5.0, timeout_s),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
     }
-    probe = Redis.from_url(
+    probe = _client(
         url, retry=Retry(NoBackoff(), 1), socket_timeout=min(10.0, timeout_s), **options
     )
     try:
-        _check(probe, url)
+        _check(probe, url, durability or Durability())
     finally:
         probe.close()
-    return Redis.from_url(
+    return _client(
         url, health_check_interval=30, retry=retry(retry_s), socket_timeout=timeout_s, **options
     )
 
 
-def _check(client: Redis, url: str) -> None:
+def _client(url: str, **options: Any) -> Redis:
+    """redis-py's client for the URL: Redis.from_url's (redis://, rediss://, unix://;
+    valkey:// and valkeys:// are the first two), or the primary's through Sentinel."""
+    if is_sentinel_url(url):
+        return master_client(parse_sentinel_url(url), **options)
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("valkey", "valkeys"):
+        url = f"{scheme.lower().replace('valkey', 'redis')}://{rest}"
+    return Redis.from_url(url, **options)
+
+
+def _check(client: Redis, url: str, durability: Durability) -> None:
     info = client.info("server")
     # Every Valkey release speaks at least Redis 7.2; Redis itself must be 6.2 or newer.
     version = str(info.get("redis_version", "0"))
-    if "valkey_version" not in info and _major_minor(version) < MIN_VERSION:
+    valkey = "valkey_version" in info
+    if not valkey and _major_minor(version) < MIN_VERSION:
         raise ServerError(f"{redacted(url)}: Redis {version} is older than 6.2")
+    replication = client.info("replication")
+    if replication.get("role", "master") != "master":
+        raise ServerError(
+            f"{redacted(url)} is a replica, which refuses writes: give the primary's URL, or"
+            " the sentinels' (redis+sentinel://host:26379,.../service), which follow failovers"
+        )
     policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
     if policy != "noeviction":
         raise ServerError(
@@ -74,11 +107,32 @@ def _check(client: Redis, url: str) -> None:
             " (in a managed Redis, its parameter group): a full server then refuses writes,"
             " which framefleet reports and retries."
         )
+    replicas = int(replication.get("connected_slaves", 0))
+    if replicas < durability.replicas:
+        log.warning(
+            "%s has %d replica(s) connected, FRAMEFLEET_REDIS_MIN_REPLICAS asks for %d:"
+            " enqueue and ack say NotDurable until they are",
+            redacted(url),
+            replicas,
+            durability.replicas,
+        )
+    if durability.aof:
+        if not valkey and _major_minor(version) < (7, 2):
+            raise ServerError(
+                f"{redacted(url)}: FRAMEFLEET_REDIS_WAITAOF needs WAITAOF, which Redis"
+                f" {version} lacks (Redis >= 7.2 or Valkey has it): unset it, and keep"
+                " FRAMEFLEET_REDIS_MIN_REPLICAS (WAIT) alone"
+            )
+        if not int(client.info("persistence").get("aof_enabled", 0)):
+            raise ServerError(
+                f"{redacted(url)}: FRAMEFLEET_REDIS_WAITAOF waits for the append-only file,"
+                " which this server does not keep (appendonly no)"
+            )
 
 
 def redacted(url: str) -> str:
     """The URL without its password, in the user part (`:pw@`) or the query (`?password=`,
-    which redis-py reads too)."""
+    which redis-py reads too, and a sentinel URL's `sentinel_password=`)."""
     try:
         parts = urlsplit(url)
         password = parts.password
@@ -88,7 +142,7 @@ def redacted(url: str) -> str:
         parts = parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@"))
     if parts.query:
         query = [
-            (k, "***" if k.lower() == "password" else v)
+            (k, "***" if k.lower().endswith("password") else v)
             for k, v in parse_qsl(parts.query, keep_blank_values=True)
         ]
         parts = parts._replace(query=urlencode(query, safe="*/"))
@@ -106,15 +160,16 @@ def _major_minor(version: str) -> tuple[int, int]:
 @contextlib.contextmanager
 def open_client(settings: Settings) -> Iterator[Redis]:
     """A client for `settings.redis.url`, or for the embedded server when there is none."""
+    durability = Durability.from_settings(settings.redis)
     if settings.redis.url:
-        client = connect(settings.redis.url)
+        client = connect(settings.redis.url, durability=durability)
         try:
             yield client
         finally:
             client.close()
         return
     with embedded(settings.redis) as url:
-        client = connect(url)
+        client = connect(url, durability=durability)
         try:
             yield client
         finally:
@@ -124,4 +179,11 @@ def open_client(settings: Settings) -> Iterator[Redis]:
 @contextlib.contextmanager
 def open_queue(settings: Settings) -> Iterator[Queue]:
     with open_client(settings) as client:
-        yield Queue(client, settings.queue)
+        yield Queue(client, settings.queue, durability=Durability.from_settings(settings.redis))
+
+
+def queue_at(url: str, settings: Settings) -> Queue:
+    """A Queue on `url` (connect()'s client, closed with Queue.client.close()): settings.queue
+    and the durability settings.redis asks of enqueue and ack."""
+    durability = Durability.from_settings(settings.redis)
+    return Queue(connect(url, durability=durability), settings.queue, durability=durability)

@@ -10,14 +10,21 @@ in reader.py.
 from __future__ import annotations
 
 import json
+import random
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any
 
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from framefleet.settings import QueueSettings
+
+from .durable import Durability
 from .metrics import STAGES
 from .model import (
     MAX_ETAG_BYTES,
@@ -34,14 +41,28 @@ from .model import (
     check_worker,
     uri_script_args,
 )
-from .reader import QueueReader, full, over_limit
+from .reader import Clock, QueueReader, full, over_limit
 
 _IN_FLIGHT = 8  # enqueue batches sent ahead of their replies
+_CONFIRMED = 16  # enqueue batches confirmed by one WAIT (durability on)
 AUDIT_CAP = 10_000  # entries the audit log keeps
 
 
 class Queue(QueueReader):
-    """The queue's transitions, each one Lua script (reads: QueueReader)."""
+    """The queue's transitions, each one Lua script (reads: QueueReader). `durability`: what
+    enqueue and ack wait for before they return (durable.py; none by default)."""
+
+    def __init__(
+        self,
+        client: Redis,
+        settings: QueueSettings | None = None,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        durability: Durability | None = None,
+    ) -> None:
+        super().__init__(client, settings, clock=clock, rng=rng)
+        self.durability = durability or Durability()
 
     def _fenced(self, name: str, lease: Lease, *args: Any) -> tuple[Verdict, list[Any]]:
         reply = self._run(name, lease.id, lease.token, lease.worker, *args)
@@ -70,16 +91,22 @@ class Queue(QueueReader):
                 raise InvalidItem(f"expected a NewItem or a uri string, got {type(entry).__name__}")
         flag = "1" if force else "0"
         batches = [args[i : i + batch_size] for i in range(0, len(args), batch_size)]
-        replies = self._send_overlapped("enqueue", [[flag, *chain(*b)] for b in batches])
-        return [
-            b[p - 1][0] for b, positions in zip(batches, replies, strict=True) for p in positions
-        ]
+        calls = [[flag, *chain(*b)] for b in batches]
+        if not self.durability.on:
+            return _enqueued(batches, self._send_overlapped("enqueue", calls))
+        ids: list[str] = []
+        for i in range(0, len(calls), _CONFIRMED):
+            replies, waited = self._confirmed("enqueue", calls[i : i + _CONFIRMED])
+            ids += _enqueued(batches[i : i + _CONFIRMED], replies)
+            self.durability.check(waited, "enqueue", ids)  # NotDurable: ids so far, written
+        return ids
 
     def _send_overlapped(self, name: str, calls: list[list[str]]) -> list[Any]:
         """Run one script many times, sending call k+1 before reading the reply of call k, so
         that the client packs while the server runs. If the server has lost its script cache
-        (NOSCRIPT after a restart or failover), the calls from the first refused one on are
-        made again through the reloading path."""
+        (NOSCRIPT after a restart or failover), or the connection failed (a failover: the
+        old primary refuses writes, or is gone), the calls from the first unanswered one on
+        are made again through the reloading, retrying path (enqueue is idempotent)."""
         sha = self._scripts.load(name)
         conn = self.client.connection_pool.get_connection()
         replies: list[Any] = []
@@ -92,9 +119,10 @@ class Queue(QueueReader):
                     replies.append(conn.read_response())
             while len(replies) < len(calls):
                 replies.append(conn.read_response())
-        except NoScriptError:
+        except (NoScriptError, RedisConnectionError, RedisTimeoutError) as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
-            self._scripts.forget(name)
+            if isinstance(exc, NoScriptError):
+                self._scripts.forget(name)
             return replies + [self._run(name, *call) for call in calls[len(replies) :]]
         except ResponseError as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
@@ -108,6 +136,31 @@ class Queue(QueueReader):
         finally:
             self.client.connection_pool.release(conn)
         return replies
+
+    def _confirmed(
+        self, name: str, calls: list[list[Any]], *, reload: bool = True
+    ) -> tuple[list[Any], Any]:
+        """Run script `name` once per call, then the durability's WAIT or WAITAOF, in one
+        pipeline: on one connection, so that the wait covers these writes. The scripts'
+        replies and the wait's. Retried whole while the server does not answer (a failover:
+        enqueue and ack are idempotent), and once more if the server lost its scripts."""
+        sha = self._scripts.load(name)
+        pipe = self.client.pipeline(transaction=False)
+        for call in calls:
+            pipe.evalsha(sha, 1, self.keys.base, self._now(), *call)
+        self.durability.queue_wait(pipe)
+        try:
+            replies = pipe.execute()
+        except NoScriptError:  # a failover to a replica that never loaded it
+            if not reload:
+                raise
+            self._scripts.forget(name)
+            return self._confirmed(name, calls, reload=False)
+        except ResponseError as exc:
+            if over_limit(exc):  # the calls before it went through: enqueue is idempotent
+                raise full(name) from exc
+            raise
+        return replies[: len(calls)], replies[-1]  # the last wait's reply
 
     def ingest_inbox(self, limit: int = 1000) -> IngestResult:
         """Move entries pushed to the inbox by plain Redis clients into the queue."""
@@ -212,7 +265,12 @@ class Queue(QueueReader):
             stages = rest[0] if rest else None
             timed = "" if not stages else ",".join(str(_ms(stages.get(s, 0.0))) for s in STAGES)
             args += [lease.id, lease.token, lease.worker, result, timed]
-        return [Verdict(v) for v in self._run("ack", *args)]
+        if not self.durability.on:
+            return [Verdict(v) for v in self._run("ack", *args)]
+        [replies], waited = self._confirmed("ack", [args])
+        verdicts = [Verdict(v) for v in replies]
+        self.durability.check(waited, "ack", verdicts)  # NotDurable: these verdicts, made
+        return verdicts
 
     def fail(
         self,
@@ -347,6 +405,11 @@ class Queue(QueueReader):
 
 
 _NO_CHUNKS: frozenset[int] = frozenset()
+
+
+def _enqueued(batches: list[list[list[str]]], replies: list[Any]) -> list[str]:
+    """The ids each enqueue call (re)queued: its reply lists their places in its batch."""
+    return [b[p - 1][0] for b, positions in zip(batches, replies, strict=True) for p in positions]
 
 
 def _ms(seconds: float) -> int:

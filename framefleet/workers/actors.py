@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from framefleet import logs
 from framefleet.queue import Lease, Queue, QueueFull, Supervision, WorkerRetired, connect
+from framefleet.queue.connect import queue_at
 from framefleet.queue.supervision import new_generation, worker_name
 from framefleet.settings import PipelineSettings, Settings
 
@@ -395,7 +396,7 @@ class DecodeActor:
         warm_up(schema)  # finalize reads and writes parquet: its first time is slow
         self.name = name
         self.settings = settings
-        self.queue = Queue(connect(redis_url), settings.queue)
+        self.queue = queue_at(redis_url, settings)  # ack waits for replicas if asked to
         store = OutputStore(settings.pipeline.out, settings.source)
         self.stop = threading.Event()  # release what is held and return
         self.draining = threading.Event()  # finish the items held, claim no more

@@ -25,6 +25,7 @@ from framefleet.queue import (
     EmbeddedServer,
     NewItem,
     Queue,
+    ServerError,
     State,
     Supervision,
     SweepResult,
@@ -32,6 +33,7 @@ from framefleet.queue import (
     connect,
     open_queue,
 )
+from framefleet.queue.durable import Durability
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import QueueSettings, RedisSettings, Settings
 from tests.conftest import ManualClock
@@ -234,6 +236,19 @@ def _every_operation(q: Any, sup: Any, plain: Redis, clock: ManualClock) -> None
     assert sup.health_age_s(report) is not None
 
 
+_EVERY_OPERATION_SETTINGS = QueueSettings(
+    lease_s=10,
+    max_attempts=2,
+    max_deliveries=2,
+    backoff_base_s=1,
+    backoff_max_s=2,
+    poll_s=0.05,
+    batch_size=2,
+    done_ttl_s=60,
+    dead_ttl_s=60,
+)
+
+
 def test_every_operation_needs_only_framefleet_keys(
     server: EmbeddedServer, client: Redis, clock: ManualClock
 ) -> None:
@@ -256,17 +271,7 @@ def test_every_operation_needs_only_framefleet_keys(
         with pytest.raises(NoPermissionError):  # a script's commands are checked too
             acl.eval("return redis.call('GET', KEYS[1])", 1, "other-app:key")
         used: set[str] = set()
-        settings = QueueSettings(
-            lease_s=10,
-            max_attempts=2,
-            max_deliveries=2,
-            backoff_base_s=1,
-            backoff_max_s=2,
-            poll_s=0.05,
-            batch_size=2,
-            done_ttl_s=60,
-            dead_ttl_s=60,
-        )
+        settings = _EVERY_OPERATION_SETTINGS
         real = Queue(acl, settings, clock=clock)
         q, sup = _Noted(real, used), _Noted(Supervision(real), used)
         _every_operation(q, sup, acl, clock)
@@ -285,6 +290,49 @@ def test_every_operation_needs_only_framefleet_keys(
         acl.close()
     assert {k: (client.dump(k), client.type(k)) for k in _OTHERS} == before
     assert all(client.pttl(k) > 3_000_000 for k in _OTHERS if "item" not in k)
+
+
+def test_every_operation_with_waitaof(
+    valkey: EmbeddedServer, valkey_client: Redis, clock: ManualClock
+) -> None:
+    """With FRAMEFLEET_REDIS_WAITAOF (the primary's append-only file; no replica), enqueue
+    and ack run with their wait in one pipeline (enqueue in several batches, ack_many, an
+    ack after the server forgot its scripts): every operation still works, as the user
+    limited to ff:*."""
+    _add_acl_user(valkey_client)
+    name, password = ACL_USER
+    durable = Durability(aof=True)
+    acl = connect(f"redis://{name}:{password}@127.0.0.1:{valkey.port}/0", durability=durable)
+    try:
+        used: set[str] = set()
+        real = Queue(acl, _EVERY_OPERATION_SETTINGS, clock=clock, durability=durable)
+        _every_operation(_Noted(real, used), _Noted(Supervision(real), used), acl, clock)
+        assert {"Queue.enqueue", "Queue.ack", "Queue.ack_many"} <= used
+        real.enqueue(["/v/flush.mp4"])
+        [lease] = real.claim(1, "w-flush")
+        valkey_client.script_flush()
+        assert real.ack(lease, "r") is Verdict.OK  # NOSCRIPT: loaded again, run again
+    finally:
+        acl.close()
+
+
+def test_waitaof_is_refused_at_connect_where_the_server_lacks_it(
+    server: EmbeddedServer, client: Redis, tmp_path: Path
+) -> None:
+    """WAITAOF: Redis >= 7.2 or Valkey, with its append-only file on; refused at connect
+    otherwise, saying why. WAIT (min_replicas alone) is in every build."""
+    aof = Durability(aof=True)
+    if "valkey_version" in client.info("server"):
+        connect(server.url, durability=aof).close()
+        with (
+            EmbeddedServer(tmp_path, extra_args=("--appendonly", "no")) as no_aof,
+            pytest.raises(ServerError, match=r"append-only file.*\(appendonly no\)"),
+        ):
+            connect(no_aof.url, durability=aof)
+    else:
+        with pytest.raises(ServerError, match=r"WAITAOF, which Redis 6\.2\.\d+ lacks"):
+            connect(server.url, durability=aof)
+    connect(server.url, durability=Durability(replicas=1)).close()
 
 
 # -- TLS -----------------------------------------------------------------------------------
