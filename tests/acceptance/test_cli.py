@@ -728,6 +728,20 @@ def test_bench_pipeline_quick_prints_one_json_line(tmp_path: Path) -> None:
     assert result["workload"]["frames"] == result["ray_data_frames"] == 60
 
 
+@pytest.mark.long  # about 2 min: a fake autoscaling Ray cluster and three fleets, 2 cores
+def test_bench_scale_quick_prints_one_json_line(tmp_path: Path) -> None:
+    """The scaling benchmark runs end to end at N = 1, 2, 4; its figures are not judged,
+    but each N processed chunks and its ticks were read."""
+    out = tmp_path / "bench.jsonl"
+    proc = ff(tmp_path, "bench", "scale", "--quick", "--out", str(out))
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    result = json.loads(line)
+    assert [r["n"] for r in result["runs"]] == [1, 2, 4]
+    assert all(r["chunks_per_s"] > 0 and r["ticks"]["count"] > 0 for r in result["runs"])
+    assert {"efficiency", "bends_at", "costs", "machine"} <= set(result)
+    assert json.loads(out.read_text().splitlines()[-1]) == result
+
+
 def test_bench_api_quick_prints_one_json_line(tmp_path: Path) -> None:
     """The API benchmark runs end to end (small sizes, `framefleet api` in a child process);
     its figures are not judged here."""
