@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from framefleet import logs
-from framefleet.queue import Item, NewItem, Queue, Supervision, default_id
-from framefleet.queue.connect import queue_at
+from framefleet.queue import Item, NewItem, Queue, Supervision, default_id, queue_at
 from framefleet.settings import VIDEO_SUFFIXES, Settings
 from framefleet.text import printable
 from framefleet.workers.model import ModelLoadError, pin_weights, preflight

@@ -215,7 +215,7 @@ class Pools:
         self._size_inference(backlog, report)
         report.decoders_wanted = self._decoders_wanted(backlog, report.inference_wanted)
         if any(m.ready for m in self.inference):
-            self._size_decoders(backlog, report)
+            self._size_decoders(report)
         c = self.settings.coordinator
         if c.autoscale and c.ray_address is not None:  # a local Ray has no autoscaler
             self._request(backlog, report)
@@ -439,13 +439,13 @@ class Pools:
             report.events.append(f"inference pool down to {target}")
             log.info("inference pool down to %d", target)
 
-    def _size_decoders(self, backlog: int, report: PoolReport) -> None:
+    def _size_decoders(self, report: PoolReport) -> None:
+        """Toward report.decoders_wanted, growing within the free CPUs."""
         c, p = self.settings.coordinator, self.settings.pipeline
         active = [m for m in self.decoders if not (m.draining or m.leaving)]
-        demand = math.ceil(backlog / p.items_per_decoder)
         room = self._room(p.cpus_per_decoder, 0.0)
-        high = decoders_max(self.settings, max(len(self.inference), report.inference_wanted))
-        target = wanted(len(active), c.min_decode_actors, high, demand, room)
+        want = report.decoders_wanted
+        target = wanted(len(active), c.min_decode_actors, want, want, room)
         for _ in range(target - len(active)):
             self.decoders.append(self._new_decoder())
         for member in active[target:]:

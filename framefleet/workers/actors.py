@@ -28,8 +28,15 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from framefleet import logs
-from framefleet.queue import Lease, Queue, QueueFull, Supervision, WorkerRetired, connect
-from framefleet.queue.connect import queue_at
+from framefleet.queue import (
+    Lease,
+    Queue,
+    QueueFull,
+    Supervision,
+    WorkerRetired,
+    connect,
+    queue_at,
+)
 from framefleet.queue.supervision import new_generation, worker_name
 from framefleet.settings import PipelineSettings, Settings
 

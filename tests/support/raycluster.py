@@ -39,6 +39,19 @@ RECONNECT_S = 5
 STARTED = "Ray runtime started"
 
 
+def head_args(port: int, *more: str) -> list[str]:
+    """`ray start` options of a test cluster's head: no CPUs (nothing runs there), no
+    dashboard, its own ports."""
+    return [
+        "--head",
+        f"--port={port}",
+        "--num-cpus=0",
+        "--include-dashboard=false",
+        f"--ray-client-server-port={free_port()}",
+        *more,
+    ]
+
+
 class RayNode:
     def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
         self.name, self.args, self.env, self.logs = name, args, env, logs
@@ -136,14 +149,7 @@ class LocalCluster:
         common = ["--node-ip-address=127.0.0.1"]
         self.head = RayNode(
             "head",
-            [
-                "--head",
-                f"--port={self.port}",
-                "--num-cpus=0",
-                "--include-dashboard=false",
-                f"--ray-client-server-port={free_port()}",
-                *common,
-            ],
+            head_args(self.port, *common),
             env,
             root,
         )
@@ -283,15 +289,7 @@ class FakeAutoscalingCluster:
         path.write_text(json.dumps(config))
         self.head = RayNode(
             "head",
-            [
-                "--head",
-                f"--port={self.port}",
-                "--num-cpus=0",
-                "--include-dashboard=false",
-                f"--ray-client-server-port={free_port()}",
-                f"--autoscaling-config={path}",
-                f"--node-ip-address={ip}",
-            ],
+            head_args(self.port, f"--autoscaling-config={path}", f"--node-ip-address={ip}"),
             env,
             root,
         )
