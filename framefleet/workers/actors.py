@@ -16,10 +16,12 @@ import collections
 import itertools
 import logging
 import os
+import random
 import signal
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, replace
 from typing import Any
@@ -193,9 +195,12 @@ class InferenceActor:
 
 
 class RayInference:
-    """Sends chunks to a pool of inference actors, round robin. The driver sends a new pool
-    as it changes (set_actors, empty while none is ready); an actor a chunk found dead is
-    left out from then on."""
+    """Sends chunks to a pool of inference actors: each to the actor this decode actor has
+    the fewest chunks out at, ties broken at random. (A round robin from the first actor,
+    as before, sent every decode actor's chunks to the same few actors at once: at 16
+    inference actors they waited half the time, bench/scale.py.) The driver sends a new
+    pool as it changes (set_actors, empty while none is ready); an actor a chunk found dead
+    is left out from then on."""
 
     def __init__(
         self,
@@ -210,7 +215,9 @@ class RayInference:
         self._changed = threading.Condition()
         self._actors = list(actors)
         self._dead: set[str] = set()
-        self._next = itertools.count()
+        # the chunks out, by weak reference: one its item gave up on is not counted for ever
+        self._out: weakref.WeakSet[RayPending] = weakref.WeakSet()
+        self._random = random.Random()
 
     def live(self) -> list[Any]:
         with self._changed:
@@ -222,7 +229,20 @@ class RayInference:
         if not live:
             return None
         fresh = [a for a in live if self.adapter.actor_id(a) not in avoid] or live
-        return fresh[next(self._next) % len(fresh)]
+        with self._changed:
+            out = collections.Counter(p.actor_id for p in self._out)
+        ids = [self.adapter.actor_id(a) for a in fresh]
+        fewest = min(out[i] for i in ids)
+        return self._random.choice([a for a, i in zip(fresh, ids, strict=True) if out[i] == fewest])
+
+    def sent(self, pending: RayPending, actor: Any | None) -> None:
+        """`pending` is out at `actor` now (None: at none)."""
+        with self._changed:
+            pending.actor_id = None if actor is None else self.adapter.actor_id(actor)
+            if actor is None:
+                self._out.discard(pending)
+            else:
+                self._out.add(pending)
 
     def wait_ready(self, timeout: float) -> bool:
         """Until some actor is live (True), or timeout."""
@@ -263,6 +283,7 @@ class RayPending:
     def __init__(self, pool: RayInference, item_id: str, video: str, chunk: Chunk) -> None:
         self.pool, self.item_id, self.video, self.chunk = pool, item_id, video, chunk
         self.actor: Any = None
+        self.actor_id: str | None = None  # set by the pool, under its lock
         self.ref: Any = None
         self.sent_at = self.waiting_since = time.monotonic()
         self.dead: set[str] = set()  # the actors that died under this chunk
@@ -271,6 +292,7 @@ class RayPending:
 
     def _send(self, avoid: Collection[str] = ()) -> None:
         self.actor = self.pool.pick({*avoid, *self.dead})
+        self.pool.sent(self, self.actor)
         if self.actor is None:
             self.ref = None
             return
@@ -297,6 +319,7 @@ class RayPending:
                 self._resend_dead(exc)
                 continue
             self.chunk = None  # type: ignore[assignment]  # let the frames go
+            self.pool.sent(self, None)
             return done
 
     def _await_actor(self, end: float | None) -> None:
