@@ -202,3 +202,36 @@ def test_a_sweep_that_cannot_judge_charges_no_lapse(queue: Queue, clock: ManualC
     assert queue.sweep().requeued == 1
     charged = queue.get(c.id)
     assert charged is not None and charged.deliveries == 1
+
+
+def test_many_silent_workers_are_swept_in_passes_of_bounded_length(
+    make_queue: Callable[..., Queue], clock: ManualClock
+) -> None:
+    """A node of many actors lost at once: one sweep pass handles `limit` leases at most
+    (whole workers), so that no Lua call blocks the server for all of them (bench/simulate.py
+    measured 75-97 ms for 1,000); the passes that follow handle the rest, each a suspect's
+    (uncharged), and no worker is forgotten before its leases are handled."""
+    queue = make_queue(lease_s=120, max_deliveries=3)  # no lease runs out meanwhile
+    sup = Supervision(queue)
+    queue.enqueue([f"/v/{i}.mp4" for i in range(30)])
+    workers = [f"w-{i}" for i in range(10)]
+    for w in workers:
+        assert len(queue.claim(3, w)) == 3
+        sup.heartbeat(w)
+    clock.advance(31_000)  # silent for more than 3 x stale_s: also due to be forgotten
+    for w in workers[:1]:
+        sup.heartbeat(w)  # one still alive
+    lease_ms = int(queue.settings.lease_s * 1000)
+    ttls = (lease_ms, 10**9, 10**9)
+    # one pass, by hand: at most the limit (4) plus a whole worker's other leases (2)
+    *counts, more = queue._run("sweep", 4, 3, 10_000, -1, *ttls, "1")
+    first = SweepResult(*(int(c) for c in counts))
+    assert 0 < first.orphaned_leases <= 6 and int(more) == 1
+    assert len(sup.workers()) == 10  # none forgotten while some hold leases still
+    rest = queue.sweep(stale_s=10, limit=4)
+    assert first.orphaned_leases + rest.orphaned_leases == 27
+    assert first.orphaned_workers + rest.orphaned_workers == 9
+    assert queue.stats().counts["queued"] == 27
+    assert all(x.deliveries == 0 and x.solo for x in queue.items_in("queued"))
+    assert set(sup.workers()) == {"w-0"}  # the silent ones forgotten once handled
+    assert len(sup.held("w-0")) == 3

@@ -16,7 +16,8 @@
 --    been able to renew either, so the leases that ran out since get a new lease_ms instead
 --    of being reaped, and for stale_ms (meta.grace_until) heartbeats are not held against
 --    their workers (only workers marked gone count as dead).
--- 2. Orphans (through held:<worker>, so O(their leases)): the leases of workers marked gone
+-- 2. Orphans (through held:<worker>, so O(their leases), up to `limit` leases a sweep, whole
+--    workers at a time; the rest in the next pass): the leases of workers marked gone
 --    (score 0: Ray said their process died) expire now, for the reap to judge; those of
 --    workers merely silent for stale_ms (a node lost without Ray saying so yet, a
 --    partition, a stopped process: nothing tells the video's fault from the node's) go back
@@ -38,7 +39,7 @@
 -- trimmed_total, clock_clamped_total), signal.
 -- Returns {requeued, poisoned, promoted, workers orphaned (with leases), leases orphaned,
 --          leases forgiven,
---          more (1 if expired leases remain)}.
+--          more (1 if expired leases or workers gone with leases remain: another pass)}.
 -- Runs over maxmemory too (run_when_full in _common.lua): its retention is what frees memory,
 -- and leases must still be reaped.
 run_when_full()
@@ -94,6 +95,7 @@ end
 
 -- 2. orphans
 local gone, orphaned, orphans, silent, silent_poisoned = {}, 0, 0, 0, 0
+local orphans_left = false -- workers left for the next pass (this one did `limit` leases)
 if stale_ms >= 0 then
   if grace then
     gone = redis.call('ZRANGEBYSCORE', K_WORKERS, 0, 0)
@@ -101,6 +103,7 @@ if stale_ms >= 0 then
     gone = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - stale_ms)
   end
   for _, w in ipairs(gone) do
+    if orphaned >= limit then orphans_left = true; break end
     local known_dead = tonumber(redis.call('ZSCORE', K_WORKERS, w)) == 0
     local live = {}
     for _, id in ipairs(redis.call('SMEMBERS', hkey(w))) do
@@ -134,7 +137,7 @@ if stale_ms >= 0 then
   -- meanwhile; those marked gone (score 0) go now.
   local old = gone
   if not grace then old = redis.call('ZRANGEBYSCORE', K_WORKERS, '-inf', now - 3 * stale_ms) end
-  if #old > 0 then
+  if #old > 0 and not orphans_left then -- (not before all their leases are handled)
     bulk('ZREM', K_WORKERS, old)
     bulk('HDEL', K_WORKER_INFO, old)
     bulk('HDEL', K_NONCES, old)
@@ -160,7 +163,8 @@ end
 
 local requeued, poisoned, handled = silent - silent_poisoned, silent_poisoned, silent
 local done_owner = {}
-local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, limit)
+local room = math.max(limit - orphaned, 1) -- the leases this pass may still reap
+local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', now, 'LIMIT', 0, room)
 local function reap_one(id, blame)
   if not judge then blame = 'suspect' end -- no evidence either way: uncharged, retried alone
   local key = ikey(id)
@@ -218,5 +222,7 @@ end
 stat('trimmed_total', trimmed)
 
 local more = 0
-if #expired == limit and redis.call('ZCOUNT', K_LEASED, '-inf', now) > 0 then more = 1 end
+if orphans_left or (#expired == room and redis.call('ZCOUNT', K_LEASED, '-inf', now) > 0) then
+  more = 1
+end
 return {requeued, poisoned, promoted, orphans, orphaned, forgiven, more}
