@@ -5,6 +5,13 @@ live leases, by 4 worker processes (the queue's capacity) and by one (one client
 trips); idle pickup latency p50/p99; Redis memory per queued item; the same enqueue and
 no-op processing workload through RQ (same worker count), with the ratio for the whole
 workload (the target) and for each of its two stages; the machine; each target met or not.
+Then what optional durability costs (`durability`): on a primary and one replica of their
+own (loopback, AOF everysec), batch enqueue and claim+ack (no live leases) with enqueue and
+ack waiting for nothing, for the replica (FRAMEFLEET_REDIS_MIN_REPLICAS=1: WAIT) and for
+the primary's and the replica's append-only files fsynced (and FRAMEFLEET_REDIS_WAITAOF:
+WAIT then WAITAOF 1 1, the replica on appendfsync always: on everysec it reports its fsyncs
+once a second, and each call takes about that long, timed apart), the modes interleaved
+within each repeat, as ratios to none; and one ack's latency in each mode.
 Every rate is the median of --repeats runs. Run: `framefleet bench queue` or
 `python bench/queue.py [--quick] [--out FILE]`.
 """
@@ -36,8 +43,9 @@ from typing import Any
 from redis import Redis
 
 from bench import emit
-from framefleet.queue import EmbeddedServer, Queue, connect
+from framefleet.queue import Durability, EmbeddedServer, Queue, connect
 from framefleet.settings import QueueSettings
+from tests.support.sentinel import DataNode, SentinelSet
 
 TARGETS = {
     "enqueue_per_s": (">=", 50_000),
@@ -45,6 +53,13 @@ TARGETS = {
     "pickup_p99_ms": ("<", 10.0),
     "bytes_per_queued_item": ("<=", 1024),
     "workload_ratio_vs_rq": (">=", 10.0),
+}
+# What enqueue and ack wait for, and the replica's appendfsync meanwhile (the primary's stays
+# everysec: WAITAOF has it fsync at once)
+DURABILITY = {
+    "off": (Durability(), "everysec"),
+    "wait": (Durability(replicas=1), "everysec"),  # FRAMEFLEET_REDIS_MIN_REPLICAS=1
+    "waitaof": (Durability(replicas=1, aof=True), "always"),  # and FRAMEFLEET_REDIS_WAITAOF
 }
 
 
@@ -74,16 +89,17 @@ def _median_rate(runs: int, fn: Callable[[], tuple[int, float]]) -> float:
     return statistics.median(rates)
 
 
-def bench_enqueue(client: Redis, n: int, runs: int) -> float:
-    def once() -> tuple[int, float]:
-        quiesce(client)
-        q = Queue(client, QueueSettings(name="bench"))
-        uris = _uris(n, "enq")
-        t = time.perf_counter()
-        added = len(q.enqueue(uris))
-        return added, time.perf_counter() - t
+def _enqueue_once(client: Redis, n: int, durability: Durability | None = None) -> tuple[int, float]:
+    quiesce(client)
+    q = Queue(client, QueueSettings(name="bench"), durability=durability)
+    uris = _uris(n, "enq")
+    t = time.perf_counter()
+    added = len(q.enqueue(uris))
+    return added, time.perf_counter() - t
 
-    return _median_rate(runs, once)
+
+def bench_enqueue(client: Redis, n: int, runs: int) -> float:
+    return _median_rate(runs, lambda: _enqueue_once(client, n))
 
 
 def _run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: int) -> float:
@@ -104,33 +120,40 @@ def _run_workers(target: Callable[..., None], args: tuple[Any, ...], workers: in
     return time.perf_counter() - t
 
 
-def _ff_worker(url: str, batch: int, start: EventType) -> None:
+def _ff_worker(url: str, batch: int, durability: Durability | None, start: EventType) -> None:
     """A framefleet worker doing no-op work: claim a batch, ack it, until the queue is empty."""
-    q = Queue(connect(url), QueueSettings(name="bench", lease_s=3600))
+    q = Queue(connect(url), QueueSettings(name="bench", lease_s=3600), durability=durability)
     start.wait()
     while leases := q.claim(batch, f"worker-{os.getpid()}"):
         if not all(q.ack_many([(lease, "") for lease in leases])):
             raise RuntimeError("an ack was refused")
 
 
-def bench_claim_ack(client: Redis, url: str, n: int, live: int, runs: int, workers: int) -> float:
+def _claim_ack_once(
+    client: Redis,
+    url: str,
+    n: int,
+    live: int,
+    workers: int,
+    durability: Durability | None = None,
+) -> tuple[int, float]:
     """claim(100) + ack by `workers` processes, with `live` other leases held throughout."""
+    quiesce(client)
+    q = Queue(client, QueueSettings(name="bench", lease_s=3600))
+    q.enqueue(_uris(live, "held"))
+    held = 0
+    while held < live:
+        held += len(q.claim(min(1000, live - held), "holder"))
+    q.enqueue(_uris(n, "work"))
+    seconds = _run_workers(_ff_worker, (url, 100, durability), workers)
+    counts = q.stats().counts
+    if (counts["done"], counts["leased"], counts["queued"]) != (n, live, 0):
+        raise RuntimeError(f"unexpected end state {counts}")
+    return n, seconds
 
-    def once() -> tuple[int, float]:
-        quiesce(client)
-        q = Queue(client, QueueSettings(name="bench", lease_s=3600))
-        q.enqueue(_uris(live, "held"))
-        held = 0
-        while held < live:
-            held += len(q.claim(min(1000, live - held), "holder"))
-        q.enqueue(_uris(n, "work"))
-        seconds = _run_workers(_ff_worker, (url, 100), workers)
-        counts = q.stats().counts
-        if (counts["done"], counts["leased"], counts["queued"]) != (n, live, 0):
-            raise RuntimeError(f"unexpected end state {counts}")
-        return n, seconds
 
-    return _median_rate(runs, once)
+def bench_claim_ack(client: Redis, url: str, n: int, live: int, runs: int, workers: int) -> float:
+    return _median_rate(runs, lambda: _claim_ack_once(client, url, n, live, workers))
 
 
 def _pickup_worker(url: str, samples: int, conn: Connection) -> None:
@@ -213,6 +236,99 @@ def bench_rq(url: str, n: int, runs: int, workers: int) -> tuple[float, float]:
     return _median_rate(runs, enqueue_once), _median_rate(runs, process_once)
 
 
+def _settle(client: Redis, replica: DataNode, appendfsync: str) -> None:
+    """Both servers emptied and their append-only files compacted (the replica's grows with
+    every stage too, and a rewrite of its own would compete for the CPU), then the replica's
+    appendfsync for the next stage."""
+    quiesce(client)
+    client.wait(1, 5000)  # the replica has the flush
+    with replica.admin(timeout=60) as c:
+        c.bgrewriteaof()
+        while True:
+            info = c.info("persistence")
+            if not int(info["aof_rewrite_in_progress"]) + int(info["aof_rewrite_scheduled"]):
+                break
+            time.sleep(0.05)
+        c.config_set("appendfsync", appendfsync)
+
+
+def _ack_ms(client: Redis, durability: Durability, samples: int) -> float:
+    """One ack's latency (median ms), as a decode actor acks a video: claim one, ack it."""
+    quiesce(client)
+    Queue(client, QueueSettings(name="bench")).enqueue(_uris(samples, "ack"))
+    q = Queue(client, QueueSettings(name="bench", lease_s=3600), durability=durability)
+    times = []
+    for _ in range(samples):
+        [lease] = q.claim(1, "acker")
+        t = time.perf_counter()
+        q.ack(lease, "")
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def _durability_rates(
+    client: Redis, url: str, replica: DataNode, sizes: dict[str, int], runs: int
+) -> dict[str, dict[str, float]]:
+    """Each mode's enqueue and claim+ack rates, medians of `runs` with the modes interleaved
+    in each (a machine whose speed drifts moves them alike), and one ack's latency."""
+    n, m, w = sizes["durable_enqueue"], sizes["durable_claim_ack"], sizes["workers"]
+    rates: dict[str, dict[str, list[float]]] = {k: {"enq": [], "ca": []} for k in DURABILITY}
+    for _ in range(runs):
+        for mode, (durability, fsync) in DURABILITY.items():
+            _settle(client, replica, fsync)
+            added, seconds = _enqueue_once(client, n, durability)
+            rates[mode]["enq"].append(added / seconds)
+            _settle(client, replica, fsync)
+            done, seconds = _claim_ack_once(client, url, m, 0, w, durability)
+            rates[mode]["ca"].append(done / seconds)
+    found = {}
+    for mode, (durability, fsync) in DURABILITY.items():
+        _settle(client, replica, fsync)
+        found[mode] = {
+            "enqueue_per_s": statistics.median(rates[mode]["enq"]),
+            "claim_ack_per_s": statistics.median(rates[mode]["ca"]),
+            "ack_ms": _ack_ms(client, durability, sizes["durable_acks"]),
+        }
+    return found
+
+
+def bench_durability(sizes: dict[str, int], runs: int) -> dict[str, Any]:
+    """The modes of DURABILITY on a primary and one replica of their own, started here (the
+    primary on appendfsync everysec); the rates also as ratios to "off"."""
+    with (
+        tempfile.TemporaryDirectory(prefix="ff-bench-durable-") as tmp,
+        SentinelSet(Path(tmp), replicas=1, sentinels=0) as pair,
+    ):
+        primary, replica = pair.nodes
+        with primary.admin() as c:
+            c.config_set("appendfsync", "everysec")
+        client = connect(primary.url)
+        found = _durability_rates(client, primary.url, replica, sizes, runs)
+        # WAITAOF with the replica on everysec: it reports its fsyncs once a second
+        _settle(client, replica, "everysec")
+        slow = _ack_ms(client, DURABILITY["waitaof"][0], sizes["durable_acks_slow"])
+        version = client.info("server")
+        client.close()
+    off = found["off"]
+    modes = {
+        mode: {
+            "enqueue_per_s": round(f["enqueue_per_s"]),
+            "claim_ack_per_s": round(f["claim_ack_per_s"]),
+            "enqueue_vs_off": round(f["enqueue_per_s"] / off["enqueue_per_s"], 3),
+            "claim_ack_vs_off": round(f["claim_ack_per_s"] / off["claim_ack_per_s"], 3),
+            "ack_ms": round(f["ack_ms"], 3),
+        }
+        for mode, f in found.items()
+    }
+    name = version.get("valkey_version", version.get("redis_version"))
+    return {
+        "server": f"valkey {name}: a primary and one replica, loopback, AOF everysec (the"
+        " replica on always for waitaof)",
+        "modes": modes,
+        "waitaof_replica_everysec_ack_ms": round(slow, 1),
+    }
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
     try:
@@ -248,6 +364,10 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
         "memory_items": 5_000 if quick else 100_000,
         "rq_items": 500 if quick else 5_000,
         "workers": 2 if quick else 4,  # worker processes for claim+ack and no-op processing
+        "durable_enqueue": 2_000 if quick else 50_000,  # each durability mode's
+        "durable_claim_ack": 1_000 if quick else 20_000,
+        "durable_acks": 50 if quick else 500,  # one ack's latency, samples
+        "durable_acks_slow": 2 if quick else 5,  # the same with a replica on everysec (~1 s)
     }
     runs = 1 if quick else repeats
     with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
@@ -292,6 +412,7 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
             client.close()
         finally:
             server.stop()
+    result["durability"] = bench_durability(sizes, runs)
     result["targets"] = {k: f"{op} {bound}" for k, (op, bound) in TARGETS.items()}
     result["met"] = verdicts(result)
     return result

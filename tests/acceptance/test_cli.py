@@ -687,6 +687,14 @@ def test_bench_queue_quick_prints_one_json_line(tmp_path: Path) -> None:
     ):
         assert key in result
     assert result["enqueue_per_s"] > 0 and result["rq_process_per_s"] > 0
+    # what durability costs, on a primary and a replica of the bench's own
+    durability = result["durability"]
+    assert set(durability["modes"]) == {"off", "wait", "waitaof"}
+    for mode in durability["modes"].values():
+        assert mode["enqueue_per_s"] > 0 and mode["claim_ack_per_s"] > 0 and mode["ack_ms"] > 0
+        assert mode["enqueue_vs_off"] > 0 and mode["claim_ack_vs_off"] > 0
+    assert durability["modes"]["off"]["enqueue_vs_off"] == 1.0
+    assert durability["waitaof_replica_everysec_ack_ms"] > 0
     assert json.loads(out.read_text()) == result
 
 
