@@ -99,6 +99,7 @@ def calibrate(url: str, plan: Plan, generation: str, n: int) -> dict[str, dict[s
     q, sup = Queue(client, s.queue), Supervision(Queue(client, s.queue))
     name, other = decoder_name(generation, 10_000_000), decoder_name(generation, 10_000_001)
     info: dict[str, str | int] = {"pid": 1, "host": "node-calibration", "node": "0" * 56}
+    sup.beat(name, [], info=info)  # the first beat, with its info; the others without
     held = [q.claim(1, name)[0] for _ in range(plan.leases)]
     ids = [lease.id for lease in held]
     worked = [q.claim(1, other)[0] for _ in range(math.ceil(1.1 * n / plan.chunks) + 1)]
@@ -119,7 +120,7 @@ def calibrate(url: str, plan: Plan, generation: str, n: int) -> dict[str, dict[s
 
     each = max(1, n // 3)
     calls: dict[str, tuple[Callable[[], object], int]] = {
-        "heartbeat": (lambda: sup.heartbeat(name, ids, grace, info), each),
+        "heartbeat": (lambda: sup.beat(name, ids, grace), each),  # the info sent once
         "leader": (sup.leader, each),
         "renew": (lambda: q.renew(held[-1]), each),
         "progress": (progress, each),

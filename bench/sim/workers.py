@@ -95,8 +95,7 @@ class Workers:
 
     def _beat(self, w: int) -> None:
         name, held = self.names[w], list(self.holding[w])
-        self._call("heartbeat", self.supervision.heartbeat, name, held, self.grace, self.info[w])
-        self._call("leader", self.supervision.leader)
+        self._call("heartbeat", self.supervision.beat, name, held, self.grace)  # info: at start
 
     def _renew(self, slot: _Slot) -> None:
         if slot.lease is not None and not self._call("renew", self.queue.renew, slot.lease).ok:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from .model import SweepResult, WorkerRetired, check_worker
@@ -41,6 +42,16 @@ def fleet_prefix(generation: str) -> str:
     return worker_name("decoder", check_worker(generation), 0)[:-1]
 
 
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """A heartbeat's answer: the leases given back, the coordinator holding the leader
+    lease (None: none), whether the queue knows the worker's info."""
+
+    back: int
+    leader: str | None
+    info_known: bool
+
+
 class Supervision:
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
@@ -60,16 +71,28 @@ class Supervision:
         queue, uncharged (a lost reply, a lost write, a thread that gave up): how many.
         `info`: what it says of itself (node, pid, host), kept while it is known.
         WorkerRetired when a fleet-wide event ended the worker (release_workers)."""
+        return self.beat(worker, holding, grace_s, info).back
+
+    def beat(
+        self,
+        worker: str,
+        holding: Collection[str] | None = None,
+        grace_s: float = 10.0,
+        info: Mapping[str, str | int] | None = None,
+    ) -> Beat:
+        """heartbeat(), and what the queue answers besides: the leader, and whether it
+        knows the worker's info (send it only then: once, and again should it be lost)."""
         check_worker(worker)
         said = "" if not info else json.dumps(dict(info), sort_keys=True)
         if holding is None:
-            written, back = self.queue._run("heartbeat", worker, "beat", 0, said)
+            reply = self.queue._run("heartbeat", worker, "beat", 0, said)
         else:
             grace = int(grace_s * 1000)
-            written, back = self.queue._run("heartbeat", worker, "sync", grace, said, *holding)
+            reply = self.queue._run("heartbeat", worker, "sync", grace, said, *holding)
+        written, back, leader, known = reply
         if int(written) < 0:
             raise WorkerRetired(f"{worker}: its fleet ended or its node was lost")
-        return int(back)
+        return Beat(int(back), str(leader) or None, bool(int(known)))
 
     def leave(self, worker: str) -> None:
         """The worker stopped cleanly: forget it (its leases were released or settled)."""

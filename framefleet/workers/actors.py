@@ -98,6 +98,7 @@ class Heartbeat:
             "node": RayAdapter().node_id(),
             **(info or {}),
         }
+        self._info_known = False  # sent with each beat until the queue says it knows it
         self.closed = threading.Event()
         self._beat()
         self.beaten = time.monotonic()  # the last beat written
@@ -107,13 +108,16 @@ class Heartbeat:
     def _beat(self) -> None:
         c = self.settings.coordinator
         held = None if self.holding is None else self.holding()
-        back = self.supervision.heartbeat(self.name, held, grace_s=c.stale_s, info=self.info)
-        if back:
-            log.warning("%s: %d leases it no longer held went back to the queue", self.name, back)
-        if self.leader is not None and self.deposed is not None:
-            holder = self.supervision.leader()
-            if holder is not None and holder != self.leader:
-                self.deposed(holder)
+        info = None if self._info_known else self.info
+        beat = self.supervision.beat(self.name, held, grace_s=c.stale_s, info=info)
+        self._info_known = beat.info_known
+        if beat.back:
+            log.warning(
+                "%s: %d leases it no longer held went back to the queue", self.name, beat.back
+            )
+        holder, told = beat.leader, self.deposed
+        if self.leader is not None and told is not None and holder not in (None, self.leader):
+            told(str(holder))
         if self.sweep:
             self.supervision.sweep(c.stale_s, gap_s=c.gap_s)
 

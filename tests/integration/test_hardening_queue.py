@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -637,3 +638,50 @@ def test_a_clock_stepped_back_leaves_no_silent_worker_alive_for_the_time_it_ran_
     kept = queue.get(live_id)
     assert kept is not None and kept.state == "leased"
     assert sup.workers()["decoder-b-0"] < 3 and queue.stats().counters["clock_clamped_total"] > 0
+
+
+def test_a_heartbeat_sends_its_info_once_and_learns_the_leader_without_a_call(
+    client: Redis,
+) -> None:
+    """At 20,000 workers the leader read after each heartbeat was a third of the calls
+    (bench/simulate.py): the beat's reply carries it. The worker's info goes with the first
+    beat only, and again only once the queue has lost it (forgotten, a restart)."""
+    settings = Settings(coordinator=CoordinatorSettings(stale_s=0.4, tick_s=0.1, leader_ttl_s=5))
+    queue = Queue(client, settings.queue)
+    sup = Supervision(queue)
+    first = sup.beat("w-1", info={"pid": 7})
+    assert first.info_known and first.leader is None
+    assert sup.worker_info()["w-1"]["pid"] == 7
+    assert sup.hold_leadership("coordinator-a", 5)
+    assert sup.beat("w-1") == type(first)(0, "coordinator-a", True)
+    client.hdel(queue.keys.worker_info, "w-1")  # lost
+    assert not sup.beat("w-1").info_known
+
+    deposed: list[str] = []
+
+    def run() -> None:
+        beat = Heartbeat(
+            queue, "decoder-g8-0", settings, leader="coordinator-b", deposed=deposed.append
+        )
+        try:
+            wait_for(lambda: bool(deposed))
+            assert deposed == ["coordinator-a"]  # told by the beats' replies alone
+            client.hdel(queue.keys.worker_info, "decoder-g8-0")
+            wait_for(lambda: "decoder-g8-0" in sup.worker_info())  # sent again, once lost
+            wait_for(lambda: False, 0.3)  # a few more beats
+        finally:
+            beat.closed.set()
+
+    _, commands = monitored(client, run)
+    beats = [c for c in commands if c.upper().startswith("EVALSHA") and "decoder-g8-0" in c]
+    assert len(beats) >= 4
+    assert len([c for c in beats if "pid" in c]) == 2, beats  # the first, then after the loss
+    reads = [c for c in commands if c.upper().startswith("GET") and c.endswith(":leader")]
+    assert len(reads) == len(beats), commands  # each the heartbeat script's own, no call
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll until `condition()` (or `seconds`: then return; the caller asserts)."""
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.02)
