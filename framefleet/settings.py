@@ -32,8 +32,9 @@ class RedisSettings:
     bound to 127.0.0.1, with its append-only file in `data_dir`.
     """
 
-    # FRAMEFLEET_REDIS_URL: redis://, rediss://, user:password@, or a primary found through
-    # Sentinel: redis+sentinel://[user:password@]host:26379,host:26379/service[/db]
+    # FRAMEFLEET_REDIS_URL: redis://, rediss://, user:password@, a primary found through
+    # Sentinel: redis+sentinel://[user:password@]host:26379,host:26379/service[/db], or a
+    # Redis Cluster: redis+cluster://[user:password@]host:6379,host:6379
     url: str | None = None
     data_dir: Path = Path(".framefleet/redis")  # FRAMEFLEET_DATA_DIR
     appendfsync: AppendFsync = "everysec"  # FRAMEFLEET_APPENDFSYNC: everysec | always
@@ -188,6 +189,12 @@ class PipelineSettings:
     height: int | None = None  # FRAMEFLEET_HEIGHT
     chunk_frames: int = 32  # FRAMEFLEET_CHUNK_FRAMES: frames per chunk (checkpoint unit)
     max_inflight_chunks: int = 4  # FRAMEFLEET_MAX_INFLIGHT: chunks a video has out at once
+    # FRAMEFLEET_CHECKPOINT_S: a video's finished chunks are checkpointed together at most
+    # this often (0: each as it finishes). A worker's death then redoes the decoding (not
+    # the model: its outputs are kept) of up to this many seconds of chunks more; at tens of
+    # thousands of workers the checkpoints are most of the queue's Redis load (the README's
+    # "Scaling out").
+    checkpoint_s: float = 0.0
     decode_threads: int = 1  # FRAMEFLEET_DECODE_THREADS: decoder threads per decode actor
     decode_actors: int = 2  # FRAMEFLEET_DECODE_ACTORS
     # FRAMEFLEET_ITEMS_PER_DECODER: videos a decode actor decodes at once (taking turns chunk
@@ -254,6 +261,8 @@ class PipelineSettings:
             raise SettingsError("gpus_per_inference must be in [0, 1]")
         if not 0 <= self.decode_nice <= 19:
             raise SettingsError("decode_nice must be in [0, 19]")
+        if not 0 <= self.checkpoint_s <= 300:
+            raise SettingsError("checkpoint_s must be in [0, 300]")
         if self.decode_memory_bytes and self.decode_memory_bytes < 256 << 20:
             raise SettingsError("decode_memory_bytes must be 0 (no child) or >= 256 MiB")
         for name in ("stall_s", "chunk_timeout_s", "inference_wait_s", "max_duration_s"):
@@ -579,6 +588,7 @@ _PIPELINE_ENV = {
     "height": "FRAMEFLEET_HEIGHT",
     "chunk_frames": "FRAMEFLEET_CHUNK_FRAMES",
     "max_inflight_chunks": "FRAMEFLEET_MAX_INFLIGHT",
+    "checkpoint_s": "FRAMEFLEET_CHECKPOINT_S",
     "decode_threads": "FRAMEFLEET_DECODE_THREADS",
     "decode_actors": "FRAMEFLEET_DECODE_ACTORS",
     "items_per_decoder": "FRAMEFLEET_ITEMS_PER_DECODER",

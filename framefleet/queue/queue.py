@@ -238,14 +238,29 @@ class Queue(QueueReader):
         known (chunks_expected). `pin`: what the chunk was made from (sources.Fetched.pin);
         the first checkpoint keeps it (Lease.pin), and one with another pin drops the
         checkpoints made from the other object before it is recorded."""
-        if chunk < 0 or (total is not None and total < 1):
-            raise ValueError("chunk must be >= 0 and total >= 1")
+        return self.checkpoint(lease, [(chunk, work)], total, expected, pin)
+
+    def checkpoint(
+        self,
+        lease: Lease,
+        chunks: Sequence[tuple[int, ChunkWork | None]],
+        total: int | None = None,
+        expected: int | None = None,
+        pin: str | None = None,
+    ) -> Verdict:
+        """progress() of several chunks in one call: (index, work) each."""
+        if not chunks or any(c < 0 for c, _ in chunks) or (total is not None and total < 1):
+            raise ValueError("chunks must be >= 0 (one at least) and total >= 1")
         if pin is not None and not 0 < len(pin.encode()) <= MAX_ETAG_BYTES:
             raise ValueError("a pin is 1 to MAX_ETAG_BYTES bytes")
-        args: list[Any] = [chunk, "" if total is None else total, expected or "", pin or ""]
-        if work is not None:
-            check_worker(work.device)  # a short name: it becomes a label
-            args += [work.frames, _ms(work.decode_s), _ms(work.inference_s), work.device]
+        args: list[Any] = ["" if total is None else total, expected or "", pin or ""]
+        for chunk, work in chunks:
+            if work is None:
+                args += [chunk, "", 0, 0, ""]
+            else:
+                check_worker(work.device)  # a short name: it becomes a label
+                args += [chunk, work.frames, _ms(work.decode_s), _ms(work.inference_s)]
+                args.append(work.device)
         verdict, _ = self._fenced("progress", lease, *args)
         return verdict
 

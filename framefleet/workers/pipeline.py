@@ -202,6 +202,8 @@ class _Item:
     pin: str | None = None  # what the chunks are made from (sources.Fetched.pin)
     previews: frozenset[int] = frozenset()  # the kept frames to preview (previews.py)
     drawn: list[str] = field(default_factory=list)  # the previews asked for by this attempt
+    unsaved: list[tuple[int, ChunkWork]] = field(default_factory=list)  # settled, not saved
+    saved_at: float = 0.0  # when the last checkpoint was written (the clock's)
 
     def lap(self, name: str, now: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + now - self.mark
@@ -405,7 +407,7 @@ class VideoJob:
         self._check(keeper)
         total = reader.chunk_count
         if total:  # known only now that every frame went by: record it with the last chunk
-            self._progress(item, total - 1, total)
+            self._save(item, total)
         item.timings["total"] = self.clock() - started
         manifest = {
             "video_id": lease.id,
@@ -511,6 +513,10 @@ class VideoJob:
             deadline = self.clock() + DRAIN_S
             while inflight and self.clock() < deadline:
                 self._settle_next(item, deadline=deadline)
+            self._save(item)
+            raise
+        except ItemError:  # what is settled is kept: the next attempt skips it
+            self._save_quietly(item)
             raise
         finally:
             for _ in inflight:  # left unsettled (the item failed or stopped): its budget back
@@ -549,17 +555,33 @@ class VideoJob:
         for stage, took in (("infer", done.infer_s), ("write", done.write_s)):
             item.inference[stage] = item.inference.get(stage, 0.0) + took
         work = ChunkWork(frames, decode_s, done.infer_s + done.write_s, done.device)
-        self._progress(item, index, None, work)
+        item.unsaved.append((index, work))
+        if self.clock() - item.saved_at >= self.settings.pipeline.checkpoint_s:
+            self._save(item)
 
-    def _progress(
-        self, item: _Item, index: int, total: int | None, work: ChunkWork | None = None
-    ) -> None:
-        call, expected = self.queue.progress, None if total else item.expected
-        args = (item.lease, index, total, work, expected, item.pin)
+    def _save(self, item: _Item, total: int | None = None) -> None:
+        """Checkpoint the chunks settled since the last checkpoint (with `total`: the last
+        chunk again, with the video's number of chunks, known once it is all decoded)."""
+        chunks: list[tuple[int, ChunkWork | None]] = list(item.unsaved)
+        if total is not None:
+            chunks.append((total - 1, None))
+        if not chunks:
+            return
+        call, expected = self.queue.checkpoint, None if total else item.expected
+        args = (item.lease, chunks, total, expected, item.pin)
         if not self._persist(item.keeper, call, *args).ok:
             item.keeper.lost.set()
-            raise LeaseLost(f"checkpoint of chunk {index} refused")
+            raise LeaseLost(f"checkpoint of chunks {[c for c, _ in chunks]} refused")
+        item.unsaved.clear()
+        item.saved_at = self.clock()
         item.expected = None  # written: not sent again with every chunk
+
+    def _save_quietly(self, item: _Item) -> None:
+        """_save, for an item that is failing anyway: a refusal or Redis away is logged."""
+        try:
+            self._save(item)
+        except (LeaseLost, RedisError) as exc:
+            log.debug("item %s: its settled chunks were not checkpointed: %s", item.lease.id, exc)
 
     def _ack(self, item: _Item, uri: str, chunks: int, frames: int, status: Status) -> Outcome:
         """Into the output root's index and dataset (again, when done before: a worker that

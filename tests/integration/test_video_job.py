@@ -490,3 +490,46 @@ def test_a_store_that_refuses_the_index_still_acks_the_video(
     assert store.keys_under("_dataset/") == []  # what needed the listing was not
     assert results.rebuild().videos == 1 and [e.id for e in results.current()] == [item_id]
     assert store.keys_under("_dataset/") == [f"_dataset/{item_id}.parquet"]
+
+
+class CountingQueue(Queue):
+    """The real queue, counting its checkpoint calls."""
+
+    def __init__(self, queue: Queue) -> None:
+        super().__init__(queue.client, queue.settings)
+        self.calls: list[list[int]] = []
+
+    def checkpoint(self, lease: Any, chunks: Any, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append([c for c, _ in chunks])
+        return super().checkpoint(lease, chunks, *args, **kwargs)
+
+
+def test_checkpoints_coalesced_keep_every_chunk_and_its_work_once(
+    env: dict[str, Any], model: FrameModel
+) -> None:
+    """FRAMEFLEET_CHECKPOINT_S: the chunks settled meanwhile go in one call (at tens of
+    thousands of workers a call a chunk was most of Redis's load); the first at once (its
+    pin), the rest with the total at the end, each chunk's work counted once, and a worker
+    stopped midway saves what it settled before it lets go."""
+    video = write_video(env["videos"] / "c.mp4", frames=40)
+    settings = env["settings"]
+    settings = replace(settings, pipeline=replace(settings.pipeline, checkpoint_s=300))
+    q, store = CountingQueue(env["queue"]), env["store"]
+    [item_id] = q.enqueue([str(video)])
+    before = q.stats().counters.get("frames_total", 0)
+    [lease] = q.claim(1, "decoder-1")
+    assert VideoJob(q, store, env["inference"], settings).run(lease).status == "acked"
+    assert q.calls == [[0], [1, 2, 3, 4, 4]]  # the last again, with the total
+    item = q.get(item_id)
+    assert item is not None and (item.chunks_done, item.chunks_total) == (5, 5)
+    assert q.stats().counters["frames_total"] - before == 40
+    assert_same(pipeline_rows(store, q, item_id), direct_run(model, video, Sampling()))
+
+    other = write_video(env["videos"] / "d.mp4", frames=40)
+    [other_id] = q.enqueue([str(other)])
+    stop = threading.Event()
+    counting = Counting(env["inference"], stop_after=3, stop=stop)
+    q.calls.clear()
+    [lease] = q.claim(1, "decoder-2")
+    assert VideoJob(q, store, counting, settings, stop=stop).run(lease).status == "released"
+    assert q.calls == [[0], [1, 2]] and q.chunks(other_id) == {0, 1, 2}

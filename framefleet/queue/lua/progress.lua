@@ -1,10 +1,11 @@
--- progress.lua: checkpoint one finished chunk, fenced by the lease's token and owner.
--- KEYS[1] prefix. ARGV: now, id, token, owner, chunk index, chunks total ('' = unknown),
--- chunks expected ('' = unsaid: the container's estimate, for progress bars only), the pin
--- ('' = unsaid: what the chunk was made from, the source's ETag, digest or file stat), and
--- optionally the chunk's work: frames, decode ms, inference ms (model and write), the
--- inference device. Writes the item's chunk set, chunks_done, chunks_total, pin; the first
--- time a chunk is checkpointed, its work: stats.frames_total, busy.decode,
+-- progress.lua: checkpoint finished chunks (one or several at once), fenced by the lease's
+-- token and owner.
+-- KEYS[1] prefix. ARGV: now, id, token, owner, chunks total ('' = unknown), chunks expected
+-- ('' = unsaid: the container's estimate, for progress bars only), the pin ('' = unsaid:
+-- what the chunks were made from, the source's ETag, digest or file stat), then five values
+-- a chunk: its index and its work: frames ('' = not said), decode ms, inference ms (model
+-- and write), the inference device. Writes the item's chunk set, chunks_done, chunks_total,
+-- pin; the first time a chunk is checkpointed, its work: stats.frames_total, busy.decode,
 -- busy.inference:<device>. A pin other than the one kept drops the chunk set first: those
 -- chunks were made from another object at the same URI.
 -- Returns {'ok', chunks_done} or a refusal from fence() (counted in stale_progress_total).
@@ -14,7 +15,7 @@ local id, token, owner = ARGV[2], ARGV[3], ARGV[4]
 local key = ikey(id)
 local refused = fence(key, token, owner, 'stale_progress_total', nil)
 if refused then return refused end
-local pin = ARGV[8]
+local pin = ARGV[7]
 if pin ~= '' then
   local kept = redis.call('HGET', key, 'pin')
   if kept ~= pin then
@@ -25,17 +26,24 @@ if pin ~= '' then
     redis.call('HSET', key, 'pin', pin)
   end
 end
-local done
-if redis.call('SADD', ckey(id), ARGV[5]) == 1 then
-  done = redis.call('HINCRBY', key, 'chunks_done', 1)
-  if ARGV[9] then
-    stat('frames_total', tonumber(ARGV[9]))
-    redis.call('HINCRBY', K_BUSY, 'decode', tonumber(ARGV[10]))
-    redis.call('HINCRBY', K_BUSY, 'inference:' .. ARGV[12], tonumber(ARGV[11]))
+local added, frames = 0, 0
+for i = 8, #ARGV, 5 do
+  if redis.call('SADD', ckey(id), ARGV[i]) == 1 then
+    added = added + 1
+    if ARGV[i + 1] ~= '' then
+      frames = frames + tonumber(ARGV[i + 1])
+      redis.call('HINCRBY', K_BUSY, 'decode', tonumber(ARGV[i + 2]))
+      redis.call('HINCRBY', K_BUSY, 'inference:' .. ARGV[i + 4], tonumber(ARGV[i + 3]))
+    end
   end
+end
+local done
+if added > 0 then
+  done = redis.call('HINCRBY', key, 'chunks_done', added)
+  stat('frames_total', frames)
 else
   done = tonumber(redis.call('HGET', key, 'chunks_done') or '0')
 end
-if ARGV[6] ~= '' then redis.call('HSET', key, 'chunks_total', ARGV[6]) end
-if ARGV[7] and ARGV[7] ~= '' then redis.call('HSET', key, 'chunks_expected', ARGV[7]) end
+if ARGV[5] ~= '' then redis.call('HSET', key, 'chunks_total', ARGV[5]) end
+if ARGV[6] ~= '' then redis.call('HSET', key, 'chunks_expected', ARGV[6]) end
 return {'ok', done}
