@@ -124,6 +124,8 @@ def test_worker_settings_from_the_environment() -> None:
         {"FRAMEFLEET_GPUS_PER_INFERENCE": "2"},
         {"FRAMEFLEET_DECODE_NICE": "-5"},
         {"FRAMEFLEET_DECODE_NICE": "20"},
+        {"FRAMEFLEET_CHECKPOINT_S": "-1"},
+        {"FRAMEFLEET_CHECKPOINT_S": "301"},
         {"FRAMEFLEET_SCORE_THRESHOLD": "1.5"},
     ],
 )
@@ -233,6 +235,7 @@ VARIABLES: dict[str, tuple[str, object, object]] = {
     "FRAMEFLEET_HEIGHT": ("pipeline.height", None, 360),
     "FRAMEFLEET_CHUNK_FRAMES": ("pipeline.chunk_frames", 32, 16),
     "FRAMEFLEET_MAX_INFLIGHT": ("pipeline.max_inflight_chunks", 4, 6),
+    "FRAMEFLEET_CHECKPOINT_S": ("pipeline.checkpoint_s", 0.0, 5.0),
     "FRAMEFLEET_DECODE_THREADS": ("pipeline.decode_threads", 1, 2),
     "FRAMEFLEET_DECODE_ACTORS": ("pipeline.decode_actors", 2, 3),
     "FRAMEFLEET_ITEMS_PER_DECODER": ("pipeline.items_per_decoder", 2, 1),
