@@ -60,12 +60,15 @@ import tempfile
 import time
 from typing import Any
 
+from redis import Redis
+
 from bench import emit
 from bench.queue import machine
 from bench.sim.fleet import run_size
 from bench.sim.rates import Plan
 from bench.sim.report import TARGETS, table, verdicts
 from framefleet.queue import EmbeddedServer, connect
+from framefleet.settings import Settings
 
 
 def _ints(text: str) -> list[int]:
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         server = EmbeddedServer(data_dir, appendfsync="everysec").start()
         try:
             client = connect(server.url)
+            assert isinstance(client, Redis)  # the embedded server's URL
             version = client.info("server")
             name = version.get("valkey_version", version.get("redis_version"))
             result: dict[str, Any] = {
@@ -94,6 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "plan": {
                     "video_s": args.video_s,
                     "chunks": args.chunks,
+                    "checkpoint_s": args.checkpoint_s,
                     "leases_per_worker": args.leases_per_worker,
                     "processes": args.processes,
                     "duration_s": duration,
@@ -112,6 +117,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     min(args.processes, n),
                     duration,
                     warmup,
+                    checkpoint_s=args.checkpoint_s,
                 )
                 print(f"simulating {n:,} workers ...", file=sys.stderr, flush=True)
                 size = run_size(
@@ -144,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--video-s", type=float, default=90.0, help="seconds a worker takes a video")
     p.add_argument("--chunks", type=int, default=56, help="chunks a video (60 s at 30 fps)")
     p.add_argument("--leases-per-worker", type=int, default=1)
+    p.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=Settings().pipeline.checkpoint_s,
+        help="FRAMEFLEET_CHECKPOINT_S: checkpoint a video's settled chunks together at most"
+        " this often (default: the setting's, 0: a call a chunk)",
+    )
     p.add_argument("--processes", type=int, default=4, help="load generator processes")
     p.add_argument(
         "--slowdown",

@@ -5,12 +5,13 @@ Redis CPU, client CPU and wall time alone, back to back on the quiet server (`ca
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,19 +97,23 @@ def calibrate(url: str, plan: Plan, generation: str, n: int) -> dict[str, dict[s
     projection to the target rates, and its client CPU, for the generator's capacity."""
     s = plan.settings
     client = connect(url)
+    assert isinstance(client, Redis)  # the embedded server's URL
     q, sup = Queue(client, s.queue), Supervision(Queue(client, s.queue))
     name, other = decoder_name(generation, 10_000_000), decoder_name(generation, 10_000_001)
     info: dict[str, str | int] = {"pid": 1, "host": "node-calibration", "node": "0" * 56}
     sup.beat(name, [], info=info)  # the first beat, with its info; the others without
     held = [q.claim(1, name)[0] for _ in range(plan.leases)]
     ids = [lease.id for lease in held]
-    worked = [q.claim(1, other)[0] for _ in range(math.ceil(1.1 * n / plan.chunks) + 1)]
+    batches = math.ceil(1.1 * n * plan.save_every / plan.chunks) + 1
+    worked = [q.claim(1, other)[0] for _ in range(batches)]
     chunks = iter(itertools.product(worked, range(plan.chunks)))
     grace = s.coordinator.stale_s
 
-    def progress() -> object:
-        lease, chunk = next(chunks)
-        return q.progress(lease, chunk, None, WORK, plan.chunks if chunk == 0 else None, PIN)
+    def progress() -> object:  # one call: save_every chunks
+        batch = [next(chunks) for _ in range(plan.save_every)]
+        lease, first = batch[0]
+        saved = [(c, WORK) for other, c in batch if other is lease]
+        return q.checkpoint(lease, saved, None, plan.chunks if first == 0 else None, PIN)
 
     ended = [held[0]]
 
@@ -147,6 +152,7 @@ def sweep_costs(
     found: dict[str, dict[str, Any]] = {}
     for e in expired:
         times: list[float] = []
+        longest: list[float] = []
         reaped: list[int] = []
         for _ in range(repeats):
             past = q.now_ms() - int(s.queue.lease_s * 1000) - 1000
@@ -154,13 +160,41 @@ def sweep_costs(
             old = Queue(q.client, s.queue, clock=functools.partial(int, past))
             for _ in range(e):
                 old.claim(1, decoder_name(generation, next(numbers)))
-            t = time.perf_counter()
-            r = q.sweep(stale_s=c.stale_s, gap_s=c.gap_s, judge=True)
-            times.append((time.perf_counter() - t) * 1000)
+            with _passes_logged(q) as passes:
+                t = time.perf_counter()
+                r = q.sweep(stale_s=c.stale_s, gap_s=c.gap_s, judge=True)
+                times.append((time.perf_counter() - t) * 1000)
+            longest.append(max(passes, default=math.nan))
             reaped.append(r.requeued + r.poisoned)
         found[str(e)] = {
             "ms_median": round(statistics.median(times), 3),
             "ms": [round(x, 3) for x in times],
+            # the longest of its passes (each one Lua call, the server blocked meanwhile)
+            "pass_ms_median": round(statistics.median(longest), 3),
             "reaped": reaped,
         }
     return found
+
+
+@contextlib.contextmanager
+def _passes_logged(q: Queue) -> Iterator[list[float]]:
+    """The server's own time (ms) of each sweep call made meanwhile, from its slow log
+    (every command logged for the while; the workers' calls left out by the script)."""
+    sha = q._scripts.load("sweep")
+    client = q.client
+    before = str(client.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"])
+    kept = str(client.config_get("slowlog-max-len")["slowlog-max-len"])
+    client.config_set("slowlog-max-len", 100_000)
+    client.slowlog_reset()
+    client.config_set("slowlog-log-slower-than", 0)
+    passes: list[float] = []
+    try:
+        yield passes
+    finally:
+        client.config_set("slowlog-log-slower-than", before)
+        for entry in client.slowlog_get(100_000):
+            command = entry["command"]  # its arguments joined by spaces (redis-py)
+            args = (command.decode() if isinstance(command, bytes) else str(command)).split()
+            if args[:1] == ["EVALSHA"] and args[1:2] == [sha]:
+                passes.append(entry["duration"] / 1000)
+        client.config_set("slowlog-max-len", kept)

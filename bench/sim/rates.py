@@ -6,9 +6,9 @@ rates (the settings' defaults give the times):
   (node, pid, host) sent with the first only (actors.Heartbeat._beat): `workers.Workers._beat`;
 - each lease renewed every lease_s / RENEWALS_PER_LEASE (20 s) (pipeline.LeaseKeeper):
   `workers.Workers._renew`;
-- a video every video_s in `chunks` chunks: a checkpoint a chunk, the last one again with
-  the total, then the ack, the inbox ingested and the next claim (VideoJob):
-  `workers.Workers._chunk`.
+- a video every video_s in `chunks` chunks: a checkpoint a chunk (or, with checkpoint_s,
+  one call for the chunks settled meanwhile), the last one again with the total, then the
+  ack, the inbox ingested and the next claim (VideoJob): `workers.Workers._chunk`.
 `Plan.rates` says the same as calls per second at the real periods (the Redis load at the
 target), and the generator's schedule runs `Plan.beat_s`, `renew_s` and `chunk_s` (the
 periods slowed). `auto_slowdown` and `redis_cores` turn the rates and the calibrated cost of
@@ -53,6 +53,7 @@ class Plan:
     duration_s: float
     warmup_s: float
     slowdown: float = 1.0  # every worker's period this many times the real one
+    checkpoint_s: float = 0.0  # FRAMEFLEET_CHECKPOINT_S: 0, a checkpoint a chunk
     real: Settings = dataclasses.field(
         default_factory=lambda: Settings(queue=QueueSettings(name="sim"))
     )
@@ -78,6 +79,18 @@ class Plan:
     def chunk_s(self) -> float:
         return self.video_s * self.slowdown / self.chunks
 
+    @property
+    def save_every(self) -> int:
+        """Chunks a checkpoint call: a video's chunks come every video_s / chunks seconds,
+        and those settled since the last call go together once checkpoint_s has passed
+        (pipeline.VideoJob._save; the first at once)."""
+        return max(1, math.ceil(self.checkpoint_s / (self.video_s / self.chunks) - 1e-9))
+
+    @property
+    def saves(self) -> int:
+        """Checkpoint calls a video: chunks 0, k, 2k... and the last with the total."""
+        return 1 + (self.chunks - 1) // self.save_every + 1
+
     def rates(self) -> dict[str, float]:
         """Each call's target rate (per second) at the real periods, the fleet together."""
         leases = self.workers * self.leases
@@ -86,7 +99,7 @@ class Plan:
         return {
             "heartbeat": beats,  # the leader comes with its reply (no read of its own)
             "renew": leases / renew_period_s(self.real),
-            "progress": videos * (self.chunks + 1),  # a checkpoint a chunk, the last again
+            "progress": videos * self.saves,  # chunks together, the last with the total
             "ack": videos,
             "ingest": videos,
             "claim": videos,

@@ -17,7 +17,13 @@ def verdicts(sizes: list[dict[str, Any]], tick_s: float) -> dict[str, Any]:
     few = [
         v["ms_median"] for r in sizes for e, v in r["sweep"].items() if int(e) <= 100
     ]  # a few expired leases
-    many = [v["ms_median"] for r in sizes for e, v in r["sweep"].items() if int(e) > 100]
+    # many expired: the longest pass blocks the server (Queue.sweep works in passes)
+    many = [
+        v.get("pass_ms_median", v["ms_median"])
+        for r in sizes
+        for e, v in r["sweep"].items()
+        if int(e) > 100
+    ]
     zero_big = big["sweep"].get("0", {}).get("ms_median", math.nan)
     zero_small = small["sweep"].get("0", {}).get("ms_median", math.nan)
     return {
@@ -37,6 +43,12 @@ def _rows(sizes: list[dict[str, Any]], tick_s: float) -> list[tuple[str, list[st
 
     def sweep(e: str) -> list[str]:
         return [f"{r['sweep'][e]['ms_median']:.2f}" if e in r["sweep"] else "" for r in sizes]
+
+    def longest(e: str) -> list[str]:
+        return [
+            f"{r['sweep'][e].get('pass_ms_median', math.nan):.2f}" if e in r["sweep"] else ""
+            for r in sizes
+        ]
 
     expired = sorted({e for r in sizes for e in r["sweep"]}, key=int)
     return [
@@ -59,7 +71,14 @@ def _rows(sizes: list[dict[str, Any]], tick_s: float) -> list[tuple[str, list[st
         ("  of the slowed plan", [f"{r['rate_achieved']:.0%}" for r in sizes], ""),
         ("server commands/s", [f"{r['server_commands_per_s']:,}" for r in sizes], ""),
         ("used memory (MB)", [f"{r['used_memory_mb']:.1f}" for r in sizes], ""),
-        *[(f"sweep ms, {int(e):,} expired", sweep(e), "< 50") for e in expired],
+        *[
+            row
+            for e in expired
+            for row in (
+                (f"sweep ms, {int(e):,} expired", sweep(e), ""),
+                ("  its longest pass (ms)", longest(e), "< 50"),
+            )
+        ],
         (
             "tick ms, median",
             [f"{r['tick_ms'].get('total', math.nan):.1f}" for r in sizes],
@@ -80,7 +99,8 @@ def table(result: dict[str, Any]) -> str:
     lines = [
         f"framefleet simulated fleet on {m['cpu']} ({m['cores']} cores), {result['server']};",
         f"a video every {p['video_s']:g} s in {p['chunks']} chunks, {p['leases_per_worker']}"
-        f" lease(s) a worker, {p['processes']} generator processes, a {p['duration_s']:g} s"
+        f" lease(s) a worker, checkpoints every {p.get('checkpoint_s', 0):g} s (0: a chunk),"
+        f" {p['processes']} generator processes, a {p['duration_s']:g} s"
         f" window, sweeps: medians of {p['repeats']}",
         "",
         f"{'workers':<32}" + "".join(f" | {r['workers']:>9,}" for r in sizes) + " | target",

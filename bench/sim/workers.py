@@ -43,6 +43,7 @@ class _Slot:
     lease: Lease | None = None
     chunk: int = 0
     first: bool = True  # the next checkpoint is its attempt's first (says the chunks expected)
+    unsaved: list[tuple[int, ChunkWork | None]] = dataclasses.field(default_factory=list)
 
 
 class Workers:
@@ -107,12 +108,18 @@ class Workers:
         if lease is None:
             self._claim(slot)
             return
-        progress = self.queue.progress
-        expected = total if slot.first else None
-        ok = self._call("progress", progress, lease, slot.chunk, None, WORK, expected, PIN).ok
-        slot.chunk, slot.first = slot.chunk + 1, False
+        save = self.queue.checkpoint
+        slot.unsaved.append((slot.chunk, WORK))
+        ok = True
+        if slot.chunk % self.plan.save_every == 0:  # settled chunks together (checkpoint_s)
+            expected = total if slot.first else None
+            ok = self._call("progress", save, lease, slot.unsaved, None, expected, PIN).ok
+            slot.unsaved, slot.first = [], False
+        slot.chunk += 1
         if ok and slot.chunk >= total:  # the last chunk: the total, the ack, the next video
-            ok = self._call("progress", progress, lease, total - 1, total, None, None, PIN).ok
+            last = [*slot.unsaved, (total - 1, None)]
+            ok = self._call("progress", save, lease, last, total, None, PIN).ok
+            slot.unsaved = []
             result = f"s3://results/out/{lease.id}/manifest.json"
             ok = ok and self._call("ack", self.queue.ack, lease, result, STAGES_S).ok
             if ok:
