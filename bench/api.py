@@ -442,6 +442,7 @@ def run(quick: bool, repeats: int, poll_hz: float) -> dict[str, Any]:
         server = EmbeddedServer(Path(tmp) / "redis", appendfsync="everysec").start()
         try:
             client = connect(server.url)
+            assert isinstance(client, Redis)  # the embedded server's URL
             version = client.info("server")
             with api_server(server.url, Path(tmp)) as api:
                 warm_up(api)

@@ -104,6 +104,7 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]
 
 def _fresh_client(srv: EmbeddedServer) -> Iterator[Redis]:
     client = connect(srv.url)
+    assert isinstance(client, Redis)  # one server's URL
     client.flushall()
     yield client
     client.close()

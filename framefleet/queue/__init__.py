@@ -1,5 +1,6 @@
 """The Redis reliable queue: one work item per video, the only stateful part of framefleet."""
 
+from .cluster import Client
 from .connect import connect, open_client, open_queue, queue_at, redacted
 from .durable import Durability, NotDurable
 from .keys import Keys
@@ -32,6 +33,7 @@ from .supervision import Supervision
 
 __all__ = [
     "ChunkWork",
+    "Client",
     "Durability",
     "EmbeddedServer",
     "Histogram",

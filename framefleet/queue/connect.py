@@ -1,6 +1,6 @@
 """From settings to a connected client: a URL (redis://, rediss://, user:password@; a
-primary found through Sentinel, redis+sentinel://: sentinel.py) or, with none, the embedded
-server."""
+primary found through Sentinel, redis+sentinel://: sentinel.py; a Redis Cluster,
+redis+cluster://: cluster.py) or, with none, the embedded server."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis import Redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from framefleet.settings import Settings
 
+from .cluster import Client, cluster_client, is_cluster_url, parse_cluster_url
+from .cluster import nodes as cluster_nodes
 from .durable import Durability
 from .queue import Queue
 from .sentinel import is_sentinel_url, master_client, parse_sentinel_url
@@ -49,10 +52,11 @@ def connect(
     timeout_s: float = 30.0,
     *,
     durability: Durability | None = None,
-) -> Redis:
+) -> Client:
     """A client for `url`, checked to answer and to be a Redis/Valkey >= 6.2 primary that
     never evicts keys (through Sentinel: the primary the sentinels name, which the client
-    follows through failovers). Its commands are retried for at least retry_s while the
+    follows through failovers; a cluster: every node so checked, the client a RedisCluster,
+    which follows its failovers too). Its commands are retried for at least retry_s while the
     server does not answer, each reply awaited for up to timeout_s (the connection, at most
     5 s); the first check fails fast (a wrong URL is said at once, not after retry_s).
     `durability`: what the Queues on this client will wait for, checked to be possible
@@ -70,62 +74,84 @@ def connect(
     finally:
         probe.close()
     return _client(
-        url, health_check_interval=30, retry=retry(retry_s), socket_timeout=timeout_s, **options
+        url,
+        outage_s=retry_s,
+        health_check_interval=30,
+        retry=retry(retry_s),
+        socket_timeout=timeout_s,
+        **options,
     )
 
 
-def _client(url: str, **options: Any) -> Redis:
+def _client(url: str, outage_s: float = 0.0, **options: Any) -> Client:
     """redis-py's client for the URL: Redis.from_url's (redis://, rediss://, unix://;
-    valkey:// and valkeys:// are the first two), or the primary's through Sentinel."""
+    valkey:// and valkeys:// are the first two), the primary's through Sentinel, or a
+    cluster's (which waits out `outage_s` when none of its nodes answers: the others'
+    retry does that)."""
     if is_sentinel_url(url):
         return master_client(parse_sentinel_url(url), **options)
+    if is_cluster_url(url):
+        return cluster_client(parse_cluster_url(url), outage_s, **options)
     scheme, sep, rest = url.partition("://")
     if sep and scheme.lower() in ("valkey", "valkeys"):
         url = f"{scheme.lower().replace('valkey', 'redis')}://{rest}"
     return Redis.from_url(url, **options)
 
 
-def _check(client: Redis, url: str, durability: Durability) -> None:
+def _check(client: Client, url: str, durability: Durability) -> None:
+    if not isinstance(client, RedisCluster):
+        _check_server(client, redacted(url), durability)
+        return
+    # Every node: a replica is a primary after a failover, and must not evict either.
+    for name, primary, node in cluster_nodes(client):
+        _check_server(node, f"{redacted(url)} (node {name})", durability, primary=primary)
+
+
+def _check_server(
+    client: Redis, where: str, durability: Durability, *, primary: bool | None = None
+) -> None:
+    """One server's checks. `primary`: a cluster node's role, as the cluster says (None:
+    a server on its own, which must be a primary)."""
     info = client.info("server")
     # Every Valkey release speaks at least Redis 7.2; Redis itself must be 6.2 or newer.
     version = str(info.get("redis_version", "0"))
     valkey = "valkey_version" in info
     if not valkey and _major_minor(version) < MIN_VERSION:
-        raise ServerError(f"{redacted(url)}: Redis {version} is older than 6.2")
+        raise ServerError(f"{where}: Redis {version} is older than 6.2")
     replication = client.info("replication")
-    if replication.get("role", "master") != "master":
+    if primary is None and replication.get("role", "master") != "master":
         raise ServerError(
-            f"{redacted(url)} is a replica, which refuses writes: give the primary's URL, or"
+            f"{where} is a replica, which refuses writes: give the primary's URL, or"
             " the sentinels' (redis+sentinel://host:26379,.../service), which follow failovers"
         )
     policy = str(client.info("memory").get("maxmemory_policy", "noeviction"))
     if policy != "noeviction":
         raise ServerError(
-            f"{redacted(url)}: its maxmemory-policy is {policy}: the server deletes keys when"
+            f"{where}: its maxmemory-policy is {policy}: the server deletes keys when"
             " it is full, and a queue whose items vanish loses videos (their ids stay in"
             " the state sets with no item behind them). Set maxmemory-policy noeviction"
             " (in a managed Redis, its parameter group): a full server then refuses writes,"
             " which framefleet reports and retries."
         )
     replicas = int(replication.get("connected_slaves", 0))
-    if replicas < durability.replicas:
+    if primary is not False and replicas < durability.replicas:
         log.warning(
             "%s has %d replica(s) connected, FRAMEFLEET_REDIS_MIN_REPLICAS asks for %d:"
             " enqueue and ack say NotDurable until they are",
-            redacted(url),
+            where,
             replicas,
             durability.replicas,
         )
     if durability.aof:
         if not valkey and _major_minor(version) < (7, 2):
             raise ServerError(
-                f"{redacted(url)}: FRAMEFLEET_REDIS_WAITAOF needs WAITAOF, which Redis"
+                f"{where}: FRAMEFLEET_REDIS_WAITAOF needs WAITAOF, which Redis"
                 f" {version} lacks (Redis >= 7.2 or Valkey has it): unset it, and keep"
                 " FRAMEFLEET_REDIS_MIN_REPLICAS (WAIT) alone"
             )
         if not int(client.info("persistence").get("aof_enabled", 0)):
             raise ServerError(
-                f"{redacted(url)}: FRAMEFLEET_REDIS_WAITAOF waits for the append-only file,"
+                f"{where}: FRAMEFLEET_REDIS_WAITAOF waits for the append-only file,"
                 " which this server does not keep (appendonly no)"
             )
 
@@ -158,7 +184,7 @@ def _major_minor(version: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def open_client(settings: Settings) -> Iterator[Redis]:
+def open_client(settings: Settings) -> Iterator[Client]:
     """A client for `settings.redis.url`, or for the embedded server when there is none."""
     durability = Durability.from_settings(settings.redis)
     if settings.redis.url:

@@ -18,12 +18,11 @@ from itertools import chain
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from framefleet.settings import QueueSettings
 
+from .cluster import FOLLOW, Client, on_node, server_of
 from .durable import Durability
 from .metrics import STAGES
 from .model import (
@@ -57,7 +56,7 @@ class Queue(QueueReader):
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         settings: QueueSettings | None = None,
         *,
         clock: Clock | None = None,
@@ -106,12 +105,17 @@ class Queue(QueueReader):
 
     def _send_overlapped(self, name: str, calls: list[list[str]]) -> list[Any]:
         """Run one script many times, sending call k+1 before reading the reply of call k, so
-        that the client packs while the server runs. If the server has lost its script cache
-        (NOSCRIPT after a restart or failover), or the connection failed (a failover: the
-        old primary refuses writes, or is gone), the calls from the first unanswered one on
-        are made again through the reloading, retrying path (enqueue is idempotent)."""
+        that the client packs while the server runs (on a cluster: on a connection to the
+        queue's primary). If the server has lost its script cache (NOSCRIPT after a restart
+        or failover), or the connection failed (a failover: the old primary refuses writes,
+        or is gone; a cluster's slot moved), the calls from the first unanswered one on are
+        made again through the reloading, retrying path (enqueue is idempotent)."""
         sha = self._scripts.load(name)
-        conn = self.client.connection_pool.get_connection()
+        try:
+            pool = server_of(self.client, self.keys.base).connection_pool
+            conn = pool.get_connection()
+        except FOLLOW:  # a cluster's primary away: none of them sent
+            return [self._run(name, *call) for call in calls]
         replies: list[Any] = []
         try:
             for k, call in enumerate(calls):
@@ -122,7 +126,7 @@ class Queue(QueueReader):
                     replies.append(conn.read_response())
             while len(replies) < len(calls):
                 replies.append(conn.read_response())
-        except (NoScriptError, RedisConnectionError, RedisTimeoutError) as exc:
+        except (NoScriptError, *FOLLOW) as exc:
             conn.disconnect()  # type: ignore[no-untyped-call]
             if isinstance(exc, NoScriptError):
                 self._scripts.forget(name)
@@ -137,23 +141,28 @@ class Queue(QueueReader):
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise
         finally:
-            self.client.connection_pool.release(conn)
+            pool.release(conn)
         return replies
 
     def _confirmed(
         self, name: str, calls: list[list[Any]], *, reload: bool = True
     ) -> tuple[list[Any], Any]:
         """Run script `name` once per call, then the durability's WAIT or WAITAOF, in one
-        pipeline: on one connection, so that the wait covers these writes. The scripts'
-        replies and the wait's. Retried whole while the server does not answer (a failover:
-        enqueue and ack are idempotent), and once more if the server lost its scripts."""
+        pipeline: on one connection (on a cluster: to the queue's primary), so that the wait
+        covers these writes. The scripts' replies and the wait's. Retried whole while the
+        server does not answer (a failover: enqueue and ack are idempotent), and once more
+        if the server lost its scripts."""
         sha = self._scripts.load(name)
-        pipe = self.client.pipeline(transaction=False)
-        for call in calls:
-            pipe.evalsha(sha, 1, self.keys.base, self._now(), *call)
-        self.durability.queue_wait(pipe)
+
+        def send(server: Redis) -> list[Any]:
+            pipe = server.pipeline(transaction=False)
+            for call in calls:
+                pipe.evalsha(sha, 1, self.keys.base, self._now(), *call)
+            self.durability.queue_wait(pipe)
+            return pipe.execute()
+
         try:
-            replies = pipe.execute()
+            replies = on_node(self.client, self.keys.base, send)
         except NoScriptError:  # a failover to a replica that never loaded it
             if not reload:
                 raise

@@ -17,6 +17,7 @@ from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from framefleet.settings import QueueSettings
 
+from .cluster import Client, on_node
 from .keys import STATES, Keys
 from .metrics import HISTOGRAMS, STAGES
 from .model import (
@@ -42,7 +43,7 @@ class QueueReader:
 
     def __init__(
         self,
-        client: Redis,
+        client: Client,
         settings: QueueSettings | None = None,
         *,
         clock: Clock | None = None,
@@ -255,29 +256,18 @@ class QueueReader:
         )
 
     def server_info(self) -> dict[str, Any]:
-        """What an operator wants of the Redis server: version, memory used and its limit,
-        the eviction policy, persistence (AOF on, its fsync policy and its last write's
-        status; the last RDB save's status) and uptime."""
-        info = self.client.info("server") | self.client.info("memory")
-        info |= self.client.info("persistence")
-        keys = (
-            "redis_version", "valkey_version", "uptime_in_seconds", "used_memory",
-            "used_memory_human", "maxmemory", "maxmemory_policy", "aof_enabled",
-            "aof_last_write_status", "aof_rewrite_in_progress", "rdb_last_bgsave_status",
-            "rdb_changes_since_last_save", "loading",
-        )  # fmt: skip
-        found = {k: info[k] for k in keys if k in info}
-        try:
-            found["appendfsync"] = self.client.config_get("appendfsync").get("appendfsync")
-        except RedisError:  # CONFIG may be off limits (a managed Redis, an ACL user)
-            found["appendfsync"] = None
-        return found
+        """What an operator wants of the Redis server (on a cluster: the primary holding the
+        queue): version, memory used and its limit, the eviction policy, persistence (AOF on,
+        its fsync policy and its last write's status; the last RDB save's status) and
+        uptime."""
+        return on_node(self.client, self.keys.base, _server_info)
 
     def memory(self) -> Memory | None:
-        """The server's memory against its maxmemory (`full`: new work is refused, see
-        QueueFull); None when the server refuses INFO (an ACL without it)."""
+        """The server's memory (on a cluster: the queue's primary's) against its maxmemory
+        (`full`: new work is refused, see QueueFull); None when the server refuses INFO (an
+        ACL without it)."""
         try:
-            info = self.client.info("memory")
+            info = on_node(self.client, self.keys.base, lambda server: server.info("memory"))
         except ResponseError:
             return None
         used = int(info.get("used_memory", 0)) - int(info.get("mem_not_counted_for_evict", 0))
@@ -405,6 +395,23 @@ class QueueReader:
     def audit(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest `limit` entries of the audit log, newest first."""
         return [json.loads(x) for x in self.client.lrange(self.keys.audit, 0, limit - 1)]
+
+
+def _server_info(client: Redis) -> dict[str, Any]:
+    info = client.info("server") | client.info("memory")
+    info |= client.info("persistence")
+    keys = (
+        "redis_version", "valkey_version", "uptime_in_seconds", "used_memory",
+        "used_memory_human", "maxmemory", "maxmemory_policy", "aof_enabled",
+        "aof_last_write_status", "aof_rewrite_in_progress", "rdb_last_bgsave_status",
+        "rdb_changes_since_last_save", "loading",
+    )  # fmt: skip
+    found = {k: info[k] for k in keys if k in info}
+    try:
+        found["appendfsync"] = client.config_get("appendfsync").get("appendfsync")
+    except RedisError:  # CONFIG may be off limits (a managed Redis, an ACL user)
+        found["appendfsync"] = None
+    return found
 
 
 def over_limit(exc: ResponseError) -> bool:

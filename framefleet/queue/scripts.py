@@ -11,9 +11,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from redis import Redis
 from redis.commands.core import Script
 
+from .cluster import Client
 from .metrics import lua_buckets
 
 NAMES = (
@@ -56,7 +56,7 @@ def source(name: str) -> str:
 class Scripts:
     """All scripts registered on one client; `run(name, prefix, *args)` calls one."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._scripts: dict[str, Script] = {
             name: client.register_script(source(name)) for name in NAMES
         }

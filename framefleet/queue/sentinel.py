@@ -71,7 +71,10 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     except ValueError as exc:  # an unclosed [ of an IPv6 address
         raise _bad(url, str(exc)) from None
     userinfo, _, hosts = parts.netloc.rpartition("@")
-    sentinels = tuple(_host_port(url, h) for h in hosts.split(","))
+    try:
+        sentinels = tuple(host_port(h, DEFAULT_PORT) for h in hosts.split(","))
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
     path = [unquote(p) for p in parts.path.split("/")[1:]]
     if not path or not path[0]:
         raise _bad(url, "no service name after the hosts")
@@ -97,20 +100,22 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     return SentinelUrl(sentinels, path[0], tls, options, sentinel_options)
 
 
-def _host_port(url: str, netloc: str) -> tuple[str, int]:
+def host_port(netloc: str, default_port: int) -> tuple[str, int]:
+    """`host[:port]` of a URL's comma-separated hosts (an IPv6 address in brackets); the
+    port `default_port` unless given. ValueError saying what is wrong."""
     host, port = netloc, ""
     if netloc.startswith("["):  # [IPv6]:port
         host, _, rest = netloc[1:].partition("]")
         if rest and not rest.startswith(":"):
-            raise _bad(url, f"{netloc!r} is not host[:port]")
+            raise ValueError(f"{netloc!r} is not host[:port]")
         port = rest[1:]
     elif ":" in netloc:
         host, _, port = netloc.rpartition(":")
     if not host:
-        raise _bad(url, "a sentinel host is empty (hosts are separated by commas)")
+        raise ValueError("a host is empty (hosts are separated by commas)")
     if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise _bad(url, f"{netloc!r}: the port must be a number in 1..65535")
-    return unquote(host), int(port) if port else DEFAULT_PORT
+        raise ValueError(f"{netloc!r}: the port must be a number in 1..65535")
+    return unquote(host), int(port) if port else default_port
 
 
 def _bad(url: str, why: str) -> SettingsError:

@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
@@ -36,6 +37,7 @@ def test_the_default_retry_window_is_20_s_or_more(tmp_path: Path) -> None:
     with EmbeddedServer(tmp_path) as server:
         client = connect(server.url)
         try:
+            assert isinstance(client, Redis)  # one server's URL
             client_retry = client.get_retry()
             assert client_retry is not None and _least_wait_s(client_retry) >= 20.0
         finally:

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from framefleet.queue import Queue, ServerError, State, Verdict, connect, open_queue
+from framefleet.queue import Queue, ServerError, Verdict, connect, open_queue
 from framefleet.queue.connect import RETRY_S
 from framefleet.queue.durable import Durability, NotDurable
 from framefleet.settings import QueueSettings, RedisSettings, Settings
+from tests.support.failover import LEASE_S, Clock, Tally, costs, drain, work
 from tests.support.sentinel import (
     SERVICE,
     DataNode,
@@ -34,21 +33,7 @@ from tests.support.sentinel import (
 
 pytestmark = pytest.mark.timeout(120)
 
-LEASE_S = 30.0
 SETTINGS = QueueSettings(lease_s=LEASE_S, max_deliveries=5, poll_s=0.05)
-
-
-class Clock:
-    """Milliseconds that move only when a test says so: leases run out on request."""
-
-    def __init__(self) -> None:
-        self.now_ms = 1_800_000_000_000
-
-    def __call__(self) -> int:
-        return self.now_ms
-
-    def past_every_lease(self) -> None:
-        self.now_ms += int(LEASE_S * 1000) + 1
 
 
 @pytest.fixture
@@ -86,74 +71,6 @@ def test_wrong_service_sentinel_password_or_a_replica_are_said_clearly(
         connect(wrong)
     with pytest.raises(ServerError, match="is a replica, which refuses writes"):
         connect(replica.url)
-
-
-@dataclass
-class Tally:
-    """What a worker loop was told: per item, the leases whose ack was answered ok (OK, or
-    DUPLICATE: a retried ack that had gone through), and the fenced calls refused."""
-
-    acks: Counter[str] = field(default_factory=Counter)
-    refused: Counter[Verdict] = field(default_factory=Counter)
-    answered: list[float] = field(default_factory=list)  # when each loop turn ended
-    longest_s: float = 0.0
-    not_durable: int = 0  # acks that raised NotDurable, and were made again
-    halfway: threading.Event = field(default_factory=threading.Event)
-    halfway_at: int = 0
-
-
-def _work(q: Queue, tally: Tally) -> None:
-    """Claim one item, checkpoint its one chunk, ack it, until nothing is handed out; a
-    refused checkpoint (the lease is gone) drops the item, as a worker does, and an ack not
-    confirmed durable is made again until it is (as the workers' _persist does)."""
-    while True:
-        started = time.monotonic()
-        leases = q.claim(1, "w")
-        if not leases:
-            return
-        [lease] = leases
-        verdict = q.progress(lease, 0, total=1)
-        while verdict:
-            try:
-                verdict = q.ack(lease, f"s3://out/{lease.id}")
-                break
-            except NotDurable:
-                tally.not_durable += 1
-        if verdict:
-            tally.acks[lease.id] += 1
-        else:
-            tally.refused[verdict] += 1
-        now = time.monotonic()
-        tally.answered.append(now)
-        tally.longest_s = max(tally.longest_s, now - started)
-        if tally.halfway_at and sum(tally.acks.values()) >= tally.halfway_at:
-            tally.halfway.set()
-
-
-def _drain(q: Queue, clock: Clock, tally: Tally) -> None:
-    """The leases left behind (acks the failover lost: their items are still leased on the
-    new primary) run out, the sweep takes them back, and they are done again."""
-    clock.past_every_lease()
-    q.reap()
-    _work(q, tally)
-
-
-def _costs(q: Queue, ids: list[str], tally: Tally) -> tuple[int, int]:
-    """Checks what the design guarantees after a failover and its drain; (acks lost, items
-    done twice). Every item is done, and done once in the surviving history (acked_total:
-    the acks the new primary holds, replicated or its own); every refused call was fenced
-    (stale or lost), never a missing item; the client's extra acks are exactly the acks
-    the failover lost, each costing one item done again."""
-    stats = q.stats()
-    assert stats.counts["done"] == len(ids) and stats.counts["leased"] == 0
-    assert {x.state for x in q.items(ids)} == {State.DONE}
-    assert stats.counters["acked_total"] == len(ids)
-    assert set(tally.refused) <= {Verdict.STALE, Verdict.LOST}, tally.refused
-    assert set(tally.acks) == set(ids)
-    told = sum(tally.acks.values())
-    twice = sum(1 for n in tally.acks.values() if n > 1)
-    assert all(n <= 2 for n in tally.acks.values())
-    return told - stats.counters["acked_total"], twice
 
 
 def test_a_lost_claim_is_refused_and_a_lost_ack_costs_one_item_done_again(
@@ -225,12 +142,12 @@ def test_a_kill_9_of_the_primary_mid_run_costs_at_most_the_acks_not_yet_replicat
 
         killer = threading.Thread(target=kill, daemon=True)
         killer.start()
-        _work(q, tally)
+        work(q, tally)
         killer.join(10)
         assert killed, "the run ended before the kill"
         sentinels.wait_failover(primary.port)
-        _drain(q, clock, tally)
-        lost, twice = _costs(q, ids, tally)
+        drain(q, clock, tally)
+        lost, twice = costs(q, ids, tally)
         follow_s = min(t for t in tally.answered if t > killed[0]) - killed[0]
         assert follow_s < RETRY_S
         print(
@@ -273,14 +190,14 @@ def test_a_planned_failover_is_followed(sentinels: SentinelSet, mode: str) -> No
 
         thread = threading.Thread(target=fail_over, daemon=True)
         thread.start()
-        _work(q, tally)
+        work(q, tally)
         thread.join(10)
         assert asked, "the run ended before the failover"
         new = sentinels.wait_failover(primary.port)
         wait_until("the old primary made a replica", lambda: primary.role() == "slave", 40)
         split_s = time.monotonic() - asked[0]
-        _drain(q, clock, tally)
-        lost, twice = _costs(q, ids, tally)
+        drain(q, clock, tally)
+        lost, twice = costs(q, ids, tally)
         # reads may have gone on on the old primary (now a replica of the new one); the
         # first write there (an enqueue: on one connection, not retried by redis-py) follows
         assert len(q.enqueue(["/v/after.mp4"])) == 1
