@@ -18,6 +18,7 @@ from typing import Any
 
 from bench.sim.rates import Plan
 from bench.sim.workers import decoder_name
+from framefleet.coordinator.pools import PIDS_REPORTED
 from framefleet.queue import Queue, Supervision, connect
 
 COORDINATOR = "sim-coordinator"
@@ -39,7 +40,7 @@ class Coordinator:
 
     def tick(self, sweep: bool = True) -> dict[str, float]:
         """One tick's Redis calls, each timed (ms): supervisor._lead, driver._deposed,
-        Pools._tick (in_grace, workers, stats) and driver._report (workers, the report)."""
+        Pools._tick (in_grace, workers, stats) and driver._report (worker counts, the report)."""
         c = self.settings.coordinator
         laps: dict[str, float] = {}
         t = t0 = time.perf_counter()
@@ -65,15 +66,15 @@ class Coordinator:
         lap("workers")
         self.queue.stats()  # Pools._tick: the backlog
         lap("stats")
-        report = self.report(self.supervision.workers())
-        lap("workers_again")
+        report = self.report(self.supervision.worker_counts(c.stale_s))
+        lap("worker_counts")
         self.supervision.write_health(report, ttl_s=max(3 * c.tick_s, 10.0))
         lap("write_health")
         laps["total"] = (t - t0) * 1000
         return laps
 
-    def report(self, ages: dict[str, float]) -> dict[str, Any]:
-        """What driver._report writes, with every actor's heartbeat age and pid."""
+    def report(self, counts: dict[str, int]) -> dict[str, Any]:
+        """What driver._report writes: the workers counted, every actor's pid."""
         n = len(self.pids)
         report = {
             "ok": True,
@@ -82,7 +83,7 @@ class Coordinator:
             "driver_pid": os.getpid(),
             "generation": self.generation,
             "redis": True,
-            "workers": ages,
+            "workers": counts,
             "events": [],
             "nodes": max(1, n // 8),
             "gcs": True,
@@ -95,7 +96,7 @@ class Coordinator:
             "inference_wanted": 4,
             "inference_room": 4,
             "requested": {"CPU": float(n + 4), "GPU": 1.0},
-            "pids": self.pids,
+            "pids": self.pids if len(self.pids) <= PIDS_REPORTED else {},
         }
         return report
 
@@ -129,7 +130,9 @@ def ticker(
                 ticks.append(laps)
             at += tick_s
         cpu[1] = cpu[1] or time.process_time()
-        report = coordinator.report(coordinator.supervision.workers())
+        report = coordinator.report(
+            coordinator.supervision.worker_counts(plan.settings.coordinator.stale_s)
+        )
         conn.send(
             {
                 "ticks": ticks,

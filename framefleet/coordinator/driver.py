@@ -286,7 +286,8 @@ class Driver:
                 "driver_pid": os.getpid(),
                 "generation": self.generation,
                 "redis": True,
-                "workers": self.supervision.workers(),
+                # counts (every worker's age was 2.2 MB a report at 20,000: /v1/workers has it)
+                "workers": self.supervision.worker_counts(self.settings.coordinator.stale_s),
                 "events": self.events,
                 **fields,
             }

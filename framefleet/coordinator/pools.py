@@ -56,6 +56,8 @@ FAILED_STARTS = 3
 # Ray marks a lost node dead after its health checks fail (about 15 s by default)
 UNSURE_S = 60.0
 
+# the actors' pids go in the health report up to this many (at 20,000 a megabyte a tick)
+PIDS_REPORTED = 512
 # the cluster short of the autoscaler request this long: an event says why it may be
 _SHORT_S = 600.0
 # the autoscaler's state is read at most this often (its own loop: 5 s under KubeRay)
@@ -222,7 +224,9 @@ class Pools:
         report.decoders = len(self.decoders)
         report.inference = len(self.inference)
         report.ready_inference = sum(m.ready for m in self.inference)
-        report.pids = {m.name: m.pid for m in [*self.decoders, *self.inference, *self.leaving]}
+        members = [*self.decoders, *self.inference, *self.leaving]
+        if len(members) <= PIDS_REPORTED:  # a large fleet's: in /v1/workers (their heartbeats)
+            report.pids = {m.name: m.pid for m in members}
         return report
 
     def _kill_silent(self, report: PoolReport) -> None:

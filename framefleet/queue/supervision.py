@@ -115,6 +115,18 @@ class Supervision:
         )
         return {str(name): max(0.0, (now_ms - score) / 1000) for name, score in rows}
 
+    def worker_counts(self, stale_s: float) -> dict[str, int]:
+        """How many workers beat within stale_s (live) and how many have not (stale, and
+        not forgotten yet): O(log n), for reports at any fleet size."""
+        now = self.queue._now()
+        now_ms = int(now) if now else _server_ms(self.client.time())
+        edge = now_ms - int(stale_s * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcount(self.keys.workers, f"({edge}", "+inf")
+        pipe.zcount(self.keys.workers, "-inf", edge)
+        live, stale = pipe.execute()
+        return {"live": int(live), "stale": int(stale)}
+
     def mark_gone(self, worker: str) -> None:
         """The worker is known dead (Ray said so): the next sweep treats it as silent for
         ever, whatever its last heartbeat (or if it never sent one), and forgets it."""

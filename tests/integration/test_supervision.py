@@ -235,3 +235,16 @@ def test_many_silent_workers_are_swept_in_passes_of_bounded_length(
     assert all(x.deliveries == 0 and x.solo for x in queue.items_in("queued"))
     assert set(sup.workers()) == {"w-0"}  # the silent ones forgotten once handled
     assert len(sup.held("w-0")) == 3
+
+
+def test_workers_are_counted_live_and_stale_without_reading_them_all(
+    queue: Queue, clock: ManualClock
+) -> None:
+    """The health report counts the workers (every worker's age made it 2.2 MB at 20,000)."""
+    sup = Supervision(queue)
+    for w in ("w-1", "w-2", "w-3"):
+        sup.heartbeat(w)
+    clock.advance(11_000)
+    sup.heartbeat("w-3")
+    assert sup.worker_counts(stale_s=10) == {"live": 1, "stale": 2}
+    assert sup.worker_counts(stale_s=20) == {"live": 3, "stale": 0}

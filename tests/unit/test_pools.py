@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
+from framefleet.coordinator import pools as pools_module
 from framefleet.coordinator.pools import Pools, wanted
 from framefleet.queue import Queue
 from framefleet.settings import (
@@ -222,6 +223,21 @@ def test_a_burst_scales_both_pools_to_their_maximum_at_once(queue: Queue) -> Non
     report = pools.tick()
     assert len(ray.live("DecodeActor")) == 4
     assert (report.decoders, report.inference, report.ready_inference) == (4, 4, 4)
+
+
+def test_the_report_names_the_actors_pids_only_for_a_fleet_of_modest_size(
+    queue: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 20,000 actors their pids were a megabyte of every tick's health report; a large
+    fleet's are in /v1/workers (each actor says its pid in its heartbeats)."""
+    queue.enqueue([f"file:///videos/v{i}.mp4" for i in range(1000)])
+    ray = ScriptedRay(cpus=100, gpus=1)
+    pools = make_pools(queue, ray)
+    pools.tick()
+    report = pools.tick()
+    assert len(report.pids) == 8  # (a decode actor's pid once it has said it)
+    monkeypatch.setattr(pools_module, "PIDS_REPORTED", 7)
+    assert pools.tick().pids == {}
 
 
 def test_the_free_resources_bound_the_pools(queue: Queue) -> None:
