@@ -315,6 +315,7 @@ def bench_durability(sizes: dict[str, int], runs: int) -> dict[str, Any]:
         with primary.admin() as c:
             c.config_set("appendfsync", "everysec")
         client = connect(primary.url)
+        assert isinstance(client, Redis)  # one server's URL
         found = _durability_rates(client, primary.url, replica, sizes, runs)
         # WAITAOF with the replica on everysec: it reports its fsyncs once a second
         slow = {"waitaof": (DURABILITY["waitaof"][0], "everysec")}
@@ -386,6 +387,7 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
         server = EmbeddedServer(Path(tmp), appendfsync="everysec").start()
         try:
             client = connect(server.url)
+            assert isinstance(client, Redis)  # the embedded server's URL
             version = client.info("server")
             result: dict[str, Any] = {
                 "benchmark": "queue",
