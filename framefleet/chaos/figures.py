@@ -1,0 +1,169 @@
+"""What a run's faults cost, from its history alone: recovery, rework, goodput.
+
+All of them count ok acks only (`Ack.verdict == ok`): a duplicate verdict is a retried call
+for work already counted, a stale or lost one did no work the queue kept. Times are the
+events' `t` (wall seconds).
+
+- Baseline rate: the fault-free ack rate, acks per second. Given (a fault-free run's steady
+  rate), or else from this run's fault-free stretch: the n ok acks before the first fault's
+  start, (n - 1) / (last - first) (so the start-up before the first ack does not count);
+  None with fewer than two such acks.
+- Recovery, for each fault start:
+  `to_ack_s`: from the fault's start to the first ok ack after it (t > start); None if none.
+  `to_rate_s`: from the fault's start to the start s >= start of the first window (s, s + W]
+  holding at least 0.9 * baseline * W ok acks, i.e. the first window of W seconds after the
+  fault whose ack rate is 90% of the baseline's. W defaults to 10 / baseline (the time of
+  ten acks at the baseline rate). It reads as "how long throughput stayed below 90%", to
+  about W / 10; 0 when the fault never cost that much. None without a baseline, or when no
+  such window (a fault near the end of the run, where the tail drains).
+  `lasted_s`: to the same fault's end (the next end event of the same kind and target),
+  None for a fault with no end (a kill).
+- Rework: `writes` chunk_written events; `chunks` distinct (id, chunk) written; `rewrites`
+  writes beyond the first of each (id, chunk), `frames_rewritten` their frames (where the
+  event says); `multi_epoch` the (id, chunk) written under more than one epoch. A chunk
+  decoded and never written (its worker killed first) is invisible here.
+- Goodput: distinct ids with an ok ack per second, from the run's start (the header's t, or
+  the first event's) to the last ok ack; `ratio` against a fault-free run's goodput, the
+  same figure from its own history, when given.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from framefleet.queue.model import Verdict
+
+from .events import Ack, ChunkWritten, Event, Fault, Header, Phase
+
+RATE_SHARE = 0.9  # "recovered": this share of the baseline's ack rate
+WINDOW_ACKS = 10  # the default window: the time of this many acks at the baseline rate
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    kind: str
+    target: str
+    at: float  # the fault's start (t)
+    lasted_s: float | None
+    to_ack_s: float | None
+    to_rate_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rework:
+    writes: int = 0
+    chunks: int = 0
+    rewrites: int = 0
+    frames_rewritten: int = 0
+    multi_epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Goodput:
+    acked: int  # distinct ids with an ok ack
+    seconds: float | None  # run start to the last ok ack
+    per_s: float | None
+    ratio: float | None  # per_s / the fault-free run's, when given
+
+
+def ok_ack_times(events: Sequence[Event]) -> list[float]:
+    return sorted(e.t for e in events if isinstance(e, Ack) and e.verdict is Verdict.OK)
+
+
+def fault_starts(events: Sequence[Event]) -> list[Fault]:
+    return sorted(
+        (e for e in events if isinstance(e, Fault) and e.phase is Phase.START),
+        key=lambda f: f.t,
+    )
+
+
+def baseline_rate(acks: Sequence[float], faults: Sequence[Fault]) -> float | None:
+    """Ok acks per second before the first fault (all of them in a fault-free run)."""
+    before = [t for t in acks if not faults or t < faults[0].t]
+    if len(before) < 2 or before[-1] <= before[0]:
+        return None
+    return (len(before) - 1) / (before[-1] - before[0])
+
+
+def recoveries(
+    events: Sequence[Event], rate: float | None, window_s: float | None = None
+) -> tuple[Recovery, ...]:
+    acks = ok_ack_times(events)
+    ends = [e for e in events if isinstance(e, Fault) and e.phase is Phase.END]
+    out: list[Recovery] = []
+    for f in fault_starts(events):
+        same = (e.t for e in ends if (e.kind, e.target) == (f.kind, f.target) and e.t >= f.t)
+        end = min(same, default=None)
+        i = bisect.bisect_right(acks, f.t)
+        out.append(
+            Recovery(
+                kind=f.kind,
+                target=f.target,
+                at=f.t,
+                lasted_s=None if end is None else end - f.t,
+                to_ack_s=acks[i] - f.t if i < len(acks) else None,
+                to_rate_s=_to_rate(acks, f.t, rate, window_s),
+            )
+        )
+    return tuple(out)
+
+
+def _to_rate(
+    acks: Sequence[float], start: float, rate: float | None, window_s: float | None
+) -> float | None:
+    if rate is None or rate <= 0 or not acks:
+        return None
+    w = window_s if window_s is not None else WINDOW_ACKS / rate
+    need = math.ceil(RATE_SHARE * rate * w - 1e-9)
+    # The count in (s, s + w] only rises where s + w reaches an ack: the earliest window
+    # that holds enough starts at the fault or at (an ack - w).
+    candidates = [start] + [a - w for a in acks if a - w > start]
+    for s in candidates:
+        held = bisect.bisect_right(acks, s + w) - bisect.bisect_right(acks, s)
+        if held >= max(need, 1):
+            return s - start
+    return None
+
+
+def rework(events: Sequence[Event]) -> Rework:
+    writes = [e for e in events if isinstance(e, ChunkWritten)]
+    seen: Counter[tuple[str, int]] = Counter()
+    epochs: defaultdict[tuple[str, int], set[int]] = defaultdict(set)
+    frames = 0
+    for w in writes:
+        key = (w.id, w.chunk)
+        if seen[key]:
+            frames += w.frames or 0
+        seen[key] += 1
+        epochs[key].add(w.epoch)
+    return Rework(
+        writes=len(writes),
+        chunks=len(seen),
+        rewrites=len(writes) - len(seen),
+        frames_rewritten=frames,
+        multi_epoch=sum(1 for e in epochs.values() if len(e) > 1),
+    )
+
+
+def run_start(events: Sequence[Event]) -> float | None:
+    """The header's t, or the first event's."""
+    if not events:
+        return None
+    return next((e.t for e in events if isinstance(e, Header)), min(e.t for e in events))
+
+
+def goodput(events: Sequence[Event], fault_free: float | None = None) -> Goodput:
+    acked = {e.id: e.t for e in events if isinstance(e, Ack) and e.verdict is Verdict.OK}
+    start = run_start(events)
+    if start is None or not acked:
+        return Goodput(len(acked), None, None, None)
+    seconds = max(acked.values()) - start
+    if seconds <= 0:
+        return Goodput(len(acked), seconds, None, None)
+    per_s = len(acked) / seconds
+    ratio = per_s / fault_free if fault_free else None
+    return Goodput(len(acked), seconds, per_s, ratio)

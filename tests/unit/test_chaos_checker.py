@@ -1,0 +1,437 @@
+"""The chaos suite's history and checker on hand-made histories (framefleet/chaos)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from framefleet.chaos import checker
+from framefleet.chaos.checker import check
+from framefleet.chaos.events import (
+    EVENT_TYPES,
+    Ack,
+    Checkpoint,
+    ChunkWritten,
+    Claim,
+    Dead,
+    Enqueue,
+    Event,
+    Fail,
+    Fault,
+    FinalOutput,
+    FinalState,
+    Header,
+    HistoryError,
+    Phase,
+    Reference,
+    Release,
+)
+from framefleet.chaos.history import HistoryWriter, dump, read
+from framefleet.queue.model import State, Verdict
+
+IDS = ("v0", "v1", "v2")
+
+
+def processed(item: str, epoch: int, t: float, *, chunk_digest: str = "") -> list[Event]:
+    """One lease of an item, from its claim to its ok ack: one chunk, whole output D<id>."""
+    return [
+        Claim(t=t, id=item, epoch=epoch, worker="w1", token=f"tok{epoch}"),
+        ChunkWritten(
+            t=t + 0.1,
+            id=item,
+            chunk=0,
+            epoch=epoch,
+            key=f"{item}/c0",
+            digest=chunk_digest or f"d{item}",
+            frames=8,
+        ),
+        Checkpoint(t=t + 0.2, id=item, chunks=(0,), epoch=epoch, ok=True),
+        Ack(t=t + 0.3, id=item, epoch=epoch, verdict=Verdict.OK, digest=f"D{item}"),
+    ]
+
+
+def ending(item: str, epoch: int, state: State = State.DONE) -> list[Event]:
+    """What the harness observes at the end of a good run for one item, and the references."""
+    return [
+        FinalState(t=100.0, id=item, state=state),
+        FinalOutput(t=100.0, id=item, epoch=epoch, digest=f"D{item}"),
+        FinalOutput(t=100.0, id=item, epoch=epoch, digest=f"d{item}", chunk=0),
+        Reference(t=100.0, id=item, digest=f"D{item}"),
+        Reference(t=100.0, id=item, digest=f"d{item}", chunk=0),
+    ]
+
+
+def clean_run() -> list[Event]:
+    events: list[Event] = [Header(t=0.0, seed=7, faults=({"kind": "kill", "at": 3.0},))]
+    for k, item in enumerate(IDS):
+        events.append(Enqueue(t=1.0 + k / 10, id=item, ok=True))
+        events += processed(item, 10 * (k + 1), 2.0 + k)  # epochs 10, 20, 30
+        events += ending(item, 10 * (k + 1))
+    return events
+
+
+def without(events: Iterable[Event], item: str, *types: type[Event]) -> list[Event]:
+    return [e for e in events if not (getattr(e, "id", None) == item and isinstance(e, types))]
+
+
+def only(report: checker.Report, anomaly: str, ids: tuple[str, ...]) -> None:
+    """The report holds exactly this anomaly, for exactly these ids."""
+    want = {name: 0 for name in checker.ANOMALIES} | {anomaly: len(ids)}
+    assert report.counts == want, report
+    assert getattr(report, anomaly) == ids
+    assert not report.valid
+
+
+def test_a_clean_run_is_valid() -> None:
+    report = check(clean_run())
+    assert report.valid, report
+    assert (report.enqueued, report.finished, report.dead) == (3, 3, 0)
+
+
+def test_an_item_the_queue_forgot_before_it_was_done_is_lost() -> None:
+    events = without(clean_run(), "v1", Ack, FinalState, FinalOutput)
+    only(check(events), "lost", ("v1",))
+
+
+def test_work_on_an_id_never_enqueued_is_unexpected() -> None:
+    events = [*clean_run(), *processed("ghost", 9, 5.0)]
+    only(check(events), "unexpected", ("ghost",))
+
+
+def test_an_item_the_queue_holds_after_refusing_it_is_unexpected() -> None:
+    events = [
+        *clean_run(),
+        Enqueue(t=1.5, id="refused", ok=False, reason="queue full"),
+        FinalState(t=100.0, id="refused", state=State.QUEUED),
+    ]
+    only(check(events), "unexpected", ("refused",))
+
+
+def test_two_ok_acks_for_one_id_is_acked_twice() -> None:
+    events = [*clean_run(), *processed("v1", 90, 10.0)]  # a later lease, paid for again
+    only(check(events), "acked_twice", ("v1",))
+
+
+def test_a_chunk_left_by_an_older_epoch_that_differs_is_a_stale_write_visible() -> None:
+    # v1's lease 15 wrote chunk 0, lease 20 wrote it again and was acked; the file left is
+    # lease 15's, and its detections differ. No reference, so only the stale check sees it.
+    events = without(clean_run(), "v1", Reference, FinalOutput)
+    events += processed("v1", 15, 1.5, chunk_digest="dv1-zombie")[:2]  # claim, write
+    events.append(FinalOutput(t=100.0, id="v1", epoch=20, digest="Dv1"))
+    events.append(FinalOutput(t=100.0, id="v1", epoch=15, digest="dv1-zombie", chunk=0))
+    only(check(events), "stale_visible", ("v1",))
+
+
+def test_a_whole_output_from_an_older_epoch_unlike_the_acked_one_is_stale_visible() -> None:
+    events = without(clean_run(), "v2", Reference, FinalOutput)
+    events.append(FinalOutput(t=100.0, id="v2", epoch=25, digest="Dv2-old"))
+    only(check(events), "stale_visible", ("v2",))
+
+
+def test_an_older_epochs_output_equal_to_the_acked_one_is_not_stale() -> None:
+    events = clean_run()
+    events.append(FinalOutput(t=100.0, id="v2", epoch=25, digest="Dv2"))
+    events.append(FinalOutput(t=100.0, id="v2", epoch=25, digest="dv2", chunk=0))
+    assert check(events).valid
+
+
+def test_a_chunk_adopted_from_an_older_epoch_is_not_stale() -> None:
+    # lease 30 resumed from lease 25's checkpoint: it never wrote chunk 0 itself
+    events = without(clean_run(), "v2", ChunkWritten, FinalOutput)
+    events.append(FinalOutput(t=100.0, id="v2", epoch=30, digest="Dv2"))
+    events.append(FinalOutput(t=100.0, id="v2", epoch=25, digest="dv2", chunk=0))
+    assert check(events).valid
+
+
+def test_an_output_unlike_the_fault_free_runs_differs() -> None:
+    events = without(clean_run(), "v0", FinalOutput)
+    events.append(FinalOutput(t=100.0, id="v0", epoch=10, digest="Dv0-other"))
+    events.append(FinalOutput(t=100.0, id="v0", epoch=10, digest="dv0", chunk=0))
+    only(check(events), "differs", ("v0",))
+
+
+def test_a_finished_items_missing_output_differs() -> None:
+    events = [
+        e for e in clean_run() if not (isinstance(e, FinalOutput) and e.id == "v2" and e.chunk == 0)
+    ]
+    only(check(events), "differs", ("v2",))
+
+
+def test_an_item_still_queued_at_the_end_is_stuck() -> None:
+    events = without(clean_run(), "v0", Ack, FinalState, FinalOutput)
+    events.append(FinalState(t=100.0, id="v0", state=State.QUEUED))
+    only(check(events), "stuck", ("v0",))
+
+
+def test_an_acked_item_the_queue_still_leases_is_stuck() -> None:
+    events = without(clean_run(), "v0", FinalState)
+    events.append(FinalState(t=100.0, id="v0", state=State.LEASED))
+    only(check(events), "stuck", ("v0",))
+
+
+def test_a_duplicate_ack_verdict_is_not_a_second_success() -> None:
+    events = [*clean_run(), Ack(t=2.4, id="v0", epoch=10, verdict=Verdict.DUPLICATE)]
+    assert check(events).valid
+
+
+def test_a_duplicate_verdict_alone_is_acknowledged() -> None:
+    # the first ack succeeded but its reply was lost; the retry says duplicate
+    events = [
+        Ack(t=e.t, id=e.id, epoch=e.epoch, verdict=Verdict.DUPLICATE)
+        if isinstance(e, Ack) and e.id == "v0"
+        else e
+        for e in without(clean_run(), "v0", FinalState)
+    ]
+    report = check(events)
+    assert report.valid, report
+    assert report.finished == 3
+
+
+@pytest.mark.parametrize("verdict", [Verdict.STALE, Verdict.LOST, Verdict.MISSING])
+def test_a_refused_ack_is_not_a_success(verdict: Verdict) -> None:
+    events = without(clean_run(), "v1", Ack, FinalState, FinalOutput)
+    events.append(Ack(t=3.3, id="v1", epoch=20, verdict=verdict, digest="Dv1"))
+    only(check(events), "lost", ("v1",))
+    # nor a second success beside an ok one
+    assert check([*clean_run(), Ack(t=9.0, id="v1", epoch=15, verdict=verdict)]).valid
+
+
+def test_an_id_enqueued_twice_is_one_id() -> None:
+    events = [*clean_run(), Enqueue(t=1.9, id="v0", ok=True, reason="exists")]
+    report = check(events)
+    assert report.valid, report
+    assert report.enqueued == 3
+
+
+def test_a_refused_enqueue_never_done_is_not_lost() -> None:
+    events = [*clean_run(), Enqueue(t=1.5, id="bad", ok=False, reason="invalid uri")]
+    report = check(events)
+    assert report.valid, report
+    assert report.enqueued == 3
+
+
+def test_an_enqueue_of_unknown_outcome_may_or_may_not_exist() -> None:
+    gone = [*clean_run(), Enqueue(t=1.5, id="maybe", ok=None, reason="timeout")]
+    assert check(gone).valid
+    done = [*gone, *processed("maybe", 8, 6.0), FinalState(t=100.0, id="maybe", state=State.DONE)]
+    assert check(done).valid
+
+
+def test_a_dead_item_is_neither_lost_nor_stuck() -> None:
+    dead = [
+        *without(clean_run(), "v1", Ack, FinalState, FinalOutput),
+        Fail(t=3.3, id="v1", epoch=20, retryable=False, reason="not a video"),
+        Dead(t=3.4, id="v1", cls="not_a_video", reason="no video stream"),
+    ]
+    report = check([*dead, FinalState(t=100.0, id="v1", state=State.DEAD)])
+    assert report.valid, report
+    assert report.dead == 1
+    assert check(dead).valid  # purged by retention afterwards: still not lost
+
+
+def test_events_out_of_order_are_judged_in_time_order() -> None:
+    assert check(list(reversed(clean_run()))).valid
+
+
+def test_a_fault_with_no_ack_after_it_has_no_recovery() -> None:
+    events = [*clean_run(), Fault(t=50.0, kind="kill_actor", target="decode-0")]
+    (recovery,) = check(events).recoveries
+    assert (recovery.to_ack_s, recovery.to_rate_s, recovery.lasted_s) == (None, None, None)
+
+
+def steady_acks(start: float, stop: float, tag: str) -> list[Event]:
+    """An enqueued item acked every second from start to stop (both included)."""
+    out: list[Event] = []
+    for k in range(int(stop - start) + 1):
+        item = f"{tag}{k}"
+        out += [
+            Enqueue(t=1.0, id=item, ok=True),
+            Ack(t=start + k, id=item, epoch=1, verdict=Verdict.OK),
+            FinalState(t=100.0, id=item, state=State.DONE),
+        ]
+    return out
+
+
+def test_recovery_to_the_next_ack_and_to_90_percent_of_the_fault_free_rate() -> None:
+    events: list[Event] = [Header(t=0.0), *steady_acks(10.0, 29.0, "a")]
+    events += [
+        Fault(t=30.0, kind="partition", target="redis"),
+        Fault(t=33.0, kind="partition", target="redis", phase=Phase.END),
+        *steady_acks(40.0, 60.0, "b"),
+    ]
+    report = check(events)
+    assert report.valid
+    assert report.baseline_rate == pytest.approx(1.0)  # 19 gaps in 19 s before the fault
+    (r,) = report.recoveries
+    assert (r.kind, r.target, r.at, r.lasted_s, r.to_ack_s) == ("partition", "redis", 30, 3, 10)
+    # window 10 s, 9 acks needed: (38, 48] is the first to hold them
+    assert r.to_rate_s == pytest.approx(8.0)
+    # a given fault-free rate twice as fast is never reached again
+    (r2,) = check(events, fault_free_rate=2.0).recoveries
+    assert r2.to_rate_s is None and r2.to_ack_s == 10
+    # a short window: (39, 40] holds the one ack it needs
+    (r3,) = check(events, window_s=1.0).recoveries
+    assert r3.to_rate_s == pytest.approx(9.0)
+
+
+def test_a_fault_that_cost_nothing_recovers_at_once() -> None:
+    events = [*steady_acks(10.0, 60.0, "a"), Fault(t=30.5, kind="sigstop", target="w")]
+    (r,) = check(events).recoveries
+    assert r.to_ack_s == pytest.approx(0.5)
+    assert r.to_rate_s == 0
+
+
+def test_rework_counts_chunks_written_again_and_under_several_epochs() -> None:
+    def write(chunk: int, epoch: int, frames: int | None = 8) -> ChunkWritten:
+        return ChunkWritten(
+            t=2.0 + epoch, id="v0", chunk=chunk, epoch=epoch, key="k", digest="d", frames=frames
+        )
+
+    events = [*clean_run(), write(1, 1), write(1, 1), write(1, 2), write(2, 2, None)]
+    rework = check(events).rework
+    # clean_run wrote (v0..v2, 0) once each; (v0, 1) three times under epochs 1 and 2
+    assert (rework.writes, rework.chunks, rework.rewrites) == (7, 5, 2)
+    assert (rework.frames_rewritten, rework.multi_epoch) == (16, 1)
+    assert check(clean_run()).rework.rewrites == 0
+
+
+def test_goodput_is_distinct_items_acked_per_second_of_the_run() -> None:
+    events = [*clean_run(), *processed("v0", 9, 3.0)[3:]]  # v0 acked twice: counted once
+    g = check(events, fault_free_goodput=0.5).goodput
+    assert g.acked == 3
+    assert g.seconds == pytest.approx(4.3)  # from the header at 0 to the last ack at 4.3
+    assert g.per_s == pytest.approx(3 / 4.3)
+    assert g.ratio == pytest.approx(3 / 4.3 / 0.5)
+
+
+def every_event() -> list[Event]:
+    return [
+        *clean_run(),
+        Enqueue(t=1.0, id="x", ok=None, reason="timeout"),
+        Fail(t=5.0, id="x", epoch=3, retryable=True, reason="oom", verdict=Verdict.STALE),
+        Release(t=5.5, id="x", epoch=3, reason="shutdown"),
+        Dead(t=6.0, id="x", cls="poison", reason="crashed 3 workers"),
+        Fault(t=4.0, kind="kill_actor", target="infer-1", seed=11),
+        Fault(t=4.5, kind="kill_actor", target="infer-1", phase=Phase.END),
+    ]
+
+
+def test_a_history_reads_back_as_written_sorted_by_time(tmp_path: Path) -> None:
+    events = every_event()
+    with HistoryWriter(tmp_path / "h", by="harness") as writer:
+        written = [writer.write(e) for e in events]
+    history = read(tmp_path / "h")
+    assert history.torn == []
+    assert history.events == sorted(written, key=lambda e: e.t)
+    assert {e.by for e in history.events} == {"harness"}
+    assert {type(e) for e in events} == set(EVENT_TYPES.values())  # every kind of event
+    assert {json.loads(e.to_json())["type"] for e in events} == set(EVENT_TYPES)
+    dump(history.events, tmp_path / "one.jsonl")
+    assert read(tmp_path / "one.jsonl").events == history.events
+
+
+def test_the_writer_clips_long_reasons(tmp_path: Path) -> None:
+    writer = HistoryWriter(tmp_path)
+    event = writer.write(Fail(id="x", epoch=1, retryable=False, reason="e" * 10_000))
+    writer.close()
+    assert isinstance(event, Fail) and len(event.reason) == 500
+    assert event.by == f"{socket.gethostname()}:{os.getpid()}"
+    assert read(tmp_path).events == [event]
+
+
+def test_a_torn_last_line_is_skipped_and_a_bad_line_anywhere_else_is_an_error(
+    tmp_path: Path,
+) -> None:
+    line = Enqueue(t=1.0, id="a", ok=True).to_json()
+    (tmp_path / "p1.jsonl").write_text(line + "\n" + line[:20])
+    history = read(tmp_path)
+    assert (len(history.events), history.torn) == (1, ["p1.jsonl:2"])
+    (tmp_path / "p2.jsonl").write_text(line[:20] + "\n" + line + "\n")
+    with pytest.raises(HistoryError, match=r"p2\.jsonl:1"):
+        read(tmp_path)
+    for bad in ('{"type": "nope", "t": 1}', '{"type": "enqueue", "id": "a", "ok": true}'):
+        (tmp_path / "p2.jsonl").write_text(bad + "\n")
+        with pytest.raises(HistoryError):
+            read(tmp_path)
+
+
+def append_many(folder: str, tag: str, threads: int, each: int) -> None:
+    """Appends threads x each events to one writer of its own."""
+    writer = HistoryWriter(folder, by=tag)
+
+    def run(n: int) -> None:
+        for k in range(each):
+            writer.write(Enqueue(id=f"{tag}-{n}-{k}", ok=True, reason="x" * (k % 300)))
+
+    pool = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    writer.close()
+
+
+def assert_all_there(folder: Path, tags: Iterable[str], threads: int, each: int) -> None:
+    history = read(folder)
+    assert history.torn == []
+    got = sorted(e.id for e in history.events if isinstance(e, Enqueue))
+    want = sorted(f"{tag}-{n}-{k}" for tag in tags for n in range(threads) for k in range(each))
+    assert got == want
+
+
+def test_the_writer_keeps_every_line_whole_from_many_threads(tmp_path: Path) -> None:
+    append_many(str(tmp_path), "p", threads=8, each=250)
+    assert_all_there(tmp_path, ["p"], threads=8, each=250)
+    assert len(list(tmp_path.glob("*.jsonl"))) == 1
+
+
+def test_the_writer_keeps_every_line_whole_from_many_processes(tmp_path: Path) -> None:
+    # fork: a spawned child imports framefleet again, minutes on a loaded machine
+    ctx = multiprocessing.get_context("fork")
+    tags = [f"p{n}" for n in range(4)]
+    procs = [ctx.Process(target=append_many, args=(str(tmp_path), t, 3, 150)) for t in tags]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()  # within the test's timeout
+        assert p.exitcode == 0
+    assert_all_there(tmp_path, tags, threads=3, each=150)
+    assert len(list(tmp_path.glob("*.jsonl"))) == 4  # one file a process
+
+
+def test_a_forked_child_writes_its_own_file(tmp_path: Path) -> None:
+    writer = HistoryWriter(tmp_path)
+    writer.write(Enqueue(id="parent-1", ok=True))
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=lambda: writer.write(Enqueue(id="child", ok=True)))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
+    writer.write(Enqueue(id="parent-2", ok=True))
+    writer.close()
+    files = {p.read_text().count("\n"): p for p in tmp_path.glob("*.jsonl")}
+    assert sorted(files) == [1, 2]
+    assert "child" in files[1].read_text() and "child" not in files[2].read_text()
+    by = {e.id: e.by for e in read(tmp_path).events if isinstance(e, Enqueue)}
+    assert by["child"] != by["parent-1"] == by["parent-2"]
+
+
+def test_main_prints_a_table_and_exits_1_when_invalid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dump(clean_run(), tmp_path / "good.jsonl")
+    assert checker.main([str(tmp_path / "good.jsonl")]) == 0
+    assert "valid: yes" in capsys.readouterr().out
+    dump([*clean_run(), *processed("ghost", 9, 5.0)], tmp_path / "bad.jsonl")
+    assert checker.main([str(tmp_path / "bad.jsonl"), "--rate", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "valid: NO" in out and "unexpected" in out and "ghost" in out
+    (tmp_path / "broken.jsonl").write_text("{\n{\n")
+    assert checker.main([str(tmp_path / "broken.jsonl")]) == 2
