@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import math
 import os
 import random
 import signal
@@ -198,10 +199,17 @@ class InferenceActor:
         return infer_chunk(self.model, self.store, item_id, video, chunk)
 
 
+FADE = 4.0  # an actor's latency average not renewed for FADE times itself is down to 1/e
+
+
 class RayInference:
-    """Sends chunks to a pool of inference actors: each to the actor this decode actor has
-    the fewest chunks out at, ties broken at random. (A round robin from the first actor,
-    as before, sent every decode actor's chunks to the same few actors at once: at 16
+    """Sends chunks to a pool of inference actors. Each chunk goes to one of the actors this
+    decode actor has the fewest chunks out at; among those, the better of two drawn at
+    random, by the time its chunks have taken lately (a peak-weighted moving average, from
+    send to done: an actor other decode actors keep busy answers slower, and is left for
+    one less busy). Two at random, not the best of all, so that decode actors that see the
+    same figures do not all pile onto one actor. (A round robin from the first actor, as
+    before, sent every decode actor's chunks to the same few actors at once: at 16
     inference actors they waited half the time, bench/scale.py.) The driver sends a new
     pool as it changes (set_actors, empty while none is ready); an actor a chunk found dead
     is left out from then on."""
@@ -221,6 +229,8 @@ class RayInference:
         self._dead: set[str] = set()
         # the chunks out, by weak reference: one its item gave up on is not counted for ever
         self._out: weakref.WeakSet[RayPending] = weakref.WeakSet()
+        # actor id -> (seconds a chunk lately, when that was last renewed: monotonic)
+        self._latency: dict[str, tuple[float, float]] = {}
         self._random = random.Random()
 
     def live(self) -> list[Any]:
@@ -233,16 +243,59 @@ class RayInference:
         if not live:
             return None
         fresh = [a for a in live if self.adapter.actor_id(a) not in avoid] or live
+        self._observe()
+        now = time.monotonic()
         with self._changed:
-            out = collections.Counter(p.actor_id for p in self._out)
+            out = collections.Counter(p.actor_id for p in self._out if p.done_at is None)
+            # an average not renewed fades (over a few of its own lengths): an actor left
+            # for a slow spell is tried again, instead of being judged by it for ever
+            latency = {
+                i: took * math.exp(-(now - at) / (FADE * took)) if took > 0 else 0.0
+                for i, (took, at) in self._latency.items()
+            }
         ids = [self.adapter.actor_id(a) for a in fresh]
         fewest = min(out[i] for i in ids)
-        return self._random.choice([a for a, i in zip(fresh, ids, strict=True) if out[i] == fewest])
+        drawn = [(a, i) for a, i in zip(fresh, ids, strict=True) if out[i] == fewest]
+        if len(drawn) > 2:
+            drawn = self._random.sample(drawn, 2)
+        known = [latency[i] for _, i in drawn if i in latency]
+        guess = min(known, default=0.0)  # one not heard from yet: as good as the better
+        self._random.shuffle(drawn)  # a tie: either
+        return min(drawn, key=lambda d: latency.get(d[1], guess))[0]
+
+    def _observe(self) -> None:
+        """The chunks out that have finished since the last look (without waiting): the
+        time each took goes into its actor's moving average."""
+        with self._changed:
+            pending = [p for p in self._out if p.done_at is None and p.ref is not None]
+        if not pending:
+            return
+        try:
+            finished = self.adapter.done([p.ref for p in pending])
+        except Exception:  # a lost object, a dead actor: its result() says so
+            return
+        now = time.monotonic()
+        for p in pending:
+            if any(p.ref is r for r in finished):
+                self.took(p, now)
+
+    def took(self, pending: RayPending, now: float) -> None:
+        """`pending`'s chunk was done at `now` (once: later calls are ignored)."""
+        with self._changed:
+            if pending.done_at is not None or pending.actor_id is None:
+                return
+            pending.done_at = now
+            took, before = now - pending.sent_at, self._latency.get(pending.actor_id)
+            # up at once (a queue building up shows at the next chunk), down gradually
+            if before is not None and took <= before[0]:
+                took = 0.7 * before[0] + 0.3 * took
+            self._latency[pending.actor_id] = (took, now)
 
     def sent(self, pending: RayPending, actor: Any | None) -> None:
         """`pending` is out at `actor` now (None: at none)."""
         with self._changed:
             pending.actor_id = None if actor is None else self.adapter.actor_id(actor)
+            pending.done_at = None
             if actor is None:
                 self._out.discard(pending)
             else:
@@ -288,6 +341,7 @@ class RayPending:
         self.pool, self.item_id, self.video, self.chunk = pool, item_id, video, chunk
         self.actor: Any = None
         self.actor_id: str | None = None  # set by the pool, under its lock
+        self.done_at: float | None = None  # when the pool saw it done (monotonic)
         self.ref: Any = None
         self.sent_at = self.waiting_since = time.monotonic()
         self.dead: set[str] = set()  # the actors that died under this chunk
@@ -323,6 +377,7 @@ class RayPending:
                 self._resend_dead(exc)
                 continue
             self.chunk = None  # type: ignore[assignment]  # let the frames go
+            self.pool.took(self, time.monotonic())
             self.pool.sent(self, None)
             return done
 
