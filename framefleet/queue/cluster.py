@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from redis import Redis
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
@@ -56,7 +56,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from framefleet.settings import SettingsError
 
-from .sentinel import host_port
+from .sentinel import bad_url, split_hosts_url
 
 Client = Redis | RedisCluster  # what connect() returns: one server's client, or a cluster's
 T = TypeVar("T")
@@ -98,22 +98,11 @@ def is_cluster_url(url: str) -> bool:
 
 def parse_cluster_url(url: str) -> ClusterUrl:
     """SettingsError, saying what is wrong (never the password), for a malformed one."""
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
-        raise _bad(url, f"the scheme must be one of {', '.join(SCHEMES)}")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # an unclosed [ of an IPv6 address
-        raise _bad(url, str(exc)) from None
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    try:
-        nodes = tuple(host_port(h, DEFAULT_PORT) for h in hosts.split(","))
-    except ValueError as exc:
-        raise _bad(url, str(exc)) from None
+    parts, userinfo, nodes = split_hosts_url(url, SCHEMES, DEFAULT_PORT, FORM)
     if unquote(parts.path).strip("/") not in ("", "0"):
         raise _bad(url, "a cluster has database 0 only (the path may be /0 or nothing)")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    tls = SCHEMES[scheme]
+    tls = SCHEMES[parts.scheme.lower()]
     if "ssl" in query or (not tls and any(k.startswith("ssl_") for k in query)):
         raise _bad(url, "TLS is the scheme's to say: rediss+cluster:// (ssl_* options too)")
     if query.get("db", "0") != "0":
@@ -134,10 +123,7 @@ def parse_cluster_url(url: str) -> ClusterUrl:
 
 
 def _bad(url: str, why: str) -> SettingsError:
-    """The error, naming the URL without its user part and options (no secret shown)."""
-    scheme, _, rest = url.partition("://")
-    rest = rest.split("?", 1)[0].rpartition("@")[2]
-    return SettingsError(f"{scheme}://{rest}: {why} (the form: {FORM})")
+    return bad_url(url, why, FORM)
 
 
 class _Cluster(RedisCluster):

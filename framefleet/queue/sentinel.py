@@ -24,9 +24,10 @@ primary, alive and made a replica (a planned failover), are answered there.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 from redis import Redis
 from redis.connection import SSLConnection, parse_url
@@ -61,27 +62,36 @@ def is_sentinel_url(url: str) -> bool:
     return url.split("://", 1)[0].lower() in SCHEMES if "://" in url else False
 
 
-def parse_sentinel_url(url: str) -> SentinelUrl:
-    """SettingsError, saying what is wrong (never the password), for a malformed one."""
+def split_hosts_url(
+    url: str, schemes: Collection[str], default_port: int, form: str
+) -> tuple[SplitResult, str, tuple[tuple[str, int], ...]]:
+    """A URL of several hosts (`scheme://[userinfo@]h1[:port],h2...`): its parts, its
+    userinfo and its hosts; SettingsError (naming the URL without secrets, and `form`)
+    for a scheme not in `schemes` or a malformed host."""
     scheme = url.split("://", 1)[0].lower()
-    if scheme not in SCHEMES:
-        raise _bad(url, f"the scheme must be one of {', '.join(SCHEMES)}")
+    if scheme not in schemes:
+        raise bad_url(url, f"the scheme must be one of {', '.join(schemes)}", form)
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # an unclosed [ of an IPv6 address
-        raise _bad(url, str(exc)) from None
+        raise bad_url(url, str(exc), form) from None
     userinfo, _, hosts = parts.netloc.rpartition("@")
     try:
-        sentinels = tuple(host_port(h, DEFAULT_PORT) for h in hosts.split(","))
+        return parts, userinfo, tuple(host_port(h, default_port) for h in hosts.split(","))
     except ValueError as exc:
-        raise _bad(url, str(exc)) from None
+        raise bad_url(url, str(exc), form) from None
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """SettingsError, saying what is wrong (never the password), for a malformed one."""
+    parts, userinfo, sentinels = split_hosts_url(url, SCHEMES, DEFAULT_PORT, FORM)
     path = [unquote(p) for p in parts.path.split("/")[1:]]
     if not path or not path[0]:
         raise _bad(url, "no service name after the hosts")
     if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise _bad(url, "after the service name, only a database number may follow")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    tls = SCHEMES[scheme]
+    tls = SCHEMES[parts.scheme.lower()]
     if "ssl" in query or (not tls and any(k.startswith("ssl_") for k in query)):
         raise _bad(url, "TLS is the scheme's to say: rediss+sentinel:// (ssl_* options too)")
     sentinel_options = {
@@ -118,11 +128,15 @@ def host_port(netloc: str, default_port: int) -> tuple[str, int]:
     return unquote(host), int(port) if port else default_port
 
 
-def _bad(url: str, why: str) -> SettingsError:
+def bad_url(url: str, why: str, form: str) -> SettingsError:
     """The error, naming the URL without its user part and options (no secret shown)."""
     scheme, _, rest = url.partition("://")
     rest = rest.split("?", 1)[0].rpartition("@")[2]
-    return SettingsError(f"{scheme}://{rest}: {why} (the form: {FORM})")
+    return SettingsError(f"{scheme}://{rest}: {why} (the form: {form})")
+
+
+def _bad(url: str, why: str) -> SettingsError:
+    return bad_url(url, why, FORM)
 
 
 class _PrimaryConnection(SentinelManagedConnection):
