@@ -94,6 +94,7 @@ def every_operation(q: Any, sup: Any, plain: Client, clock: ManualClock) -> None
     assert sup.heartbeat("w6", holding=[], grace_s=10) == 1  # given back, uncharged
     assert sup.heartbeat("w6", info={"pid": 7}) == 0 and sup.worker_info()["w6"] == {"pid": 7}
     assert sup.workers() and sup.leave("w6") is None and "w6" not in sup.worker_info()
+    assert sum(sup.worker_counts(stale_s=5).values()) == len(sup.workers())  # the report's
     [gap] = q.claim(1, "w7")
     sup.sweep(stale_s=5, gap_s=1)
     clock.advance(20_000)
