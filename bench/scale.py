@@ -576,7 +576,17 @@ def run_all(config: Config, tmp: Path) -> list[dict[str, Any]]:
     return results
 
 
+def _stop_cleanly() -> None:
+    """SIGINT and SIGTERM end the run through its `finally` blocks, so that the fake
+    cluster's raylets and actors are stopped too: a job started in the background has
+    SIGINT ignored, and SIGTERM's default action skips them (a stopped run left its whole
+    cluster running)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def main(argv: list[str] | None = None) -> int:
+    _stop_cleanly()
     parser = argparse.ArgumentParser(prog="bench/scale.py", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="N = 1, 2, 4, 1 s pace, one window")
     parser.add_argument("--ns", default="1,2,4,8,16,32", help="inference actors, ascending")
