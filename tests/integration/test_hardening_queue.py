@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from framefleet.queue.model import REJECTED_CAP
 from framefleet.settings import CoordinatorSettings, QueueSettings, Settings
 from framefleet.workers.actors import Heartbeat
 from tests.conftest import SERVER_BUILDS, ManualClock, QueueFactory, monitored
+from tests.support.deadline import wait_for
 
 
 @pytest.mark.parametrize("build", list(SERVER_BUILDS))
@@ -664,11 +664,19 @@ def test_a_heartbeat_sends_its_info_once_and_learns_the_leader_without_a_call(
             queue, "decoder-g8-0", settings, leader="coordinator-b", deposed=deposed.append
         )
         try:
-            wait_for(lambda: bool(deposed))
+            wait_for(lambda: bool(deposed), 10, "the leader named", every=0.02)
             assert deposed == ["coordinator-a"]  # told by the beats' replies alone
             client.hdel(queue.keys.worker_info, "decoder-g8-0")
-            wait_for(lambda: "decoder-g8-0" in sup.worker_info())  # sent again, once lost
-            wait_for(lambda: False, 0.3)  # a few more beats
+            wait_for(lambda: "decoder-g8-0" in sup.worker_info(), 10, "the info again", every=0.02)
+            beats = [client.zscore(queue.keys.workers, "decoder-g8-0")]
+
+            def two_more() -> bool:  # beats after it (each writes its time)
+                now = client.zscore(queue.keys.workers, "decoder-g8-0")
+                if now != beats[-1]:
+                    beats.append(now)
+                return len(beats) >= 3
+
+            wait_for(two_more, 10, "two more beats", every=0.02)
         finally:
             beat.closed.set()
 
@@ -678,10 +686,3 @@ def test_a_heartbeat_sends_its_info_once_and_learns_the_leader_without_a_call(
     assert len([c for c in beats if "pid" in c]) == 2, beats  # the first, then after the loss
     reads = [c for c in commands if c.upper().startswith("GET") and c.endswith(":leader")]
     assert len(reads) == len(beats), commands  # each the heartbeat script's own, no call
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Poll until `condition()` (or `seconds`: then return; the caller asserts)."""
-    end = time.monotonic() + seconds
-    while not condition() and time.monotonic() < end:
-        time.sleep(0.02)
