@@ -244,24 +244,29 @@ class RayInference:
             return None
         fresh = [a for a in live if self.adapter.actor_id(a) not in avoid] or live
         self._observe()
-        now = time.monotonic()
         with self._changed:
             out = collections.Counter(p.actor_id for p in self._out if p.done_at is None)
-            # an average not renewed fades (over a few of its own lengths): an actor left
-            # for a slow spell is tried again, instead of being judged by it for ever
-            latency = {
-                i: took * math.exp(-(now - at) / (FADE * took)) if took > 0 else 0.0
-                for i, (took, at) in self._latency.items()
-            }
+            latency = dict(self._latency)
         ids = [self.adapter.actor_id(a) for a in fresh]
         fewest = min(out[i] for i in ids)
         drawn = [(a, i) for a, i in zip(fresh, ids, strict=True) if out[i] == fewest]
         if len(drawn) > 2:
             drawn = self._random.sample(drawn, 2)
-        known = [latency[i] for _, i in drawn if i in latency]
+        now = time.monotonic()
+
+        def lately(actor_id: str) -> float | None:
+            """Its average, faded over a few of its own lengths when not renewed: an actor
+            left for a slow spell is tried again, not judged by it for ever."""
+            if actor_id not in latency:
+                return None
+            took, at = latency[actor_id]
+            return took * math.exp(-(now - at) / (FADE * took)) if took > 0 else 0.0
+
+        seen = {i: lately(i) for _, i in drawn}
+        known = [t for t in seen.values() if t is not None]
         guess = min(known, default=0.0)  # one not heard from yet: as good as the better
         self._random.shuffle(drawn)  # a tie: either
-        return min(drawn, key=lambda d: latency.get(d[1], guess))[0]
+        return min(drawn, key=lambda d: t if (t := seen[d[1]]) is not None else guess)[0]
 
     def _observe(self) -> None:
         """The chunks out that have finished since the last look (without waiting): the
@@ -271,12 +276,12 @@ class RayInference:
         if not pending:
             return
         try:
-            finished = self.adapter.done([p.ref for p in pending])
+            done = self.adapter.done([p.ref for p in pending])
         except Exception:  # a lost object, a dead actor: its result() says so
             return
-        now = time.monotonic()
+        now, finished = time.monotonic(), set(done)
         for p in pending:
-            if any(p.ref is r for r in finished):
+            if p.ref in finished:
                 self.took(p, now)
 
     def took(self, pending: RayPending, now: float) -> None:
