@@ -108,8 +108,7 @@ class Supervision:
 
     def workers(self) -> dict[str, float]:
         """Each worker's seconds since its last heartbeat."""
-        now = self.queue._now()
-        now_ms = int(now) if now else _server_ms(self.client.time())
+        now_ms = self.queue.now_ms()
         rows = cast(
             list[tuple[str, float]], self.client.zrange(self.keys.workers, 0, -1, withscores=True)
         )
@@ -118,9 +117,7 @@ class Supervision:
     def worker_counts(self, stale_s: float) -> dict[str, int]:
         """How many workers beat within stale_s (live) and how many have not (stale, and
         not forgotten yet): O(log n), for reports at any fleet size."""
-        now = self.queue._now()
-        now_ms = int(now) if now else _server_ms(self.client.time())
-        edge = now_ms - int(stale_s * 1000)
+        edge = self.queue.now_ms() - int(stale_s * 1000)
         pipe = self.client.pipeline(transaction=False)
         pipe.zcount(self.keys.workers, f"({edge}", "+inf")
         pipe.zcount(self.keys.workers, "-inf", edge)
@@ -158,8 +155,7 @@ class Supervision:
         until = self.client.hget(self.keys.meta, "grace_until")
         if until is None:
             return False
-        now = self.queue._now()
-        return (int(now) if now else _server_ms(self.client.time())) < int(until)
+        return self.queue.now_ms() < int(until)
 
     def held(self, worker: str) -> set[str]:
         """The ids the worker leases now, as the queue sees it."""
@@ -214,8 +210,3 @@ class Supervision:
         if not isinstance(written, int | float):
             return None
         return max(0.0, (self.queue.now_ms() - written) / 1000)
-
-
-def _server_ms(reply: tuple[int, int]) -> int:
-    seconds, micros = reply
-    return int(seconds) * 1000 + int(micros) // 1000
