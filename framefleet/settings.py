@@ -236,6 +236,10 @@ class PipelineSettings:
     # (evenly spaced; by the inference actors, no second decode: workers/previews.py); 0: none.
     # Not part of the outputs' version: turning them on runs nothing again
     previews: int = 0
+    # FRAMEFLEET_HISTORY: a folder; when set, every worker records its queue operations and
+    # chunk writes there as JSON lines (framefleet/chaos: the proof suite's history, which
+    # its checker reads). Off by default: it costs a digest of each chunk's detections.
+    history: Path | None = None
     # Set by the driver, not read from the environment: the marker file its actors must see
     # in a local output root (workers/outputs.py mark_root)
     out_marker: str | None = None
@@ -606,6 +610,7 @@ _PIPELINE_ENV = {
     "previews": "FRAMEFLEET_PREVIEWS",
     "max_duration_s": "FRAMEFLEET_MAX_DURATION_S",
     "decode_memory_bytes": "FRAMEFLEET_DECODE_MEMORY_BYTES",
+    "history": "FRAMEFLEET_HISTORY",
 }
 
 _COORDINATOR_ENV = {

@@ -234,21 +234,23 @@ def render(report: Report, torn: int = 0) -> str:
     )
     lines.append(
         f"rework: {r.writes} chunk writes, {r.rewrites} rewrites ({r.frames_rewritten} "
-        f"frames), {r.multi_epoch} chunks under several epochs"
+        f"frames), {r.multi_epoch} chunks under several epochs; {r.decodes} chunk decodes,"
+        f" {r.redecodes} again ({r.frames_redecoded} frames)"
     )
     for f in report.recoveries:
         at = f.at - (report.started or 0.0)
         lines.append(
             f"fault {f.kind} {f.target} at +{at:.2f} s: lasted {_s(f.lasted_s)} s, "
-            f"to ack {_s(f.to_ack_s)} s, to 90% {_s(f.to_rate_s)} s"
+            f"to progress {_s(f.to_progress_s)} s, to ack {_s(f.to_ack_s)} s, to 90%"
+            f" {_s(f.to_rate_s)} s, redelivered {_s(f.redelivered_s)} s"
         )
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m framefleet.chaos.checker", description=__doc__.split("\n")[0]
-    )
+def main(
+    argv: Sequence[str] | None = None, prog: str = "python -m framefleet.chaos.checker"
+) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("history", help="a history folder, or one .jsonl file")
     parser.add_argument("--rate", type=float, help="fault-free ok acks per second")
     parser.add_argument("--goodput", type=float, help="a fault-free run's goodput")

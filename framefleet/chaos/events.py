@@ -2,7 +2,7 @@
 
 Each line has `type` (the event's name below), `t` (wall seconds, `time.time()`), `by`
 (the process or worker that wrote it) and the event's own fields. Operations: `enqueue`,
-`claim`, `chunk_written`, `checkpoint`, `ack`, `fail`, `release`, `dead`; faults: `fault`
+`claim`, `decoded`, `chunk_written`, `checkpoint`, `ack`, `fail`, `release`, `dead`; faults: `fault`
 (a start and, for a fault that lasts, an end); the run's `header`; and what the harness
 observes once the fleet is idle: `final_state` for every id the queue knows,
 `final_output` for every output present, `reference` for every output of the fault-free
@@ -95,6 +95,19 @@ class ChunkWritten(Event):
     key: str
     digest: str
     frames: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Decoded(Event):
+    """A chunk decoded and handed to inference by the lease of `epoch`: `frames` frames. A
+    chunk decoded again by a later lease is rework, whether or not its output was written
+    (a worker killed mid-chunk wrote nothing)."""
+
+    TYPE: ClassVar[str] = "decoded"
+    id: str
+    chunk: int
+    epoch: int
+    frames: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -213,7 +226,7 @@ class Reference(Event):
 
 
 _TYPES: tuple[type[Event], ...] = (
-    Header, Enqueue, Claim, ChunkWritten, Checkpoint, Ack, Fail, Release, Dead,
+    Header, Enqueue, Claim, Decoded, ChunkWritten, Checkpoint, Ack, Fail, Release, Dead,
     Fault, FinalState, FinalOutput, Reference,
 )  # fmt: skip
 EVENT_TYPES: Mapping[str, type[Event]] = {cls.TYPE: cls for cls in _TYPES}

@@ -10,6 +10,9 @@ events' `t` (wall seconds).
   None with fewer than two such acks.
 - Recovery, for each fault start:
   `to_ack_s`: from the fault's start to the first ok ack after it (t > start); None if none.
+  `to_progress_s`: from the fault's start to the first accepted checkpoint after it (a
+  chunk's output made durable and recorded): processing again, at a chunk's grain, where
+  an ack waits for a whole video to end.
   `to_rate_s`: from the fault's start to the start s >= start of the first window (s, s + W]
   holding at least 0.9 * baseline * W ok acks, i.e. the first window of W seconds after the
   fault whose ack rate is 90% of the baseline's. W defaults to 10 / baseline (the time of
@@ -18,10 +21,17 @@ events' `t` (wall seconds).
   such window (a fault near the end of the run, where the tail drains).
   `lasted_s`: to the same fault's end (the next end event of the same kind and target),
   None for a fault with no end (a kill).
+  `redelivered_s`: for a fault whose target is a worker (a name some claim was made by):
+  from the fault's start until every item that worker held then (claimed by it, with no
+  ack, fail or release of that claim before the fault) was claimed again by another worker
+  or finished (an ok or duplicate ack); None when it held nothing, or one of them never
+  was. A fault that strikes a whole node or the head names no worker: None.
 - Rework: `writes` chunk_written events; `chunks` distinct (id, chunk) written; `rewrites`
   writes beyond the first of each (id, chunk), `frames_rewritten` their frames (where the
   event says); `multi_epoch` the (id, chunk) written under more than one epoch. A chunk
-  decoded and never written (its worker killed first) is invisible here.
+  decoded and never written (its worker killed first) is invisible there, but not in
+  `decodes` (decoded events), `redecodes` (those beyond the first of each (id, chunk)) and
+  `frames_redecoded` (their frames): the frames decoded more than once.
 - Goodput: distinct ids with an ok ack per second, from the run's start (the header's t, or
   the first event's) to the last ok ack; `ratio` against a fault-free run's goodput, the
   same figure from its own history, when given.
@@ -37,7 +47,19 @@ from dataclasses import dataclass
 
 from framefleet.queue.model import Verdict
 
-from .events import Ack, ChunkWritten, Event, Fault, Header, Phase
+from .events import (
+    Ack,
+    Checkpoint,
+    ChunkWritten,
+    Claim,
+    Decoded,
+    Event,
+    Fail,
+    Fault,
+    Header,
+    Phase,
+    Release,
+)
 
 RATE_SHARE = 0.9  # "recovered": this share of the baseline's ack rate
 WINDOW_ACKS = 10  # the default window: the time of this many acks at the baseline rate
@@ -51,6 +73,8 @@ class Recovery:
     lasted_s: float | None
     to_ack_s: float | None
     to_rate_s: float | None
+    redelivered_s: float | None = None
+    to_progress_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +84,9 @@ class Rework:
     rewrites: int = 0
     frames_rewritten: int = 0
     multi_epoch: int = 0
+    decodes: int = 0
+    redecodes: int = 0
+    frames_redecoded: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +120,14 @@ def recoveries(
     events: Sequence[Event], rate: float | None, window_s: float | None = None
 ) -> tuple[Recovery, ...]:
     acks = ok_ack_times(events)
+    saved = sorted(e.t for e in events if isinstance(e, Checkpoint) and e.ok)
     ends = [e for e in events if isinstance(e, Fault) and e.phase is Phase.END]
     out: list[Recovery] = []
     for f in fault_starts(events):
         same = (e.t for e in ends if (e.kind, e.target) == (f.kind, f.target) and e.t >= f.t)
         end = min(same, default=None)
         i = bisect.bisect_right(acks, f.t)
+        k = bisect.bisect_right(saved, f.t)
         out.append(
             Recovery(
                 kind=f.kind,
@@ -107,9 +136,36 @@ def recoveries(
                 lasted_s=None if end is None else end - f.t,
                 to_ack_s=acks[i] - f.t if i < len(acks) else None,
                 to_rate_s=_to_rate(acks, f.t, rate, window_s),
+                redelivered_s=_redelivered(events, f),
+                to_progress_s=saved[k] - f.t if k < len(saved) else None,
             )
         )
     return tuple(out)
+
+
+def _redelivered(events: Sequence[Event], fault: Fault) -> float | None:
+    held: dict[str, int] = {}  # id -> epoch of the target's claim, not yet ended
+    for e in events:
+        if e.t > fault.t:
+            break
+        if isinstance(e, Claim) and e.worker == fault.target:
+            held[e.id] = e.epoch
+        elif isinstance(e, Ack | Fail | Release) and held.get(e.id) == e.epoch:
+            del held[e.id]
+    if not held:
+        return None
+    until: dict[str, float] = {}
+    for e in events:
+        item = getattr(e, "id", None)
+        if e.t <= fault.t or item not in held or item in until:
+            continue
+        again = isinstance(e, Claim) and e.worker != fault.target
+        finished = isinstance(e, Ack) and e.verdict in (Verdict.OK, Verdict.DUPLICATE)
+        if again or finished:
+            until[str(item)] = e.t
+    if len(until) < len(held):
+        return None
+    return max(until.values()) - fault.t
 
 
 def _to_rate(
@@ -140,12 +196,22 @@ def rework(events: Sequence[Event]) -> Rework:
             frames += w.frames or 0
         seen[key] += 1
         epochs[key].add(w.epoch)
+    decodes = [e for e in events if isinstance(e, Decoded)]
+    once: set[tuple[str, int]] = set()
+    redecoded = []
+    for d in decodes:
+        if (d.id, d.chunk) in once:
+            redecoded.append(d)
+        once.add((d.id, d.chunk))
     return Rework(
         writes=len(writes),
         chunks=len(seen),
         rewrites=len(writes) - len(seen),
         frames_rewritten=frames,
         multi_epoch=sum(1 for e in epochs.values() if len(e) > 1),
+        decodes=len(decodes),
+        redecodes=len(redecoded),
+        frames_redecoded=sum(d.frames for d in redecoded),
     )
 
 

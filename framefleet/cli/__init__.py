@@ -1,7 +1,7 @@
 """The `framefleet` command line. Every command reads one Settings (environment, then flags)."""
 
 # The docstring above is also the description `framefleet --help` prints. The commands live in
-# `fleet` (run, up, coordinator, api, check, demo, bench), `queue` (enqueue, stats, show,
+# `fleet` (run, up, coordinator, api, check, demo, bench, chaos), `queue` (enqueue, stats, show,
 # items, pause/resume, reap, cancel, dead, inbox, redis, watch) and `results`; this module
 # builds the parser (in the order `--help` lists the commands), reads the Settings and maps
 # errors to exit codes.
@@ -23,6 +23,7 @@ from framefleet import logs
 from framefleet.cli.fleet import (
     cmd_api,
     cmd_bench,
+    cmd_chaos,
     cmd_check,
     cmd_coordinator,
     cmd_demo,
@@ -197,8 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("redis", cmd_redis, "run the embedded server in the foreground")
     sp.add_argument("--port", type=int, default=0)
     sp.add_argument("--appendfsync", choices=("everysec", "always"))
+    sp = add(
+        "chaos",
+        cmd_chaos,
+        "the proof suite: `chaos run [args]` strikes a fleet with faults (bench/chaos.py);"
+        " `chaos check HISTORY` checks a recorded history (FRAMEFLEET_HISTORY)",
+    )
+    sp.add_argument("action", choices=("run", "check"))
+    sp.add_argument("chaos_args", nargs=argparse.REMAINDER)
     sp = add("bench", cmd_bench, "run a benchmark: `framefleet bench NAME [args]` (bench/NAME.py)")
-    names = ("queue", "pipeline", "recovery", "api", "dashboard", "scale", "simulate")
+    names = ("queue", "pipeline", "recovery", "api", "dashboard", "scale", "simulate", "chaos")
     sp.add_argument("name", choices=names)
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p

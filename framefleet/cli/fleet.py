@@ -436,8 +436,22 @@ def _counts(q: Queue) -> str:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     """Run bench/<name>.py from the source checkout (benchmarks are not installed)."""
-    script = Path(__file__).resolve().parents[2] / "bench" / f"{args.name}.py"
+    return _bench_script(args.name, args.bench_args)
+
+
+def _bench_script(name: str, argv: list[str]) -> int:
+    script = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
     if not script.is_file():
         print(f"no benchmark {script} (benchmarks run from a source checkout)", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(script), *args.bench_args])
+    return subprocess.call([sys.executable, str(script), *argv])
+
+
+def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
+    """`run`: bench/chaos.py (a source checkout's: it makes its own fleet, videos and
+    model); `check`: the checker on a history, exit 1 when the run broke a promise."""
+    if args.action == "run":
+        return _bench_script("chaos", args.chaos_args)
+    from framefleet.chaos import checker
+
+    return checker.main(args.chaos_args, prog="framefleet chaos check")

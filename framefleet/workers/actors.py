@@ -31,6 +31,7 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from framefleet import logs
+from framefleet.chaos import recorder
 from framefleet.queue import (
     Lease,
     Queue,
@@ -179,6 +180,7 @@ class InferenceActor:
         check_root(settings.pipeline.out, settings.pipeline.out_marker)
         self.model = load_model(settings.model)
         self.store = OutputStore(settings.pipeline.out, settings.source)
+        self.digest = settings.pipeline.history is not None  # a chaos run's history
         p = settings.pipeline
         # The first forward pass (allocations, kernel selection) and the first table are slow:
         # do both before reporting ready, on frames of the configured size.
@@ -196,7 +198,7 @@ class InferenceActor:
         return self.model.name, self.model.schema, os.getpid(), RayAdapter().node_id()
 
     def infer(self, item_id: str, video: str, chunk: Chunk) -> ChunkDone:
-        return infer_chunk(self.model, self.store, item_id, video, chunk)
+        return infer_chunk(self.model, self.store, item_id, video, chunk, self.digest)
 
 
 FADE = 4.0  # an actor's latency average not renewed for FADE times itself is down to 1/e
@@ -492,10 +494,13 @@ class DecodeActor:
         self.settings = settings
         self.queue = queue_at(redis_url, settings)  # ack waits for replicas if asked to
         store = OutputStore(settings.pipeline.out, settings.source)
+        history = recorder.writer(settings.pipeline.history)  # a chaos run's
+        if history is not None:
+            self.queue = recorder.RecordingQueue.of(self.queue, history, store)
         self.stop = threading.Event()  # release what is held and return
         self.draining = threading.Event()  # finish the items held, claim no more
         self.pool = RayInference(adapter, inference, model_name, schema, settings.pipeline)
-        self.job = VideoJob(self.queue, store, self.pool, settings, stop=self.stop)
+        self.job = VideoJob(self.queue, store, self.pool, settings, stop=self.stop, history=history)
         self._held = threading.Condition()
         # the ids its threads hold leases on (a count: two threads may have held one id in
         # turn, the first still ending its lost lease), and the claims under way

@@ -40,6 +40,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from framefleet.chaos.digest import table_digest
+from framefleet.chaos.events import ChunkWritten, Decoded
+from framefleet.chaos.history import HistoryWriter
 from framefleet.queue import ChunkWork, Lease, Queue, State, Verdict
 from framefleet.settings import Settings
 
@@ -57,7 +60,7 @@ from .errors import (
     TransientError,
 )
 from .model import FrameModel
-from .outputs import OutputStore, output_version, records_table
+from .outputs import OutputStore, chunk_name, output_version, records_table
 from .results import Results
 from .sources import fetched
 
@@ -84,6 +87,9 @@ class ChunkDone:
     infer_s: float = 0.0
     write_s: float = 0.0
     device: str = "cpu"
+    # of the rows this call wrote (chaos/digest.py), when asked for (a chaos run's history);
+    # None when it wrote nothing (the file was there, or another writer won)
+    digest: str | None = None
 
 
 class Pending(Protocol):
@@ -230,8 +236,10 @@ class VideoJob:
         settings: Settings,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        history: HistoryWriter | None = None,
     ) -> None:
         self.queue, self.store, self.inference, self.settings = queue, store, inference, settings
+        self.history = history  # a chaos run's: chunks decoded and written (chaos/recorder.py)
         self.results = Results(store)
         self.stop = stop or threading.Event()
         self.clock = clock
@@ -500,6 +508,13 @@ class VideoJob:
                     raise
                 frames += len(chunk)
                 inflight.append((chunk.index, handle, len(chunk), decode_s))
+                if self.history is not None:
+                    lease = item.lease
+                    self.history.write(
+                        Decoded(
+                            id=lease.id, chunk=chunk.index, epoch=lease.epoch, frames=len(chunk)
+                        )
+                    )
                 del chunk  # at most max_inflight_chunks decoded chunks stay referenced
                 item.lap("submit", self.clock())
                 while len(inflight) >= self.settings.pipeline.max_inflight_chunks:
@@ -555,6 +570,18 @@ class VideoJob:
         for stage, took in (("infer", done.infer_s), ("write", done.write_s)):
             item.inference[stage] = item.inference.get(stage, 0.0) + took
         work = ChunkWork(frames, decode_s, done.infer_s + done.write_s, done.device)
+        if self.history is not None and done.digest is not None:
+            lease = item.lease
+            self.history.write(
+                ChunkWritten(
+                    id=lease.id,
+                    chunk=index,
+                    epoch=lease.epoch,
+                    key=f"{item.video}/{chunk_name(index)}",
+                    digest=done.digest,
+                    frames=frames,
+                )
+            )
         item.unsaved.append((index, work))
         if self.clock() - item.saved_at >= self.settings.pipeline.checkpoint_s:
             self._save(item)
@@ -622,10 +649,16 @@ class _Done:
 
 
 def infer_chunk(
-    model: FrameModel, store: OutputStore, item_id: str, video: str, chunk: Chunk
+    model: FrameModel,
+    store: OutputStore,
+    item_id: str,
+    video: str,
+    chunk: Chunk,
+    digest: bool = False,
 ) -> ChunkDone:
     """Run the model on one chunk and write its output under `video` (what an inference
-    actor does). A chunk whose output exists is not run again (rows -1)."""
+    actor does). A chunk whose output exists is not run again (rows -1). `digest`: say the
+    digest of the rows, if this call wrote them (a chaos run's history)."""
     device = str(getattr(model, "device", "cpu")).split(":", 1)[0]
     if store.has_chunk(video, chunk.index):
         return ChunkDone(-1, device=device)
@@ -653,9 +686,13 @@ def infer_chunk(
     )
     # the first write wins: a resent chunk's second run, or a zombie actor's, never replaces
     # the file a merge may already have read
-    store.write_chunk(video, chunk.index, table, checked=True)
+    wrote = store.write_chunk(video, chunk.index, table, checked=True)
     return ChunkDone(
-        int(table.num_rows), inferred - started, time.perf_counter() - inferred, device
+        int(table.num_rows),
+        inferred - started,
+        time.perf_counter() - inferred,
+        device,
+        table_digest(table) if digest and wrote else None,
     )
 
 

@@ -122,3 +122,27 @@ class CrashOnWhite(MeanColour):
 
 def load_crash_on_white(settings: ModelSettings) -> CrashOnWhite:
     return CrashOnWhite()
+
+
+MARK = (255, 0, 255)  # a frame of this colour makes the chaos model raise
+
+
+def marked_frame(i: int, width: int, height: int) -> np.ndarray:
+    """A frame of MARK (tests.support.videos.write_video's `image`): the video the chaos
+    run's model raises on."""
+    return np.broadcast_to(np.array(MARK, np.uint8), (height, width, 3)).copy()
+
+
+class ChaosDetection(PacedDetection):
+    """PacedDetection that raises ValueError on a batch holding a MARK frame: a model that
+    fails on one video (the pipeline makes it a dead letter of class model_error)."""
+
+    def predict(self, images: np.ndarray, source_size: tuple[int, int]) -> list[dict[str, Any]]:
+        means = images.reshape(len(images), -1, 3).mean(axis=1)
+        if any(m[0] > 200 and m[1] < 60 and m[2] > 200 for m in means):
+            raise ValueError("a marked frame: this model cannot take it")
+        return super().predict(images, source_size)
+
+
+def load_chaos_detection(settings: ModelSettings) -> ChaosDetection:
+    return ChaosDetection(settings)

@@ -21,6 +21,7 @@ from framefleet.chaos.events import (
     ChunkWritten,
     Claim,
     Dead,
+    Decoded,
     Enqueue,
     Event,
     Fail,
@@ -279,6 +280,13 @@ def test_recovery_to_the_next_ack_and_to_90_percent_of_the_fault_free_rate() -> 
     # a short window: (39, 40] holds the one ack it needs
     (r3,) = check(events, window_s=1.0).recoveries
     assert r3.to_rate_s == pytest.approx(9.0)
+    assert r.to_progress_s is None  # no checkpoint in this history
+    saved = [
+        Checkpoint(t=31.0, id="b0", chunks=(0,), epoch=1, ok=False),  # refused: not progress
+        Checkpoint(t=34.5, id="b0", chunks=(1,), epoch=1, ok=True),
+    ]
+    (r4,) = check([*events, *saved]).recoveries
+    assert r4.to_progress_s == pytest.approx(4.5)
 
 
 def test_a_fault_that_cost_nothing_recovers_at_once() -> None:
@@ -302,6 +310,42 @@ def test_rework_counts_chunks_written_again_and_under_several_epochs() -> None:
     assert check(clean_run()).rework.rewrites == 0
 
 
+def test_redelivery_is_until_every_item_the_struck_worker_held_is_claimed_again() -> None:
+    def claim(t: float, item: str, epoch: int, worker: str) -> Claim:
+        return Claim(t=t, id=item, epoch=epoch, worker=worker, token=f"{item}{epoch}")
+
+    kill = Fault(t=10.0, kind="kill_decoder", target="decoder-g-1")
+    events = [
+        claim(1.0, "a", 1, "decoder-g-1"),
+        claim(2.0, "b", 1, "decoder-g-1"),
+        claim(3.0, "c", 1, "decoder-g-1"),
+        Ack(t=4.0, id="c", epoch=1, verdict=Verdict.OK),  # ended before the fault: not held
+        kill,
+        claim(12.5, "a", 2, "decoder-g-2"),
+        claim(13.0, "a", 3, "decoder-g-1"),  # its own name again counts for nothing
+        claim(16.0, "b", 2, "decoder-g-2"),
+    ]
+    (r,) = check(events).recoveries
+    assert r.redelivered_s == pytest.approx(6.0)
+    (r,) = check(events[:-1]).recoveries  # b never claimed again
+    assert r.redelivered_s is None
+    other = Fault(t=10.0, kind="kill_head", target="head")
+    (r,) = check([*events[:4], other, *events[5:]]).recoveries
+    assert r.redelivered_s is None  # no worker named: nothing held
+
+
+def test_rework_counts_the_frames_decoded_again_written_or_not() -> None:
+    def decoded(chunk: int, epoch: int, frames: int = 8) -> Decoded:
+        return Decoded(t=2.0 + epoch, id="v0", chunk=chunk, epoch=epoch, frames=frames)
+
+    # chunk 1 decoded under epoch 1 (its worker killed before the write), then again under
+    # epoch 2 with chunk 2 (5 frames, the last), and chunk 2 a third time by a zombie
+    events = [*clean_run(), decoded(1, 1), decoded(1, 2), decoded(2, 2, 5), decoded(2, 1, 5)]
+    rework = check(events).rework
+    assert (rework.decodes, rework.redecodes, rework.frames_redecoded) == (4, 2, 13)
+    assert check(clean_run()).rework.redecodes == 0
+
+
 def test_goodput_is_distinct_items_acked_per_second_of_the_run() -> None:
     events = [*clean_run(), *processed("v0", 9, 3.0)[3:]]  # v0 acked twice: counted once
     g = check(events, fault_free_goodput=0.5).goodput
@@ -315,6 +359,7 @@ def every_event() -> list[Event]:
     return [
         *clean_run(),
         Enqueue(t=1.0, id="x", ok=None, reason="timeout"),
+        Decoded(t=4.2, id="x", chunk=0, epoch=3, frames=8),
         Fail(t=5.0, id="x", epoch=3, retryable=True, reason="oom", verdict=Verdict.STALE),
         Release(t=5.5, id="x", epoch=3, reason="shutdown"),
         Dead(t=6.0, id="x", cls="poison", reason="crashed 3 workers"),

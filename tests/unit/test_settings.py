@@ -253,6 +253,7 @@ VARIABLES: dict[str, tuple[str, object, object]] = {
     "FRAMEFLEET_MAX_DURATION_S": ("pipeline.max_duration_s", 86400.0, 600.0),
     "FRAMEFLEET_DECODE_MEMORY_BYTES": ("pipeline.decode_memory_bytes", 4 << 30, 512 << 20),
     "FRAMEFLEET_PREVIEWS": ("pipeline.previews", 0, 6),
+    "FRAMEFLEET_HISTORY": ("pipeline.history", None, Path("/var/tmp/chaos-history")),
     "FRAMEFLEET_RAY_ADDRESS": ("coordinator.ray_address", None, "10.0.0.1:6379"),
     "FRAMEFLEET_RAY_TEMP_DIR": ("coordinator.ray_temp_dir", None, "/tmp/ray-ff"),
     "FRAMEFLEET_MIN_DECODE_ACTORS": ("coordinator.min_decode_actors", 1, 0),

@@ -1,0 +1,163 @@
+"""The proof suite's fault runs (issue 25): a real fleet on this machine (bench/chaoskit/rig.py)
+works through good videos, 5% poison ones and one its model raises on, while faults strike
+on a seeded random schedule; its history is then checked (framefleet/chaos/checker.py:
+lost, unexpected, acknowledged twice, stale writes visible, outputs that differ from a
+fault-free run, stuck; all must be zero) and its figures worked out (recovery, redelivery,
+rework, goodput).
+
+    framefleet chaos run [--seed N] [--faults K] [--kinds a,b] [--videos V] [--rounds R]
+
+Each round draws its faults from --kinds (all by default) with the seed (printed; the same
+seed replays the same schedule; the fleet's own timing still varies), and keeps its history
+under --keep (default: a temporary folder, removed unless the round was invalid). Prints
+the checker's table per round, then one JSON line (appended to --out).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder comes first on sys.path; drop it (see bench/queue.py).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
+import argparse
+import random
+import shutil
+import statistics
+import tempfile
+from dataclasses import asdict
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, bench
+
+from bench import emit
+from bench.chaoskit.faults import FAULTS
+from bench.chaoskit.rig import Shape
+from bench.chaoskit.run import Outcome, Schedule, run
+from framefleet.chaos.checker import ANOMALIES, Report, render
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, help="the first round's seed (default: random)")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--faults", type=int, default=6, help="faults per round")
+    parser.add_argument("--kinds", default=",".join(FAULTS), help="comma-separated")
+    parser.add_argument("--videos", type=int, default=12, help="good videos per round")
+    parser.add_argument("--frames", type=int, default=160)
+    parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="a fault-free round first: the ack rate and goodput the others are measured against",
+    )
+    parser.add_argument("--keep", type=Path, help="keep each round's folder under this one")
+    parser.add_argument("--out", help="append the JSON line to this file")
+    args = parser.parse_args(argv)
+    kinds = tuple(k for k in args.kinds.split(",") if k)
+    unknown = [k for k in kinds if k not in FAULTS]
+    if unknown or not kinds:
+        parser.error(f"unknown fault kinds {unknown}; known: {', '.join(FAULTS)}")
+    seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    shape = Shape(videos=args.videos, frames=args.frames, appendfsync=args.appendfsync)
+    print(f"seed {seed}", flush=True)
+    rounds: list[dict[str, Any]] = []
+    fault_free = None
+    if args.baseline:
+        print("fault-free round", flush=True)
+        outcome = _one(args.keep, "fault-free", shape, Schedule(seed, kinds, 0))
+        fault_free = outcome.report
+        rounds.append(_round(outcome, seed))
+    for n in range(args.rounds):
+        round_seed = seed + n
+        print(f"round {n + 1}/{args.rounds}: seed {round_seed}", flush=True)
+        schedule = Schedule(round_seed, kinds, args.faults)
+        outcome = _one(args.keep, f"round-{round_seed}", shape, schedule, fault_free)
+        rounds.append(_round(outcome, round_seed))
+    emit(_summary(rounds, seed, kinds, shape), args.out)
+    return 0 if all(r["valid"] for r in rounds) else 1
+
+
+def _one(
+    keep: Path | None,
+    name: str,
+    shape: Shape,
+    schedule: Schedule,
+    fault_free: Report | None = None,
+) -> Outcome:
+    base = keep or Path(tempfile.mkdtemp(prefix="ffchaos-"))
+    outcome = run(base / name, shape, schedule, fault_free)
+    print(render(outcome.report), flush=True)
+    if not (outcome.report.valid and outcome.settled and not outcome.good_dead):
+        print(f"history kept: {outcome.history}", flush=True)
+    elif keep is None:
+        shutil.rmtree(base, ignore_errors=True)
+    return outcome
+
+
+def _round(outcome: Outcome, seed: int) -> dict[str, Any]:
+    report = outcome.report
+    valid = report.valid and outcome.settled and not outcome.good_dead
+    return {
+        "seed": seed,
+        "valid": valid,
+        "settled": outcome.settled,
+        "good_dead": outcome.good_dead,
+        "counts": report.counts,
+        "enqueued": report.enqueued,
+        "finished": report.finished,
+        "dead": report.dead,
+        "faults": outcome.faults,
+        "recoveries": [asdict(r) for r in report.recoveries],
+        "rework": asdict(report.rework),
+        "goodput_per_s": report.goodput.per_s,
+        "goodput_ratio": report.goodput.ratio,
+        "baseline_rate": report.baseline_rate,
+        "seconds": round(outcome.seconds, 1),
+    }
+
+
+def _summary(
+    rounds: list[dict[str, Any]], seed: int, kinds: tuple[str, ...], shape: Shape
+) -> dict[str, Any]:
+    by_kind: dict[str, dict[str, list[float]]] = {}
+    struck: dict[str, int] = {}
+    for r in rounds:
+        for rec in r["recoveries"]:
+            keys = ("to_ack_s", "to_rate_s", "redelivered_s")
+            figures = by_kind.setdefault(rec["kind"], {k: [] for k in keys})
+            struck[rec["kind"]] = struck.get(rec["kind"], 0) + 1
+            for key in figures:
+                if rec[key] is not None:
+                    figures[key].append(rec[key])
+    return {
+        "bench": "chaos",
+        "seed": seed,
+        "kinds": list(kinds),
+        "shape": asdict(shape),
+        "valid": all(r["valid"] for r in rounds),
+        "counts": {a: sum(r["counts"][a] for r in rounds) for a in ANOMALIES},
+        "per_kind": {
+            kind: {
+                "faults": struck[kind],
+                **{f"{key}_p50": _q(v, 0.5) for key, v in f.items()},
+                **{f"{key}_p95": _q(v, 0.95) for key, v in f.items()},
+            }
+            for kind, f in sorted(by_kind.items())
+        },
+        "rounds": rounds,
+    }
+
+
+def _q(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 2)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[int(q * 100) - 1], 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The faults a chaos run injects, each a function of the rig and the run's random source.
+
+Each records a `fault` event when it strikes (and one with phase end when a fault that
+lasts is over) and returns True, or returns False when it found nothing to strike (no
+decode actor alive yet, say): the schedule then draws again. A fault never waits for the
+fleet to recover: that is what the run measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+
+from framefleet.chaos.events import Fault, Phase
+
+from .rig import Rig
+
+FaultFn = Callable[[Rig, random.Random], bool]
+
+
+def _mark(rig: Rig, kind: str, target: str, phase: Phase = Phase.START) -> None:
+    rig.history.write(Fault(kind=kind, target=target, phase=phase))
+
+
+def _kill_actor(kind: str, label: str) -> FaultFn:
+    def fault(rig: Rig, rng: random.Random) -> bool:
+        pids = rig.actor_pids(kind)
+        if not pids:
+            return False
+        name = rng.choice(sorted(pids))
+        _mark(rig, label, name)
+        with contextlib.suppress(ProcessLookupError):  # died meanwhile: a fault all the same
+            os.kill(pids[name], signal.SIGKILL)
+        return True
+
+    fault.__name__ = label
+    return fault
+
+
+kill_decoder = _kill_actor("decoder", "kill_decoder")
+kill_inference = _kill_actor("inference", "kill_inference")
+
+
+def zombie(rig: Rig, rng: random.Random) -> bool:
+    """SIGSTOP of a decode actor past its lease and stale time, then SIGCONT: its late
+    writes and acks must be fenced."""
+    pids = rig.actor_pids("decoder")
+    if not pids:
+        return False
+    name = rng.choice(sorted(pids))
+    stopped_s = rig.shape.lease_s + rig.shape.stale_s + 2.0
+    _mark(rig, "zombie", name)
+    try:
+        os.kill(pids[name], signal.SIGSTOP)
+        time.sleep(stopped_s)
+        os.kill(pids[name], signal.SIGCONT)
+    except ProcessLookupError:
+        pass  # the coordinator killed it meanwhile (it may)
+    _mark(rig, "zombie", name, Phase.END)
+    return True
+
+
+def kill_redis(rig: Rig, rng: random.Random) -> bool:
+    """kill -9 of Valkey, down 1-3 s, restarted from its append-only file on its port."""
+    _mark(rig, "kill_redis", "valkey")
+    rig.restart_redis(rng.uniform(1.0, 3.0))
+    _mark(rig, "kill_redis", "valkey", Phase.END)
+    return True
+
+
+def partition(rig: Rig, rng: random.Random) -> bool:
+    """The network between the fleet and Valkey cut for longer than a lease."""
+    _mark(rig, "partition", "fleet-redis")
+    rig.relay.cut()
+    time.sleep(rig.shape.lease_s + rng.uniform(1.0, 4.0))
+    rig.relay.heal()
+    _mark(rig, "partition", "fleet-redis", Phase.END)
+    return True
+
+
+def kill_leader(rig: Rig, rng: random.Random) -> bool:
+    """kill -9 of the leader coordinator (its Ray driver is orphaned and ends itself); a new
+    standby is started, as its Deployment would."""
+    found = rig.leader_process()
+    if found is None:
+        return False
+    name, proc = found
+    _mark(rig, "kill_leader", name)
+    proc.kill()
+    proc.wait(10)
+    rig.keep_coordinators()
+    return True
+
+
+def kill_raylet(rig: Rig, rng: random.Random) -> bool:
+    """kill -9 of the worker node's raylet: every actor on it dies; the node restarts."""
+    raylet = rig.raylet()
+    if raylet is None:
+        return False
+    _mark(rig, "kill_raylet", "worker0")
+    raylet.kill()
+    return True
+
+
+def drain_node(rig: Rig, rng: random.Random) -> bool:
+    """SIGTERM to the worker node (a preemption notice): it restarts."""
+    node = rig.cluster.workers[0]
+    if not node.running():
+        return False
+    _mark(rig, "drain_node", node.name)
+    node.terminate()
+    return True
+
+
+def kill_head(rig: Rig, rng: random.Random) -> bool:
+    """kill -9 of every head process; once the worker node has given up on it (and
+    restarted), the head starts again."""
+    starts = rig.cluster.workers[0].starts
+    _mark(rig, "kill_head", "head")
+    rig.cluster.head.kill()
+    deadline = time.monotonic() + 120
+    while rig.cluster.workers[0].starts == starts and time.monotonic() < deadline:
+        time.sleep(0.2)
+    rig.cluster.head.start()
+    rig.cluster.head.wait_started()
+    _mark(rig, "kill_head", "head", Phase.END)
+    return True
+
+
+FAULTS: dict[str, FaultFn] = {
+    "kill_decoder": kill_decoder,
+    "kill_inference": kill_inference,
+    "zombie": zombie,
+    "kill_redis": kill_redis,
+    "partition": partition,
+    "kill_leader": kill_leader,
+    "kill_raylet": kill_raylet,
+    "drain_node": drain_node,
+    "kill_head": kill_head,
+}

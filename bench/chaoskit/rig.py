@@ -1,0 +1,242 @@
+"""What a chaos run acts on: a real fleet on one machine, every part of which a fault can
+strike.
+
+- a Ray cluster of `ray start` processes (tests/support/raycluster.py): a head without CPUs
+  and a worker node, restarted when its `ray start` exits, as KubeRay restarts a pod;
+- the embedded Valkey, appendfsync as asked (`always` by default), killed and restarted on
+  its port from its append-only file;
+- a TCP relay between the fleet (coordinators, actors) and Valkey that can be cut like a
+  network partition (tests/support/servers.py Blackhole); the harness's own client goes
+  straight to Valkey;
+- two `framefleet coordinator` processes (a leader and a standby), each replaced by a new
+  one when it dies, as a Deployment would;
+- the tiny DETR, paced to 0.3 s a batch so that faults land mid-video, raising on one
+  marked video (tests/support/plugin_model.py ChaosDetection);
+- every worker recording its queue calls in the run's history (FRAMEFLEET_HISTORY).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+from redis import Redis
+
+from framefleet.chaos.history import HistoryWriter
+from framefleet.queue import EmbeddedServer, Queue, Supervision
+from framefleet.settings import (
+    CoordinatorSettings,
+    ModelSettings,
+    PipelineSettings,
+    QueueSettings,
+    RedisSettings,
+    Settings,
+    SourceSettings,
+)
+from tests.support import crafted
+from tests.support.models import write_tiny_detr
+from tests.support.plugin_model import marked_frame
+from tests.support.raycluster import LocalCluster
+from tests.support.servers import Blackhole
+from tests.support.videos import write_corrupt, write_truncated, write_video
+
+ROOT = Path(__file__).resolve().parents[2]
+POISON_KINDS = ("corrupt", "truncated", "index_bomb")
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """A run's size and rhythm."""
+
+    videos: int = 12  # good ones; 5% more are poison (one at least), one more is marked
+    frames: int = 160  # per video, 20 chunks of 8
+    lease_s: float = 8.0
+    stale_s: float = 4.0
+    tick_s: float = 0.5
+    leader_ttl_s: float = 3.0
+    appendfsync: str = "always"
+    decode_actors: int = 2
+    inference_actors: int = 2
+
+
+@dataclass
+class Rig:
+    root: Path
+    shape: Shape
+    settings: Settings  # the fleet's: Redis through the relay, the history on
+    cluster: LocalCluster
+    server: EmbeddedServer
+    relay: Blackhole
+    queue: Queue  # the harness's own, straight to Valkey
+    supervision: Supervision
+    history: HistoryWriter  # the harness's (enqueues, faults, the final state)
+    good: list[Path]
+    poison: list[Path]
+    marked: Path
+    coordinators: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    _names: int = 0
+
+    # -- the fleet's processes -------------------------------------------------------
+
+    def start_coordinator(self) -> str:
+        self._names += 1
+        name = f"coordinator{self._names}"
+        with (self.root / "logs" / f"{name}.log").open("ab") as log:
+            self.coordinators[name] = subprocess.Popen(
+                [sys.executable, "-m", "framefleet.cli", "coordinator"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a kill of its group takes its Ray driver too
+            )
+        return name
+
+    def keep_coordinators(self, n: int = 2) -> None:
+        """n coordinators running: the dead replaced (a Deployment's restart)."""
+        for name, proc in list(self.coordinators.items()):
+            if proc.poll() is not None:
+                del self.coordinators[name]
+        while len(self.coordinators) < n:
+            self.start_coordinator()
+
+    def leader_process(self) -> tuple[str, subprocess.Popen[bytes]] | None:
+        """The coordinator that holds the leader lease now (its name holds its pid)."""
+        leader = self.supervision.leader() or ""
+        for name, proc in self.coordinators.items():
+            if f"-{proc.pid}-" in leader and proc.poll() is None:
+                return name, proc
+        return None
+
+    def actor_pids(self, kind: str) -> dict[str, int]:
+        """The live actors of a kind (decoder, inference) by name, from the health report."""
+        pids = (self.supervision.health() or {}).get("pids") or {}
+        return {
+            name: int(pid)
+            for name, pid in pids.items()
+            if name.startswith(kind + "-") and pid and psutil.pid_exists(int(pid))
+        }
+
+    def restart_redis(self, down_s: float) -> None:
+        self.server.kill()
+        time.sleep(down_s)
+        self.server = EmbeddedServer(
+            self.server.data_dir, appendfsync=self.shape.appendfsync, port=self.server.port
+        ).start()
+
+    def raylet(self) -> psutil.Process | None:
+        node = self.cluster.workers[0]
+        return next((p for p in node.processes() if p.name() == "raylet"), None)
+
+    # -- the run's state -------------------------------------------------------------
+
+    def ids_settled(self, ids: list[str]) -> bool:
+        """Every id done or dead."""
+        items = self.queue.items(ids)
+        return all(i is not None and i.state in ("done", "dead") for i in items)
+
+    def stop(self) -> None:
+        for proc in self.coordinators.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.coordinators.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        self.cluster.stop()
+        self.relay.close()
+        self.queue.client.close()
+        self.server.stop()
+        self.history.close()
+
+
+def make_rig(root: Path, shape: Shape) -> Rig:
+    """Videos, model, Valkey, relay and Ray cluster; no coordinator yet."""
+    videos = root / "videos"
+    videos.mkdir(parents=True)
+    (root / "logs").mkdir()
+    good = [
+        write_video(videos / f"good{i:03d}.mp4", frames=shape.frames) for i in range(shape.videos)
+    ]
+    poison = []
+    for k in range(max(1, round(shape.videos * 0.05))):
+        kind = POISON_KINDS[k % len(POISON_KINDS)]
+        path = videos / f"poison{k:03d}-{kind}.mp4"
+        if kind == "corrupt":
+            poison.append(write_corrupt(path, good[0]))
+        elif kind == "truncated":
+            poison.append(write_truncated(path, good[0]))
+        else:
+            poison.append(crafted.index_bomb(path, 89_000_000))
+    marked = write_video(videos / "marked.mp4", frames=shape.frames // 4, image=marked_frame)
+    server = EmbeddedServer(root / "redis", appendfsync=shape.appendfsync).start()
+    relay = Blackhole(server.port)
+    cluster = LocalCluster(workers=1, cpus=2, gpus=1).start()
+    cluster.supervise()
+    settings = Settings(
+        redis=RedisSettings(url=relay.url(server.url)),
+        queue=QueueSettings(name="chaos", lease_s=shape.lease_s),
+        source=SourceSettings(allowed_roots=(videos,)),
+        model=ModelSettings(
+            model=str(write_tiny_detr(root / "detr")),
+            plugin="tests.support.plugin_model:load_chaos_detection",
+            score_threshold=0.0,
+            torch_threads=1,
+        ),
+        pipeline=PipelineSettings(
+            out=str(root / "out"),
+            chunk_frames=8,
+            max_inflight_chunks=2,
+            decode_actors=shape.decode_actors,
+            items_per_decoder=2,
+            inference_actors=shape.inference_actors,
+            gpus_per_inference=0.25,
+            cpus_per_decoder=0.5,
+            cpus_per_inference=0.5,
+            history=root / "history",
+        ),
+        coordinator=CoordinatorSettings(
+            ray_address=cluster.address,
+            tick_s=shape.tick_s,
+            leader_ttl_s=shape.leader_ttl_s,
+            stale_s=shape.stale_s,
+        ),
+    )
+    queue = Queue(Redis.from_url(server.url, decode_responses=True), settings.queue)
+    env = {**os.environ, **settings.to_env(), **cluster.auth, "PYTHONPATH": str(ROOT)}
+    history = HistoryWriter(root / "history", by="harness")
+    return Rig(
+        root, shape, settings, cluster, server, relay, queue, Supervision(queue), history,
+        good, poison, marked, env=env,
+    )  # fmt: skip
+
+
+def reference_model(settings: Settings) -> ModelSettings:
+    """The fault-free reference's model: the same weights, without the pacing plugin (it
+    changes no output, only the time)."""
+    return replace(settings.model, plugin=None)
+
+
+def summary(settings: Settings, shape: Shape) -> dict[str, Any]:
+    p = settings.pipeline
+    return {
+        "videos": shape.videos,
+        "frames": shape.frames,
+        "chunk_frames": p.chunk_frames,
+        "lease_s": shape.lease_s,
+        "stale_s": shape.stale_s,
+        "appendfsync": shape.appendfsync,
+        "decode_actors": p.decode_actors,
+        "inference_actors": p.inference_actors,
+    }

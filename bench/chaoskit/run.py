@@ -1,0 +1,242 @@
+"""One chaos run, end to end: the rig up, the videos enqueued in two waves, faults on a
+seeded schedule while the fleet works, then the fleet left to finish, what is left
+observed, and the history checked.
+
+The history (framefleet/chaos) holds the workers' own records of their queue calls and
+chunk writes (FRAMEFLEET_HISTORY), the harness's enqueues and faults, and at the end, with
+every item done or dead (or the time up): each item's final state, each output present
+(the merged detections with the epoch its manifest names; each chunk file with the epoch of
+the write that made it, as the history has it, 0 when no recorded write made it), and the
+fault-free reference: the same model in this process on the same chunks of each good video.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from framefleet.chaos import checker
+from framefleet.chaos.digest import digest, record_rows, table_digest
+from framefleet.chaos.events import (
+    ChunkWritten,
+    Enqueue,
+    FinalOutput,
+    FinalState,
+    Header,
+    Reference,
+)
+from framefleet.chaos.history import read
+from framefleet.queue.model import default_id
+from framefleet.workers.decode import Sampling, chunks, open_decoder
+from framefleet.workers.model import load_model
+from framefleet.workers.outputs import OutputStore, chunk_name
+
+from .faults import FAULTS
+from .rig import Rig, Shape, make_rig, reference_model, summary
+
+START_TIMEOUT_S = 300.0  # the cluster, the model loaded, the first chunk checkpointed
+RECOVER_WAIT_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    seed: int
+    kinds: tuple[str, ...]  # drawn from at random, each fault on its own
+    faults: int
+    # after a fault, the fleet makes progress again (a chunk checkpointed, up to
+    # RECOVER_WAIT_S), then this long at random before the next: each fault strikes a
+    # working fleet, and its recovery is its own
+    gap_s: tuple[float, float] = (2.0, 6.0)
+    settle_s: float = 600.0  # after the last fault, for every item to be done or dead
+
+
+@dataclass
+class Outcome:
+    report: checker.Report
+    history: Path
+    faults: list[str] = field(default_factory=list)  # those struck, in order
+    good_dead: list[str] = field(default_factory=list)  # good videos dead: none expected
+    settled: bool = False
+    seconds: float = 0.0
+
+
+def run(
+    root: Path,
+    shape: Shape,
+    schedule: Schedule,
+    fault_free: checker.Report | None = None,
+    log: Any = print,
+) -> Outcome:
+    """One run. `fault_free`: the report of a fault-free run of the same shape, whose ack
+    rate and goodput recovery and the goodput ratio are measured against."""
+    started = time.monotonic()
+    rig = make_rig(root, shape)
+    try:
+        return _run(rig, schedule, fault_free, log, started)
+    finally:
+        rig.stop()
+
+
+def _run(
+    rig: Rig, schedule: Schedule, fault_free: checker.Report | None, log: Any, started: float
+) -> Outcome:
+    rng = random.Random(schedule.seed)
+    rig.history.write(
+        Header(
+            seed=schedule.seed,
+            faults=tuple({"kind": k} for k in schedule.kinds),
+            settings=summary(rig.settings, rig.shape),
+        )
+    )
+    references = _references(rig)
+    half = len(rig.good) // 2
+    first = [*rig.good[:half], *rig.poison, rig.marked]
+    ids = _enqueue(rig, first)
+    rig.keep_coordinators()
+    _wait(lambda: _some_progress(rig), START_TIMEOUT_S, "the first chunk checkpointed", rig)
+    log(f"seed {schedule.seed}: the fleet is working; {schedule.faults} faults follow")
+    struck: list[str] = []
+    for n in range(schedule.faults):
+        if n == schedule.faults // 2:
+            ids += _enqueue(rig, rig.good[half:])  # a second wave, mid-run
+        kinds = list(schedule.kinds)
+        rng.shuffle(kinds)
+        before = _progress(rig, ids)
+        kind = next((k for k in [rng.choice(kinds), *kinds] if FAULTS[k](rig, rng)), None)
+        if kind is not None:
+            struck.append(kind)
+            log(f"  fault {n + 1}: {kind}")
+        _until(lambda i=ids, b=before: _progress(rig, i) != b, RECOVER_WAIT_S, rig)
+        _pause(rig, rng.uniform(*schedule.gap_s))
+    if schedule.faults == 0:
+        ids += _enqueue(rig, rig.good[half:])
+    settled = _until(lambda: rig.ids_settled(ids), schedule.settle_s, rig)
+    _observe(rig, ids)
+    for ref in references:
+        rig.history.write(ref)
+    rig.history.close()
+    history = read(rig.root / "history")
+    report = checker.check(
+        history.events,
+        fault_free_rate=fault_free.baseline_rate if fault_free else None,
+        fault_free_goodput=fault_free.goodput.per_s if fault_free else None,
+    )
+    good_ids = set(ids[: len(first) - len(rig.poison) - 1]) | set(ids[len(first) :])
+    dead = {i.id for i in rig.queue.items(ids) if i.state == "dead"}
+    return Outcome(
+        report=report,
+        history=rig.root / "history",
+        faults=struck,
+        good_dead=sorted(dead & good_ids),
+        settled=settled,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _enqueue(rig: Rig, paths: Sequence[Path]) -> list[str]:
+    try:
+        ids = rig.queue.enqueue([str(p) for p in paths])
+    except Exception as exc:
+        for p in paths:  # the outcome unknown: each may or may not exist
+            rig.history.write(Enqueue(id=str(p), ok=None, reason=str(exc)))
+        raise
+    for i in ids:
+        rig.history.write(Enqueue(id=i, ok=True))
+    return ids
+
+
+def _references(rig: Rig) -> list[Reference]:
+    """The fault-free outputs of the good videos: the model in this process, on the
+    pipeline's chunks. Keyed by the ids enqueue will give them (a path's id)."""
+    model = load_model(reference_model(rig.settings))
+    chunk_frames = rig.settings.pipeline.chunk_frames
+    version = rig.settings.queue.config_version
+    out: list[Reference] = []
+    for path in rig.good:
+        item_id = default_id(str(path), version)  # the id its enqueue gives it
+        decoder = open_decoder(path, Sampling())
+        rows = []
+        for chunk in chunks(decoder, Sampling(), chunk_frames):
+            got = record_rows(
+                model.predict(chunk.images, chunk.source_size), chunk.frame_indices, chunk.pts_s
+            )
+            out.append(Reference(id=item_id, chunk=chunk.index, digest=digest(got)))
+            rows += got
+        decoder.close()
+        out.append(Reference(id=item_id, digest=digest(sorted(rows))))
+    return out
+
+
+def _progress(rig: Rig, ids: list[str]) -> tuple[int, int]:
+    """(items done or dead, chunks checkpointed): what changes as the fleet works."""
+    items = rig.queue.items(ids)
+    settled = sum(1 for i in items if i.state in ("done", "dead"))
+    return settled, sum(i.chunks_done for i in items)
+
+
+def _some_progress(rig: Rig) -> bool:
+    return any(i.chunks_done for i in rig.queue.items_in("leased")) or bool(
+        rig.queue.items_in("done", limit=1)
+    )
+
+
+def _observe(rig: Rig, ids: list[str]) -> None:
+    """The final state of every id, and every output present."""
+    written: dict[str, int] = {}  # chunk key -> the epoch whose recorded write made it
+    for e in read(rig.root / "history").events:
+        if isinstance(e, ChunkWritten):
+            written.setdefault(e.key, e.epoch)
+    store = OutputStore(rig.settings.pipeline.out, rig.settings.source)
+    for item in rig.queue.items(ids):
+        rig.history.write(FinalState(id=item.id, state=item.state))
+        if not item.result:
+            continue
+        video = store.video_of(item.result)
+        if video is None:
+            continue
+        epoch = int(store.read_manifest(video).get("epoch", 0))
+        rig.history.write(
+            FinalOutput(id=item.id, epoch=epoch, digest=table_digest(store.read_detections(video)))
+        )
+        present = set(store.keys_under(video + "/"))
+        for index in range(int(store.read_manifest(video).get("chunks", 0))):
+            key = f"{video}/{chunk_name(index)}"
+            if key not in present:
+                continue
+            table = store.read_chunk(video, index)
+            rig.history.write(
+                FinalOutput(
+                    id=item.id, chunk=index, epoch=written.get(key, 0), digest=table_digest(table)
+                )
+            )
+
+
+def _pause(rig: Rig, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        rig.keep_coordinators()
+        time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+
+
+def _until(predicate: Any, timeout: float, rig: Rig) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rig.keep_coordinators()
+        try:
+            if predicate():
+                return True
+        except Exception:  # Valkey restarting (a fault may still be ending)
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _wait(predicate: Any, timeout: float, what: str, rig: Rig) -> None:
+    if not _until(predicate, timeout, rig):
+        logs = sorted((rig.root / "logs").glob("coordinator*.log"))
+        tail = logs[-1].read_text(errors="replace")[-3000:] if logs else ""
+        raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")

@@ -1,0 +1,136 @@
+"""A worker's side of a chaos run's history: its queue calls and their outcomes, recorded
+as the calls return (as Jepsen's clients record theirs), never read back from the queue's
+own records (the thing under test).
+
+`RecordingQueue` is a Queue whose claim, progress/checkpoint, ack, fail and release also
+write an event each (events.py) to the process's history file. A call that raises writes
+nothing: its outcome is unknown, and the checker treats it so. The decode side writes the
+chunk events itself (`decoded`, `chunk_written`: workers/pipeline.py), through the same
+writer. Turned on by FRAMEFLEET_HISTORY (PipelineSettings.history).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from framefleet.queue import Queue
+from framefleet.queue.model import ChunkWork, Lease, State, Verdict
+
+from .digest import table_digest
+from .events import Ack, Checkpoint, Claim, Dead, Fail, Release
+from .history import HistoryWriter
+
+log = logging.getLogger(__name__)
+
+_WRITERS: dict[Path, HistoryWriter] = {}
+
+
+def writer(folder: Path | None) -> HistoryWriter | None:
+    """This process's writer for a history folder (one per folder), or None (recording off)."""
+    if folder is None:
+        return None
+    if folder not in _WRITERS:
+        _WRITERS[folder] = HistoryWriter(folder)
+    return _WRITERS[folder]
+
+
+class RecordingQueue(Queue):
+    """A Queue that records its fenced calls. `store` (an OutputStore) gives the digest of
+    what an ack acknowledges: the detections its manifest names."""
+
+    history: HistoryWriter
+    store: Any
+
+    @classmethod
+    def of(cls, queue: Queue, history: HistoryWriter, store: Any = None) -> RecordingQueue:
+        """The same client, settings and durability as `queue`, recording."""
+        recording = cls(queue.client, queue.settings, durability=queue.durability)
+        recording.history, recording.store = history, store
+        return recording
+
+    def claim(self, n: int, worker: str, *, block: float | None = None) -> list[Lease]:
+        leases = super().claim(n, worker, block=block)
+        for lease in leases:
+            self.history.write(
+                Claim(id=lease.id, epoch=lease.epoch, worker=worker, token=lease.token)
+            )
+        return leases
+
+    def checkpoint(
+        self,
+        lease: Lease,
+        chunks: Sequence[tuple[int, ChunkWork | None]],
+        total: int | None = None,
+        expected: int | None = None,
+        pin: str | None = None,
+    ) -> Verdict:
+        verdict = super().checkpoint(lease, chunks, total, expected, pin)
+        done = tuple(sorted({c for c, _ in chunks}))
+        self.history.write(Checkpoint(id=lease.id, chunks=done, epoch=lease.epoch, ok=verdict.ok))
+        return verdict
+
+    def ack_many(
+        self, acks: Sequence[tuple[Lease, str] | tuple[Lease, str, Mapping[str, float] | None]]
+    ) -> list[Verdict]:
+        digests = [self._digest(result) for _, result, *_ in acks]
+        verdicts = super().ack_many(acks)
+        for (lease, *_), verdict, digest in zip(acks, verdicts, digests, strict=True):
+            self.history.write(Ack(id=lease.id, epoch=lease.epoch, verdict=verdict, digest=digest))
+        return verdicts
+
+    def fail(
+        self,
+        lease: Lease,
+        error: str,
+        *,
+        retryable: bool = True,
+        cls: str = "failed",
+        bug: bool = False,
+    ) -> Verdict:
+        verdict = super().fail(lease, error, retryable=retryable, cls=cls, bug=bug)
+        self.history.write(
+            Fail(id=lease.id, epoch=lease.epoch, retryable=retryable, reason=error, verdict=verdict)
+        )
+        if verdict is Verdict.OK:
+            self._if_dead(lease.id)
+        return verdict
+
+    def release(self, lease: Lease, reason: str = "released", *, delay_s: float = 0) -> Verdict:
+        verdict = super().release(lease, reason, delay_s=delay_s)
+        self.history.write(Release(id=lease.id, epoch=lease.epoch, reason=reason, verdict=verdict))
+        return verdict
+
+    def release_for(
+        self, lease: Lease, reason: str, cls: str, *, delay_s: float = 0
+    ) -> tuple[Verdict, str | None]:
+        verdict, dead = super().release_for(lease, reason, cls, delay_s=delay_s)
+        self.history.write(Release(id=lease.id, epoch=lease.epoch, reason=reason, verdict=verdict))
+        if dead is not None:
+            self.history.write(Dead(id=lease.id, cls=cls, reason=dead))
+        return verdict, dead
+
+    def _if_dead(self, item_id: str) -> None:
+        """A fail that ended the item (not retryable, or its last attempt): a dead event."""
+        try:
+            item = self.get(item_id)
+        except Exception as exc:  # the event is an extra; the fail itself went through
+            log.debug("item %s: its state after a fail was not read: %s", item_id, exc)
+            return
+        if item is not None and item.state == State.DEAD:
+            self.history.write(
+                Dead(id=item_id, cls=item.dead_class or "", reason=item.dead_reason or "")
+            )
+
+    def _digest(self, result: str) -> str | None:
+        """The digest of the detections a manifest names (None: none, or unreadable)."""
+        if not result or self.store is None:
+            return None
+        try:
+            video = self.store.video_of(result)
+            return None if video is None else table_digest(self.store.read_detections(video))
+        except Exception as exc:
+            log.debug("the detections of %s were not read for the history: %s", result, exc)
+            return None

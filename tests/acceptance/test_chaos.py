@@ -1,0 +1,64 @@
+"""`framefleet chaos run`: the proof suite's short mixed run (issue 25). A real fleet on this
+machine (a `ray start` cluster, the embedded Valkey with appendfsync always, a relay that
+can cut the network, two coordinators) works through good videos, poison ones and one its
+model raises on, while faults of every kind strike on a fixed seed's schedule. The run's
+history is then checked by `framefleet chaos check`: nothing lost, unexpected, acknowledged
+twice, stale and visible, different from the fault-free outputs, or stuck; every good video
+done; and the faults' figures are there. The long runs, with their figures, are in
+BENCHMARKS.md (scripts/test-long runs more rounds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.deadline import left
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = 25  # the schedule; the same seed replays it
+KINDS = "kill_decoder,kill_inference,zombie,kill_redis,partition,kill_leader,kill_raylet"
+ANOMALIES = ("lost", "unexpected", "acked_twice", "stale_visible", "differs", "stuck")
+
+
+@pytest.mark.timeout(900)
+def test_a_short_mixed_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAMEFLEET_")}
+    args = ["--seed", str(SEED), "--faults", "6", "--videos", "6", "--kinds", KINDS]
+    args += ["--keep", str(tmp_path / "runs"), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "framefleet", "chaos", "run", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=left(850),
+    )
+    assert proc.returncode == 0, proc.stderr[-5000:] + proc.stdout
+    assert f"seed {SEED}" in proc.stdout  # printed: it replays the run
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["valid"] and result["counts"] == dict.fromkeys(ANOMALIES, 0)
+    (run,) = result["rounds"]
+    assert run["settled"] and run["good_dead"] == []
+    # 6 good videos, 1 poison (5%, one at least), 1 the model raises on: those 2 dead
+    assert (run["enqueued"], run["finished"], run["dead"]) == (8, 6, 2)
+    assert len(run["faults"]) == 6 and len(run["recoveries"]) == 6
+    assert set(run["faults"]) <= set(KINDS.split(","))
+    assert run["rework"]["decodes"] >= 6 * 20  # every chunk of every good video, once at least
+    # the kept history checks the same through the CLI
+    (history,) = (tmp_path / "runs").glob("round-*/history")
+    check = subprocess.run(
+        [sys.executable, "-m", "framefleet", "chaos", "check", str(history)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=left(60),
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "valid: yes" in check.stdout
