@@ -61,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not kinds:
         parser.error(f"unknown fault kinds {unknown}; known: {', '.join(FAULTS)}")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    shape = Shape(videos=args.videos, frames=args.frames, appendfsync=args.appendfsync)
+    shape = Shape(
+        videos=args.videos,
+        frames=args.frames,
+        appendfsync=args.appendfsync,
+        out_tmpfs_mib=64 if "disk_full" in kinds else 0,  # a disk that can fill (root)
+    )
     print(f"seed {seed}", flush=True)
     rounds: list[dict[str, Any]] = []
     fault_free = None
@@ -90,7 +95,7 @@ def _one(
     base = keep or Path(tempfile.mkdtemp(prefix="ffchaos-"))
     outcome = run(base / name, shape, schedule, fault_free)
     print(render(outcome.report), flush=True)
-    if not (outcome.report.valid and outcome.settled and not outcome.good_dead):
+    if not outcome.valid:
         print(f"history kept: {outcome.history}", flush=True)
     elif keep is None:
         shutil.rmtree(base, ignore_errors=True)
@@ -99,10 +104,12 @@ def _one(
 
 def _round(outcome: Outcome, seed: int) -> dict[str, Any]:
     report = outcome.report
-    valid = report.valid and outcome.settled and not outcome.good_dead
     return {
         "seed": seed,
-        "valid": valid,
+        "valid": outcome.valid,
+        "two_drivers_max_s": round(outcome.two_drivers_max_s, 2),
+        "redone": len(report.redone),
+        "unsynced": len(report.unsynced),
         "settled": outcome.settled,
         "good_dead": outcome.good_dead,
         "counts": report.counts,

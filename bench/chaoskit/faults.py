@@ -131,6 +131,39 @@ def kill_head(rig: Rig, rng: random.Random) -> bool:
     return True
 
 
+def restart_coordinators(rig: Rig, rng: random.Random) -> bool:
+    """kill -9 of every coordinator with its Ray driver (their pods deleted), then two
+    started at once: one leads, never two (the rig samples their drivers)."""
+    for name, proc in list(rig.coordinators.items()):
+        _mark(rig, "restart_coordinators", name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    rig.keep_coordinators()
+    return True
+
+
+def disk_full(rig: Rig, rng: random.Random) -> bool:
+    """The output root's disk (a tmpfs) filled up for 4-10 s, then freed: writes fail with
+    ENOSPC meanwhile."""
+    out = rig.root / "out"
+    if not rig.shape.out_tmpfs_mib:
+        return False
+    filler = out / ".filler"
+    free = os.statvfs(out)
+    _mark(rig, "disk_full", str(out))
+    with open(filler, "wb") as f:
+        with contextlib.suppress(OSError):
+            os.posix_fallocate(f.fileno(), 0, free.f_bavail * free.f_frsize)
+        with contextlib.suppress(OSError):  # what fallocate left: a few blocks more
+            while f.write(b"\0" * 65536):
+                f.flush()
+    time.sleep(rng.uniform(4.0, 10.0))
+    filler.unlink()
+    _mark(rig, "disk_full", str(out), Phase.END)
+    return True
+
+
 FAULTS: dict[str, FaultFn] = {
     "kill_decoder": kill_decoder,
     "kill_inference": kill_inference,
@@ -141,4 +174,6 @@ FAULTS: dict[str, FaultFn] = {
     "kill_raylet": kill_raylet,
     "drain_node": drain_node,
     "kill_head": kill_head,
+    "restart_coordinators": restart_coordinators,
+    "disk_full": disk_full,
 }

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -65,6 +66,9 @@ class Shape:
     appendfsync: str = "always"
     decode_actors: int = 2
     inference_actors: int = 2
+    # the output root on a tmpfs of this many MiB (a disk that can fill: the disk_full
+    # fault; mounting needs root); 0: a folder on the machine's disk
+    out_tmpfs_mib: int = 0
 
 
 @dataclass
@@ -84,6 +88,28 @@ class Rig:
     coordinators: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     _names: int = 0
+    # the longest time two coordinators each ran a Ray driver at once (two leaders), sampled
+    two_drivers_max_s: float = 0.0
+    _sampling: threading.Event = field(default_factory=threading.Event)
+
+    def sample_drivers(self, every_s: float = 0.2) -> None:
+        """From now until stop(), watch for two coordinators running drivers at once."""
+        threading.Thread(target=self._sample, args=(every_s,), daemon=True).start()
+
+    def _sample(self, every_s: float) -> None:
+        since: float | None = None
+        while not self._sampling.wait(every_s):
+            leading = 0
+            for proc in list(self.coordinators.values()):
+                with contextlib.suppress(psutil.Error):
+                    alive = [c for c in psutil.Process(proc.pid).children() if c.is_running()]
+                    leading += bool([c for c in alive if c.status() != psutil.STATUS_ZOMBIE])
+            now = time.monotonic()
+            if leading >= 2:
+                since = now if since is None else since
+                self.two_drivers_max_s = max(self.two_drivers_max_s, now - since)
+            else:
+                since = None
 
     # -- the fleet's processes -------------------------------------------------------
 
@@ -144,6 +170,7 @@ class Rig:
         return all(i is not None and i.state in ("done", "dead") for i in items)
 
     def stop(self) -> None:
+        self._sampling.set()
         for proc in self.coordinators.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -159,6 +186,8 @@ class Rig:
         self.queue.client.close()
         self.server.stop()
         self.history.close()
+        if self.shape.out_tmpfs_mib:
+            subprocess.run(["umount", "--lazy", str(self.root / "out")], check=False)
 
 
 def make_rig(root: Path, shape: Shape) -> Rig:
@@ -180,6 +209,10 @@ def make_rig(root: Path, shape: Shape) -> Rig:
         else:
             poison.append(crafted.index_bomb(path, 89_000_000))
     marked = write_video(videos / "marked.mp4", frames=shape.frames // 4, image=marked_frame)
+    if shape.out_tmpfs_mib:
+        (root / "out").mkdir()
+        size = f"size={shape.out_tmpfs_mib}m"
+        subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(root / "out")], check=True)
     server = EmbeddedServer(root / "redis", appendfsync=shape.appendfsync).start()
     relay = Blackhole(server.port)
     cluster = LocalCluster(workers=1, cpus=2, gpus=1).start()
@@ -239,4 +272,5 @@ def summary(settings: Settings, shape: Shape) -> dict[str, Any]:
         "appendfsync": shape.appendfsync,
         "decode_actors": p.decode_actors,
         "inference_actors": p.inference_actors,
+        "out_tmpfs_mib": shape.out_tmpfs_mib,
     }

@@ -40,6 +40,9 @@ from .rig import Rig, Shape, make_rig, reference_model, summary
 
 START_TIMEOUT_S = 300.0  # the cluster, the model loaded, the first chunk checkpointed
 RECOVER_WAIT_S = 120.0
+# A leader whose lease ran out by its own clock ends its driver: SIGTERM, 2 s, SIGKILL
+# (coordinator/supervisor.py EXPIRED_GRACE_S); the standby may start its own meanwhile
+TWO_DRIVERS_S = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,18 @@ class Outcome:
     good_dead: list[str] = field(default_factory=list)  # good videos dead: none expected
     settled: bool = False
     seconds: float = 0.0
+    two_drivers_max_s: float = 0.0  # two coordinators running drivers at once, at most
+
+    @property
+    def valid(self) -> bool:
+        """The checker's verdict, and the rig's own: every item settled, no good video
+        dead, never two leaders (beyond the old driver's grace to end: TWO_DRIVERS_S)."""
+        return (
+            self.report.valid
+            and self.settled
+            and not self.good_dead
+            and self.two_drivers_max_s <= TWO_DRIVERS_S
+        )
 
 
 def run(
@@ -97,6 +112,7 @@ def _run(
     first = [*rig.good[:half], *rig.poison, rig.marked]
     ids = _enqueue(rig, first)
     rig.keep_coordinators()
+    rig.sample_drivers()
     _wait(lambda: _some_progress(rig), START_TIMEOUT_S, "the first chunk checkpointed", rig)
     log(f"seed {schedule.seed}: the fleet is working; {schedule.faults} faults follow")
     struck: list[str] = []
@@ -134,6 +150,7 @@ def _run(
         good_dead=sorted(dead & good_ids),
         settled=settled,
         seconds=time.monotonic() - started,
+        two_drivers_max_s=rig.two_drivers_max_s,
     )
 
 

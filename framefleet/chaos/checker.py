@@ -33,6 +33,16 @@ are empty:
   and only stale_visible can see it where the run has no reference.
 - stuck: enqueued, and its final state is queued, delayed or leased.
 
+A run whose header says `appendfsync: everysec` had a Redis that may lose its last second
+of writes when killed (a kill_redis fault): there the promise is that what is lost is done
+again, never twice over. So, in such a run only, two things are figures, not anomalies:
+
+- redone: an id acknowledged again after an ok ack that came within FSYNC_WINDOW_S before a
+  kill_redis (Redis lost that ack, the item went back, and was done again); every ok ack
+  but the last must be so explained, or the id is acked_twice.
+- unsynced: an id that would be lost, whose last ok enqueue came within FSYNC_WINDOW_S
+  before a kill_redis (Redis lost the item itself).
+
 The figures (figures.py) need no verdict: recovery per fault, rework, goodput.
 
     python -m framefleet.chaos.checker HISTORY [--rate R] [--goodput G] [--window S]
@@ -43,6 +53,7 @@ prints a short table and exits 1 when the run is invalid (2 on a bad history or 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -57,14 +68,18 @@ from .events import (
     Dead,
     Enqueue,
     Event,
+    Fault,
     FinalOutput,
     FinalState,
+    Header,
     HistoryError,
+    Phase,
     Reference,
 )
 from .history import read
 
 ANOMALIES = ("lost", "unexpected", "acked_twice", "stale_visible", "differs", "stuck")
+FSYNC_WINDOW_S = 2.0  # everysec: a write this long before a kill may be gone (1 s, and slack)
 LIVE = frozenset({State.QUEUED, State.DELAYED, State.LEASED})
 NO_ID = (Enqueue, Reference)  # events about an id that do not make it exist
 
@@ -80,6 +95,8 @@ class Report:
     stale_visible: tuple[str, ...] = ()
     differs: tuple[str, ...] = ()
     stuck: tuple[str, ...] = ()
+    redone: tuple[str, ...] = ()  # everysec only: see above
+    unsynced: tuple[str, ...] = ()
     started: float | None = None  # the run's start (figures.run_start)
     baseline_rate: float | None = None
     recoveries: tuple[figures.Recovery, ...] = ()
@@ -105,6 +122,9 @@ class _Facts:
     ok_acks: defaultdict[str, list[Ack]] = field(default_factory=lambda: defaultdict(list))
     dead: set[str] = field(default_factory=set)
     states: dict[str, State] = field(default_factory=dict)
+    enqueued_at: dict[str, float] = field(default_factory=dict)  # the last ok enqueue
+    lossy: bool = False  # appendfsync everysec: a kill_redis may lose writes
+    redis_kills: list[float] = field(default_factory=list)
     outputs: list[FinalOutput] = field(default_factory=list)
     references: dict[tuple[str, int | None], str] = field(default_factory=dict)
     written: dict[tuple[str, int, int], str] = field(default_factory=dict)  # last digest
@@ -114,11 +134,8 @@ class _Facts:
         item = getattr(e, "id", None)
         if isinstance(item, str) and not isinstance(e, NO_ID):
             self.named.add(item)
-        if isinstance(e, Enqueue):
-            if e.ok is not False:
-                self.known.add(e.id)
-            if e.ok:
-                self.enqueued.add(e.id)
+        if isinstance(e, Header | Fault | Enqueue):
+            self._run_fact(e)
         elif isinstance(e, Ack):
             if e.verdict in (Verdict.OK, Verdict.DUPLICATE):
                 self.acknowledged.add(e.id)
@@ -135,9 +152,27 @@ class _Facts:
         elif isinstance(e, ChunkWritten):
             self.written[(e.id, e.chunk, e.epoch)] = e.digest
 
+    def _run_fact(self, e: Header | Fault | Enqueue) -> None:
+        """What the harness did: the run's settings, its faults, its enqueues."""
+        if isinstance(e, Header):
+            self.lossy = e.settings.get("appendfsync") == "everysec"
+        elif isinstance(e, Fault):
+            if e.kind == "kill_redis" and e.phase is Phase.START:
+                self.redis_kills.append(e.t)
+        else:
+            if e.ok is not False:
+                self.known.add(e.id)
+            if e.ok:
+                self.enqueued.add(e.id)
+                self.enqueued_at[e.id] = e.t
+
     @property
     def finished(self) -> set[str]:
         return self.acknowledged | {i for i, s in self.states.items() if s is State.DONE}
+
+    def unsynced_before(self, t: float, until: float = float("inf")) -> bool:
+        """A write at t that a kill_redis (before `until`) may have lost: everysec only."""
+        return self.lossy and any(t <= k < min(t + FSYNC_WINDOW_S, until) for k in self.redis_kills)
 
 
 def check(
@@ -155,6 +190,13 @@ def check(
     facts = _Facts()
     for e in events:
         facts.add(e)
+    gone = [i for i in facts.enqueued - facts.acknowledged - facts.dead if i not in facts.states]
+    twice = {i: acks for i, acks in facts.ok_acks.items() if len(acks) > 1}
+    redone = [
+        i
+        for i, acks in twice.items()
+        if all(facts.unsynced_before(a.t, b.t) for a, b in itertools.pairwise(acks))
+    ]
     rate = fault_free_rate
     if rate is None:
         rate = figures.baseline_rate(figures.ok_ack_times(events), figures.fault_starts(events))
@@ -162,11 +204,11 @@ def check(
         enqueued=len(facts.enqueued),
         finished=len(facts.finished & facts.enqueued),
         dead=len(facts.dead & facts.enqueued),
-        lost=_ids(
-            i for i in facts.enqueued - facts.acknowledged - facts.dead if i not in facts.states
-        ),
+        lost=_ids(i for i in gone if not facts.unsynced_before(facts.enqueued_at[i])),
         unexpected=_ids(facts.named - facts.known),
-        acked_twice=_ids(i for i, acks in facts.ok_acks.items() if len(acks) > 1),
+        acked_twice=_ids(set(twice) - set(redone)),
+        redone=_ids(redone),
+        unsynced=_ids(i for i in gone if facts.unsynced_before(facts.enqueued_at[i])),
         stale_visible=_stale_visible(facts),
         differs=_differs(facts),
         stuck=_ids(i for i in facts.enqueued if facts.states.get(i) in LIVE),
@@ -227,6 +269,11 @@ def render(report: Report, torn: int = 0) -> str:
         f"valid: {'yes' if report.valid else 'NO'}  (enqueued {report.enqueued}, finished "
         f"{report.finished}, dead {report.dead}, torn lines {torn})"
     )
+    if report.redone or report.unsynced:
+        lines.append(
+            f"lost by Redis (everysec): {len(report.redone)} acks, done again;"
+            f" {len(report.unsynced)} enqueues"
+        )
     g, r = report.goodput, report.rework
     lines.append(
         f"goodput: {g.acked} acked in {_s(g.seconds)} s = {_s(g.per_s)}/s, ratio "

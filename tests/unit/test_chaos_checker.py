@@ -480,3 +480,35 @@ def test_main_prints_a_table_and_exits_1_when_invalid(
     assert "valid: NO" in out and "unexpected" in out and "ghost" in out
     (tmp_path / "broken.jsonl").write_text("{\n{\n")
     assert checker.main([str(tmp_path / "broken.jsonl")]) == 2
+
+
+def lossy(events: list[Event], fsync: str = "everysec") -> list[Event]:
+    """The same run, its header saying Redis fsyncs its AOF `fsync`."""
+    header = Header(t=0.0, settings={"appendfsync": fsync})
+    return [header, *(e for e in events if not isinstance(e, Header))]
+
+
+def test_under_everysec_an_ack_redis_lost_and_done_again_is_redone_not_acked_twice() -> None:
+    kill = Fault(t=2.8, kind="kill_redis", target="valkey")  # 0.5 s after v0's ack at 2.3
+    again = processed("v0", 11, 20.0)  # the item back from the lost ack: done again
+    events = [*clean_run(), kill, *again]
+    report = check(lossy(events))
+    assert report.valid and report.redone == ("v0",) and report.acked_twice == ()
+    # with appendfsync always, nothing acknowledged may be lost: the same history is invalid
+    only(check(lossy(events, "always")), "acked_twice", ("v0",))
+    # a kill long after the first ack explains nothing
+    late = Fault(t=9.0, kind="kill_redis", target="valkey")
+    only(check(lossy([*clean_run(), late, *again])), "acked_twice", ("v0",))
+    # nor does a kill after the second ack
+    only(check(lossy([*clean_run(), *again, Fault(t=20.5, kind="kill_redis", target="r")])),
+         "acked_twice", ("v0",))  # fmt: skip
+
+
+def test_under_everysec_an_enqueue_redis_lost_is_unsynced_not_lost() -> None:
+    events = without(clean_run(), "v1", Claim, ChunkWritten, Checkpoint, Ack, FinalState)
+    events = without(events, "v1", FinalOutput, Reference)
+    kill = Fault(t=1.5, kind="kill_redis", target="valkey")  # v1 enqueued at 1.1
+    report = check(lossy([*events, kill]))
+    assert report.valid and report.unsynced == ("v1",) and report.lost == ()
+    only(check(lossy([*events, kill], "always")), "lost", ("v1",))
+    only(check(lossy(events)), "lost", ("v1",))  # no kill: lost
