@@ -25,6 +25,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 import argparse
 import random
 import shutil
+import signal
 import statistics
 import tempfile
 from dataclasses import asdict
@@ -39,7 +40,13 @@ from bench.chaoskit.run import Outcome, Schedule, run
 from framefleet.chaos.checker import ANOMALIES, Report, render
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # through the finally blocks: the rig is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # a background job ignores SIGINT otherwise
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, help="the first round's seed (default: random)")
     parser.add_argument("--rounds", type=int, default=1)
@@ -108,6 +115,7 @@ def _round(outcome: Outcome, seed: int) -> dict[str, Any]:
         "seed": seed,
         "valid": outcome.valid,
         "two_drivers_max_s": round(outcome.two_drivers_max_s, 2),
+        "partial_batches": outcome.partial_batches,
         "redone": len(report.redone),
         "unsynced": len(report.unsynced),
         "settled": outcome.settled,

@@ -192,7 +192,7 @@ class PipelineSettings:
     # FRAMEFLEET_CHECKPOINT_S: a video's finished chunks are checkpointed together at most
     # this often (0: each as it finishes). A worker's death then redoes the decoding (not
     # the model: its outputs are kept) of up to this many seconds of chunks more; at tens of
-    # thousands of workers the checkpoints are most of the queue's Redis load (the README's
+    # thousands of workers the checkpoints are most of the queue's Redis load (BENCHMARKS.md,
     # "Scaling out").
     checkpoint_s: float = 0.0
     decode_threads: int = 1  # FRAMEFLEET_DECODE_THREADS: decoder threads per decode actor

@@ -12,12 +12,16 @@ import contextlib
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 
-from framefleet.chaos.events import Fault, Phase
+import httpx
 
-from .rig import Rig
+from framefleet.chaos.events import Enqueue, Fault, Phase
+from framefleet.queue.model import default_id
+
+from .rig import API_TOKEN, Rig
 
 FaultFn = Callable[[Rig, random.Random], bool]
 
@@ -134,8 +138,8 @@ def kill_head(rig: Rig, rng: random.Random) -> bool:
 def restart_coordinators(rig: Rig, rng: random.Random) -> bool:
     """kill -9 of every coordinator with its Ray driver (their pods deleted), then two
     started at once: one leads, never two (the rig samples their drivers)."""
-    for name, proc in list(rig.coordinators.items()):
-        _mark(rig, "restart_coordinators", name)
+    _mark(rig, "restart_coordinators", ",".join(sorted(rig.coordinators)))
+    for proc in list(rig.coordinators.values()):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
@@ -164,6 +168,48 @@ def disk_full(rig: Rig, rng: random.Random) -> bool:
     return True
 
 
+API_BATCH = 300  # items a batch: three of the API's queue batches (rig.API_QUEUE_BATCH)
+
+
+def kill_api(rig: Rig, rng: random.Random) -> bool:
+    """kill -9 of `framefleet api` while it takes a batch of API_BATCH items (videos that do
+    not exist: each dies at once, not_found), at a random point of the request; then it is
+    started again. The batch must be there whole or not at all (rig.partial_batches): its
+    queue's batch_size is a third of it, so that a batch written a part at a time would be
+    seen in part."""
+    if rig.api is None or rig.api.poll() is not None:
+        rig.start_api()
+    assert rig.api is not None
+    n = len(rig.extra_ids) // API_BATCH + rig.partial_batches + rng.randrange(1 << 30)
+    uris = [str(rig.root / "videos" / f"api{n}-{k:05d}.mp4") for k in range(API_BATCH)]
+    version = rig.settings.queue.config_version
+    ids = [default_id(uri, version) for uri in uris]
+    for item_id in ids:  # the request's outcome is not known: each may or may not exist
+        rig.history.write(Enqueue(id=item_id, ok=None, reason="the API killed mid-request"))
+    body = {"items": [{"uri": uri} for uri in uris]}
+    url = f"http://127.0.0.1:{rig.api_port}/v1/items"
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+
+    def post() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.post(url, json=body, headers=headers, timeout=60)
+
+    sender = threading.Thread(target=post, daemon=True)
+    sender.start()
+    time.sleep(rng.uniform(0.02, 0.15))  # parsing, checking and writing take about that long
+    _mark(rig, "kill_api", "api")
+    rig.api.kill()
+    rig.api.wait(10)
+    sender.join(60)
+    present = sum(1 for state in rig.queue.states(ids) if state is not None)
+    if 0 < present < len(ids):
+        rig.partial_batches += 1
+    if present:
+        rig.extra_ids += ids
+    rig.start_api()
+    return True
+
+
 FAULTS: dict[str, FaultFn] = {
     "kill_decoder": kill_decoder,
     "kill_inference": kill_inference,
@@ -176,4 +222,5 @@ FAULTS: dict[str, FaultFn] = {
     "kill_head": kill_head,
     "restart_coordinators": restart_coordinators,
     "disk_full": disk_full,
+    "kill_api": kill_api,
 }

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from redis import Redis
 
@@ -46,11 +47,13 @@ from tests.support import crafted
 from tests.support.models import write_tiny_detr
 from tests.support.plugin_model import marked_frame
 from tests.support.raycluster import LocalCluster
-from tests.support.servers import Blackhole
+from tests.support.servers import Blackhole, free_port
 from tests.support.videos import write_corrupt, write_truncated, write_video
 
 ROOT = Path(__file__).resolve().parents[2]
 POISON_KINDS = ("corrupt", "truncated", "index_bomb")
+API_TOKEN = "chaos-write-token-0123456789"
+API_QUEUE_BATCH = 100  # the API's queue batch_size (FRAMEFLEET_BATCH_SIZE) in a chaos run
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,10 @@ class Rig:
     _names: int = 0
     # the longest time two coordinators each ran a Ray driver at once (two leaders), sampled
     two_drivers_max_s: float = 0.0
+    api: subprocess.Popen[bytes] | None = None  # `framefleet api`, started by the API fault
+    api_port: int = 0
+    extra_ids: list[str] = field(default_factory=list)  # enqueued by faults (the API's)
+    partial_batches: int = 0  # API batches found neither whole nor absent: none allowed
     _sampling: threading.Event = field(default_factory=threading.Event)
 
     def sample_drivers(self, every_s: float = 0.2) -> None:
@@ -125,6 +132,30 @@ class Rig:
                 start_new_session=True,  # a kill of its group takes its Ray driver too
             )
         return name
+
+    def start_api(self) -> None:
+        """`framefleet api` on a free port, on the fleet's queue (through the relay)."""
+        self.api_port = free_port()
+        with (self.root / "logs" / "api.log").open("ab") as log:
+            self.api = subprocess.Popen(
+                [sys.executable, "-m", "framefleet.cli", "api", "--port", str(self.api_port)],
+                env={
+                    **self.env,
+                    "FRAMEFLEET_API_TOKEN": API_TOKEN,
+                    "FRAMEFLEET_BATCH_SIZE": str(API_QUEUE_BATCH),
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.api_port}/healthz", timeout=2).is_success:
+                    return
+            if self.api.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"the API did not start: {(self.root / 'logs' / 'api.log').read_text()}")
 
     def keep_coordinators(self, n: int = 2) -> None:
         """n coordinators running: the dead replaced (a Deployment's restart)."""
@@ -166,11 +197,14 @@ class Rig:
 
     def ids_settled(self, ids: list[str]) -> bool:
         """Every id done or dead."""
-        items = self.queue.items(ids)
-        return all(i is not None and i.state in ("done", "dead") for i in items)
+        states = self.queue.states(ids)
+        return all(state in ("done", "dead") for state in states)
 
     def stop(self) -> None:
         self._sampling.set()
+        if self.api is not None and self.api.poll() is None:
+            self.api.kill()
+            self.api.wait(10)
         for proc in self.coordinators.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

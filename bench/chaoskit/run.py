@@ -66,16 +66,19 @@ class Outcome:
     settled: bool = False
     seconds: float = 0.0
     two_drivers_max_s: float = 0.0  # two coordinators running drivers at once, at most
+    partial_batches: int = 0  # API batches neither whole nor absent after a kill
 
     @property
     def valid(self) -> bool:
         """The checker's verdict, and the rig's own: every item settled, no good video
-        dead, never two leaders (beyond the old driver's grace to end: TWO_DRIVERS_S)."""
+        dead, never two leaders (beyond the old driver's grace to end: TWO_DRIVERS_S), no
+        API batch in part."""
         return (
             self.report.valid
             and self.settled
             and not self.good_dead
             and self.two_drivers_max_s <= TWO_DRIVERS_S
+            and not self.partial_batches
         )
 
 
@@ -126,10 +129,11 @@ def _run(
         if kind is not None:
             struck.append(kind)
             log(f"  fault {n + 1}: {kind}")
-        _until(lambda i=ids, b=before: _progress(rig, i) != b, RECOVER_WAIT_S, rig)
+        _until(lambda i=ids, b=before: _moved_on(rig, i, b), RECOVER_WAIT_S, rig)
         _pause(rig, rng.uniform(*schedule.gap_s))
     if schedule.faults == 0:
         ids += _enqueue(rig, rig.good[half:])
+    ids += rig.extra_ids  # those the API's batches left (whole ones)
     settled = _until(lambda: rig.ids_settled(ids), schedule.settle_s, rig)
     _observe(rig, ids)
     for ref in references:
@@ -141,7 +145,8 @@ def _run(
         fault_free_rate=fault_free.baseline_rate if fault_free else None,
         fault_free_goodput=fault_free.goodput.per_s if fault_free else None,
     )
-    good_ids = set(ids[: len(first) - len(rig.poison) - 1]) | set(ids[len(first) :])
+    version = rig.settings.queue.config_version
+    good_ids = {default_id(str(path), version) for path in rig.good}
     dead = {i.id for i in rig.queue.items(ids) if i.state == "dead"}
     return Outcome(
         report=report,
@@ -151,6 +156,7 @@ def _run(
         settled=settled,
         seconds=time.monotonic() - started,
         two_drivers_max_s=rig.two_drivers_max_s,
+        partial_batches=rig.partial_batches,
     )
 
 
@@ -193,6 +199,11 @@ def _progress(rig: Rig, ids: list[str]) -> tuple[int, int]:
     items = rig.queue.items(ids)
     settled = sum(1 for i in items if i.state in ("done", "dead"))
     return settled, sum(i.chunks_done for i in items)
+
+
+def _moved_on(rig: Rig, ids: list[str], before: tuple[int, int]) -> bool:
+    """Progress since `before`, or nothing left to do."""
+    return _progress(rig, ids) != before or rig.ids_settled(ids + rig.extra_ids)
 
 
 def _some_progress(rig: Rig) -> bool:

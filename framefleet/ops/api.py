@@ -151,9 +151,9 @@ def readyz(queue: QueueDep) -> JSONResponse:
 def enqueue(body: ItemIn | BatchIn, queue: QueueDep, settings: SettingsDep) -> Enqueued:
     """One item or a batch of up to 10,000, idempotent by id: which ids were new, and the
     state of those that already existed. A batch with one bad item writes nothing (422,
-    with its index and why)."""
+    with its index and why); a batch is written whole or not at all, in one script call."""
     items = _validated(body.items if isinstance(body, BatchIn) else [body], settings)
-    new = queue.enqueue(items)
+    new = queue.enqueue(items, atomic=True)  # all or nothing, should this process die
     if len(new) == len(items):  # every id new, and each once: nothing existed
         return Enqueued(new=new, existing=[])
     fresh = set(new)

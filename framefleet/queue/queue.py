@@ -72,7 +72,9 @@ class Queue(QueueReader):
 
     # -- producers -------------------------------------------------------------------
 
-    def enqueue(self, items: Iterable[NewItem | str], *, force: bool = False) -> list[str]:
+    def enqueue(
+        self, items: Iterable[NewItem | str], *, force: bool = False, atomic: bool = False
+    ) -> list[str]:
         """Add items (a NewItem or a bare uri each), idempotent by id.
 
         Every item is validated before anything is written. An id already known is left as
@@ -80,6 +82,11 @@ class Queue(QueueReader):
         scratch. Returns the ids that were (re)queued by this call, in order. QueueFull when
         the server is over its maxmemory: each batch is written whole or not at all, and
         those before the refused one went through; enqueue them all again later.
+
+        The items go in script calls of settings.batch_size each, so that no call holds the
+        server long: a producer that dies between two calls leaves the first ones written.
+        `atomic`: all the items in one call, written whole or not at all, however many (the
+        API's batches, up to 10,000 items: tens of milliseconds of the server's time).
         """
         version = self.settings.config_version
         batch_size = self.settings.batch_size
@@ -92,6 +99,8 @@ class Queue(QueueReader):
             else:
                 raise InvalidItem(f"expected a NewItem or a uri string, got {type(entry).__name__}")
         flag = "1" if force else "0"
+        if atomic:
+            batch_size = max(1, len(args))
         batches = [args[i : i + batch_size] for i in range(0, len(args), batch_size)]
         calls = [[flag, *chain(*b)] for b in batches]
         if not self.durability.on:

@@ -902,3 +902,26 @@ def test_a_done_items_detections_come_a_page_at_a_time_to_the_read_token(
         assert c.get("/v1/items/nope/detections").status_code == 404
         anonymous = httpx.get(f"{served.url}/v1/items/{item_id}/detections", timeout=30)
         assert anonymous.status_code == 401
+
+
+def _script_calls(client: Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("evalsha", "eval"))
+
+
+def test_a_batch_larger_than_the_queues_batch_size_is_written_in_one_script_call(
+    tmp_path: Path, valkey_client: Redis
+) -> None:
+    """All or nothing: an API process killed mid-request leaves none of a batch or all of it
+    (the queue's own batches, batch_size items a call, would have left the first calls'
+    items and not the rest). Found by the proof suite's API fault."""
+    settings = _settings(tmp_path, "api-atomic")
+    settings = replace(settings, queue=replace(settings.queue, batch_size=100))
+    uris = [{"uri": f"s3://videos/atomic-{k}.mp4"} for k in range(250)]
+    with Served(settings, Queue(valkey_client, settings.queue)) as served, served.client() as c:
+        assert c.get("/v1/queue").status_code == 200  # its scripts loaded, its reads made
+        before = _script_calls(valkey_client)
+        got = c.post("/v1/items", json={"items": uris})
+        calls = _script_calls(valkey_client) - before
+    assert got.status_code == 200 and len(got.json()["new"]) == 250, got.text
+    assert calls == 1

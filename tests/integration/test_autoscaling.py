@@ -7,7 +7,7 @@ minima need one node; a burst asks for three, and the pools grow onto them as th
 node killed mid-video (a spot node taken back) loses nothing and charges nothing, and the
 autoscaler replaces it; once the queue is idle the pools shrink to their minima and the
 nodes they left end. The times from the burst to the first video done and to full pools are
-printed and kept in the test's log (README, "Benchmarks").
+printed and kept in the test's log (BENCHMARKS.md, "Scaling out").
 """
 
 from __future__ import annotations
