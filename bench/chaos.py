@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, bench
 
 from bench import emit
-from bench.chaoskit.faults import FAULTS
+from bench.chaoskit.faults import FAULTS, LOCAL_KINDS
 from bench.chaoskit.rig import Shape
 from bench.chaoskit.run import Outcome, Schedule, run
 from framefleet.chaos.checker import ANOMALIES, Report, render
@@ -51,10 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="the first round's seed (default: random)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--faults", type=int, default=6, help="faults per round")
-    parser.add_argument("--kinds", default=",".join(FAULTS), help="comma-separated")
+    parser.add_argument(
+        "--kinds",
+        default=",".join(LOCAL_KINDS),
+        help="comma-separated (default: every fault of a local output root)",
+    )
     parser.add_argument("--videos", type=int, default=12, help="good videos per round")
     parser.add_argument("--frames", type=int, default=160)
     parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
+    parser.add_argument(
+        "--store",
+        choices=("local", "s3"),
+        help="where the outputs go (default: s3 when an s3 fault is asked for, else local)",
+    )
     parser.add_argument(
         "--baseline",
         action="store_true",
@@ -62,34 +71,65 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep", type=Path, help="keep each round's folder under this one")
     parser.add_argument("--out", help="append the JSON line to this file")
+    parser.add_argument(
+        "--each",
+        action="store_true",
+        help="each kind alone for --rounds rounds, then --rounds of them mixed (the table)",
+    )
     args = parser.parse_args(argv)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = [k for k in kinds if k not in FAULTS]
     if unknown or not kinds:
         parser.error(f"unknown fault kinds {unknown}; known: {', '.join(FAULTS)}")
+    classes = [(k,) for k in kinds] if args.each else []
+    mixed = tuple(k for k in kinds if not args.each or _mixable(k, kinds))
+    classes.append(mixed)
+    for group in classes:
+        if _shape(args, group).s3 and "disk_full" in group:
+            parser.error("disk_full strikes a local output root: run it apart from the s3 faults")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    shape = Shape(
+    print(f"seed {seed}", flush=True)
+    fault_free = None
+    rows: list[dict[str, Any]] = []
+    if args.baseline:
+        print("fault-free round", flush=True)
+        shape = _shape(args, ())
+        outcome = _one(args.keep, "fault-free", shape, Schedule(seed, (), 0))
+        fault_free = outcome.report
+        rows.append(_summary([_round(outcome, seed)], seed, (), shape))
+    for group in classes:
+        shape = _shape(args, group)
+        rounds: list[dict[str, Any]] = []
+        for n in range(args.rounds):
+            round_seed = seed + n
+            label = group[0] if len(group) == 1 else "mixed"
+            print(f"{label}, round {n + 1}/{args.rounds}: seed {round_seed}", flush=True)
+            schedule = Schedule(round_seed, group, args.faults)
+            name = f"{label}-{round_seed}"
+            outcome = _one(args.keep, name, shape, schedule, fault_free)
+            rounds.append(_round(outcome, round_seed))
+        rows.append(_summary(rounds, seed, group, shape))
+    result = rows[-1] if len(rows) == 1 else {"bench": "chaos", "seed": seed, "classes": rows}
+    result["valid"] = all(r["valid"] for r in rows)
+    emit(result, args.out)
+    return 0 if result["valid"] else 1
+
+
+def _shape(args: argparse.Namespace, kinds: tuple[str, ...]) -> Shape:
+    return Shape(
         videos=args.videos,
         frames=args.frames,
         appendfsync=args.appendfsync,
         out_tmpfs_mib=64 if "disk_full" in kinds else 0,  # a disk that can fill (root)
+        s3=args.store == "s3" or (args.store is None and any(k.startswith("s3_") for k in kinds)),
     )
-    print(f"seed {seed}", flush=True)
-    rounds: list[dict[str, Any]] = []
-    fault_free = None
-    if args.baseline:
-        print("fault-free round", flush=True)
-        outcome = _one(args.keep, "fault-free", shape, Schedule(seed, kinds, 0))
-        fault_free = outcome.report
-        rounds.append(_round(outcome, seed))
-    for n in range(args.rounds):
-        round_seed = seed + n
-        print(f"round {n + 1}/{args.rounds}: seed {round_seed}", flush=True)
-        schedule = Schedule(round_seed, kinds, args.faults)
-        outcome = _one(args.keep, f"round-{round_seed}", shape, schedule, fault_free)
-        rounds.append(_round(outcome, round_seed))
-    emit(_summary(rounds, seed, kinds, shape), args.out)
-    return 0 if all(r["valid"] for r in rounds) else 1
+
+
+def _mixable(kind: str, kinds: tuple[str, ...]) -> bool:
+    """In the mixed rounds of --each: the faults of one kind of output root (local, unless
+    only s3 faults were asked for)."""
+    local = [k for k in kinds if not k.startswith("s3_")]
+    return not kind.startswith("s3_") if local else True
 
 
 def _one(
@@ -103,10 +143,18 @@ def _one(
     outcome = run(base / name, shape, schedule, fault_free)
     print(render(outcome.report), flush=True)
     if not outcome.valid:
-        print(f"history kept: {outcome.history}", flush=True)
+        print(f"history kept: {outcome.history} (valid: {_why(outcome)})", flush=True)
     elif keep is None:
         shutil.rmtree(base, ignore_errors=True)
     return outcome
+
+
+def _why(outcome: Outcome) -> str:
+    return (
+        f"checker {outcome.report.valid}, settled {outcome.settled}, good videos dead"
+        f" {len(outcome.good_dead)}, two drivers for {outcome.two_drivers_max_s:.1f} s,"
+        f" API batches in part {outcome.partial_batches}"
+    )
 
 
 def _round(outcome: Outcome, seed: int) -> dict[str, Any]:
@@ -141,7 +189,7 @@ def _summary(
     struck: dict[str, int] = {}
     for r in rounds:
         for rec in r["recoveries"]:
-            keys = ("to_ack_s", "to_rate_s", "redelivered_s")
+            keys = ("to_progress_s", "to_ack_s", "to_rate_s", "redelivered_s")
             figures = by_kind.setdefault(rec["kind"], {k: [] for k in keys})
             struck[rec["kind"]] = struck.get(rec["kind"], 0) + 1
             for key in figures:
@@ -153,7 +201,14 @@ def _summary(
         "kinds": list(kinds),
         "shape": asdict(shape),
         "valid": all(r["valid"] for r in rounds),
+        "rounds_n": len(rounds),
         "counts": {a: sum(r["counts"][a] for r in rounds) for a in ANOMALIES},
+        "goodput_ratio_p50": _q([r["goodput_ratio"] for r in rounds if r["goodput_ratio"]], 0.5),
+        "redecoded_chunks": sum(r["rework"]["redecodes"] for r in rounds),
+        "decoded_chunks": sum(r["rework"]["decodes"] for r in rounds),
+        "rewritten_chunks": sum(r["rework"]["rewrites"] for r in rounds),
+        "redone": sum(r["redone"] for r in rounds),
+        "unsynced": sum(r["unsynced"] for r in rounds),
         "per_kind": {
             kind: {
                 "faults": struck[kind],

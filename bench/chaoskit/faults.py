@@ -168,6 +168,34 @@ def disk_full(rig: Rig, rng: random.Random) -> bool:
     return True
 
 
+def s3_errors(rig: Rig, rng: random.Random) -> bool:
+    """The output store (S3, moto behind a proxy) answers every request with 500 or 503
+    for 5-12 s."""
+    proxy = rig.s3_proxy
+    if proxy is None:
+        return False
+    proxy.status = rng.choice((500, 503))
+    _mark(rig, "s3_errors", f"http {proxy.status}")
+    proxy.failures = 1 << 60
+    time.sleep(rng.uniform(5.0, 12.0))
+    proxy.failures = 0
+    _mark(rig, "s3_errors", f"http {proxy.status}", Phase.END)
+    return True
+
+
+def s3_stall(rig: Rig, rng: random.Random) -> bool:
+    """The output store's network black-holed for 5-12 s: requests hang (then go on)."""
+    relay = rig.s3_relay
+    if relay is None:
+        return False
+    _mark(rig, "s3_stall", "s3")
+    relay.cut()
+    time.sleep(rng.uniform(5.0, 12.0))
+    relay.heal()
+    _mark(rig, "s3_stall", "s3", Phase.END)
+    return True
+
+
 API_BATCH = 300  # items a batch: three of the API's queue batches (rig.API_QUEUE_BATCH)
 
 
@@ -223,4 +251,8 @@ FAULTS: dict[str, FaultFn] = {
     "restart_coordinators": restart_coordinators,
     "disk_full": disk_full,
     "kill_api": kill_api,
+    "s3_errors": s3_errors,
+    "s3_stall": s3_stall,
 }
+# the faults of a run whose outputs are on a local disk (the s3 ones need them in S3)
+LOCAL_KINDS = tuple(k for k in FAULTS if not k.startswith("s3_"))

@@ -43,16 +43,22 @@ from framefleet.settings import (
     Settings,
     SourceSettings,
 )
+from framefleet.workers.sources import s3_client
 from tests.support import crafted
 from tests.support.models import write_tiny_detr
 from tests.support.plugin_model import marked_frame
 from tests.support.raycluster import LocalCluster
-from tests.support.servers import Blackhole, free_port
+from tests.support.servers import Blackhole, FaultyProxy, free_port, moto_s3_server
 from tests.support.videos import write_corrupt, write_truncated, write_video
 
 ROOT = Path(__file__).resolve().parents[2]
 POISON_KINDS = ("corrupt", "truncated", "index_bomb")
 API_TOKEN = "chaos-write-token-0123456789"
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 API_QUEUE_BATCH = 100  # the API's queue batch_size (FRAMEFLEET_BATCH_SIZE) in a chaos run
 
 
@@ -72,6 +78,9 @@ class Shape:
     # the output root on a tmpfs of this many MiB (a disk that can fill: the disk_full
     # fault; mounting needs root); 0: a folder on the machine's disk
     out_tmpfs_mib: int = 0
+    # the outputs in S3 instead: moto's server, behind a proxy that can answer 500 or 503
+    # (the s3_errors fault) and a relay that can stall (s3_stall)
+    s3: bool = False
 
 
 @dataclass
@@ -97,6 +106,9 @@ class Rig:
     api_port: int = 0
     extra_ids: list[str] = field(default_factory=list)  # enqueued by faults (the API's)
     partial_batches: int = 0  # API batches found neither whole nor absent: none allowed
+    s3_proxy: FaultyProxy | None = None  # the S3 store's way in, when the outputs are in S3
+    s3_relay: Blackhole | None = None
+    closing: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _sampling: threading.Event = field(default_factory=threading.Event)
 
     def sample_drivers(self, every_s: float = 0.2) -> None:
@@ -220,6 +232,7 @@ class Rig:
         self.queue.client.close()
         self.server.stop()
         self.history.close()
+        self.closing.close()
         if self.shape.out_tmpfs_mib:
             subprocess.run(["umount", "--lazy", str(self.root / "out")], check=False)
 
@@ -247,6 +260,17 @@ def make_rig(root: Path, shape: Shape) -> Rig:
         (root / "out").mkdir()
         size = f"size={shape.out_tmpfs_mib}m"
         subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(root / "out")], check=True)
+    closing = contextlib.ExitStack()
+    out, s3 = str(root / "out"), SourceSettings(allowed_roots=(videos,))
+    s3_proxy = s3_relay = None
+    if shape.s3:  # moto <- the proxy that fails <- the relay that stalls <- the fleet
+        os.environ.update(S3_ENV)  # this process's clients (the end's reads) too
+        moto = closing.enter_context(moto_s3_server())
+        s3_proxy = closing.enter_context(FaultyProxy(moto, failures=0))
+        s3_relay = closing.enter_context(Blackhole(int(s3_proxy.url.rsplit(":", 1)[1])))
+        s3 = replace(s3, s3_endpoint_url=f"http://127.0.0.1:{s3_relay.port}")
+        s3_client(replace(s3, s3_endpoint_url=moto)).create_bucket(Bucket="chaos")
+        out = "s3://chaos/out"
     server = EmbeddedServer(root / "redis", appendfsync=shape.appendfsync).start()
     relay = Blackhole(server.port)
     cluster = LocalCluster(workers=1, cpus=2, gpus=1).start()
@@ -254,7 +278,7 @@ def make_rig(root: Path, shape: Shape) -> Rig:
     settings = Settings(
         redis=RedisSettings(url=relay.url(server.url)),
         queue=QueueSettings(name="chaos", lease_s=shape.lease_s),
-        source=SourceSettings(allowed_roots=(videos,)),
+        source=s3,
         model=ModelSettings(
             model=str(write_tiny_detr(root / "detr")),
             plugin="tests.support.plugin_model:load_chaos_detection",
@@ -262,7 +286,7 @@ def make_rig(root: Path, shape: Shape) -> Rig:
             torch_threads=1,
         ),
         pipeline=PipelineSettings(
-            out=str(root / "out"),
+            out=out,
             chunk_frames=8,
             max_inflight_chunks=2,
             decode_actors=shape.decode_actors,
@@ -285,7 +309,7 @@ def make_rig(root: Path, shape: Shape) -> Rig:
     history = HistoryWriter(root / "history", by="harness")
     return Rig(
         root, shape, settings, cluster, server, relay, queue, Supervision(queue), history,
-        good, poison, marked, env=env,
+        good, poison, marked, env=env, s3_proxy=s3_proxy, s3_relay=s3_relay, closing=closing,
     )  # fmt: skip
 
 
@@ -307,4 +331,5 @@ def summary(settings: Settings, shape: Shape) -> dict[str, Any]:
         "decode_actors": p.decode_actors,
         "inference_actors": p.inference_actors,
         "out_tmpfs_mib": shape.out_tmpfs_mib,
+        "s3": shape.s3,
     }

@@ -148,7 +148,9 @@ class FaultyProxy:
     ways, so that the upstream's own answers, signatures included, reach the client).
     `conditional_status`: what it answers, itself, to every request with If-None-Match (a
     store without conditional writes answers 501). `dribble_s`: a GET's answer body is sent
-    one byte every dribble_s (a slow S3-compatible endpoint), until the client hangs up."""
+    one byte every dribble_s (a slow S3-compatible endpoint), until the client hangs up.
+    `failures` and `status` are attributes: a chaos run sets failures past the requests so
+    far to fail everything from now on, and back to end it."""
 
     def __init__(
         self,
@@ -160,6 +162,7 @@ class FaultyProxy:
     ) -> None:
         host, port = upstream.removeprefix("http://").split(":")
         self.requests = 0
+        self.failures, self.status = failures, status
         lock = threading.Lock()
         proxy = self
 
@@ -172,10 +175,10 @@ class FaultyProxy:
             def _relay(self) -> None:
                 with lock:
                     proxy.requests += 1
-                    fail = proxy.requests <= failures
+                    fail = proxy.requests <= proxy.failures
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                answer_status = status
+                answer_status = proxy.status
                 if conditional_status and self.headers.get("If-None-Match"):
                     fail, answer_status = True, conditional_status
                 if fail:
