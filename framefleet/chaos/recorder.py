@@ -46,8 +46,14 @@ class RecordingQueue(Queue):
 
     @classmethod
     def of(cls, queue: Queue, history: HistoryWriter, store: Any = None) -> RecordingQueue:
-        """The same client, settings and durability as `queue`, recording."""
-        recording = cls(queue.client, queue.settings, durability=queue.durability)
+        """The same client, settings, clock and durability as `queue`, recording."""
+        recording = cls(
+            queue.client,
+            queue.settings,
+            clock=queue._clock,
+            rng=queue._rng,
+            durability=queue.durability,
+        )
         recording.history, recording.store = history, store
         return recording
 
