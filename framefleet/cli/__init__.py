@@ -207,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", choices=("run", "check"))
     sp.add_argument("chaos_args", nargs=argparse.REMAINDER)
     sp = add("bench", cmd_bench, "run a benchmark: `framefleet bench NAME [args]` (bench/NAME.py)")
-    names = ("queue", "pipeline", "recovery", "api", "dashboard", "scale", "simulate", "chaos")
+    names = (
+        "queue", "pipeline", "recovery", "api", "dashboard", "scale", "simulate", "million",
+        "chaos",
+    )  # fmt: skip
     sp.add_argument("name", choices=names)
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
     return p
