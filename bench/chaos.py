@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_summary(rounds, seed, group, shape))
     result = rows[-1] if len(rows) == 1 else {"bench": "chaos", "seed": seed, "classes": rows}
     result["valid"] = all(r["valid"] for r in rows)
+    print(table(rows), flush=True)
     emit(result, args.out)
     return 0 if result["valid"] else 1
 
@@ -217,8 +218,44 @@ def _summary(
             }
             for kind, f in sorted(by_kind.items())
         },
+        "pooled": {  # every fault of the rows' rounds together (the mixed row's figures)
+            f"{key}_{name}": _q([v for f in by_kind.values() for v in f[key]], q)
+            for key in ("to_progress_s", "to_ack_s", "to_rate_s", "redelivered_s")
+            for name, q in (("p50", 0.5), ("p95", 0.95))
+        },
         "rounds": rounds,
     }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The chaos table (BENCHMARKS.md): a row per fault class."""
+    head = (
+        "| fault class | rounds | faults | lost | unexpected | acked twice | stale visible |"
+        " differs | stuck | valid | to progress p50 / p95 (s) | to ack p50 / p95 (s) |"
+        " redelivered p50 / p95 (s) | goodput vs fault-free | chunks decoded again |"
+    )
+    lines = [head, "|" + "---|" * 15]
+    for row in rows:
+        kinds = row["kinds"]
+        name = "fault-free" if not kinds else kinds[0] if len(kinds) == 1 else "mixed"
+        faults = sum(k["faults"] for k in row["per_kind"].values())
+
+        def pair(key: str, pooled: dict[str, Any] = row["pooled"]) -> str:
+            if pooled[f"{key}_p50"] is None:
+                return "-"
+            return f"{pooled[f'{key}_p50']} / {pooled[f'{key}_p95']}"
+
+        c = row["counts"]
+        ratio = row["goodput_ratio_p50"]
+        lines.append(
+            f"| {name} | {row['rounds_n']} | {faults} | {c['lost']} | {c['unexpected']} |"
+            f" {c['acked_twice']} | {c['stale_visible']} | {c['differs']} | {c['stuck']} |"
+            f" {'yes' if row['valid'] else 'NO'} | {pair('to_progress_s')} |"
+            f" {pair('to_ack_s')} | {pair('redelivered_s')} |"
+            f" {'-' if ratio is None else f'{ratio:.2f}'} |"
+            f" {row['redecoded_chunks']} of {row['decoded_chunks']} |"
+        )
+    return "\n".join(lines)
 
 
 def _q(values: list[float], q: float) -> float | None:
