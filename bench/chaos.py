@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a fault-free round first: the ack rate and goodput the others are measured against",
     )
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=600.0,
+        help="after the last fault, how long every item has to end done or dead",
+    )
     parser.add_argument("--keep", type=Path, help="keep each round's folder under this one")
     parser.add_argument("--out", help="append the JSON line to this file")
     parser.add_argument(
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             round_seed = seed + n
             label = group[0] if len(group) == 1 else "mixed"
             print(f"{label}, round {n + 1}/{args.rounds}: seed {round_seed}", flush=True)
-            schedule = Schedule(round_seed, group, args.faults)
+            schedule = Schedule(round_seed, group, args.faults, settle_s=args.settle_s)
             name = f"{label}-{round_seed}"
             outcome = _one(args.keep, name, shape, schedule, fault_free)
             rounds.append(_round(outcome, round_seed))

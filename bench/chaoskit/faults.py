@@ -58,12 +58,16 @@ def zombie(rig: Rig, rng: random.Random) -> bool:
     name = rng.choice(sorted(pids))
     stopped_s = rig.shape.lease_s + rig.shape.stale_s + 2.0
     _mark(rig, "zombie", name)
+    pid = pids[name]
+    rig.stopped.add(pid)
     try:
-        os.kill(pids[name], signal.SIGSTOP)
-        time.sleep(stopped_s)
-        os.kill(pids[name], signal.SIGCONT)
-    except ProcessLookupError:
-        pass  # the coordinator killed it meanwhile (it may)
+        with contextlib.suppress(ProcessLookupError):  # the coordinator may kill it meanwhile
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(stopped_s)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+        rig.stopped.discard(pid)
     _mark(rig, "zombie", name, Phase.END)
     return True
 
@@ -80,8 +84,10 @@ def partition(rig: Rig, rng: random.Random) -> bool:
     """The network between the fleet and Valkey cut for longer than a lease."""
     _mark(rig, "partition", "fleet-redis")
     rig.relay.cut()
-    time.sleep(rig.shape.lease_s + rng.uniform(1.0, 4.0))
-    rig.relay.heal()
+    try:
+        time.sleep(rig.shape.lease_s + rng.uniform(1.0, 4.0))
+    finally:
+        rig.relay.heal()
     _mark(rig, "partition", "fleet-redis", Phase.END)
     return True
 
@@ -156,14 +162,18 @@ def disk_full(rig: Rig, rng: random.Random) -> bool:
     filler = out / ".filler"
     free = os.statvfs(out)
     _mark(rig, "disk_full", str(out))
-    with open(filler, "wb") as f:
-        with contextlib.suppress(OSError):
-            os.posix_fallocate(f.fileno(), 0, free.f_bavail * free.f_frsize)
-        with contextlib.suppress(OSError):  # what fallocate left: a few blocks more
-            while f.write(b"\0" * 65536):
-                f.flush()
-    time.sleep(rng.uniform(4.0, 10.0))
-    filler.unlink()
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with contextlib.suppress(OSError):  # ENOSPC: the workers took some meanwhile
+            os.posix_fallocate(fd, 0, free.f_bavail * free.f_frsize)
+        block = b"\0" * 4096
+        with contextlib.suppress(OSError):  # what fallocate left, to the last block
+            while os.write(fd, block):
+                pass
+        time.sleep(rng.uniform(4.0, 10.0))
+    finally:
+        os.close(fd)
+        filler.unlink()
     _mark(rig, "disk_full", str(out), Phase.END)
     return True
 
@@ -177,8 +187,10 @@ def s3_errors(rig: Rig, rng: random.Random) -> bool:
     proxy.status = rng.choice((500, 503))
     _mark(rig, "s3_errors", f"http {proxy.status}")
     proxy.failures = 1 << 60
-    time.sleep(rng.uniform(5.0, 12.0))
-    proxy.failures = 0
+    try:
+        time.sleep(rng.uniform(5.0, 12.0))
+    finally:
+        proxy.failures = 0
     _mark(rig, "s3_errors", f"http {proxy.status}", Phase.END)
     return True
 
@@ -190,8 +202,10 @@ def s3_stall(rig: Rig, rng: random.Random) -> bool:
         return False
     _mark(rig, "s3_stall", "s3")
     relay.cut()
-    time.sleep(rng.uniform(5.0, 12.0))
-    relay.heal()
+    try:
+        time.sleep(rng.uniform(5.0, 12.0))
+    finally:
+        relay.heal()
     _mark(rig, "s3_stall", "s3", Phase.END)
     return True
 
@@ -234,6 +248,8 @@ def kill_api(rig: Rig, rng: random.Random) -> bool:
         rig.partial_batches += 1
     if present:
         rig.extra_ids += ids
+        for item_id in ids:  # known to be there now: each must end done or dead
+            rig.history.write(Enqueue(id=item_id, ok=True))
     rig.start_api()
     return True
 

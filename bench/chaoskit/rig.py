@@ -109,6 +109,7 @@ class Rig:
     s3_proxy: FaultyProxy | None = None  # the S3 store's way in, when the outputs are in S3
     s3_relay: Blackhole | None = None
     closing: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    stopped: set[int] = field(default_factory=set)  # pids under SIGSTOP now (the zombie fault)
     _sampling: threading.Event = field(default_factory=threading.Event)
 
     def sample_drivers(self, every_s: float = 0.2) -> None:
@@ -213,10 +214,51 @@ class Rig:
         return all(state in ("done", "dead") for state in states)
 
     def stop(self) -> None:
-        self._sampling.set()
+        """Everything stopped, each step whatever the others did (a run may end mid-fault:
+        the network is healed and stopped actors continued first, so that the coordinators
+        can stop their fleets). A second SIGTERM meanwhile is ignored."""
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            self._sampling.set()
+            steps = [
+                self.relay.heal,
+                self._unfail_s3,
+                self._continue_stopped,
+                self._stop_api,
+                self._stop_coordinators,
+                self.cluster.stop,
+                self.relay.close,
+                self.queue.client.close,
+                self.server.stop,
+                self.history.close,
+                self.closing.close,
+                self._unmount,
+            ]
+            for step in steps:
+                try:
+                    step()
+                except Exception as exc:  # the rest still runs
+                    print(f"chaos rig: stopping: {step.__name__}: {exc!r}", file=sys.stderr)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _unfail_s3(self) -> None:
+        if self.s3_proxy is not None:
+            self.s3_proxy.failures = 0
+        if self.s3_relay is not None:
+            self.s3_relay.heal()
+
+    def _continue_stopped(self) -> None:
+        for pid in self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+    def _stop_api(self) -> None:
         if self.api is not None and self.api.poll() is None:
             self.api.kill()
             self.api.wait(10)
+
+    def _stop_coordinators(self) -> None:
         for proc in self.coordinators.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -227,18 +269,22 @@ class Rig:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        self.cluster.stop()
-        self.relay.close()
-        self.queue.client.close()
-        self.server.stop()
-        self.history.close()
-        self.closing.close()
+
+    def _unmount(self) -> None:
         if self.shape.out_tmpfs_mib:
             subprocess.run(["umount", "--lazy", str(self.root / "out")], check=False)
 
 
 def make_rig(root: Path, shape: Shape) -> Rig:
-    """Videos, model, Valkey, relay and Ray cluster; no coordinator yet."""
+    """Videos, model, Valkey, relay and Ray cluster; no coordinator yet. What was started
+    is stopped again should a later part fail."""
+    with contextlib.ExitStack() as undo:
+        rig = _make_rig(root, shape, undo)
+        undo.pop_all()
+    return rig
+
+
+def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
     videos = root / "videos"
     videos.mkdir(parents=True)
     (root / "logs").mkdir()
@@ -260,7 +306,8 @@ def make_rig(root: Path, shape: Shape) -> Rig:
         (root / "out").mkdir()
         size = f"size={shape.out_tmpfs_mib}m"
         subprocess.run(["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(root / "out")], check=True)
-    closing = contextlib.ExitStack()
+        undo.callback(subprocess.run, ["umount", "--lazy", str(root / "out")], check=False)
+    closing = undo.enter_context(contextlib.ExitStack())
     out, s3 = str(root / "out"), SourceSettings(allowed_roots=(videos,))
     s3_proxy = s3_relay = None
     if shape.s3:  # moto <- the proxy that fails <- the relay that stalls <- the fleet
@@ -272,8 +319,11 @@ def make_rig(root: Path, shape: Shape) -> Rig:
         s3_client(replace(s3, s3_endpoint_url=moto)).create_bucket(Bucket="chaos")
         out = "s3://chaos/out"
     server = EmbeddedServer(root / "redis", appendfsync=shape.appendfsync).start()
-    relay = Blackhole(server.port)
-    cluster = LocalCluster(workers=1, cpus=2, gpus=1).start()
+    undo.callback(server.stop)
+    relay = undo.enter_context(Blackhole(server.port))
+    cluster = LocalCluster(workers=1, cpus=2, gpus=1)
+    undo.callback(cluster.stop)
+    cluster.start()
     cluster.supervise()
     settings = Settings(
         redis=RedisSettings(url=relay.url(server.url)),
@@ -284,6 +334,7 @@ def make_rig(root: Path, shape: Shape) -> Rig:
             plugin="tests.support.plugin_model:load_chaos_detection",
             score_threshold=0.0,
             torch_threads=1,
+            device="cpu",  # as the reference, in this process: the same bits
         ),
         pipeline=PipelineSettings(
             out=out,
@@ -332,4 +383,6 @@ def summary(settings: Settings, shape: Shape) -> dict[str, Any]:
         "inference_actors": p.inference_actors,
         "out_tmpfs_mib": shape.out_tmpfs_mib,
         "s3": shape.s3,
+        # nothing done or dead is purged sooner: an enqueued id gone before is lost
+        "retention_s": min(settings.queue.done_ttl_s, settings.queue.dead_ttl_s),
     }

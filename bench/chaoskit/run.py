@@ -41,8 +41,9 @@ from .rig import Rig, Shape, make_rig, reference_model, summary
 START_TIMEOUT_S = 300.0  # the cluster, the model loaded, the first chunk checkpointed
 RECOVER_WAIT_S = 120.0
 # A leader whose lease ran out by its own clock ends its driver: SIGTERM, 2 s, SIGKILL
-# (coordinator/supervisor.py EXPIRED_GRACE_S); the standby may start its own meanwhile
-TWO_DRIVERS_S = 3.0
+# (coordinator/supervisor.py EXPIRED_GRACE_S); the standby may start its own meanwhile, a
+# tick later, and the rig samples every 0.2 s: on a loaded machine, up to this in all
+TWO_DRIVERS_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +165,9 @@ def _enqueue(rig: Rig, paths: Sequence[Path]) -> list[str]:
     try:
         ids = rig.queue.enqueue([str(p) for p in paths])
     except Exception as exc:
+        version = rig.settings.queue.config_version
         for p in paths:  # the outcome unknown: each may or may not exist
-            rig.history.write(Enqueue(id=str(p), ok=None, reason=str(exc)))
+            rig.history.write(Enqueue(id=default_id(str(p), version), ok=None, reason=str(exc)))
         raise
     for i in ids:
         rig.history.write(Enqueue(id=i, ok=True))
@@ -213,13 +215,20 @@ def _some_progress(rig: Rig) -> bool:
 
 
 def _observe(rig: Rig, ids: list[str]) -> None:
-    """The final state of every id, and every output present."""
+    """The final state of every item the queue holds (the run's, and any other: none is
+    expected), and every output present."""
     written: dict[str, int] = {}  # chunk key -> the epoch whose recorded write made it
     for e in read(rig.root / "history").events:
         if isinstance(e, ChunkWritten):
             written.setdefault(e.key, e.epoch)
     store = OutputStore(rig.settings.pipeline.out, rig.settings.source)
-    for item in rig.queue.items(ids):
+    every = dict.fromkeys(ids)
+    for state in ("queued", "delayed", "leased", "done", "dead"):
+        offset = 0
+        while page := rig.queue.items_in(state, offset, 1000):
+            every.update(dict.fromkeys(item.id for item in page))
+            offset += len(page)
+    for item in rig.queue.items(list(every)):
         rig.history.write(FinalState(id=item.id, state=item.state))
         if not item.result:
             continue
@@ -238,7 +247,7 @@ def _observe(rig: Rig, ids: list[str]) -> None:
             table = store.read_chunk(video, index)
             rig.history.write(
                 FinalOutput(
-                    id=item.id, chunk=index, epoch=written.get(key, 0), digest=table_digest(table)
+                    id=item.id, chunk=index, epoch=written.get(key), digest=table_digest(table)
                 )
             )
 

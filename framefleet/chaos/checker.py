@@ -10,15 +10,19 @@ states and outputs are observed once the fleet is idle: the harness's duty.
 The anomalies, each a sorted tuple of the offending ids; the run is valid only when all
 are empty:
 
-- lost: enqueued, never acknowledged, no dead event, and the queue no longer knows it (no
-  final_state). An item the queue still holds (queued, delayed, leased) is stuck, not
-  lost: it would be done if the fleet went on (Jepsen drains the queue at the end for the
-  same reason); an item acknowledged or dead and then gone was purged by retention.
+- lost: enqueued, and the queue no longer knows it (no final_state), unless it was
+  acknowledged or dead and retention may have purged it since: when the header's settings
+  name the retention (`retention_s`, the shorter of the done and dead items') and the run
+  was shorter than that, nothing was purged, and every enqueued id must still be there. An
+  item the queue still holds (queued, delayed, leased) is stuck, not lost: it would be done
+  if the fleet went on (Jepsen drains the queue at the end for the same reason).
 - unexpected: an id that some claim, chunk_written, checkpoint, ack, fail, release, dead,
   final_state or final_output names but that is not known: output or work for something
   nobody enqueued, or an item the queue holds after refusing it (ok=False).
-- acked_twice: two or more acks with the verdict ok for one id (two leases both paid for;
-  a duplicate verdict is not a second success, a stale one not a success at all).
+- acked_twice: successful acks of one id under two or more epochs, or two with the verdict
+  ok (two leases both paid for). A duplicate verdict is the retry of a success: under the
+  same epoch as an ok one it is no second success, under another epoch it is one (that
+  lease's own ok reply was lost); a stale verdict is no success at all.
 - stale_visible: a final_output whose epoch is older than the item's acked epoch (the
   epoch of its ok ack, the highest if several) and whose digest differs from what the
   acked epoch wrote for the same output: for a chunk, its chunk_written digest under the
@@ -31,15 +35,15 @@ are empty:
   chunk)) whose final_output for that key is missing or has another digest. A stale
   visible output usually differs too: stale_visible names the cause, differs the effect,
   and only stale_visible can see it where the run has no reference.
-- stuck: enqueued, and its final state is queued, delayed or leased.
+- stuck: known, and its final state is queued, delayed or leased.
 
 A run whose header says `appendfsync: everysec` had a Redis that may lose its last second
 of writes when killed (a kill_redis fault): there the promise is that what is lost is done
 again, never twice over. So, in such a run only, two things are figures, not anomalies:
 
-- redone: an id acknowledged again after an ok ack that came within FSYNC_WINDOW_S before a
-  kill_redis (Redis lost that ack, the item went back, and was done again); every ok ack
-  but the last must be so explained, or the id is acked_twice.
+- redone: an id acknowledged again after a successful ack that came within FSYNC_WINDOW_S
+  before a kill_redis (Redis lost that ack, the item went back, and was done again); every
+  success but the last must be so explained, or the id is acked_twice.
 - unsynced: an id that would be lost, whose last ok enqueue came within FSYNC_WINDOW_S
   before a kill_redis (Redis lost the item itself).
 
@@ -80,6 +84,7 @@ from .history import read
 
 ANOMALIES = ("lost", "unexpected", "acked_twice", "stale_visible", "differs", "stuck")
 FSYNC_WINDOW_S = 2.0  # everysec: a write this long before a kill may be gone (1 s, and slack)
+RECORD_SLACK_S = 0.5  # a call's event is written once its reply is in: up to this after
 LIVE = frozenset({State.QUEUED, State.DELAYED, State.LEASED})
 NO_ID = (Enqueue, Reference)  # events about an id that do not make it exist
 
@@ -120,10 +125,12 @@ class _Facts:
     known: set[str] = field(default_factory=set)
     acknowledged: set[str] = field(default_factory=set)
     ok_acks: defaultdict[str, list[Ack]] = field(default_factory=lambda: defaultdict(list))
+    wins: defaultdict[str, list[Ack]] = field(default_factory=lambda: defaultdict(list))
     dead: set[str] = field(default_factory=set)
     states: dict[str, State] = field(default_factory=dict)
     enqueued_at: dict[str, float] = field(default_factory=dict)  # the last ok enqueue
     lossy: bool = False  # appendfsync everysec: a kill_redis may lose writes
+    retention_s: float | None = None  # done and dead items are kept at least this long
     redis_kills: list[float] = field(default_factory=list)
     outputs: list[FinalOutput] = field(default_factory=list)
     references: dict[tuple[str, int | None], str] = field(default_factory=dict)
@@ -139,6 +146,8 @@ class _Facts:
         elif isinstance(e, Ack):
             if e.verdict in (Verdict.OK, Verdict.DUPLICATE):
                 self.acknowledged.add(e.id)
+                if all(w.epoch != e.epoch for w in self.wins[e.id]):  # a first success
+                    self.wins[e.id].append(e)
             if e.verdict is Verdict.OK:
                 self.ok_acks[e.id].append(e)
         elif isinstance(e, Dead):
@@ -156,6 +165,8 @@ class _Facts:
         """What the harness did: the run's settings, its faults, its enqueues."""
         if isinstance(e, Header):
             self.lossy = e.settings.get("appendfsync") == "everysec"
+            retention = e.settings.get("retention_s")
+            self.retention_s = None if retention is None else float(retention)
         elif isinstance(e, Fault):
             if e.kind == "kill_redis" and e.phase is Phase.START:
                 self.redis_kills.append(e.t)
@@ -171,8 +182,11 @@ class _Facts:
         return self.acknowledged | {i for i, s in self.states.items() if s is State.DONE}
 
     def unsynced_before(self, t: float, until: float = float("inf")) -> bool:
-        """A write at t that a kill_redis (before `until`) may have lost: everysec only."""
-        return self.lossy and any(t <= k < min(t + FSYNC_WINDOW_S, until) for k in self.redis_kills)
+        """A write recorded at t that a kill_redis (before `until`) may have lost: everysec
+        only. The record comes after the reply, so a kill just before it counts too."""
+        return self.lossy and any(
+            t - RECORD_SLACK_S <= k < min(t + FSYNC_WINDOW_S, until) for k in self.redis_kills
+        )
 
 
 def check(
@@ -190,12 +204,23 @@ def check(
     facts = _Facts()
     for e in events:
         facts.add(e)
-    gone = [i for i in facts.enqueued - facts.acknowledged - facts.dead if i not in facts.states]
-    twice = {i: acks for i, acks in facts.ok_acks.items() if len(acks) > 1}
+    dead = facts.dead | {i for i, state in facts.states.items() if state is State.DEAD}
+    started, ended = figures.run_start(events), events[-1].t if events else None
+    purged = facts.retention_s is None or (
+        started is not None and ended is not None and ended - started >= facts.retention_s
+    )  # may retention have deleted a finished item during the run?
+    ended_ids = facts.acknowledged | dead if purged else set()
+    gone = [i for i in facts.enqueued - ended_ids if i not in facts.states]
+    twice = {
+        i: wins
+        for i, wins in facts.wins.items()
+        if len(wins) > 1 or len(facts.ok_acks.get(i, ())) > 1
+    }
     redone = [
         i
-        for i, acks in twice.items()
-        if all(facts.unsynced_before(a.t, b.t) for a, b in itertools.pairwise(acks))
+        for i, wins in twice.items()
+        if len(facts.ok_acks.get(i, ())) <= len(wins)  # no two ok acks under one epoch
+        and all(facts.unsynced_before(a.t, b.t) for a, b in itertools.pairwise(wins))
     ]
     rate = fault_free_rate
     if rate is None:
@@ -203,7 +228,7 @@ def check(
     return Report(
         enqueued=len(facts.enqueued),
         finished=len(facts.finished & facts.enqueued),
-        dead=len(facts.dead & facts.enqueued),
+        dead=len(dead & facts.enqueued),
         lost=_ids(i for i in gone if not facts.unsynced_before(facts.enqueued_at[i])),
         unexpected=_ids(facts.named - facts.known),
         acked_twice=_ids(set(twice) - set(redone)),
@@ -211,8 +236,8 @@ def check(
         unsynced=_ids(i for i in gone if facts.unsynced_before(facts.enqueued_at[i])),
         stale_visible=_stale_visible(facts),
         differs=_differs(facts),
-        stuck=_ids(i for i in facts.enqueued if facts.states.get(i) in LIVE),
-        started=figures.run_start(events),
+        stuck=_ids(i for i in facts.known if facts.states.get(i) in LIVE),
+        started=started,
         baseline_rate=rate,
         recoveries=figures.recoveries(events, rate, window_s),
         rework=figures.rework(events),
@@ -231,7 +256,7 @@ def _stale_visible(facts: _Facts) -> tuple[str, ...]:
         if not acks:
             continue
         acked = max(acks, key=lambda a: a.epoch)
-        if out.epoch >= acked.epoch:
+        if out.epoch is None or out.epoch >= acked.epoch:  # None: no recorded write made it
             continue
         if out.chunk is None:
             want = acked.digest

@@ -203,13 +203,13 @@ class FinalState(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FinalOutput(Event):
-    """At the end: an output present, the epoch that wrote it (as the file records it) and
-    its digest. `chunk` None is the item's whole output (its detections), an index one
-    chunk's file."""
+    """At the end: an output present, the epoch that wrote it (as the file or the history
+    records it; None when neither does) and its digest. `chunk` None is the item's whole
+    output (its detections), an index one chunk's file."""
 
     TYPE: ClassVar[str] = "final_output"
     id: str
-    epoch: int
+    epoch: int | None
     digest: str
     chunk: int | None = None
 

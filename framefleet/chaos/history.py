@@ -53,16 +53,17 @@ def read(path: str | Path) -> History:
     keyed: list[tuple[float, int, int, Event]] = []
     torn: list[str] = []
     for n, file in enumerate(files):
-        text = file.read_text(encoding="utf-8")
-        lines = text.split("\n")
-        for i, line in enumerate(lines, 1):
-            if not line:
+        lines = file.read_bytes().split(b"\n")  # decoded a line at a time: a torn last
+        for i, raw in enumerate(lines, 1):  # line may end inside a character
+            if not raw:
                 continue
             if i == len(lines):  # no newline after it: a write cut short by a kill
                 torn.append(f"{file.name}:{i}")
                 continue
             try:
-                event = parse(line)
+                event = parse(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise HistoryError(f"{file}:{i}: not UTF-8 ({e})") from None
             except HistoryError as e:
                 raise HistoryError(f"{file}:{i}: {e}") from None
             keyed.append((event.t, n, i, event))

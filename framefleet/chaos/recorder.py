@@ -3,10 +3,11 @@ as the calls return (as Jepsen's clients record theirs), never read back from th
 own records (the thing under test).
 
 `RecordingQueue` is a Queue whose claim, progress/checkpoint, ack, fail and release also
-write an event each (events.py) to the process's history file. A call that raises writes
-nothing: its outcome is unknown, and the checker treats it so. The decode side writes the
-chunk events itself (`decoded`, `chunk_written`: workers/pipeline.py), through the same
-writer. Turned on by FRAMEFLEET_HISTORY (PipelineSettings.history).
+write an event each (events.py) to the process's history file, after the call: it only
+observes (an event that cannot be written is logged, and the call's outcome stands). A call
+that raises writes nothing: its outcome is unknown, and the checker treats it so. The
+decode side writes the chunk events itself (`decoded`, `chunk_written`: workers/pipeline.py),
+through the same writer. Turned on by FRAMEFLEET_HISTORY (PipelineSettings.history).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from framefleet.queue import Queue
-from framefleet.queue.model import ChunkWork, Lease, State, Verdict
+from framefleet.queue.model import ChunkWork, Lease, Verdict
 
 from .digest import table_digest
-from .events import Ack, Checkpoint, Claim, Dead, Fail, Release
+from .events import Ack, Checkpoint, Claim, Dead, Event, Fail, Release
 from .history import HistoryWriter
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,7 @@ class RecordingQueue(Queue):
     def claim(self, n: int, worker: str, *, block: float | None = None) -> list[Lease]:
         leases = super().claim(n, worker, block=block)
         for lease in leases:
-            self.history.write(
-                Claim(id=lease.id, epoch=lease.epoch, worker=worker, token=lease.token)
-            )
+            self._record(Claim(id=lease.id, epoch=lease.epoch, worker=worker, token=lease.token))
         return leases
 
     def checkpoint(
@@ -75,16 +74,16 @@ class RecordingQueue(Queue):
     ) -> Verdict:
         verdict = super().checkpoint(lease, chunks, total, expected, pin)
         done = tuple(sorted({c for c, _ in chunks}))
-        self.history.write(Checkpoint(id=lease.id, chunks=done, epoch=lease.epoch, ok=verdict.ok))
+        self._record(Checkpoint(id=lease.id, chunks=done, epoch=lease.epoch, ok=verdict.ok))
         return verdict
 
     def ack_many(
         self, acks: Sequence[tuple[Lease, str] | tuple[Lease, str, Mapping[str, float] | None]]
     ) -> list[Verdict]:
-        digests = [self._digest(result) for _, result, *_ in acks]
         verdicts = super().ack_many(acks)
-        for (lease, *_), verdict, digest in zip(acks, verdicts, digests, strict=True):
-            self.history.write(Ack(id=lease.id, epoch=lease.epoch, verdict=verdict, digest=digest))
+        for (lease, result, *_), verdict in zip(acks, verdicts, strict=True):
+            digest = self._digest(result) if verdict is Verdict.OK else None  # after: no delay
+            self._record(Ack(id=lease.id, epoch=lease.epoch, verdict=verdict, digest=digest))
         return verdicts
 
     def fail(
@@ -97,38 +96,32 @@ class RecordingQueue(Queue):
         bug: bool = False,
     ) -> Verdict:
         verdict = super().fail(lease, error, retryable=retryable, cls=cls, bug=bug)
-        self.history.write(
+        self._record(
             Fail(id=lease.id, epoch=lease.epoch, retryable=retryable, reason=error, verdict=verdict)
         )
-        if verdict is Verdict.OK:
-            self._if_dead(lease.id)
+        if verdict is Verdict.OK and not retryable:  # dead at once (after its last retry
+            self._record(Dead(id=lease.id, cls=cls, reason=error))  # too: final_state says so)
         return verdict
 
     def release(self, lease: Lease, reason: str = "released", *, delay_s: float = 0) -> Verdict:
         verdict = super().release(lease, reason, delay_s=delay_s)
-        self.history.write(Release(id=lease.id, epoch=lease.epoch, reason=reason, verdict=verdict))
+        self._record(Release(id=lease.id, epoch=lease.epoch, reason=reason, verdict=verdict))
         return verdict
 
     def release_for(
         self, lease: Lease, reason: str, cls: str, *, delay_s: float = 0
     ) -> tuple[Verdict, str | None]:
         verdict, dead = super().release_for(lease, reason, cls, delay_s=delay_s)
-        self.history.write(Release(id=lease.id, epoch=lease.epoch, reason=reason, verdict=verdict))
+        self._record(Release(id=lease.id, epoch=lease.epoch, reason=reason, verdict=verdict))
         if dead is not None:
-            self.history.write(Dead(id=lease.id, cls=cls, reason=dead))
+            self._record(Dead(id=lease.id, cls=cls, reason=dead))
         return verdict, dead
 
-    def _if_dead(self, item_id: str) -> None:
-        """A fail that ended the item (not retryable, or its last attempt): a dead event."""
+    def _record(self, event: Event) -> None:
         try:
-            item = self.get(item_id)
-        except Exception as exc:  # the event is an extra; the fail itself went through
-            log.debug("item %s: its state after a fail was not read: %s", item_id, exc)
-            return
-        if item is not None and item.state == State.DEAD:
-            self.history.write(
-                Dead(id=item_id, cls=item.dead_class or "", reason=item.dead_reason or "")
-            )
+            self.history.write(event)
+        except OSError as exc:  # the history's disk: the run's record is short, not the queue
+            log.error("a %s event was not written to the history: %s", event.TYPE, exc)
 
     def _digest(self, result: str) -> str | None:
         """The digest of the detections a manifest names (None: none, or unreadable)."""

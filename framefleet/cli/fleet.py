@@ -440,11 +440,15 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench_script(name: str, argv: list[str]) -> int:
+    """The benchmark in this process's place (exec): a signal to `framefleet bench` reaches
+    it, and its clean-up runs, where a child of ours would be left orphaned."""
     script = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
     if not script.is_file():
         print(f"no benchmark {script} (benchmarks run from a source checkout)", file=sys.stderr)
         return 2
-    return subprocess.call([sys.executable, str(script), *argv])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, str(script), *argv])
 
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:

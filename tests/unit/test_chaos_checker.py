@@ -405,6 +405,12 @@ def test_a_torn_last_line_is_skipped_and_a_bad_line_anywhere_else_is_an_error(
         (tmp_path / "p2.jsonl").write_text(bad + "\n")
         with pytest.raises(HistoryError):
             read(tmp_path)
+    # a kill that cut a line inside a character: still a torn last line, skipped
+    (tmp_path / "p2.jsonl").unlink()
+    wide = Enqueue(t=2.0, id="b", ok=None, reason="caméra ½").to_json().encode()
+    cut = wide[: wide.index("½".encode()) + 1]
+    (tmp_path / "p3.jsonl").write_bytes(line.encode() + b"\n" + cut)
+    assert read(tmp_path).torn == ["p1.jsonl:2", "p3.jsonl:2"]
 
 
 def append_many(folder: str, tag: str, threads: int, each: int) -> None:
@@ -512,3 +518,46 @@ def test_under_everysec_an_enqueue_redis_lost_is_unsynced_not_lost() -> None:
     assert report.valid and report.unsynced == ("v1",) and report.lost == ()
     only(check(lossy([*events, kill], "always")), "lost", ("v1",))
     only(check(lossy(events)), "lost", ("v1",))  # no kill: lost
+
+
+def test_a_duplicate_under_another_epoch_is_a_second_success() -> None:
+    """Epoch 11's own ok reply was lost and its retry said duplicate: two leases paid."""
+    late = Ack(t=9.0, id="v0", epoch=11, verdict=Verdict.DUPLICATE)
+    only(check([*clean_run(), late]), "acked_twice", ("v0",))
+    same = Ack(t=9.0, id="v0", epoch=10, verdict=Verdict.DUPLICATE)  # a retry of the ok one
+    assert check([*clean_run(), same]).valid
+
+
+def test_an_item_dead_in_the_queue_counts_dead_without_a_dead_event() -> None:
+    events = without(clean_run(), "v2", Ack, FinalOutput, Reference)
+    events = [e for e in events if not (isinstance(e, FinalState) and e.id == "v2")]
+    events.append(FinalState(t=100.0, id="v2", state=State.DEAD))  # poisoned by the sweep
+    report = check(events)
+    assert report.valid and report.dead == 1
+
+
+def test_a_finished_item_gone_within_its_retention_is_lost() -> None:
+    """Acknowledged, then no longer in the queue: purged by retention only if the run lasted
+    longer than the retention its header names; otherwise the queue lost it."""
+    events = [e for e in clean_run() if not (isinstance(e, FinalState) and e.id == "v1")]
+    events = without(events, "v1", FinalOutput, Reference)
+    assert check(events).valid  # no retention named: it may have been purged
+    header = Header(t=0.0, settings={"retention_s": 3600.0})
+    kept = [header, *(e for e in events if not isinstance(e, Header))]
+    only(check(kept), "lost", ("v1",))
+    short = Header(t=0.0, settings={"retention_s": 5.0})  # the run lasted 100 s
+    assert check([short, *(e for e in events if not isinstance(e, Header))]).valid
+
+
+def test_an_item_of_unknown_enqueue_left_in_the_queue_is_stuck() -> None:
+    events = [
+        *clean_run(),
+        Enqueue(t=1.0, id="x", ok=None),
+        FinalState(t=100.0, id="x", state=State.QUEUED),
+    ]
+    only(check(events), "stuck", ("x",))
+
+
+def test_an_output_no_recorded_write_made_is_not_judged_stale() -> None:
+    events = [*clean_run(), FinalOutput(t=100.0, id="v0", epoch=None, digest="other", chunk=3)]
+    assert check(events).stale_visible == ()
