@@ -15,8 +15,12 @@ there. Protocol, over the child's stdin and stdout:
                       error: reason, class) or b"X" + a traceback (a bug)
 
 The pipe is the back-pressure: the child decodes a frame only when the last one was read,
-so memory holds what the caller keeps, as in-process. A child that dies (killed for memory,
-a crash inside FFmpeg) is the video's error, with what it died of.
+so memory holds what the caller keeps, as in-process. A child that crashes (inside FFmpeg)
+is the video's error, with what it died of. One killed (SIGKILL) may be the node's
+out-of-memory killer at this video's doing, or its worker being killed with its process
+group (Ray ending the actors of a driver that died, a node going away: found by the proof
+suite, where such a kill dead-lettered a good video): another try says which, so it is
+retryable, and dead as over_limit after max_attempts.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import IO, Any
 import numpy as np
 
 from .decode import Frame, Limits, Sampling, VideoInfo, Wanted
-from .errors import CORRUPT, OVER_LIMIT, PermanentError
+from .errors import CORRUPT, OVER_LIMIT, PermanentError, TransientError
 
 _FRAME = struct.Struct(">qdII")  # index, pts seconds, height, width (0 x 0: not converted)
 _MIB = 1 << 20
@@ -162,12 +166,17 @@ class ProcessDecoder:
         if kind == b"X":
             raise RuntimeError(f"the decoder process failed: {self._line().decode().strip()}")
         code = self._proc.wait()
-        raise PermanentError(self._death(code), OVER_LIMIT if code == -signal.SIGKILL else CORRUPT)
+        if code == -signal.SIGKILL:
+            raise TransientError(self._death(code), OVER_LIMIT)
+        raise PermanentError(self._death(code), CORRUPT)
 
     def _death(self, code: int) -> str:
         limit = f"{self.memory_bytes / _MIB:.0f} MiB (FRAMEFLEET_DECODE_MEMORY_BYTES)"
         if code == -signal.SIGKILL:
-            return f"the decoder was killed (out of memory? its limit is {limit})"
+            return (
+                "the decoder was killed (by the out-of-memory killer, or with its worker:"
+                f" its own limit is {limit})"
+            )
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         self._log.seek(max(0, self._log.seek(0, 2) - 2000))
         tail = self._log.read().decode(errors="replace").strip().splitlines()[-1:] or [""]

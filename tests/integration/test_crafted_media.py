@@ -82,24 +82,27 @@ def test_an_index_claiming_millions_of_samples_costs_the_decoder_process_not_the
     assert _peak_rss_mib() - before < 500  # the gigabytes were the child's
 
 
-def test_a_decoder_process_killed_mid_video_is_the_videos_error_and_the_actor_lives(
+def test_a_decoder_process_killed_mid_video_is_retried_and_the_actor_lives(
     tmp_path: Path,
 ) -> None:
-    """SIGKILL of the child (what the kernel's OOM killer does) mid-video: a PermanentError
-    that says so, not a crash of the caller."""
+    """SIGKILL of the child mid-video: what the kernel's OOM killer does, but also what the
+    child gets when its worker is killed with its process group (Ray ending the actors of a
+    driver that died). A retryable error that says so (dead as over_limit after
+    max_attempts), not a crash of the caller. It was a PermanentError: the proof suite saw a
+    good video dead-lettered when its coordinator was killed."""
     import os
     import signal
 
-    from framefleet.workers.errors import PermanentError
+    from framefleet.workers.errors import TransientError
 
     video = write_video(tmp_path / "v.mp4", frames=30)
     decoder = ProcessDecoder(video, Sampling(), memory_bytes=1 << 30)
     frames = decoder.frames(Sampling(), lambda k: True)
     next(frames)
     os.kill(decoder._proc.pid, signal.SIGKILL)
-    with pytest.raises(PermanentError, match="killed") as caught:
+    with pytest.raises(TransientError, match="killed") as caught:
         list(frames)
-    assert caught.value.cls == "over_limit"
+    assert caught.value.cls == "over_limit" and caught.value.retryable
     decoder.close()
 
 
