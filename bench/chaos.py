@@ -180,7 +180,9 @@ def _round(outcome: Outcome, seed: int) -> dict[str, Any]:
         "finished": report.finished,
         "dead": report.dead,
         "faults": outcome.faults,
-        "recoveries": [asdict(r) for r in report.recoveries],
+        "recoveries": [
+            {**asdict(r), "requeued_s": outcome.requeued_s.get(r.at)} for r in report.recoveries
+        ],
         "rework": asdict(report.rework),
         "goodput_per_s": report.goodput.per_s,
         "goodput_ratio": report.goodput.ratio,
@@ -196,11 +198,11 @@ def _summary(
     struck: dict[str, int] = {}
     for r in rounds:
         for rec in r["recoveries"]:
-            keys = ("to_progress_s", "to_ack_s", "to_rate_s", "redelivered_s")
+            keys = ("to_progress_s", "to_ack_s", "to_rate_s", "requeued_s", "redelivered_s")
             figures = by_kind.setdefault(rec["kind"], {k: [] for k in keys})
             struck[rec["kind"]] = struck.get(rec["kind"], 0) + 1
             for key in figures:
-                if rec[key] is not None:
+                if rec.get(key) is not None:
                     figures[key].append(rec[key])
     return {
         "bench": "chaos",
@@ -226,7 +228,7 @@ def _summary(
         },
         "pooled": {  # every fault of the rows' rounds together (the mixed row's figures)
             f"{key}_{name}": _q([v for f in by_kind.values() for v in f[key]], q)
-            for key in ("to_progress_s", "to_ack_s", "to_rate_s", "redelivered_s")
+            for key in ("to_progress_s", "to_ack_s", "to_rate_s", "requeued_s", "redelivered_s")
             for name, q in (("p50", 0.5), ("p95", 0.95))
         },
         "rounds": rounds,
@@ -238,9 +240,10 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| fault class | rounds | faults | lost | unexpected | acked twice | stale visible |"
         " differs | stuck | valid | to progress p50 / p95 (s) | to ack p50 / p95 (s) |"
-        " redelivered p50 / p95 (s) | goodput vs fault-free | chunks decoded again |"
+        " back in the queue p50 / p95 (s) | claimed again p50 / p95 (s) |"
+        " goodput vs fault-free | chunks decoded again |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for row in rows:
         kinds = row["kinds"]
         name = "fault-free" if not kinds else kinds[0] if len(kinds) == 1 else "mixed"
@@ -257,7 +260,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {name} | {row['rounds_n']} | {faults} | {c['lost']} | {c['unexpected']} |"
             f" {c['acked_twice']} | {c['stale_visible']} | {c['differs']} | {c['stuck']} |"
             f" {'yes' if row['valid'] else 'NO'} | {pair('to_progress_s')} |"
-            f" {pair('to_ack_s')} | {pair('redelivered_s')} |"
+            f" {pair('to_ack_s')} | {pair('requeued_s')} | {pair('redelivered_s')} |"
             f" {'-' if ratio is None else f'{ratio:.2f}'} |"
             f" {row['redecoded_chunks']} of {row['decoded_chunks']} |"
         )

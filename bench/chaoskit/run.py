@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from framefleet.chaos import checker
+from framefleet.chaos import checker, figures
 from framefleet.chaos.digest import digest, record_rows, table_digest
 from framefleet.chaos.events import (
     ChunkWritten,
@@ -38,6 +38,7 @@ from framefleet.workers.outputs import OutputStore, chunk_name
 from .faults import FAULTS
 from .rig import Rig, Shape, make_rig, reference_model, summary
 
+BACK = ("given back", "lease lost", "released")  # an item's queue events: back in the queue
 START_TIMEOUT_S = 300.0  # the cluster, the model loaded, the first chunk checkpointed
 RECOVER_WAIT_S = 120.0
 # A leader whose lease ran out by its own clock ends its driver: SIGTERM, 2 s, SIGKILL
@@ -67,6 +68,9 @@ class Outcome:
     settled: bool = False
     seconds: float = 0.0
     two_drivers_max_s: float = 0.0  # two coordinators running drivers at once, at most
+    # for each fault that struck a worker holding videos (by its start, t): seconds until
+    # every one of them was back in the queue (given back or its lease taken back)
+    requeued_s: dict[float, float | None] = field(default_factory=dict)
     partial_batches: int = 0  # API batches neither whole nor absent after a kill
 
     @property
@@ -136,6 +140,7 @@ def _run(
         ids += _enqueue(rig, rig.good[half:])
     ids += rig.extra_ids  # those the API's batches left (whole ones)
     settled = _until(lambda: rig.ids_settled(ids), schedule.settle_s, rig)
+    requeued = _requeued(rig)
     _observe(rig, ids)
     for ref in references:
         rig.history.write(ref)
@@ -157,6 +162,7 @@ def _run(
         settled=settled,
         seconds=time.monotonic() - started,
         two_drivers_max_s=rig.two_drivers_max_s,
+        requeued_s=requeued,
         partial_batches=rig.partial_batches,
     )
 
@@ -212,6 +218,23 @@ def _some_progress(rig: Rig) -> bool:
     return any(i.chunks_done for i in rig.queue.items_in("leased")) or bool(
         rig.queue.items_in("done", limit=1)
     )
+
+
+def _requeued(rig: Rig) -> dict[float, float | None]:
+    """For each fault on a worker that held videos: until all were back in the queue, from
+    the queue's own item events (given back, lease lost), the first after the fault. A
+    figure, not a verdict: the checker judges from the workers' records alone."""
+    events = read(rig.root / "history").events
+    out: dict[float, float | None] = {}
+    for fault in figures.fault_starts(events):
+        back: list[float | None] = []
+        for item_id in figures.held(events, fault):
+            told = rig.queue.events(item_id)
+            at = [e["at"] / 1000 for e in told if e["what"] in BACK and e["at"] / 1000 >= fault.t]
+            back.append(min(at) - fault.t if at else None)
+        if back:
+            out[fault.t] = None if None in back else max(b for b in back if b is not None)
+    return out
 
 
 def _observe(rig: Rig, ids: list[str]) -> None:

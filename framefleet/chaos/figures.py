@@ -143,27 +143,34 @@ def recoveries(
     return tuple(out)
 
 
-def _redelivered(events: Sequence[Event], fault: Fault) -> float | None:
-    held: dict[str, int] = {}  # id -> epoch of the target's claim, not yet ended
+def held(events: Sequence[Event], fault: Fault) -> dict[str, int]:
+    """What the fault's target held when it struck: id -> the epoch of its claim (claimed by
+    it, not ended by its own ack, fail or release before the fault). Events sorted by t."""
+    found: dict[str, int] = {}
     for e in events:
         if e.t > fault.t:
             break
         if isinstance(e, Claim) and e.worker == fault.target:
-            held[e.id] = e.epoch
-        elif isinstance(e, Ack | Fail | Release) and held.get(e.id) == e.epoch:
-            del held[e.id]
-    if not held:
+            found[e.id] = e.epoch
+        elif isinstance(e, Ack | Fail | Release) and found.get(e.id) == e.epoch:
+            del found[e.id]
+    return found
+
+
+def _redelivered(events: Sequence[Event], fault: Fault) -> float | None:
+    held_ = held(events, fault)
+    if not held_:
         return None
     until: dict[str, float] = {}
     for e in events:
         item = getattr(e, "id", None)
-        if e.t <= fault.t or item not in held or item in until:
+        if e.t <= fault.t or item not in held_ or item in until:
             continue
         again = isinstance(e, Claim) and e.worker != fault.target
         finished = isinstance(e, Ack) and e.verdict in (Verdict.OK, Verdict.DUPLICATE)
         if again or finished:
             until[str(item)] = e.t
-    if len(until) < len(held):
+    if len(until) < len(held_):
         return None
     return max(until.values()) - fault.t
 
