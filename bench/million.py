@@ -34,12 +34,12 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
-from typing import Any
+from typing import Any, cast
 
 from redis import Redis
 
 from bench import emit
-from bench.api import QUEUE, api_server, quantiles
+from bench.api import QUEUE, _wait_rewrite, api_server, quantiles
 from bench.dashboard import login
 from bench.queue import _run_workers, machine
 from framefleet.queue import EmbeddedServer, NewItem, Queue, connect
@@ -144,6 +144,7 @@ def trim(q: Queue, url: str, n: int) -> dict[str, Any]:
         q.ack_many([(lease, "") for lease in leases])
     drained_s = time.perf_counter() - started
     done = q.stats().counts["done"]
+    _wait_rewrite(cast(Redis, q.client))
     expired = Queue(q.client, QueueSettings(name=QUEUE, lease_s=3600, done_ttl_s=0.001))
     ctx = multiprocessing.get_context("fork")
     stop, (parent, child) = ctx.Event(), ctx.Pipe()
@@ -171,10 +172,11 @@ def trim(q: Queue, url: str, n: int) -> dict[str, Any]:
 
 def stage(q: Queue, api: Any, url: str, adding: int, tag: str, args: Any) -> dict[str, Any]:
     """`adding` more items queued, then every measure with what is queued now."""
-    client = q.client
+    client = cast(Redis, q.client)  # one server's
     before = int(client.info("memory")["used_memory"])
     rate = enqueue_backlog(q, adding, tag)
     used = int(client.info("memory")["used_memory"])
+    _wait_rewrite(client)  # the append-only file's rewrite the backlog started: not timed
     return {
         "queued": q.stats().counts["queued"],
         "enqueue_per_s": round(rate),
