@@ -222,7 +222,7 @@ def kill_api(rig: Rig, rng: random.Random) -> bool:
     if rig.api is None or rig.api.poll() is not None:
         rig.start_api()
     assert rig.api is not None
-    n = len(rig.extra_ids) // API_BATCH + rig.partial_batches + rng.randrange(1 << 30)
+    n = rng.randrange(1 << 30)  # names of videos no batch has used
     uris = [str(rig.root / "videos" / f"api{n}-{k:05d}.mp4") for k in range(API_BATCH)]
     version = rig.settings.queue.config_version
     ids = [default_id(uri, version) for uri in uris]

@@ -258,12 +258,13 @@ def _observe(rig: Rig, ids: list[str]) -> None:
         video = store.video_of(item.result)
         if video is None:
             continue
-        epoch = int(store.read_manifest(video).get("epoch", 0))
+        manifest = store.read_manifest(video)
+        epoch = int(manifest.get("epoch", 0))
         rig.history.write(
             FinalOutput(id=item.id, epoch=epoch, digest=table_digest(store.read_detections(video)))
         )
         present = set(store.keys_under(video + "/"))
-        for index in range(int(store.read_manifest(video).get("chunks", 0))):
+        for index in range(int(manifest.get("chunks", 0))):
             key = f"{video}/{chunk_name(index)}"
             if key not in present:
                 continue

@@ -4,22 +4,19 @@ outputs. The correctness tests hold the two equal."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
+from framefleet.chaos import digest
 from framefleet.queue import Queue
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import FrameModel
 from framefleet.workers.outputs import OutputStore
 
-# source frame index, label id, score, box (x0, y0, x1, y1 in source pixels), pts in seconds
-Row = tuple[int, int, float, float, float, float, float, float]
-BOX = ("x0", "y0", "x1", "y1")
-
-
-def _f32(x: float) -> float:
-    """What the outputs store (float32), so that both sides sort alike."""
-    return float(np.float32(x))
+# source frame index, label id, score, box (x0, y0, x1, y1 in source pixels), pts in seconds:
+# the canonical rows of framefleet/chaos/digest.py (float32 scores and boxes, as stored)
+Row = digest.Row
 
 
 def direct_run(model: FrameModel, path: Path, sampling: Sampling) -> list[Row]:
@@ -27,11 +24,8 @@ def direct_run(model: FrameModel, path: Path, sampling: Sampling) -> list[Row]:
     rows: list[Row] = []
     decoder = open_decoder(path, sampling)
     for chunk in chunks(decoder, sampling, 1000):
-        for r in model.predict(chunk.images, chunk.source_size):
-            k = r["frame"]
-            score, x0, y0, x1, y1 = (_f32(r[f]) for f in ("score", *BOX))
-            frame, pts = int(chunk.frame_indices[k]), float(chunk.pts_s[k])
-            rows.append((frame, int(r["label_id"]), score, x0, y0, x1, y1, pts))
+        records = model.predict(chunk.images, chunk.source_size)
+        rows += digest.record_rows(records, chunk.frame_indices, chunk.pts_s)
     decoder.close()
     return sorted(rows)
 
@@ -42,9 +36,7 @@ def pipeline_rows(store: OutputStore, queue: Queue, item_id: str) -> list[Row]:
     assert item is not None and item.result, (item_id, item)
     video = store.video_of(item.result)
     assert video is not None, (item.result, store.base)
-    table = store.read_detections(video)
-    names = ("frame_index", "label_id", "score", *BOX, "pts_s")
-    return sorted(zip(*(table[n].to_pylist() for n in names), strict=True))
+    return cast(list[Row], digest.table_rows(store.read_detections(video)))
 
 
 def assert_same(got: list[Row], want: list[Row]) -> None:
