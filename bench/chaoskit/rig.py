@@ -81,6 +81,8 @@ class Shape:
     # the outputs in S3 instead: moto's server, behind a proxy that can answer 500 or 503
     # (the s3_errors fault) and a relay that can stall (s3_stall)
     s3: bool = False
+    # done and dead items purged after this long (the soak's bounded keys); 0: the default
+    retention_s: float = 0.0
 
 
 @dataclass
@@ -327,7 +329,7 @@ def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
     cluster.supervise()
     settings = Settings(
         redis=RedisSettings(url=relay.url(server.url)),
-        queue=QueueSettings(name="chaos", lease_s=shape.lease_s),
+        queue=_retention(QueueSettings(name="chaos", lease_s=shape.lease_s), shape),
         source=s3,
         model=ModelSettings(
             model=str(write_tiny_detr(root / "detr")),
@@ -362,6 +364,12 @@ def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
         root, shape, settings, cluster, server, relay, queue, Supervision(queue), history,
         good, poison, marked, env=env, s3_proxy=s3_proxy, s3_relay=s3_relay, closing=closing,
     )  # fmt: skip
+
+
+def _retention(queue: QueueSettings, shape: Shape) -> QueueSettings:
+    if not shape.retention_s:
+        return queue
+    return replace(queue, done_ttl_s=shape.retention_s, dead_ttl_s=shape.retention_s)
 
 
 def reference_model(settings: Settings) -> ModelSettings:
