@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from framefleet.queue import Queue, Supervision
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import Settings
-from framefleet.workers.actors import DecodeActor, FleetError, InferenceActor
+from framefleet.workers.actors import DecodeActor, FleetError, InferenceActor, decoder_options
 from framefleet.workers.model import ModelLoadError
 from framefleet.workers.outputs import OutputRootError
 from framefleet.workers.ray_adapter import ActorGone, RayAdapter
@@ -590,7 +590,7 @@ class Pools:
 
     def _new_decoder(self) -> Member:
         name = self._name("decoder")
-        options = {"num_cpus": self.settings.pipeline.cpus_per_decoder, "max_concurrency": 4}
+        options = decoder_options(self.settings.pipeline)
         ready = [m.handle for m in self.inference if m.ready]
         log.info("starting decode actor %s", name)
         handle = self.adapter.create(

@@ -472,6 +472,27 @@ class _Place:
             self._places.release()
 
 
+# glibc's malloc in a decode actor. It frees frames of a few hundred KB and chunks of tens of
+# MB all the time, and by default raises its mmap threshold to the largest block freed (up
+# to 32 MB): from then on each chunk comes from arenas (one per thread) that fragment and
+# are never given back. A decode actor's private memory grew from 334 to 643 MB over four
+# runs of the same videos that way (1,459 MB in a longer run on a faster machine); with a
+# fixed threshold every block over 1 MB is mapped and unmapped on its own, and it stayed
+# at 303 MB (bench/pipeline.py, decode_actor_peak_private_mb). glibc reads these once, as
+# the process starts: they go in the actor's runtime environment.
+DECODE_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX": "2"}
+
+
+def decoder_options(p: PipelineSettings) -> dict[str, Any]:
+    """A decode actor's Ray options: its CPUs, its threads (a video each, plus the calls
+    that come in meanwhile) and its malloc."""
+    return {
+        "num_cpus": p.cpus_per_decoder,
+        "max_concurrency": 4,
+        "runtime_env": {"env_vars": DECODE_MALLOC_ENV},
+    }
+
+
 class DecodeActor:
     def __init__(
         self,
@@ -703,7 +724,7 @@ class Fleet:
             for i in range(p.inference_actors)
         ]
         a.wait_ready([a.call(actor, "describe") for actor in self.inference], ready_timeout)
-        decode_opts = {"num_cpus": p.cpus_per_decoder, "max_concurrency": 4}
+        decode_opts = decoder_options(p)
         self.names = [worker_name("decoder", self.generation, i) for i in range(p.decode_actors)]
         self.decoders = [
             a.create(

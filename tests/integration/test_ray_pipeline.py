@@ -24,7 +24,7 @@ from framefleet.settings import (
     Settings,
     SourceSettings,
 )
-from framefleet.workers.actors import Fleet
+from framefleet.workers.actors import DECODE_MALLOC_ENV, Fleet
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import load_model
 from framefleet.workers.outputs import OutputStore, output_version
@@ -128,6 +128,14 @@ def test_pipeline_equals_a_direct_run(
         assert nicer == 5  # the default
         [levels] = {frozenset(_thread_nice(pid)) for pid in inference}
         assert all(_thread_nice(pid) == {min(19, n + nicer) for n in levels} for pid in decoders)
+        # The decoders run glibc's malloc with a fixed mmap threshold (actors.py
+        # DECODE_MALLOC_ENV), on top of the job's own environment (its PYTHONPATH), and the
+        # inference actors without it.
+        for pid in decoders:
+            env = _environ(pid)
+            assert {k: env.get(k) for k in DECODE_MALLOC_ENV} == DECODE_MALLOC_ENV
+            assert env.get("PYTHONPATH") == str(Path(__file__).resolve().parents[2])
+        assert all("MALLOC_MMAP_THRESHOLD_" not in _environ(pid) for pid in inference)
     finally:
         fleet.stop()
 
@@ -208,6 +216,11 @@ def test_boxes_come_out_in_source_pixels_when_frames_are_decoded_smaller(
     assert next(chunks(decoder, sampling, 1)).images.shape == (1, 48, 80, 3)  # half the size
     decoder.close()
     assert_same(got, direct_run(load_model(detector), path, sampling))
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(entry.split("=", 1) for entry in raw.split("\0") if "=" in entry)
 
 
 def _thread_nice(pid: int) -> set[int]:
