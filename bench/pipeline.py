@@ -14,9 +14,13 @@ On generated 720p H.264 clips, prints one JSON line with frames/s for:
   decode actor held during the framefleet runs: its decoded frames are bounded (the chunks
   being filled; those out are in the object store);
 - ray_data: the same job as a Ray Data pipeline (read_videos -> map_batches with the model
-  in actors), start-up included as it is a batch job.
-Target: framefleet warm >= 90% of min(decode ceiling, model ceiling), ahead of Ray Data and
-the naive loop. Run: `framefleet bench pipeline` or `python bench/pipeline.py [--quick]`.
+  in actors), start-up included as it is a batch job; its workers' largest private memory;
+- daft: the same job in Daft (read_video_frames -> a class UDF with the model, in
+  .venv-peers: scripts/peers-venv; bench/peers/daft_detect.py), start-up included; the
+  private memory of its process and its UDF processes.
+Targets: framefleet warm >= 90% of min(decode ceiling, model ceiling); framefleet cold
+ahead of the best peer and warm ahead of the naive loop; a decode actor under 600 MB.
+Run: `framefleet bench pipeline` or `python bench/pipeline.py [--quick]`.
 With --gpu (on a GPU machine): DETR-R50 with random weights in bf16, GPU utilisation too.
 """
 
@@ -262,6 +266,85 @@ def bench_naive(paths: list[Path], settings: Settings) -> float:
     return frames / (time.perf_counter() - t)
 
 
+class PeakMemory:
+    """Every 0.1 s while it runs: the private memory (RssAnon) of each process under this
+    one whose name starts with `prefix` (Ray's workers: ray::...), the largest by name."""
+
+    def __init__(self, prefix: str = "ray::") -> None:
+        self.prefix = prefix
+        self.peaks: dict[str, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._done.wait(0.1):
+            for child in me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    name = child.name()
+                    if name.startswith(self.prefix):
+                        mb = _rss_anon_mb(child.pid)
+                        self.peaks[name] = max(self.peaks.get(name, 0), mb)
+
+
+def _rss_anon_mb(pid: int) -> int:
+    with contextlib.suppress(OSError, StopIteration):
+        with open(f"/proc/{pid}/status") as f:
+            line = next(x for x in f if x.startswith("RssAnon:"))
+        return int(line.split()[1]) // 1024
+    return 0
+
+
+def bench_daft(
+    paths: list[Path], settings: Settings, shape: tuple[int, int], model_dir: Path | None
+) -> dict[str, Any]:
+    """The same job in Daft (bench/peers/daft_detect.py, in .venv-peers: scripts/peers-venv),
+    its video reader into the same model in as many UDF processes as framefleet has
+    inference actors. CPU only: the GPU run uses framefleet's own random-weights model."""
+    python = ROOT / ".venv-peers" / "bin" / "python"
+    if not python.exists():
+        raise SystemExit("the Daft peer needs its environment: run scripts/peers-venv first")
+    p = settings.pipeline
+    spec = {
+        "paths": [str(x) for x in paths],
+        "model": str(model_dir),
+        "height": shape[0],
+        "width": shape[1],
+        "threads": settings.model.torch_threads,
+        "source_width": 1280,
+        "source_height": 720,
+    }
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [str(python), str(ROOT / "bench" / "peers" / "daft_detect.py"), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "FRAMEFLEET_DAFT_BATCH": str(p.chunk_frames),
+            "FRAMEFLEET_DAFT_ACTORS": str(p.inference_actors),
+        },
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the Daft peer failed: {done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
 def bench_ray_data(
     ray: Any, paths: list[Path], settings: Settings, shape: tuple[int, int]
 ) -> tuple[float, int]:
@@ -398,11 +481,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stop.set()
                 runs.close()
                 ceilings.close()
-            ray_data_rate, ray_data_frames = bench_ray_data(ray, paths, settings, shape)
+            with PeakMemory() as ray_data_memory:
+                ray_data_rate, ray_data_frames = bench_ray_data(ray, paths, settings, shape)
         finally:
             server.stop()
             ray.shutdown()
         naive_rate = bench_naive(paths, settings)
+        daft = None if args.gpu or args.no_daft else bench_daft(paths, settings, shape, model_dir)
 
     def median(key: str) -> float:
         return float(np.median([r[key] for r in rounds]))
@@ -442,12 +527,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "framefleet_cold_vs_ray_data": round(ff_cold / ray_data_rate, 2),
         "framefleet_vs_naive": round(ff_warm / naive_rate, 2),
         "decode_actor_peak_private_mb": decoder_peak_mb,
+        # the peers' largest worker (a process of Ray's, by its title; Daft's own process,
+        # which reads the videos, and its UDF processes)
+        "ray_data_worker_peak_private_mb": max(ray_data_memory.peaks.values(), default=None),
+        "ray_data_peak_private_mb_by_worker": ray_data_memory.peaks,
         "gpu_utilisation_pct": round(float(np.mean(gpu_samples)), 1) if gpu_samples else None,
     }
+    peers = {"ray_data": ray_data_rate}
+    if daft is not None:
+        peers["daft"] = daft["fps"]
+        result.update(
+            daft_fps=daft["fps"],
+            daft_frames=daft["frames"],
+            daft_version=daft["daft"],
+            daft_peak_private_mb=daft["peak_private_mb"],
+            framefleet_cold_vs_daft=round(ff_cold / daft["fps"], 2),
+        )
+    best = max(peers, key=lambda k: peers[k])
+    result.update(best_peer=best, framefleet_cold_vs_best_peer=round(ff_cold / peers[best], 2))
     result["met"] = {
         "vs_ceiling_0.9": result["framefleet_vs_ceiling"] >= 0.9,
         "ahead_of_ray_data": ff_cold > ray_data_rate,
+        "ahead_of_best_peer": ff_cold > peers[best],
         "ahead_of_naive_loop": ff_warm > naive_rate,
+        "decode_actor_under_600_mb": decoder_peak_mb < 600,
     }
     return result
 
@@ -461,6 +564,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true", help="DETR-R50 random weights, bf16, CUDA")
     parser.add_argument(
         "--decode-nice", type=int, help="the decode actors' nice increment (default: settings')"
+    )
+    parser.add_argument(
+        "--no-daft", action="store_true", help="leave out the Daft peer (it needs .venv-peers)"
     )
     parser.add_argument("--out", help="also append the JSON line to this file")
     args = parser.parse_args(argv)

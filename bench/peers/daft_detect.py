@@ -7,7 +7,8 @@ environment (`scripts/peers-venv` makes `.venv-peers`), started by bench/pipelin
 
     .venv-peers/bin/python bench/peers/daft_detect.py JSON
 
-JSON: {"paths", "model", "height", "width", "batch", "actors", "threads"}. The model is
+JSON: {"paths", "model", "height", "width", "threads", "source_width", "source_height"};
+the batch size and the UDF processes come in FRAMEFLEET_DAFT_BATCH and _ACTORS. The model is
 framefleet's own loader (framefleet/workers/model.py imports numpy, pyarrow and torch
 only), so the weights and the pre- and post-processing are the same. Prints one JSON line:
 frames, seconds (start-up included: a batch job), frames/s, and the largest private memory
@@ -17,12 +18,19 @@ frames, seconds (start-up included: a batch job), frames/s, and the largest priv
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import daft
+
+# frames a batch (the chunk size) and UDF processes (framefleet's inference actors): set by
+# bench/pipeline.py in the environment, as the UDF processes import this module again
+BATCH = int(os.environ.get("FRAMEFLEET_DAFT_BATCH", "32"))
+ACTORS = int(os.environ.get("FRAMEFLEET_DAFT_ACTORS", "1"))
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -47,30 +55,36 @@ def sample(done: threading.Event, peaks: dict[str, int]) -> None:
             peaks["worker"] = max(peaks.get("worker", 0), rss_anon_mb(child.pid))
 
 
+@daft.cls(max_concurrency=ACTORS, use_process=True, cpus=1)
+class Detect:
+    """The model in a UDF process: framefleet's loader, a batch of frames in, the count of
+    detections per frame out."""
+
+    def __init__(self, model_dir: str, threads: int, source_size: tuple[int, int]) -> None:
+        from framefleet.settings import ModelSettings
+        from framefleet.workers.model import load_model
+
+        self.source_size = source_size
+        self.model = load_model(
+            ModelSettings(model=model_dir, score_threshold=0.5, torch_threads=threads)
+        )
+
+    @daft.method.batch(return_dtype=daft.DataType.int64(), batch_size=BATCH)
+    def __call__(self, frames: Any) -> Any:
+        import numpy as np
+
+        images = np.stack(frames.to_pylist())
+        records = self.model.predict(images, self.source_size)
+        return np.bincount([r["frame"] for r in records], minlength=len(images))
+
+
 def main() -> int:
     spec: dict[str, Any] = json.loads(sys.argv[1])
-    import daft
-    import numpy as np
-    from daft import DataType, Series
-
-    from framefleet.settings import ModelSettings
-    from framefleet.workers.model import load_model
-
-    model_dir, threads = spec["model"], int(spec["threads"])
-    source_size = (int(spec["source_width"]), int(spec["source_height"]))
-
-    @daft.cls(max_concurrency=int(spec["actors"]), use_process=True, cpus=1)
-    class Detect:
-        def __init__(self) -> None:
-            self.model = load_model(
-                ModelSettings(model=model_dir, score_threshold=0.5, torch_threads=threads)
-            )
-
-        @daft.method.batch(return_dtype=DataType.int64(), batch_size=int(spec["batch"]))
-        def __call__(self, frames: Series) -> Any:
-            images = np.stack(frames.to_pylist())
-            records = self.model.predict(images, source_size)
-            return np.bincount([r["frame"] for r in records], minlength=len(images))
+    model = Detect(
+        spec["model"],
+        int(spec["threads"]),
+        (int(spec["source_width"]), int(spec["source_height"])),
+    )
 
     peaks: dict[str, int] = {}
     done = threading.Event()
@@ -80,7 +94,7 @@ def main() -> int:
     df = daft.read_video_frames(
         list(spec["paths"]), image_height=int(spec["height"]), image_width=int(spec["width"])
     )
-    df = df.with_column("detections", Detect()(df["data"])).select("path", "detections")
+    df = df.with_column("detections", model(df["data"])).select("path", "detections")
     frames = len(df.to_pydict()["detections"])
     seconds = time.perf_counter() - t
     done.set()
