@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, b
 
 import argparse
 import multiprocessing
+import os
 import tempfile
 import time
 from multiprocessing.connection import Connection
@@ -47,6 +48,7 @@ from framefleet.queue.queue import SWEEP_PASS
 from framefleet.settings import QueueSettings
 
 TARGETS_MS = {"stats": 100.0, "metrics": 100.0, "page": 300.0}
+SIDE = "bench-side"  # a second queue on the same server, without the backlog
 MEMORY_TARGET = 1 << 30  # a million items in at most this
 
 
@@ -65,8 +67,8 @@ def enqueue_backlog(q: Queue, n: int, tag: str) -> float:
     return n / (time.perf_counter() - started)
 
 
-def _worker(url: str, per_worker: int, start: EventType) -> None:
-    q = Queue(connect(url), _settings())
+def _worker(url: str, per_worker: int, name: str, start: EventType) -> None:
+    q = Queue(connect(url), _settings(name))
     start.wait()
     done = 0
     while done < per_worker:
@@ -83,7 +85,7 @@ def claim_ack_rate(q: Queue, url: str, work: int, workers: int, tag: str) -> flo
     per = work // workers
     items = [NewItem(_uri(tag, k), id=f"w{tag}-{k}", priority=9) for k in range(per * workers)]
     q.enqueue(items)
-    seconds = _run_workers(_worker, (url, per), workers)
+    seconds = _run_workers(_worker, (url, per, q.settings.name), workers)
     return per * workers / seconds
 
 
@@ -170,6 +172,44 @@ def trim(q: Queue, url: str, n: int) -> dict[str, Any]:
     }
 
 
+def _claim_ack(q: Queue, url: str, args: Any, tag: str) -> dict[str, Any]:
+    """The claim+ack rate, with the server's own time in the scripts per item and the
+    AOF's delayed fsyncs (the main thread waiting on a busy disk) while it ran; then again
+    once the kernel has written out its dirty pages (`sync`): the backlog's append-only
+    file, hundreds of MB at a million items, is still being written back to the disk when
+    the first measure starts; then on another queue of the same server, empty but for its
+    work (`_side`): what the backlog's mere presence in the server's keyspace costs, apart
+    from the queue's own structures (its sorted set of a million)."""
+    client = cast(Redis, q.client)
+    out: dict[str, Any] = {}
+    side = Queue(q.client, _settings(SIDE))
+    for when in ("", "_synced", "_side"):
+        if when:
+            os.sync()
+        dirty_mb = _dirty_mb()
+        client.config_resetstat()
+        delayed = int(client.info("persistence").get("aof_delayed_fsync", 0))
+        on = side if when == "_side" else q
+        rate = claim_ack_rate(on, url, args.work, args.workers, tag + "r" + when)
+        stats = client.info("commandstats")
+        scripts = ("cmdstat_evalsha", "cmdstat_eval")
+        script_us = sum(v["usec"] for k, v in stats.items() if k.split("|")[0] in scripts)
+        out[f"claim_ack_per_s{when}"] = round(rate)
+        out[f"claim_ack_server_us_per_item{when}"] = round(script_us / (args.work * 2), 1)
+        out[f"claim_ack_aof_delayed_fsync{when}"] = (
+            int(client.info("persistence").get("aof_delayed_fsync", 0)) - delayed
+        )
+        out[f"dirty_mb_at_start{when}"] = dirty_mb
+    return out
+
+
+def _dirty_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Dirty:"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
 def stage(q: Queue, api: Any, url: str, adding: int, tag: str, args: Any) -> dict[str, Any]:
     """`adding` more items queued, then every measure with what is queued now."""
     client = cast(Redis, q.client)  # one server's
@@ -182,7 +222,7 @@ def stage(q: Queue, api: Any, url: str, adding: int, tag: str, args: Any) -> dic
         "enqueue_per_s": round(rate),
         "used_memory_mb": round(used / 2**20),
         "bytes_per_item": round((used - before) / adding),
-        "claim_ack_per_s": round(claim_ack_rate(q, url, args.work, args.workers, tag + "r")),
+        **_claim_ack(q, url, args, tag),
         "claim_one_ms": claim_latency(q, args.samples, tag + "l"),
         "reads_ms": reads(q, api, min(args.samples, 50)),
     }
@@ -212,6 +252,12 @@ def run(args: Any) -> dict[str, Any]:
         "stages": {"1000": small, str(args.items): big, "retention": retention},
         "flat": {
             "claim_ack_ratio": round(big["claim_ack_per_s"] / small["claim_ack_per_s"], 2),
+            "claim_ack_ratio_side": round(
+                big["claim_ack_per_s_side"] / small["claim_ack_per_s_side"], 2
+            ),
+            "claim_ack_ratio_synced": round(
+                big["claim_ack_per_s_synced"] / small["claim_ack_per_s_synced"], 2
+            ),
             "claim_one_p99_ratio": round(
                 big["claim_one_ms"]["p99"] / small["claim_one_ms"]["p99"], 2
             ),
