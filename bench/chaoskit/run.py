@@ -39,6 +39,7 @@ from .faults import FAULTS
 from .rig import Rig, Shape, make_rig, reference_model, summary
 
 BACK = ("given back", "lease lost", "released")  # an item's queue events: back in the queue
+ENDED = ("done", "dead")
 START_TIMEOUT_S = 300.0  # the cluster, the model loaded, the first chunk checkpointed
 RECOVER_WAIT_S = 120.0
 # A leader whose lease ran out by its own clock ends its driver: SIGTERM, 2 s, SIGKILL
@@ -229,9 +230,13 @@ def _requeued(rig: Rig) -> dict[float, float | None]:
     for fault in figures.fault_starts(events):
         back: list[float | None] = []
         for item_id in figures.held(events, fault):
-            told = rig.queue.events(item_id)
-            at = [e["at"] / 1000 for e in told if e["what"] in BACK and e["at"] / 1000 >= fault.t]
-            back.append(min(at) - fault.t if at else None)
+            told = [e for e in rig.queue.events(item_id) if e["at"] / 1000 >= fault.t]
+            first = next((e for e in told if e["what"] in (*BACK, *ENDED)), None)
+            if first is None:
+                back.append(None)
+            elif first["what"] in BACK:
+                back.append(first["at"] / 1000 - fault.t)
+            # else finished by its holder before it could go back: nothing to redeliver
         if back:
             out[fault.t] = None if None in back else max(b for b in back if b is not None)
     return out

@@ -143,18 +143,34 @@ def recoveries(
     return tuple(out)
 
 
+# Faults that end every worker at once: the worker node's (kill -9 of its raylet, a drain),
+# the head's (the worker node gives up on it, and its actors end), the leader's driver's
+# (Ray ends a dead driver's actors). The chaos rig has one worker node: a node's fault is
+# every worker's.
+EVERY_WORKER = frozenset(
+    {"kill_raylet", "drain_node", "kill_head", "kill_leader", "restart_coordinators"}
+)
+
+
 def held(events: Sequence[Event], fault: Fault) -> dict[str, int]:
     """What the fault's target held when it struck: id -> the epoch of its claim (claimed by
-    it, not ended by its own ack, fail or release before the fault). Events sorted by t."""
-    found: dict[str, int] = {}
+    it, not ended by its own ack, fail or release before the fault). A fault of
+    EVERY_WORKER struck every worker. Events sorted by t."""
+    found: dict[str, tuple[int, str]] = {}  # id -> (epoch, worker)
     for e in events:
-        if e.t > fault.t:
+        if e.t >= fault.t:
             break
-        if isinstance(e, Claim) and e.worker == fault.target:
-            found[e.id] = e.epoch
-        elif isinstance(e, Ack | Fail | Release) and found.get(e.id) == e.epoch:
+        if isinstance(e, Claim):
+            found[e.id] = (e.epoch, e.worker)
+        elif isinstance(e, Ack | Fail | Release) and found.get(e.id, (None,))[0] == e.epoch:
             del found[e.id]
-    return found
+        elif isinstance(e, Fault) and e.phase is Phase.START:
+            # an earlier fault ended what its workers held (the queue took their leases
+            # back; their workers never say so): not held by anyone at this one
+            struck = e.kind in EVERY_WORKER
+            found = {i: h for i, h in found.items() if not (struck or h[1] == e.target)}
+    every = fault.kind in EVERY_WORKER
+    return {i: epoch for i, (epoch, worker) in found.items() if every or worker == fault.target}
 
 
 def _redelivered(events: Sequence[Event], fault: Fault) -> float | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from framefleet.chaos import checker
+from framefleet.chaos import checker, figures
 from framefleet.chaos.checker import check
 from framefleet.chaos.events import (
     EVENT_TYPES,
@@ -310,7 +310,7 @@ def test_rework_counts_chunks_written_again_and_under_several_epochs() -> None:
     assert check(clean_run()).rework.rewrites == 0
 
 
-def test_redelivery_is_until_every_item_the_struck_worker_held_is_claimed_again() -> None:
+def test_redelivery_is_until_every_item_the_struck_workers_held_is_claimed_again() -> None:
     def claim(t: float, item: str, epoch: int, worker: str) -> Claim:
         return Claim(t=t, id=item, epoch=epoch, worker=worker, token=f"{item}{epoch}")
 
@@ -329,7 +329,22 @@ def test_redelivery_is_until_every_item_the_struck_worker_held_is_claimed_again(
     assert r.redelivered_s == pytest.approx(6.0)
     (r,) = check(events[:-1]).recoveries  # b never claimed again
     assert r.redelivered_s is None
-    other = Fault(t=10.0, kind="kill_head", target="head")
+    # A fault of the head, the worker node or the leader's driver ends every worker: what
+    # each held counts (a and b here, each claimed again after it).
+    for kind, target in [("kill_head", "head"), ("kill_raylet", "worker0")]:
+        node = Fault(t=10.0, kind=kind, target=target)
+        (r,) = check([*events[:4], node, *events[5:]]).recoveries
+        assert r.redelivered_s == pytest.approx(6.0)
+    # What an earlier fault struck is no longer held at the next one (the queue took it
+    # back, which no worker records): a second kill of the node finds a and b held again
+    # only once claimed again, by the workers that came after.
+    first, second = (Fault(t=t, kind="kill_raylet", target="worker0") for t in (10.0, 14.0))
+    again = sorted([*events[:4], first, *events[5:], second], key=lambda e: e.t)
+    held_at = {r.at: r.redelivered_s for r in check(again).recoveries}
+    assert held_at[14.0] is None  # a, claimed again at 13.0, never claimed after 14.0
+    assert figures.held(again, second) == {"a": 3}
+    assert figures.held(again, first) == {"a": 1, "b": 1}
+    other = Fault(t=10.0, kind="partition", target="fleet-redis")
     (r,) = check([*events[:4], other, *events[5:]]).recoveries
     assert r.redelivered_s is None  # no worker named: nothing held
 
