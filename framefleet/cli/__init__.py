@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("chaos_args", nargs=argparse.REMAINDER)
     sp = add("bench", cmd_bench, "run a benchmark: `framefleet bench NAME [args]` (bench/NAME.py)")
     names = (
-        "queue", "pipeline", "recovery", "api", "dashboard", "scale", "simulate", "million",
-        "chaos",
+        "queue", "pipeline", "recovery", "recovery_ray_data", "api", "dashboard", "scale",
+        "simulate", "million", "keyspace", "chaos", "soak", "burst",
     )  # fmt: skip
     sp.add_argument("name", choices=names)
     sp.add_argument("bench_args", nargs=argparse.REMAINDER)
