@@ -396,8 +396,12 @@ def flat(samples: list[dict[str, Any]], warmup_s: float, window_s: float) -> lis
                     default=0.0,
                 ),
                 "flat": ok,
-                # the harness's own process is shown, not judged: it is not framefleet's
-                "judged": kind != "harness",
+                # not judged: the harness's own process (it is not framefleet's), and kinds
+                # not running in both windows (Ray's passing workers: setup, idle)
+                "judged": kind != "harness"
+                and all(
+                    any(p["kind"] == kind for s in w for p in s["procs"]) for w in (early, late)
+                ),
             }
         )
     for field in ("valkey_keys", "valkey_used_mb", "ray_objects", "plasma_mib"):

@@ -33,7 +33,7 @@ from framefleet.chaos.history import read
 from framefleet.queue.model import default_id
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import load_model
-from framefleet.workers.outputs import OutputStore, chunk_name
+from framefleet.workers.outputs import MANIFEST, OutputStore, chunk_name, item_dir
 
 from .faults import FAULTS
 from .rig import Rig, Shape, make_rig, reference_model, summary
@@ -244,7 +244,8 @@ def _requeued(rig: Rig) -> dict[float, float | None]:
 
 def _observe(rig: Rig, ids: list[str]) -> None:
     """The final state of every item the queue holds (the run's, and any other: none is
-    expected), and every output present."""
+    expected), and every output present: of those items, and of the run's items that
+    retention has purged from the queue since (a soak's)."""
     written: dict[str, int] = {}  # chunk key -> the epoch whose recorded write made it
     for e in read(rig.root / "history").events:
         if isinstance(e, ChunkWritten):
@@ -256,17 +257,25 @@ def _observe(rig: Rig, ids: list[str]) -> None:
         while page := rig.queue.items_in(state, offset, 1000):
             every.update(dict.fromkeys(item.id for item in page))
             offset += len(page)
-    for item in rig.queue.items(list(every)):
+    held = rig.queue.items(list(every))
+    videos: list[tuple[str, str]] = []  # (id, its outputs' prefix)
+    for item in held:
         rig.history.write(FinalState(id=item.id, state=item.state))
-        if not item.result:
-            continue
-        video = store.video_of(item.result)
-        if video is None:
-            continue
+        video = store.video_of(item.result) if item.result else None
+        if video is not None:
+            videos.append((item.id, video))
+    # Items retention purged (a long run's): no final state, but their outputs stay, each
+    # version under the item's folder with its manifest (the checker still compares them)
+    purged = set(every) - {item.id for item in held}
+    for item_id in sorted(purged):
+        for key in store.keys_under(item_dir(item_id) + "/"):
+            if key.endswith("/" + MANIFEST):
+                videos.append((item_id, key[: -len(MANIFEST) - 1]))
+    for item_id, video in videos:
         manifest = store.read_manifest(video)
         epoch = int(manifest.get("epoch", 0))
         rig.history.write(
-            FinalOutput(id=item.id, epoch=epoch, digest=table_digest(store.read_detections(video)))
+            FinalOutput(id=item_id, epoch=epoch, digest=table_digest(store.read_detections(video)))
         )
         present = set(store.keys_under(video + "/"))
         for index in range(int(manifest.get("chunks", 0))):
@@ -276,7 +285,7 @@ def _observe(rig: Rig, ids: list[str]) -> None:
             table = store.read_chunk(video, index)
             rig.history.write(
                 FinalOutput(
-                    id=item.id, chunk=index, epoch=written.get(key), digest=table_digest(table)
+                    id=item_id, chunk=index, epoch=written.get(key), digest=table_digest(table)
                 )
             )
 

@@ -40,7 +40,13 @@ from redis.exceptions import RedisError
 from framefleet.queue import Queue, Supervision
 from framefleet.queue.supervision import worker_name
 from framefleet.settings import Settings
-from framefleet.workers.actors import DecodeActor, FleetError, InferenceActor, decoder_options
+from framefleet.workers.actors import (
+    DecodeActor,
+    FleetError,
+    InferenceActor,
+    decoder_options,
+    inference_options,
+)
 from framefleet.workers.model import ModelLoadError
 from framefleet.workers.outputs import OutputRootError
 from framefleet.workers.ray_adapter import ActorGone, RayAdapter
@@ -582,7 +588,7 @@ class Pools:
     def _new_inference(self) -> Member:
         p = self.settings.pipeline
         name = self._name("inference")
-        options = {"num_gpus": p.gpus_per_inference, "num_cpus": p.cpus_per_inference}
+        options = inference_options(p)
         log.info("starting inference actor %s", name)
         handle = self.adapter.create(self._infer_cls, options, self.settings, self.redis_url, name)
         ping = self.adapter.call(handle, "describe")

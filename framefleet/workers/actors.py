@@ -485,11 +485,25 @@ DECODE_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX":
 
 def decoder_options(p: PipelineSettings) -> dict[str, Any]:
     """A decode actor's Ray options: its CPUs, its threads (a video each, plus the calls
-    that come in meanwhile) and its malloc."""
+    that come in meanwhile), its malloc, no task events (see inference_options)."""
     return {
         "num_cpus": p.cpus_per_decoder,
         "max_concurrency": 4,
         "runtime_env": {"env_vars": DECODE_MALLOC_ENV},
+        "enable_task_events": False,
+    }
+
+
+def inference_options(p: PipelineSettings) -> dict[str, Any]:
+    """An inference actor's Ray options: its share of a GPU and its CPUs, and no task
+    events. Ray records every call of an actor method in the GCS, on the head, for its
+    dashboard and state API, up to 100,000 calls (task_events_max_num_task_in_gcs): a call
+    per chunk made the head's GCS grow by 90 MB an hour in the soak (bench/soak.py), and
+    framefleet reads none of them. Ray Serve leaves them out of its replicas the same way."""
+    return {
+        "num_gpus": p.gpus_per_inference,
+        "num_cpus": p.cpus_per_inference,
+        "enable_task_events": False,
     }
 
 
@@ -712,7 +726,7 @@ class Fleet:
         p, a = self.settings.pipeline, self.adapter
         infer_cls = a.remote_class(InferenceActor)
         decode_cls = a.remote_class(DecodeActor)
-        infer_opts = {"num_gpus": p.gpus_per_inference, "num_cpus": p.cpus_per_inference}
+        infer_opts = inference_options(p)
         self.inference = [
             a.create(
                 infer_cls,

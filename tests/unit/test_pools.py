@@ -22,7 +22,7 @@ from framefleet.settings import (
     Settings,
     SettingsError,
 )
-from framefleet.workers.actors import FleetError
+from framefleet.workers.actors import DECODE_MALLOC_ENV, FleetError
 from framefleet.workers.ray_adapter import ActorGone
 
 
@@ -223,6 +223,14 @@ def test_a_burst_scales_both_pools_to_their_maximum_at_once(queue: Queue) -> Non
     report = pools.tick()
     assert len(ray.live("DecodeActor")) == 4
     assert (report.decoders, report.inference, report.ready_inference) == (4, 4, 4)
+    # Every actor without Ray's task events (a record in the GCS per call: per chunk), the
+    # decoders with their malloc settings (actors.py)
+    assert all(a.options["enable_task_events"] is False for a in ray.actors)
+    envs = {a.kind: a.options.get("runtime_env") for a in ray.actors}
+    assert envs == {
+        "DecodeActor": {"env_vars": DECODE_MALLOC_ENV},
+        "InferenceActor": None,
+    }
 
 
 def test_the_report_names_the_actors_pids_only_for_a_fleet_of_modest_size(
