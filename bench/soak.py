@@ -207,7 +207,6 @@ def _soak(
     rig.history.close()
     report = checker.check(read(rig.root / "history").events)
     samples = sampler.samples
-    (rig.root / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     flatness = flat(samples, args.warmup_min * 60, args.window_min * 60)
     counts = {a: report.counts.get(a, 0) for a in checker.ANOMALIES}
     return {
@@ -260,11 +259,17 @@ class Sampler:
                 httpx.get(base + path, headers=headers, timeout=10)
 
     def _run(self) -> None:
-        while not self._done.wait(self.every_s):
-            try:
-                self.samples.append(self.sample())
-            except Exception as exc:  # a sample lost, the soak goes on
-                print(f"soak: a sample failed: {exc!r}", file=sys.stderr, flush=True)
+        """Each sample kept, and written out as it is taken (a long run can be watched)."""
+        with (self.rig.root / "samples.jsonl").open("a") as out:
+            while not self._done.wait(self.every_s):
+                try:
+                    sample = self.sample()
+                except Exception as exc:  # a sample lost, the soak goes on
+                    print(f"soak: a sample failed: {exc!r}", file=sys.stderr, flush=True)
+                    continue
+                self.samples.append(sample)
+                out.write(json.dumps(sample) + "\n")
+                out.flush()
 
     def sample(self) -> dict[str, Any]:
         rig = self.rig
