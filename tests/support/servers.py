@@ -239,6 +239,7 @@ class Blackhole:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, redis_url: str) -> str:
@@ -266,11 +267,14 @@ class Blackhole:
         except OSError:
             client.close()
             return
-        self._socks += [client, server]
+        pair = [client, server]
+        with self._lock:
+            self._socks += pair
+        ended = threading.Barrier(2, action=lambda: self._drop(pair))
         for a, b in ((client, server), (server, client)):
-            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(a, b, ended), daemon=True).start()
 
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket, ended: threading.Barrier) -> None:
         with contextlib.suppress(OSError):
             while data := a.recv(65536):
                 self.open.wait()
@@ -278,12 +282,23 @@ class Blackhole:
         for s in (a, b):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            ended.wait()  # both directions over: the pair is closed (a long run's fds)
+
+    def _drop(self, pair: list[socket.socket]) -> None:
+        with self._lock:
+            self._socks = [s for s in self._socks if s not in pair]
+        for s in pair:
+            with contextlib.suppress(OSError):
+                s.close()
 
     def close(self) -> None:
         self.closed.set()
         self.open.set()
         self.listener.close()
-        for s in self._socks:
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
             with contextlib.suppress(OSError):
                 s.close()
 
