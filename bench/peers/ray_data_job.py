@@ -75,13 +75,19 @@ def main() -> int:
     DataContext.get_current().checkpoint_config = CheckpointConfig(
         id_column="path", checkpoint_path=spec["checkpoint"]
     )
-    ds = ray.data.read_binary_files(spec["paths"], include_paths=True)
+    # A quarter CPU for the reads and for each model actor: with checkpointing on, Ray Data
+    # adds an actor of a whole CPU that filters out the rows already written, and on the
+    # rig's worker node of 2 CPUs the job waits forever otherwise (the reads get no CPU
+    # once the filter and two model actors of half a CPU each hold both)
+    ds = ray.data.read_binary_files(
+        spec["paths"], include_paths=True, ray_remote_args={"num_cpus": 0.25}
+    )
     ds = ds.map_batches(
         DetectVideos,
         fn_constructor_args=(spec["model"], spec.get("plugin"), spec["work_log"]),
         batch_size=1,
         concurrency=int(spec["actors"]),
-        num_cpus=0.5,
+        num_cpus=0.25,
         num_gpus=0.25,
     )
     ds.write_parquet(spec["out"])
