@@ -175,7 +175,7 @@ def make_fleet(
             ray_temp_dir=tempfile.mkdtemp(prefix="ffco-") if local else None,
             tick_s=tick_s,
             leader_ttl_s=leader_ttl_s or max(3.0, 2 * tick_s),
-            stale_s=4.0,
+            stale_s=max(4.0, 3 * tick_s),  # the settings ask three ticks at least
         ),
     )
     settings = replace(
