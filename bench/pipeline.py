@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, b
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -266,6 +267,11 @@ def bench_naive(paths: list[Path], settings: Settings) -> float:
     return frames / (time.perf_counter() - t)
 
 
+# Ray Data's own workers, by process title: its read tasks and its map actors (not Ray's
+# agents, idle workers, or framefleet's actors ending from the run before)
+RAY_DATA_WORKERS = re.compile(r"ray::(Read|MapWorker)")
+
+
 class PeakMemory:
     """Every 0.1 s while it runs: the private memory (RssAnon) of each process under this
     one whose name starts with `prefix` (Ray's workers: ray::...), the largest by name."""
@@ -291,9 +297,9 @@ class PeakMemory:
         while not self._done.wait(0.1):
             for child in me.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    name = child.name()
-                    if name.startswith(self.prefix):
-                        mb = _rss_anon_mb(child.pid)
+                    name = child.name().split(".", 1)[0]  # without the method running
+                    mb = _rss_anon_mb(child.pid)
+                    if name.startswith(self.prefix) and mb:
                         self.peaks[name] = max(self.peaks.get(name, 0), mb)
 
 
@@ -529,7 +535,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "decode_actor_peak_private_mb": decoder_peak_mb,
         # the peers' largest worker (a process of Ray's, by its title; Daft's own process,
         # which reads the videos, and its UDF processes)
-        "ray_data_worker_peak_private_mb": max(ray_data_memory.peaks.values(), default=None),
+        "ray_data_worker_peak_private_mb": max(
+            (mb for name, mb in ray_data_memory.peaks.items() if RAY_DATA_WORKERS.search(name)),
+            default=None,
+        ),
         "ray_data_peak_private_mb_by_worker": ray_data_memory.peaks,
         "gpu_utilisation_pct": round(float(np.mean(gpu_samples)), 1) if gpu_samples else None,
     }
