@@ -38,8 +38,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, bench
 
 from bench import emit
+from bench.api import Api
 from bench.chaoskit.rig import API_TOKEN, Rig, Shape, make_rig
 from bench.chaoskit.run import _some_progress, _wait
+from bench.dashboard import login
 from bench.queue import machine
 
 PAGES = {
@@ -159,14 +161,7 @@ class PagePoller:
     (one at a time), timing each."""
 
     def __init__(self, base: str) -> None:
-        self.client = httpx.Client(base_url=base, timeout=30, follow_redirects=False)
-        answer = self.client.post(
-            "/ui/login",
-            data={"token": API_TOKEN, "next": "/"},
-            headers={"Sec-Fetch-Site": "same-origin"},
-        )
-        if answer.status_code != 303:
-            raise RuntimeError(f"login failed: {answer.status_code} {answer.text[:200]}")
+        self.client = login(Api(base, API_TOKEN))  # the login form, as a browser
         self.times: list[tuple[bool, str, float]] = []  # (after the burst, page, ms)
         self.errors: list[str] = []
         self._after = False

@@ -234,10 +234,7 @@ class FramefleetRuns:
         written them)."""
         while not done.wait(0.1):
             for pid in self.decoder_pids:
-                with contextlib.suppress(OSError, StopIteration):
-                    with open(f"/proc/{pid}/status") as f:
-                        line = next(x for x in f if x.startswith("RssAnon:"))
-                    self.decoder_peak_mb = max(self.decoder_peak_mb, int(line.split()[1]) // 1024)
+                self.decoder_peak_mb = max(self.decoder_peak_mb, _rss_anon_mb(pid))
 
     def close(self) -> None:
         if self.fleet is not None:

@@ -49,21 +49,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, b
 
 from bench import emit
 from bench.queue import machine
+from tests.support.fleet import wait
 from tests.support.models import write_tiny_detr
 from tests.support.raycluster import RECONNECT_S, LocalCluster
 from tests.support.videos import write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "bench" / "peers" / "ray_data_job.py"
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if predicate():
-            return time.monotonic() - started
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _work(log: Path) -> list[dict[str, Any]]:
@@ -112,8 +104,8 @@ def one_round(cluster: LocalCluster, tmp: Path, videos: int, model: Path) -> dic
     def ended() -> int:
         return sum(1 for w in _work(work_log) if w["what"] == "end")
 
-    _wait(
-        lambda: (ended() >= 2 and _rows(out)) or first.poll() is not None,
+    wait(
+        lambda: (ended() >= 2 and bool(_rows(out))) or first.poll() is not None,
         600,
         "two videos done and a row written",
     )
@@ -130,13 +122,13 @@ def one_round(cluster: LocalCluster, tmp: Path, videos: int, model: Path) -> dic
         first.kill()
         first.wait(10)
     written = _rows(out)  # what the checkpoint has to skip
-    _wait(lambda: cluster.workers[0].starts > starts, 120, "the worker node to give up")
+    wait(lambda: cluster.workers[0].starts > starts, 120, "the worker node to give up")
     cluster.head.start()
     cluster.head.wait_started()
     cluster.wait_nodes()
     up_at = time.time()
     second = submit("driver2")
-    _wait(
+    wait(
         lambda: any(w["what"] == "start" and w["t"] > up_at for w in _work(work_log)),
         600,
         "a video started again",
