@@ -422,6 +422,8 @@ def settings_for(
     )
     if args.decode_nice is not None:
         pipeline = replace(pipeline, decode_nice=args.decode_nice)
+    if args.chunk_frames is not None:
+        pipeline = replace(pipeline, chunk_frames=args.chunk_frames)
     return Settings(
         queue=QueueSettings(name="bench", lease_s=120),
         source=SourceSettings(allowed_roots=(videos,)),

@@ -10,22 +10,32 @@ there. Protocol, over the child's stdin and stdout:
     parent -> child   one JSON line: path, decoder, threads, sampling, limits, memory
     child -> parent   b"I" + a JSON line: the video's info (or b"E" + JSON: refused)
     parent -> child   one JSON line: the chunks already done and the chunk size, or {}
-    child -> parent   per kept frame: b"F" + (index, pts, h, w) + h*w*3 bytes of RGB (none
-                      when the frame is skipped); then b"D" (done), b"E" + JSON (the video's
+    child -> parent   per kept frame: b"F" + (index, pts, h, w, offset), its h*w*3 bytes of
+                      RGB at `offset` in the shared frame buffer (none when the frame is
+                      skipped: h = w = 0); then b"D" (done), b"E" + JSON (the video's
                       error: reason, class) or b"X" + a traceback (a bug)
+    parent -> child   b"A" once it has copied a frame out of the shared buffer
 
-The pipe is the back-pressure: the child decodes a frame only when the last one was read,
-so memory holds what the caller keeps, as in-process. A child that crashes (inside FFmpeg)
-is the video's error, with what it died of. One killed (SIGKILL) may be the node's
-out-of-memory killer at this video's doing, or its worker being killed with its process
-group (Ray ending the actors of a driver that died, a node going away: found by the proof
-suite, where such a kill dead-lettered a good video): another try says which, so it is
-retryable, and dead as over_limit after max_attempts.
+The frames go through memory both processes map (a memfd of two frame slots that the child
+sizes), not through the pipe: a 640x360 frame is 691 KB, which a pipe moves in eleven
+64 KB pieces, each a system call and a switch between the processes. Measured on a 20 s
+clip: 3.2 ms of CPU a frame through the pipe (0.8 of it in the kernel), 2.5 through the
+shared buffer (0.13), against 1.9 decoding in the caller's process. The acks are the
+back-pressure: the child writes a slot only once the frame in it was copied out, so it is
+at most two frames ahead and memory holds what the caller keeps, as in-process.
+
+A child that crashes (inside FFmpeg) is the video's error, with what it died of. One killed
+(SIGKILL) may be the node's out-of-memory killer at this video's doing, or its worker being
+killed with its process group (Ray ending the actors of a driver that died, a node going
+away: found by the proof suite, where such a kill dead-lettered a good video): another try
+says which, so it is retryable, and dead as over_limit after max_attempts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import mmap
 import os
 import signal
 import struct
@@ -42,8 +52,9 @@ import numpy as np
 from .decode import Frame, Limits, Sampling, VideoInfo, Wanted
 from .errors import CORRUPT, OVER_LIMIT, PermanentError, TransientError
 
-_FRAME = struct.Struct(">qdII")  # index, pts seconds, height, width (0 x 0: not converted)
+_FRAME = struct.Struct(">qdIIQ")  # index, pts s, height, width (0 x 0: not converted), offset
 _MIB = 1 << 20
+_SLOTS = 2  # frames the child may have in the shared buffer, not yet copied out
 
 
 class ProcessDecoder:
@@ -60,17 +71,26 @@ class ProcessDecoder:
     ) -> None:
         self.memory_bytes = memory_bytes
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (FFmpeg's messages, closed in close())
+        self._frames_fd = os.memfd_create("framefleet-frames", os.MFD_CLOEXEC)
+        self._map: mmap.mmap | None = None
         env = {**os.environ, "MALLOC_ARENA_MAX": "2", "PYTHONUNBUFFERED": "1"}
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "framefleet.workers.decode_process"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            bufsize=0,
-        )
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "framefleet.workers.decode_process"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=env,
+                bufsize=0,
+                pass_fds=(self._frames_fd,),
+            )
+        except BaseException:
+            os.close(self._frames_fd)
+            self._log.close()
+            raise
         request = {
             "path": str(path),
+            "frames_fd": self._frames_fd,
             "prefer": prefer,
             "threads": threads,
             "sampling": asdict(sampling),
@@ -106,11 +126,13 @@ class ProcessDecoder:
                 return
             if kind != b"F":
                 self._fail(kind)
-            index, pts, height, width = _FRAME.unpack(self._read(_FRAME.size))
+            index, pts, height, width, offset = _FRAME.unpack(self._read(_FRAME.size))
             image = None
             if height:
                 image = np.empty((height, width, 3), np.uint8)
-                self._read_into(memoryview(image.data).cast("B"))
+                shared = self._shared(offset + image.nbytes)
+                np.copyto(image.reshape(-1), np.frombuffer(shared, np.uint8, image.nbytes, offset))
+                self._ack()
             yield Frame(index, pts, image if want(k) else None)
             k += 1
 
@@ -122,6 +144,30 @@ class ProcessDecoder:
             if stream is not None:
                 stream.close()
         self._log.close()
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        if self._frames_fd >= 0:
+            os.close(self._frames_fd)
+            self._frames_fd = -1
+
+    # -- the shared frame buffer ---------------------------------------------------------
+
+    def _shared(self, end: int) -> mmap.mmap:
+        """The shared buffer, mapped again when the child has grown it past `end`."""
+        if self._map is None or len(self._map) < end:
+            size = os.fstat(self._frames_fd).st_size
+            if size < end:  # the child says a frame is where it has not sized the buffer
+                raise RuntimeError(f"the decoder process sent a frame outside its buffer ({end})")
+            if self._map is not None:
+                self._map.close()
+            self._map = mmap.mmap(self._frames_fd, size, access=mmap.ACCESS_READ)
+        return self._map
+
+    def _ack(self) -> None:
+        assert self._proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # the child is gone: the next read says how
+            self._proc.stdin.write(b"A")
 
     # -- the pipe ------------------------------------------------------------------------
 
@@ -232,16 +278,67 @@ def _serve(request: dict[str, Any], stdin: Any, stdout: Any, say: Any) -> None:
         if ask is None:
             return
         size, done = int(ask.get("chunk_frames", 1)), frozenset(ask.get("done", ()))
-        for frame in decoder.frames(sampling, lambda k: k // size not in done):
-            image = frame.image
-            h, w = (0, 0) if image is None else image.shape[:2]
-            stdout.write(b"F" + _FRAME.pack(frame.index, frame.pts_s, h, w))
-            if image is not None:
-                stdout.write(np.ascontiguousarray(image).data)
-        stdout.write(b"D")
-        stdout.flush()
+        shared = _Slots(int(request["frames_fd"]), stdin)
+        try:
+            for frame in decoder.frames(sampling, lambda k: k // size not in done):
+                image = frame.image
+                if image is None:
+                    stdout.write(b"F" + _FRAME.pack(frame.index, frame.pts_s, 0, 0, 0))
+                    continue
+                h, w = image.shape[:2]
+                offset = shared.put(np.ascontiguousarray(image))
+                stdout.write(b"F" + _FRAME.pack(frame.index, frame.pts_s, h, w, offset))
+                stdout.flush()
+            stdout.write(b"D")
+            stdout.flush()
+        finally:
+            shared.close()
     finally:
         decoder.close()
+
+
+class _Slots:
+    """The child's side of the shared frame buffer: _SLOTS slots of the largest frame so far.
+    A slot is written only once the parent has acked the frame that was in it."""
+
+    def __init__(self, fd: int, acks: Any) -> None:
+        self.fd, self.acks = fd, acks
+        self.map: mmap.mmap | None = None
+        self.slot = 0  # bytes a slot
+        self.sent = 0  # frames put
+        self.out = 0  # frames put and not yet acked
+
+    def put(self, image: np.ndarray) -> int:
+        n = image.nbytes
+        if n > self.slot:  # a larger frame: every slot free first, then the buffer grown
+            self._wait(self.out)
+            if self.map is not None:
+                self.map.close()
+            self.map = None
+            try:
+                os.ftruncate(self.fd, _SLOTS * n)
+                self.map = mmap.mmap(self.fd, _SLOTS * n)
+            except OSError as exc:  # past the address-space limit: the video's, as over_limit
+                raise MemoryError(f"{_SLOTS} frames of {n} bytes: {exc}") from exc
+            self.slot = n
+        if self.out >= _SLOTS:
+            self._wait(self.out - _SLOTS + 1)
+        assert self.map is not None
+        offset = (self.sent % _SLOTS) * self.slot
+        self.map[offset : offset + n] = image.data.cast("B")
+        self.sent += 1
+        self.out += 1
+        return offset
+
+    def _wait(self, acks: int) -> None:
+        for _ in range(acks):
+            if self.acks.read(1) != b"A":
+                raise BrokenPipeError("the parent stopped reading")
+            self.out -= 1
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
 
 
 if __name__ == "__main__":

@@ -106,6 +106,27 @@ def test_a_decoder_process_killed_mid_video_is_retried_and_the_actor_lives(
     decoder.close()
 
 
+def test_the_child_hands_over_the_same_frames(tmp_path: Path) -> None:
+    """Frames come out of the child through the shared buffer (two slots, acked) exactly as
+    in this process: the same indices, times and pixels, chunks already done skipped, and a
+    resized and an unresized sampling (the buffer's slots sized by the child)."""
+    video = write_video(tmp_path / "v.mp4", frames=70)
+    for sampling in (Sampling(width=48, height=32), Sampling(stride=3)):
+        here = open_decoder(video, sampling)
+        there = ProcessDecoder(video, sampling, memory_bytes=1 << 30)
+        try:
+            a = list(ChunkReader(here, sampling, 8, done={1}))
+            b = list(ChunkReader(there, sampling, 8, done={1}))
+        finally:
+            here.close()
+            there.close()
+        assert [c.index for c in b] == [c.index for c in a] and len(a) >= 2
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.frame_indices, y.frame_indices)
+            assert np.array_equal(x.pts_s, y.pts_s)
+            assert x.images.shape == y.images.shape and np.array_equal(x.images, y.images)
+
+
 @pytest.mark.parametrize("prefer", ["pyav", "decord"])
 def test_the_video_is_never_its_cover_picture(env: dict[str, Any], prefer: str) -> None:
     """An MP4 whose first video stream is its attached cover (320x240): before, PyAV acked
