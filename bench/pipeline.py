@@ -573,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--decode-nice", type=int, help="the decode actors' nice increment (default: settings')"
     )
+    parser.add_argument("--chunk-frames", type=int, help="frames a chunk (default: settings')")
     parser.add_argument(
         "--no-daft", action="store_true", help="leave out the Daft peer (it needs .venv-peers)"
     )
