@@ -342,10 +342,15 @@ class RayPending:
     chunk may be what kills them). Its actor unavailable for now, or the chunk's object
     lost: sent to another. Out longer than chunk_timeout_s: sent to another too (the actor
     may be hung). No actor ready: it waits for one for inference_wait_s, then the item goes
-    back to the queue uncharged (InfraError)."""
+    back to the queue uncharged (InfraError).
+
+    The chunk is put in the object store once, here, and its ref is what every send
+    passes: the decode actor's buffer (ChunkReader's `reuse`) is free once this returns,
+    and a resend copies nothing."""
 
     def __init__(self, pool: RayInference, item_id: str, video: str, chunk: Chunk) -> None:
-        self.pool, self.item_id, self.video, self.chunk = pool, item_id, video, chunk
+        self.pool, self.item_id, self.video, self.index = pool, item_id, video, chunk.index
+        self.chunk: Any = pool.adapter.put(chunk)  # its ref, until the result is in
         self.actor: Any = None
         self.actor_id: str | None = None  # set by the pool, under its lock
         self.done_at: float | None = None  # when the pool saw it done (monotonic)
@@ -383,7 +388,7 @@ class RayPending:
             except ActorGone as exc:
                 self._resend_dead(exc)
                 continue
-            self.chunk = None  # type: ignore[assignment]  # let the frames go
+            self.chunk = None  # let the frames go
             self.pool.took(self, time.monotonic())
             self.pool.sent(self, None)
             return done
@@ -404,12 +409,12 @@ class RayPending:
         log.warning(
             "%s chunk %d: out at an inference actor for %.0f s: sending it to another",
             self.item_id,
-            self.chunk.index,
+            self.index,
             time.monotonic() - self.sent_at,
         )
         if self.timeouts > RESUBMITS:
             raise TransientError(
-                f"chunk {self.chunk.index} timed out at {self.timeouts} inference actors",
+                f"chunk {self.index} timed out at {self.timeouts} inference actors",
                 MODEL_ERROR,
             )
         self._send(avoid={self.pool.adapter.actor_id(self.actor)})
@@ -420,7 +425,7 @@ class RayPending:
             self.timeouts += 1
             if self.timeouts > 4 * RESUBMITS:
                 raise TransientError(
-                    f"chunk {self.chunk.index}: no inference actor could take it ({exc})",
+                    f"chunk {self.index}: no inference actor could take it ({exc})",
                     MODEL_ERROR,
                 ) from None
             self._send(avoid={actor})
@@ -429,8 +434,7 @@ class RayPending:
         self.dead.add(actor)
         if len(self.dead) >= RESUBMITS:
             raise TransientError(
-                f"chunk {self.chunk.index}: {len(self.dead)} inference actors died under it"
-                f" ({exc})",
+                f"chunk {self.index}: {len(self.dead)} inference actors died under it ({exc})",
                 MODEL_ERROR,
             ) from None
         self.waiting_since = time.monotonic()

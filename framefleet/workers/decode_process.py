@@ -14,15 +14,17 @@ there. Protocol, over the child's stdin and stdout:
                       RGB at `offset` in the shared frame buffer (none when the frame is
                       skipped: h = w = 0); then b"D" (done), b"E" + JSON (the video's
                       error: reason, class) or b"X" + a traceback (a bug)
-    parent -> child   b"A" once it has copied a frame out of the shared buffer
+    parent -> child   b"A" once its caller has copied a frame out of the shared buffer
 
 The frames go through memory both processes map (a memfd of two frame slots that the child
 sizes), not through the pipe: a 640x360 frame is 691 KB, which a pipe moves in eleven
 64 KB pieces, each a system call and a switch between the processes. Measured on a 20 s
 clip: 3.2 ms of CPU a frame through the pipe (0.8 of it in the kernel), 2.5 through the
-shared buffer (0.13), against 1.9 decoding in the caller's process. The acks are the
-back-pressure: the child writes a slot only once the frame in it was copied out, so it is
-at most two frames ahead and memory holds what the caller keeps, as in-process.
+shared buffer (0.13), against 1.9 decoding in the caller's process. The frame is handed to
+the caller as a view of its slot, which ChunkReader copies into its chunk: one copy, as
+in-process. The acks are the back-pressure: the child writes a slot only once the frame
+in it was copied out, so it is at most two frames ahead and memory holds what the caller
+keeps, as in-process.
 
 A child that crashes (inside FFmpeg) is the video's error, with what it died of. One killed
 (SIGKILL) may be the node's out-of-memory killer at this video's doing, or its worker being
@@ -114,7 +116,10 @@ class ProcessDecoder:
 
     def frames(self, sampling: Sampling, want: Callable[[int], bool]) -> Iterator[Frame]:
         """The kept frames, from the child. `want` is a Wanted (told to the child) or any
-        callable (then every kept frame is converted, and those not wanted dropped here)."""
+        callable (then every kept frame is converted, and those not wanted dropped here).
+        A frame's image is a read-only view of its slot in the shared buffer, acked (given
+        back to the child) when the next frame is asked for: the child decodes the next
+        frame into the other slot meanwhile."""
         if isinstance(want, Wanted):
             self._send({"chunk_frames": want.chunk_frames, "done": sorted(want.done)})
         else:
@@ -127,13 +132,16 @@ class ProcessDecoder:
             if kind != b"F":
                 self._fail(kind)
             index, pts, height, width, offset = _FRAME.unpack(self._read(_FRAME.size))
-            image = None
-            if height:
-                image = np.empty((height, width, 3), np.uint8)
-                shared = self._shared(offset + image.nbytes)
-                np.copyto(image.reshape(-1), np.frombuffer(shared, np.uint8, image.nbytes, offset))
-                self._ack()
+            if not height:
+                yield Frame(index, pts, None)
+                k += 1
+                continue
+            n = height * width * 3
+            shared = self._shared(offset + n)
+            image = np.frombuffer(shared, np.uint8, n, offset).reshape(height, width, 3)
             yield Frame(index, pts, image if want(k) else None)
+            del image  # the caller has copied it (Decoder.frames): its slot is the child's again
+            self._ack()
             k += 1
 
     def close(self) -> None:
@@ -144,9 +152,7 @@ class ProcessDecoder:
             if stream is not None:
                 stream.close()
         self._log.close()
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        self._map = None  # unmapped once the last frame handed out is let go
         if self._frames_fd >= 0:
             os.close(self._frames_fd)
             self._frames_fd = -1
@@ -159,8 +165,7 @@ class ProcessDecoder:
             size = os.fstat(self._frames_fd).st_size
             if size < end:  # the child says a frame is where it has not sized the buffer
                 raise RuntimeError(f"the decoder process sent a frame outside its buffer ({end})")
-            if self._map is not None:
-                self._map.close()
+            # The old map is left to go with the last frame of it a caller still holds.
             self._map = mmap.mmap(self._frames_fd, size, access=mmap.ACCESS_READ)
         return self._map
 

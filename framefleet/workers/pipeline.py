@@ -107,7 +107,9 @@ class Inference(Protocol):
 
     def submit(self, item_id: str, video: str, chunk: Chunk) -> Pending:
         """Run the model on the chunk and write its output under `video` (a key prefix of
-        the output store)."""
+        the output store). The chunk's images are the reader's buffer, overwritten by the
+        next chunk (ChunkReader's `reuse`): what is kept of them is copied before this
+        returns (to the object store; or the model runs on them here)."""
         ...
 
 
@@ -406,7 +408,7 @@ class VideoJob:
             decoder = self._open(path)
             item.lap("open", self.clock())
             try:
-                reader = ChunkReader(decoder, self.sampling, p.chunk_frames, done)
+                reader = ChunkReader(decoder, self.sampling, p.chunk_frames, done, reuse=True)
                 item.expected = reader.expected_chunks
                 item.previews = previews.targets(reader.expected_kept, p.chunk_frames, p.previews)
                 frames = self._stream(item, reader, decoded)

@@ -56,6 +56,13 @@ class RayAdapter:
     def call(self, actor: Any, method: str, *args: Any) -> Any:
         return getattr(actor, method).remote(*args)
 
+    def put(self, value: Any) -> Any:
+        """ray.put: the value copied into the object store; its ref, passed to `call`, is
+        the value in the callee."""
+        import ray
+
+        return ray.put(value)
+
     def get(self, ref: Any, timeout: float | None = None) -> Any:
         """ray.get, with Ray's errors turned into ours: TimeoutError when not ready yet,
         ActorGone when the actor died, and an exception raised inside the task as itself."""

@@ -109,22 +109,36 @@ def test_a_decoder_process_killed_mid_video_is_retried_and_the_actor_lives(
 def test_the_child_hands_over_the_same_frames(tmp_path: Path) -> None:
     """Frames come out of the child through the shared buffer (two slots, acked) exactly as
     in this process: the same indices, times and pixels, chunks already done skipped, and a
-    resized and an unresized sampling (the buffer's slots sized by the child)."""
+    resized and an unresized sampling (the buffer's slots sized by the child). The child's
+    frames are views of its slots, copied by the reader; with `reuse` (the pipeline's), every
+    chunk is the reader's one buffer, and still right when taken before the next."""
     video = write_video(tmp_path / "v.mp4", frames=70)
     for sampling in (Sampling(width=48, height=32), Sampling(stride=3)):
         here = open_decoder(video, sampling)
         there = ProcessDecoder(video, sampling, memory_bytes=1 << 30)
+        again = ProcessDecoder(video, sampling, memory_bytes=1 << 30)
         try:
             a = list(ChunkReader(here, sampling, 8, done={1}))
             b = list(ChunkReader(there, sampling, 8, done={1}))
+            buffers: list[np.ndarray] = []
+            c = []
+            for chunk in ChunkReader(again, sampling, 8, done={1}, reuse=True):
+                buffers.append(chunk.images)
+                c.append(replace(chunk, images=chunk.images.copy()))
         finally:
             here.close()
             there.close()
-        assert [c.index for c in b] == [c.index for c in a] and len(a) >= 2
-        for x, y in zip(a, b, strict=True):
-            assert np.array_equal(x.frame_indices, y.frame_indices)
-            assert np.array_equal(x.pts_s, y.pts_s)
-            assert x.images.shape == y.images.shape and np.array_equal(x.images, y.images)
+            again.close()
+        assert [x.index for x in b] == [x.index for x in c] == [x.index for x in a]
+        assert len(a) >= 2
+        assert all(np.shares_memory(buffers[0], x) for x in buffers[1:])
+        assert not any(np.shares_memory(b[0].images, x.images) for x in b[1:])
+        for x, y, z in zip(a, b, c, strict=True):
+            for got in (y, z):
+                assert np.array_equal(x.frame_indices, got.frame_indices)
+                assert np.array_equal(x.pts_s, got.pts_s)
+                assert x.images.shape == got.images.shape
+                assert np.array_equal(x.images, got.images)
 
 
 @pytest.mark.parametrize("prefer", ["pyav", "decord"])

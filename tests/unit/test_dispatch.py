@@ -32,6 +32,9 @@ class Adapter:
     def actor_id(self, actor: str) -> str:
         return actor
 
+    def put(self, value: Any) -> Any:
+        return value
+
     def call(self, actor: str, method: str, *args: Any) -> Ref:
         self.sent.append(actor)
         return Ref(actor)
