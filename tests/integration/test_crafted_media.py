@@ -17,6 +17,7 @@ from redis import Redis
 from framefleet.queue import Queue
 from framefleet.workers.decode import ChunkReader, Limits, Sampling, open_decoder
 from framefleet.workers.decode_process import ProcessDecoder
+from framefleet.workers.errors import PermanentError
 from framefleet.workers.model import FrameModel
 from framefleet.workers.pipeline import VideoJob
 from tests.support import crafted
@@ -99,7 +100,7 @@ def test_a_decoder_process_killed_mid_video_is_retried_and_the_actor_lives(
     decoder = ProcessDecoder(video, Sampling(), memory_bytes=1 << 30)
     frames = decoder.frames(Sampling(), lambda k: True)
     next(frames)
-    os.kill(decoder._proc.pid, signal.SIGKILL)
+    os.kill(decoder._child.proc.pid, signal.SIGKILL)
     with pytest.raises(TransientError, match="killed") as caught:
         list(frames)
     assert caught.value.cls == "over_limit" and caught.value.retryable
@@ -139,6 +140,63 @@ def test_the_child_hands_over_the_same_frames(tmp_path: Path) -> None:
                 assert np.array_equal(x.pts_s, got.pts_s)
                 assert x.images.shape == got.images.shape
                 assert np.array_equal(x.images, got.images)
+
+
+def test_a_decoder_process_serves_video_after_video_and_only_when_it_ended_cleanly(
+    tmp_path: Path,
+) -> None:
+    """The child that read a video to its end (or was asked for no frames) decodes the next
+    one, with the same frames as a fresh child; one left mid-video, or that failed on its
+    video, is killed; an idle child that died is replaced without the video noticing."""
+    import os
+    import signal
+
+    small = write_video(tmp_path / "small.mp4", frames=20, width=48, height=32)
+    big = write_video(tmp_path / "big.mp4", frames=30)  # larger frames: the buffer grows
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    sampling = Sampling()
+
+    def read(path: Path) -> tuple[int, list[np.ndarray]]:
+        decoder = ProcessDecoder(path, sampling, memory_bytes=1 << 30)
+        try:
+            pid = decoder._child.proc.pid
+            return pid, [c.images.copy() for c in ChunkReader(decoder, sampling, 8, reuse=True)]
+        finally:
+            decoder.close()
+
+    here = open_decoder(big, sampling)
+    try:
+        expected = [c.images for c in ChunkReader(here, sampling, 8)]
+    finally:
+        here.close()
+    first, _ = read(small)
+    second, got = read(big)
+    assert second == first  # the same child, its buffer grown for the larger frames
+    assert len(got) == len(expected) and all(map(np.array_equal, got, expected))
+    third, _ = read(small)
+    assert third == first
+
+    peek = ProcessDecoder(big, sampling, memory_bytes=1 << 30)  # info only: no frames
+    assert peek._child.proc.pid == first
+    peek.close()
+    left = ProcessDecoder(big, sampling, memory_bytes=1 << 30)
+    assert left._child.proc.pid == first
+    frames = left.frames(sampling, lambda k: True)
+    next(frames)
+    left.close()  # left in the middle of the video: killed
+    assert left._child.proc.returncode == -signal.SIGKILL
+    fresh, _ = read(small)
+    assert fresh != first
+
+    with pytest.raises(PermanentError):
+        ProcessDecoder(corrupt, sampling, memory_bytes=1 << 30)
+    after, _ = read(small)
+    assert after != fresh  # the one that failed on its video is not kept
+
+    os.kill(after, signal.SIGKILL)  # an idle child dies: the next video gets a fresh one
+    last, got = read(big)
+    assert last != after and all(map(np.array_equal, got, expected))
 
 
 @pytest.mark.parametrize("prefer", ["pyav", "decord"])
