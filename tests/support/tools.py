@@ -71,6 +71,7 @@ TOOLS: dict[str, Tool] = {
     "prometheus": Tool(("prometheus",)),  # prometheus and promtool
     "promtool": Tool(("prometheus",)),
     "chromium": Tool(("chromium",)),  # /usr/bin/chromium, driven by playwright
+    "jemalloc": Tool(("libjemalloc2",)),  # the embedded server's allocator (queue/server.py)
 }
 
 # Tests without a `needs` marker: by the file they are in (relative to the repository) ...
