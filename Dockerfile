@@ -28,9 +28,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
 
 # Debian's Python 3.11 (the CPU torch wheel's), tini as PID 1 (the entry point: SIGTERM
 # reaches framefleet and Ray, whose process group it signals with -g; zombies are reaped), redis-cli for the Redis service's health check, and curl for
-# Ray's health endpoints.
+# Ray's health endpoints; jemalloc for the Redis service's Valkey (the wheel's is built with
+# glibc's malloc, slow with a large queue: BENCHMARKS, "A million items queued").
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv tini redis-tools curl \
+ && apt-get install -y --no-install-recommends python3 python3-venv tini redis-tools curl libjemalloc2 \
       ca-certificates procps \
  && apt-get clean && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv "$VIRTUAL_ENV"

@@ -104,13 +104,18 @@ def all_done(d: Deployment, ids: list[str]) -> bool:
     return all(s == "done" for s in states)
 
 
-def done_once(d: Deployment, ids: list[str], frames: int) -> None:
+def done_once(d: Deployment, ids: list[str], frames: int, zombies: int = 0) -> None:
     """Each video done, acknowledged once (no stale ack, no delivery charged), with one
-    output version on the mounted results volume, and each frame through the model once."""
+    output version on the mounted results volume, and each frame through the model once.
+    `zombies`: the stale acks allowed, from a fleet whose driver died with the head. Its
+    leases are given back, but its actors on the worker node live on until Ray ends them
+    and may finish a video meanwhile: their ack is refused (the fence), and the next
+    fleet acks the video from the outputs they left (seen: "its outputs were there
+    already"), so it is still acked once and its frames counted once."""
     q = d.queue()
     counters = q["counters"]
     assert counters.get("acked_total") == len(ids), counters
-    assert counters.get("stale_ack_total", 0) == 0, counters
+    assert counters.get("stale_ack_total", 0) <= zombies, counters
     assert counters.get("frames_total") == frames, counters
     results = d.volume_path("results")
     for item_id in ids:
@@ -198,7 +203,7 @@ def test_a_ray_head_killed_mid_work_is_resumed_by_the_coordinator(
     wait_for("the long videos done after the head's restart", lambda: all_done(d, ids), 420, 2)
     FIGURES["head kill to all done s"] = round(time.monotonic() - started)
     FIGURES["memory after the long videos"] = d.memory()
-    done_once(d, [*ids_of(d, "done")], sum(SHORT.values()) + sum(LONG.values()))
+    done_once(d, [*ids_of(d, "done")], sum(SHORT.values()) + sum(LONG.values()), len(LONG))
     after = d.queue()["counters"]
     assert after.get("leader_changes_total") == before.get("leader_changes_total"), (
         "the coordinator itself resumed, no standby took over"
