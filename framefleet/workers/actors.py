@@ -346,7 +346,9 @@ class RayPending:
 
     The chunk is put in the object store once, here, and its ref is what every send
     passes: the decode actor's buffer (ChunkReader's `reuse`) is free once this returns,
-    and a resend copies nothing."""
+    and a resend copies nothing. The object is this actor's (Ray keeps it on its node), so
+    it is lost only with the node, and this actor with it; were it lost otherwise, the
+    sends of the same ref would fail too, and the chunk's tries run out (TransientError)."""
 
     def __init__(self, pool: RayInference, item_id: str, video: str, chunk: Chunk) -> None:
         self.pool, self.item_id, self.video, self.index = pool, item_id, video, chunk.index
