@@ -108,7 +108,10 @@ def _split(items: list[Any], parts: int) -> list[list[Any]]:
 
 def _decode_for(paths: list[str], settings: Settings, start_at: float, seconds: float) -> int:
     """Decode the videos round and round from start_at for `seconds`; frames decoded."""
+    from framefleet.workers import heap
     from framefleet.workers.decode import ChunkReader, Sampling, open_decoder
+
+    heap.keep_freed_memory()  # as the pipeline's decoding processes do
 
     p = settings.pipeline
     sampling = Sampling(fps=p.sample_fps, stride=p.stride, width=p.width, height=p.height)
@@ -129,7 +132,10 @@ class ModelOnly:
     """The inference actors' work without the rest: predict on ready frames."""
 
     def __init__(self, settings: Settings, shape: tuple[int, int]) -> None:
+        from framefleet.workers import heap
         from framefleet.workers.model import load_model
+
+        heap.keep_freed_memory()  # as the inference actors do
 
         self.model = load_model(settings.model)
         n = settings.pipeline.chunk_frames

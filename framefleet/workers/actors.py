@@ -44,6 +44,7 @@ from framefleet.queue import (
 from framefleet.queue.supervision import new_generation, worker_name
 from framefleet.settings import PipelineSettings, Settings
 
+from . import heap
 from .decode import Chunk
 from .errors import MODEL_ERROR, InfraError, TransientError
 from .model import load_model, pin_weights
@@ -176,6 +177,7 @@ def _exit_silenced() -> None:
 
 class InferenceActor:
     def __init__(self, settings: Settings, redis_url: str | None = None, name: str = "") -> None:
+        heap.keep_freed_memory()  # the model's buffers: reused, not faulted in per batch
         logs.configure(settings.log, actor=name or "inference", node=RayAdapter().node_id())
         check_root(settings.pipeline.out, settings.pipeline.out_marker)
         self.model = load_model(settings.model)
@@ -523,6 +525,7 @@ class DecodeActor:
         leader: str | None = None,
         sweep: bool = False,
     ) -> None:
+        heap.keep_freed_memory()  # chunk buffers (and frames decoded here): reused
         logs.configure(settings.log, actor=name, node=RayAdapter().node_id())
         check_root(settings.pipeline.out, settings.pipeline.out_marker)
         # Inference first where both share cores: decoders run ahead of it, within

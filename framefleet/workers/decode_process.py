@@ -58,6 +58,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from . import heap
 from .decode import Frame, Limits, Sampling, VideoInfo, Wanted
 from .errors import CORRUPT, OVER_LIMIT, PermanentError, TransientError
 
@@ -76,7 +77,7 @@ class _Child:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self.frames_fd = os.memfd_create("framefleet-frames", os.MFD_CLOEXEC)
         self.map: mmap.mmap | None = None
-        env = {**os.environ, "MALLOC_ARENA_MAX": "2", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "MALLOC_ARENA_MAX": "2", **heap.ENV, "PYTHONUNBUFFERED": "1"}
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "framefleet.workers.decode_process"],
