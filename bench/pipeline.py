@@ -205,6 +205,10 @@ class FramefleetRuns:
         self.fleet: Any = None
         self.decoder_pids: list[int] = []
         self.decoder_peak_mb = 0  # the decode actors' largest private memory seen
+        # run()'s frames/s counts until the driver sees the queue drained (run_until_empty:
+        # its 0.1 s polls, the actors' last 0.2 s claims), as the peers' figures count until
+        # their call returns; this one, until the last video's ack (the server's clock)
+        self.to_last_ack_fps = 0.0
 
     def run(self) -> float:
         from framefleet.workers.actors import Fleet
@@ -212,14 +216,14 @@ class FramefleetRuns:
         self.client.flushall()
         shutil.rmtree(self.settings.pipeline.out, ignore_errors=True)
         q = Queue(self.client, self.settings.queue)
-        t = time.perf_counter()
+        t, start_ms = time.perf_counter(), q.now_ms()
         if self.fleet is None:
             self.fleet = Fleet(self.settings, self.server.url).start()
             self.decoder_pids = [
                 self.fleet.adapter.get(self.fleet.adapter.call(d, "ready"))[0]
                 for d in self.fleet.decoders
             ]
-        q.enqueue([str(p) for p in self.paths])
+        ids = q.enqueue([str(p) for p in self.paths])
         done = threading.Event()
         sampler = threading.Thread(target=self._sample_memory, args=(done,), daemon=True)
         sampler.start()
@@ -232,6 +236,8 @@ class FramefleetRuns:
         acked = [o for o in outcomes if o["status"] == "acked"]
         if len(acked) != len(self.paths) or sum(o["frames"] for o in acked) != self.frames:
             raise RuntimeError(f"framefleet did not process every frame: {outcomes}")
+        last_ack_ms = max(item.done_ms or 0 for item in q.items(ids))
+        self.to_last_ack_fps = self.frames / ((last_ack_ms - start_ms) / 1000)
         return self.frames / seconds
 
     def _sample_memory(self, done: threading.Event) -> None:
@@ -483,9 +489,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 before = ceilings.side_by_side(window)
                 for _ in range(1 if args.quick else args.rounds):
                     warm = runs.run()
+                    acked = runs.to_last_ack_fps
                     after = ceilings.side_by_side(window)
                     decode, model = ((b + a) / 2 for b, a in zip(before, after, strict=True))
-                    rounds.append({"decode": decode, "model": model, "warm": warm})
+                    rounds.append({"decode": decode, "model": model, "warm": warm, "acked": acked})
                     before = after
                 decoder_peak_mb = runs.decoder_peak_mb
             finally:
@@ -504,6 +511,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return float(np.median([r[key] for r in rounds]))
 
     ratios = [r["warm"] / min(r["decode"], r["model"]) for r in rounds]
+    acked_ratios = [r["acked"] / min(r["decode"], r["model"]) for r in rounds]
     ff_warm = median("warm")
     result: dict[str, Any] = {
         "benchmark": "pipeline",
@@ -535,6 +543,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ray_data_frames": ray_data_frames,
         "framefleet_vs_ceiling": round(float(np.median(ratios)), 3),
         "framefleet_vs_ceiling_each_round": [round(x, 3) for x in ratios],
+        # the same, frames/s counted until the last ack, not until the driver sees it
+        "framefleet_warm_to_last_ack_fps": round(median("acked"), 1),
+        "framefleet_to_last_ack_vs_ceiling": round(float(np.median(acked_ratios)), 3),
+        "framefleet_to_last_ack_vs_ceiling_each_round": [round(x, 3) for x in acked_ratios],
         "framefleet_cold_vs_ray_data": round(ff_cold / ray_data_rate, 2),
         "framefleet_vs_naive": round(ff_warm / naive_rate, 2),
         "decode_actor_peak_private_mb": decoder_peak_mb,
@@ -561,6 +573,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result.update(best_peer=best, framefleet_cold_vs_best_peer=round(ff_cold / peers[best], 2))
     result["met"] = {
         "vs_ceiling_0.9": result["framefleet_vs_ceiling"] >= 0.9,
+        "vs_ceiling_0.9_to_last_ack": result["framefleet_to_last_ack_vs_ceiling"] >= 0.9,
         "ahead_of_ray_data": ff_cold > ray_data_rate,
         "ahead_of_best_peer": ff_cold > peers[best],
         "ahead_of_naive_loop": ff_warm > naive_rate,
