@@ -525,7 +525,6 @@ class DecodeActor:
         leader: str | None = None,
         sweep: bool = False,
     ) -> None:
-        heap.keep_freed_memory()  # chunk buffers (and frames decoded here): reused
         logs.configure(settings.log, actor=name, node=RayAdapter().node_id())
         check_root(settings.pipeline.out, settings.pipeline.out_marker)
         # Inference first where both share cores: decoders run ahead of it, within

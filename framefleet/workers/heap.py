@@ -11,7 +11,10 @@ BENCHMARKS.md). Kept in the heap instead, the pages are reused (tests/integratio
 test_heap.py).
 
 The cost: a process's resident memory stays at its peak instead of shrinking after it,
-which is what a worker node must be sized for anyway.
+which is what a worker node must be sized for anyway. Not for the decode actor: its
+buffers are chunks of many sizes, and its runtime environment keeps a low, fixed mmap
+threshold instead, which keeps its memory flat (actors.py, DECODE_MALLOC_ENV); its child,
+which only ever holds frames of one size at a time, keeps what it frees.
 """
 
 from __future__ import annotations
