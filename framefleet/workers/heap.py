@@ -6,7 +6,7 @@ activations. glibc's malloc serves such sizes with mmap and gives them back when
 gives back the top of a heap once it is free (eagerly for a thread's heap, and Ray runs an
 actor's calls in a thread), so each new frame's buffer is fresh pages that the kernel must
 fault in and zero: some 200,000 page faults per 3,600 frames in each of the decoder child
-and the inference actor, and 0.3-0.5 CPU-s of kernel time in each (bench/pipeline.py,
+and the inference actor, and 0.4-0.6 CPU-s of kernel time in each (bench/pipeline.py,
 BENCHMARKS.md). Kept in the heap instead, the pages are reused (tests/integration/
 test_heap.py).
 
