@@ -66,7 +66,8 @@ API_QUEUE_BATCH = 100  # the API's queue batch_size (FRAMEFLEET_BATCH_SIZE) in a
 class Shape:
     """A run's size and rhythm."""
 
-    videos: int = 12  # good ones; 5% more are poison (one at least), one more is marked
+    # good ones; 5% more are poison (one of each kind at least), one more is marked
+    videos: int = 12
     frames: int = 160  # per video, 20 chunks of 8
     lease_s: float = 8.0
     stale_s: float = 4.0
@@ -294,7 +295,7 @@ def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
         write_video(videos / f"good{i:03d}.mp4", frames=shape.frames) for i in range(shape.videos)
     ]
     poison = []
-    for k in range(max(1, round(shape.videos * 0.05))):
+    for k in range(max(len(POISON_KINDS), round(shape.videos * 0.05))):
         kind = POISON_KINDS[k % len(POISON_KINDS)]
         path = videos / f"poison{k:03d}-{kind}.mp4"
         if kind == "corrupt":

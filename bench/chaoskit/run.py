@@ -30,6 +30,7 @@ from framefleet.chaos.events import (
     Reference,
 )
 from framefleet.chaos.history import read
+from framefleet.queue import Item, Queue
 from framefleet.queue.model import default_id
 from framefleet.workers.decode import Sampling, chunks, open_decoder
 from framefleet.workers.model import load_model
@@ -244,33 +245,15 @@ def _requeued(rig: Rig) -> dict[float, float | None]:
 
 def _observe(rig: Rig, ids: list[str]) -> None:
     """The final state of every item the queue holds (the run's, and any other: none is
-    expected), and every output present: of those items, and of the run's items that
-    retention has purged from the queue since (a soak's)."""
+    expected), and every output present (outputs_present)."""
     written: dict[str, int] = {}  # chunk key -> the epoch whose recorded write made it
     for e in read(rig.root / "history").events:
         if isinstance(e, ChunkWritten):
             written.setdefault(e.key, e.epoch)
     store = OutputStore(rig.settings.pipeline.out, rig.settings.source)
-    every = dict.fromkeys(ids)
-    for state in ("queued", "delayed", "leased", "done", "dead"):
-        offset = 0
-        while page := rig.queue.items_in(state, offset, 1000):
-            every.update(dict.fromkeys(item.id for item in page))
-            offset += len(page)
-    held = rig.queue.items(list(every))
-    videos: list[tuple[str, str]] = []  # (id, its outputs' prefix)
+    held, videos = outputs_present(rig.queue, store, ids)
     for item in held:
         rig.history.write(FinalState(id=item.id, state=item.state))
-        video = store.video_of(item.result) if item.result else None
-        if video is not None:
-            videos.append((item.id, video))
-    # Items retention purged (a long run's): no final state, but their outputs stay, each
-    # version under the item's folder with its manifest (the checker still compares them)
-    purged = set(every) - {item.id for item in held}
-    for item_id in sorted(purged):
-        for key in store.keys_under(item_dir(item_id) + "/"):
-            if key.endswith("/" + MANIFEST):
-                videos.append((item_id, key[: -len(MANIFEST) - 1]))
     for item_id, video in videos:
         manifest = store.read_manifest(video)
         epoch = int(manifest.get("epoch", 0))
@@ -288,6 +271,33 @@ def _observe(rig: Rig, ids: list[str]) -> None:
                     id=item_id, chunk=index, epoch=written.get(key), digest=table_digest(table)
                 )
             )
+
+
+def outputs_present(
+    queue: Queue, store: OutputStore, ids: Sequence[str]
+) -> tuple[list[Item], list[tuple[str, str]]]:
+    """The items the queue holds (the run's `ids` and any other), and the outputs present,
+    as (id, the prefix of one version): of those items, by their results, and of the run's
+    items that retention has purged from the queue since (a soak's), found under the item's
+    folder by their manifests (the checker still compares them)."""
+    every = dict.fromkeys(ids)
+    for state in ("queued", "delayed", "leased", "done", "dead"):
+        offset = 0
+        while page := queue.items_in(state, offset, 1000):
+            every.update(dict.fromkeys(item.id for item in page))
+            offset += len(page)
+    held = queue.items(list(every))
+    videos: list[tuple[str, str]] = []
+    for item in held:
+        video = store.video_of(item.result) if item.result else None
+        if video is not None:
+            videos.append((item.id, video))
+    purged = set(every) - {item.id for item in held}
+    for item_id in sorted(purged):
+        for key in store.keys_under(item_dir(item_id) + "/"):
+            if key.endswith("/" + MANIFEST):
+                videos.append((item_id, key[: -len(MANIFEST) - 1]))
+    return held, videos
 
 
 def _pause(rig: Rig, seconds: float) -> None:
