@@ -39,6 +39,16 @@ from bench.chaoskit.rig import Shape
 from bench.chaoskit.run import Outcome, Schedule, run
 from framefleet.chaos.checker import ANOMALIES, Report, render
 
+# each fault's recovery figures (figures.Recovery), and the harness's requeued_s
+RECOVERY_KEYS = (
+    "to_progress_s",
+    "to_ack_s",
+    "to_rate_s",
+    "to_chunk_rate_s",
+    "requeued_s",
+    "redelivered_s",
+)
+
 
 def _stop(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # through the finally blocks: the rig is stopped
@@ -187,6 +197,7 @@ def _round(outcome: Outcome, seed: int) -> dict[str, Any]:
         "goodput_per_s": report.goodput.per_s,
         "goodput_ratio": report.goodput.ratio,
         "baseline_rate": report.baseline_rate,
+        "baseline_chunk_rate": report.baseline_chunk_rate,
         "seconds": round(outcome.seconds, 1),
     }
 
@@ -198,8 +209,7 @@ def _summary(
     struck: dict[str, int] = {}
     for r in rounds:
         for rec in r["recoveries"]:
-            keys = ("to_progress_s", "to_ack_s", "to_rate_s", "requeued_s", "redelivered_s")
-            figures = by_kind.setdefault(rec["kind"], {k: [] for k in keys})
+            figures = by_kind.setdefault(rec["kind"], {k: [] for k in RECOVERY_KEYS})
             struck[rec["kind"]] = struck.get(rec["kind"], 0) + 1
             for key in figures:
                 if rec.get(key) is not None:
@@ -228,7 +238,7 @@ def _summary(
         },
         "pooled": {  # every fault of the rows' rounds together (the mixed row's figures)
             f"{key}_{name}": _q([v for f in by_kind.values() for v in f[key]], q)
-            for key in ("to_progress_s", "to_ack_s", "to_rate_s", "requeued_s", "redelivered_s")
+            for key in RECOVERY_KEYS
             for name, q in (("p50", 0.5), ("p95", 0.95))
         },
         "rounds": rounds,
@@ -240,10 +250,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| fault class | rounds | faults | lost | unexpected | acked twice | stale visible |"
         " differs | stuck | valid | to progress p50 / p95 (s) | to ack p50 / p95 (s) |"
+        " to 90% of the chunk rate p50 / p95 (s) |"
         " back in the queue p50 / p95 (s) | claimed again p50 / p95 (s) |"
         " goodput vs fault-free | chunks decoded again |"
     )
-    lines = [head, "|" + "---|" * 16]
+    lines = [head, "|" + "---|" * 17]
     for row in rows:
         kinds = row["kinds"]
         name = "fault-free" if not kinds else kinds[0] if len(kinds) == 1 else "mixed"
@@ -260,7 +271,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {name} | {row['rounds_n']} | {faults} | {c['lost']} | {c['unexpected']} |"
             f" {c['acked_twice']} | {c['stale_visible']} | {c['differs']} | {c['stuck']} |"
             f" {'yes' if row['valid'] else 'NO'} | {pair('to_progress_s')} |"
-            f" {pair('to_ack_s')} | {pair('requeued_s')} | {pair('redelivered_s')} |"
+            f" {pair('to_ack_s')} | {pair('to_chunk_rate_s')} | {pair('requeued_s')} |"
+            f" {pair('redelivered_s')} |"
             f" {'-' if ratio is None else f'{ratio:.2f}'} |"
             f" {row['redecoded_chunks']} of {row['decoded_chunks']} |"
         )

@@ -152,6 +152,7 @@ def _run(
         history.events,
         fault_free_rate=fault_free.baseline_rate if fault_free else None,
         fault_free_goodput=fault_free.goodput.per_s if fault_free else None,
+        fault_free_chunk_rate=fault_free.baseline_chunk_rate if fault_free else None,
     )
     version = rig.settings.queue.config_version
     good_ids = {default_id(str(path), version) for path in rig.good}

@@ -104,6 +104,7 @@ class Report:
     unsynced: tuple[str, ...] = ()
     started: float | None = None  # the run's start (figures.run_start)
     baseline_rate: float | None = None
+    baseline_chunk_rate: float | None = None  # chunks made durable a second
     recoveries: tuple[figures.Recovery, ...] = ()
     rework: figures.Rework = field(default_factory=figures.Rework)
     goodput: figures.Goodput = field(default_factory=lambda: figures.Goodput(0, None, None, None))
@@ -195,11 +196,14 @@ def check(
     fault_free_rate: float | None = None,
     fault_free_goodput: float | None = None,
     window_s: float | None = None,
+    fault_free_chunk_rate: float | None = None,
 ) -> Report:
     """The anomalies and figures of one run's history (in any order: sorted by t here).
     `fault_free_rate`: the steady ok-ack rate of a fault-free run, for recovery (default:
     this run's, before its first fault); `fault_free_goodput`: a fault-free run's goodput,
-    for the ratio; `window_s`: recovery's window (figures.py)."""
+    for the ratio; `window_s`: recovery's window (figures.py); `fault_free_chunk_rate`: the
+    steady rate of chunks made durable, for recovery at a chunk's grain (default: this
+    run's, before its first fault)."""
     events = sorted(events, key=lambda e: e.t)
     facts = _Facts()
     for e in events:
@@ -225,6 +229,11 @@ def check(
     rate = fault_free_rate
     if rate is None:
         rate = figures.baseline_rate(figures.ok_ack_times(events), figures.fault_starts(events))
+    chunk_rate = fault_free_chunk_rate
+    if chunk_rate is None:
+        chunk_rate = figures.baseline_rate(
+            figures.saved_chunk_times(events), figures.fault_starts(events)
+        )
     return Report(
         enqueued=len(facts.enqueued),
         finished=len(facts.finished & facts.enqueued),
@@ -239,7 +248,8 @@ def check(
         stuck=_ids(i for i in facts.known if facts.states.get(i) in LIVE),
         started=started,
         baseline_rate=rate,
-        recoveries=figures.recoveries(events, rate, window_s),
+        baseline_chunk_rate=chunk_rate,
+        recoveries=figures.recoveries(events, rate, window_s, chunk_rate),
         rework=figures.rework(events),
         goodput=figures.goodput(events, fault_free_goodput),
     )
@@ -302,7 +312,8 @@ def render(report: Report, torn: int = 0) -> str:
     g, r = report.goodput, report.rework
     lines.append(
         f"goodput: {g.acked} acked in {_s(g.seconds)} s = {_s(g.per_s)}/s, ratio "
-        f"{_s(g.ratio)}; baseline {_s(report.baseline_rate)} acks/s"
+        f"{_s(g.ratio)}; baseline {_s(report.baseline_rate)} acks/s,"
+        f" {_s(report.baseline_chunk_rate)} chunks/s"
     )
     lines.append(
         f"rework: {r.writes} chunk writes, {r.rewrites} rewrites ({r.frames_rewritten} "
@@ -314,7 +325,8 @@ def render(report: Report, torn: int = 0) -> str:
         lines.append(
             f"fault {f.kind} {f.target} at +{at:.2f} s: lasted {_s(f.lasted_s)} s, "
             f"to progress {_s(f.to_progress_s)} s, to ack {_s(f.to_ack_s)} s, to 90%"
-            f" {_s(f.to_rate_s)} s, redelivered {_s(f.redelivered_s)} s"
+            f" {_s(f.to_rate_s)} s (acks) {_s(f.to_chunk_rate_s)} s (chunks), redelivered"
+            f" {_s(f.redelivered_s)} s"
         )
     return "\n".join(lines)
 
@@ -327,6 +339,7 @@ def main(
     parser.add_argument("--rate", type=float, help="fault-free ok acks per second")
     parser.add_argument("--goodput", type=float, help="a fault-free run's goodput")
     parser.add_argument("--window", type=float, help="recovery's window, seconds")
+    parser.add_argument("--chunk-rate", type=float, help="fault-free chunks per second")
     args = parser.parse_args(argv)
     try:
         history = read(args.history)
@@ -338,6 +351,7 @@ def main(
         fault_free_rate=args.rate,
         fault_free_goodput=args.goodput,
         window_s=args.window,
+        fault_free_chunk_rate=args.chunk_rate,
     )
     print(render(report, len(history.torn)))
     return 0 if report.valid else 1

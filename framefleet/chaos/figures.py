@@ -7,7 +7,7 @@ events' `t` (wall seconds).
 - Baseline rate: the fault-free ack rate, acks per second. Given (a fault-free run's steady
   rate), or else from this run's fault-free stretch: the n ok acks before the first fault's
   start, (n - 1) / (last - first) (so the start-up before the first ack does not count);
-  None with fewer than two such acks.
+  None with fewer than two such acks. The chunk rate likewise, from accepted checkpoints.
 - Recovery, for each fault start:
   `to_ack_s`: from the fault's start to the first ok ack after it (t > start); None if none.
   `to_progress_s`: from the fault's start to the first accepted checkpoint after it (a
@@ -19,6 +19,10 @@ events' `t` (wall seconds).
   ten acks at the baseline rate). It reads as "how long throughput stayed below 90%", to
   about W / 10; 0 when the fault never cost that much. None without a baseline, or when no
   such window (a fault near the end of the run, where the tail drains).
+  `to_chunk_rate_s`: the same at a chunk's grain, for runs too short for ten acks in a
+  window: from the fault's start to the first window of W seconds holding 90% of the
+  fault-free rate of chunks made durable (accepted checkpoints, a chunk each), W the time
+  of ten chunks at that rate. The throughput back, where an ack waits for a whole video.
   `lasted_s`: to the same fault's end (the next end event of the same kind and target),
   None for a fault with no end (a kill).
   `redelivered_s`: for a fault whose target is a worker (a name some claim was made by):
@@ -75,6 +79,7 @@ class Recovery:
     to_rate_s: float | None
     redelivered_s: float | None = None
     to_progress_s: float | None = None
+    to_chunk_rate_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +106,13 @@ def ok_ack_times(events: Sequence[Event]) -> list[float]:
     return sorted(e.t for e in events if isinstance(e, Ack) and e.verdict is Verdict.OK)
 
 
+def saved_chunk_times(events: Sequence[Event]) -> list[float]:
+    """The time of each chunk an accepted checkpoint made durable (one entry a chunk)."""
+    return sorted(
+        e.t for e in events if isinstance(e, Checkpoint) and e.ok for _ in range(len(e.chunks))
+    )
+
+
 def fault_starts(events: Sequence[Event]) -> list[Fault]:
     return sorted(
         (e for e in events if isinstance(e, Fault) and e.phase is Phase.START),
@@ -117,9 +129,13 @@ def baseline_rate(acks: Sequence[float], faults: Sequence[Fault]) -> float | Non
 
 
 def recoveries(
-    events: Sequence[Event], rate: float | None, window_s: float | None = None
+    events: Sequence[Event],
+    rate: float | None,
+    window_s: float | None = None,
+    chunk_rate: float | None = None,
 ) -> tuple[Recovery, ...]:
     acks = ok_ack_times(events)
+    chunks = saved_chunk_times(events)
     saved = sorted(e.t for e in events if isinstance(e, Checkpoint) and e.ok)
     ends = [e for e in events if isinstance(e, Fault) and e.phase is Phase.END]
     out: list[Recovery] = []
@@ -138,6 +154,7 @@ def recoveries(
                 to_rate_s=_to_rate(acks, f.t, rate, window_s),
                 redelivered_s=_redelivered(events, f),
                 to_progress_s=saved[k] - f.t if k < len(saved) else None,
+                to_chunk_rate_s=_to_rate(chunks, f.t, chunk_rate, None),
             )
         )
     return tuple(out)

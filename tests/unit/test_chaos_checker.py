@@ -289,6 +289,43 @@ def test_recovery_to_the_next_ack_and_to_90_percent_of_the_fault_free_rate() -> 
     assert r4.to_progress_s == pytest.approx(4.5)
 
 
+def test_recovery_to_90_percent_of_the_fault_free_chunk_rate() -> None:
+    """A run too short for ten acks in a window (one video here) still says when its
+    throughput came back: by the chunks made durable, each chunk of a checkpoint counted."""
+    events: list[Event] = [Header(t=0.0), Enqueue(t=1.0, id="v", ok=True)]
+    events += [  # one chunk every 0.25 s: 4 a second
+        Checkpoint(t=10.0 + k * 0.25, id="v", chunks=(k,), epoch=1, ok=True) for k in range(80)
+    ]
+    events += [
+        Fault(t=30.0, kind="kill_inference", target="inference-1"),
+        Checkpoint(t=31.0, id="v", chunks=(80, 81), epoch=1, ok=False),  # refused
+    ]
+    events += [  # two a second from 36, then four (in checkpoints of two) from 40
+        Checkpoint(t=36.0 + k, id="v", chunks=(82 + 2 * k, 83 + 2 * k), epoch=1, ok=True)
+        for k in range(4)
+    ]
+    events += [
+        Checkpoint(t=40.0 + k * 0.5, id="v", chunks=(90 + 2 * k, 91 + 2 * k), epoch=1, ok=True)
+        for k in range(20)
+    ]
+    events += [
+        Ack(t=50.0, id="v", epoch=1, verdict=Verdict.OK),
+        FinalState(t=60.0, id="v", state=State.DONE),
+    ]
+    report = check(events)
+    assert report.valid
+    assert report.baseline_chunk_rate == pytest.approx(4.0)  # 79 gaps in 19.75 s
+    (r,) = report.recoveries
+    assert r.to_rate_s is None  # one ack: no window of ten
+    # window 2.5 s, 9 chunks needed: (39.5, 42] holds 10, (39, 41.5] only 8
+    assert r.to_chunk_rate_s == pytest.approx(9.5)
+    assert r.to_progress_s == pytest.approx(6.0)
+    # a given fault-free chunk rate twice as fast is never reached again
+    (r2,) = check(events, fault_free_chunk_rate=8.0).recoveries
+    assert r2.to_chunk_rate_s is None
+    assert "to 90% - s (acks) 9.50 s (chunks)" in checker.render(report, 0)
+
+
 def test_a_fault_that_cost_nothing_recovers_at_once() -> None:
     events = [*steady_acks(10.0, 60.0, "a"), Fault(t=30.5, kind="sigstop", target="w")]
     (r,) = check(events).recoveries
