@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=160)
     parser.add_argument("--appendfsync", choices=("always", "everysec"), default="always")
     parser.add_argument(
+        "--power-cut",
+        action="store_true",
+        help="Valkey's data on LazyFS: each kill_redis also drops what it had not fsynced",
+    )
+    parser.add_argument(
         "--store",
         choices=("local", "s3"),
         help="where the outputs go (default: s3 when an s3 fault is asked for, else local)",
@@ -137,6 +142,7 @@ def _shape(args: argparse.Namespace, kinds: tuple[str, ...]) -> Shape:
         videos=args.videos,
         frames=args.frames,
         appendfsync=args.appendfsync,
+        power_cut=args.power_cut,
         out_tmpfs_mib=64 if "disk_full" in kinds else 0,  # a disk that can fill (root)
         s3=args.store == "s3" or (args.store is None and any(k.startswith("s3_") for k in kinds)),
     )

@@ -4,7 +4,10 @@ strike.
 - a Ray cluster of `ray start` processes (tests/support/raycluster.py): a head without CPUs
   and a worker node, restarted when its `ray start` exits, as KubeRay restarts a pod;
 - the embedded Valkey, appendfsync as asked (`always` by default), killed and restarted on
-  its port from its append-only file;
+  its port from its append-only file; with `power_cut`, its data on LazyFS
+  (tests/support/lazyfs.py), so that a kill also drops what Valkey had not fsynced, as a
+  power cut would (a kill -9 alone leaves its writes in the kernel's page cache: under
+  `everysec` it loses nothing);
 - a TCP relay between the fleet (coordinators, actors) and Valkey that can be cut like a
   network partition (tests/support/servers.py Blackhole); the harness's own client goes
   straight to Valkey;
@@ -45,6 +48,7 @@ from framefleet.settings import (
 )
 from framefleet.workers.sources import s3_client
 from tests.support import crafted
+from tests.support.lazyfs import LazyFS
 from tests.support.models import write_tiny_detr
 from tests.support.plugin_model import marked_frame
 from tests.support.raycluster import LocalCluster
@@ -84,6 +88,8 @@ class Shape:
     s3: bool = False
     # done and dead items purged after this long (the soak's bounded keys); 0: the default
     retention_s: float = 0.0
+    # Valkey's data on LazyFS: kill_redis cuts the power too (root, FUSE, scripts/lazyfs)
+    power_cut: bool = False
 
 
 @dataclass
@@ -113,6 +119,7 @@ class Rig:
     s3_relay: Blackhole | None = None
     closing: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     stopped: set[int] = field(default_factory=set)  # pids under SIGSTOP now (the zombie fault)
+    disk: LazyFS | None = None  # under Valkey's data, with shape.power_cut
     _sampling: threading.Event = field(default_factory=threading.Event)
 
     def sample_drivers(self, every_s: float = 0.2) -> None:
@@ -200,6 +207,8 @@ class Rig:
 
     def restart_redis(self, down_s: float) -> None:
         self.server.kill()
+        if self.disk is not None:
+            self.disk.cut_power()
         time.sleep(down_s)
         self.server = EmbeddedServer(
             self.server.data_dir, appendfsync=self.shape.appendfsync, port=self.server.port
@@ -321,7 +330,11 @@ def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
         s3 = replace(s3, s3_endpoint_url=f"http://127.0.0.1:{s3_relay.port}")
         s3_client(replace(s3, s3_endpoint_url=moto)).create_bucket(Bucket="chaos")
         out = "s3://chaos/out"
-    server = EmbeddedServer(root / "redis", appendfsync=shape.appendfsync).start()
+    disk = None
+    if shape.power_cut:  # in `closing`: unmounted after the server has stopped
+        disk = closing.enter_context(LazyFS(root / "disk", root / "mnt", binary=_lazyfs()))
+    data = root / "redis" if disk is None else disk.mount / "redis"
+    server = EmbeddedServer(data, appendfsync=shape.appendfsync).start()
     undo.callback(server.stop)
     relay = undo.enter_context(Blackhole(server.port))
     cluster = LocalCluster(workers=1, cpus=2, gpus=1)
@@ -364,7 +377,18 @@ def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
     return Rig(
         root, shape, settings, cluster, server, relay, queue, Supervision(queue), history,
         good, poison, marked, env=env, s3_proxy=s3_proxy, s3_relay=s3_relay, closing=closing,
+        disk=disk,
     )  # fmt: skip
+
+
+def _lazyfs() -> Path:
+    """LazyFS's binary, built once when missing (scripts/lazyfs: about a minute)."""
+    built = subprocess.run(
+        [str(ROOT / "scripts" / "lazyfs")], capture_output=True, text=True, check=False
+    )
+    if built.returncode != 0:
+        raise RuntimeError(f"scripts/lazyfs failed: {built.stderr[-2000:] or built.stdout}")
+    return Path(built.stdout.strip().splitlines()[-1])
 
 
 def _retention(queue: QueueSettings, shape: Shape) -> QueueSettings:
@@ -392,6 +416,7 @@ def summary(settings: Settings, shape: Shape) -> dict[str, Any]:
         "inference_actors": p.inference_actors,
         "out_tmpfs_mib": shape.out_tmpfs_mib,
         "s3": shape.s3,
+        "power_cut": shape.power_cut,
         # nothing done or dead is purged sooner: an enqueued id gone before is lost
         "retention_s": min(settings.queue.done_ttl_s, settings.queue.dead_ttl_s),
     }
