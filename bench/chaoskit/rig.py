@@ -221,9 +221,11 @@ class Rig:
     # -- the run's state -------------------------------------------------------------
 
     def ids_settled(self, ids: list[str]) -> bool:
-        """Every id done or dead."""
+        """Every id done or dead, or unknown to the queue: nothing more will happen to it
+        (purged by retention, or lost: an enqueue Valkey lost in a power cut under
+        `everysec`, which the checker then judges, as unsynced or lost)."""
         states = self.queue.states(ids)
-        return all(state in ("done", "dead") for state in states)
+        return all(state in ("done", "dead", None) for state in states)
 
     def stop(self) -> None:
         """Everything stopped, each step whatever the others did (a run may end mid-fault:
