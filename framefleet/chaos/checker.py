@@ -11,7 +11,8 @@ The anomalies, each a sorted tuple of the offending ids; the run is valid only w
 are empty:
 
 - lost: enqueued, and the queue no longer knows it (no final_state), unless it was
-  acknowledged or dead and retention may have purged it since: when the header's settings
+  acknowledged, or an ack of it had an unknown outcome (verdict None: it may have
+  succeeded), or dead, and retention may have purged it since: when the header's settings
   name the retention (`retention_s`, the shorter of the done and dead items') and the run
   was shorter than that, nothing was purged, and every enqueued id must still be there. An
   item the queue still holds (queued, delayed, leased) is stuck, not lost: it would be done
@@ -125,6 +126,7 @@ class _Facts:
     enqueued: set[str] = field(default_factory=set)
     known: set[str] = field(default_factory=set)
     acknowledged: set[str] = field(default_factory=set)
+    maybe_acked: set[str] = field(default_factory=set)  # an ack of unknown outcome
     ok_acks: defaultdict[str, list[Ack]] = field(default_factory=lambda: defaultdict(list))
     wins: defaultdict[str, list[Ack]] = field(default_factory=lambda: defaultdict(list))
     dead: set[str] = field(default_factory=set)
@@ -145,6 +147,8 @@ class _Facts:
         if isinstance(e, Header | Fault | Enqueue):
             self._run_fact(e)
         elif isinstance(e, Ack):
+            if e.verdict is None:
+                self.maybe_acked.add(e.id)
             if e.verdict in (Verdict.OK, Verdict.DUPLICATE):
                 self.acknowledged.add(e.id)
                 if all(w.epoch != e.epoch for w in self.wins[e.id]):  # a first success
@@ -213,7 +217,7 @@ def check(
     purged = facts.retention_s is None or (
         started is not None and ended is not None and ended - started >= facts.retention_s
     )  # may retention have deleted a finished item during the run?
-    ended_ids = facts.acknowledged | dead if purged else set()
+    ended_ids = facts.acknowledged | facts.maybe_acked | dead if purged else set()
     gone = [i for i in facts.enqueued - ended_ids if i not in facts.states]
     twice = {
         i: wins

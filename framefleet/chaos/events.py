@@ -127,16 +127,19 @@ class Checkpoint(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ack(Event):
     """An ack call and the queue's verdict; `digest` of the item's whole output it
-    acknowledged (its detections), when the harness computes one."""
+    acknowledged (its detections), when the harness computes one. Verdict None: the call
+    raised (its connection cut or timed out), so its outcome is unknown: Redis may have
+    applied it (Jepsen's indeterminate operation, as an enqueue's ok=None)."""
 
     TYPE: ClassVar[str] = "ack"
     id: str
     epoch: int
-    verdict: Verdict
+    verdict: Verdict | None
     digest: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "verdict", Verdict(self.verdict))
+        if self.verdict is not None:
+            object.__setattr__(self, "verdict", Verdict(self.verdict))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -5,7 +5,9 @@ own records (the thing under test).
 `RecordingQueue` is a Queue whose claim, progress/checkpoint, ack, fail and release also
 write an event each (events.py) to the process's history file, after the call: it only
 observes (an event that cannot be written is logged, and the call's outcome stands). A call
-that raises writes nothing: its outcome is unknown, and the checker treats it so. The
+that raises writes nothing, as its outcome is unknown, but for an ack: that one is written
+with no verdict, since Redis may have applied it (its reply lost to a cut connection), and
+an item whose ack may have succeeded may be purged by retention since, without being lost. The
 decode side writes the chunk events itself (`decoded`, `chunk_written`: workers/pipeline.py),
 through the same writer. Turned on by FRAMEFLEET_HISTORY (PipelineSettings.history).
 """
@@ -80,7 +82,12 @@ class RecordingQueue(Queue):
     def ack_many(
         self, acks: Sequence[tuple[Lease, str] | tuple[Lease, str, Mapping[str, float] | None]]
     ) -> list[Verdict]:
-        verdicts = super().ack_many(acks)
+        try:
+            verdicts = super().ack_many(acks)
+        except Exception:
+            for lease, *_ in acks:
+                self._record(Ack(id=lease.id, epoch=lease.epoch, verdict=None))
+            raise
         for (lease, result, *_), verdict in zip(acks, verdicts, strict=True):
             digest = self._digest(result) if verdict is Verdict.OK else None  # after: no delay
             self._record(Ack(id=lease.id, epoch=lease.epoch, verdict=verdict, digest=digest))

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from framefleet.chaos import checker
 from framefleet.chaos.events import Ack, Checkpoint, Claim, Dead, Enqueue, Fail, FinalState, Release
 from framefleet.chaos.history import read
 from framefleet.chaos.recorder import RecordingQueue, writer
-from framefleet.queue import Queue, State, Verdict
+from framefleet.queue import EmbeddedServer, Queue, State, Verdict
 from framefleet.queue.model import ChunkWork
 from framefleet.settings import QueueSettings
 from tests.conftest import ManualClock
+from tests.support.deadline import wait_for
+from tests.support.servers import Blackhole
 
 
 def test_each_call_is_recorded_with_the_queues_answer(tmp_path: Path, valkey_client: Redis) -> None:
@@ -66,3 +71,32 @@ def test_each_call_is_recorded_with_the_queues_answer(tmp_path: Path, valkey_cli
     # and a second ok ack of one id, as a zombie's would be, is caught
     twice = Ack(id=b.id, epoch=b.epoch, verdict=Verdict.OK)
     assert checker.check([*events, *finals, twice]).acked_twice == (b.id,)
+
+
+def test_an_ack_cut_off_on_its_way_is_recorded_without_a_verdict(
+    tmp_path: Path, valkey: EmbeddedServer
+) -> None:
+    """The soak's false 'lost': an ack sent while the network was cut raised in its worker
+    (the socket timed out) and so had no recorded outcome, yet the cut held its bytes and
+    passed them on when it healed: Redis applied it, and retention purged the done item.
+    Such an ack is recorded with no verdict (it may have succeeded), as an enqueue's ok=None."""
+    relay = Blackhole(valkey.port)
+    try:
+        client = Redis.from_url(relay.url(valkey.url), decode_responses=True, socket_timeout=0.5)
+        settings = QueueSettings(name="cut-ack", lease_s=30)
+        history = writer(tmp_path / "history")
+        assert history is not None
+        queue = RecordingQueue.of(Queue(client, settings), history)
+        (item_id,) = queue.enqueue(["s3://v/cut.mp4"])
+        (lease,) = queue.claim(1, "decoder-cut-1")
+        relay.cut()
+        with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+            queue.ack(lease, "manifest-cut")
+        relay.heal()
+        history.close()
+        direct = Queue(Redis.from_url(valkey.url, decode_responses=True), settings)
+        wait_for(lambda: direct.states([item_id]) == ["done"], 10, "the held ack applied")
+    finally:
+        relay.close()
+    (ack,) = (e for e in read(tmp_path / "history").events if isinstance(e, Ack))
+    assert (ack.id, ack.epoch, ack.verdict) == (item_id, lease.epoch, None)

@@ -601,6 +601,23 @@ def test_a_finished_item_gone_within_its_retention_is_lost() -> None:
     assert check([short, *(e for e in events if not isinstance(e, Header))]).valid
 
 
+def test_an_item_whose_ack_had_an_unknown_outcome_may_have_been_purged() -> None:
+    """The soak's one false 'lost': an ack sent as the network was cut raised in its worker
+    (no verdict), yet reached Redis when the cut healed; the item was done, and retention
+    purged it. A purged item whose ack may have succeeded is not lost; one whose every ack
+    was refused is."""
+    short = Header(t=0.0, settings={"retention_s": 5.0})  # the run lasted 100 s
+    events = [short, *(e for e in clean_run() if not isinstance(e, Header))]
+    events = [e for e in events if not (isinstance(e, FinalState) and e.id == "v1")]
+    events = without(events, "v1", Ack, FinalOutput, Reference)
+    unknown = Ack(t=2.3, id="v1", epoch=20, verdict=None)
+    assert check([*events, unknown]).valid
+    refused = Ack(t=2.3, id="v1", epoch=20, verdict=Verdict.LOST)
+    only(check([*events, refused]), "lost", ("v1",))
+    only(check(events), "lost", ("v1",))
+    assert check([*events, unknown]).finished == 2  # possibly done is not done
+
+
 def test_an_item_of_unknown_enqueue_left_in_the_queue_is_stuck() -> None:
     events = [
         *clean_run(),
