@@ -51,6 +51,7 @@ again, never twice over. So, in such a run only, two things are figures, not ano
 The figures (figures.py) need no verdict: recovery per fault, rework, goodput.
 
     python -m framefleet.chaos.checker HISTORY [--rate R] [--goodput G] [--window S]
+        [--chunk-rate C]
 
 prints a short table and exits 1 when the run is invalid (2 on a bad history or usage).
 """
