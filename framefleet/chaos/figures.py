@@ -13,12 +13,14 @@ events' `t` (wall seconds).
   `to_progress_s`: from the fault's start to the first accepted checkpoint after it (a
   chunk's output made durable and recorded): processing again, at a chunk's grain, where
   an ack waits for a whole video to end.
-  `to_rate_s`: from the fault's start to the start s >= start of the first window (s, s + W]
-  holding at least 0.9 * baseline * W ok acks, i.e. the first window of W seconds after the
-  fault whose ack rate is 90% of the baseline's. W defaults to 10 / baseline (the time of
-  ten acks at the baseline rate). It reads as "how long throughput stayed below 90%", to
-  about W / 10; 0 when the fault never cost that much. None without a baseline, or when no
-  such window (a fault near the end of the run, where the tail drains).
+  `to_rate_s`: how long throughput stayed below 90% of the baseline's, to about W / 10:
+  the windows (s, s + W] (s >= the fault's start, and ending by the last ack: the drained
+  tail is no dip) are scanned for the first whose ok acks fall below 0.9 * baseline * W
+  (the dip the fault caused, at once or later: a node's actors end seconds after its head
+  does), then for the first from there that holds that many again: its start, from the
+  fault's. W defaults to 10 / baseline (the time of ten acks at the baseline rate). 0 when
+  the fault never cost that much; None without a baseline, or when throughput did not come
+  back before the run drained.
   `to_chunk_rate_s`: the same at a chunk's grain, for runs too short for ten acks in a
   window: from the fault's start to the first window of W seconds holding 90% of the
   fault-free rate of chunks made durable (accepted checkpoints, a chunk each), W the time
@@ -214,15 +216,22 @@ def _to_rate(
     if rate is None or rate <= 0 or not acks:
         return None
     w = window_s if window_s is not None else WINDOW_ACKS / rate
-    need = math.ceil(RATE_SHARE * rate * w - 1e-9)
-    # The count in (s, s + w] only rises where s + w reaches an ack: the earliest window
-    # that holds enough starts at the fault or at (an ack - w).
-    candidates = [start] + [a - w for a in acks if a - w > start]
-    for s in candidates:
-        held = bisect.bisect_right(acks, s + w) - bisect.bisect_right(acks, s)
-        if held >= max(need, 1):
-            return s - start
-    return None
+    need = max(math.ceil(RATE_SHARE * rate * w - 1e-9), 1)
+    last = acks[-1] - w  # the last window's start: it ends with the last ack
+    if start > last:  # no whole window after the fault
+        return None
+
+    def held(s: float) -> int:
+        return bisect.bisect_right(acks, s + w) - bisect.bisect_right(acks, s)
+
+    # The count in (s, s + w] only falls where s passes an ack, and only rises where s + w
+    # reaches one: the dip starts at the fault or at an ack, the recovery at (an ack - w).
+    falls = [start] + [a for a in acks if start < a <= last]
+    dip = next((s for s in falls if held(s) < need), None)
+    if dip is None:
+        return 0.0
+    rises = [dip] + [a - w for a in acks if a - w > dip]
+    return next((s - start for s in rises if held(s) >= need), None)
 
 
 def rework(events: Sequence[Event]) -> Rework:

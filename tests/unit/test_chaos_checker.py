@@ -326,6 +326,30 @@ def test_recovery_to_90_percent_of_the_fault_free_chunk_rate() -> None:
     assert "to 90% - s (acks) 9.50 s (chunks)" in checker.render(report, 0)
 
 
+def test_a_dip_that_comes_later_than_the_window_is_still_the_faults() -> None:
+    """A head killed: its worker node's actors go on for seconds, then end. With a short
+    window the first one after the fault is full; the recovery is from the dip after it,
+    not 0."""
+    steady = [10.0 + k * 0.25 for k in range(80)]  # 4 a second: the baseline
+    after = [30.0 + k * 0.25 for k in range(20)]  # going on until 34.75
+    back = [40.0 + k * 0.25 for k in range(80)]  # then nothing until 40
+    events: list[Event] = [
+        Ack(t=t, id=f"v{k}", epoch=1, verdict=Verdict.OK)
+        for k, t in enumerate([*steady, *after, *back])
+    ]
+    events.append(Fault(t=30.0, kind="kill_head", target="head"))
+    (r,) = check(events, window_s=1.0).recoveries
+    # (30, 31] holds its 4; (34, 35] only 3: the dip; (39.75, 40.75] holds 4 again
+    assert r.to_rate_s == pytest.approx(9.75)
+    slow = [40.0 + k * 0.5 for k in range(40)]  # back at half the rate only
+    events = [
+        Ack(t=t, id=f"v{k}", epoch=1, verdict=Verdict.OK)
+        for k, t in enumerate([*steady, *after, *slow])
+    ]
+    report = check([*events, Fault(t=30.0, kind="kill_head", target="head")], window_s=1.0)
+    assert report.recoveries[0].to_rate_s is None
+
+
 def test_a_fault_that_cost_nothing_recovers_at_once() -> None:
     events = [*steady_acks(10.0, 60.0, "a"), Fault(t=30.5, kind="sigstop", target="w")]
     (r,) = check(events).recoveries
