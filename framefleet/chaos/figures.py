@@ -22,9 +22,11 @@ events' `t` (wall seconds).
   the fault never cost that much; None without a baseline, or when throughput did not come
   back before the run drained.
   `to_chunk_rate_s`: the same at a chunk's grain, for runs too short for ten acks in a
-  window: from the fault's start to the first window of W seconds holding 90% of the
-  fault-free rate of chunks made durable (accepted checkpoints, a chunk each), W the time
-  of ten chunks at that rate. The throughput back, where an ack waits for a whole video.
+  window: against the fault-free rate of chunks made durable (accepted checkpoints, a chunk
+  each), W the time of WINDOW_CHUNKS chunks at that rate (chunks come in bursts: a
+  shorter window sees a dip in every gap between two batches): the throughput back, where
+  an ack waits for a whole video. A dip as short as the window's gaps can end the scan
+  early: the figure is the end of the first dip, to about W.
   `lasted_s`: to the same fault's end (the next end event of the same kind and target),
   None for a fault with no end (a kill).
   `redelivered_s`: for a fault whose target is a worker (a name some claim was made by):
@@ -69,6 +71,7 @@ from .events import (
 
 RATE_SHARE = 0.9  # "recovered": this share of the baseline's ack rate
 WINDOW_ACKS = 10  # the default window: the time of this many acks at the baseline rate
+WINDOW_CHUNKS = 40  # the chunk rate's: chunks come in bursts (a batch, two actors)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +159,9 @@ def recoveries(
                 to_rate_s=_to_rate(acks, f.t, rate, window_s),
                 redelivered_s=_redelivered(events, f),
                 to_progress_s=saved[k] - f.t if k < len(saved) else None,
-                to_chunk_rate_s=_to_rate(chunks, f.t, chunk_rate, None),
+                to_chunk_rate_s=_to_rate(
+                    chunks, f.t, chunk_rate, None if not chunk_rate else WINDOW_CHUNKS / chunk_rate
+                ),
             )
         )
     return tuple(out)

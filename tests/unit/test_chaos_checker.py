@@ -317,13 +317,13 @@ def test_recovery_to_90_percent_of_the_fault_free_chunk_rate() -> None:
     assert report.baseline_chunk_rate == pytest.approx(4.0)  # 79 gaps in 19.75 s
     (r,) = report.recoveries
     assert r.to_rate_s is None  # one ack: no window of ten
-    # window 2.5 s, 9 chunks needed: (39.5, 42] holds 10, (39, 41.5] only 8
-    assert r.to_chunk_rate_s == pytest.approx(9.5)
+    # window 10 s (40 chunks at 4 a second), 36 needed: (37, 47] holds 34, (37.5, 47.5] 36
+    assert r.to_chunk_rate_s == pytest.approx(7.5)
     assert r.to_progress_s == pytest.approx(6.0)
     # a given fault-free chunk rate twice as fast is never reached again
     (r2,) = check(events, fault_free_chunk_rate=8.0).recoveries
     assert r2.to_chunk_rate_s is None
-    assert "to 90% - s (acks) 9.50 s (chunks)" in checker.render(report, 0)
+    assert "to 90% - s (acks) 7.50 s (chunks)" in checker.render(report, 0)
 
 
 def test_a_dip_that_comes_later_than_the_window_is_still_the_faults() -> None:
