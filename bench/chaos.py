@@ -1,9 +1,9 @@
 """The proof suite's fault runs (issue 25): a real fleet on this machine (bench/chaoskit/rig.py)
-works through good videos, 5% poison ones and one its model raises on, while faults strike
-on a seeded random schedule; its history is then checked (framefleet/chaos/checker.py:
-lost, unexpected, acknowledged twice, stale writes visible, outputs that differ from a
-fault-free run, stuck; all must be zero) and its figures worked out (recovery, redelivery,
-rework, goodput).
+works through good videos, 5% poison ones (one of each kind at least) and one its model
+raises on, while faults strike on a seeded random schedule; its history is then checked
+(framefleet/chaos/checker.py: lost, unexpected, acknowledged twice, stale writes visible,
+outputs that differ from a fault-free run, stuck; all must be zero) and its figures worked
+out (recovery, redelivery, rework, goodput).
 
     framefleet chaos run [--seed N] [--faults K] [--kinds a,b] [--videos V] [--rounds R]
 
