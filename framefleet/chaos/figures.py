@@ -13,7 +13,7 @@ events' `t` (wall seconds).
   `to_progress_s`: from the fault's start to the first accepted checkpoint after it (a
   chunk's output made durable and recorded): processing again, at a chunk's grain, where
   an ack waits for a whole video to end.
-  `to_rate_s`: how long throughput stayed below 90% of the baseline's, to about W / 10:
+  `to_rate_s`: how long throughput stayed below 90% of the baseline's, to about W:
   the windows (s, s + W] (s >= the fault's start, and ending by the last ack: the drained
   tail is no dip) are scanned for the first whose ok acks fall below 0.9 * baseline * W
   (the dip the fault caused, at once or later: a node's actors end seconds after its head
@@ -140,15 +140,14 @@ def recoveries(
     chunk_rate: float | None = None,
 ) -> tuple[Recovery, ...]:
     acks = ok_ack_times(events)
-    chunks = saved_chunk_times(events)
-    saved = sorted(e.t for e in events if isinstance(e, Checkpoint) and e.ok)
+    chunks = saved_chunk_times(events)  # also the accepted checkpoints' times
     ends = [e for e in events if isinstance(e, Fault) and e.phase is Phase.END]
     out: list[Recovery] = []
     for f in fault_starts(events):
         same = (e.t for e in ends if (e.kind, e.target) == (f.kind, f.target) and e.t >= f.t)
         end = min(same, default=None)
         i = bisect.bisect_right(acks, f.t)
-        k = bisect.bisect_right(saved, f.t)
+        k = bisect.bisect_right(chunks, f.t)
         out.append(
             Recovery(
                 kind=f.kind,
@@ -156,12 +155,10 @@ def recoveries(
                 at=f.t,
                 lasted_s=None if end is None else end - f.t,
                 to_ack_s=acks[i] - f.t if i < len(acks) else None,
-                to_rate_s=_to_rate(acks, f.t, rate, window_s),
+                to_rate_s=_to_rate(acks, f.t, rate, window_s, WINDOW_ACKS),
                 redelivered_s=_redelivered(events, f),
-                to_progress_s=saved[k] - f.t if k < len(saved) else None,
-                to_chunk_rate_s=_to_rate(
-                    chunks, f.t, chunk_rate, None if not chunk_rate else WINDOW_CHUNKS / chunk_rate
-                ),
+                to_progress_s=chunks[k] - f.t if k < len(chunks) else None,
+                to_chunk_rate_s=_to_rate(chunks, f.t, chunk_rate, None, WINDOW_CHUNKS),
             )
         )
     return tuple(out)
@@ -216,26 +213,28 @@ def _redelivered(events: Sequence[Event], fault: Fault) -> float | None:
 
 
 def _to_rate(
-    acks: Sequence[float], start: float, rate: float | None, window_s: float | None
+    times: Sequence[float], start: float, rate: float | None, window_s: float | None, count: int
 ) -> float | None:
-    if rate is None or rate <= 0 or not acks:
+    """to_rate_s over sorted event times (acks, or chunks made durable) against `rate` of
+    them a second; the window `window_s`, else the time of `count` of them at that rate."""
+    if rate is None or rate <= 0 or not times:
         return None
-    w = window_s if window_s is not None else WINDOW_ACKS / rate
+    w = window_s if window_s is not None else count / rate
     need = max(math.ceil(RATE_SHARE * rate * w - 1e-9), 1)
-    last = acks[-1] - w  # the last window's start: it ends with the last ack
+    last = times[-1] - w  # the last window's start: it ends with the last event
     if start > last:  # no whole window after the fault
         return None
 
     def held(s: float) -> int:
-        return bisect.bisect_right(acks, s + w) - bisect.bisect_right(acks, s)
+        return bisect.bisect_right(times, s + w) - bisect.bisect_right(times, s)
 
-    # The count in (s, s + w] only falls where s passes an ack, and only rises where s + w
-    # reaches one: the dip starts at the fault or at an ack, the recovery at (an ack - w).
-    falls = [start] + [a for a in acks if start < a <= last]
+    # The count in (s, s + w] only falls where s passes an event, and only rises where s + w
+    # reaches one: the dip starts at the fault or at an event, the recovery at (one - w).
+    falls = [start] + [t for t in times if start < t <= last]
     dip = next((s for s in falls if held(s) < need), None)
     if dip is None:
         return 0.0
-    rises = [dip] + [a - w for a in acks if a - w > dip]
+    rises = [dip] + [t - w for t in times if t - w > dip]
     return next((s - start for s in rises if held(s) >= need), None)
 
 
