@@ -48,7 +48,7 @@ from framefleet.settings import (
 )
 from framefleet.workers.sources import s3_client
 from tests.support import crafted
-from tests.support.lazyfs import LazyFS
+from tests.support.lazyfs import LazyFS, lazyfs_binary
 from tests.support.models import write_tiny_detr
 from tests.support.plugin_model import marked_frame
 from tests.support.raycluster import LocalCluster
@@ -334,7 +334,8 @@ def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
         out = "s3://chaos/out"
     disk = None
     if shape.power_cut:  # in `closing`: unmounted after the server has stopped
-        disk = closing.enter_context(LazyFS(root / "disk", root / "mnt", binary=_lazyfs()))
+        binary = lazyfs_binary(600.0, build=True)
+        disk = closing.enter_context(LazyFS(root / "disk", root / "mnt", binary=binary))
     data = root / "redis" if disk is None else disk.mount / "redis"
     server = EmbeddedServer(data, appendfsync=shape.appendfsync).start()
     undo.callback(server.stop)
@@ -381,16 +382,6 @@ def _make_rig(root: Path, shape: Shape, undo: contextlib.ExitStack) -> Rig:
         good, poison, marked, env=env, s3_proxy=s3_proxy, s3_relay=s3_relay, closing=closing,
         disk=disk,
     )  # fmt: skip
-
-
-def _lazyfs() -> Path:
-    """LazyFS's binary, built once when missing (scripts/lazyfs: about a minute)."""
-    built = subprocess.run(
-        [str(ROOT / "scripts" / "lazyfs")], capture_output=True, text=True, check=False
-    )
-    if built.returncode != 0:
-        raise RuntimeError(f"scripts/lazyfs failed: {built.stderr[-2000:] or built.stdout}")
-    return Path(built.stdout.strip().splitlines()[-1])
 
 
 def _retention(queue: QueueSettings, shape: Shape) -> QueueSettings:

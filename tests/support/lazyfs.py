@@ -40,19 +40,15 @@ class LazyFSError(RuntimeError):
     """LazyFS is missing, did not mount, did not obey in time, or did not unmount cleanly."""
 
 
-def lazyfs_binary(timeout: float = 30.0) -> Path:
-    """The binary of a finished build (scripts/lazyfs --locate); never builds."""
+def lazyfs_binary(timeout: float = 30.0, *, build: bool = False) -> Path:
+    """The binary of a finished build (scripts/lazyfs --locate); with `build`, built first
+    when missing (scripts/lazyfs: about a minute the first time)."""
+    args = [str(BUILD_SCRIPT)] if build else [str(BUILD_SCRIPT), "--locate"]
     try:
-        found = subprocess.run(
-            [str(BUILD_SCRIPT), "--locate"],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        found = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LazyFSError(f"{BUILD_SCRIPT} --locate failed: {exc}") from exc
-    path = Path(found.stdout.strip())
+        raise LazyFSError(f"{' '.join(args)} failed: {exc}") from exc
+    path = Path((found.stdout.strip().splitlines() or [""])[-1])  # a build prints it last
     if found.returncode != 0 or not os.access(path, os.X_OK):
         raise LazyFSError(
             f"the power-cut tests need LazyFS: {found.stderr.strip() or found.stdout.strip()}"
